@@ -1,6 +1,930 @@
-//! The `caisse` command.
+//! The `caisse` command: create a caisse, run its node, and drive it.
+//!
+//! Thin over `caisse-node`: `init` and `node` call its daemon module; every
+//! other command calls the running node's HTTP API through its client.
 
-fn main() {
-    eprintln!("caisse: the node is not built yet; see README.md");
-    std::process::exit(2);
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow, bail};
+use caisse_node::client::{Client, ClientError, TokenFile};
+use caisse_node::daemon::{self, InitOptions};
+use caisse_node::ledger::SubsidySource;
+use caisse_node::policy::Policy;
+use caisse_protocol::messages::PurchaseLine;
+use caisse_protocol::{
+    Amount, CardId, Category, Day, FederationId, MemberId, OutletId, Period, ProducerId, PurchaseId,
+};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+/// Run and drive the node of a food caisse (sécurité sociale de l'alimentation).
+#[derive(Parser)]
+#[command(name = "caisse", version, about, long_about = None)]
+struct Cli {
+    /// The caisse's data directory (holds config, key, store, node.json).
+    #[arg(long, global = true, env = "CAISSE_DATA_DIR", default_value = ".")]
+    data_dir: PathBuf,
+    /// Talk to the node at this URL (http://HOST:PORT) instead of the one in DATA_DIR/node.json.
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// Use the token in this file instead of DATA_DIR/admin.token (e.g. an outlet's).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new caisse in --data-dir: key, config, store, tokens.
+    Init(InitArgs),
+    /// Run the caisse's node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
+    Node,
+    /// Show the running node's identity and counts.
+    Status,
+    /// Show the caisse's policy (allocation, rollover, contributions).
+    Policy,
+    /// Members: enrol, list, show, suspend, leave, PIN.
+    #[command(subcommand)]
+    Member(MemberCmd),
+    /// Monthly allocations.
+    #[command(subcommand)]
+    Allocation(AllocationCmd),
+    /// Member contributions.
+    #[command(subcommand)]
+    Contribution(ContributionCmd),
+    /// Subsidies from the State, local authorities or others.
+    #[command(subcommand)]
+    Subsidy(SubsidyCmd),
+    /// Outlets: register, list, pay out.
+    #[command(subcommand)]
+    Outlet(OutletCmd),
+    /// Make a purchase at an outlet with a member's card.
+    Purchase(PurchaseArgs),
+    /// The ledger: balances, journal, audit.
+    #[command(subcommand)]
+    Ledger(LedgerCmd),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// The node's clock (test networks only).
+    #[command(subcommand)]
+    Clock(ClockCmd),
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// Public name of the caisse.
+    #[arg(long)]
+    name: String,
+    /// Its territory.
+    #[arg(long, default_value = "")]
+    territory: String,
+    /// The federation it joins.
+    #[arg(long, default_value = "caisse-federation")]
+    federation: String,
+    /// libp2p listen address (repeatable).
+    #[arg(long)]
+    listen: Vec<String>,
+    /// HTTP API address (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:7300")]
+    api: SocketAddr,
+    /// libp2p address of another caisse to connect to (repeatable).
+    #[arg(long)]
+    bootstrap: Vec<String>,
+    /// Initial policy as a TOML file (default: EUR 100 per person, carry over,
+    /// contributions EUR 1 to 150 linear in income from EUR 800 to 4000).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Allow the admin API to set the node's clock (test networks only).
+    #[arg(long)]
+    manual_clock: bool,
+}
+
+#[derive(Subcommand)]
+enum MemberCmd {
+    /// Enrol a resident (residency is the only condition; adults only).
+    Enroll {
+        /// Full name (stays on this node).
+        #[arg(long)]
+        name: String,
+        /// Place of residence.
+        #[arg(long)]
+        residence: String,
+        /// Year of birth.
+        #[arg(long)]
+        birth_year: Option<u16>,
+        /// Monthly income in EUR, for the contribution scale.
+        #[arg(long)]
+        income: Option<Amount>,
+        /// Join this household.
+        #[arg(long, conflicts_with = "new_household")]
+        household: Option<String>,
+        /// Start a new household.
+        #[arg(long)]
+        new_household: bool,
+        /// Day of enrolment (default today), YYYY-MM-DD.
+        #[arg(long)]
+        joined: Option<Day>,
+        /// PIN for paying without a smartphone (4 to 8 digits).
+        #[arg(long)]
+        pin: Option<String>,
+    },
+    /// List members.
+    List {
+        /// Start after this member id.
+        #[arg(long)]
+        from: Option<MemberId>,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Show one member.
+    Show {
+        /// Member id.
+        id: MemberId,
+    },
+    /// Suspend a member (no allocation, card refused).
+    Suspend {
+        /// Member id.
+        id: MemberId,
+    },
+    /// Lift a suspension.
+    Reinstate {
+        /// Member id.
+        id: MemberId,
+    },
+    /// Record that a member leaves the caisse.
+    Leave {
+        /// Member id.
+        id: MemberId,
+        /// Day of leaving (default today).
+        #[arg(long)]
+        on: Option<Day>,
+    },
+    /// Set or reset a member's PIN (also unlocks a locked card).
+    Pin {
+        /// Member id.
+        id: MemberId,
+        /// New PIN, 4 to 8 digits.
+        #[arg(long)]
+        pin: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AllocationCmd {
+    /// Issue a period's allocation to every member who should have it (at most once each).
+    Issue {
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        period: Period,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContributionCmd {
+    /// Record a member's contribution for a month (once per month).
+    Record {
+        /// Member id.
+        #[arg(long)]
+        member: MemberId,
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        period: Period,
+        /// Amount in EUR (default: the member's amount on the caisse's scale).
+        #[arg(long)]
+        amount: Option<Amount>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SubsidyCmd {
+    /// Record a subsidy received.
+    Record {
+        /// state, local-authority or other.
+        #[arg(long)]
+        source: SubsidySource,
+        /// Amount in EUR.
+        #[arg(long)]
+        amount: Amount,
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        period: Period,
+        /// A key that makes a retry harmless (e.g. the bank reference).
+        #[arg(long)]
+        key: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutletCmd {
+    /// Register an outlet conventioned for some categories; prints its till token.
+    Register {
+        /// Outlet name.
+        #[arg(long)]
+        name: String,
+        /// Categories it may sell under the allocation, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        categories: Vec<Category>,
+    },
+    /// List outlets and what the caisse owes each.
+    List,
+    /// Pay an outlet what the caisse owes it (once per period).
+    Payout {
+        /// Outlet id.
+        #[arg(long)]
+        outlet: OutletId,
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        period: Period,
+    },
+}
+
+#[derive(Args)]
+struct PurchaseArgs {
+    /// The member's card id.
+    #[arg(long)]
+    card: CardId,
+    /// The outlet selling.
+    #[arg(long)]
+    outlet: OutletId,
+    /// Amount in EUR (one line; or use --line).
+    #[arg(long, requires = "category")]
+    amount: Option<Amount>,
+    /// Category of that line.
+    #[arg(long)]
+    category: Option<Category>,
+    /// Producer of that line.
+    #[arg(long)]
+    producer: Option<ProducerId>,
+    /// A line as CATEGORY:EUR[:PRODUCER] (repeatable).
+    #[arg(long = "line")]
+    lines: Vec<String>,
+    /// Purchase id (UUID); reuse it to retry safely. Default: a new one.
+    #[arg(long)]
+    id: Option<PurchaseId>,
+    /// The member's PIN, typed on the outlet's device.
+    #[arg(long)]
+    pin: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum LedgerCmd {
+    /// Every account's balance.
+    Balances,
+    /// Journal entries.
+    Journal {
+        /// First sequence number.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Audit the ledger; exits with status 3 if anything is wrong.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token (observer for the evaluation committee, or admin).
+    Create {
+        /// observer or admin.
+        #[arg(long)]
+        role: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClockCmd {
+    /// Set the node's date (needs [testing] manual_clock = true).
+    Set {
+        /// YYYY-MM-DD.
+        #[arg(long)]
+        today: Day,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn random_id() -> [u8; 16] {
+    let r = daemon::random32();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&r[..16]);
+    b
+}
+
+fn client(cli: &Cli) -> Result<Client> {
+    let token = |file: &Path| -> Result<String> {
+        std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read token file {}", file.display()))
+    };
+    match (&cli.url, &cli.token_file) {
+        (Some(api), Some(file)) => Ok(Client::with_base(api.clone(), token(file)?)),
+        (Some(api), None) => Ok(Client::with_base(
+            api.clone(),
+            token(&cli.data_dir.join("admin.token"))?,
+        )),
+        (None, Some(file)) => {
+            let c = Client::from_data_dir(&cli.data_dir, TokenFile::Admin)
+                .or_else(|_| Client::from_data_dir(&cli.data_dir, TokenFile::Observer))?;
+            Ok(c.with_token(token(file)?))
+        }
+        (None, None) => Ok(Client::from_data_dir(&cli.data_dir, TokenFile::Admin)?),
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Init(args) => return init(&cli, args),
+        Command::Node => return node(&cli.data_dir).await,
+        _ => {}
+    }
+    let c = client(&cli)?;
+    let out = Output { json: cli.json };
+    match call(&cli, &c, &out).await {
+        Ok(code) => Ok(code),
+        Err(e) => match e.downcast::<ClientError>() {
+            Ok(ClientError::Api {
+                code,
+                message,
+                detail,
+                ..
+            }) => {
+                if cli.json {
+                    println!(
+                        "{}",
+                        json!({ "error": code, "message": message, "detail": detail })
+                    );
+                } else {
+                    eprintln!("refused ({code}): {message}");
+                }
+                Ok(ExitCode::from(2))
+            }
+            Ok(other) => Err(other.into()),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+fn init(cli: &Cli, a: &InitArgs) -> Result<ExitCode> {
+    let policy = match &a.policy {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read policy file {}", p.display()))?;
+            toml::from_str::<Policy>(&text)
+                .map_err(|e| anyhow!("{} is not a valid policy: {e}", p.display()))?
+        }
+        None => Policy::default(),
+    };
+    let federation = FederationId::new(&a.federation).map_err(|e| anyhow!("--federation: {e}"))?;
+    let created = daemon::init(
+        &cli.data_dir,
+        InitOptions {
+            name: a.name.clone(),
+            territory: a.territory.clone(),
+            federation,
+            api: a.api,
+            listen: a.listen.clone(),
+            bootstrap: a.bootstrap.clone(),
+            policy,
+            secret: None,
+            testing: caisse_node::config::Testing {
+                manual_clock: a.manual_clock,
+            },
+        },
+    )?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&created)?);
+    } else {
+        println!("Created caisse {}", created.caisse_id);
+        println!("  data directory: {}", created.data_dir.display());
+        println!("  admin token:    {}", created.admin_token_file.display());
+        println!(
+            "  observer token: {}",
+            created.observer_token_file.display()
+        );
+        println!(
+            "Start it with: caisse node --data-dir {}",
+            created.data_dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn node(dir: &Path) -> Result<ExitCode> {
+    init_logging();
+    let running = daemon::start(dir).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, stopping"),
+        _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
+    }
+    running.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn value(&self, v: &Value, human: impl FnOnce(&Value)) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        } else {
+            human(v);
+        }
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_uppercase()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn fields(v: &Value, keys: &[&str]) {
+    for k in keys {
+        println!("{k:<18} {}", s(&v[*k]));
+    }
+}
+
+fn parse_line(text: &str) -> Result<PurchaseLine> {
+    let mut parts = text.split(':');
+    let (Some(cat), Some(amount)) = (parts.next(), parts.next()) else {
+        bail!(
+            "--line {text:?}: write CATEGORY:EUR or CATEGORY:EUR:PRODUCER, e.g. fresh-produce:12.50"
+        );
+    };
+    let producer = parts
+        .next()
+        .map(|p| p.parse::<ProducerId>())
+        .transpose()
+        .map_err(|e| anyhow!("--line {text:?}: {e}"))?;
+    Ok(PurchaseLine {
+        category: cat.parse().map_err(|e| anyhow!("--line {text:?}: {e}"))?,
+        producer,
+        amount: amount
+            .parse()
+            .map_err(|e| anyhow!("--line {text:?}: {e}"))?,
+    })
+}
+
+async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Init(_) | Command::Node => unreachable_command(),
+        Command::Status => {
+            let v: Value = c.get("/api/v1/status").await?;
+            out.value(&v, |v| {
+                fields(
+                    v,
+                    &[
+                        "caisse_id",
+                        "name",
+                        "territory",
+                        "federation",
+                        "members",
+                        "journal_entries",
+                        "today",
+                    ],
+                )
+            });
+        }
+        Command::Policy => {
+            let v: Value = c.get("/api/v1/policy").await?;
+            if cli.json {
+                out.value(&v, |_| {});
+            } else {
+                let p: Policy = serde_json::from_value(v)?;
+                print!("{}", toml::to_string_pretty(&p)?);
+            }
+        }
+        Command::Member(m) => return member(c, out, m).await,
+        Command::Allocation(AllocationCmd::Issue { period }) => {
+            let v: Value = c
+                .post("/api/v1/allocations", &json!({ "period": period }))
+                .await?;
+            out.value(&v, |v| {
+                println!(
+                    "Allocation {}: issued {} (total {} EUR), already issued {}, suspended {}, not members then {}, expired by rollover {} EUR",
+                    s(&v["period"]),
+                    s(&v["issued"]),
+                    s(&v["total"]),
+                    s(&v["already_issued"]),
+                    s(&v["skipped_suspended"]),
+                    s(&v["skipped_not_member"]),
+                    s(&v["expired"])
+                );
+                if v["issued"] == json!(0) && v["already_issued"] != json!(0) {
+                    println!("Nothing new: this period's allocation had already been issued to every eligible member.");
+                }
+            });
+        }
+        Command::Contribution(ContributionCmd::Record {
+            member,
+            period,
+            amount,
+        }) => {
+            let v: Value = c
+                .post(
+                    "/api/v1/contributions",
+                    &json!({ "member": member, "period": period, "amount": amount }),
+                )
+                .await?;
+            out.value(&v, |v| {
+                if v["already_recorded"] == json!(true) {
+                    println!(
+                        "Already recorded: {} EUR for {} (nothing changed)",
+                        s(&v["amount"]),
+                        s(&v["period"])
+                    );
+                } else {
+                    println!(
+                        "Recorded contribution of {} EUR for {} (scale bracket {})",
+                        s(&v["amount"]),
+                        s(&v["period"]),
+                        s(&v["bracket"])
+                    );
+                }
+            });
+        }
+        Command::Subsidy(SubsidyCmd::Record {
+            source,
+            amount,
+            period,
+            key,
+        }) => {
+            let key = key
+                .clone()
+                .unwrap_or_else(|| format!("subsidy-{}", PurchaseId::from_bytes(random_id())));
+            let v: Value = c
+                .post(
+                    "/api/v1/subsidies",
+                    &json!({ "source": source, "amount": amount, "period": period, "key": key }),
+                )
+                .await?;
+            out.value(&v, |v| {
+                let what = if v["already_recorded"] == json!(true) {
+                    "Already recorded"
+                } else {
+                    "Recorded"
+                };
+                println!(
+                    "{what}: subsidy of {} EUR from {} for {} (key {}; reuse it with --key to retry safely)",
+                    s(&v["amount"]),
+                    s(&v["source"]),
+                    s(&v["period"]),
+                    s(&v["key"])
+                );
+            });
+        }
+        Command::Outlet(o) => return outlet(c, out, o).await,
+        Command::Purchase(p) => {
+            let mut lines: Vec<PurchaseLine> = Vec::new();
+            if let (Some(amount), Some(category)) = (p.amount, &p.category) {
+                lines.push(PurchaseLine {
+                    category: category.clone(),
+                    producer: p.producer,
+                    amount,
+                });
+            }
+            for l in &p.lines {
+                lines.push(parse_line(l)?);
+            }
+            if lines.is_empty() {
+                bail!(
+                    "give the purchase as --amount EUR --category C, or one or more --line CATEGORY:EUR"
+                );
+            }
+            let id = p.id.unwrap_or_else(|| PurchaseId::from_bytes(random_id()));
+            let v: Value = c
+                .post(
+                    "/api/v1/purchases",
+                    &json!({ "id": id, "card": p.card, "outlet": p.outlet, "lines": lines, "pin": p.pin }),
+                )
+                .await?;
+            out.value(&v, |v| {
+                let again = if v["replayed"] == json!(true) {
+                    " (already accepted earlier: nothing charged again)"
+                } else {
+                    ""
+                };
+                println!("Purchase {} accepted{again}", s(&v["purchase"]));
+                println!("  total             {} EUR", s(&v["total"]));
+                println!("  paid by allocation {} EUR", s(&v["allocation_part"]));
+                println!("  left to pay       {} EUR", s(&v["member_part"]));
+                println!("  balance now       {} EUR", s(&v["balance_after"]));
+            });
+        }
+        Command::Ledger(l) => return ledger(c, out, l).await,
+        Command::Token(TokenCmd::Create { role }) => {
+            let v: Value = c.post("/api/v1/tokens", &json!({ "role": role })).await?;
+            out.value(&v, |v| {
+                println!("{} token (shown once): {}", s(&v["role"]), s(&v["token"]));
+            });
+        }
+        Command::Clock(ClockCmd::Set { today }) => {
+            let v: Value = c.post("/api/v1/clock", &json!({ "today": today })).await?;
+            out.value(&v, |v| println!("Node date set to {}", s(&v["today"])));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn unreachable_command() -> ! {
+    // `init` and `node` are handled before a client is made.
+    std::process::exit(1)
+}
+
+async fn member(c: &Client, out: &Output, m: &MemberCmd) -> Result<ExitCode> {
+    let show = |v: &Value| {
+        fields(
+            v,
+            &[
+                "id",
+                "name",
+                "residence",
+                "status",
+                "card",
+                "household",
+                "joined",
+                "left",
+                "balance",
+            ],
+        )
+    };
+    match m {
+        MemberCmd::Enroll {
+            name,
+            residence,
+            birth_year,
+            income,
+            household,
+            new_household,
+            joined,
+            pin,
+        } => {
+            let v: Value = c
+                .post(
+                    "/api/v1/members",
+                    &json!({
+                        "name": name, "residence": residence, "birth_year": birth_year,
+                        "income": income, "household": household, "new_household": new_household,
+                        "joined": joined, "pin": pin,
+                    }),
+                )
+                .await?;
+            out.value(&v, |v| {
+                println!("Enrolled member {}", s(&v["member"]));
+                println!("  card      {}", s(&v["card"]));
+                if !v["household"].is_null() {
+                    println!("  household {}", s(&v["household"]));
+                }
+                println!("  joined    {}", s(&v["joined"]));
+            });
+        }
+        MemberCmd::List { from, limit } => {
+            let mut path = format!("/api/v1/members?limit={limit}");
+            if let Some(f) = from {
+                path.push_str(&format!("&from={f}"));
+            }
+            let v: Value = c.get(&path).await?;
+            out.value(&v, |v| {
+                let rows = v
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|m| {
+                                ["id", "name", "status", "card", "balance"]
+                                    .iter()
+                                    .map(|k| s(&m[*k]))
+                                    .collect()
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(&["id", "name", "status", "card", "balance"], rows);
+            });
+        }
+        MemberCmd::Show { id } => {
+            let v: Value = c.get(&format!("/api/v1/members/{id}")).await?;
+            out.value(&v, show);
+        }
+        MemberCmd::Suspend { id } | MemberCmd::Reinstate { id } => {
+            let action = if matches!(m, MemberCmd::Suspend { .. }) {
+                "suspend"
+            } else {
+                "reinstate"
+            };
+            let v: Value = c
+                .post(&format!("/api/v1/members/{id}/{action}"), &json!({}))
+                .await?;
+            out.value(&v, |v| {
+                println!("Member {} is now {}", s(&v["id"]), s(&v["status"]))
+            });
+        }
+        MemberCmd::Leave { id, on } => {
+            let v: Value = c
+                .post(&format!("/api/v1/members/{id}/leave"), &json!({ "on": on }))
+                .await?;
+            out.value(&v, |v| {
+                println!("Member {} left on {}", s(&v["id"]), s(&v["left"]))
+            });
+        }
+        MemberCmd::Pin { id, pin } => {
+            let v: Value = c
+                .post(&format!("/api/v1/members/{id}/pin"), &json!({ "pin": pin }))
+                .await?;
+            out.value(&v, |v| {
+                println!("PIN set for card {} (card unlocked)", s(&v["card"]))
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn outlet(c: &Client, out: &Output, o: &OutletCmd) -> Result<ExitCode> {
+    match o {
+        OutletCmd::Register { name, categories } => {
+            let v: Value = c
+                .post(
+                    "/api/v1/outlets",
+                    &json!({ "name": name, "categories": categories }),
+                )
+                .await?;
+            out.value(&v, |v| {
+                println!("Registered outlet {}", s(&v["outlet"]));
+                println!(
+                    "  till token (shown once, give it to the outlet): {}",
+                    s(&v["token"])
+                );
+            });
+        }
+        OutletCmd::List => {
+            let v: Value = c.get("/api/v1/outlets").await?;
+            out.value(&v, |v| {
+                let rows = v
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|o| {
+                                let cats: Vec<String> = o["categories"]
+                                    .as_array()
+                                    .map(|c| c.iter().map(|x| s(&x[0])).collect())
+                                    .unwrap_or_default();
+                                vec![s(&o["id"]), s(&o["name"]), cats.join(","), s(&o["owed"])]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(&["id", "name", "categories", "owed"], rows);
+            });
+        }
+        OutletCmd::Payout { outlet, period } => {
+            let v: Value = c
+                .post(
+                    &format!("/api/v1/outlets/{outlet}/payouts"),
+                    &json!({ "period": period }),
+                )
+                .await?;
+            out.value(&v, |v| {
+                if v["already_paid"] == json!(true) {
+                    println!(
+                        "Already paid for {}: {} EUR (nothing changed)",
+                        s(&v["period"]),
+                        s(&v["amount"])
+                    );
+                } else {
+                    println!("Paid out {} EUR for {}", s(&v["amount"]), s(&v["period"]));
+                }
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ledger(c: &Client, out: &Output, l: &LedgerCmd) -> Result<ExitCode> {
+    match l {
+        LedgerCmd::Balances => {
+            let v: Value = c.get("/api/v1/ledger/balances").await?;
+            out.value(&v, |v| {
+                let rows = v
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|b| vec![s(&b["account"]), s(&b["balance"])])
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(&["account", "balance"], rows);
+            });
+        }
+        LedgerCmd::Journal { from, limit } => {
+            let v: Value = c
+                .get(&format!("/api/v1/ledger/journal?from={from}&limit={limit}"))
+                .await?;
+            out.value(&v, |v| {
+                for e in v.as_array().into_iter().flatten() {
+                    let kind = e["kind"]
+                        .as_object()
+                        .and_then(|o| o.keys().next().cloned())
+                        .unwrap_or_default();
+                    println!("#{} {kind}", s(&e["seq"]));
+                    for p in e["postings"].as_array().into_iter().flatten() {
+                        let acct = match &p["account"] {
+                            Value::Object(o) => o
+                                .iter()
+                                .next()
+                                .map(|(k, v)| format!("{k}:{}", s(v)))
+                                .unwrap_or_default(),
+                            other => s(other),
+                        };
+                        println!("    {:>12}  {acct}", s(&p["amount"]));
+                    }
+                }
+            });
+        }
+        LedgerCmd::Check => {
+            let v: Value = c.get("/api/v1/ledger/check").await?;
+            let ok = v["findings"].as_array().is_some_and(|f| f.is_empty());
+            out.value(&v, |v| {
+                println!(
+                    "Checked {} journal entries and {} accounts.",
+                    s(&v["entries"]),
+                    s(&v["accounts"])
+                );
+                if ok {
+                    println!("Ledger OK: postings balance, chain intact, balances match the journal, no allocation twice, every purchase recorded once.");
+                } else {
+                    for f in v["findings"].as_array().into_iter().flatten() {
+                        println!("PROBLEM {}: {}", s(&f["item"]), s(&f["problem"]));
+                    }
+                }
+            });
+            if !ok {
+                return Ok(ExitCode::from(3));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,1 +1,29 @@
 //! The daemon of one caisse.
+//!
+//! A node stores its own members, policy and ledger, decides purchases and
+//! allocations, and serves a local HTTP API. Its modules, one per concept:
+//!
+//! - [`store`]: the `Store` trait, its sled engine and in-memory twin.
+//! - [`ledger`]: accounts, the hash-chained journal, and `ledger check`.
+//! - [`policy`]: allocation, rollover and contribution rules.
+//! - [`members`]: members, cards, households, outlets, API roles.
+//! - [`caisse`]: the state machine that decides every command.
+//! - [`writer`]: the single writer thread with group commit.
+//! - [`api`]: the HTTP JSON API.
+//! - [`daemon`]: `caisse init` and running a node.
+//! - [`client`]: a typed client of the API, for the CLI and the testnet.
+//! - [`config`]: the config file.
+
+// Money literals are written as EUR_CC cents (100_00 is EUR 100.00).
+#![allow(clippy::inconsistent_digit_grouping)]
+
+pub mod api;
+pub mod caisse;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod ledger;
+pub mod members;
+pub mod policy;
+pub mod store;
+pub mod writer;

@@ -13,11 +13,33 @@ use serde::{Deserialize, Serialize};
 ///
 /// Signed so that net positions and ledger postings can be expressed; user
 /// input is parsed as non-negative only (see [`Amount::from_str`]).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(transparent)]
+///
+/// In human-readable formats (JSON, TOML) an amount is the string `"12.50"`
+/// (negative ones `"-3.00"`), so no reader ever sees a float; in the binary
+/// wire encoding it is the integer number of cents.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Amount(i64);
+
+impl Serialize for Amount {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_i64(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            Amount::parse_signed(&text).map_err(serde::de::Error::custom)
+        } else {
+            i64::deserialize(d).map(Amount)
+        }
+    }
+}
 
 /// Why an amount could not be parsed or computed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -150,6 +172,15 @@ impl Amount {
         let covered = self.mul_div_floor(i64::from(percent), 100)?;
         let rest = self.checked_sub(covered)?;
         Ok((covered, rest))
+    }
+
+    /// Parse an amount that may be negative (`-3.00`), for stored and
+    /// exchanged values; user input goes through [`Amount::from_str`].
+    pub fn parse_signed(text: &str) -> Result<Amount, AmountError> {
+        match text.trim().strip_prefix('-') {
+            Some(rest) => rest.parse::<Amount>()?.checked_neg(),
+            None => text.parse(),
+        }
     }
 
     /// Sum an iterator of amounts, failing on overflow.
@@ -287,6 +318,13 @@ mod tests {
         fn display_parse_round_trip(c in 0i64..=i64::MAX) {
             let a = Amount::from_cents(c);
             prop_assert_eq!(a.to_string().parse::<Amount>().unwrap(), a);
+        }
+
+        #[test]
+        fn json_round_trip(c in (i64::MIN + 1)..=i64::MAX) {
+            let a = Amount::from_cents(c);
+            let json = serde_json::to_string(&a).unwrap();
+            prop_assert_eq!(serde_json::from_str::<Amount>(&json).unwrap(), a);
         }
 
         #[test]

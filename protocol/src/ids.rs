@@ -106,6 +106,33 @@ fn parse_hex<const N: usize>(
     Ok(out)
 }
 
+/// Serde for a 16-byte id: its display text in human-readable formats, raw
+/// bytes in the wire encoding.
+macro_rules! text_or_bytes_serde {
+    ($name:ident) => {
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() {
+                    s.collect_str(self)
+                } else {
+                    s.serialize_bytes(&self.0)
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                if d.is_human_readable() {
+                    let text = String::deserialize(d)?;
+                    text.parse().map_err(serde::de::Error::custom)
+                } else {
+                    byte_array::deserialize(d).map(Self)
+                }
+            }
+        }
+    };
+}
+
 /// Defines a random 16-byte identifier with a text prefix.
 macro_rules! random_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal, $what:literal) => {
@@ -147,26 +174,7 @@ macro_rules! random_id {
             }
         }
 
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                if s.is_human_readable() {
-                    s.collect_str(self)
-                } else {
-                    s.serialize_bytes(&self.0)
-                }
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                if d.is_human_readable() {
-                    let text = String::deserialize(d)?;
-                    text.parse().map_err(serde::de::Error::custom)
-                } else {
-                    byte_array::deserialize(d).map(Self)
-                }
-            }
-        }
+        text_or_bytes_serde!($name);
     };
 }
 
@@ -194,8 +202,9 @@ random_id!(
 /// A purchase, chosen by the till so that a retry carries the same id.
 ///
 /// Shown as a UUID (`8-4-4-4-12` hex), the format tills already produce.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct PurchaseId(#[serde(with = "byte_array")] [u8; 16]);
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PurchaseId([u8; 16]);
+text_or_bytes_serde!(PurchaseId);
 
 impl PurchaseId {
     /// A purchase id from 16 bytes.
@@ -287,8 +296,9 @@ impl FromStr for CaisseId {
 ///
 /// The first 8 bytes are the home caisse's routing prefix, the last 8 are
 /// random. A card id says nothing about the person holding it.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct CardId(#[serde(with = "byte_array")] [u8; 16]);
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CardId([u8; 16]);
+text_or_bytes_serde!(CardId);
 
 impl CardId {
     /// The text prefix of card ids.

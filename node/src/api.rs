@@ -1,0 +1,660 @@
+//! The local HTTP JSON API: bearer tokens with roles, bounded bodies,
+//! JSON errors `{ "error": code, "message": ... }`.
+//!
+//! Roles: `admin` runs the caisse; an `outlet` token may only submit
+//! purchases for its own outlet; `observer` (the evaluation committee) may
+//! read the ledger and outlets but not members' personal records.
+//! Writes go to the single writer; reads come straight from the store.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use caisse_protocol::messages::DeclineReason;
+use caisse_protocol::{Amount, CaisseId, Category, Day, MemberId, OutletId, Period};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::caisse::{CaisseError, EnrollInput, PurchaseInput, StatusChange, decode_policy};
+use crate::config::Config;
+use crate::ledger::{Account, JournalEntry, SubsidySource};
+use crate::members::{MemberRecord, OutletRecord, Role, token_key};
+use crate::store::{Store, decode_value, keys};
+use crate::writer::CaisseHandle;
+
+/// The largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+/// The most journal entries or members returned by one call.
+pub const MAX_PAGE: usize = 1000;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiState {
+    handle: CaisseHandle,
+    store: Arc<dyn Store>,
+    config: Arc<Config>,
+    caisse_id: CaisseId,
+}
+
+impl ApiState {
+    /// State over a running writer and its store.
+    pub fn new(
+        handle: CaisseHandle,
+        store: Arc<dyn Store>,
+        config: Config,
+        caisse_id: CaisseId,
+    ) -> ApiState {
+        ApiState {
+            handle,
+            store,
+            config: Arc::new(config),
+            caisse_id,
+        }
+    }
+}
+
+/// An API error as sent to clients.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    detail: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            detail: None,
+        }
+    }
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
+    }
+    fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.code, "message": self.message });
+        if let Some(d) = self.detail {
+            body["detail"] = d;
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<CaisseError> for ApiError {
+    fn from(e: CaisseError) -> ApiError {
+        let status = match &e {
+            CaisseError::NotFound { .. } => StatusCode::NOT_FOUND,
+            CaisseError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            CaisseError::Conflict(_) => StatusCode::CONFLICT,
+            CaisseError::Declined { reason, .. } => match reason {
+                DeclineReason::InsufficientBalance { .. } => StatusCode::PAYMENT_REQUIRED,
+                DeclineReason::UnknownCard => StatusCode::NOT_FOUND,
+                DeclineReason::SuspendedCard | DeclineReason::NotRecognised { .. } => {
+                    StatusCode::FORBIDDEN
+                }
+                DeclineReason::CardLocked => StatusCode::LOCKED,
+                DeclineReason::WrongPin => StatusCode::UNAUTHORIZED,
+                DeclineReason::InvalidRequest { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                DeclineReason::ConflictingRetry => StatusCode::CONFLICT,
+            },
+            CaisseError::Storage(_) | CaisseError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let detail = match &e {
+            CaisseError::Declined { reason, .. } => serde_json::to_value(reason).ok(),
+            _ => None,
+        };
+        ApiError {
+            status,
+            code: e.code(),
+            message: e.to_string(),
+            detail,
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        CaisseError::Storage(e).into()
+    }
+}
+
+/// A JSON body whose errors come back as JSON API errors.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(JsonRejection::BytesRejection(e)) => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("request body refused: {e} (limit {MAX_BODY} bytes)"),
+            )),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "bad JSON body: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
+/// The caller's role, from `Authorization: Bearer <token>`.
+pub struct Auth(pub Role);
+
+impl FromRequestParts<ApiState> for Auth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| unauthorized("missing Authorization: Bearer <token> header"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| unauthorized("Authorization must be 'Bearer <token>'"))?;
+        if token.len() > 200 {
+            return Err(unauthorized("token too long"));
+        }
+        let key = token_key(token);
+        let bytes = state
+            .store
+            .get(&key)?
+            .ok_or_else(|| unauthorized("unknown token: check the token file"))?;
+        let role: Role = decode_value(&key, &bytes)?;
+        Ok(Auth(role))
+    }
+}
+
+impl Auth {
+    fn admin(&self) -> Result<(), ApiError> {
+        match self.0 {
+            Role::Admin => Ok(()),
+            _ => Err(ApiError::forbidden("this needs the admin token")),
+        }
+    }
+    fn reader(&self) -> Result<(), ApiError> {
+        match self.0 {
+            Role::Admin | Role::Observer => Ok(()),
+            Role::Outlet { .. } => Err(ApiError::forbidden(
+                "an outlet token may only submit purchases",
+            )),
+        }
+    }
+}
+
+fn parse<T: std::str::FromStr>(what: &str, text: &str) -> Result<T, ApiError>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse()
+        .map_err(|e| ApiError::bad_request(format!("bad {what}: {e}")))
+}
+
+/// Build the API router.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/policy", get(policy))
+        .route("/api/v1/members", post(enroll).get(list_members))
+        .route("/api/v1/members/{id}", get(show_member))
+        .route("/api/v1/members/{id}/{action}", post(member_action))
+        .route("/api/v1/allocations", post(issue_allocations))
+        .route("/api/v1/contributions", post(record_contribution))
+        .route("/api/v1/subsidies", post(record_subsidy))
+        .route("/api/v1/outlets", post(register_outlet).get(list_outlets))
+        .route("/api/v1/outlets/{id}/payouts", post(payout))
+        .route("/api/v1/purchases", post(purchase))
+        .route("/api/v1/ledger/balances", get(balances))
+        .route("/api/v1/ledger/journal", get(journal))
+        .route("/api/v1/ledger/check", get(check))
+        .route("/api/v1/tokens", post(new_token))
+        .route("/api/v1/clock", post(set_clock))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such API route; see `caisse --help`",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn status(
+    State(s): State<ApiState>,
+    _auth: Auth,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let members = s.store.scan_prefix(keys::MEMBER)?.len();
+    let head: crate::ledger::Head = match s.store.get(keys::HEAD)? {
+        Some(b) => decode_value(keys::HEAD, &b)?,
+        None => Default::default(),
+    };
+    Ok(Json(json!({
+        "caisse_id": s.caisse_id,
+        "name": s.config.name,
+        "territory": s.config.territory,
+        "federation": s.config.federation,
+        "members": members,
+        "journal_entries": head.next_seq,
+        "today": s.handle.clock().today(),
+    })))
+}
+
+async fn policy(
+    State(s): State<ApiState>,
+    _auth: Auth,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let bytes = s.store.get(keys::POLICY)?.unwrap_or_default();
+    let p = decode_policy(&bytes)?;
+    Ok(Json(serde_json::to_value(p).unwrap_or_default()))
+}
+
+async fn enroll(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Body(input): Body<EnrollInput>,
+) -> Result<Json<crate::caisse::Enrolled>, ApiError> {
+    auth.admin()?;
+    Ok(Json(s.handle.enroll(input).await?))
+}
+
+/// A member in a listing, with their balance.
+#[derive(Serialize)]
+struct MemberView {
+    #[serde(flatten)]
+    record: MemberRecord,
+    balance: Amount,
+}
+
+fn member_view(s: &ApiState, record: MemberRecord) -> Result<MemberView, ApiError> {
+    let key = Account::Member(record.id).balance_key();
+    let balance = match s.store.get(&key)? {
+        Some(b) => decode_value(&key, &b)?,
+        None => Amount::ZERO,
+    };
+    Ok(MemberView { record, balance })
+}
+
+#[derive(Deserialize)]
+struct Page {
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn list_members(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Query(page): Query<Page>,
+) -> Result<Json<Vec<MemberView>>, ApiError> {
+    auth.admin()?;
+    let limit = page.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+    let start = match &page.from {
+        Some(f) => Some(parse::<MemberId>("member id", f)?),
+        None => None,
+    };
+    let mut out = Vec::new();
+    let mut err = None;
+    s.store.for_each_prefix(keys::MEMBER, &mut |k, v| {
+        match decode_value::<MemberRecord>(k, v) {
+            Ok(r) if start.is_some_and(|st| r.id <= st) => {}
+            Ok(r) => out.push(r),
+            Err(e) => err = Some(e),
+        }
+        out.len() < limit && err.is_none()
+    })?;
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    let views: Result<Vec<_>, _> = out.into_iter().map(|r| member_view(&s, r)).collect();
+    Ok(Json(views?))
+}
+
+fn read_member(s: &ApiState, id: &MemberId) -> Result<MemberRecord, ApiError> {
+    let key = MemberRecord::key(id);
+    let bytes = s.store.get(&key)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("member {id} not found"),
+        )
+    })?;
+    Ok(decode_value(&key, &bytes)?)
+}
+
+async fn show_member(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<MemberView>, ApiError> {
+    auth.admin()?;
+    let id: MemberId = parse("member id", &id)?;
+    let record = read_member(&s, &id)?;
+    Ok(Json(member_view(&s, record)?))
+}
+
+#[derive(Deserialize, Default)]
+struct MemberActionBody {
+    #[serde(default)]
+    on: Option<Day>,
+    #[serde(default)]
+    pin: Option<String>,
+}
+
+async fn member_action(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path((id, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.admin()?;
+    let id: MemberId = parse("member id", &id)?;
+    let body: MemberActionBody = if body.iter().all(u8::is_ascii_whitespace) {
+        MemberActionBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?
+    };
+    let change = match action.as_str() {
+        "suspend" => StatusChange::Suspend,
+        "reinstate" => StatusChange::Reinstate,
+        "leave" => StatusChange::Leave(body.on),
+        "pin" => {
+            let pin = body
+                .pin
+                .ok_or_else(|| ApiError::bad_request("give the new PIN as {\"pin\": \"1234\"}"))?;
+            let card = s.handle.set_pin(id, pin).await?;
+            return Ok(Json(json!({ "member": id, "card": card, "pin_set": true })));
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("unknown member action {other:?}: use suspend, reinstate, leave or pin"),
+            ));
+        }
+    };
+    let record = s.handle.change_status(id, change).await?;
+    Ok(Json(
+        serde_json::to_value(member_view(&s, record)?.record).unwrap_or_default(),
+    ))
+}
+
+#[derive(Deserialize)]
+struct PeriodBody {
+    period: Period,
+}
+
+async fn issue_allocations(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Body(b): Body<PeriodBody>,
+) -> Result<Json<crate::caisse::AllocationRun>, ApiError> {
+    auth.admin()?;
+    Ok(Json(s.handle.issue_allocations(b.period).await?))
+}
+
+#[derive(Deserialize)]
+struct ContributionBody {
+    member: MemberId,
+    period: Period,
+    #[serde(default)]
+    amount: Option<Amount>,
+}
+
+async fn record_contribution(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Body(b): Body<ContributionBody>,
+) -> Result<Json<crate::caisse::ContributionRecorded>, ApiError> {
+    auth.admin()?;
+    Ok(Json(
+        s.handle
+            .record_contribution(b.member, b.period, b.amount)
+            .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+struct SubsidyBody {
+    source: SubsidySource,
+    amount: Amount,
+    period: Period,
+    key: String,
+}
+
+async fn record_subsidy(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Body(b): Body<SubsidyBody>,
+) -> Result<Json<crate::caisse::SubsidyRecorded>, ApiError> {
+    auth.admin()?;
+    Ok(Json(
+        s.handle
+            .record_subsidy(b.source, b.amount, b.period, b.key)
+            .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+struct OutletBody {
+    name: String,
+    categories: Vec<Category>,
+}
+
+async fn register_outlet(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Body(b): Body<OutletBody>,
+) -> Result<Json<crate::caisse::OutletRegistered>, ApiError> {
+    auth.admin()?;
+    let cats = b.categories.into_iter().map(|c| (c, 100)).collect();
+    Ok(Json(s.handle.register_outlet(b.name, cats).await?))
+}
+
+/// An outlet in a listing, with what the caisse owes it.
+#[derive(Serialize)]
+struct OutletView {
+    #[serde(flatten)]
+    record: OutletRecord,
+    owed: Amount,
+}
+
+async fn list_outlets(
+    State(s): State<ApiState>,
+    auth: Auth,
+) -> Result<Json<Vec<OutletView>>, ApiError> {
+    auth.reader()?;
+    let mut out = Vec::new();
+    for (k, v) in s.store.scan_prefix(keys::OUTLET)? {
+        let record: OutletRecord = decode_value(&k, &v)?;
+        let key = Account::Outlet(record.id).balance_key();
+        let owed = match s.store.get(&key)? {
+            Some(b) => decode_value(&key, &b)?,
+            None => Amount::ZERO,
+        };
+        out.push(OutletView { record, owed });
+    }
+    Ok(Json(out))
+}
+
+async fn payout(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Body(b): Body<PeriodBody>,
+) -> Result<Json<crate::caisse::PayoutDone>, ApiError> {
+    auth.admin()?;
+    let outlet: OutletId = parse("outlet id", &id)?;
+    Ok(Json(s.handle.payout(outlet, b.period).await?))
+}
+
+async fn purchase(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Body(input): Body<PurchaseInput>,
+) -> Result<Json<crate::caisse::Receipt>, ApiError> {
+    match &auth.0 {
+        Role::Admin => {}
+        Role::Outlet { outlet } if *outlet == input.outlet => {}
+        Role::Outlet { .. } => {
+            return Err(ApiError::forbidden(
+                "this outlet token may only submit purchases for its own outlet",
+            ));
+        }
+        Role::Observer => return Err(ApiError::forbidden("an observer cannot make purchases")),
+    }
+    let span =
+        tracing::debug_span!("purchase", caisse = %s.caisse_id.short(), purchase = %input.id);
+    let _e = span.enter();
+    Ok(Json(s.handle.purchase(input).await?))
+}
+
+/// One account's balance.
+#[derive(Serialize)]
+struct BalanceView {
+    account: String,
+    balance: Amount,
+}
+
+async fn balances(
+    State(s): State<ApiState>,
+    auth: Auth,
+) -> Result<Json<Vec<BalanceView>>, ApiError> {
+    auth.reader()?;
+    // Name accounts by replaying which ones exist: members, outlets and the caisse's own.
+    let mut names: std::collections::HashMap<Vec<u8>, Account> = Default::default();
+    s.store.for_each_prefix(keys::MEMBER, &mut |k, _| {
+        if let Ok(b) = <[u8; 16]>::try_from(&k[keys::MEMBER.len()..]) {
+            let a = Account::Member(MemberId::from_bytes(b));
+            names.insert(a.balance_key(), a);
+        }
+        true
+    })?;
+    s.store.for_each_prefix(keys::OUTLET, &mut |k, _| {
+        if let Ok(b) = <[u8; 16]>::try_from(&k[keys::OUTLET.len()..]) {
+            let a = Account::Outlet(OutletId::from_bytes(b));
+            names.insert(a.balance_key(), a);
+        }
+        true
+    })?;
+    for a in [
+        Account::Treasury,
+        Account::Allocations,
+        Account::Contributions,
+        Account::PaidOut,
+        Account::Subsidy(SubsidySource::State),
+        Account::Subsidy(SubsidySource::LocalAuthority),
+        Account::Subsidy(SubsidySource::Other),
+    ] {
+        names.insert(a.balance_key(), a);
+    }
+    let mut out = Vec::new();
+    for (k, v) in s.store.scan_prefix(keys::BALANCE)? {
+        let balance: Amount = decode_value(&k, &v)?;
+        let account = names
+            .get(&k)
+            .map_or_else(|| keys::printable(&k), |a| a.to_string());
+        out.push(BalanceView { account, balance });
+    }
+    out.sort_by(|a, b| a.account.cmp(&b.account));
+    Ok(Json(out))
+}
+
+async fn journal(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Query(page): Query<Page>,
+) -> Result<Json<Vec<JournalEntry>>, ApiError> {
+    auth.reader()?;
+    let from: u64 = match &page.from {
+        Some(f) => parse("sequence number", f)?,
+        None => 0,
+    };
+    let limit = page.limit.unwrap_or(100).min(MAX_PAGE);
+    let mut out = Vec::new();
+    let mut seq = from;
+    while out.len() < limit {
+        let key = JournalEntry::key(seq);
+        match s.store.get(&key)? {
+            Some(b) => out.push(decode_value(&key, &b)?),
+            None => break,
+        }
+        seq = seq.saturating_add(1);
+    }
+    Ok(Json(out))
+}
+
+async fn check(
+    State(s): State<ApiState>,
+    auth: Auth,
+) -> Result<Json<crate::ledger::CheckReport>, ApiError> {
+    auth.reader()?;
+    Ok(Json(s.handle.check().await?))
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    role: String,
+}
+
+async fn new_token(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Body(b): Body<TokenBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.admin()?;
+    let role = match b.role.as_str() {
+        "observer" => Role::Observer,
+        "admin" => Role::Admin,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "role {other:?}: use observer or admin (outlet tokens come with `outlet register`)"
+            )));
+        }
+    };
+    let token = s.handle.new_token(role).await?;
+    Ok(Json(json!({ "role": b.role, "token": token })))
+}
+
+#[derive(Deserialize)]
+struct ClockBody {
+    /// The date to move to (noon UTC of that day).
+    today: Day,
+}
+
+async fn set_clock(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Body(b): Body<ClockBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.admin()?;
+    if !s.config.testing.manual_clock {
+        return Err(ApiError::forbidden(
+            "the clock can only be set on a test network ([testing] manual_clock = true)",
+        ));
+    }
+    let secs = u64::from(b.today.days())
+        .saturating_mul(86_400)
+        .saturating_add(43_200);
+    s.handle.clock().set(secs);
+    Ok(Json(json!({ "today": b.today })))
+}

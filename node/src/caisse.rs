@@ -1,0 +1,1569 @@
+//! The caisse as a state machine: the single writer of its ledger.
+//!
+//! [`Caisse`] owns the in-memory state (member statuses, cards, outlets,
+//! balances, the journal head) and decides every command: enrolment,
+//! allocation runs, contributions, subsidies, purchases, payouts. Each
+//! decision appends journal entries and writes to a pending batch; nothing
+//! is acknowledged until [`Caisse::commit`] has applied the batch
+//! atomically and synced it to disk. The writer task (see
+//! [`crate::writer`]) groups many commands per commit.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use caisse_protocol::ids::HouseholdId;
+use caisse_protocol::messages::{DeclineReason, PurchaseLine};
+use caisse_protocol::{
+    Amount, CaisseId, CardId, Category, ContentId, Day, MemberId, OutletId, Period, PurchaseId,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::{
+    Account, EntryKind, Head, JournalEntry, Posting, PurchaseRecord, SubsidySource, allocation_key,
+    entry_hash,
+};
+use crate::members::{
+    CardRecord, MemberRecord, MemberStatus, OutletRecord, Role, pin_hash, token_key, valid_pin,
+};
+use crate::policy::{Policy, days_active, pro_rata};
+use crate::store::{Op, Store, StoreError, decode_value, encode_value, keys};
+
+/// Members allocated per durable batch during an allocation run.
+pub const ALLOCATION_CHUNK: usize = 10_000;
+
+/// Why a command was refused. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaisseError {
+    /// No such member, card, outlet…
+    #[error("{what} {id} not found")]
+    NotFound {
+        /// What was looked for.
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The input breaks a rule; the message says which.
+    #[error("{0}")]
+    Invalid(String),
+    /// The request conflicts with what was already recorded.
+    #[error("{0}")]
+    Conflict(String),
+    /// A purchase was declined.
+    #[error("{message}")]
+    Declined {
+        /// The reason, as a peer caisse would be told.
+        reason: DeclineReason,
+        /// In words, with what to do.
+        message: String,
+    },
+    /// Storage failed: the node stops rather than go on out of step with disk.
+    #[error("storage failure: {0}")]
+    Storage(#[from] StoreError),
+    /// The node is shutting down or its writer stopped.
+    #[error("the caisse node is shutting down; retry when it is back")]
+    Unavailable,
+}
+
+impl CaisseError {
+    /// A short machine-readable code for API errors.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CaisseError::NotFound { .. } => "not_found",
+            CaisseError::Invalid(_) => "invalid",
+            CaisseError::Conflict(_) => "conflict",
+            CaisseError::Declined { reason, .. } => match reason {
+                DeclineReason::InsufficientBalance { .. } => "insufficient_balance",
+                DeclineReason::UnknownCard => "unknown_card",
+                DeclineReason::SuspendedCard => "suspended_card",
+                DeclineReason::CardLocked => "card_locked",
+                DeclineReason::WrongPin => "wrong_pin",
+                DeclineReason::NotRecognised { .. } => "not_conventioned",
+                DeclineReason::InvalidRequest { .. } => "invalid_purchase",
+                DeclineReason::ConflictingRetry => "conflicting_retry",
+            },
+            CaisseError::Storage(_) => "storage",
+            CaisseError::Unavailable => "unavailable",
+        }
+    }
+
+    fn declined(reason: DeclineReason, message: impl Into<String>) -> CaisseError {
+        CaisseError::Declined {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// A new member's details.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnrollInput {
+    /// Full name.
+    pub name: String,
+    /// Place of residence.
+    pub residence: String,
+    /// Year of birth (to check the member is an adult).
+    #[serde(default)]
+    pub birth_year: Option<u16>,
+    /// Monthly income, for the contribution scale.
+    #[serde(default)]
+    pub income: Option<Amount>,
+    /// Join this existing household.
+    #[serde(default)]
+    pub household: Option<HouseholdId>,
+    /// Start a new household with this member.
+    #[serde(default)]
+    pub new_household: bool,
+    /// Day of enrolment (default: today).
+    #[serde(default)]
+    pub joined: Option<Day>,
+    /// A PIN for paying without a smartphone.
+    #[serde(default)]
+    pub pin: Option<String>,
+}
+
+/// A member was enrolled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrolled {
+    /// The member id.
+    pub member: MemberId,
+    /// The card issued.
+    pub card: CardId,
+    /// The household, if any.
+    pub household: Option<HouseholdId>,
+    /// Day of enrolment.
+    pub joined: Day,
+}
+
+/// The result of an allocation run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationRun {
+    /// The period.
+    pub period: Option<Period>,
+    /// Allocations issued by this run.
+    pub issued: u64,
+    /// Members who already had this period's allocation (nothing done).
+    pub already_issued: u64,
+    /// Suspended members, who receive nothing.
+    pub skipped_suspended: u64,
+    /// Members not enrolled during the period.
+    pub skipped_not_member: u64,
+    /// Total credited by this run.
+    pub total: Amount,
+    /// Balance expired by the rollover policy during this run.
+    pub expired: Amount,
+}
+
+/// A contribution was recorded (or had been).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContributionRecorded {
+    /// The member.
+    pub member: MemberId,
+    /// The period.
+    pub period: Period,
+    /// The amount.
+    pub amount: Amount,
+    /// Bracket of the scale (reports group by it).
+    pub bracket: u8,
+    /// True if it had already been recorded; nothing changed.
+    pub already_recorded: bool,
+}
+
+/// What the contribution index keeps per member and period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContributionIndex {
+    /// Journal entry.
+    pub seq: u64,
+    /// Amount.
+    pub amount: Amount,
+    /// Bracket.
+    pub bracket: u8,
+}
+
+/// A subsidy was recorded (or had been, under the same key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubsidyRecorded {
+    /// Funder.
+    pub source: SubsidySource,
+    /// Amount.
+    pub amount: Amount,
+    /// Period.
+    pub period: Period,
+    /// Idempotency key.
+    pub key: String,
+    /// Journal entry.
+    pub seq: u64,
+    /// True if it had already been recorded under this key.
+    pub already_recorded: bool,
+}
+
+/// An outlet was registered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutletRegistered {
+    /// The outlet.
+    pub outlet: OutletId,
+    /// The till's API token: shown once, give it to the outlet.
+    pub token: String,
+}
+
+/// A purchase submitted by a till.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PurchaseInput {
+    /// Chosen by the till; retries reuse it.
+    pub id: PurchaseId,
+    /// The member's card.
+    pub card: CardId,
+    /// The outlet selling.
+    pub outlet: OutletId,
+    /// What is bought.
+    pub lines: Vec<PurchaseLine>,
+    /// The PIN typed on the outlet's device, if the card has one.
+    #[serde(default)]
+    pub pin: Option<String>,
+}
+
+/// The most lines in a local purchase.
+pub const MAX_LINES: usize = caisse_protocol::messages::MAX_PURCHASE_LINES;
+
+/// A purchase line as charged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargedLine {
+    /// Category.
+    pub category: Category,
+    /// Line price.
+    pub amount: Amount,
+    /// Share paid by the allocation.
+    pub coverage_pct: u8,
+    /// Paid by the allocation.
+    pub allocation_part: Amount,
+    /// Left for the member to pay.
+    pub member_part: Amount,
+}
+
+/// The receipt of an accepted purchase.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The purchase.
+    pub purchase: PurchaseId,
+    /// Total of the lines.
+    pub total: Amount,
+    /// Paid by the allocation.
+    pub allocation_part: Amount,
+    /// Left for the member to pay outside the allocation.
+    pub member_part: Amount,
+    /// The member's balance after the purchase.
+    pub balance_after: Amount,
+    /// Journal entry.
+    pub seq: u64,
+    /// When accepted (Unix seconds).
+    pub at: u64,
+    /// True when this answers a retry of an already accepted purchase.
+    pub replayed: bool,
+}
+
+/// A payout to an outlet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayoutDone {
+    /// The outlet.
+    pub outlet: OutletId,
+    /// The period.
+    pub period: Period,
+    /// Amount paid.
+    pub amount: Amount,
+    /// True if it had already been paid for this period.
+    pub already_paid: bool,
+}
+
+/// What the payout index keeps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct PayoutIndex {
+    seq: Option<u64>,
+    amount: Amount,
+}
+
+/// What the subsidy index keeps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SubsidyIndex {
+    seq: u64,
+    source: SubsidySource,
+    amount: Amount,
+    period: Period,
+}
+
+/// A member's status change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StatusChange {
+    /// Bar the member for now.
+    Suspend,
+    /// Lift a suspension.
+    Reinstate,
+    /// The member leaves on the given day (default today).
+    Leave(Option<Day>),
+}
+
+/// What the caisse keeps in memory per member.
+#[derive(Clone, Debug)]
+struct MemberState {
+    status: MemberStatus,
+    household: Option<HouseholdId>,
+    joined: Day,
+    left: Option<Day>,
+    income: Option<Amount>,
+}
+
+/// Pending writes, readable before they are applied.
+#[derive(Default)]
+struct WriteSet {
+    ops: Vec<Op>,
+    overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl WriteSet {
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.overlay.insert(key.clone(), Some(value.clone()));
+        self.ops.push(Op::Put(key, value));
+    }
+}
+
+/// The caisse's state and rules.
+pub struct Caisse {
+    store: Arc<dyn Store>,
+    id: CaisseId,
+    pepper: [u8; 32],
+    policy: Policy,
+    head: Head,
+    members: HashMap<MemberId, MemberState>,
+    cards: HashMap<CardId, CardRecord>,
+    outlets: HashMap<OutletId, OutletRecord>,
+    balances: HashMap<Account, Amount>,
+    dirty: HashSet<Account>,
+    pending: WriteSet,
+    random: Box<dyn FnMut() -> [u8; 32] + Send>,
+}
+
+/// The caisse's identity as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    /// The caisse id (public key).
+    pub id: CaisseId,
+    /// Public name.
+    pub name: String,
+    /// Territory.
+    pub territory: String,
+    /// Day created.
+    pub created: Day,
+}
+
+/// Store a policy (as JSON inside the versioned value, so its tagged enums stay readable).
+pub fn encode_policy(policy: &Policy) -> Vec<u8> {
+    encode_value(&serde_json::to_string(policy).unwrap_or_default())
+}
+
+/// Read a stored policy.
+pub fn decode_policy(bytes: &[u8]) -> Result<Policy, StoreError> {
+    let json: String = decode_value(keys::POLICY, bytes)?;
+    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+        key: "meta/policy".into(),
+        detail: e.to_string(),
+    })
+}
+
+impl Caisse {
+    /// Load the caisse from `store`: its profile, policy, members, cards,
+    /// outlets, balances and journal head.
+    pub fn load(
+        store: Arc<dyn Store>,
+        pepper: [u8; 32],
+        random: Box<dyn FnMut() -> [u8; 32] + Send>,
+    ) -> Result<Caisse, StoreError> {
+        let missing = |what: &str| StoreError::Corrupt {
+            key: what.into(),
+            detail: "missing: is this a caisse data directory? (run `caisse init`)".into(),
+        };
+        let profile: Profile = decode_value(
+            keys::PROFILE,
+            &store
+                .get(keys::PROFILE)?
+                .ok_or_else(|| missing("meta/profile"))?,
+        )?;
+        let policy = decode_policy(
+            &store
+                .get(keys::POLICY)?
+                .ok_or_else(|| missing("meta/policy"))?,
+        )?;
+        let head = match store.get(keys::HEAD)? {
+            Some(b) => decode_value(keys::HEAD, &b)?,
+            None => Head::default(),
+        };
+        let mut members = HashMap::new();
+        store.for_each_prefix(keys::MEMBER, &mut |k, v| {
+            if let Ok(m) = decode_value::<MemberRecord>(k, v) {
+                members.insert(
+                    m.id,
+                    MemberState {
+                        status: m.status,
+                        household: m.household,
+                        joined: m.joined,
+                        left: m.left,
+                        income: m.income,
+                    },
+                );
+            }
+            true
+        })?;
+        let mut cards = HashMap::new();
+        for (k, v) in store.scan_prefix(keys::CARD)? {
+            let c: CardRecord = decode_value(&k, &v)?;
+            cards.insert(c.card, c);
+        }
+        let mut outlets = HashMap::new();
+        for (k, v) in store.scan_prefix(keys::OUTLET)? {
+            let o: OutletRecord = decode_value(&k, &v)?;
+            outlets.insert(o.id, o);
+        }
+        let mut balances = HashMap::new();
+        let mut by_key: HashMap<Vec<u8>, Account> = HashMap::new();
+        for id in members.keys() {
+            let a = Account::Member(*id);
+            by_key.insert(a.balance_key(), a);
+        }
+        for id in outlets.keys() {
+            let a = Account::Outlet(*id);
+            by_key.insert(a.balance_key(), a);
+        }
+        for a in [
+            Account::Treasury,
+            Account::Allocations,
+            Account::Contributions,
+            Account::PaidOut,
+            Account::Subsidy(SubsidySource::State),
+            Account::Subsidy(SubsidySource::LocalAuthority),
+            Account::Subsidy(SubsidySource::Other),
+        ] {
+            by_key.insert(a.balance_key(), a);
+        }
+        store.for_each_prefix(keys::BALANCE, &mut |k, v| {
+            if let (Some(a), Ok(amount)) = (by_key.get(k), decode_value::<Amount>(k, v)) {
+                balances.insert(*a, amount);
+            }
+            true
+        })?;
+        Ok(Caisse {
+            store,
+            id: profile.id,
+            pepper,
+            policy,
+            head,
+            members,
+            cards,
+            outlets,
+            balances,
+            dirty: HashSet::new(),
+            pending: WriteSet::default(),
+            random,
+        })
+    }
+
+    /// The caisse id.
+    pub fn id(&self) -> CaisseId {
+        self.id
+    }
+
+    /// The current policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Number of members (all statuses).
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The balance of an account.
+    pub fn balance(&self, account: &Account) -> Amount {
+        self.balances.get(account).copied().unwrap_or(Amount::ZERO)
+    }
+
+    /// The journal head.
+    pub fn head(&self) -> Head {
+        self.head
+    }
+
+    /// True when writes are waiting for [`Caisse::commit`].
+    pub fn has_pending(&self) -> bool {
+        !self.pending.ops.is_empty() || !self.dirty.is_empty()
+    }
+
+    /// Apply pending writes atomically and make them durable.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        if !self.has_pending() {
+            return Ok(());
+        }
+        let mut dirty: Vec<Account> = self.dirty.drain().collect();
+        dirty.sort();
+        for a in dirty {
+            let v = encode_value(&self.balance(&a));
+            self.pending.ops.push(Op::Put(a.balance_key(), v));
+        }
+        self.pending
+            .ops
+            .push(Op::Put(keys::HEAD.to_vec(), encode_value(&self.head)));
+        let ws = std::mem::take(&mut self.pending);
+        self.store.apply(&ws.ops)?;
+        self.store.sync()
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.pending.overlay.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.store.get(key),
+        }
+    }
+
+    fn random16(&mut self) -> [u8; 16] {
+        let r = (self.random)();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&r[..16]);
+        out
+    }
+
+    /// Append a balanced entry, updating balances. Refuses (changing
+    /// nothing) if it does not balance or would take a member or outlet
+    /// below zero.
+    fn append(
+        &mut self,
+        at: u64,
+        kind: EntryKind,
+        postings: Vec<Posting>,
+    ) -> Result<u64, CaisseError> {
+        let overflow = |_| CaisseError::Invalid("amount out of range".into());
+        let sum = Amount::checked_sum(postings.iter().map(|p| p.amount)).map_err(overflow)?;
+        if !sum.is_zero() {
+            return Err(CaisseError::Invalid(format!(
+                "internal error: postings sum to {sum}"
+            )));
+        }
+        let mut next: BTreeMap<Account, Amount> = BTreeMap::new();
+        for p in &postings {
+            let cur = next
+                .get(&p.account)
+                .copied()
+                .unwrap_or_else(|| self.balance(&p.account));
+            next.insert(p.account, cur.checked_add(p.amount).map_err(overflow)?);
+        }
+        for (a, b) in &next {
+            if matches!(a, Account::Member(_) | Account::Outlet(_)) && b.is_negative() {
+                return Err(CaisseError::Invalid(format!(
+                    "{a} would go below zero ({b}); nothing was recorded"
+                )));
+            }
+        }
+        let seq = self.head.next_seq;
+        let entry = JournalEntry {
+            seq,
+            prev: self.head.last_hash,
+            at,
+            kind,
+            postings,
+        };
+        let bytes = encode_value(&entry);
+        self.head = Head {
+            next_seq: seq.saturating_add(1),
+            last_hash: entry_hash(&bytes),
+        };
+        self.pending.put(JournalEntry::key(seq), bytes);
+        for (a, b) in next {
+            self.balances.insert(a, b);
+            self.dirty.insert(a);
+        }
+        Ok(seq)
+    }
+
+    /// Enrol a member: residency is the only condition; adults only.
+    pub fn enroll(&mut self, input: EnrollInput, today: Day) -> Result<Enrolled, CaisseError> {
+        let name = input.name.trim();
+        let residence = input.residence.trim();
+        if name.is_empty() || name.len() > 100 {
+            return Err(CaisseError::Invalid(
+                "name must be 1 to 100 characters".into(),
+            ));
+        }
+        if residence.is_empty() || residence.len() > 200 {
+            return Err(CaisseError::Invalid(
+                "residence is required (1 to 200 characters): residency is the only condition of membership".into(),
+            ));
+        }
+        if let Some(y) = input.birth_year {
+            let this_year = today.ymd().0;
+            if y > this_year || y < 1900 {
+                return Err(CaisseError::Invalid(format!(
+                    "birth year {y} is not plausible"
+                )));
+            }
+            let age = this_year.saturating_sub(y);
+            if age < u16::from(self.policy.minimum_age) {
+                return Err(CaisseError::Invalid(format!(
+                    "members must be adults: born in {y}, under {} (children count through their household)",
+                    self.policy.minimum_age
+                )));
+            }
+        }
+        if input.income.is_some_and(|i| i.is_negative()) {
+            return Err(CaisseError::Invalid("income cannot be negative".into()));
+        }
+        if let Some(pin) = &input.pin
+            && !valid_pin(pin)
+        {
+            return Err(CaisseError::Invalid("a PIN is 4 to 8 digits".into()));
+        }
+        let household = match (input.household, input.new_household) {
+            (Some(_), true) => {
+                return Err(CaisseError::Invalid(
+                    "give either --household or --new-household, not both".into(),
+                ));
+            }
+            (Some(h), false) => {
+                if !self.members.values().any(|m| m.household == Some(h)) {
+                    return Err(CaisseError::NotFound {
+                        what: "household",
+                        id: h.to_string(),
+                    });
+                }
+                Some(h)
+            }
+            (None, true) => Some(HouseholdId::from_bytes(self.random16())),
+            (None, false) => None,
+        };
+        let joined = input.joined.unwrap_or(today);
+        let id = MemberId::from_bytes(self.random16());
+        let mut card_random = [0u8; 8];
+        card_random.copy_from_slice(&self.random16()[..8]);
+        let card = CardId::new(&self.id, card_random);
+        let salt = self.random16();
+        let record = MemberRecord {
+            id,
+            name: name.to_owned(),
+            residence: residence.to_owned(),
+            birth_year: input.birth_year,
+            income: input.income,
+            household,
+            status: MemberStatus::Active,
+            joined,
+            left: None,
+            card,
+        };
+        let card_record = CardRecord {
+            card,
+            member: id,
+            pin_hash: input
+                .pin
+                .as_deref()
+                .map(|p| pin_hash(&self.pepper, &salt, p)),
+            salt,
+            failed_attempts: 0,
+            locked: false,
+        };
+        self.pending
+            .put(MemberRecord::key(&id), encode_value(&record));
+        self.pending
+            .put(CardRecord::key(&card), encode_value(&card_record));
+        self.members.insert(
+            id,
+            MemberState {
+                status: MemberStatus::Active,
+                household,
+                joined,
+                left: None,
+                income: input.income,
+            },
+        );
+        self.cards.insert(card, card_record);
+        Ok(Enrolled {
+            member: id,
+            card,
+            household,
+            joined,
+        })
+    }
+
+    /// Read a member's full record (pending writes included).
+    pub fn member_record(&self, id: &MemberId) -> Result<MemberRecord, CaisseError> {
+        let key = MemberRecord::key(id);
+        let bytes = self.get(&key)?.ok_or_else(|| CaisseError::NotFound {
+            what: "member",
+            id: id.to_string(),
+        })?;
+        Ok(decode_value(&key, &bytes)?)
+    }
+
+    /// Suspend, reinstate or record the departure of a member.
+    pub fn change_status(
+        &mut self,
+        id: MemberId,
+        change: StatusChange,
+        today: Day,
+    ) -> Result<MemberRecord, CaisseError> {
+        let mut record = self.member_record(&id)?;
+        if record.status == MemberStatus::Left {
+            return Err(CaisseError::Conflict(format!(
+                "member {id} left on {}; enrol them again if they return",
+                record.left.unwrap_or(today)
+            )));
+        }
+        match change {
+            StatusChange::Suspend => record.status = MemberStatus::Suspended,
+            StatusChange::Reinstate => record.status = MemberStatus::Active,
+            StatusChange::Leave(day) => {
+                let day = day.unwrap_or(today);
+                if day < record.joined {
+                    return Err(CaisseError::Invalid(format!(
+                        "cannot leave on {day}, before joining on {}",
+                        record.joined
+                    )));
+                }
+                record.status = MemberStatus::Left;
+                record.left = Some(day);
+            }
+        }
+        self.pending
+            .put(MemberRecord::key(&id), encode_value(&record));
+        if let Some(m) = self.members.get_mut(&id) {
+            m.status = record.status;
+            m.left = record.left;
+        }
+        Ok(record)
+    }
+
+    /// Set or reset a member's PIN (also unlocks a locked card).
+    pub fn set_pin(&mut self, id: MemberId, pin: &str) -> Result<CardId, CaisseError> {
+        if !valid_pin(pin) {
+            return Err(CaisseError::Invalid("a PIN is 4 to 8 digits".into()));
+        }
+        let record = self.member_record(&id)?;
+        let salt = self.random16();
+        let hash = pin_hash(&self.pepper, &salt, pin);
+        let card = self
+            .cards
+            .get_mut(&record.card)
+            .ok_or_else(|| CaisseError::NotFound {
+                what: "card",
+                id: record.card.to_string(),
+            })?;
+        card.salt = salt;
+        card.pin_hash = Some(hash);
+        card.failed_attempts = 0;
+        card.locked = false;
+        let bytes = encode_value(&*card);
+        self.pending.put(CardRecord::key(&record.card), bytes);
+        Ok(record.card)
+    }
+
+    /// Issue the allocation of `period` to every member who should have it
+    /// and does not yet. Running it again issues nothing twice.
+    pub fn issue_allocations(
+        &mut self,
+        period: Period,
+        now: u64,
+    ) -> Result<AllocationRun, CaisseError> {
+        let mut ids: Vec<MemberId> = self.members.keys().copied().collect();
+        ids.sort();
+        // The first member of each household (earliest joined, then lowest id) gets the base.
+        let mut heads: HashMap<HouseholdId, (Day, MemberId)> = HashMap::new();
+        for id in &ids {
+            let m = &self.members[id];
+            if let Some(h) = m.household
+                && days_active(period, m.joined, m.left) > 0
+            {
+                let e = heads.entry(h).or_insert((m.joined, *id));
+                if (m.joined, *id) < *e {
+                    *e = (m.joined, *id);
+                }
+            }
+        }
+        let mut run = AllocationRun {
+            period: Some(period),
+            ..AllocationRun::default()
+        };
+        let mut since_commit = 0usize;
+        for id in ids {
+            let key = allocation_key(period, &id);
+            if self.get(&key)?.is_some() {
+                run.already_issued = run.already_issued.saturating_add(1);
+                continue;
+            }
+            let m = &self.members[&id];
+            if m.status == MemberStatus::Suspended {
+                run.skipped_suspended = run.skipped_suspended.saturating_add(1);
+                continue;
+            }
+            let days = days_active(period, m.joined, m.left);
+            if days == 0 {
+                run.skipped_not_member = run.skipped_not_member.saturating_add(1);
+                continue;
+            }
+            let first = m
+                .household
+                .is_none_or(|h| heads.get(&h).map(|x| x.1) == Some(id));
+            let overflow = |_| CaisseError::Invalid("allocation out of range".into());
+            let amount = pro_rata(self.policy.monthly_allocation(first), days, period.days())
+                .map_err(overflow)?;
+            let account = Account::Member(id);
+            let balance = self.balance(&account);
+            let expired = match &self.policy.rollover {
+                crate::policy::Rollover::CarryOver => Amount::ZERO,
+                crate::policy::Rollover::Expire => balance,
+                crate::policy::Rollover::Cap { max } => balance
+                    .checked_add(amount)
+                    .and_then(|b| b.checked_sub(*max))
+                    .map_err(overflow)?
+                    .max(Amount::ZERO),
+            };
+            let neg = |a: Amount| a.checked_neg().map_err(overflow);
+            let mut postings = vec![
+                Posting {
+                    account: Account::Allocations,
+                    amount: neg(amount)?,
+                },
+                Posting { account, amount },
+            ];
+            if !expired.is_zero() {
+                postings.push(Posting {
+                    account,
+                    amount: neg(expired)?,
+                });
+                postings.push(Posting {
+                    account: Account::Allocations,
+                    amount: expired,
+                });
+            }
+            let seq = self.append(
+                now,
+                EntryKind::Allocation {
+                    member: id,
+                    period,
+                    amount,
+                    expired,
+                },
+                postings,
+            )?;
+            self.pending.put(key, encode_value(&seq));
+            run.issued = run.issued.saturating_add(1);
+            run.total = run.total.checked_add(amount).map_err(overflow)?;
+            run.expired = run.expired.checked_add(expired).map_err(overflow)?;
+            since_commit = since_commit.saturating_add(1);
+            if since_commit >= ALLOCATION_CHUNK {
+                self.commit()?;
+                since_commit = 0;
+            }
+        }
+        Ok(run)
+    }
+
+    /// Record a member's contribution for a period (once per period);
+    /// without an amount, the member's amount on the caisse's scale.
+    pub fn record_contribution(
+        &mut self,
+        member: MemberId,
+        period: Period,
+        amount: Option<Amount>,
+        now: u64,
+    ) -> Result<ContributionRecorded, CaisseError> {
+        let state = self
+            .members
+            .get(&member)
+            .ok_or_else(|| CaisseError::NotFound {
+                what: "member",
+                id: member.to_string(),
+            })?;
+        let key = keys::key(
+            keys::CONTRIBUTION,
+            &[&period.index().to_be_bytes(), member.as_bytes()],
+        );
+        if let Some(bytes) = self.get(&key)? {
+            let idx: ContributionIndex = decode_value(&key, &bytes)?;
+            return Ok(ContributionRecorded {
+                member,
+                period,
+                amount: idx.amount,
+                bracket: idx.bracket,
+                already_recorded: true,
+            });
+        }
+        let (scale_amount, bracket) = self
+            .policy
+            .contribution_for(state.income)
+            .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+        let amount = amount.unwrap_or(scale_amount);
+        if amount.is_negative() {
+            return Err(CaisseError::Invalid(
+                "a contribution cannot be negative".into(),
+            ));
+        }
+        let bracket = u8::try_from(bracket).unwrap_or(u8::MAX);
+        let neg = amount
+            .checked_neg()
+            .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+        let seq = self.append(
+            now,
+            EntryKind::Contribution { member, period },
+            vec![
+                Posting {
+                    account: Account::Contributions,
+                    amount: neg,
+                },
+                Posting {
+                    account: Account::Treasury,
+                    amount,
+                },
+            ],
+        )?;
+        self.pending.put(
+            key,
+            encode_value(&ContributionIndex {
+                seq,
+                amount,
+                bracket,
+            }),
+        );
+        Ok(ContributionRecorded {
+            member,
+            period,
+            amount,
+            bracket,
+            already_recorded: false,
+        })
+    }
+
+    /// Record a subsidy received; `key` makes a retry harmless.
+    pub fn record_subsidy(
+        &mut self,
+        source: SubsidySource,
+        amount: Amount,
+        period: Period,
+        key: String,
+        now: u64,
+    ) -> Result<SubsidyRecorded, CaisseError> {
+        if key.is_empty() || key.len() > 100 {
+            return Err(CaisseError::Invalid(
+                "idempotency key must be 1 to 100 characters".into(),
+            ));
+        }
+        if amount.is_negative() || amount.is_zero() {
+            return Err(CaisseError::Invalid("a subsidy must be above zero".into()));
+        }
+        let ikey = keys::key(keys::IDEMPOTENCY, &[b"subsidy/", key.as_bytes()]);
+        if let Some(bytes) = self.get(&ikey)? {
+            let idx: SubsidyIndex = decode_value(&ikey, &bytes)?;
+            if idx.amount != amount || idx.source != source || idx.period != period {
+                return Err(CaisseError::Conflict(format!(
+                    "key {key:?} was already used for a subsidy of {} from {} for {}; use a new key",
+                    idx.amount, idx.source, idx.period
+                )));
+            }
+            return Ok(SubsidyRecorded {
+                source,
+                amount,
+                period,
+                key,
+                seq: idx.seq,
+                already_recorded: true,
+            });
+        }
+        let neg = amount
+            .checked_neg()
+            .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+        let seq = self.append(
+            now,
+            EntryKind::Subsidy {
+                source,
+                period,
+                key: key.clone(),
+            },
+            vec![
+                Posting {
+                    account: Account::Subsidy(source),
+                    amount: neg,
+                },
+                Posting {
+                    account: Account::Treasury,
+                    amount,
+                },
+            ],
+        )?;
+        self.pending.put(
+            ikey,
+            encode_value(&SubsidyIndex {
+                seq,
+                source,
+                amount,
+                period,
+            }),
+        );
+        Ok(SubsidyRecorded {
+            source,
+            amount,
+            period,
+            key,
+            seq,
+            already_recorded: false,
+        })
+    }
+
+    /// Register an outlet conventioned for `categories` (all at 100%
+    /// coverage) and issue its till token.
+    pub fn register_outlet(
+        &mut self,
+        name: &str,
+        categories: Vec<(Category, u8)>,
+        today: Day,
+    ) -> Result<OutletRegistered, CaisseError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 100 {
+            return Err(CaisseError::Invalid(
+                "outlet name must be 1 to 100 characters".into(),
+            ));
+        }
+        if categories.is_empty() || categories.len() > 64 {
+            return Err(CaisseError::Invalid(
+                "list 1 to 64 categories the outlet may sell under the allocation".into(),
+            ));
+        }
+        if categories.iter().any(|(_, p)| *p > 100) {
+            return Err(CaisseError::Invalid("coverage is at most 100%".into()));
+        }
+        let id = OutletId::from_bytes(self.random16());
+        let record = OutletRecord {
+            id,
+            name: name.to_owned(),
+            categories,
+            registered: today,
+            active: true,
+        };
+        let token = self.new_token(Role::Outlet { outlet: id });
+        self.pending
+            .put(OutletRecord::key(&id), encode_value(&record));
+        self.outlets.insert(id, record);
+        Ok(OutletRegistered { outlet: id, token })
+    }
+
+    /// Create an API token for `role`; only its hash is stored.
+    pub fn new_token(&mut self, role: Role) -> String {
+        let token = format!("cst_{}", hex::encode((self.random)()));
+        self.pending.put(token_key(&token), encode_value(&role));
+        token
+    }
+
+    /// Authorise, debit and record a purchase at one of this caisse's
+    /// outlets by one of its members. A retry with the same id and content
+    /// returns the same receipt and debits nothing.
+    pub fn purchase(&mut self, input: PurchaseInput, now: u64) -> Result<Receipt, CaisseError> {
+        let invalid = |d: String| {
+            CaisseError::declined(DeclineReason::InvalidRequest { detail: d.clone() }, d)
+        };
+        if input.lines.is_empty() || input.lines.len() > MAX_LINES {
+            return Err(invalid(format!("a purchase has 1 to {MAX_LINES} lines")));
+        }
+        if let Some(l) = input
+            .lines
+            .iter()
+            .find(|l| l.amount.is_negative() || l.amount.is_zero())
+        {
+            return Err(invalid(format!(
+                "line {} has amount {}: each line must be above zero",
+                l.category, l.amount
+            )));
+        }
+        let request = purchase_hash(&input);
+        let pkey = keys::key(keys::PURCHASE, &[input.id.as_bytes()]);
+        if let Some(bytes) = self.get(&pkey)? {
+            let rec: PurchaseRecord = decode_value(&pkey, &bytes)?;
+            if rec.request != request {
+                return Err(CaisseError::declined(
+                    DeclineReason::ConflictingRetry,
+                    format!(
+                        "purchase id {} was already used for a different purchase; use a new id",
+                        input.id
+                    ),
+                ));
+            }
+            return Ok(Receipt {
+                purchase: input.id,
+                total: rec
+                    .allocation_part
+                    .checked_add(rec.member_part)
+                    .unwrap_or(Amount::MAX),
+                allocation_part: rec.allocation_part,
+                member_part: rec.member_part,
+                balance_after: rec.balance_after,
+                seq: rec.seq,
+                at: rec.at,
+                replayed: true,
+            });
+        }
+        let outlet = self
+            .outlets
+            .get(&input.outlet)
+            .ok_or_else(|| CaisseError::NotFound {
+                what: "outlet",
+                id: input.outlet.to_string(),
+            })?;
+        if !outlet.active {
+            return Err(CaisseError::declined(
+                DeclineReason::NotRecognised {
+                    detail: "outlet is not conventioned".into(),
+                },
+                format!("outlet {} is no longer conventioned", outlet.name),
+            ));
+        }
+        let mut coverage = Vec::with_capacity(input.lines.len());
+        for l in &input.lines {
+            match outlet.coverage(&l.category) {
+                Some(p) => coverage.push(p),
+                None => {
+                    return Err(CaisseError::declined(
+                        DeclineReason::NotRecognised {
+                            detail: format!("category {} not conventioned", l.category),
+                        },
+                        format!(
+                            "{} is not conventioned for {}: this line cannot be paid with the allocation",
+                            outlet.name, l.category
+                        ),
+                    ));
+                }
+            }
+        }
+        let Some(card) = self.cards.get(&input.card) else {
+            return Err(CaisseError::declined(
+                DeclineReason::UnknownCard,
+                format!("card {} is not a card of this caisse", input.card),
+            ));
+        };
+        if card.locked {
+            return Err(CaisseError::declined(
+                DeclineReason::CardLocked,
+                "card locked after too many wrong PINs: the member must ask the caisse to reset the PIN",
+            ));
+        }
+        let member = card.member;
+        let status = self.members.get(&member).map(|m| m.status);
+        if status != Some(MemberStatus::Active) {
+            return Err(CaisseError::declined(
+                DeclineReason::SuspendedCard,
+                "this card's member is suspended or has left the caisse",
+            ));
+        }
+        if let Some(expected) = card.pin_hash {
+            let ok = input
+                .pin
+                .as_deref()
+                .is_some_and(|p| pin_hash(&self.pepper, &card.salt, p) == expected);
+            if !ok {
+                let limit = self.policy.pin_attempts;
+                let card = self
+                    .cards
+                    .get_mut(&input.card)
+                    .ok_or(CaisseError::Unavailable)?;
+                card.failed_attempts = card.failed_attempts.saturating_add(1);
+                card.locked = card.failed_attempts >= limit;
+                let (locked, left) = (card.locked, limit.saturating_sub(card.failed_attempts));
+                let bytes = encode_value(&*card);
+                self.pending.put(CardRecord::key(&input.card), bytes);
+                return Err(if locked {
+                    CaisseError::declined(
+                        DeclineReason::CardLocked,
+                        "wrong PIN; the card is now locked: the member must ask the caisse to reset the PIN",
+                    )
+                } else if input.pin.is_none() {
+                    CaisseError::declined(
+                        DeclineReason::WrongPin,
+                        format!("this card needs its PIN ({left} attempts left)"),
+                    )
+                } else {
+                    CaisseError::declined(
+                        DeclineReason::WrongPin,
+                        format!("wrong PIN ({left} attempts left)"),
+                    )
+                });
+            }
+            if card.failed_attempts > 0 {
+                let card = self
+                    .cards
+                    .get_mut(&input.card)
+                    .ok_or(CaisseError::Unavailable)?;
+                card.failed_attempts = 0;
+                let bytes = encode_value(&*card);
+                self.pending.put(CardRecord::key(&input.card), bytes);
+            }
+        }
+        let overflow = |_| invalid("amount out of range".into());
+        let mut allocation_part = Amount::ZERO;
+        let mut member_part = Amount::ZERO;
+        for (l, p) in input.lines.iter().zip(&coverage) {
+            let (a, m) = l.amount.split_coverage(*p).map_err(overflow)?;
+            allocation_part = allocation_part.checked_add(a).map_err(overflow)?;
+            member_part = member_part.checked_add(m).map_err(overflow)?;
+        }
+        let account = Account::Member(member);
+        let available = self.balance(&account);
+        if available < allocation_part {
+            return Err(CaisseError::declined(
+                DeclineReason::InsufficientBalance { available },
+                format!(
+                    "insufficient balance: the allocation part is {allocation_part} but only {available} is left"
+                ),
+            ));
+        }
+        let period = Day::from_unix(now).period();
+        let seq = self.append(
+            now,
+            EntryKind::Purchase {
+                id: input.id,
+                card: input.card,
+                outlet: input.outlet,
+                lines: input.lines.clone(),
+                coverage_pct: coverage,
+                period,
+            },
+            vec![
+                Posting {
+                    account,
+                    amount: allocation_part.checked_neg().map_err(overflow)?,
+                },
+                Posting {
+                    account: Account::Outlet(input.outlet),
+                    amount: allocation_part,
+                },
+            ],
+        )?;
+        let balance_after = self.balance(&account);
+        let record = PurchaseRecord {
+            request,
+            seq,
+            allocation_part,
+            member_part,
+            balance_after,
+            at: now,
+        };
+        self.pending.put(pkey, encode_value(&record));
+        Ok(Receipt {
+            purchase: input.id,
+            total: allocation_part.checked_add(member_part).map_err(overflow)?,
+            allocation_part,
+            member_part,
+            balance_after,
+            seq,
+            at: now,
+            replayed: false,
+        })
+    }
+
+    /// Pay an outlet what the caisse owes it, once per period.
+    pub fn payout(
+        &mut self,
+        outlet: OutletId,
+        period: Period,
+        now: u64,
+    ) -> Result<PayoutDone, CaisseError> {
+        if !self.outlets.contains_key(&outlet) {
+            return Err(CaisseError::NotFound {
+                what: "outlet",
+                id: outlet.to_string(),
+            });
+        }
+        let key = keys::key(
+            keys::PAYOUT,
+            &[&period.index().to_be_bytes(), outlet.as_bytes()],
+        );
+        if let Some(bytes) = self.get(&key)? {
+            let idx: PayoutIndex = decode_value(&key, &bytes)?;
+            return Ok(PayoutDone {
+                outlet,
+                period,
+                amount: idx.amount,
+                already_paid: true,
+            });
+        }
+        let amount = self.balance(&Account::Outlet(outlet));
+        let seq = if amount.is_zero() {
+            None
+        } else {
+            let neg = amount
+                .checked_neg()
+                .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+            Some(self.append(
+                now,
+                EntryKind::Payout { outlet, period },
+                vec![
+                    Posting {
+                        account: Account::Outlet(outlet),
+                        amount: neg,
+                    },
+                    Posting {
+                        account: Account::Allocations,
+                        amount,
+                    },
+                    Posting {
+                        account: Account::Treasury,
+                        amount: neg,
+                    },
+                    Posting {
+                        account: Account::PaidOut,
+                        amount,
+                    },
+                ],
+            )?)
+        };
+        self.pending
+            .put(key, encode_value(&PayoutIndex { seq, amount }));
+        Ok(PayoutDone {
+            outlet,
+            period,
+            amount,
+            already_paid: false,
+        })
+    }
+
+    /// Audit the ledger (after committing anything pending).
+    pub fn check(&mut self) -> Result<crate::ledger::CheckReport, CaisseError> {
+        self.commit()?;
+        Ok(crate::ledger::check(&*self.store)?)
+    }
+}
+
+/// The content hash that makes a purchase id idempotent: a retry must carry
+/// the same card, outlet and lines.
+pub fn purchase_hash(input: &PurchaseInput) -> ContentId {
+    let body =
+        caisse_protocol::encoding::encode(&(&input.card, &input.outlet, &input.lines), usize::MAX)
+            .unwrap_or_default();
+    ContentId::of_parts(&[b"caisse-ssa/local-purchase/v1", &body])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+
+    pub(crate) fn new_caisse(store: Arc<dyn Store>) -> Caisse {
+        crate::daemon::write_initial_state(
+            &*store,
+            &caisse_protocol::SecretKey::from_bytes([3; 32]),
+            "Test",
+            "Testville",
+            &Policy::default(),
+            Day::from_days(20_000),
+        )
+        .unwrap();
+        let mut n = 0u64;
+        Caisse::load(
+            store,
+            [9; 32],
+            Box::new(move || {
+                n += 1;
+                let mut b = [0u8; 32];
+                b[..8].copy_from_slice(&n.to_be_bytes());
+                b
+            }),
+        )
+        .unwrap()
+    }
+
+    fn enroll(c: &mut Caisse, joined: &str) -> Enrolled {
+        c.enroll(
+            EnrollInput {
+                name: "Ana".into(),
+                residence: "Montpellier".into(),
+                birth_year: Some(1980),
+                income: Some(Amount::from_cents(150_000)),
+                household: None,
+                new_household: false,
+                joined: Some(joined.parse().unwrap()),
+                pin: None,
+            },
+            joined.parse().unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn line(cat: &str, cents: i64) -> PurchaseLine {
+        PurchaseLine {
+            category: Category::new(cat).unwrap(),
+            producer: None,
+            amount: Amount::from_cents(cents),
+        }
+    }
+
+    #[test]
+    fn allocation_purchase_and_audit() {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let mut c = new_caisse(store.clone());
+        let a = enroll(&mut c, "2026-01-01");
+        let b = enroll(&mut c, "2026-03-17");
+        let o = c
+            .register_outlet(
+                "Épicerie",
+                vec![(Category::new("fresh-produce").unwrap(), 100)],
+                Day::from_days(20_000),
+            )
+            .unwrap();
+        let march: Period = "2026-03".parse().unwrap();
+        let run = c.issue_allocations(march, 1).unwrap();
+        assert_eq!(run.issued, 2);
+        assert_eq!(
+            c.balance(&Account::Member(a.member)),
+            Amount::from_cents(100_00)
+        );
+        assert_eq!(
+            c.balance(&Account::Member(b.member)),
+            Amount::from_cents(48_38)
+        );
+        let again = c.issue_allocations(march, 2).unwrap();
+        assert_eq!((again.issued, again.already_issued), (0, 2));
+
+        let p = PurchaseInput {
+            id: PurchaseId::from_bytes([1; 16]),
+            card: a.card,
+            outlet: o.outlet,
+            lines: vec![line("fresh-produce", 30_00)],
+            pin: None,
+        };
+        let r = c.purchase(p.clone(), 3).unwrap();
+        assert_eq!(r.balance_after, Amount::from_cents(70_00));
+        let r2 = c.purchase(p.clone(), 4).unwrap();
+        assert!(r2.replayed);
+        assert_eq!(r2.seq, r.seq);
+        assert_eq!(
+            c.balance(&Account::Member(a.member)),
+            Amount::from_cents(70_00)
+        );
+        let mut conflicting = p.clone();
+        conflicting.lines[0].amount = Amount::from_cents(1);
+        assert_eq!(
+            c.purchase(conflicting, 5).unwrap_err().code(),
+            "conflicting_retry"
+        );
+        let mut over = p.clone();
+        over.id = PurchaseId::from_bytes([2; 16]);
+        over.lines[0].amount = Amount::from_cents(70_01);
+        assert_eq!(
+            c.purchase(over, 6).unwrap_err().code(),
+            "insufficient_balance"
+        );
+        let mut wrong_cat = p;
+        wrong_cat.id = PurchaseId::from_bytes([3; 16]);
+        wrong_cat.lines[0] = line("alcohol", 1_00);
+        assert_eq!(
+            c.purchase(wrong_cat, 7).unwrap_err().code(),
+            "not_conventioned"
+        );
+
+        c.record_contribution(a.member, march, None, 8).unwrap();
+        c.record_subsidy(
+            SubsidySource::State,
+            Amount::from_cents(500_00),
+            march,
+            "s1".into(),
+            9,
+        )
+        .unwrap();
+        let pay = c.payout(o.outlet, march, 10).unwrap();
+        assert_eq!(pay.amount, Amount::from_cents(30_00));
+        let report = c.check().unwrap();
+        assert!(report.ok(), "{:?}", report.findings);
+        assert_eq!(c.balance(&Account::Outlet(o.outlet)), Amount::ZERO);
+    }
+
+    #[test]
+    fn pin_locks_after_attempts() {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let mut c = new_caisse(store);
+        let a = enroll(&mut c, "2026-01-01");
+        c.set_pin(a.member, "1234").unwrap();
+        let o = c
+            .register_outlet(
+                "Marché",
+                vec![(Category::new("bread").unwrap(), 100)],
+                Day::from_days(1),
+            )
+            .unwrap();
+        c.issue_allocations("2026-03".parse().unwrap(), 1).unwrap();
+        let mut p = PurchaseInput {
+            id: PurchaseId::from_bytes([1; 16]),
+            card: a.card,
+            outlet: o.outlet,
+            lines: vec![line("bread", 2_00)],
+            pin: Some("0000".into()),
+        };
+        assert_eq!(c.purchase(p.clone(), 1).unwrap_err().code(), "wrong_pin");
+        assert_eq!(c.purchase(p.clone(), 1).unwrap_err().code(), "wrong_pin");
+        assert_eq!(c.purchase(p.clone(), 1).unwrap_err().code(), "card_locked");
+        p.pin = Some("1234".into());
+        assert_eq!(c.purchase(p.clone(), 1).unwrap_err().code(), "card_locked");
+        c.set_pin(a.member, "5678").unwrap();
+        p.pin = Some("5678".into());
+        assert!(c.purchase(p, 1).is_ok());
+    }
+
+    #[test]
+    fn households_and_rollover() {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        crate::daemon::write_initial_state(
+            &*store,
+            &caisse_protocol::SecretKey::from_bytes([3; 32]),
+            "Nantes",
+            "Nantes",
+            &Policy {
+                allocation: crate::policy::AllocationPolicy::PerHousehold {
+                    base: Amount::from_cents(100_00),
+                    per_extra_member: Amount::from_cents(50_00),
+                },
+                rollover: crate::policy::Rollover::Cap {
+                    max: Amount::from_cents(120_00),
+                },
+                ..Policy::default()
+            },
+            Day::from_days(1),
+        )
+        .unwrap();
+        let mut n = 0u64;
+        let mut c = Caisse::load(
+            store,
+            [0; 32],
+            Box::new(move || {
+                n += 1;
+                [n as u8; 32]
+            }),
+        )
+        .unwrap();
+        let mk = |c: &mut Caisse, household, new| {
+            c.enroll(
+                EnrollInput {
+                    name: "X".into(),
+                    residence: "Nantes".into(),
+                    birth_year: None,
+                    income: None,
+                    household,
+                    new_household: new,
+                    joined: Some("2026-01-01".parse().unwrap()),
+                    pin: None,
+                },
+                Day::from_days(1),
+            )
+            .unwrap()
+        };
+        let first = mk(&mut c, None, true);
+        let second = mk(&mut c, first.household, false);
+        c.issue_allocations("2026-01".parse().unwrap(), 1).unwrap();
+        let total = c
+            .balance(&Account::Member(first.member))
+            .checked_add(c.balance(&Account::Member(second.member)))
+            .unwrap();
+        assert_eq!(total, Amount::from_cents(150_00));
+        c.issue_allocations("2026-02".parse().unwrap(), 1).unwrap();
+        // Capped at 120 each.
+        assert!(c.balance(&Account::Member(first.member)) <= Amount::from_cents(120_00));
+        assert!(c.balance(&Account::Member(second.member)) <= Amount::from_cents(120_00));
+        assert!(c.check().unwrap().ok());
+    }
+}

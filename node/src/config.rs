@@ -1,0 +1,149 @@
+//! The node's configuration file, `config.toml` in the data directory.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use caisse_protocol::FederationId;
+use serde::{Deserialize, Serialize};
+
+/// Settings read at start-up. Policy (allocation, contributions) is not
+/// here: it lives in the store and changes by parliament vote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Public name of the caisse.
+    pub name: String,
+    /// Its territory.
+    pub territory: String,
+    /// The federation it belongs to (bound into every signature).
+    pub federation: FederationId,
+    /// Address of the local HTTP API (port 0: any free port).
+    pub api: SocketAddr,
+    /// libp2p listen addresses.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// libp2p addresses of other caisses to connect to at start.
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    /// Settings for test networks only.
+    #[serde(default)]
+    pub testing: Testing,
+}
+
+/// Settings that only a test network should change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Testing {
+    /// Let the admin API set the node's clock (to simulate months).
+    #[serde(default)]
+    pub manual_clock: bool,
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("{path} is not a valid caisse config: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong, with the line.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Read and check `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The file as written by `caisse init`, with comments.
+    pub fn to_commented_toml(&self) -> String {
+        let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        let list = |v: &[String]| {
+            let items: Vec<String> = v.iter().map(|s| q(s)).collect();
+            format!("[{}]", items.join(", "))
+        };
+        format!(
+            "# Configuration of this caisse node. Read at start-up by `caisse node`.\n\
+             # The caisse's policy (allocation, contributions, rollover) is not here:\n\
+             # it is stored with the ledger and changed by the food parliament.\n\
+             \n\
+             # Public name and territory, published to the federation.\n\
+             name = {}\n\
+             territory = {}\n\
+             \n\
+             # The federation this caisse belongs to. Every signature is bound to it.\n\
+             federation = {}\n\
+             \n\
+             # Local HTTP API and web console. Keep it on 127.0.0.1 unless a reverse\n\
+             # proxy with TLS sits in front. Port 0 picks a free port (see node.json).\n\
+             api = {}\n\
+             \n\
+             # libp2p addresses to listen on, and other caisses to dial at start.\n\
+             listen = {}\n\
+             bootstrap = {}\n\
+             \n\
+             [testing]\n\
+             # Only for test networks: let the admin API set the node's clock.\n\
+             manual_clock = {}\n",
+            q(&self.name),
+            q(&self.territory),
+            q(self.federation.as_str()),
+            q(&self.api.to_string()),
+            list(&self.listen),
+            list(&self.bootstrap),
+            self.testing.manual_clock
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commented_file_round_trips() {
+        let c = Config {
+            name: "Caisse \"commune\"".into(),
+            territory: "Montpellier".into(),
+            federation: FederationId::new("ssa").unwrap(),
+            api: "127.0.0.1:0".parse().unwrap(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            bootstrap: vec![],
+            testing: Testing::default(),
+        };
+        let text = c.to_commented_toml();
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn typos_are_reported_with_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.toml");
+        std::fs::write(
+            &p,
+            "name = \"x\"\nterritory = \"y\"\nfederation = \"f\"\napi = \"127.0.0.1:0\"\napii = 3\n",
+        )
+        .unwrap();
+        let err = Config::load(&p).unwrap_err().to_string();
+        assert!(err.contains("apii"), "{err}");
+    }
+}

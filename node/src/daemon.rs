@@ -1,0 +1,354 @@
+//! Creating a caisse (`caisse init`) and running its node (`caisse node`).
+//!
+//! A data directory holds:
+//!
+//! | file | what |
+//! |---|---|
+//! | `config.toml` | settings, commented |
+//! | `caisse.key` | the caisse's ed25519 secret key (mode 0600) |
+//! | `admin.token`, `observer.token` | API tokens (mode 0600) |
+//! | `store/` | the sled store: ledger, members, outlets |
+//! | `node.json` | written by a running node: its id, API address, token files |
+//!
+//! Start-up is linear and logged: config, key, store, state, writer, API,
+//! `node.json`. Shutdown (SIGINT/SIGTERM) stops the API, lets the writer
+//! finish and sync its last batch, then removes `node.json`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use caisse_protocol::{CaisseId, Day, FederationId, SecretKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::caisse::{Caisse, Profile, encode_policy};
+use crate::config::{Config, Testing};
+use crate::members::{Role, token_key};
+use crate::policy::Policy;
+use crate::store::{Op, SCHEMA_VERSION, SledStore, Store, StoreError, encode_value, keys};
+use crate::writer::{self, Clock};
+
+/// Why a node could not be created or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The directory already holds a caisse.
+    #[error("{0} already holds a caisse (found caisse.key); refusing to overwrite it")]
+    Exists(PathBuf),
+    /// The directory holds no caisse.
+    #[error("{0} holds no caisse: create one with `caisse init --data-dir {0} --name NAME`")]
+    NotACaisse(PathBuf),
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Storage failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An invalid argument.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
+    move |source| NodeError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What `caisse init` needs.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Public name.
+    pub name: String,
+    /// Territory.
+    pub territory: String,
+    /// Federation id.
+    pub federation: FederationId,
+    /// HTTP API address.
+    pub api: SocketAddr,
+    /// libp2p listen addresses.
+    pub listen: Vec<String>,
+    /// Bootstrap peers.
+    pub bootstrap: Vec<String>,
+    /// Initial policy.
+    pub policy: Policy,
+    /// Secret key bytes (random unless a test fixes them).
+    pub secret: Option<[u8; 32]>,
+    /// Testing settings.
+    pub testing: Testing,
+}
+
+/// What `caisse init` created.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Created {
+    /// The new caisse's id.
+    pub caisse_id: CaisseId,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The admin token file.
+    pub admin_token_file: PathBuf,
+    /// The observer token file.
+    pub observer_token_file: PathBuf,
+}
+
+/// Random bytes from the operating system.
+pub fn random32() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    // The OS random source failing is unrecoverable for a node that signs.
+    getrandom::fill(&mut b).unwrap_or_else(|e| panic!("OS random source failed: {e}"));
+    b
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), NodeError> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(io(path))?;
+    f.write_all(contents).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+/// The pepper mixed into PIN hashes, derived from the caisse's secret key.
+pub fn pin_pepper(secret: &SecretKey) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"caisse-pin-pepper/v1");
+    h.update(secret.to_bytes());
+    h.finalize().into()
+}
+
+/// Write a new caisse's initial records to `store`.
+pub fn write_initial_state(
+    store: &dyn Store,
+    secret: &SecretKey,
+    name: &str,
+    territory: &str,
+    policy: &Policy,
+    today: Day,
+) -> Result<(), StoreError> {
+    let profile = Profile {
+        id: secret.caisse_id(),
+        name: name.to_owned(),
+        territory: territory.to_owned(),
+        created: today,
+    };
+    store.apply(&[
+        Op::Put(keys::SCHEMA.to_vec(), encode_value(&SCHEMA_VERSION)),
+        Op::Put(keys::PROFILE.to_vec(), encode_value(&profile)),
+        Op::Put(keys::POLICY.to_vec(), encode_policy(policy)),
+    ])?;
+    store.sync()
+}
+
+/// Create a caisse in `dir`: key, config, store, tokens. Refuses to
+/// overwrite an existing caisse.
+pub fn init(dir: &Path, opts: InitOptions) -> Result<Created, NodeError> {
+    if opts.name.trim().is_empty() || opts.name.len() > 200 {
+        return Err(NodeError::Invalid(
+            "--name must be 1 to 200 characters".into(),
+        ));
+    }
+    opts.policy
+        .validate()
+        .map_err(|e| NodeError::Invalid(format!("policy: {e}")))?;
+    let key_path = dir.join("caisse.key");
+    if key_path.exists() || dir.join("store").exists() {
+        return Err(NodeError::Exists(dir.to_owned()));
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let secret = SecretKey::from_bytes(opts.secret.unwrap_or_else(random32));
+    write_private(&key_path, hex::encode(secret.to_bytes()).as_bytes())?;
+    let config = Config {
+        name: opts.name.trim().to_owned(),
+        territory: opts.territory.trim().to_owned(),
+        federation: opts.federation,
+        api: opts.api,
+        listen: opts.listen,
+        bootstrap: opts.bootstrap,
+        testing: opts.testing,
+    };
+    let config_path = dir.join("config.toml");
+    std::fs::write(&config_path, config.to_commented_toml()).map_err(io(&config_path))?;
+    let store = SledStore::open(&dir.join("store"))?;
+    let today = Clock::system().today();
+    write_initial_state(
+        &store,
+        &secret,
+        &config.name,
+        &config.territory,
+        &opts.policy,
+        today,
+    )?;
+    let mut tokens = Vec::new();
+    let mut files = Vec::new();
+    for (role, file) in [
+        (Role::Admin, "admin.token"),
+        (Role::Observer, "observer.token"),
+    ] {
+        let token = format!("cst_{}", hex::encode(random32()));
+        tokens.push(Op::Put(token_key(&token), encode_value(&role)));
+        let path = dir.join(file);
+        write_private(&path, format!("{token}\n").as_bytes())?;
+        files.push(path);
+    }
+    store.apply(&tokens)?;
+    store.sync()?;
+    Ok(Created {
+        caisse_id: secret.caisse_id(),
+        data_dir: dir.to_owned(),
+        admin_token_file: files[0].clone(),
+        observer_token_file: files[1].clone(),
+    })
+}
+
+/// Read the caisse's secret key from `dir`.
+pub fn load_key(dir: &Path) -> Result<SecretKey, NodeError> {
+    let path = dir.join("caisse.key");
+    if !path.exists() {
+        return Err(NodeError::NotACaisse(dir.to_owned()));
+    }
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let mut b = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut b)
+        .map_err(|_| NodeError::Invalid(format!("{} is not a caisse key file", path.display())))?;
+    Ok(SecretKey::from_bytes(b))
+}
+
+/// What a running node publishes in `node.json` for scripts and the CLI.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The caisse id.
+    pub caisse_id: CaisseId,
+    /// The bound HTTP API address.
+    pub api: SocketAddr,
+    /// The libp2p addresses it listens on (empty until the network starts).
+    pub listen: Vec<String>,
+    /// The admin token file.
+    pub admin_token_file: PathBuf,
+    /// The observer token file.
+    pub observer_token_file: PathBuf,
+    /// The node's process id.
+    pub pid: u32,
+    /// The federation.
+    pub federation: FederationId,
+}
+
+impl NodeInfo {
+    /// Read `node.json` from a data directory.
+    pub fn read(dir: &Path) -> Result<NodeInfo, NodeError> {
+        let path = dir.join("node.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| NodeError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(
+                source.kind(),
+                format!(
+                    "{source}: is the node running? start it with `caisse node --data-dir {}`",
+                    dir.display()
+                ),
+            ),
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|e| NodeError::Invalid(format!("{}: {e}", path.display())))
+    }
+}
+
+/// A running node, for tests and the testnet to hold and stop.
+pub struct RunningNode {
+    /// What the node published.
+    pub info: NodeInfo,
+    /// The writer handle.
+    pub handle: writer::CaisseHandle,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    api_task: tokio::task::JoinHandle<()>,
+    writer_thread: std::thread::JoinHandle<()>,
+    dir: PathBuf,
+}
+
+/// Start the node of the caisse in `dir`: returns once the API is bound
+/// and `node.json` is written.
+pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
+    let config = Config::load(&dir.join("config.toml"))?;
+    let secret = load_key(dir)?;
+    let caisse_id = secret.caisse_id();
+    let span = tracing::info_span!("node", caisse = %caisse_id.short());
+    let _enter = span.enter();
+    tracing::info!(name = %config.name, federation = %config.federation, "starting");
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("store"))?);
+    let started = std::time::Instant::now();
+    let caisse = Caisse::load(store.clone(), pin_pepper(&secret), Box::new(random32))?;
+    tracing::info!(
+        members = caisse.member_count(),
+        entries = caisse.head().next_seq,
+        took_ms = started.elapsed().as_millis() as u64,
+        "state loaded"
+    );
+    let clock = Clock::system();
+    let (handle, writer_thread) = writer::spawn(caisse, clock);
+    let listener = tokio::net::TcpListener::bind(config.api)
+        .await
+        .map_err(io(Path::new("api address")))?;
+    let api = listener
+        .local_addr()
+        .map_err(io(Path::new("api address")))?;
+    let (shutdown, mut stop) = tokio::sync::watch::channel(false);
+    let state = crate::api::ApiState::new(handle.clone(), store, config.clone(), caisse_id);
+    let router = crate::api::router(state);
+    let api_task = tokio::spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "API server failed");
+        }
+    });
+    let info = NodeInfo {
+        caisse_id,
+        api,
+        listen: Vec::new(),
+        admin_token_file: dir.join("admin.token"),
+        observer_token_file: dir.join("observer.token"),
+        pid: std::process::id(),
+        federation: config.federation,
+    };
+    let path = dir.join("node.json");
+    let tmp = dir.join("node.json.tmp");
+    let json = serde_json::to_vec_pretty(&info).map_err(|e| NodeError::Invalid(e.to_string()))?;
+    std::fs::write(&tmp, json).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    tracing::info!(%api, "ready");
+    Ok(RunningNode {
+        info,
+        handle,
+        shutdown,
+        api_task,
+        writer_thread,
+        dir: dir.to_owned(),
+    })
+}
+
+impl RunningNode {
+    /// Stop in order: API, then the writer (which syncs its last batch).
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.api_task).await;
+        drop(self.handle);
+        let join = self.writer_thread;
+        let _ = tokio::task::spawn_blocking(move || join.join()).await;
+        let _ = std::fs::remove_file(self.dir.join("node.json"));
+        tracing::info!("stopped");
+    }
+}

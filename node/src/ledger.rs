@@ -1,0 +1,596 @@
+//! The caisse's double-entry ledger: accounts, journal entries, and the
+//! audit that checks the journal against everything derived from it.
+//!
+//! Every money movement is one [`JournalEntry`] whose postings sum to zero.
+//! Entries are numbered without gaps and chained by hash (each names the
+//! hash of the previous one), so a deleted or edited entry is detectable.
+//! Cached balances, the allocation index and the purchase idempotency
+//! records are written in the same atomic batch as the entry; [`check`]
+//! replays the journal from the start and reports every disagreement.
+//!
+//! Sign convention: an account's balance is what it holds. Money enters
+//! through source accounts, which go negative: `contributions` and
+//! `subsidy:*` feed the `treasury`; `allocations` feeds member balances.
+//! A purchase moves money from a member to an outlet; a payout clears the
+//! outlet's balance back against `allocations` and moves cash from the
+//! `treasury` to `paid-out`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use caisse_protocol::messages::PurchaseLine;
+use caisse_protocol::{
+    Amount, CaisseId, CardId, ContentId, MemberId, OutletId, Period, PurchaseId,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::store::{Store, StoreError, decode_value, keys};
+
+/// Where a subsidy comes from, kept apart so the caisse can report its
+/// funding against a target split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubsidySource {
+    /// The State (a national experimentation fund).
+    State,
+    /// A local authority (commune, department, region).
+    LocalAuthority,
+    /// Anything else (foundations, earmarked taxes).
+    Other,
+}
+
+impl fmt::Display for SubsidySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SubsidySource::State => "state",
+            SubsidySource::LocalAuthority => "local-authority",
+            SubsidySource::Other => "other",
+        })
+    }
+}
+
+impl std::str::FromStr for SubsidySource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "state" => Ok(SubsidySource::State),
+            "local-authority" => Ok(SubsidySource::LocalAuthority),
+            "other" => Ok(SubsidySource::Other),
+            _ => Err(format!(
+                "unknown subsidy source {s:?}: use state, local-authority or other"
+            )),
+        }
+    }
+}
+
+/// A ledger account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Account {
+    /// A member's spendable allocation.
+    Member(MemberId),
+    /// What the caisse owes an outlet for purchases.
+    Outlet(OutletId),
+    /// Cash the caisse holds.
+    Treasury,
+    /// Source of allocations (negative: allocations outstanding).
+    Allocations,
+    /// Source of member contributions (negative: total received).
+    Contributions,
+    /// Source of subsidies, by funder (negative: total received).
+    Subsidy(SubsidySource),
+    /// Cash paid out to outlets.
+    PaidOut,
+    /// What a peer caisse owes us (positive) or we owe it (negative).
+    Peer(CaisseId),
+}
+
+impl Account {
+    /// The key of this account's cached balance.
+    pub fn balance_key(&self) -> Vec<u8> {
+        let mut k = keys::BALANCE.to_vec();
+        match self {
+            Account::Member(m) => {
+                k.push(b'm');
+                k.extend_from_slice(m.as_bytes());
+            }
+            Account::Outlet(o) => {
+                k.push(b'o');
+                k.extend_from_slice(o.as_bytes());
+            }
+            Account::Treasury => k.push(b't'),
+            Account::Allocations => k.push(b'a'),
+            Account::Contributions => k.push(b'c'),
+            Account::Subsidy(s) => {
+                k.push(b's');
+                k.push(match s {
+                    SubsidySource::State => 0,
+                    SubsidySource::LocalAuthority => 1,
+                    SubsidySource::Other => 2,
+                });
+            }
+            Account::PaidOut => k.push(b'x'),
+            Account::Peer(c) => {
+                k.push(b'p');
+                k.extend_from_slice(c.as_bytes());
+            }
+        }
+        k
+    }
+}
+
+impl fmt::Display for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Account::Member(m) => write!(f, "member:{m}"),
+            Account::Outlet(o) => write!(f, "outlet:{o}"),
+            Account::Treasury => f.write_str("treasury"),
+            Account::Allocations => f.write_str("allocations"),
+            Account::Contributions => f.write_str("contributions"),
+            Account::Subsidy(s) => write!(f, "subsidy:{s}"),
+            Account::PaidOut => f.write_str("paid-out"),
+            Account::Peer(c) => write!(f, "peer:{}", c.short()),
+        }
+    }
+}
+
+/// One leg of a journal entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Posting {
+    /// The account moved.
+    pub account: Account,
+    /// Signed amount: positive adds to the account.
+    pub amount: Amount,
+}
+
+/// What a journal entry records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EntryKind {
+    /// A member's monthly allocation (and any rollover expiry).
+    Allocation {
+        /// The member.
+        member: MemberId,
+        /// The period.
+        period: Period,
+        /// Allocation credited.
+        amount: Amount,
+        /// Balance expired by the rollover policy.
+        expired: Amount,
+    },
+    /// A member's contribution for a period.
+    Contribution {
+        /// The member.
+        member: MemberId,
+        /// The period.
+        period: Period,
+    },
+    /// A subsidy received.
+    Subsidy {
+        /// Funder.
+        source: SubsidySource,
+        /// The period.
+        period: Period,
+        /// Idempotency key.
+        key: String,
+    },
+    /// A purchase at one of this caisse's outlets by one of its members.
+    Purchase {
+        /// The purchase.
+        id: PurchaseId,
+        /// The card used.
+        card: CardId,
+        /// The outlet.
+        outlet: OutletId,
+        /// What was bought.
+        lines: Vec<PurchaseLine>,
+        /// Coverage rate applied per line.
+        coverage_pct: Vec<u8>,
+        /// The period it counts in.
+        period: Period,
+    },
+    /// A payout of what the caisse owed an outlet.
+    Payout {
+        /// The outlet.
+        outlet: OutletId,
+        /// The period.
+        period: Period,
+    },
+}
+
+/// One journal entry: numbered, hash-chained, balanced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// Sequence number, from 0, without gaps.
+    pub seq: u64,
+    /// Hash of the previous entry's stored bytes (zeros for the first).
+    pub prev: [u8; 32],
+    /// When recorded (Unix seconds).
+    pub at: u64,
+    /// What it records.
+    pub kind: EntryKind,
+    /// The postings; they sum to zero.
+    pub postings: Vec<Posting>,
+}
+
+impl JournalEntry {
+    /// The storage key of entry `seq`.
+    pub fn key(seq: u64) -> Vec<u8> {
+        keys::key(keys::JOURNAL, &[&seq.to_be_bytes()])
+    }
+    /// The sum of the postings (zero for a valid entry).
+    pub fn imbalance(&self) -> Result<Amount, caisse_protocol::AmountError> {
+        Amount::checked_sum(self.postings.iter().map(|p| p.amount))
+    }
+}
+
+/// Hash of an entry's stored bytes, for the chain.
+pub fn entry_hash(stored: &[u8]) -> [u8; 32] {
+    Sha256::digest(stored).into()
+}
+
+/// The end of the journal: where the next entry goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// The next sequence number (= number of entries).
+    pub next_seq: u64,
+    /// Hash of the last entry (zeros when empty).
+    pub last_hash: [u8; 32],
+}
+
+/// The durable record that makes a purchase id idempotent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurchaseRecord {
+    /// Hash of the request content (card, outlet, lines).
+    pub request: ContentId,
+    /// The journal entry that recorded it.
+    pub seq: u64,
+    /// The part the allocation paid.
+    pub allocation_part: Amount,
+    /// The part the member paid outside the allocation.
+    pub member_part: Amount,
+    /// The member's balance right after.
+    pub balance_after: Amount,
+    /// When accepted (Unix seconds).
+    pub at: u64,
+}
+
+/// A key into the allocation index: period then member.
+pub fn allocation_key(period: Period, member: &MemberId) -> Vec<u8> {
+    keys::key(
+        keys::ALLOCATION,
+        &[&period.index().to_be_bytes(), member.as_bytes()],
+    )
+}
+
+/// One problem found by [`check`]: which item, and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// The item concerned (`journal entry 17`, `member:mem_…`, …).
+    pub item: String,
+    /// What is wrong, with the difference where there is one.
+    pub problem: String,
+}
+
+/// The outcome of a ledger audit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckReport {
+    /// Journal entries read.
+    pub entries: u64,
+    /// Accounts with a cached balance.
+    pub accounts: u64,
+    /// Every problem found; empty means the ledger is sound.
+    pub findings: Vec<Finding>,
+}
+
+impl CheckReport {
+    /// True when nothing was found.
+    pub fn ok(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+fn finding(item: impl Into<String>, problem: impl Into<String>) -> Finding {
+    Finding {
+        item: item.into(),
+        problem: problem.into(),
+    }
+}
+
+fn diff(a: Amount, b: Amount) -> String {
+    a.checked_sub(b)
+        .map_or_else(|_| "out of range".into(), |d| d.to_string())
+}
+
+/// Audit the ledger in `store`: replay the journal from the first entry and
+/// compare it with the chain, the cached balances, the allocation index and
+/// the purchase records. Known members and outlets are the ones stored.
+pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
+    let mut report = CheckReport::default();
+    let mut replayed: HashMap<Account, Amount> = HashMap::new();
+    let mut allocations: HashMap<(Period, MemberId), u64> = HashMap::new();
+    let mut purchases: HashMap<PurchaseId, (u64, Amount)> = HashMap::new();
+    let mut expected_seq = 0u64;
+    let mut prev_hash = [0u8; 32];
+    let mut negative: BTreeMap<Account, (u64, Amount)> = BTreeMap::new();
+
+    let members: HashSet<Vec<u8>> = store
+        .scan_prefix(keys::MEMBER)?
+        .into_iter()
+        .map(|(k, _)| k[keys::MEMBER.len()..].to_vec())
+        .collect();
+    let outlets: HashSet<Vec<u8>> = store
+        .scan_prefix(keys::OUTLET)?
+        .into_iter()
+        .map(|(k, _)| k[keys::OUTLET.len()..].to_vec())
+        .collect();
+
+    let mut findings = Vec::new();
+    store.for_each_prefix(keys::JOURNAL, &mut |key, bytes| {
+        report.entries = report.entries.saturating_add(1);
+        let key_seq = key
+            .get(keys::JOURNAL.len()..)
+            .and_then(|s| <[u8; 8]>::try_from(s).ok())
+            .map(u64::from_be_bytes);
+        let Some(key_seq) = key_seq else {
+            findings.push(finding(keys::printable(key), "malformed journal key"));
+            return true;
+        };
+        let item = format!("journal entry {key_seq}");
+        if key_seq != expected_seq {
+            findings.push(finding(
+                &item,
+                format!(
+                    "sequence gap: entries {expected_seq}..{} are missing (deleted?)",
+                    key_seq.saturating_sub(1)
+                ),
+            ));
+        }
+        expected_seq = key_seq.saturating_add(1);
+        let entry: JournalEntry = match decode_value(key, bytes) {
+            Ok(e) => e,
+            Err(e) => {
+                findings.push(finding(&item, format!("cannot be decoded: {e}")));
+                prev_hash = entry_hash(bytes);
+                return true;
+            }
+        };
+        if entry.seq != key_seq {
+            findings.push(finding(
+                &item,
+                format!("stored under {key_seq} but says it is entry {}", entry.seq),
+            ));
+        }
+        if entry.prev != prev_hash {
+            findings.push(finding(
+                &item,
+                "hash chain broken: the previous entry was edited, removed or replaced",
+            ));
+        }
+        prev_hash = entry_hash(bytes);
+        match entry.imbalance() {
+            Ok(s) if s.is_zero() => {}
+            Ok(s) => findings.push(finding(
+                &item,
+                format!("postings do not balance: they sum to {s}, not 0.00"),
+            )),
+            Err(_) => findings.push(finding(&item, "postings overflow")),
+        }
+        for p in &entry.postings {
+            let known = match &p.account {
+                Account::Member(m) => members.contains(m.as_bytes().as_slice()),
+                Account::Outlet(o) => outlets.contains(o.as_bytes().as_slice()),
+                _ => true,
+            };
+            if !known {
+                findings.push(finding(
+                    &item,
+                    format!("posts to {} which is not a known account", p.account),
+                ));
+            }
+            let bal = replayed.entry(p.account).or_insert(Amount::ZERO);
+            match bal.checked_add(p.amount) {
+                Ok(b) => *bal = b,
+                Err(_) => findings.push(finding(&item, "balance overflow")),
+            }
+            if matches!(p.account, Account::Member(_) | Account::Outlet(_)) && bal.is_negative() {
+                negative.entry(p.account).or_insert((key_seq, *bal));
+            }
+        }
+        match &entry.kind {
+            EntryKind::Allocation { member, period, .. } => {
+                if let Some(first) = allocations.insert((*period, *member), key_seq) {
+                    findings.push(finding(
+                        &item,
+                        format!(
+                            "second allocation to {member} for {period} (first in entry {first})"
+                        ),
+                    ));
+                }
+            }
+            EntryKind::Purchase { id, lines, .. } => {
+                let member_debit = entry
+                    .postings
+                    .iter()
+                    .filter(|p| matches!(p.account, Account::Member(_)))
+                    .try_fold(Amount::ZERO, |acc, p| acc.checked_sub(p.amount));
+                if purchases
+                    .insert(*id, (key_seq, member_debit.unwrap_or(Amount::MAX)))
+                    .is_some()
+                {
+                    findings.push(finding(
+                        &item,
+                        format!("purchase {id} recorded twice (debited twice)"),
+                    ));
+                }
+                if lines.is_empty() {
+                    findings.push(finding(&item, format!("purchase {id} has no lines")));
+                }
+            }
+            _ => {}
+        }
+        true
+    })?;
+    report.findings.append(&mut findings);
+
+    for (account, (seq, bal)) in negative {
+        report.findings.push(finding(
+            account.to_string(),
+            format!("balance goes below zero ({bal}) at journal entry {seq}"),
+        ));
+    }
+
+    // The head must match the end of the journal.
+    match store.get(keys::HEAD)? {
+        Some(bytes) => match decode_value::<Head>(keys::HEAD, &bytes) {
+            Ok(head) => {
+                if head.next_seq != expected_seq {
+                    report.findings.push(finding(
+                        "journal head",
+                        format!(
+                            "says {} entries but the journal ends after {expected_seq}",
+                            head.next_seq
+                        ),
+                    ));
+                } else if head.last_hash != prev_hash {
+                    report.findings.push(finding(
+                        "journal head",
+                        "hash does not match the last entry (last entry edited?)",
+                    ));
+                }
+            }
+            Err(e) => report.findings.push(finding("journal head", e.to_string())),
+        },
+        None if expected_seq > 0 => report.findings.push(finding(
+            "journal head",
+            "missing while the journal has entries",
+        )),
+        None => {}
+    }
+
+    // Cached balances against the replay.
+    let mut cached: HashMap<Vec<u8>, Amount> = HashMap::new();
+    for (k, v) in store.scan_prefix(keys::BALANCE)? {
+        report.accounts = report.accounts.saturating_add(1);
+        match decode_value::<Amount>(&k, &v) {
+            Ok(a) => {
+                cached.insert(k, a);
+            }
+            Err(e) => report
+                .findings
+                .push(finding(keys::printable(&k), e.to_string())),
+        }
+    }
+    let mut accounts: Vec<(&Account, &Amount)> = replayed.iter().collect();
+    accounts.sort();
+    for (account, journal) in accounts {
+        let key = account.balance_key();
+        let c = cached.remove(&key).unwrap_or(Amount::ZERO);
+        if c != *journal {
+            report.findings.push(finding(
+                account.to_string(),
+                format!(
+                    "cached balance {c} but the journal says {journal} (difference {})",
+                    diff(c, *journal)
+                ),
+            ));
+        }
+    }
+    for (key, c) in cached {
+        if !c.is_zero() {
+            report.findings.push(finding(
+                keys::printable(&key),
+                format!("cached balance {c} for an account with no journal entries"),
+            ));
+        }
+    }
+
+    // The allocation index against the journal.
+    for (k, v) in store.scan_prefix(keys::ALLOCATION)? {
+        let seq = decode_value::<u64>(&k, &v);
+        let parsed = k
+            .get(keys::ALLOCATION.len()..)
+            .filter(|r| r.len() == 20)
+            .and_then(|r| {
+                let period = Period::from_index(u32::from_be_bytes(r[..4].try_into().ok()?))?;
+                let member = MemberId::from_bytes(r[4..].try_into().ok()?);
+                Some((period, member))
+            });
+        match (parsed, seq) {
+            (Some(pm), Ok(seq)) => match allocations.remove(&pm) {
+                Some(s) if s == seq => {}
+                Some(s) => report.findings.push(finding(
+                    format!("allocation {} {}", pm.0, pm.1),
+                    format!("index points to entry {seq} but the journal has it in entry {s}"),
+                )),
+                None => report.findings.push(finding(
+                    format!("allocation {} {}", pm.0, pm.1),
+                    "indexed as issued but no journal entry issues it",
+                )),
+            },
+            _ => report.findings.push(finding(
+                keys::printable(&k),
+                "malformed allocation index entry",
+            )),
+        }
+    }
+    for ((period, member), seq) in allocations {
+        report.findings.push(finding(
+            format!("allocation {period} {member}"),
+            format!(
+                "journal entry {seq} issues it but the index does not record it (a rerun could pay twice)"
+            ),
+        ));
+    }
+
+    // Purchase idempotency records against the journal.
+    for (k, v) in store.scan_prefix(keys::PURCHASE)? {
+        let id = k
+            .get(keys::PURCHASE.len()..)
+            .and_then(|r| <[u8; 16]>::try_from(r).ok())
+            .map(PurchaseId::from_bytes);
+        let record = decode_value::<PurchaseRecord>(&k, &v);
+        match (id, record) {
+            (Some(id), Ok(rec)) => match purchases.remove(&id) {
+                Some((seq, debit)) => {
+                    if seq != rec.seq {
+                        report.findings.push(finding(
+                            format!("purchase {id}"),
+                            format!(
+                                "idempotency record points to entry {} but the journal has it in entry {seq}",
+                                rec.seq
+                            ),
+                        ));
+                    }
+                    if debit != rec.allocation_part {
+                        report.findings.push(finding(
+                            format!("purchase {id}"),
+                            format!(
+                                "idempotency record says {} but the journal debited {debit} (difference {})",
+                                rec.allocation_part,
+                                diff(rec.allocation_part, debit)
+                            ),
+                        ));
+                    }
+                }
+                None => report.findings.push(finding(
+                    format!("purchase {id}"),
+                    "idempotency record with no journal entry (acknowledged purchase lost?)",
+                )),
+            },
+            _ => report
+                .findings
+                .push(finding(keys::printable(&k), "malformed purchase record")),
+        }
+    }
+    let mut orphans: Vec<_> = purchases.into_iter().collect();
+    orphans.sort();
+    for (id, (seq, _)) in orphans {
+        report.findings.push(finding(
+            format!("purchase {id}"),
+            format!("journal entry {seq} has no idempotency record (a retry would debit twice)"),
+        ));
+    }
+    Ok(report)
+}
