@@ -281,8 +281,8 @@ pub struct RunningNode {
 /// Start the node of the caisse in `dir`: returns once the API is bound
 /// and `node.json` is written.
 pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
-    let config = Config::load(&dir.join("config.toml"))?;
     let secret = load_key(dir)?;
+    let config = Config::load(&dir.join("config.toml"))?;
     let caisse_id = secret.caisse_id();
     let span = tracing::info_span!("node", caisse = %caisse_id.short());
     let _enter = span.enter();

@@ -1,0 +1,191 @@
+//! Helpers to run the real `caisse` binary on temporary data directories.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `caisse` binary built by cargo for these tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_caisse"))
+}
+
+/// Run `caisse --data-dir DIR ARGS…` and return its output.
+pub fn caisse(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run caisse")
+}
+
+/// Run with `--json` and parse stdout; panics with stderr if it fails to parse.
+pub fn json(dir: &Path, args: &[&str]) -> (i32, Value) {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = caisse(dir, &all);
+    let code = out.status.code().unwrap_or(-1);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "caisse {args:?} gave no JSON ({e}); exit {code}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (code, v)
+}
+
+/// Run with `--json`, require success, return the JSON.
+pub fn ok(dir: &Path, args: &[&str]) -> Value {
+    let (code, v) = json(dir, args);
+    assert_eq!(code, 0, "caisse {args:?} failed: {v}");
+    v
+}
+
+/// A node process on a temporary data directory, killed on drop.
+pub struct TestNode {
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub api: String,
+}
+
+impl TestNode {
+    /// `caisse init` a new caisse in `dir` (API on a free port).
+    pub fn init(dir: &Path, name: &str, extra: &[&str]) {
+        let mut args = vec![
+            "init",
+            "--name",
+            name,
+            "--territory",
+            "Testville",
+            "--api",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let out = caisse(dir, &args);
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Start `caisse node` on `dir` and wait until it has written node.json.
+    pub fn start(dir: &Path) -> TestNode {
+        let _ = std::fs::remove_file(dir.join("node.json"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("node.log"))
+            .expect("log file");
+        let child = Command::new(bin())
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("node")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn caisse node");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(dir.join("node.json")) {
+                if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                    return TestNode {
+                        dir: dir.to_owned(),
+                        child: Some(child),
+                        api: v["api"].as_str().unwrap_or_default().to_owned(),
+                    };
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not start within 30 s; log:\n{}",
+                std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL the node, as a power cut would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> Option<i32> {
+        let c = self.child.take()?;
+        let pid = c.id() as i32;
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let mut c = c;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The admin token.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A small deterministic random generator (SplitMix64), seeded per test so a
+/// failing run can be replayed with the printed seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn bytes16(&mut self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.next().to_le_bytes());
+        b[8..].copy_from_slice(&self.next().to_le_bytes());
+        b
+    }
+}
+
+/// A seed from the environment (`CAISSE_TEST_SEED`) or the clock.
+pub fn seed() -> u64 {
+    std::env::var("CAISSE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+}

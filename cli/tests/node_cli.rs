@@ -1,0 +1,469 @@
+//! The real `caisse` binary as a caisse volunteer would use it: init, run
+//! the node, enrol, allocate, sell, and every refusal clear and harmless.
+
+mod common;
+
+use common::{TestNode, caisse, json, ok};
+use serde_json::Value;
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+fn balance(dir: &std::path::Path, member: &str) -> String {
+    s(&ok(dir, &["member", "show", member])["balance"])
+}
+
+#[test]
+fn a_caisse_runs_its_month() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("caisse");
+    TestNode::init(&dir, "Caisse alimentaire de test", &[]);
+    // A second init refuses to overwrite.
+    let again = caisse(&dir, &["init", "--name", "Other"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("caisse.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "key file must be private");
+    }
+    let mut node = TestNode::start(&dir);
+
+    // Enrolment: residency is the only condition, adults only.
+    let ana = ok(
+        &dir,
+        &[
+            "member",
+            "enroll",
+            "--name",
+            "Ana",
+            "--residence",
+            "Montpellier",
+            "--birth-year",
+            "1980",
+            "--income",
+            "1500",
+            "--joined",
+            "2026-01-01",
+        ],
+    );
+    let bob = ok(
+        &dir,
+        &[
+            "member",
+            "enroll",
+            "--name",
+            "Bob",
+            "--residence",
+            "Montpellier",
+            "--joined",
+            "2026-03-17",
+        ],
+    );
+    let cy = ok(
+        &dir,
+        &[
+            "member",
+            "enroll",
+            "--name",
+            "Cy",
+            "--residence",
+            "Montpellier",
+            "--joined",
+            "2026-01-01",
+            "--pin",
+            "4321",
+        ],
+    );
+    let (code, kid) = json(
+        &dir,
+        &[
+            "member",
+            "enroll",
+            "--name",
+            "Kid",
+            "--residence",
+            "Montpellier",
+            "--birth-year",
+            "2016",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(s(&kid["message"]).contains("adults"), "{kid}");
+    let (code, nores) = json(
+        &dir,
+        &["member", "enroll", "--name", "Nobody", "--residence", " "],
+    );
+    assert_eq!(code, 2);
+    assert!(s(&nores["message"]).contains("residency"), "{nores}");
+
+    let shop = ok(
+        &dir,
+        &[
+            "outlet",
+            "register",
+            "--name",
+            "Épicerie du coin",
+            "--categories",
+            "fresh-produce,bread",
+        ],
+    );
+    let other = ok(
+        &dir,
+        &[
+            "outlet",
+            "register",
+            "--name",
+            "Boulangerie",
+            "--categories",
+            "bread",
+        ],
+    );
+    let (ana_id, ana_card) = (s(&ana["member"]), s(&ana["card"]));
+    let shop_id = s(&shop["outlet"]);
+
+    // Allocation: once per member per period, pro rata for Bob (15 of 31 days).
+    let run = ok(&dir, &["allocation", "issue", "--period", "2026-03"]);
+    assert_eq!(run["issued"], 3);
+    assert_eq!(s(&run["total"]), "248.38");
+    let rerun = ok(&dir, &["allocation", "issue", "--period", "2026-03"]);
+    assert_eq!(
+        (rerun["issued"].clone(), rerun["already_issued"].clone()),
+        (0.into(), 3.into())
+    );
+    let human = caisse(&dir, &["allocation", "issue", "--period", "2026-03"]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains("Nothing new"));
+    assert_eq!(balance(&dir, &ana_id), "100.00");
+    assert_eq!(balance(&dir, &s(&bob["member"])), "48.38");
+
+    // A purchase, then its retry: same receipt, no second debit.
+    let id = "0a0b0c0d-0000-4000-8000-000000000001";
+    let p = [
+        "purchase",
+        "--card",
+        &ana_card,
+        "--outlet",
+        &shop_id,
+        "--amount",
+        "12.50",
+        "--category",
+        "fresh-produce",
+        "--id",
+        id,
+    ];
+    let r1 = ok(&dir, &p);
+    assert_eq!(s(&r1["balance_after"]), "87.50");
+    assert_eq!(r1["replayed"], false);
+    let r2 = ok(&dir, &p);
+    assert_eq!(r2["replayed"], true);
+    assert_eq!(r2["seq"], r1["seq"]);
+    assert_eq!(balance(&dir, &ana_id), "87.50");
+    // The same id for a different purchase is refused.
+    let (code, v) = json(
+        &dir,
+        &[
+            "purchase",
+            "--card",
+            &ana_card,
+            "--outlet",
+            &shop_id,
+            "--amount",
+            "1.00",
+            "--category",
+            "bread",
+            "--id",
+            id,
+        ],
+    );
+    assert_eq!((code, s(&v["error"])), (2, "conflicting_retry".into()));
+
+    // Overspend: refused, says what is left, changes nothing.
+    let (code, v) = json(
+        &dir,
+        &[
+            "purchase",
+            "--card",
+            &ana_card,
+            "--outlet",
+            &shop_id,
+            "--amount",
+            "90",
+            "--category",
+            "bread",
+        ],
+    );
+    assert_eq!((code, s(&v["error"])), (2, "insufficient_balance".into()));
+    assert!(s(&v["message"]).contains("87.50"), "{v}");
+    // Not conventioned for that category.
+    let (code, v) = json(
+        &dir,
+        &[
+            "purchase",
+            "--card",
+            &ana_card,
+            "--outlet",
+            &s(&other["outlet"]),
+            "--amount",
+            "3",
+            "--category",
+            "fresh-produce",
+        ],
+    );
+    assert_eq!((code, s(&v["error"])), (2, "not_conventioned".into()));
+    // Unknown card.
+    let (code, v) = json(
+        &dir,
+        &[
+            "purchase",
+            "--card",
+            "card_00000000000000000000000000000000",
+            "--outlet",
+            &shop_id,
+            "--amount",
+            "1",
+            "--category",
+            "bread",
+        ],
+    );
+    assert_eq!((code, s(&v["error"])), (2, "unknown_card".into()));
+    // A suspended member's card.
+    ok(&dir, &["member", "suspend", &s(&bob["member"])]);
+    let (code, v) = json(
+        &dir,
+        &[
+            "purchase",
+            "--card",
+            &s(&bob["card"]),
+            "--outlet",
+            &shop_id,
+            "--amount",
+            "1",
+            "--category",
+            "bread",
+        ],
+    );
+    assert_eq!((code, s(&v["error"])), (2, "suspended_card".into()));
+    // Typos in amounts are caught before anything is sent.
+    let bad = caisse(
+        &dir,
+        &[
+            "purchase",
+            "--card",
+            &ana_card,
+            "--outlet",
+            &shop_id,
+            "--amount",
+            "12.345",
+            "--category",
+            "bread",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("at most 2"));
+    assert_eq!(balance(&dir, &ana_id), "87.50");
+
+    // PIN: members without a smartphone type it on the outlet's device.
+    let cy_card = s(&cy["card"]);
+    let pin_buy = |pin: &str| {
+        json(
+            &dir,
+            &[
+                "purchase",
+                "--card",
+                &cy_card,
+                "--outlet",
+                &shop_id,
+                "--amount",
+                "2",
+                "--category",
+                "bread",
+                "--pin",
+                pin,
+            ],
+        )
+    };
+    assert_eq!(s(&pin_buy("4321").1["balance_after"]), "98.00");
+    assert_eq!(s(&pin_buy("0000").1["error"]), "wrong_pin");
+    assert_eq!(s(&pin_buy("0000").1["error"]), "wrong_pin");
+    let locked = pin_buy("0000").1;
+    assert_eq!(s(&locked["error"]), "card_locked");
+    assert_eq!(s(&pin_buy("4321").1["error"]), "card_locked");
+    ok(&dir, &["member", "pin", &s(&cy["member"]), "--pin", "2468"]);
+    assert_eq!(s(&pin_buy("2468").1["balance_after"]), "96.00");
+
+    // Roles: an outlet token sells only for its own outlet; observers read only.
+    let token_file = dir.join("shop.token");
+    std::fs::write(&token_file, s(&shop["token"])).unwrap();
+    let as_shop = |args: &[&str]| {
+        let mut a = vec!["--token-file", token_file.to_str().unwrap()];
+        a.extend_from_slice(args);
+        json(&dir, &a)
+    };
+    let (code, v) = as_shop(&[
+        "purchase",
+        "--card",
+        &ana_card,
+        "--outlet",
+        &shop_id,
+        "--amount",
+        "1",
+        "--category",
+        "bread",
+    ]);
+    assert_eq!(code, 0, "{v}");
+    let (code, v) = as_shop(&[
+        "purchase",
+        "--card",
+        &ana_card,
+        "--outlet",
+        &s(&other["outlet"]),
+        "--amount",
+        "1",
+        "--category",
+        "bread",
+    ]);
+    assert_eq!((code, s(&v["error"])), (2, "forbidden".into()));
+    let (code, v) = as_shop(&["member", "list"]);
+    assert_eq!((code, s(&v["error"])), (2, "forbidden".into()));
+    let observer = dir.join("observer.token");
+    let (code, v) = json(
+        &dir,
+        &[
+            "--token-file",
+            observer.to_str().unwrap(),
+            "member",
+            "enroll",
+            "--name",
+            "X",
+            "--residence",
+            "Y",
+        ],
+    );
+    assert_eq!((code, s(&v["error"])), (2, "forbidden".into()));
+    let (code, _) = json(
+        &dir,
+        &[
+            "--token-file",
+            observer.to_str().unwrap(),
+            "ledger",
+            "check",
+        ],
+    );
+    assert_eq!(code, 0);
+
+    // Contributions on the scale, subsidies by source, payout.
+    let c = ok(
+        &dir,
+        &[
+            "contribution",
+            "record",
+            "--member",
+            &ana_id,
+            "--period",
+            "2026-03",
+        ],
+    );
+    assert_eq!(s(&c["amount"]), "33.59"); // 1 + 149 * (1500-800)/(4000-800), rounded down
+    let c2 = ok(
+        &dir,
+        &[
+            "contribution",
+            "record",
+            "--member",
+            &ana_id,
+            "--period",
+            "2026-03",
+        ],
+    );
+    assert_eq!(c2["already_recorded"], true);
+    ok(
+        &dir,
+        &[
+            "subsidy",
+            "record",
+            "--source",
+            "state",
+            "--amount",
+            "500",
+            "--period",
+            "2026-03",
+            "--key",
+            "bank-ref-1",
+        ],
+    );
+    let again = ok(
+        &dir,
+        &[
+            "subsidy",
+            "record",
+            "--source",
+            "state",
+            "--amount",
+            "500",
+            "--period",
+            "2026-03",
+            "--key",
+            "bank-ref-1",
+        ],
+    );
+    assert_eq!(again["already_recorded"], true);
+    let pay = ok(
+        &dir,
+        &[
+            "outlet", "payout", "--outlet", &shop_id, "--period", "2026-03",
+        ],
+    );
+    assert_eq!(s(&pay["amount"]), "17.50"); // 12.50 + 2 + 2 + 1
+    let pay2 = ok(
+        &dir,
+        &[
+            "outlet", "payout", "--outlet", &shop_id, "--period", "2026-03",
+        ],
+    );
+    assert_eq!(pay2["already_paid"], true);
+
+    // Balances are exact and the ledger audits clean.
+    let balances = ok(&dir, &["ledger", "balances"]);
+    let get = |name: &str| -> String {
+        balances
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| s(&b["account"]) == name)
+            .map(|b| s(&b["balance"]))
+            .unwrap_or_default()
+    };
+    assert_eq!(get("treasury"), "516.09"); // 33.59 + 500.00 - 17.50
+    assert_eq!(get("allocations"), "-230.88"); // -248.38 + 17.50 paid out
+    assert_eq!(get("paid-out"), "17.50");
+    assert_eq!(get(&format!("member:{ana_id}")), "86.50");
+    let check = caisse(&dir, &["ledger", "check"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+
+    // Balances survive a clean restart.
+    assert_eq!(node.stop(), Some(0));
+    let _node = TestNode::start(&dir);
+    assert_eq!(balance(&dir, &ana_id), "86.50");
+    assert!(caisse(&dir, &["ledger", "check"]).status.success());
+}
+
+#[test]
+fn clear_errors_without_a_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = caisse(tmp.path(), &["status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is the node running?"), "{err}");
+    let out = caisse(tmp.path(), &["node"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("caisse init"), "{err}");
+}
