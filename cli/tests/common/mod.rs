@@ -81,7 +81,7 @@ impl TestNode {
             .append(true)
             .open(dir.join("node.log"))
             .expect("log file");
-        let child = Command::new(bin())
+        let mut child = Command::new(bin())
             .arg("--data-dir")
             .arg(dir)
             .arg("node")
@@ -92,20 +92,24 @@ impl TestNode {
             .expect("spawn caisse node");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(text) = std::fs::read_to_string(dir.join("node.json")) {
-                if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                    return TestNode {
-                        dir: dir.to_owned(),
-                        child: Some(child),
-                        api: v["api"].as_str().unwrap_or_default().to_owned(),
-                    };
-                }
+            let info = std::fs::read_to_string(dir.join("node.json"))
+                .ok()
+                .and_then(|text| serde_json::from_str::<Value>(&text).ok());
+            if let Some(v) = info {
+                return TestNode {
+                    dir: dir.to_owned(),
+                    child: Some(child),
+                    api: v["api"].as_str().unwrap_or_default().to_owned(),
+                };
             }
-            assert!(
-                Instant::now() < deadline,
-                "node did not start within 30 s; log:\n{}",
-                std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
-            );
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "node did not start within 30 s; log:\n{}",
+                    std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
