@@ -74,6 +74,8 @@ impl TestNode {
     }
 
     /// Start `caisse node` on `dir` and wait until it has written node.json.
+    // The child moves into the TestNode, whose Drop kills and waits for it.
+    #[allow(clippy::zombie_processes)]
     pub fn start(dir: &Path) -> TestNode {
         let _ = std::fs::remove_file(dir.join("node.json"));
         let log = std::fs::OpenOptions::new()
