@@ -14,9 +14,6 @@
 //! - [`client`]: a typed client of the API, for the CLI and the testnet.
 //! - [`config`]: the config file.
 
-// Money literals are written as EUR_CC cents (100_00 is EUR 100.00).
-#![allow(clippy::inconsistent_digit_grouping)]
-
 pub mod api;
 pub mod caisse;
 pub mod client;
