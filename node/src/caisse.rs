@@ -14,7 +14,8 @@ use std::sync::Arc;
 use caisse_protocol::ids::HouseholdId;
 use caisse_protocol::messages::{DeclineReason, PurchaseLine};
 use caisse_protocol::{
-    Amount, CaisseId, CardId, Category, ContentId, Day, MemberId, OutletId, Period, PurchaseId,
+    Amount, CaisseId, CardId, Category, ContentId, Day, FederationId, MemberId, OutletId, Period,
+    PurchaseId, SecretKey,
 };
 use serde::{Deserialize, Serialize};
 
@@ -204,6 +205,8 @@ pub struct OutletRegistered {
     pub outlet: OutletId,
     /// The till's API token: shown once, give it to the outlet.
     pub token: String,
+    /// The administrative accreditation, if categories were given.
+    pub accreditation: Option<ContentId>,
 }
 
 /// A purchase submitted by a till.
@@ -304,23 +307,23 @@ pub enum StatusChange {
 
 /// What the caisse keeps in memory per member.
 #[derive(Clone, Debug)]
-struct MemberState {
-    status: MemberStatus,
-    household: Option<HouseholdId>,
-    joined: Day,
-    left: Option<Day>,
-    income: Option<Amount>,
+pub(crate) struct MemberState {
+    pub(crate) status: MemberStatus,
+    pub(crate) household: Option<HouseholdId>,
+    pub(crate) joined: Day,
+    pub(crate) left: Option<Day>,
+    pub(crate) income: Option<Amount>,
 }
 
 /// Pending writes, readable before they are applied.
 #[derive(Default)]
-struct WriteSet {
+pub(crate) struct WriteSet {
     ops: Vec<Op>,
     overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl WriteSet {
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+    pub(crate) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.overlay.insert(key.clone(), Some(value.clone()));
         self.ops.push(Op::Put(key, value));
     }
@@ -328,18 +331,21 @@ impl WriteSet {
 
 /// The caisse's state and rules.
 pub struct Caisse {
-    store: Arc<dyn Store>,
-    id: CaisseId,
-    pepper: [u8; 32],
-    policy: Policy,
-    head: Head,
-    members: HashMap<MemberId, MemberState>,
-    cards: HashMap<CardId, CardRecord>,
-    outlets: HashMap<OutletId, OutletRecord>,
-    balances: HashMap<Account, Amount>,
-    dirty: HashSet<Account>,
-    pending: WriteSet,
-    random: Box<dyn FnMut() -> [u8; 32] + Send>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) id: CaisseId,
+    pub(crate) secret: SecretKey,
+    pub(crate) federation: FederationId,
+    pub(crate) pepper: [u8; 32],
+    pub(crate) policy: Policy,
+    pub(crate) head: Head,
+    pub(crate) members: HashMap<MemberId, MemberState>,
+    pub(crate) cards: HashMap<CardId, CardRecord>,
+    pub(crate) outlets: HashMap<OutletId, OutletRecord>,
+    pub(crate) balances: HashMap<Account, Amount>,
+    pub(crate) dirty: HashSet<Account>,
+    pub(crate) pending: WriteSet,
+    pub(crate) random: Box<dyn FnMut() -> [u8; 32] + Send>,
+    pub(crate) conventions: crate::conventionnement::Conventions,
 }
 
 /// The caisse's identity as stored.
@@ -374,9 +380,11 @@ impl Caisse {
     /// outlets, balances and journal head.
     pub fn load(
         store: Arc<dyn Store>,
-        pepper: [u8; 32],
+        secret: SecretKey,
+        federation: FederationId,
         random: Box<dyn FnMut() -> [u8; 32] + Send>,
     ) -> Result<Caisse, StoreError> {
+        let pepper = crate::daemon::pin_pepper(&secret);
         let missing = |what: &str| StoreError::Corrupt {
             key: what.into(),
             detail: "missing: is this a caisse data directory? (run `caisse init`)".into(),
@@ -449,9 +457,19 @@ impl Caisse {
             }
             true
         })?;
+        let conventions = crate::conventionnement::Conventions::load(&*store)?;
+        if profile.id != secret.caisse_id() {
+            return Err(StoreError::Corrupt {
+                key: "meta/profile".into(),
+                detail: "this store belongs to another caisse's key".into(),
+            });
+        }
         Ok(Caisse {
             store,
             id: profile.id,
+            secret,
+            federation,
+            conventions,
             pepper,
             policy,
             head,
@@ -514,14 +532,44 @@ impl Caisse {
         self.store.sync()
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.pending.overlay.get(key) {
             Some(v) => Ok(v.clone()),
             None => self.store.get(key),
         }
     }
 
-    fn random16(&mut self) -> [u8; 16] {
+    /// Pairs under `prefix`, pending writes included.
+    pub(crate) fn scan(&self, prefix: &[u8]) -> Result<Vec<crate::store::Pair>, StoreError> {
+        let mut map: BTreeMap<Vec<u8>, Vec<u8>> =
+            self.store.scan_prefix(prefix)?.into_iter().collect();
+        for (k, v) in &self.pending.overlay {
+            if k.starts_with(prefix) {
+                match v {
+                    Some(v) => {
+                        map.insert(k.clone(), v.clone());
+                    }
+                    None => {
+                        map.remove(k);
+                    }
+                }
+            }
+        }
+        Ok(map.into_iter().collect())
+    }
+
+    /// Replace the policy (after a vote), checked first.
+    pub(crate) fn set_policy(&mut self, policy: Policy) -> Result<(), CaisseError> {
+        policy
+            .validate()
+            .map_err(|e| CaisseError::Invalid(format!("policy: {e}")))?;
+        self.pending
+            .put(keys::POLICY.to_vec(), encode_policy(&policy));
+        self.policy = policy;
+        Ok(())
+    }
+
+    pub(crate) fn random16(&mut self) -> [u8; 16] {
         let r = (self.random)();
         let mut out = [0u8; 16];
         out.copy_from_slice(&r[..16]);
@@ -531,7 +579,7 @@ impl Caisse {
     /// Append a balanced entry, updating balances. Refuses (changing
     /// nothing) if it does not balance or would take a member or outlet
     /// below zero.
-    fn append(
+    pub(crate) fn append(
         &mut self,
         at: u64,
         kind: EntryKind,
@@ -1010,8 +1058,10 @@ impl Caisse {
         })
     }
 
-    /// Register an outlet conventioned for `categories` (all at 100%
-    /// coverage) and issue its till token.
+    /// Register an outlet. With categories, the caisse conventions it for
+    /// them at once (an administrative accreditation at 100% coverage for a
+    /// year, which the parliament can revoke); without, it sells nothing
+    /// under the allocation until accredited by vote.
     pub fn register_outlet(
         &mut self,
         name: &str,
@@ -1024,9 +1074,9 @@ impl Caisse {
                 "outlet name must be 1 to 100 characters".into(),
             ));
         }
-        if categories.is_empty() || categories.len() > 64 {
+        if categories.len() > 64 {
             return Err(CaisseError::Invalid(
-                "list 1 to 64 categories the outlet may sell under the allocation".into(),
+                "list at most 64 categories the outlet may sell under the allocation".into(),
             ));
         }
         if categories.iter().any(|(_, p)| *p > 100) {
@@ -1036,7 +1086,7 @@ impl Caisse {
         let record = OutletRecord {
             id,
             name: name.to_owned(),
-            categories,
+            categories: categories.clone(),
             registered: today,
             active: true,
         };
@@ -1044,7 +1094,31 @@ impl Caisse {
         self.pending
             .put(OutletRecord::key(&id), encode_value(&record));
         self.outlets.insert(id, record);
-        Ok(OutletRegistered { outlet: id, token })
+        let accreditation = if categories.is_empty() {
+            None
+        } else {
+            let scope = categories
+                .into_iter()
+                .map(
+                    |(category, coverage_pct)| caisse_protocol::messages::ScopeItem {
+                        category,
+                        coverage_pct,
+                    },
+                )
+                .collect();
+            Some(self.accredit(
+                caisse_protocol::messages::Subject::Outlet(id),
+                scope,
+                today,
+                today.plus(crate::conventionnement::DEFAULT_VALIDITY_DAYS),
+                None,
+            )?)
+        };
+        Ok(OutletRegistered {
+            outlet: id,
+            token,
+            accreditation,
+        })
     }
 
     /// Create an API token for `role`; only its hash is stored.
@@ -1109,6 +1183,7 @@ impl Caisse {
                 id: input.outlet.to_string(),
             })?;
         if !outlet.active {
+            // Kept for outlets closed by the caisse.
             return Err(CaisseError::declined(
                 DeclineReason::NotRecognised {
                     detail: "outlet is not conventioned".into(),
@@ -1116,22 +1191,54 @@ impl Caisse {
                 format!("outlet {} is no longer conventioned", outlet.name),
             ));
         }
+        let today = Day::from_unix(now);
         let mut coverage = Vec::with_capacity(input.lines.len());
         for l in &input.lines {
-            match outlet.coverage(&l.category) {
-                Some(p) => coverage.push(p),
-                None => {
-                    return Err(CaisseError::declined(
-                        DeclineReason::NotRecognised {
-                            detail: format!("category {} not conventioned", l.category),
-                        },
-                        format!(
-                            "{} is not conventioned for {}: this line cannot be paid with the allocation",
-                            outlet.name, l.category
-                        ),
-                    ));
+            use caisse_protocol::messages::Subject;
+            let Some(out_cov) =
+                self.conventions
+                    .coverage(&Subject::Outlet(input.outlet), &l.category, today)
+            else {
+                return Err(CaisseError::declined(
+                    DeclineReason::NotRecognised {
+                        detail: format!("category {} not conventioned at this outlet", l.category),
+                    },
+                    format!(
+                        "{} is not conventioned for {}: this line cannot be paid with the allocation",
+                        outlet.name, l.category
+                    ),
+                ));
+            };
+            let cov = match l.producer {
+                None => out_cov,
+                Some(p) => {
+                    match self
+                        .conventions
+                        .coverage(&Subject::Producer(p), &l.category, today)
+                    {
+                        Some(pc) => pc.min(out_cov),
+                        None => {
+                            let name = self
+                                .conventions
+                                .producer(&p)
+                                .map_or_else(|| p.to_string(), |r| r.name.clone());
+                            return Err(CaisseError::declined(
+                                DeclineReason::NotRecognised {
+                                    detail: format!(
+                                        "producer {p} not accredited for {}",
+                                        l.category
+                                    ),
+                                },
+                                format!(
+                                    "producer {name} is not accredited for {}: this line cannot be paid with the allocation",
+                                    l.category
+                                ),
+                            ));
+                        }
+                    }
                 }
-            }
+            };
+            coverage.push(cov);
         }
         let Some(card) = self.cards.get(&input.card) else {
             return Err(CaisseError::declined(
@@ -1358,7 +1465,8 @@ mod tests {
         let mut n = 0u64;
         Caisse::load(
             store,
-            [9; 32],
+            caisse_protocol::SecretKey::from_bytes([3; 32]),
+            FederationId::new("test").unwrap(),
             Box::new(move || {
                 n += 1;
                 let mut b = [0u8; 32];
@@ -1404,7 +1512,7 @@ mod tests {
             .register_outlet(
                 "Épicerie",
                 vec![(Category::new("fresh-produce").unwrap(), 100)],
-                Day::from_days(20_000),
+                Day::from_days(0),
             )
             .unwrap();
         let march: Period = "2026-03".parse().unwrap();
@@ -1484,7 +1592,7 @@ mod tests {
             .register_outlet(
                 "Marché",
                 vec![(Category::new("bread").unwrap(), 100)],
-                Day::from_days(1),
+                Day::from_days(0),
             )
             .unwrap();
         c.issue_allocations("2026-03".parse().unwrap(), 1).unwrap();
@@ -1529,7 +1637,8 @@ mod tests {
         let mut n = 0u64;
         let mut c = Caisse::load(
             store,
-            [0; 32],
+            caisse_protocol::SecretKey::from_bytes([3; 32]),
+            FederationId::new("test").unwrap(),
             Box::new(move || {
                 n += 1;
                 [n as u8; 32]

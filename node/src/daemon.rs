@@ -289,7 +289,12 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
     tracing::info!(name = %config.name, federation = %config.federation, "starting");
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("store"))?);
     let started = std::time::Instant::now();
-    let caisse = Caisse::load(store.clone(), pin_pepper(&secret), Box::new(random32))?;
+    let caisse = Caisse::load(
+        store.clone(),
+        secret,
+        config.federation.clone(),
+        Box::new(random32),
+    )?;
     tracing::info!(
         members = caisse.member_count(),
         entries = caisse.head().next_seq,

@@ -8,6 +8,8 @@
 //! - [`policy`]: allocation, rollover and contribution rules.
 //! - [`members`]: members, cards, households, outlets, API roles.
 //! - [`caisse`]: the state machine that decides every command.
+//! - [`parliament`]: seats, proposals, votes, signed decisions.
+//! - [`conventionnement`]: producers, criteria versions, accreditations.
 //! - [`writer`]: the single writer thread with group commit.
 //! - [`api`]: the HTTP JSON API.
 //! - [`daemon`]: `caisse init` and running a node.
@@ -18,9 +20,11 @@ pub mod api;
 pub mod caisse;
 pub mod client;
 pub mod config;
+pub mod conventionnement;
 pub mod daemon;
 pub mod ledger;
 pub mod members;
+pub mod parliament;
 pub mod policy;
 pub mod store;
 pub mod writer;

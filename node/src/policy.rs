@@ -88,6 +88,55 @@ pub struct Policy {
     pub pin_attempts: u8,
     /// Minimum age of a member (adults only).
     pub minimum_age: u8,
+    /// How the food parliament decides.
+    #[serde(default)]
+    pub parliament: ParliamentRules,
+    /// Which other caisses' accreditations count here.
+    #[serde(default)]
+    pub recognition: Recognition,
+}
+
+/// How the food parliament decides: caisse parameters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParliamentRules {
+    /// Share of active seats that must vote (yes, no or abstain), in percent.
+    pub quorum_pct: u8,
+    /// Share of yes among yes + no needed to pass, in percent (strictly above).
+    pub threshold_pct: u8,
+    /// Default voting window, in minutes.
+    pub window_minutes: u32,
+}
+
+impl Default for ParliamentRules {
+    fn default() -> ParliamentRules {
+        ParliamentRules {
+            quorum_pct: 50,
+            threshold_pct: 50,
+            window_minutes: 7 * 24 * 60,
+        }
+    }
+}
+
+/// Which other caisses' accreditations this caisse recognises.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecognitionPolicy {
+    /// Only our own accreditations count.
+    #[default]
+    None,
+    /// Accreditations by the caisses listed in `recognised`.
+    Listed,
+    /// Accreditations by any caisse whose published criteria include ours.
+    CompatibleCriteria,
+}
+
+/// The caisse's recognition of its peers, decided by parliament.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recognition {
+    /// The policy.
+    pub policy: RecognitionPolicy,
+    /// Caisses recognised by vote.
+    pub recognised: Vec<caisse_protocol::CaisseId>,
 }
 
 impl Default for Policy {
@@ -106,6 +155,8 @@ impl Default for Policy {
             target_contribution_share_pct: 40,
             pin_attempts: 3,
             minimum_age: 18,
+            parliament: ParliamentRules::default(),
+            recognition: Recognition::default(),
         }
     }
 }
@@ -126,7 +177,7 @@ pub enum PolicyError {
     #[error("linear scale: need min <= max and income_floor < income_ceiling")]
     Linear,
     /// A percentage above 100.
-    #[error("target contribution share must be 0 to 100 percent")]
+    #[error("percentages (target contribution share, quorum, threshold) must be 0 to 100")]
     Share,
     /// No PIN attempts.
     #[error("pin_attempts must be at least 1")]
@@ -191,6 +242,9 @@ impl Policy {
         }
         if self.pin_attempts == 0 {
             return Err(PolicyError::PinAttempts);
+        }
+        if self.parliament.quorum_pct > 100 || self.parliament.threshold_pct > 100 {
+            return Err(PolicyError::Share);
         }
         Ok(())
     }

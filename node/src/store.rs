@@ -181,13 +181,30 @@ pub struct SledStore {
 impl SledStore {
     /// Open (or create) the store in directory `dir`.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(256 * 1024 * 1024)
             .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| StoreError::Engine(e.to_string()))?;
+            .flush_every_ms(None);
+        // sled releases its file lock lazily after the last handle drops
+        // (deferred reclamation), so a reopen in the same process may need
+        // a moment; another process holding it is reported plainly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    if std::time::Instant::now() > deadline {
+                        return Err(StoreError::Engine(format!(
+                            "{} is in use by another process (is a caisse node already running on this data directory?)",
+                            dir.display()
+                        )));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(StoreError::Engine(e.to_string())),
+            }
+        };
         let tree = db
             .open_tree("caisse")
             .map_err(|e| StoreError::Engine(e.to_string()))?;

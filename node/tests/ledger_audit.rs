@@ -46,7 +46,8 @@ fn fixture() -> Fixture {
     let mut n = 0u8;
     let mut c = Caisse::load(
         store.clone() as Arc<dyn Store>,
-        [1; 32],
+        SecretKey::from_bytes([7; 32]),
+        caisse_protocol::FederationId::new("audit").unwrap(),
         Box::new(move || {
             n = n.wrapping_add(1);
             [n; 32]
@@ -75,7 +76,7 @@ fn fixture() -> Fixture {
         .register_outlet(
             "Shop",
             vec![(Category::new("bread").unwrap(), 100)],
-            Day::from_days(20_000),
+            Day::from_days(0),
         )
         .unwrap();
     let period: Period = "2026-03".parse().unwrap();

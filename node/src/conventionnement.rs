@@ -1,0 +1,376 @@
+//! Conventionnement: producers and their declared attributes, the caisse's
+//! criteria versions, and the signed accreditations and revocations that
+//! say what the allocation may buy, where, and at what coverage rate.
+//!
+//! An accreditation is signed by the caisse and names the criteria version
+//! it was judged against. It is valid between two dates; a revocation wins
+//! at once. A purchase line is paid by the allocation only if the outlet
+//! holds an active accreditation covering its category, and, when the line
+//! names a producer, the producer does too; the coverage rate is the lower
+//! of the two.
+
+use std::collections::HashMap;
+
+use caisse_protocol::criteria::{Attributes, Criteria, Evaluation};
+use caisse_protocol::messages::{Accreditation, CriteriaVersion, Revocation, ScopeItem, Subject};
+use caisse_protocol::{Category, ContentId, Day, Envelope, ProducerId, ProposalId};
+use serde::{Deserialize, Serialize};
+
+use crate::caisse::{Caisse, CaisseError};
+use crate::store::{Store, StoreError, decode_value, encode_value, keys};
+
+/// Producers by id.
+pub const PRODUCER: &[u8] = b"r/";
+/// Accreditations by content id.
+pub const ACCREDITATION: &[u8] = b"z/";
+/// Criteria versions by version number.
+pub const CRITERIA: &[u8] = b"v/";
+
+/// How long an accreditation lasts when the decision does not say.
+pub const DEFAULT_VALIDITY_DAYS: u32 = 365;
+
+/// The criteria hash recorded by an administrative accreditation made
+/// before any criteria were adopted.
+pub const NO_CRITERIA: ContentId = ContentId::from_bytes([0; 32]);
+
+/// A producer registered with the caisse.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerRecord {
+    /// The producer.
+    pub id: ProducerId,
+    /// Its public (business) name.
+    pub name: String,
+    /// What it declares, with evidence references.
+    pub attributes: Attributes,
+    /// Day registered.
+    pub registered: Day,
+}
+
+/// A revocation as kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationRecord {
+    /// Day it took effect.
+    pub day: Day,
+    /// Why.
+    pub reason: String,
+    /// The signed revocation.
+    pub envelope: Envelope,
+}
+
+/// An accreditation as kept: the signed statement, decoded, and its revocation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccreditationRecord {
+    /// Content id of the signed accreditation.
+    pub id: ContentId,
+    /// The accreditation.
+    pub accreditation: Accreditation,
+    /// The signed statement, as published.
+    pub envelope: Envelope,
+    /// Its revocation, if revoked.
+    pub revoked: Option<RevocationRecord>,
+}
+
+impl AccreditationRecord {
+    /// True if it counts on `day`.
+    pub fn active_on(&self, day: Day) -> bool {
+        self.revoked.is_none() && self.accreditation.is_valid_on(day)
+    }
+}
+
+/// A criteria version as kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CriteriaRecord {
+    /// The hash naming this version.
+    pub hash: ContentId,
+    /// The signed criteria version.
+    pub version: CriteriaVersion,
+    /// The signed statement.
+    pub envelope: Envelope,
+}
+
+/// The caisse's conventionnement state, in memory.
+#[derive(Default)]
+pub struct Conventions {
+    pub(crate) criteria: Option<CriteriaRecord>,
+    pub(crate) accreditations: HashMap<ContentId, AccreditationRecord>,
+    pub(crate) by_subject: HashMap<Subject, Vec<ContentId>>,
+    pub(crate) producers: HashMap<ProducerId, ProducerRecord>,
+}
+
+impl Conventions {
+    /// Load from the store.
+    pub fn load(store: &dyn Store) -> Result<Conventions, StoreError> {
+        let mut c = Conventions::default();
+        if let Some((k, v)) = store.last_with_prefix(CRITERIA)? {
+            c.criteria = Some(decode_value(&k, &v)?);
+        }
+        for (k, v) in store.scan_prefix(ACCREDITATION)? {
+            let rec: AccreditationRecord = decode_value(&k, &v)?;
+            c.index(rec);
+        }
+        for (k, v) in store.scan_prefix(PRODUCER)? {
+            let rec: ProducerRecord = decode_value(&k, &v)?;
+            c.producers.insert(rec.id, rec);
+        }
+        Ok(c)
+    }
+
+    fn index(&mut self, rec: AccreditationRecord) {
+        let ids = self
+            .by_subject
+            .entry(rec.accreditation.subject)
+            .or_default();
+        if !ids.contains(&rec.id) {
+            ids.push(rec.id);
+        }
+        self.accreditations.insert(rec.id, rec);
+    }
+
+    /// The current criteria version, if any was adopted.
+    pub fn criteria(&self) -> Option<&CriteriaRecord> {
+        self.criteria.as_ref()
+    }
+
+    /// Accreditations of `subject` active on `day`.
+    pub fn active(&self, subject: &Subject, day: Day) -> Vec<&AccreditationRecord> {
+        self.by_subject
+            .get(subject)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.accreditations.get(id))
+            .filter(|r| r.active_on(day))
+            .collect()
+    }
+
+    /// The coverage rate `subject` is accredited for in `category` on `day`
+    /// (the highest among its active accreditations), if any.
+    pub fn coverage(&self, subject: &Subject, category: &Category, day: Day) -> Option<u8> {
+        self.active(subject, day)
+            .iter()
+            .filter_map(|r| r.accreditation.coverage(category))
+            .max()
+    }
+
+    /// All accreditations, newest first.
+    pub fn all(&self) -> Vec<&AccreditationRecord> {
+        let mut v: Vec<_> = self.accreditations.values().collect();
+        v.sort_by(|a, b| {
+            b.accreditation
+                .valid_from
+                .cmp(&a.accreditation.valid_from)
+                .then(a.id.cmp(&b.id))
+        });
+        v
+    }
+
+    /// A registered producer.
+    pub fn producer(&self, id: &ProducerId) -> Option<&ProducerRecord> {
+        self.producers.get(id)
+    }
+}
+
+fn producer_key(id: &ProducerId) -> Vec<u8> {
+    keys::key(PRODUCER, &[id.as_bytes()])
+}
+
+fn accreditation_key(id: &ContentId) -> Vec<u8> {
+    keys::key(ACCREDITATION, &[id.as_bytes()])
+}
+
+impl Caisse {
+    /// The caisse's conventionnement state.
+    pub fn conventions(&self) -> &Conventions {
+        &self.conventions
+    }
+
+    /// Register a producer and what it declares.
+    pub fn register_producer(
+        &mut self,
+        name: &str,
+        attributes: Attributes,
+        today: Day,
+    ) -> Result<ProducerRecord, CaisseError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 100 {
+            return Err(CaisseError::Invalid(
+                "producer name must be 1 to 100 characters".into(),
+            ));
+        }
+        if attributes.evidence.len() > 32
+            || attributes
+                .evidence
+                .iter()
+                .any(|(k, v)| k.len() > 64 || v.len() > 200)
+            || attributes.origin.as_ref().is_some_and(|o| o.len() > 10)
+            || attributes.labels.len() > 32
+            || attributes.practices.len() > 32
+        {
+            return Err(CaisseError::Invalid(
+                "attributes too large: at most 32 labels, practices and evidence entries".into(),
+            ));
+        }
+        let rec = ProducerRecord {
+            id: ProducerId::from_bytes(self.random16()),
+            name: name.to_owned(),
+            attributes,
+            registered: today,
+        };
+        self.pending.put(producer_key(&rec.id), encode_value(&rec));
+        self.conventions.producers.insert(rec.id, rec.clone());
+        Ok(rec)
+    }
+
+    /// Judge a producer against the current criteria, rule by rule.
+    pub fn evaluate_producer(&self, id: &ProducerId) -> Result<Evaluation, CaisseError> {
+        let producer = self
+            .conventions
+            .producer(id)
+            .ok_or_else(|| CaisseError::NotFound {
+                what: "producer",
+                id: id.to_string(),
+            })?;
+        let criteria = self.conventions.criteria().ok_or_else(|| {
+            CaisseError::Conflict(
+                "no criteria adopted yet: the parliament must first pass a criteria proposal"
+                    .into(),
+            )
+        })?;
+        Ok(criteria.version.criteria.evaluate(&producer.attributes))
+    }
+
+    /// Adopt a criteria version (after a vote), signed by the caisse.
+    pub(crate) fn adopt_criteria(
+        &mut self,
+        criteria: Criteria,
+        decided_by: Option<ProposalId>,
+        today: Day,
+    ) -> Result<ContentId, CaisseError> {
+        criteria
+            .validate()
+            .map_err(|e| CaisseError::Invalid(format!("criteria: {e}")))?;
+        if let Some(cur) = self.conventions.criteria()
+            && criteria.version <= cur.version.criteria.version
+        {
+            return Err(CaisseError::Conflict(format!(
+                "criteria version {} is not newer than the current version {}",
+                criteria.version, cur.version.criteria.version
+            )));
+        }
+        let hash = criteria.hash();
+        let version = CriteriaVersion {
+            caisse: self.id,
+            criteria,
+            adopted_on: today,
+            decided_by,
+        };
+        let envelope = Envelope::seal(&self.secret, &self.federation, &version)
+            .map_err(|e| CaisseError::Invalid(format!("criteria too large: {e}")))?;
+        let rec = CriteriaRecord {
+            hash,
+            version,
+            envelope,
+        };
+        self.pending.put(
+            keys::key(CRITERIA, &[&rec.version.criteria.version.to_be_bytes()]),
+            encode_value(&rec),
+        );
+        self.conventions.criteria = Some(rec);
+        Ok(hash)
+    }
+
+    /// Issue a signed accreditation.
+    pub(crate) fn accredit(
+        &mut self,
+        subject: Subject,
+        scope: Vec<ScopeItem>,
+        valid_from: Day,
+        valid_until: Day,
+        decided_by: Option<ProposalId>,
+    ) -> Result<ContentId, CaisseError> {
+        let subject_name = match &subject {
+            Subject::Producer(p) => self
+                .conventions
+                .producer(p)
+                .map(|r| r.name.clone())
+                .ok_or_else(|| CaisseError::NotFound {
+                    what: "producer",
+                    id: p.to_string(),
+                })?,
+            Subject::Outlet(o) => self.outlets.get(o).map(|r| r.name.clone()).ok_or_else(|| {
+                CaisseError::NotFound {
+                    what: "outlet",
+                    id: o.to_string(),
+                }
+            })?,
+        };
+        let criteria = self.conventions.criteria().map_or(NO_CRITERIA, |c| c.hash);
+        let accreditation = Accreditation {
+            caisse: self.id,
+            subject,
+            subject_name,
+            scope,
+            criteria,
+            valid_from,
+            valid_until,
+            decided_by,
+        };
+        use caisse_protocol::signed::Message;
+        accreditation
+            .validate()
+            .map_err(|e| CaisseError::Invalid(format!("accreditation: {e}")))?;
+        let envelope = Envelope::seal(&self.secret, &self.federation, &accreditation)
+            .map_err(|e| CaisseError::Invalid(format!("accreditation too large: {e}")))?;
+        let id = envelope.content_id(&self.federation, Accreditation::VERSION);
+        let rec = AccreditationRecord {
+            id,
+            accreditation,
+            envelope,
+            revoked: None,
+        };
+        self.pending.put(accreditation_key(&id), encode_value(&rec));
+        self.conventions.index(rec);
+        Ok(id)
+    }
+
+    /// Revoke an accreditation, at once. The revocation is signed.
+    pub(crate) fn revoke(
+        &mut self,
+        id: ContentId,
+        reason: String,
+        decided_by: Option<ProposalId>,
+        today: Day,
+    ) -> Result<(), CaisseError> {
+        let mut rec = self
+            .conventions
+            .accreditations
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| CaisseError::NotFound {
+                what: "accreditation",
+                id: id.to_string(),
+            })?;
+        if rec.revoked.is_some() {
+            return Err(CaisseError::Conflict(format!(
+                "accreditation {} is already revoked",
+                id.short()
+            )));
+        }
+        let revocation = Revocation {
+            caisse: self.id,
+            accreditation: id,
+            reason: reason.clone(),
+            effective: today,
+            decided_by,
+        };
+        let envelope = Envelope::seal(&self.secret, &self.federation, &revocation)
+            .map_err(|e| CaisseError::Invalid(format!("revocation: {e}")))?;
+        rec.revoked = Some(RevocationRecord {
+            day: today,
+            reason,
+            envelope,
+        });
+        self.pending.put(accreditation_key(&id), encode_value(&rec));
+        self.conventions.index(rec);
+        Ok(())
+    }
+}

@@ -1,0 +1,696 @@
+//! The food parliament: seats, proposals, votes and signed decisions.
+//!
+//! Seats have a kind (citizen, producer, worker) and belong to people;
+//! while fewer than half of the active seats are citizens' the parliament
+//! cannot vote, and every attempt says why. One seat, one vote; a seat may
+//! change its vote while the window is open. Closing tallies against the
+//! caisse's quorum and threshold; a passed proposal takes effect in the same
+//! atomic batch as its decision, which the caisse signs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use caisse_protocol::criteria::Criteria;
+use caisse_protocol::messages::{Decision, ScopeItem, Subject};
+use caisse_protocol::{CaisseId, ContentId, Day, Envelope, MemberId, ProposalId};
+use serde::{Deserialize, Serialize};
+
+use crate::caisse::{Caisse, CaisseError};
+use crate::policy::{AllocationPolicy, ContributionScale, RecognitionPolicy, Rollover};
+use crate::store::{StoreError, decode_value, encode_value, keys};
+
+/// Seats by number.
+pub const SEAT: &[u8] = b"s/";
+/// Proposals by id.
+pub const PROPOSAL: &[u8] = b"q/";
+
+/// The kind of a parliament seat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SeatKind {
+    /// An ordinary resident, a member of the caisse.
+    Citizen,
+    /// A producer's representative.
+    Producer,
+    /// A food worker's representative.
+    Worker,
+}
+
+impl std::str::FromStr for SeatKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "citizen" => Ok(SeatKind::Citizen),
+            "producer" => Ok(SeatKind::Producer),
+            "worker" => Ok(SeatKind::Worker),
+            _ => Err(format!("seat kind {s:?}: use citizen, producer or worker")),
+        }
+    }
+}
+
+/// A seat of the parliament.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seat {
+    /// Seat number (`seat-3` in the CLI).
+    pub id: u32,
+    /// Its kind.
+    pub kind: SeatKind,
+    /// The member holding it (required for citizen seats).
+    pub member: Option<MemberId>,
+    /// The person holding it (producer and worker seats name a person).
+    pub holder: String,
+    /// Day added.
+    pub added: Day,
+    /// Day removed, if removed.
+    pub removed: Option<Day>,
+}
+
+/// A vote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Choice {
+    /// For.
+    Yes,
+    /// Against.
+    No,
+    /// Counts for quorum only.
+    Abstain,
+}
+
+impl std::str::FromStr for Choice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "yes" => Ok(Choice::Yes),
+            "no" => Ok(Choice::No),
+            "abstain" => Ok(Choice::Abstain),
+            _ => Err(format!("vote {s:?}: use yes, no or abstain")),
+        }
+    }
+}
+
+/// What a proposal would change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProposalKind {
+    /// Adopt a new criteria version.
+    Criteria(Criteria),
+    /// Change the allocation amount.
+    Allocation(AllocationPolicy),
+    /// Change the contribution scale.
+    ContributionScale(ContributionScale),
+    /// Change the rollover policy.
+    Rollover(Rollover),
+    /// Accredit a producer or outlet.
+    Accredit {
+        /// Who.
+        subject: Subject,
+        /// Categories and coverage rates.
+        scope: Vec<ScopeItem>,
+        /// First valid day.
+        valid_from: Day,
+        /// Last valid day.
+        valid_until: Day,
+    },
+    /// Revoke an accreditation.
+    Revoke {
+        /// Which.
+        accreditation: ContentId,
+        /// Why.
+        reason: String,
+    },
+    /// Recognise a peer caisse's accreditations.
+    RecognisePeer {
+        /// The caisse.
+        caisse: CaisseId,
+    },
+    /// Set the policy for recognising other caisses' accreditations.
+    RecognitionPolicy(RecognitionPolicy),
+}
+
+impl fmt::Display for ProposalKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProposalKind::Criteria(c) => {
+                write!(f, "adopt criteria {:?} version {}", c.name, c.version)
+            }
+            ProposalKind::Allocation(a) => write!(f, "set the allocation to {a:?}"),
+            ProposalKind::ContributionScale(_) => f.write_str("change the contribution scale"),
+            ProposalKind::Rollover(r) => write!(f, "set the rollover policy to {r:?}"),
+            ProposalKind::Accredit { subject, scope, .. } => {
+                let cats: Vec<String> = scope
+                    .iter()
+                    .map(|s| format!("{} at {}%", s.category, s.coverage_pct))
+                    .collect();
+                let who = match subject {
+                    Subject::Producer(p) => p.to_string(),
+                    Subject::Outlet(o) => o.to_string(),
+                };
+                write!(f, "accredit {who} for {}", cats.join(", "))
+            }
+            ProposalKind::Revoke {
+                accreditation,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "revoke accreditation {} ({reason})",
+                    accreditation.short()
+                )
+            }
+            ProposalKind::RecognisePeer { caisse } => {
+                write!(f, "recognise caisse {}", caisse.short())
+            }
+            ProposalKind::RecognitionPolicy(p) => write!(f, "set the recognition policy to {p:?}"),
+        }
+    }
+}
+
+/// The result of closing a proposal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Whether it passed (and took effect).
+    pub passed: bool,
+    /// Votes for.
+    pub yes: u32,
+    /// Votes against.
+    pub no: u32,
+    /// Abstentions.
+    pub abstain: u32,
+    /// Active seats at closing.
+    pub seats: u32,
+    /// Why it passed or failed, in words.
+    pub reason: String,
+    /// Content id of the signed decision.
+    pub decision: ContentId,
+    /// The signed decision.
+    pub envelope: Envelope,
+    /// When closed (Unix seconds).
+    pub closed_at: u64,
+}
+
+/// A proposal put to the parliament.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The proposal.
+    pub id: ProposalId,
+    /// A short title.
+    pub title: String,
+    /// What it would change.
+    pub kind: ProposalKind,
+    /// Opened (Unix seconds).
+    pub opened: u64,
+    /// Voting closes (Unix seconds).
+    pub closes: u64,
+    /// The current vote of each seat.
+    pub votes: BTreeMap<u32, Choice>,
+    /// Set once closed.
+    pub outcome: Option<Outcome>,
+}
+
+/// What a vote did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteRecorded {
+    /// The proposal.
+    pub proposal: ProposalId,
+    /// The seat.
+    pub seat: u32,
+    /// The vote now counted.
+    pub choice: Choice,
+    /// The vote it replaced, if the seat had voted before.
+    pub replaced: Option<Choice>,
+}
+
+fn seat_key(id: u32) -> Vec<u8> {
+    keys::key(SEAT, &[&id.to_be_bytes()])
+}
+
+fn proposal_key(id: &ProposalId) -> Vec<u8> {
+    keys::key(PROPOSAL, &[id.as_bytes()])
+}
+
+/// Why the parliament, as composed, cannot vote (or `None` if it can).
+pub fn composition_problem(seats: &[Seat]) -> Option<String> {
+    let active: Vec<&Seat> = seats.iter().filter(|s| s.removed.is_none()).collect();
+    let citizens = active
+        .iter()
+        .filter(|s| s.kind == SeatKind::Citizen)
+        .count();
+    if active.is_empty() {
+        return Some("the parliament has no seats: add seats with `parliament seat add`".into());
+    }
+    if citizens.saturating_mul(2) < active.len() {
+        return Some(format!(
+            "the parliament cannot vote: only {citizens} of its {} seats are citizens, and at least half must be (add citizen seats or remove others)",
+            active.len()
+        ));
+    }
+    None
+}
+
+impl Caisse {
+    /// Every seat, active or removed.
+    pub fn seats(&self) -> Result<Vec<Seat>, StoreError> {
+        self.scan(SEAT)?
+            .into_iter()
+            .map(|(k, v)| decode_value(&k, &v))
+            .collect()
+    }
+
+    /// Add a seat. Citizen seats are held by members; producer and worker
+    /// seats name a person.
+    pub fn add_seat(
+        &mut self,
+        kind: SeatKind,
+        member: Option<MemberId>,
+        holder: Option<String>,
+        today: Day,
+    ) -> Result<Seat, CaisseError> {
+        let seats = self.seats()?;
+        let holder = match (kind, member) {
+            (SeatKind::Citizen, None) => {
+                return Err(CaisseError::Invalid(
+                    "a citizen seat is held by a member: give --member ID".into(),
+                ));
+            }
+            (_, Some(m)) => {
+                let rec = self.member_record(&m)?;
+                if rec.status != crate::members::MemberStatus::Active {
+                    return Err(CaisseError::Invalid(format!(
+                        "member {m} is not active and cannot hold a seat"
+                    )));
+                }
+                if seats
+                    .iter()
+                    .any(|s| s.removed.is_none() && s.member == Some(m))
+                {
+                    return Err(CaisseError::Conflict(format!(
+                        "member {m} already holds a seat: one person, one vote"
+                    )));
+                }
+                holder.unwrap_or(rec.name)
+            }
+            (_, None) => holder.filter(|h| !h.trim().is_empty()).ok_or_else(|| {
+                CaisseError::Invalid(
+                    "a producer or worker seat names the person holding it: give --holder NAME"
+                        .into(),
+                )
+            })?,
+        };
+        if holder.len() > 100 {
+            return Err(CaisseError::Invalid(
+                "holder name is at most 100 characters".into(),
+            ));
+        }
+        let id = seats
+            .iter()
+            .map(|s| s.id)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1);
+        let seat = Seat {
+            id,
+            kind,
+            member,
+            holder: holder.trim().to_owned(),
+            added: today,
+            removed: None,
+        };
+        self.pending.put(seat_key(id), encode_value(&seat));
+        Ok(seat)
+    }
+
+    /// Remove a seat; its votes on open proposals no longer count.
+    pub fn remove_seat(&mut self, id: u32, today: Day) -> Result<Seat, CaisseError> {
+        let key = seat_key(id);
+        let bytes = self.get(&key)?.ok_or_else(|| CaisseError::NotFound {
+            what: "seat",
+            id: format!("seat-{id}"),
+        })?;
+        let mut seat: Seat = decode_value(&key, &bytes)?;
+        if seat.removed.is_some() {
+            return Err(CaisseError::Conflict(format!(
+                "seat-{id} was already removed"
+            )));
+        }
+        seat.removed = Some(today);
+        self.pending.put(key, encode_value(&seat));
+        Ok(seat)
+    }
+
+    /// Read a proposal.
+    pub fn proposal(&self, id: &ProposalId) -> Result<Proposal, CaisseError> {
+        let key = proposal_key(id);
+        let bytes = self.get(&key)?.ok_or_else(|| CaisseError::NotFound {
+            what: "proposal",
+            id: id.to_string(),
+        })?;
+        Ok(decode_value(&key, &bytes)?)
+    }
+
+    /// Put a proposal to the parliament, open for `window_minutes` (default:
+    /// the caisse's parameter).
+    pub fn propose(
+        &mut self,
+        title: String,
+        kind: ProposalKind,
+        window_minutes: Option<u32>,
+        now: u64,
+    ) -> Result<Proposal, CaisseError> {
+        if let Some(problem) = composition_problem(&self.seats()?) {
+            return Err(CaisseError::Conflict(problem));
+        }
+        if title.trim().is_empty() || title.len() > 200 {
+            return Err(CaisseError::Invalid(
+                "a proposal title is 1 to 200 characters".into(),
+            ));
+        }
+        self.check_proposal(&kind)?;
+        let window = window_minutes.unwrap_or(self.policy.parliament.window_minutes);
+        let proposal = Proposal {
+            id: ProposalId::from_bytes(self.random16()),
+            title: title.trim().to_owned(),
+            kind,
+            opened: now,
+            closes: now.saturating_add(u64::from(window).saturating_mul(60)),
+            votes: BTreeMap::new(),
+            outcome: None,
+        };
+        self.pending
+            .put(proposal_key(&proposal.id), encode_value(&proposal));
+        Ok(proposal)
+    }
+
+    /// Check that a proposal could take effect if it passed.
+    fn check_proposal(&self, kind: &ProposalKind) -> Result<(), CaisseError> {
+        let invalid = |m: String| Err(CaisseError::Invalid(m));
+        match kind {
+            ProposalKind::Criteria(c) => {
+                c.validate()
+                    .map_err(|e| CaisseError::Invalid(format!("criteria: {e}")))?;
+                if let Some(cur) = self.conventions.criteria()
+                    && c.version <= cur.version.criteria.version
+                {
+                    return invalid(format!(
+                        "criteria version {} must be above the current version {}",
+                        c.version, cur.version.criteria.version
+                    ));
+                }
+            }
+            ProposalKind::Allocation(_)
+            | ProposalKind::ContributionScale(_)
+            | ProposalKind::Rollover(_) => {
+                let mut p = self.policy.clone();
+                apply_policy_change(&mut p, kind);
+                p.validate()
+                    .map_err(|e| CaisseError::Invalid(format!("policy: {e}")))?;
+            }
+            ProposalKind::Accredit {
+                subject,
+                scope,
+                valid_from,
+                valid_until,
+            } => {
+                if scope.is_empty() || scope.iter().any(|s| s.coverage_pct > 100) {
+                    return invalid("scope must list categories with coverage 0 to 100%".into());
+                }
+                if valid_until < valid_from {
+                    return invalid("valid_until is before valid_from".into());
+                }
+                let criteria = self.conventions.criteria().ok_or_else(|| {
+                    CaisseError::Conflict(
+                        "adopt criteria first: an accreditation is judged against a criteria version".into(),
+                    )
+                })?;
+                match subject {
+                    Subject::Producer(p) => {
+                        let producer =
+                            self.conventions
+                                .producer(p)
+                                .ok_or_else(|| CaisseError::NotFound {
+                                    what: "producer",
+                                    id: p.to_string(),
+                                })?;
+                        let e = criteria.version.criteria.evaluate(&producer.attributes);
+                        if !e.passed {
+                            return Err(CaisseError::Conflict(format!(
+                                "{} does not meet criteria version {}: {}",
+                                producer.name,
+                                criteria.version.criteria.version,
+                                e.failures.join("; ")
+                            )));
+                        }
+                    }
+                    Subject::Outlet(o) => {
+                        if !self.outlets.contains_key(o) {
+                            return Err(CaisseError::NotFound {
+                                what: "outlet",
+                                id: o.to_string(),
+                            });
+                        }
+                    }
+                }
+            }
+            ProposalKind::Revoke {
+                accreditation,
+                reason,
+            } => {
+                if reason.len() > 200 {
+                    return invalid("the reason is at most 200 characters".into());
+                }
+                match self.conventions.accreditations.get(accreditation) {
+                    None => {
+                        return Err(CaisseError::NotFound {
+                            what: "accreditation",
+                            id: accreditation.to_string(),
+                        });
+                    }
+                    Some(r) if r.revoked.is_some() => {
+                        return Err(CaisseError::Conflict(
+                            "that accreditation is already revoked".into(),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+            ProposalKind::RecognisePeer { caisse } => {
+                if *caisse == self.id {
+                    return invalid("a caisse does not need to recognise itself".into());
+                }
+            }
+            ProposalKind::RecognitionPolicy(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Record a seat's vote. A seat may change its vote while the window is open.
+    pub fn vote(
+        &mut self,
+        proposal: ProposalId,
+        seat: u32,
+        choice: Choice,
+        now: u64,
+    ) -> Result<VoteRecorded, CaisseError> {
+        let seats = self.seats()?;
+        if let Some(problem) = composition_problem(&seats) {
+            return Err(CaisseError::Conflict(problem));
+        }
+        let mut p = self.proposal(&proposal)?;
+        if p.outcome.is_some() {
+            return Err(CaisseError::Conflict(format!(
+                "proposal {} is closed: votes are no longer accepted",
+                p.id
+            )));
+        }
+        if now >= p.closes {
+            return Err(CaisseError::Conflict(format!(
+                "voting on proposal {} closed at {}: this vote is late and was not counted",
+                p.id,
+                Day::from_unix(p.closes)
+            )));
+        }
+        let Some(s) = seats.iter().find(|s| s.id == seat) else {
+            return Err(CaisseError::NotFound {
+                what: "seat",
+                id: format!("seat-{seat}"),
+            });
+        };
+        if s.removed.is_some() {
+            return Err(CaisseError::Conflict(format!(
+                "seat-{seat} was removed on {} and cannot vote",
+                s.removed.unwrap_or(Day::from_days(0))
+            )));
+        }
+        let replaced = p.votes.insert(seat, choice);
+        self.pending.put(proposal_key(&p.id), encode_value(&p));
+        Ok(VoteRecorded {
+            proposal,
+            seat,
+            choice,
+            replaced,
+        })
+    }
+
+    /// Close a proposal: tally, and if it passed, apply it in the same
+    /// batch as its signed decision. Allowed once the window has ended, or
+    /// earlier when every active seat has voted.
+    pub fn close_proposal(&mut self, id: ProposalId, now: u64) -> Result<Proposal, CaisseError> {
+        let seats = self.seats()?;
+        let mut p = self.proposal(&id)?;
+        if p.outcome.is_some() {
+            return Err(CaisseError::Conflict(format!(
+                "proposal {id} is already closed"
+            )));
+        }
+        let active: Vec<&Seat> = seats.iter().filter(|s| s.removed.is_none()).collect();
+        let counted: Vec<Choice> = active
+            .iter()
+            .filter_map(|s| p.votes.get(&s.id).copied())
+            .collect();
+        if now < p.closes && counted.len() < active.len() {
+            return Err(CaisseError::Conflict(format!(
+                "voting is open until {} and {} of {} seats have voted; close it then, or once every seat has voted",
+                Day::from_unix(p.closes),
+                counted.len(),
+                active.len()
+            )));
+        }
+        let count = |c: Choice| counted.iter().filter(|x| **x == c).count() as u32;
+        let (yes, no, abstain) = (
+            count(Choice::Yes),
+            count(Choice::No),
+            count(Choice::Abstain),
+        );
+        let seats_n = active.len() as u32;
+        let rules = self.policy.parliament.clone();
+        let cast = yes + no + abstain;
+        let (mut passed, mut reason) = if let Some(problem) = composition_problem(&seats) {
+            (false, problem)
+        } else if u64::from(cast) * 100 < u64::from(rules.quorum_pct) * u64::from(seats_n) {
+            (
+                false,
+                format!(
+                    "quorum not reached: {cast} of {seats_n} seats voted, {}% needed",
+                    rules.quorum_pct
+                ),
+            )
+        } else if u64::from(yes) * 100 > u64::from(rules.threshold_pct) * u64::from(yes + no) {
+            (
+                true,
+                format!("passed: {yes} yes, {no} no, {abstain} abstain"),
+            )
+        } else {
+            (
+                false,
+                format!(
+                    "rejected: {yes} yes, {no} no, {abstain} abstain (more than {}% yes needed)",
+                    rules.threshold_pct
+                ),
+            )
+        };
+        let today = Day::from_unix(now);
+        if passed && let Err(e) = self.apply_proposal(&p, today) {
+            // The world changed since the proposal was made (e.g. the accreditation was
+            // revoked another way): record the vote, apply nothing.
+            passed = false;
+            reason = format!("passed the vote but could not take effect: {e}");
+        }
+        let decision = Decision {
+            caisse: self.id,
+            proposal: id,
+            summary: format!("{}: {}", p.title, reason)
+                .chars()
+                .take(200)
+                .collect(),
+            passed,
+            yes,
+            no,
+            abstain,
+            seats: seats_n,
+            decided_on: today,
+        };
+        let envelope = Envelope::seal(&self.secret, &self.federation, &decision)
+            .map_err(|e| CaisseError::Invalid(format!("decision: {e}")))?;
+        let decision_id = envelope.content_id(&self.federation, 1);
+        p.outcome = Some(Outcome {
+            passed,
+            yes,
+            no,
+            abstain,
+            seats: seats_n,
+            reason,
+            decision: decision_id,
+            envelope,
+            closed_at: now,
+        });
+        self.pending.put(proposal_key(&id), encode_value(&p));
+        Ok(p)
+    }
+
+    fn apply_proposal(&mut self, p: &Proposal, today: Day) -> Result<(), CaisseError> {
+        match &p.kind {
+            ProposalKind::Criteria(c) => {
+                self.adopt_criteria(c.clone(), Some(p.id), today)?;
+            }
+            ProposalKind::Allocation(_)
+            | ProposalKind::ContributionScale(_)
+            | ProposalKind::Rollover(_) => {
+                let mut policy = self.policy.clone();
+                apply_policy_change(&mut policy, &p.kind);
+                self.set_policy(policy)?;
+            }
+            ProposalKind::Accredit {
+                subject,
+                scope,
+                valid_from,
+                valid_until,
+            } => {
+                self.check_proposal(&p.kind)?;
+                self.accredit(
+                    *subject,
+                    scope.clone(),
+                    *valid_from,
+                    *valid_until,
+                    Some(p.id),
+                )?;
+            }
+            ProposalKind::Revoke {
+                accreditation,
+                reason,
+            } => self.revoke(*accreditation, reason.clone(), Some(p.id), today)?,
+            ProposalKind::RecognisePeer { caisse } => {
+                let mut policy = self.policy.clone();
+                if !policy.recognition.recognised.contains(caisse) {
+                    policy.recognition.recognised.push(*caisse);
+                }
+                self.set_policy(policy)?;
+            }
+            ProposalKind::RecognitionPolicy(r) => {
+                let mut policy = self.policy.clone();
+                policy.recognition.policy = r.clone();
+                self.set_policy(policy)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every proposal, newest first.
+    pub fn proposals(&self) -> Result<Vec<Proposal>, CaisseError> {
+        let mut out: Vec<Proposal> = Vec::new();
+        for (k, v) in self.scan(PROPOSAL)? {
+            out.push(decode_value(&k, &v)?);
+        }
+        out.sort_by(|a, b| b.opened.cmp(&a.opened).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+}
+
+/// Apply a policy-changing proposal to a copy of the policy.
+fn apply_policy_change(policy: &mut crate::policy::Policy, kind: &ProposalKind) {
+    match kind {
+        ProposalKind::Allocation(a) => policy.allocation = a.clone(),
+        ProposalKind::ContributionScale(c) => policy.contribution = c.clone(),
+        ProposalKind::Rollover(r) => policy.rollover = r.clone(),
+        _ => {}
+    }
+}
