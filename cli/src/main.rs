@@ -69,6 +69,19 @@ enum Command {
     /// The ledger: balances, journal, audit.
     #[command(subcommand)]
     Ledger(LedgerCmd),
+    /// The food parliament: seats, lottery, proposals, votes.
+    #[command(subcommand)]
+    Parliament(ParliamentCmd),
+    /// Producers and their evaluation against the criteria.
+    #[command(subcommand)]
+    Producer(ProducerCmd),
+    /// Accreditations (conventionnement) of producers and outlets.
+    #[command(subcommand)]
+    Accreditation(AccreditationCmd),
+    /// The current criteria version.
+    Criteria,
+    /// The evaluation report of a period, or an anonymised export for researchers.
+    Report(ReportArgs),
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCmd),
@@ -289,6 +302,183 @@ enum LedgerCmd {
     },
     /// Audit the ledger; exits with status 3 if anything is wrong.
     Check,
+}
+
+#[derive(Subcommand)]
+enum ParliamentCmd {
+    /// Seats: add or remove.
+    #[command(subcommand)]
+    Seat(SeatCmd),
+    /// Draw citizen seats by lottery among volunteers, stratified by age band
+    /// and income bracket, reproducible from the published seed.
+    Draw {
+        /// How many seats to draw.
+        #[arg(long)]
+        seats: usize,
+        /// File of volunteers' member ids, one per line.
+        #[arg(long)]
+        from: PathBuf,
+        /// The published seed.
+        #[arg(long)]
+        seed: u64,
+    },
+    /// Put a proposal to the parliament (give exactly one kind of change).
+    Propose(Box<ProposeArgs>),
+    /// Vote on a proposal: one seat, one vote (a new vote replaces the seat's
+    /// previous one while voting is open).
+    Vote {
+        /// Proposal id.
+        #[arg(long)]
+        proposal: String,
+        /// Seat (seat-3 or 3).
+        #[arg(long)]
+        seat: String,
+        /// yes, no or abstain.
+        #[arg(long)]
+        choice: String,
+    },
+    /// Close a proposal and tally; a passed proposal takes effect at once.
+    Close {
+        /// Proposal id.
+        #[arg(long)]
+        proposal: String,
+    },
+    /// Seats, composition, proposals, tallies and decisions.
+    Show,
+}
+
+#[derive(Subcommand)]
+enum SeatCmd {
+    /// Add a seat.
+    Add {
+        /// citizen, producer or worker.
+        #[arg(long)]
+        kind: String,
+        /// The member holding it (required for citizen seats).
+        #[arg(long)]
+        member: Option<MemberId>,
+        /// The person holding a producer or worker seat.
+        #[arg(long)]
+        holder: Option<String>,
+    },
+    /// Remove a seat.
+    Remove {
+        /// Seat (seat-3 or 3).
+        #[arg(long)]
+        seat: String,
+    },
+}
+
+#[derive(Args)]
+struct ProposeArgs {
+    /// A short title.
+    #[arg(long)]
+    title: String,
+    /// Voting window in minutes (default: the caisse's parameter).
+    #[arg(long)]
+    window_minutes: Option<u32>,
+    /// New criteria version, from a TOML or JSON file.
+    #[arg(long, group = "change")]
+    criteria: Option<PathBuf>,
+    /// New allocation per person, in EUR.
+    #[arg(long, group = "change")]
+    allocation: Option<Amount>,
+    /// New household allocation as BASE:PER_EXTRA_MEMBER in EUR (e.g. 100:50).
+    #[arg(long, group = "change")]
+    household_allocation: Option<String>,
+    /// New contribution scale, from a TOML file.
+    #[arg(long, group = "change")]
+    contribution_scale: Option<PathBuf>,
+    /// New rollover policy: carry-over, expire or cap:EUR.
+    #[arg(long, group = "change")]
+    rollover: Option<String>,
+    /// Accredit this producer (with --scope).
+    #[arg(long, group = "change", requires = "scope")]
+    accredit_producer: Option<String>,
+    /// Accredit this outlet (with --scope).
+    #[arg(long, group = "change", requires = "scope")]
+    accredit_outlet: Option<OutletId>,
+    /// Scope of an accreditation: CATEGORY[:COVERAGE%],… (e.g. fresh-produce:100,bread:66).
+    #[arg(long)]
+    scope: Option<String>,
+    /// First valid day (default: today).
+    #[arg(long)]
+    valid_from: Option<Day>,
+    /// Last valid day (default: a year after the first).
+    #[arg(long)]
+    valid_until: Option<Day>,
+    /// Revoke this accreditation (with --reason).
+    #[arg(long, group = "change", requires = "reason")]
+    revoke: Option<String>,
+    /// Why it is revoked.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Recognise this peer caisse's accreditations.
+    #[arg(long, group = "change")]
+    recognise: Option<String>,
+    /// Recognition policy: none, listed or compatible-criteria.
+    #[arg(long, group = "change")]
+    recognition: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ProducerCmd {
+    /// Register a producer with its declared attributes (TOML or JSON file).
+    Register {
+        /// Producer name.
+        #[arg(long)]
+        name: String,
+        /// Attributes file: labels, distance_km, practices, price_fairness_pct, origin, evidence.
+        #[arg(long)]
+        attributes: PathBuf,
+    },
+    /// List producers.
+    List,
+    /// Show a producer, with who accredited it and under which criteria.
+    Show {
+        /// Producer id.
+        id: String,
+    },
+    /// Judge a producer against the current criteria, rule by rule.
+    Evaluate {
+        /// Producer id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccreditationCmd {
+    /// List accreditations and revocations.
+    List,
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct ReportArgs {
+    #[command(subcommand)]
+    export: Option<ReportCmd>,
+    /// The month, YYYY-MM.
+    #[arg(long)]
+    period: Option<Period>,
+    /// md or json.
+    #[arg(long, default_value = "md")]
+    format: String,
+}
+
+#[derive(Subcommand)]
+enum ReportCmd {
+    /// Write anonymised per-purchase and per-member rows (CSV) for researchers.
+    Export {
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        period: Period,
+        /// Required: confirms names, addresses and ids are replaced by pseudonyms.
+        #[arg(long, required = true)]
+        anonymised: bool,
+        /// Directory to write purchases.csv and members.csv into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -677,6 +867,33 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             });
         }
         Command::Ledger(l) => return ledger(c, out, l).await,
+        Command::Parliament(p) => return parliament(c, out, p).await,
+        Command::Producer(p) => return producer(c, out, p).await,
+        Command::Accreditation(AccreditationCmd::List) => {
+            let v: Value = c.get("/api/v1/accreditations").await?;
+            out.value(&v, |v| {
+                let rows = v
+                    .as_array()
+                    .map(|a| a.iter().map(accreditation_row).collect())
+                    .unwrap_or_default();
+                table(
+                    &["id", "by caisse", "subject", "scope", "valid", "status"],
+                    rows,
+                );
+            });
+        }
+        Command::Criteria => {
+            let v: Value = c.get("/api/v1/criteria").await?;
+            out.value(&v, |v| {
+                if v.is_null() {
+                    println!("No criteria adopted yet: the parliament adopts them by vote (parliament propose --criteria FILE).");
+                } else {
+                    println!("{} version {} (hash {}), adopted {}", s(&v["criteria"]["name"]), s(&v["criteria"]["version"]), s(&v["hash"]), s(&v["adopted_on"]));
+                    println!("{}", serde_json::to_string_pretty(&v["criteria"]["rule"]).unwrap_or_default());
+                }
+            });
+        }
+        Command::Report(r) => return report(c, out, r).await,
         Command::Token(TokenCmd::Create { role }) => {
             let v: Value = c.post("/api/v1/tokens", &json!({ "role": role })).await?;
             out.value(&v, |v| {
@@ -927,4 +1144,458 @@ async fn ledger(c: &Client, out: &Output, l: &LedgerCmd) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn accreditation_row(a: &Value) -> Vec<String> {
+    let scope: Vec<String> = a["scope"]
+        .as_array()
+        .map(|x| {
+            x.iter()
+                .map(|i| format!("{}:{}%", s(&i["category"]), s(&i["coverage_pct"])))
+                .collect()
+        })
+        .unwrap_or_default();
+    let id = s(&a["id"]);
+    let caisse = s(&a["caisse"]);
+    vec![
+        id.chars().take(12).collect(),
+        caisse.chars().take(8).collect(),
+        s(&a["subject_name"]),
+        scope.join(","),
+        format!("{}..{}", s(&a["valid_from"]), s(&a["valid_until"])),
+        s(&a["status"]),
+    ]
+}
+
+fn read_structured<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+    } else {
+        toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+    }
+}
+
+fn parse_scope(text: &str) -> Result<Value> {
+    let mut items = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (cat, pct) = match part.split_once(':') {
+            Some((c, p)) => (
+                c,
+                p.trim_end_matches('%')
+                    .parse::<u8>()
+                    .map_err(|_| anyhow!("--scope {part:?}: coverage must be 0 to 100"))?,
+            ),
+            None => (part, 100),
+        };
+        let category: Category = cat.parse().map_err(|e| anyhow!("--scope {part:?}: {e}"))?;
+        if pct > 100 {
+            bail!("--scope {part:?}: coverage must be 0 to 100");
+        }
+        items.push(json!({ "category": category, "coverage_pct": pct }));
+    }
+    if items.is_empty() {
+        bail!("--scope lists at least one CATEGORY[:COVERAGE%]");
+    }
+    Ok(Value::Array(items))
+}
+
+async fn proposal_kind(c: &Client, a: &ProposeArgs) -> Result<Value> {
+    if let Some(f) = &a.criteria {
+        let criteria: caisse_protocol::criteria::Criteria = read_structured(f)?;
+        criteria
+            .validate()
+            .map_err(|e| anyhow!("{}: {e}", f.display()))?;
+        return Ok(json!({ "criteria": criteria }));
+    }
+    if let Some(amount) = a.allocation {
+        return Ok(json!({ "allocation": { "kind": "per-person", "amount": amount } }));
+    }
+    if let Some(h) = &a.household_allocation {
+        let (b, e) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow!("--household-allocation BASE:PER_EXTRA, e.g. 100:50"))?;
+        let base: Amount = b
+            .parse()
+            .map_err(|e| anyhow!("--household-allocation: {e}"))?;
+        let extra: Amount = e
+            .parse()
+            .map_err(|e| anyhow!("--household-allocation: {e}"))?;
+        return Ok(
+            json!({ "allocation": { "kind": "per-household", "base": base, "per_extra_member": extra } }),
+        );
+    }
+    if let Some(f) = &a.contribution_scale {
+        let scale: caisse_node::policy::ContributionScale = read_structured(f)?;
+        return Ok(json!({ "contribution-scale": scale }));
+    }
+    if let Some(r) = &a.rollover {
+        let v = match r.as_str() {
+            "carry-over" => json!({ "kind": "carry-over" }),
+            "expire" => json!({ "kind": "expire" }),
+            other => match other.strip_prefix("cap:") {
+                Some(max) => {
+                    let max: Amount = max
+                        .parse()
+                        .map_err(|e| anyhow!("--rollover cap:EUR: {e}"))?;
+                    json!({ "kind": "cap", "max": max })
+                }
+                None => bail!("--rollover: use carry-over, expire or cap:EUR"),
+            },
+        };
+        return Ok(json!({ "rollover": v }));
+    }
+    let subject = match (&a.accredit_producer, &a.accredit_outlet) {
+        (Some(p), _) => Some(
+            json!({ "producer": p.parse::<ProducerId>().map_err(|e| anyhow!("--accredit-producer: {e}"))? }),
+        ),
+        (_, Some(o)) => Some(json!({ "outlet": o })),
+        _ => None,
+    };
+    if let Some(subject) = subject {
+        let scope = parse_scope(a.scope.as_deref().unwrap_or_default())?;
+        let today: Day = match a.valid_from {
+            Some(d) => d,
+            None => {
+                let st: Value = c.get("/api/v1/status").await?;
+                s(&st["today"])
+                    .parse()
+                    .map_err(|e| anyhow!("node date: {e}"))?
+            }
+        };
+        let until = a.valid_until.unwrap_or(today.plus(365));
+        return Ok(
+            json!({ "accredit": { "subject": subject, "scope": scope, "valid_from": today, "valid_until": until } }),
+        );
+    }
+    if let Some(acc) = &a.revoke {
+        let id: caisse_protocol::ContentId = acc.parse().map_err(|e| anyhow!("--revoke: {e}"))?;
+        return Ok(
+            json!({ "revoke": { "accreditation": id, "reason": a.reason.clone().unwrap_or_default() } }),
+        );
+    }
+    if let Some(peer) = &a.recognise {
+        let id: caisse_protocol::CaisseId =
+            peer.parse().map_err(|e| anyhow!("--recognise: {e}"))?;
+        return Ok(json!({ "recognise-peer": { "caisse": id } }));
+    }
+    if let Some(r) = &a.recognition {
+        if !["none", "listed", "compatible-criteria"].contains(&r.as_str()) {
+            bail!("--recognition: use none, listed or compatible-criteria");
+        }
+        return Ok(json!({ "recognition-policy": r }));
+    }
+    bail!(
+        "say what the proposal changes: --criteria, --allocation, --household-allocation, --contribution-scale, --rollover, --accredit-producer, --accredit-outlet, --revoke, --recognise or --recognition"
+    )
+}
+
+fn print_proposal(p: &Value) {
+    println!("Proposal {}: {}", s(&p["id"]), s(&p["title"]));
+    let votes = p["votes"].as_object().map_or(0, |v| v.len());
+    println!(
+        "  voting closes {} (unix time), {} votes so far",
+        s(&p["closes"]),
+        votes
+    );
+    if let Some(o) = p["outcome"].as_object() {
+        println!(
+            "  {} — yes {}, no {}, abstain {}, of {} seats",
+            s(&o["reason"].clone()),
+            s(&o["yes"]),
+            s(&o["no"]),
+            s(&o["abstain"]),
+            s(&o["seats"])
+        );
+        println!("  decision {} signed by the caisse", s(&o["decision"]));
+    }
+}
+
+async fn parliament(c: &Client, out: &Output, p: &ParliamentCmd) -> Result<ExitCode> {
+    match p {
+        ParliamentCmd::Seat(SeatCmd::Add {
+            kind,
+            member,
+            holder,
+        }) => {
+            let v: Value = c
+                .post(
+                    "/api/v1/parliament/seats",
+                    &json!({ "kind": kind, "member": member, "holder": holder }),
+                )
+                .await?;
+            out.value(&v, |v| {
+                println!(
+                    "Added seat-{} ({}) held by {}",
+                    s(&v["id"]),
+                    s(&v["kind"]),
+                    s(&v["holder"])
+                )
+            });
+        }
+        ParliamentCmd::Seat(SeatCmd::Remove { seat }) => {
+            let id = seat.trim_start_matches("seat-");
+            let v: Value = c
+                .post(&format!("/api/v1/parliament/seats/{id}/remove"), &json!({}))
+                .await?;
+            out.value(&v, |v| println!("Removed seat-{}", s(&v["id"])));
+        }
+        ParliamentCmd::Draw { seats, from, seed } => {
+            let text = std::fs::read_to_string(from)
+                .with_context(|| format!("cannot read {}", from.display()))?;
+            let mut volunteers = Vec::new();
+            for (n, line) in text.lines().enumerate() {
+                let t = line.trim();
+                if t.is_empty() || t.starts_with('#') {
+                    continue;
+                }
+                let id: MemberId = t
+                    .parse()
+                    .map_err(|e| anyhow!("{} line {}: {e}", from.display(), n + 1))?;
+                volunteers.push(id);
+            }
+            let v: Value = c
+                .post(
+                    "/api/v1/parliament/draw",
+                    &json!({ "seats": seats, "seed": seed, "volunteers": volunteers }),
+                )
+                .await?;
+            out.value(&v, |v| {
+                let drawn = v["drawn"].as_array().map_or(0, |a| a.len());
+                println!(
+                    "Drew {drawn} citizen seats with seed {} among {} volunteers:",
+                    s(&v["seed"]),
+                    v["volunteers"].as_array().map_or(0, |a| a.len())
+                );
+                for seat in v["seats"].as_array().into_iter().flatten() {
+                    println!("  seat-{}  {}", s(&seat["id"]), s(&seat["member"]));
+                }
+                println!("Anyone can check the draw: same volunteers, same seed, same seats.");
+            });
+        }
+        ParliamentCmd::Propose(a) => {
+            let kind = proposal_kind(c, a).await?;
+            let v: Value = c
+                .post(
+                    "/api/v1/parliament/proposals",
+                    &json!({ "title": a.title, "kind": kind, "window_minutes": a.window_minutes }),
+                )
+                .await?;
+            out.value(&v, print_proposal);
+        }
+        ParliamentCmd::Vote {
+            proposal,
+            seat,
+            choice,
+        } => {
+            let v: Value = c
+                .post(
+                    &format!("/api/v1/parliament/proposals/{proposal}/votes"),
+                    &json!({ "seat": seat, "choice": choice }),
+                )
+                .await?;
+            out.value(&v, |v| match v["replaced"].as_str() {
+                Some(old) => println!(
+                    "seat-{} now votes {} (replacing its earlier vote: {old})",
+                    s(&v["seat"]),
+                    s(&v["choice"])
+                ),
+                None => println!("seat-{} votes {}", s(&v["seat"]), s(&v["choice"])),
+            });
+        }
+        ParliamentCmd::Close { proposal } => {
+            let v: Value = c
+                .post(
+                    &format!("/api/v1/parliament/proposals/{proposal}/close"),
+                    &json!({}),
+                )
+                .await?;
+            out.value(&v, print_proposal);
+        }
+        ParliamentCmd::Show => {
+            let v: Value = c.get("/api/v1/parliament").await?;
+            out.value(&v, |v| {
+                let rows = v["seats"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|x| {
+                                vec![
+                                    format!("seat-{}", s(&x["id"])),
+                                    s(&x["kind"]),
+                                    s(&x["holder"]),
+                                    if x["removed"].is_null() {
+                                        "active".into()
+                                    } else {
+                                        format!("removed {}", s(&x["removed"]))
+                                    },
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(&["seat", "kind", "holder", "status"], rows);
+                match v["composition_problem"].as_str() {
+                    Some(p) => println!("\n{p}"),
+                    None => println!(
+                        "\nThe parliament can vote (at least half of its seats are citizens)."
+                    ),
+                }
+                println!();
+                for p in v["proposals"].as_array().into_iter().flatten() {
+                    print_proposal(p);
+                }
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn producer(c: &Client, out: &Output, p: &ProducerCmd) -> Result<ExitCode> {
+    match p {
+        ProducerCmd::Register { name, attributes } => {
+            let attrs: caisse_protocol::criteria::Attributes = read_structured(attributes)?;
+            let v: Value = c
+                .post(
+                    "/api/v1/producers",
+                    &json!({ "name": name, "attributes": attrs }),
+                )
+                .await?;
+            out.value(&v, |v| {
+                println!("Registered producer {} ({})", s(&v["id"]), s(&v["name"]))
+            });
+        }
+        ProducerCmd::List => {
+            let v: Value = c.get("/api/v1/producers").await?;
+            out.value(&v, |v| {
+                let rows = v
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|p| {
+                                let active = p["accreditations"].as_array().map_or(0, |x| {
+                                    x.iter().filter(|a| a["status"] == "active").count()
+                                });
+                                vec![s(&p["id"]), s(&p["name"]), active.to_string()]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(&["id", "name", "active accreditations"], rows);
+            });
+        }
+        ProducerCmd::Show { id } => {
+            let v: Value = c.get(&format!("/api/v1/producers/{id}")).await?;
+            out.value(&v, |v| {
+                println!("{} ({})", s(&v["name"]), s(&v["id"]));
+                println!("attributes: {}", v["attributes"]);
+                for a in v["accreditations"].as_array().into_iter().flatten() {
+                    println!(
+                        "  accredited by caisse {} under criteria {}: {}",
+                        s(&a["caisse"]),
+                        s(&a["criteria"]).chars().take(12).collect::<String>(),
+                        accreditation_row(a).join("  ")
+                    );
+                }
+            });
+        }
+        ProducerCmd::Evaluate { id } => {
+            let v: Value = c.get(&format!("/api/v1/producers/{id}/evaluation")).await?;
+            out.value(&v, |v| {
+                let e = &v["evaluation"];
+                println!(
+                    "Against criteria {} version {}:",
+                    s(&v["criteria"]["name"]),
+                    s(&v["criteria"]["version"])
+                );
+                for o in e["outcomes"].as_array().into_iter().flatten() {
+                    let mark = if o["passed"] == true { "PASS" } else { "FAIL" };
+                    println!("  {mark}  {}: {}", s(&o["rule"]), s(&o["explanation"]));
+                }
+                if e["passed"] == true {
+                    println!("Meets the criteria.");
+                } else {
+                    println!("Does not meet the criteria:");
+                    for f in e["failures"].as_array().into_iter().flatten() {
+                        println!("  - {}", s(f));
+                    }
+                }
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn csv_field(v: &Value) -> String {
+    let t = s(v);
+    if t.contains([',', '"', '\n']) {
+        format!("\"{}\"", t.replace('"', "\"\""))
+    } else {
+        t
+    }
+}
+
+fn write_csv(path: &Path, rows: &[Value]) -> Result<usize> {
+    let mut text = String::new();
+    if let Some(first) = rows.first().and_then(Value::as_object) {
+        let cols: Vec<&String> = first.keys().collect();
+        text.push_str(
+            &cols
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        text.push('\n');
+        for r in rows {
+            let line: Vec<String> = cols.iter().map(|c| csv_field(&r[c.as_str()])).collect();
+            text.push_str(&line.join(","));
+            text.push('\n');
+        }
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(rows.len())
+}
+
+async fn report(c: &Client, out: &Output, r: &ReportArgs) -> Result<ExitCode> {
+    match &r.export {
+        Some(ReportCmd::Export {
+            period, out: dir, ..
+        }) => {
+            let v: Value = c
+                .get(&format!("/api/v1/report/export?period={period}"))
+                .await?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let p = write_csv(
+                &dir.join("purchases.csv"),
+                v["purchases"].as_array().map_or(&[][..], |a| a.as_slice()),
+            )?;
+            let m = write_csv(
+                &dir.join("members.csv"),
+                v["members"].as_array().map_or(&[][..], |a| a.as_slice()),
+            )?;
+            out.value(&json!({ "purchases": p, "members": m, "dir": dir }), |_| {
+                println!(
+                    "Wrote {p} purchase lines and {m} members (pseudonyms only) to {}",
+                    dir.display()
+                );
+            });
+        }
+        None => {
+            let period = r.period.ok_or_else(|| anyhow!("give --period YYYY-MM"))?;
+            let v: Value = c.get(&format!("/api/v1/report?period={period}")).await?;
+            if cli_json(out, &r.format) {
+                println!("{}", serde_json::to_string_pretty(&v["report"])?);
+            } else {
+                print!("{}", s(&v["markdown"]));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cli_json(out: &Output, format: &str) -> bool {
+    out.json || format == "json"
 }

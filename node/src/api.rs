@@ -225,6 +225,26 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/ledger/journal", get(journal))
         .route("/api/v1/ledger/check", get(check))
         .route("/api/v1/tokens", post(new_token))
+        .route("/api/v1/parliament", get(parliament_show))
+        .route("/api/v1/parliament/seats", post(seat_add))
+        .route("/api/v1/parliament/seats/{id}/remove", post(seat_remove))
+        .route("/api/v1/parliament/draw", post(parliament_draw))
+        .route("/api/v1/parliament/proposals", post(propose))
+        .route("/api/v1/parliament/proposals/{id}/votes", post(vote))
+        .route(
+            "/api/v1/parliament/proposals/{id}/close",
+            post(close_proposal),
+        )
+        .route(
+            "/api/v1/producers",
+            post(register_producer).get(list_producers),
+        )
+        .route("/api/v1/producers/{id}", get(show_producer))
+        .route("/api/v1/producers/{id}/evaluation", get(evaluate_producer))
+        .route("/api/v1/accreditations", get(list_accreditations))
+        .route("/api/v1/criteria", get(show_criteria))
+        .route("/api/v1/report", get(report))
+        .route("/api/v1/report/export", get(report_export))
         .route("/api/v1/clock", post(set_clock))
         .fallback(|| async {
             ApiError::new(
@@ -657,4 +677,400 @@ async fn set_clock(
         .saturating_add(43_200);
     s.handle.clock().set(secs);
     Ok(Json(json!({ "today": b.today })))
+}
+
+fn parse_seat(text: &str) -> Result<u32, ApiError> {
+    let t = text.trim();
+    t.strip_prefix("seat-")
+        .unwrap_or(t)
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("bad seat {t:?}: write seat-3 or 3")))
+}
+
+async fn parliament_show(
+    State(s): State<ApiState>,
+    auth: Auth,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.reader()?;
+    let out = s
+        .handle
+        .with(|c, _| {
+            let seats = c.seats()?;
+            let problem = crate::parliament::composition_problem(&seats);
+            let proposals = c.proposals()?;
+            Ok(json!({
+                "seats": seats,
+                "can_vote": problem.is_none(),
+                "composition_problem": problem,
+                "rules": c.policy().parliament,
+                "proposals": proposals,
+            }))
+        })
+        .await?;
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+struct SeatBody {
+    kind: crate::parliament::SeatKind,
+    #[serde(default)]
+    member: Option<MemberId>,
+    #[serde(default)]
+    holder: Option<String>,
+}
+
+async fn seat_add(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Body(b): Body<SeatBody>,
+) -> Result<Json<crate::parliament::Seat>, ApiError> {
+    auth.admin()?;
+    let seat = s
+        .handle
+        .with(move |c, now| c.add_seat(b.kind, b.member, b.holder, Day::from_unix(now)))
+        .await?;
+    Ok(Json(seat))
+}
+
+async fn seat_remove(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<crate::parliament::Seat>, ApiError> {
+    auth.admin()?;
+    let id = parse_seat(&id)?;
+    Ok(Json(
+        s.handle
+            .with(move |c, now| c.remove_seat(id, Day::from_unix(now)))
+            .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+struct DrawBody {
+    seats: usize,
+    seed: u64,
+    volunteers: Vec<MemberId>,
+}
+
+async fn parliament_draw(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Body(b): Body<DrawBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.admin()?;
+    if b.volunteers.len() > 100_000 || b.seats > 10_000 {
+        return Err(ApiError::bad_request(
+            "at most 100,000 volunteers and 10,000 seats",
+        ));
+    }
+    let out = s
+        .handle
+        .with(move |c, now| {
+            let today = Day::from_unix(now);
+            let seated: Vec<MemberId> = c
+                .seats()?
+                .iter()
+                .filter(|s| s.removed.is_none())
+                .filter_map(|s| s.member)
+                .collect();
+            let mut volunteers = Vec::new();
+            let mut excluded = Vec::new();
+            for m in &b.volunteers {
+                let rec = c.member_record(m)?;
+                if rec.status != crate::members::MemberStatus::Active || seated.contains(m) {
+                    excluded.push(*m);
+                    continue;
+                }
+                volunteers.push(crate::parliament::Volunteer {
+                    member: *m,
+                    age_band: crate::parliament::age_band(rec.birth_year, today.ymd().0),
+                    income_bracket: match rec.income {
+                        Some(i) => c
+                            .policy()
+                            .contribution_for(Some(i))
+                            .map_or_else(|_| "unknown".into(), |(_, b)| b.to_string()),
+                        None => "unknown".into(),
+                    },
+                });
+            }
+            let drawn = crate::parliament::draw(&volunteers, b.seats, b.seed);
+            let mut seats = Vec::new();
+            for m in &drawn {
+                seats.push(c.add_seat(
+                    crate::parliament::SeatKind::Citizen,
+                    Some(*m),
+                    None,
+                    today,
+                )?);
+            }
+            Ok(json!({
+                "seed": b.seed,
+                "volunteers": volunteers,
+                "excluded": excluded,
+                "drawn": drawn,
+                "seats": seats,
+            }))
+        })
+        .await?;
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+struct ProposeBody {
+    title: String,
+    kind: crate::parliament::ProposalKind,
+    #[serde(default)]
+    window_minutes: Option<u32>,
+}
+
+async fn propose(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Body(b): Body<ProposeBody>,
+) -> Result<Json<crate::parliament::Proposal>, ApiError> {
+    auth.admin()?;
+    Ok(Json(
+        s.handle
+            .with(move |c, now| c.propose(b.title, b.kind, b.window_minutes, now))
+            .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+struct VoteBody {
+    seat: String,
+    choice: crate::parliament::Choice,
+}
+
+async fn vote(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Body(b): Body<VoteBody>,
+) -> Result<Json<crate::parliament::VoteRecorded>, ApiError> {
+    auth.admin()?;
+    let proposal: caisse_protocol::ProposalId = parse("proposal id", &id)?;
+    let seat = parse_seat(&b.seat)?;
+    Ok(Json(
+        s.handle
+            .with(move |c, now| c.vote(proposal, seat, b.choice, now))
+            .await?,
+    ))
+}
+
+async fn close_proposal(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<crate::parliament::Proposal>, ApiError> {
+    auth.admin()?;
+    let proposal: caisse_protocol::ProposalId = parse("proposal id", &id)?;
+    Ok(Json(
+        s.handle
+            .with(move |c, now| c.close_proposal(proposal, now))
+            .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+struct ProducerBody {
+    name: String,
+    attributes: caisse_protocol::criteria::Attributes,
+}
+
+async fn register_producer(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Body(b): Body<ProducerBody>,
+) -> Result<Json<crate::conventionnement::ProducerRecord>, ApiError> {
+    auth.admin()?;
+    Ok(Json(
+        s.handle
+            .with(move |c, now| c.register_producer(&b.name, b.attributes, Day::from_unix(now)))
+            .await?,
+    ))
+}
+
+/// A producer with the accreditations that concern it.
+fn producer_view(
+    c: &crate::caisse::Caisse,
+    id: &caisse_protocol::ProducerId,
+    today: Day,
+) -> Option<serde_json::Value> {
+    let p = c.conventions().producer(id)?;
+    let subject = caisse_protocol::messages::Subject::Producer(*id);
+    let accreditations: Vec<_> = c
+        .conventions()
+        .all()
+        .into_iter()
+        .filter(|r| r.accreditation.subject == subject)
+        .map(|r| accreditation_view(r, today))
+        .collect();
+    Some(json!({
+        "id": p.id,
+        "name": p.name,
+        "attributes": p.attributes,
+        "registered": p.registered,
+        "accreditations": accreditations,
+    }))
+}
+
+fn accreditation_view(
+    r: &crate::conventionnement::AccreditationRecord,
+    today: Day,
+) -> serde_json::Value {
+    let a = &r.accreditation;
+    let status = if r.revoked.is_some() {
+        "revoked"
+    } else if a.valid_until < today {
+        "expired"
+    } else if a.valid_from > today {
+        "not yet valid"
+    } else {
+        "active"
+    };
+    json!({
+        "id": r.id,
+        "caisse": a.caisse,
+        "subject": a.subject,
+        "subject_name": a.subject_name,
+        "scope": a.scope,
+        "criteria": a.criteria,
+        "valid_from": a.valid_from,
+        "valid_until": a.valid_until,
+        "decided_by": a.decided_by,
+        "status": status,
+        "revoked": r.revoked.as_ref().map(|x| json!({ "day": x.day, "reason": x.reason })),
+    })
+}
+
+async fn list_producers(
+    State(s): State<ApiState>,
+    auth: Auth,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.reader()?;
+    let out = s
+        .handle
+        .with(|c, now| {
+            let today = Day::from_unix(now);
+            let mut ids: Vec<_> = c.conventions().producers.keys().copied().collect();
+            ids.sort();
+            Ok(serde_json::Value::Array(
+                ids.iter()
+                    .filter_map(|id| producer_view(c, id, today))
+                    .collect(),
+            ))
+        })
+        .await?;
+    Ok(Json(out))
+}
+
+async fn show_producer(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.reader()?;
+    let id: caisse_protocol::ProducerId = parse("producer id", &id)?;
+    let out = s
+        .handle
+        .with(move |c, now| {
+            producer_view(c, &id, Day::from_unix(now)).ok_or_else(|| CaisseError::NotFound {
+                what: "producer",
+                id: id.to_string(),
+            })
+        })
+        .await?;
+    Ok(Json(out))
+}
+
+async fn evaluate_producer(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.reader()?;
+    let id: caisse_protocol::ProducerId = parse("producer id", &id)?;
+    let out = s
+        .handle
+        .with(move |c, _| {
+            let e = c.evaluate_producer(&id)?;
+            let crit = c.conventions().criteria().map(|r| {
+                json!({ "name": r.version.criteria.name, "version": r.version.criteria.version, "hash": r.hash })
+            });
+            Ok(json!({ "producer": id, "criteria": crit, "evaluation": e }))
+        })
+        .await?;
+    Ok(Json(out))
+}
+
+async fn list_accreditations(
+    State(s): State<ApiState>,
+    auth: Auth,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.reader()?;
+    let out = s
+        .handle
+        .with(|c, now| {
+            let today = Day::from_unix(now);
+            Ok(serde_json::Value::Array(
+                c.conventions()
+                    .all()
+                    .into_iter()
+                    .map(|r| accreditation_view(r, today))
+                    .collect(),
+            ))
+        })
+        .await?;
+    Ok(Json(out))
+}
+
+async fn show_criteria(
+    State(s): State<ApiState>,
+    auth: Auth,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.reader()?;
+    let out = s
+        .handle
+        .with(|c, _| {
+            Ok(c.conventions().criteria().map_or(serde_json::Value::Null, |r| {
+                json!({ "hash": r.hash, "adopted_on": r.version.adopted_on, "decided_by": r.version.decided_by, "criteria": r.version.criteria })
+            }))
+        })
+        .await?;
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+struct ReportQuery {
+    period: String,
+}
+
+async fn report(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Query(q): Query<ReportQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.reader()?;
+    let period: Period = parse("period", &q.period)?;
+    let r = s.handle.with(move |c, _| c.report(period)).await?;
+    Ok(Json(
+        json!({ "report": r, "markdown": crate::report::to_markdown(&r) }),
+    ))
+}
+
+async fn report_export(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Query(q): Query<ReportQuery>,
+) -> Result<Json<crate::report::Export>, ApiError> {
+    auth.reader()?;
+    let period: Period = parse("period", &q.period)?;
+    let secret = crate::daemon::random32();
+    Ok(Json(
+        s.handle
+            .with(move |c, _| c.export_anonymised(period, secret))
+            .await?,
+    ))
 }

@@ -363,16 +363,12 @@ pub struct Profile {
 
 /// Store a policy (as JSON inside the versioned value, so its tagged enums stay readable).
 pub fn encode_policy(policy: &Policy) -> Vec<u8> {
-    encode_value(&serde_json::to_string(policy).unwrap_or_default())
+    crate::store::encode_json_value(policy)
 }
 
 /// Read a stored policy.
 pub fn decode_policy(bytes: &[u8]) -> Result<Policy, StoreError> {
-    let json: String = decode_value(keys::POLICY, bytes)?;
-    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
-        key: "meta/policy".into(),
-        detail: e.to_string(),
-    })
+    crate::store::decode_json_value(keys::POLICY, bytes)
 }
 
 impl Caisse {

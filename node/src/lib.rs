@@ -10,6 +10,7 @@
 //! - [`caisse`]: the state machine that decides every command.
 //! - [`parliament`]: seats, proposals, votes, signed decisions.
 //! - [`conventionnement`]: producers, criteria versions, accreditations.
+//! - [`report`]: the evaluation report and the anonymised export.
 //! - [`writer`]: the single writer thread with group commit.
 //! - [`api`]: the HTTP JSON API.
 //! - [`daemon`]: `caisse init` and running a node.
@@ -26,5 +27,6 @@ pub mod ledger;
 pub mod members;
 pub mod parliament;
 pub mod policy;
+pub mod report;
 pub mod store;
 pub mod writer;

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::caisse::{Caisse, CaisseError};
 use crate::policy::{AllocationPolicy, ContributionScale, RecognitionPolicy, Rollover};
-use crate::store::{StoreError, decode_value, encode_value, keys};
+use crate::store::{
+    StoreError, decode_json_value, decode_value, encode_json_value, encode_value, keys,
+};
 
 /// Seats by number.
 pub const SEAT: &[u8] = b"s/";
@@ -345,7 +347,7 @@ impl Caisse {
             what: "proposal",
             id: id.to_string(),
         })?;
-        Ok(decode_value(&key, &bytes)?)
+        Ok(decode_json_value(&key, &bytes)?)
     }
 
     /// Put a proposal to the parliament, open for `window_minutes` (default:
@@ -377,7 +379,7 @@ impl Caisse {
             outcome: None,
         };
         self.pending
-            .put(proposal_key(&proposal.id), encode_value(&proposal));
+            .put(proposal_key(&proposal.id), encode_json_value(&proposal));
         Ok(proposal)
     }
 
@@ -522,7 +524,7 @@ impl Caisse {
             )));
         }
         let replaced = p.votes.insert(seat, choice);
-        self.pending.put(proposal_key(&p.id), encode_value(&p));
+        self.pending.put(proposal_key(&p.id), encode_json_value(&p));
         Ok(VoteRecorded {
             proposal,
             seat,
@@ -623,7 +625,7 @@ impl Caisse {
             envelope,
             closed_at: now,
         });
-        self.pending.put(proposal_key(&id), encode_value(&p));
+        self.pending.put(proposal_key(&id), encode_json_value(&p));
         Ok(p)
     }
 
@@ -678,7 +680,7 @@ impl Caisse {
     pub fn proposals(&self) -> Result<Vec<Proposal>, CaisseError> {
         let mut out: Vec<Proposal> = Vec::new();
         for (k, v) in self.scan(PROPOSAL)? {
-            out.push(decode_value(&k, &v)?);
+            out.push(decode_json_value(&k, &v)?);
         }
         out.sort_by(|a, b| b.opened.cmp(&a.opened).then(a.id.cmp(&b.id)));
         Ok(out)
@@ -692,5 +694,183 @@ fn apply_policy_change(policy: &mut crate::policy::Policy, kind: &ProposalKind) 
         ProposalKind::ContributionScale(c) => policy.contribution = c.clone(),
         ProposalKind::Rollover(r) => policy.rollover = r.clone(),
         _ => {}
+    }
+}
+
+/// A volunteer for the citizens' lottery, with the stratum they belong to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volunteer {
+    /// The member.
+    pub member: MemberId,
+    /// Age band (`18-29`, `30-44`, …, `unknown`).
+    pub age_band: String,
+    /// Income bracket on the caisse's scale (`0`, `1`, …, `unknown`).
+    pub income_bracket: String,
+}
+
+/// The age band of someone born in `birth_year`, in `year`.
+pub fn age_band(birth_year: Option<u16>, year: u16) -> String {
+    match birth_year.map(|b| year.saturating_sub(b)) {
+        None => "unknown".into(),
+        Some(a) if a < 30 => "18-29".into(),
+        Some(a) if a < 45 => "30-44".into(),
+        Some(a) if a < 60 => "45-59".into(),
+        Some(a) if a < 75 => "60-74".into(),
+        Some(_) => "75+".into(),
+    }
+}
+
+/// SplitMix64: a tiny, well-known generator, so anyone can re-run a draw
+/// from its published seed in any language.
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// A number below `n` (n > 0), without modulo bias worth noting for draws.
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+/// Draw `seats` citizens among `volunteers`, stratified: each stratum (age
+/// band × income bracket) gets seats in proportion to its volunteers
+/// (largest remainders, ties by stratum name), then members are drawn within
+/// each stratum. Deterministic from `seed` and the set of volunteers.
+pub fn draw(volunteers: &[Volunteer], seats: usize, seed: u64) -> Vec<MemberId> {
+    let mut strata: BTreeMap<(String, String), Vec<MemberId>> = BTreeMap::new();
+    for v in volunteers {
+        strata
+            .entry((v.age_band.clone(), v.income_bracket.clone()))
+            .or_default()
+            .push(v.member);
+    }
+    for members in strata.values_mut() {
+        members.sort();
+        members.dedup();
+    }
+    let total: usize = strata.values().map(Vec::len).sum();
+    let seats = seats.min(total);
+    if seats == 0 {
+        return Vec::new();
+    }
+    // Proportional quotas by largest remainder.
+    let mut quotas: Vec<((String, String), usize, usize)> = strata
+        .iter()
+        .map(|(k, m)| {
+            let exact = m.len() * seats;
+            (k.clone(), exact / total, exact % total)
+        })
+        .collect();
+    let mut left = seats - quotas.iter().map(|q| q.1).sum::<usize>();
+    let mut order: Vec<usize> = (0..quotas.len()).collect();
+    order.sort_by(|a, b| {
+        quotas[*b]
+            .2
+            .cmp(&quotas[*a].2)
+            .then(quotas[*a].0.cmp(&quotas[*b].0))
+    });
+    for i in order {
+        if left == 0 {
+            break;
+        }
+        if quotas[i].1 < strata[&quotas[i].0].len() {
+            quotas[i].1 += 1;
+            left -= 1;
+        }
+    }
+    let mut rng = SplitMix64(seed);
+    let mut chosen = Vec::with_capacity(seats);
+    for (key, quota, _) in quotas {
+        let mut pool = strata[&key].clone();
+        for i in 0..quota.min(pool.len()) {
+            let j = i + rng.below((pool.len() - i) as u64) as usize;
+            pool.swap(i, j);
+            chosen.push(pool[i]);
+        }
+    }
+    chosen.sort();
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn vol(n: u8, age: &str, inc: &str) -> Volunteer {
+        Volunteer {
+            member: MemberId::from_bytes([n; 16]),
+            age_band: age.into(),
+            income_bracket: inc.into(),
+        }
+    }
+
+    #[test]
+    fn composition_rule() {
+        let seat = |id, kind| Seat {
+            id,
+            kind,
+            member: None,
+            holder: "x".into(),
+            added: Day::from_days(0),
+            removed: None,
+        };
+        assert!(composition_problem(&[]).is_some());
+        assert!(
+            composition_problem(&[seat(1, SeatKind::Citizen), seat(2, SeatKind::Producer)])
+                .is_none()
+        );
+        let p = composition_problem(&[
+            seat(1, SeatKind::Citizen),
+            seat(2, SeatKind::Producer),
+            seat(3, SeatKind::Worker),
+        ])
+        .unwrap();
+        assert!(p.contains("only 1 of its 3 seats are citizens"), "{p}");
+    }
+
+    #[test]
+    fn draw_is_stratified_and_reproducible() {
+        let mut v = Vec::new();
+        for i in 0..60 {
+            v.push(vol(i, "18-29", "0"));
+        }
+        for i in 60..100 {
+            v.push(vol(i, "60-74", "3"));
+        }
+        let a = draw(&v, 10, 42);
+        assert_eq!(a.len(), 10);
+        let young = a.iter().filter(|m| m.as_bytes()[0] < 60).count();
+        assert_eq!(young, 6, "seats in proportion to the strata");
+        assert_eq!(draw(&v, 10, 42), a, "same seed, same draw");
+        assert_ne!(draw(&v, 10, 43), a, "another seed, another draw");
+        let mut reversed = v.clone();
+        reversed.reverse();
+        assert_eq!(
+            draw(&reversed, 10, 42),
+            a,
+            "the order of the file does not matter"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn draw_picks_distinct_volunteers(n in 0usize..80, seats in 0usize..100, seed in any::<u64>()) {
+            let v: Vec<Volunteer> = (0..n)
+                .map(|i| vol(i as u8, ["18-29", "30-44", "unknown"][i % 3], ["0", "1"][i % 2]))
+                .collect();
+            let d = draw(&v, seats, seed);
+            prop_assert_eq!(d.len(), seats.min(n));
+            let mut dd = d.clone();
+            dd.dedup();
+            prop_assert_eq!(dd.len(), d.len());
+        }
     }
 }

@@ -112,6 +112,21 @@ pub fn decode_value<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, 
     }
 }
 
+/// Encode a value whose type uses serde features the binary encoding cannot
+/// carry (internally tagged enums): JSON text inside a versioned value.
+pub fn encode_json_value<T: Serialize>(value: &T) -> Vec<u8> {
+    encode_value(&serde_json::to_string(value).unwrap_or_default())
+}
+
+/// Decode a value written by [`encode_json_value`].
+pub fn decode_json_value<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    let json: String = decode_value(key, bytes)?;
+    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+        key: keys::printable(key),
+        detail: e.to_string(),
+    })
+}
+
 /// The key prefixes of the node's single key space.
 pub mod keys {
     /// Store layout version.

@@ -113,6 +113,8 @@ pub enum Command {
     ),
     /// Audit the ledger.
     Check(oneshot::Sender<Result<CheckReport, CaisseError>>),
+    /// Any other decision, as a closure over the caisse and the time now.
+    With(Decision),
 }
 
 /// A cloneable handle to the writer.
@@ -134,9 +136,11 @@ pub fn spawn(caisse: Caisse, clock: Arc<Clock>) -> (CaisseHandle, std::thread::J
     (CaisseHandle { tx, clock }, join)
 }
 
-/// An answer waiting for the commit that makes it durable.
+/// An answer waiting for the commit that makes it durable (opaque outside this module).
 type Deliver = Box<dyn FnOnce(Option<&str>) + Send>;
-struct Pending(Deliver);
+/// A decision to run in the writer: the caisse and the time now in, an answer out.
+pub type Decision = Box<dyn FnOnce(&mut Caisse, u64) -> Pending + Send>;
+pub struct Pending(Deliver);
 
 fn answer<T: Send + 'static>(
     reply: oneshot::Sender<Result<T, CaisseError>>,
@@ -230,6 +234,7 @@ fn decide(caisse: &mut Caisse, cmd: Command, clock: &Clock) -> Pending {
         }
         Command::Payout(o, p, r) => answer(r, caisse.payout(o, p, now)),
         Command::Check(r) => answer(r, caisse.check()),
+        Command::With(f) => f(caisse, now),
     }
 }
 
@@ -324,5 +329,19 @@ impl CaisseHandle {
     /// Audit the ledger.
     pub async fn check(&self) -> Result<CheckReport, CaisseError> {
         self.call(Command::Check).await
+    }
+
+    /// Run `f` on the caisse in the writer, in order with every other
+    /// command; its writes are committed (durably) before the answer.
+    pub async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Caisse, u64) -> Result<T, CaisseError> + Send + 'static,
+    ) -> Result<T, CaisseError> {
+        self.call(|r| {
+            Command::With(Box::new(move |c: &mut Caisse, now: u64| {
+                answer(r, f(c, now))
+            }))
+        })
+        .await
     }
 }

@@ -1,0 +1,722 @@
+//! The evaluation report of a period, for the evaluation committee, and the
+//! anonymised export for researchers.
+//!
+//! Shares are in basis points (1/100 of a percent: 8000 = 80.00%), computed
+//! with integer arithmetic over line prices, so a report is exact and
+//! reproducible.
+
+use std::collections::{BTreeMap, HashMap};
+
+use caisse_protocol::messages::Subject;
+use caisse_protocol::{Amount, Category, MemberId, OutletId, Period};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::caisse::{Caisse, CaisseError, ContributionIndex};
+use crate::ledger::{Account, EntryKind, JournalEntry};
+use crate::members::{MemberRecord, MemberStatus};
+use crate::parliament::age_band;
+use crate::store::{decode_value, keys};
+
+/// Categories counted as fresh fruit and vegetables.
+pub const FRESH_CATEGORIES: &[&str] =
+    &["fresh-produce", "fruits", "vegetables", "fruit-vegetables"];
+/// The label counted as organic.
+pub const ORGANIC_LABEL: &str = "organic";
+
+/// `part / whole` in basis points (0 when the whole is zero).
+pub fn share_bp(part: Amount, whole: Amount) -> u32 {
+    if whole.cents() <= 0 {
+        return 0;
+    }
+    let bp = i128::from(part.cents()) * 10_000 / i128::from(whole.cents());
+    u32::try_from(bp.clamp(0, 10_000)).unwrap_or(0)
+}
+
+/// Basis points as a percentage with two decimals.
+pub fn pct(bp: u32) -> String {
+    format!("{}.{:02}%", bp / 100, bp % 100)
+}
+
+/// Members in the period.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberFigures {
+    /// Active members now.
+    pub active: u64,
+    /// Suspended members now.
+    pub suspended: u64,
+    /// Members who have left.
+    pub left: u64,
+    /// Enrolled during the period.
+    pub new_enrolments: u64,
+}
+
+/// A count and a sum.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// How many.
+    pub count: u64,
+    /// How much.
+    pub total: Amount,
+}
+
+impl Tally {
+    fn add(&mut self, a: Amount) {
+        self.count += 1;
+        self.total = self.total.checked_add(a).unwrap_or(Amount::MAX);
+    }
+}
+
+/// Spending in the period.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spending {
+    /// Purchases recorded.
+    pub purchases: u64,
+    /// Sum of the lines' prices.
+    pub total: Amount,
+    /// Paid by the allocation.
+    pub allocation_part: Amount,
+    /// Paid by members outside the allocation.
+    pub member_part: Amount,
+    /// Line prices by category.
+    pub by_category: BTreeMap<String, Amount>,
+    /// Share from producers labelled organic, in basis points.
+    pub organic_bp: u32,
+    /// Share of fresh fruit and vegetables, in basis points.
+    pub fresh_bp: u32,
+    /// Share from producers within the criteria's local distance, in basis points.
+    pub local_bp: u32,
+    /// The local distance used, if the criteria set one.
+    pub local_distance_km: Option<u32>,
+}
+
+/// One outlet's turnover.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutletTurnover {
+    /// The outlet.
+    pub outlet: OutletId,
+    /// Its name.
+    pub name: String,
+    /// Sum of line prices sold under the allocation in the period.
+    pub turnover: Amount,
+    /// The same in the previous period.
+    pub previous: Amount,
+    /// Change from the previous period in basis points (none if it had no turnover).
+    pub change_bp: Option<i64>,
+}
+
+/// Participation in one vote closed in the period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteParticipation {
+    /// The proposal.
+    pub proposal: String,
+    /// Its title.
+    pub title: String,
+    /// Votes cast (yes, no, abstain).
+    pub cast: u32,
+    /// Active seats.
+    pub seats: u32,
+    /// Participation in basis points.
+    pub participation_bp: u32,
+    /// Whether it passed.
+    pub passed: bool,
+}
+
+/// Accreditation activity in the period.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccreditationFigures {
+    /// Granted (valid from a day in the period).
+    pub granted: u64,
+    /// Expired (last valid day in the period).
+    pub expired: u64,
+    /// Revoked in the period.
+    pub revoked: u64,
+    /// Active at the end of the period.
+    pub active: u64,
+}
+
+/// The evaluation report of a period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The caisse's name.
+    pub caisse: String,
+    /// The period.
+    pub period: Period,
+    /// Members.
+    pub members: MemberFigures,
+    /// Allocations issued for the period.
+    pub allocations: Tally,
+    /// Contributions for the period.
+    pub contributions: Tally,
+    /// Contributions by bracket of the scale.
+    pub contributions_by_bracket: BTreeMap<u8, Tally>,
+    /// Subsidies for the period by source.
+    pub subsidies: BTreeMap<String, Amount>,
+    /// Total subsidies.
+    pub subsidies_total: Amount,
+    /// Contributions' share of funding, in basis points.
+    pub contribution_share_bp: u32,
+    /// The caisse's target for that share, in percent.
+    pub contribution_target_pct: u8,
+    /// Contributions + subsidies - allocations.
+    pub budget_balance: Amount,
+    /// Spending.
+    pub spending: Spending,
+    /// Turnover per outlet.
+    pub outlets: Vec<OutletTurnover>,
+    /// Votes closed in the period.
+    pub votes: Vec<VoteParticipation>,
+    /// Accreditations.
+    pub accreditations: AccreditationFigures,
+}
+
+fn credit(entry: &JournalEntry, account: Account) -> Amount {
+    entry
+        .postings
+        .iter()
+        .filter(|p| p.account == account)
+        .fold(Amount::ZERO, |a, p| a.checked_add(p.amount).unwrap_or(a))
+}
+
+impl Caisse {
+    /// Compute the evaluation report of `period`.
+    pub fn report(&self, period: Period) -> Result<Report, CaisseError> {
+        let prev = period.prev();
+        let mut members = MemberFigures::default();
+        for (k, v) in self.store.scan_prefix(keys::MEMBER)? {
+            let m: MemberRecord = decode_value(&k, &v)?;
+            match m.status {
+                MemberStatus::Active => members.active += 1,
+                MemberStatus::Suspended => members.suspended += 1,
+                MemberStatus::Left => members.left += 1,
+            }
+            if m.joined.period() == period {
+                members.new_enrolments += 1;
+            }
+        }
+        let mut allocations = Tally::default();
+        let mut contributions = Tally::default();
+        let mut by_bracket: BTreeMap<u8, Tally> = BTreeMap::new();
+        let mut subsidies: BTreeMap<String, Amount> = BTreeMap::new();
+        let mut spending = Spending {
+            local_distance_km: self
+                .conventions
+                .criteria()
+                .and_then(|c| c.version.criteria.local_distance_km),
+            ..Spending::default()
+        };
+        let mut organic = Amount::ZERO;
+        let mut fresh = Amount::ZERO;
+        let mut local = Amount::ZERO;
+        let mut turnover: HashMap<OutletId, (Amount, Amount)> = HashMap::new();
+        let add = |a: &mut Amount, b: Amount| *a = a.checked_add(b).unwrap_or(*a);
+        let mut err = None;
+        self.store.for_each_prefix(keys::JOURNAL, &mut |k, v| {
+            let entry: JournalEntry = match decode_value(k, v) {
+                Ok(e) => e,
+                Err(e) => {
+                    err = Some(e);
+                    return false;
+                }
+            };
+            match &entry.kind {
+                EntryKind::Allocation {
+                    period: p, amount, ..
+                } if *p == period => {
+                    allocations.add(*amount);
+                }
+                EntryKind::Contribution { member, period: p } if *p == period => {
+                    let amount = credit(&entry, Account::Treasury);
+                    contributions.add(amount);
+                    let key = keys::key(
+                        keys::CONTRIBUTION,
+                        &[&period.index().to_be_bytes(), member.as_bytes()],
+                    );
+                    let bracket = self
+                        .store
+                        .get(&key)
+                        .ok()
+                        .flatten()
+                        .and_then(|b| decode_value::<ContributionIndex>(&key, &b).ok())
+                        .map_or(u8::MAX, |i| i.bracket);
+                    by_bracket.entry(bracket).or_default().add(amount);
+                }
+                EntryKind::Subsidy {
+                    source, period: p, ..
+                } if *p == period => {
+                    add(
+                        subsidies.entry(source.to_string()).or_insert(Amount::ZERO),
+                        credit(&entry, Account::Treasury),
+                    );
+                }
+                EntryKind::Purchase {
+                    outlet,
+                    lines,
+                    coverage_pct,
+                    period: p,
+                    ..
+                } => {
+                    let line_total =
+                        Amount::checked_sum(lines.iter().map(|l| l.amount)).unwrap_or(Amount::ZERO);
+                    if Some(*p) == prev {
+                        add(&mut turnover.entry(*outlet).or_default().1, line_total);
+                    }
+                    if *p != period {
+                        return true;
+                    }
+                    add(&mut turnover.entry(*outlet).or_default().0, line_total);
+                    spending.purchases += 1;
+                    for (l, cov) in lines.iter().zip(coverage_pct) {
+                        add(&mut spending.total, l.amount);
+                        let (a, m) = l
+                            .amount
+                            .split_coverage(*cov)
+                            .unwrap_or((Amount::ZERO, l.amount));
+                        add(&mut spending.allocation_part, a);
+                        add(&mut spending.member_part, m);
+                        add(
+                            spending
+                                .by_category
+                                .entry(l.category.to_string())
+                                .or_insert(Amount::ZERO),
+                            l.amount,
+                        );
+                        if FRESH_CATEGORIES.contains(&l.category.as_str()) {
+                            add(&mut fresh, l.amount);
+                        }
+                        let producer = l.producer.and_then(|p| self.conventions.producer(&p));
+                        if let Some(pr) = producer {
+                            if pr
+                                .attributes
+                                .labels
+                                .iter()
+                                .any(|t| t.as_str() == ORGANIC_LABEL)
+                            {
+                                add(&mut organic, l.amount);
+                            }
+                            if let (Some(d), Some(max)) =
+                                (pr.attributes.distance_km, spending.local_distance_km)
+                                && d <= max
+                            {
+                                add(&mut local, l.amount);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+            true
+        })?;
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        spending.organic_bp = share_bp(organic, spending.total);
+        spending.fresh_bp = share_bp(fresh, spending.total);
+        spending.local_bp = share_bp(local, spending.total);
+        let subsidies_total =
+            Amount::checked_sum(subsidies.values().copied()).unwrap_or(Amount::ZERO);
+        let funding = contributions
+            .total
+            .checked_add(subsidies_total)
+            .unwrap_or(Amount::MAX);
+        let budget_balance = funding
+            .checked_sub(allocations.total)
+            .unwrap_or(Amount::ZERO);
+        let mut outlets: Vec<OutletTurnover> = self
+            .outlets
+            .values()
+            .map(|o| {
+                let (now, before) = turnover.get(&o.id).copied().unwrap_or_default();
+                let change_bp = (before.cents() > 0).then(|| {
+                    ((i128::from(now.cents()) - i128::from(before.cents())) * 10_000
+                        / i128::from(before.cents())) as i64
+                });
+                OutletTurnover {
+                    outlet: o.id,
+                    name: o.name.clone(),
+                    turnover: now,
+                    previous: before,
+                    change_bp,
+                }
+            })
+            .collect();
+        outlets.sort_by(|a, b| b.turnover.cmp(&a.turnover).then(a.outlet.cmp(&b.outlet)));
+        let mut votes = Vec::new();
+        for p in self.proposals()? {
+            if let Some(o) = &p.outcome
+                && caisse_protocol::Day::from_unix(o.closed_at).period() == period
+            {
+                let cast = o.yes + o.no + o.abstain;
+                votes.push(VoteParticipation {
+                    proposal: p.id.to_string(),
+                    title: p.title.clone(),
+                    cast,
+                    seats: o.seats,
+                    participation_bp: (cast * 10_000).checked_div(o.seats).unwrap_or(0),
+                    passed: o.passed,
+                });
+            }
+        }
+        let mut acc = AccreditationFigures::default();
+        let end = period
+            .first_day()
+            .plus(u32::from(period.days()).saturating_sub(1));
+        for r in self.conventions.accreditations.values() {
+            let a = &r.accreditation;
+            if a.valid_from.period() == period {
+                acc.granted += 1;
+            }
+            if a.valid_until.period() == period {
+                acc.expired += 1;
+            }
+            if r.revoked.as_ref().is_some_and(|x| x.day.period() == period) {
+                acc.revoked += 1;
+            }
+            if r.active_on(end) {
+                acc.active += 1;
+            }
+        }
+        Ok(Report {
+            caisse: self.profile_name()?,
+            period,
+            members,
+            contribution_share_bp: share_bp(contributions.total, funding),
+            contribution_target_pct: self.policy.target_contribution_share_pct,
+            allocations,
+            contributions,
+            contributions_by_bracket: by_bracket,
+            subsidies,
+            subsidies_total,
+            budget_balance,
+            spending,
+            outlets,
+            votes,
+            accreditations: acc,
+        })
+    }
+
+    fn profile_name(&self) -> Result<String, CaisseError> {
+        let bytes = self.store.get(keys::PROFILE)?.unwrap_or_default();
+        let p: crate::caisse::Profile = decode_value(keys::PROFILE, &bytes)?;
+        Ok(p.name)
+    }
+
+    /// Per-purchase and per-member rows for researchers: no names, no
+    /// addresses, no card ids; members under pseudonyms keyed by `secret`,
+    /// a random key drawn for this export only and then forgotten.
+    pub fn export_anonymised(
+        &self,
+        period: Period,
+        secret: [u8; 32],
+    ) -> Result<Export, CaisseError> {
+        let pseudonym = |m: &MemberId| {
+            let mut h = Sha256::new();
+            h.update(secret);
+            h.update(m.as_bytes());
+            format!("p{}", &hex::encode(h.finalize())[..12])
+        };
+        let mut cards: HashMap<caisse_protocol::CardId, MemberId> = HashMap::new();
+        let mut records: Vec<MemberRecord> = Vec::new();
+        for (k, v) in self.store.scan_prefix(keys::MEMBER)? {
+            let m: MemberRecord = decode_value(&k, &v)?;
+            cards.insert(m.card, m.id);
+            records.push(m);
+        }
+        let mut household_size: HashMap<caisse_protocol::ids::HouseholdId, u32> = HashMap::new();
+        for m in &records {
+            if let Some(h) = m.household {
+                *household_size.entry(h).or_default() += 1;
+            }
+        }
+        let mut purchases = Vec::new();
+        let mut per_member: HashMap<MemberId, (Amount, Amount, Amount)> = HashMap::new();
+        let mut err = None;
+        self.store.for_each_prefix(keys::JOURNAL, &mut |k, v| {
+            let entry: JournalEntry = match decode_value(k, v) {
+                Ok(e) => e,
+                Err(e) => {
+                    err = Some(e);
+                    return false;
+                }
+            };
+            match &entry.kind {
+                EntryKind::Purchase {
+                    card,
+                    outlet,
+                    lines,
+                    coverage_pct,
+                    period: p,
+                    ..
+                } if *p == period => {
+                    let member = cards.get(card).copied();
+                    for (l, cov) in lines.iter().zip(coverage_pct) {
+                        let (a, m) = l
+                            .amount
+                            .split_coverage(*cov)
+                            .unwrap_or((Amount::ZERO, l.amount));
+                        if let Some(mid) = member {
+                            let e = per_member.entry(mid).or_default();
+                            e.1 = e.1.checked_add(l.amount).unwrap_or(e.1);
+                        }
+                        purchases.push(ExportPurchase {
+                            member: member.map_or_else(|| "unknown".into(), |m| pseudonym(&m)),
+                            day: caisse_protocol::Day::from_unix(entry.at).to_string(),
+                            outlet: *outlet,
+                            category: l.category.clone(),
+                            producer: l.producer.map(|p| p.to_string()),
+                            amount: l.amount,
+                            coverage_pct: *cov,
+                            allocation_part: a,
+                            member_part: m,
+                        });
+                    }
+                }
+                EntryKind::Allocation {
+                    member,
+                    period: p,
+                    amount,
+                    ..
+                } if *p == period => {
+                    let e = per_member.entry(*member).or_default();
+                    e.0 = e.0.checked_add(*amount).unwrap_or(e.0);
+                }
+                EntryKind::Contribution { member, period: p } if *p == period => {
+                    let e = per_member.entry(*member).or_default();
+                    e.2 =
+                        e.2.checked_add(credit(&entry, Account::Treasury))
+                            .unwrap_or(e.2);
+                }
+                _ => {}
+            }
+            true
+        })?;
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        let mut members: Vec<ExportMember> = records
+            .iter()
+            .map(|m| {
+                let (alloc, spent, contrib) = per_member.get(&m.id).copied().unwrap_or_default();
+                ExportMember {
+                    member: pseudonym(&m.id),
+                    age_band: age_band(m.birth_year, period.year()),
+                    income_bracket: self.policy.contribution_for(m.income).map_or_else(
+                        |_| "unknown".into(),
+                        |(_, b)| {
+                            if m.income.is_some() {
+                                b.to_string()
+                            } else {
+                                "unknown".into()
+                            }
+                        },
+                    ),
+                    household_size: m.household.map_or(1, |h| household_size[&h]),
+                    status: m.status,
+                    joined: m.joined.period(),
+                    allocation: alloc,
+                    spent,
+                    contribution: contrib,
+                }
+            })
+            .collect();
+        members.sort_by(|a, b| a.member.cmp(&b.member));
+        purchases.sort_by(|a, b| a.day.cmp(&b.day).then(a.member.cmp(&b.member)));
+        Ok(Export {
+            period,
+            purchases,
+            members,
+        })
+    }
+
+    /// Which caisse-level subject an accreditation covers (for listings).
+    pub fn subject_name(&self, subject: &Subject) -> String {
+        match subject {
+            Subject::Producer(p) => self
+                .conventions
+                .producer(p)
+                .map_or_else(|| p.to_string(), |r| r.name.clone()),
+            Subject::Outlet(o) => self
+                .outlets
+                .get(o)
+                .map_or_else(|| o.to_string(), |r| r.name.clone()),
+        }
+    }
+}
+
+/// One purchase line in an anonymised export.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportPurchase {
+    /// The member's pseudonym for this export.
+    pub member: String,
+    /// Day of the purchase.
+    pub day: String,
+    /// The outlet (a business, not a person).
+    pub outlet: OutletId,
+    /// Category.
+    pub category: Category,
+    /// Producer, if known.
+    pub producer: Option<String>,
+    /// Line price.
+    pub amount: Amount,
+    /// Coverage applied.
+    pub coverage_pct: u8,
+    /// Paid by the allocation.
+    pub allocation_part: Amount,
+    /// Paid by the member.
+    pub member_part: Amount,
+}
+
+/// One member in an anonymised export.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportMember {
+    /// Pseudonym for this export.
+    pub member: String,
+    /// Age band.
+    pub age_band: String,
+    /// Income bracket on the caisse's scale.
+    pub income_bracket: String,
+    /// Members in the household.
+    pub household_size: u32,
+    /// Status.
+    pub status: MemberStatus,
+    /// Month of enrolment.
+    pub joined: Period,
+    /// Allocation received in the period.
+    pub allocation: Amount,
+    /// Spent in the period (line prices).
+    pub spent: Amount,
+    /// Contribution in the period.
+    pub contribution: Amount,
+}
+
+/// An anonymised export.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Export {
+    /// The period.
+    pub period: Period,
+    /// Purchase lines.
+    pub purchases: Vec<ExportPurchase>,
+    /// Members.
+    pub members: Vec<ExportMember>,
+}
+
+/// The report as Markdown, for the committee.
+pub fn to_markdown(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "# Evaluation report — {} — {}\n", r.caisse, r.period);
+    let _ = writeln!(s, "## Members\n");
+    let _ = writeln!(
+        s,
+        "| active | suspended | left | new this period |\n|---:|---:|---:|---:|\n| {} | {} | {} | {} |\n",
+        r.members.active, r.members.suspended, r.members.left, r.members.new_enrolments
+    );
+    let _ = writeln!(s, "## Budget\n");
+    let _ = writeln!(s, "| item | count | EUR |\n|---|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| allocations issued | {} | {} |",
+        r.allocations.count, r.allocations.total
+    );
+    let _ = writeln!(
+        s,
+        "| contributions | {} | {} |",
+        r.contributions.count, r.contributions.total
+    );
+    for (src, a) in &r.subsidies {
+        let _ = writeln!(s, "| subsidy: {src} | | {a} |");
+    }
+    let _ = writeln!(
+        s,
+        "| **budget balance** (contributions + subsidies − allocations) | | **{}** |\n",
+        r.budget_balance
+    );
+    let _ = writeln!(
+        s,
+        "Contributions are {} of funding (target {}%).\n",
+        pct(r.contribution_share_bp),
+        r.contribution_target_pct
+    );
+    if !r.contributions_by_bracket.is_empty() {
+        let _ = writeln!(
+            s,
+            "| contribution bracket | members | EUR |\n|---|---:|---:|"
+        );
+        for (b, t) in &r.contributions_by_bracket {
+            let name = if *b == u8::MAX {
+                "-".to_string()
+            } else {
+                b.to_string()
+            };
+            let _ = writeln!(s, "| {name} | {} | {} |", t.count, t.total);
+        }
+        let _ = writeln!(s);
+    }
+    let _ = writeln!(s, "## Spending\n");
+    let _ = writeln!(
+        s,
+        "{} purchases, {} EUR of which {} paid by the allocation and {} by members.\n",
+        r.spending.purchases, r.spending.total, r.spending.allocation_part, r.spending.member_part
+    );
+    let local = r.spending.local_distance_km.map_or_else(
+        || "not set by the criteria".to_string(),
+        |km| format!("within {km} km"),
+    );
+    let _ = writeln!(
+        s,
+        "| share | value |\n|---|---:|\n| organic | {} |\n| fresh fruit and vegetables | {} |\n| local producers ({local}) | {} |\n",
+        pct(r.spending.organic_bp),
+        pct(r.spending.fresh_bp),
+        pct(r.spending.local_bp)
+    );
+    let _ = writeln!(s, "| category | EUR | share |\n|---|---:|---:|");
+    for (c, a) in &r.spending.by_category {
+        let _ = writeln!(s, "| {c} | {a} | {} |", pct(share_bp(*a, r.spending.total)));
+    }
+    let _ = writeln!(
+        s,
+        "\n## Outlets\n\n| outlet | turnover | previous period | change |\n|---|---:|---:|---:|"
+    );
+    for o in &r.outlets {
+        let change = o.change_bp.map_or_else(
+            || "-".into(),
+            |c| {
+                let sign = if c < 0 { "-" } else { "+" };
+                let a = c.unsigned_abs();
+                format!("{sign}{}.{:02}%", a / 100, a % 100)
+            },
+        );
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {change} |",
+            o.name, o.turnover, o.previous
+        );
+    }
+    let _ = writeln!(s, "\n## Parliament\n");
+    if r.votes.is_empty() {
+        let _ = writeln!(s, "No vote closed in this period.");
+    } else {
+        let _ = writeln!(
+            s,
+            "| proposal | votes | seats | participation | outcome |\n|---|---:|---:|---:|---|"
+        );
+        for v in &r.votes {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                v.title,
+                v.cast,
+                v.seats,
+                pct(v.participation_bp),
+                if v.passed { "passed" } else { "not passed" }
+            );
+        }
+    }
+    let a = &r.accreditations;
+    let _ = writeln!(
+        s,
+        "\n## Accreditations\n\n| granted | expired | revoked | active at the end |\n|---:|---:|---:|---:|\n| {} | {} | {} | {} |",
+        a.granted, a.expired, a.revoked, a.active
+    );
+    s
+}
