@@ -80,6 +80,11 @@ enum Command {
     Accreditation(AccreditationCmd),
     /// The current criteria version.
     Criteria,
+    /// Other caisses of the federation: recognised or not, connected, last change.
+    Peers,
+    /// The network: addresses, connections, refused messages; block or unblock a caisse.
+    #[command(subcommand)]
+    Network(NetworkCmd),
     /// The evaluation report of a period, or an anonymised export for researchers.
     Report(ReportArgs),
     /// API tokens.
@@ -449,7 +454,29 @@ enum ProducerCmd {
 #[derive(Subcommand)]
 enum AccreditationCmd {
     /// List accreditations and revocations.
-    List,
+    List {
+        /// Every caisse's accreditations, as replicated from the federation.
+        #[arg(long)]
+        federation: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetworkCmd {
+    /// Addresses, connected peers, refused messages.
+    Show,
+    /// Stop talking to a caisse (and its peer id).
+    Block {
+        /// The caisse id.
+        #[arg(long)]
+        caisse: String,
+    },
+    /// Talk to a blocked caisse again.
+    Unblock {
+        /// The caisse id.
+        #[arg(long)]
+        caisse: String,
+    },
 }
 
 #[derive(Args)]
@@ -869,8 +896,10 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
         Command::Ledger(l) => return ledger(c, out, l).await,
         Command::Parliament(p) => return parliament(c, out, p).await,
         Command::Producer(p) => return producer(c, out, p).await,
-        Command::Accreditation(AccreditationCmd::List) => {
-            let v: Value = c.get("/api/v1/accreditations").await?;
+        Command::Accreditation(AccreditationCmd::List { federation }) => {
+            let v: Value = c
+                .get(&format!("/api/v1/accreditations?federation={federation}"))
+                .await?;
             out.value(&v, |v| {
                 let rows = v
                     .as_array()
@@ -880,6 +909,69 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
                     &["id", "by caisse", "subject", "scope", "valid", "status"],
                     rows,
                 );
+            });
+        }
+        Command::Peers => {
+            let v: Value = c.get("/api/v1/peers").await?;
+            out.value(&v, |v| {
+                let rows = v
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|p| {
+                                vec![
+                                    s(&p["caisse"]).chars().take(16).collect(),
+                                    s(&p["name"]),
+                                    if p["recognised"] == true {
+                                        "yes".into()
+                                    } else {
+                                        "no".into()
+                                    },
+                                    if p["connected"] == true {
+                                        "yes".into()
+                                    } else {
+                                        "no".into()
+                                    },
+                                    s(&p["last_changed"]),
+                                    s(&p["accreditations"]),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(
+                    &[
+                        "caisse",
+                        "name",
+                        "recognised",
+                        "connected",
+                        "last change (unix)",
+                        "accreditations",
+                    ],
+                    rows,
+                );
+            });
+        }
+        Command::Network(n) => {
+            let v: Value = match n {
+                NetworkCmd::Show => c.get("/api/v1/network").await?,
+                NetworkCmd::Block { caisse } => {
+                    c.post(
+                        "/api/v1/network/block",
+                        &json!({ "caisse": caisse, "block": true }),
+                    )
+                    .await?
+                }
+                NetworkCmd::Unblock { caisse } => {
+                    c.post(
+                        "/api/v1/network/block",
+                        &json!({ "caisse": caisse, "block": false }),
+                    )
+                    .await?
+                }
+            };
+            out.value(&v, |v| {
+                println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
             });
         }
         Command::Criteria => {

@@ -40,6 +40,7 @@ pub struct ApiState {
     store: Arc<dyn Store>,
     config: Arc<Config>,
     caisse_id: CaisseId,
+    federation: crate::federation::Federation,
 }
 
 impl ApiState {
@@ -49,12 +50,14 @@ impl ApiState {
         store: Arc<dyn Store>,
         config: Config,
         caisse_id: CaisseId,
+        federation: crate::federation::Federation,
     ) -> ApiState {
         ApiState {
             handle,
             store,
             config: Arc::new(config),
             caisse_id,
+            federation,
         }
     }
 }
@@ -245,6 +248,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/criteria", get(show_criteria))
         .route("/api/v1/report", get(report))
         .route("/api/v1/report/export", get(report_export))
+        .route("/api/v1/peers", get(peers))
+        .route("/api/v1/network", get(network_info))
+        .route("/api/v1/network/block", post(network_block))
+        .route(
+            "/api/v1/federation/documents/{caisse}",
+            get(federation_document),
+        )
         .route("/api/v1/clock", post(set_clock))
         .fallback(|| async {
             ApiError::new(
@@ -973,16 +983,49 @@ async fn show_producer(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     auth.reader()?;
     let id: caisse_protocol::ProducerId = parse("producer id", &id)?;
-    let out = s
-        .handle
-        .with(move |c, now| {
-            producer_view(c, &id, Day::from_unix(now)).ok_or_else(|| CaisseError::NotFound {
-                what: "producer",
-                id: id.to_string(),
-            })
+    let view = s.federation.snapshot();
+    let subject = caisse_protocol::messages::Subject::Producer(id);
+    let elsewhere: Vec<serde_json::Value> = view
+        .caisses
+        .iter()
+        .filter(|(c, _)| **c != s.caisse_id)
+        .flat_map(|(c, p)| {
+            let name = p.profile.as_ref().map(|x| x.name.clone()).unwrap_or_default();
+            let crit = p.criteria.as_ref().map(|(cr, h)| json!({ "name": cr.name, "version": cr.version, "hash": h }));
+            p.accreditations
+                .iter()
+                .filter(|a| a.accreditation.subject == subject)
+                .map(move |a| json!({
+                    "id": a.id, "caisse": c, "caisse_name": name, "scope": a.accreditation.scope,
+                    "criteria": a.accreditation.criteria, "criteria_version": crit,
+                    "subject_name": a.accreditation.subject_name,
+                    "valid_from": a.accreditation.valid_from, "valid_until": a.accreditation.valid_until,
+                    "status": if a.revocation.is_some() { "revoked" } else { "published" },
+                }))
         })
+        .collect();
+    let local = s
+        .handle
+        .with(move |c, now| Ok(producer_view(c, &id, Day::from_unix(now))))
         .await?;
-    Ok(Json(out))
+    match local {
+        Some(mut v) => {
+            v["federation"] = serde_json::Value::Array(elsewhere);
+            Ok(Json(v))
+        }
+        None if !elsewhere.is_empty() => Ok(Json(json!({
+            "id": id,
+            "name": elsewhere[0]["subject_name"],
+            "registered_here": false,
+            "accreditations": [],
+            "federation": elsewhere,
+        }))),
+        None => Err(CaisseError::NotFound {
+            what: "producer",
+            id: id.to_string(),
+        }
+        .into()),
+    }
 }
 
 async fn evaluate_producer(
@@ -1005,11 +1048,48 @@ async fn evaluate_producer(
     Ok(Json(out))
 }
 
+#[derive(Deserialize, Default)]
+struct AccreditationQuery {
+    #[serde(default)]
+    federation: bool,
+}
+
 async fn list_accreditations(
     State(s): State<ApiState>,
     auth: Auth,
+    Query(q): Query<AccreditationQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     auth.reader()?;
+    if q.federation {
+        let view = s.federation.snapshot();
+        let today = s.handle.clock().today();
+        let rows: Vec<serde_json::Value> = view
+            .caisses
+            .iter()
+            .flat_map(|(c, p)| {
+                let name = p.profile.as_ref().map(|x| x.name.clone()).unwrap_or_default();
+                p.accreditations.iter().map(move |a| {
+                    let acc = &a.accreditation;
+                    let status = if a.revocation.is_some() {
+                        "revoked"
+                    } else if acc.valid_until < today {
+                        "expired"
+                    } else if acc.valid_from > today {
+                        "not yet valid"
+                    } else {
+                        "active"
+                    };
+                    json!({
+                        "id": a.id, "caisse": c, "caisse_name": name, "subject": acc.subject,
+                        "subject_name": acc.subject_name, "scope": acc.scope, "criteria": acc.criteria,
+                        "valid_from": acc.valid_from, "valid_until": acc.valid_until, "status": status,
+                        "revoked": a.revocation.as_ref().map(|r| json!({ "day": r.effective, "reason": r.reason })),
+                    })
+                })
+            })
+            .collect();
+        return Ok(Json(serde_json::Value::Array(rows)));
+    }
     let out = s
         .handle
         .with(|c, now| {
@@ -1072,5 +1152,94 @@ async fn report_export(
         s.handle
             .with(move |c, _| c.export_anonymised(period, secret))
             .await?,
+    ))
+}
+
+async fn peers(State(s): State<ApiState>, auth: Auth) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.reader()?;
+    let view = s.federation.snapshot();
+    let (recognition, criteria) = s
+        .handle
+        .with(|c, _| {
+            Ok((
+                c.policy().recognition.clone(),
+                c.conventions()
+                    .criteria()
+                    .map(|r| r.version.criteria.clone()),
+            ))
+        })
+        .await?;
+    let rows: Vec<serde_json::Value> = view
+        .caisses
+        .iter()
+        .filter(|(c, _)| **c != s.caisse_id)
+        .map(|(c, p)| {
+            json!({
+                "caisse": c,
+                "name": p.profile.as_ref().map(|x| x.name.clone()),
+                "territory": p.profile.as_ref().map(|x| x.territory.clone()),
+                "recognised": view.recognises(c, &recognition, criteria.as_ref()),
+                "connected": p.connected,
+                "last_changed": p.last_changed,
+                "sequence": p.sequence,
+                "accreditations": p.accreditations.len(),
+                "criteria_version": p.criteria.as_ref().map(|(cr, _)| cr.version),
+                "invalid_statements": p.invalid_statements,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::Value::Array(rows)))
+}
+
+async fn network_info(
+    State(s): State<ApiState>,
+    auth: Auth,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.reader()?;
+    let info = s.federation.network.info().await;
+    Ok(Json(json!({
+        "peer_id": info.peer_id.map(|p| p.to_string()),
+        "listen": info.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "connected": info.connected.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "blocked": info.blocked.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "frames_refused": info.frame_failures,
+        "federation": &*s.federation.stats,
+    })))
+}
+
+#[derive(Deserialize)]
+struct BlockBody {
+    caisse: CaisseId,
+    block: bool,
+}
+
+async fn network_block(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Body(b): Body<BlockBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.admin()?;
+    let peer = crate::network::peer_id_of(&b.caisse)
+        .ok_or_else(|| ApiError::bad_request("that caisse id is not a valid key"))?;
+    s.federation.network.block(peer, b.block).await;
+    Ok(Json(json!({ "caisse": b.caisse, "blocked": b.block })))
+}
+
+async fn federation_document(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(caisse): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.reader()?;
+    let caisse: CaisseId = parse("caisse id", &caisse)?;
+    let bytes = s.federation.document(caisse).await.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no document of that caisse here",
+        )
+    })?;
+    Ok(Json(
+        json!({ "caisse": caisse, "bytes": hex::encode(bytes) }),
     ))
 }

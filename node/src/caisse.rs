@@ -346,6 +346,10 @@ pub struct Caisse {
     pub(crate) pending: WriteSet,
     pub(crate) random: Box<dyn FnMut() -> [u8; 32] + Send>,
     pub(crate) conventions: crate::conventionnement::Conventions,
+    /// Bumped whenever something published to the federation changes.
+    pub(crate) published: Arc<std::sync::atomic::AtomicU64>,
+    /// What other caisses publish, kept by the federation task.
+    pub(crate) peers: Arc<std::sync::RwLock<crate::federation::FederationView>>,
 }
 
 /// The caisse's identity as stored.
@@ -466,6 +470,8 @@ impl Caisse {
             secret,
             federation,
             conventions,
+            published: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            peers: Arc::default(),
             pepper,
             policy,
             head,
@@ -477,6 +483,21 @@ impl Caisse {
             pending: WriteSet::default(),
             random,
         })
+    }
+
+    /// The counter the federation watches for local changes to publish.
+    pub fn published_version(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.published.clone()
+    }
+
+    /// The view of the federation kept by the federation task.
+    pub fn federation_view(&self) -> Arc<std::sync::RwLock<crate::federation::FederationView>> {
+        self.peers.clone()
+    }
+
+    pub(crate) fn mark_published_changed(&self) {
+        self.published
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
     /// The caisse id.
@@ -562,6 +583,7 @@ impl Caisse {
         self.pending
             .put(keys::POLICY.to_vec(), encode_policy(&policy));
         self.policy = policy;
+        self.mark_published_changed();
         Ok(())
     }
 
@@ -1211,6 +1233,7 @@ impl Caisse {
                     match self
                         .conventions
                         .coverage(&Subject::Producer(p), &l.category, today)
+                        .or_else(|| self.recognised_producer_coverage(&p, &l.category, today))
                     {
                         Some(pc) => pc.min(out_cov),
                         None => {
@@ -1359,6 +1382,26 @@ impl Caisse {
             at: now,
             replayed: false,
         })
+    }
+
+    /// Coverage granted to `producer` by another caisse this caisse recognises.
+    fn recognised_producer_coverage(
+        &self,
+        producer: &caisse_protocol::ProducerId,
+        category: &Category,
+        today: Day,
+    ) -> Option<u8> {
+        let ours = self.conventions.criteria().map(|c| &c.version.criteria);
+        let view = self.peers.read().ok()?;
+        view.producer_coverage(
+            producer,
+            category,
+            today,
+            &self.id,
+            &self.policy.recognition,
+            ours,
+        )
+        .map(|(c, _)| c)
     }
 
     /// Pay an outlet what the caisse owes it, once per period.

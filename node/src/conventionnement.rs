@@ -183,6 +183,39 @@ impl Caisse {
         &self.conventions
     }
 
+    /// Everything this caisse publishes to the federation, signed.
+    pub fn federation_statements(&self) -> crate::federation::Statements {
+        let mut st = crate::federation::Statements::default();
+        if let Ok(Some(bytes)) = self.store.get(keys::PROFILE)
+            && let Ok(p) = decode_value::<crate::caisse::Profile>(keys::PROFILE, &bytes)
+        {
+            let profile = caisse_protocol::messages::CaisseProfile {
+                caisse: self.id,
+                name: p.name.chars().take(200).collect(),
+                territory: p.territory.chars().take(200).collect(),
+                currency_unit: "EUR".into(),
+                issued_at: u64::from(p.created.days()).saturating_mul(86_400),
+            };
+            st.profile = Envelope::seal(&self.secret, &self.federation, &profile).ok();
+        }
+        if let Ok(versions) = self.scan(CRITERIA) {
+            for (k, v) in versions {
+                if let Ok(rec) = decode_value::<CriteriaRecord>(&k, &v) {
+                    st.criteria
+                        .insert(rec.version.criteria.version, rec.envelope);
+                }
+            }
+        }
+        for rec in self.conventions.accreditations.values() {
+            st.accreditations.insert(rec.id, rec.envelope.clone());
+            if let Some(r) = &rec.revoked {
+                st.revocations.insert(rec.id, r.envelope.clone());
+            }
+        }
+        st.recognised = self.policy.recognition.recognised.clone();
+        st
+    }
+
     /// Register a producer and what it declares.
     pub fn register_producer(
         &mut self,
@@ -275,6 +308,7 @@ impl Caisse {
             encode_value(&rec),
         );
         self.conventions.criteria = Some(rec);
+        self.mark_published_changed();
         Ok(hash)
     }
 
@@ -329,6 +363,7 @@ impl Caisse {
         };
         self.pending.put(accreditation_key(&id), encode_value(&rec));
         self.conventions.index(rec);
+        self.mark_published_changed();
         Ok(id)
     }
 
@@ -371,6 +406,7 @@ impl Caisse {
         });
         self.pending.put(accreditation_key(&id), encode_value(&rec));
         self.conventions.index(rec);
+        self.mark_published_changed();
         Ok(())
     }
 }

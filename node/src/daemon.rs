@@ -235,7 +235,7 @@ pub struct NodeInfo {
     pub caisse_id: CaisseId,
     /// The bound HTTP API address.
     pub api: SocketAddr,
-    /// The libp2p addresses it listens on (empty until the network starts).
+    /// The libp2p addresses it listens on, with `/p2p/<peer id>`.
     pub listen: Vec<String>,
     /// The admin token file.
     pub admin_token_file: PathBuf,
@@ -274,6 +274,7 @@ pub struct RunningNode {
     pub handle: writer::CaisseHandle,
     shutdown: tokio::sync::watch::Sender<bool>,
     api_task: tokio::task::JoinHandle<()>,
+    background: Vec<tokio::task::JoinHandle<()>>,
     writer_thread: std::thread::JoinHandle<()>,
     dir: PathBuf,
 }
@@ -289,6 +290,7 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
     tracing::info!(name = %config.name, federation = %config.federation, "starting");
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("store"))?);
     let started = std::time::Instant::now();
+    let secret_bytes = secret.to_bytes();
     let caisse = Caisse::load(
         store.clone(),
         secret,
@@ -301,8 +303,39 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
         took_ms = started.elapsed().as_millis() as u64,
         "state loaded"
     );
+    let published = caisse.published_version();
+    let view = caisse.federation_view();
     let clock = Clock::system();
+    if config.testing.manual_clock {
+        tracing::warn!("manual clock enabled: this node belongs to a test network");
+    }
     let (handle, writer_thread) = writer::spawn(caisse, clock);
+    let (network, events, network_task) = crate::network::start(crate::network::NetworkConfig {
+        secret: secret_bytes,
+        federation: config.federation.as_str().to_owned(),
+        listen: config.listen.clone(),
+        bootstrap: config.bootstrap.clone(),
+    })
+    .await
+    .map_err(|e| NodeError::Invalid(e.to_string()))?;
+    let (federation, federation_task) = crate::federation::start(
+        store.clone(),
+        SecretKey::from_bytes(secret_bytes),
+        config.federation.clone(),
+        network.clone(),
+        events,
+        handle.clone(),
+        view,
+        published,
+    );
+    let listen_addrs: Vec<String> = network
+        .info()
+        .await
+        .listen
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    tracing::info!(peer = %network.local_peer_id(), listen = ?listen_addrs, "network up");
     let listener = tokio::net::TcpListener::bind(config.api)
         .await
         .map_err(io(Path::new("api address")))?;
@@ -310,7 +343,8 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
         .local_addr()
         .map_err(io(Path::new("api address")))?;
     let (shutdown, mut stop) = tokio::sync::watch::channel(false);
-    let state = crate::api::ApiState::new(handle.clone(), store, config.clone(), caisse_id);
+    let state =
+        crate::api::ApiState::new(handle.clone(), store, config.clone(), caisse_id, federation);
     let router = crate::api::router(state);
     let api_task = tokio::spawn(async move {
         let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
@@ -323,7 +357,7 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
     let info = NodeInfo {
         caisse_id,
         api,
-        listen: Vec::new(),
+        listen: listen_addrs,
         admin_token_file: dir.join("admin.token"),
         observer_token_file: dir.join("observer.token"),
         pid: std::process::id(),
@@ -340,6 +374,7 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
         handle,
         shutdown,
         api_task,
+        background: vec![federation_task, network_task],
         writer_thread,
         dir: dir.to_owned(),
     })
@@ -350,6 +385,10 @@ impl RunningNode {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.api_task).await;
+        for t in self.background {
+            t.abort();
+            let _ = t.await;
+        }
         drop(self.handle);
         let join = self.writer_thread;
         let _ = tokio::task::spawn_blocking(move || join.join()).await;

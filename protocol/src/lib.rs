@@ -12,6 +12,7 @@
 //! - [`messages`]: every statement exchanged between caisses.
 //! - [`criteria`]: the conventionnement rule language and its evaluator.
 //! - [`netting`]: multilateral netting of inter-caisse obligations.
+//! - [`rpc`]: request-response frames between caisses.
 #![cfg_attr(
     test,
     allow(
@@ -27,6 +28,7 @@ pub mod encoding;
 pub mod ids;
 pub mod messages;
 pub mod netting;
+pub mod rpc;
 pub mod signed;
 
 pub use amount::{Amount, AmountError};

@@ -309,3 +309,26 @@ fn invalid_purchase_totals_are_refused_after_verifying() {
     let err = env.open::<PurchaseRequest>(&fed()).unwrap_err();
     assert!(err.to_string().contains("not the sum"), "{err}");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn rpc_frames_round_trip(msg in prop::option::of(prop::collection::vec(any::<u8>(), 0..300)), pick in 0u8..4, s in content(), at in any::<u64>()) {
+        use caisse_protocol::rpc::*;
+        let env = Envelope::seal(&author_key(), &fed(), &Acknowledgement { statement: s, by: author(), at }).unwrap();
+        let req = match pick {
+            0 => RpcRequest::Sync { caisse: author(), message: msg.clone() },
+            _ => RpcRequest::Purchase(env.clone()),
+        };
+        let bytes = encoding::encode(&req, MAX_RPC_SIZE).unwrap();
+        prop_assert_eq!(encoding::decode::<RpcRequest>(&bytes, MAX_RPC_SIZE).unwrap(), req);
+        let resp = match pick {
+            0 => RpcResponse::Sync { message: msg, heads: Some(env) },
+            1 => RpcResponse::Purchase(env),
+            _ => RpcResponse::Refused("no".into()),
+        };
+        let bytes = encoding::encode(&resp, MAX_RPC_SIZE).unwrap();
+        prop_assert_eq!(encoding::decode::<RpcResponse>(&bytes, MAX_RPC_SIZE).unwrap(), resp);
+    }
+}

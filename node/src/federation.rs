@@ -1,0 +1,1144 @@
+//! Federation documents: each caisse publishes one automerge document that
+//! only it can change, and every node replicates all of them.
+//!
+//! A document holds signed statements only (profile, criteria versions,
+//! accreditations, revocations, recognised peers), each as the exact bytes
+//! of its [`Envelope`]; no personal field can enter it. The owner signs the
+//! heads of its document ([`DocumentHeads`], with an increasing sequence)
+//! and announces them on gossip. A node that sees newer signed heads pulls
+//! the document with automerge's sync protocol, over the request-response
+//! protocol, into a fork; it accepts the fork only if the fork's heads are
+//! exactly heads the owner signed, so any change not covered by the owner's
+//! signature is rejected (and logged). Each statement inside is verified
+//! again against the owner's key before it is used.
+//!
+//! One task runs the federation: it validates gossip (Accept / Reject /
+//! Ignore, reported to gossipsub before anything is forwarded), answers
+//! sync and catalog requests (with read-only sync states, so a requester's
+//! changes are never applied), runs sync sessions, persists documents in
+//! the store and keeps a [`FederationView`] that the API and purchase
+//! checks read.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use automerge::sync::SyncDoc;
+use automerge::transaction::Transactable;
+use automerge::{ActorId, AutoCommit, ChangeHash, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use caisse_protocol::criteria::{Criteria, Rule};
+use caisse_protocol::encoding;
+use caisse_protocol::messages::{
+    Accreditation, CaisseProfile, CriteriaVersion, DocumentHeads, Revocation, Subject,
+};
+use caisse_protocol::rpc::{MAX_CATALOG, MAX_RPC_SIZE, RpcRequest, RpcResponse};
+use caisse_protocol::{
+    CaisseId, Category, ContentId, Day, Envelope, FederationId, ProducerId, SecretKey,
+};
+use libp2p::PeerId;
+use libp2p::gossipsub::MessageAcceptance;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::network::{NetEvent, Network, peer_id_of};
+use crate::policy::{Recognition, RecognitionPolicy};
+use crate::store::{Op, Store, decode_value, encode_value, keys};
+use crate::writer::CaisseHandle;
+
+/// Federation documents by owner.
+pub const DOC: &[u8] = b"f/";
+/// The owners' latest signed heads, by owner.
+pub const HEADS: &[u8] = b"g/";
+
+const K_PROFILE: &str = "profile";
+const K_CRITERIA: &str = "criteria";
+const K_ACCREDITATIONS: &str = "accreditations";
+const K_REVOCATIONS: &str = "revocations";
+const K_RECOGNISED: &str = "recognised";
+
+/// Rounds of one sync session before giving up.
+pub const MAX_SYNC_ROUNDS: usize = 32;
+
+/// The signed statements a caisse publishes, gathered from its state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Statements {
+    /// The signed profile.
+    pub profile: Option<Envelope>,
+    /// Signed criteria versions by version number.
+    pub criteria: BTreeMap<u32, Envelope>,
+    /// Signed accreditations by content id.
+    pub accreditations: BTreeMap<ContentId, Envelope>,
+    /// Signed revocations by the accreditation they revoke.
+    pub revocations: BTreeMap<ContentId, Envelope>,
+    /// Caisses recognised by vote.
+    pub recognised: Vec<CaisseId>,
+}
+
+/// An accreditation published by some caisse, as seen here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedAccreditation {
+    /// Its content id.
+    pub id: ContentId,
+    /// The accreditation.
+    pub accreditation: Accreditation,
+    /// Its revocation, if revoked.
+    pub revocation: Option<Revocation>,
+}
+
+/// What is known of one caisse of the federation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerCaisse {
+    /// The caisse.
+    pub caisse: Option<CaisseId>,
+    /// Its profile.
+    pub profile: Option<CaisseProfile>,
+    /// Its latest criteria version and that version's hash.
+    pub criteria: Option<(Criteria, ContentId)>,
+    /// Its accreditations.
+    pub accreditations: Vec<PublishedAccreditation>,
+    /// Caisses it recognises.
+    pub recognised: Vec<CaisseId>,
+    /// Sequence of the signed heads accepted.
+    pub sequence: u64,
+    /// When its document last changed here (Unix seconds).
+    pub last_changed: u64,
+    /// Whether a connection to it is open.
+    pub connected: bool,
+    /// Statements in its document that failed verification (ignored).
+    pub invalid_statements: u64,
+}
+
+/// Counters of what the federation accepted and refused.
+#[derive(Debug, Default, Serialize)]
+pub struct FederationStats {
+    /// Gossip messages accepted.
+    pub gossip_accepted: AtomicU64,
+    /// Gossip messages rejected (bad signature, forged, malformed); the sender is penalised.
+    pub gossip_rejected: AtomicU64,
+    /// Gossip messages ignored (stale or replayed heads, our own).
+    pub gossip_ignored: AtomicU64,
+    /// Requests that did not decode.
+    pub rpc_malformed: AtomicU64,
+    /// Sync results refused because they held changes the owner did not sign.
+    pub sync_rejected: AtomicU64,
+    /// Documents accepted after a sync.
+    pub sync_accepted: AtomicU64,
+}
+
+/// Everything known of the federation, shared read-mostly.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FederationView {
+    /// Every caisse with a document here (this one included).
+    pub caisses: BTreeMap<CaisseId, PeerCaisse>,
+}
+
+/// Whether `theirs` includes `ours`: equal, or a conjunction (`all`) that
+/// lists every rule of ours (or ours itself). Deliberately structural and
+/// conservative: a caisse's parliament can always recognise a peer by name.
+pub fn criteria_include(theirs: &Rule, ours: &Rule) -> bool {
+    if theirs == ours {
+        return true;
+    }
+    let Rule::All(their_rules) = theirs else {
+        return false;
+    };
+    if their_rules.contains(ours) {
+        return true;
+    }
+    match ours {
+        Rule::All(our_rules) => our_rules.iter().all(|r| their_rules.contains(r)),
+        _ => false,
+    }
+}
+
+impl FederationView {
+    /// Whether this caisse's recognition policy accepts `issuer`'s accreditations.
+    pub fn recognises(
+        &self,
+        issuer: &CaisseId,
+        recognition: &Recognition,
+        our_criteria: Option<&Criteria>,
+    ) -> bool {
+        match recognition.policy {
+            RecognitionPolicy::None => false,
+            RecognitionPolicy::Listed => recognition.recognised.contains(issuer),
+            RecognitionPolicy::CompatibleCriteria => {
+                recognition.recognised.contains(issuer)
+                    || match (
+                        our_criteria,
+                        self.caisses.get(issuer).and_then(|p| p.criteria.as_ref()),
+                    ) {
+                        (Some(ours), Some((theirs, _))) => {
+                            criteria_include(&theirs.rule, &ours.rule)
+                        }
+                        _ => false,
+                    }
+            }
+        }
+    }
+
+    /// The best coverage rate another recognised caisse accredits `producer`
+    /// for in `category` on `day`, and which caisse.
+    pub fn producer_coverage(
+        &self,
+        producer: &ProducerId,
+        category: &Category,
+        day: Day,
+        us: &CaisseId,
+        recognition: &Recognition,
+        our_criteria: Option<&Criteria>,
+    ) -> Option<(u8, CaisseId)> {
+        let subject = Subject::Producer(*producer);
+        self.caisses
+            .iter()
+            .filter(|(id, _)| *id != us && self.recognises(id, recognition, our_criteria))
+            .flat_map(|(id, p)| p.accreditations.iter().map(move |a| (id, a)))
+            .filter(|(_, a)| {
+                a.revocation.is_none()
+                    && a.accreditation.subject == subject
+                    && a.accreditation.is_valid_on(day)
+            })
+            .filter_map(|(id, a)| a.accreditation.coverage(category).map(|c| (c, *id)))
+            .max()
+    }
+
+    /// Every accreditation of the federation, with its issuer.
+    pub fn all_accreditations(&self) -> Vec<&PublishedAccreditation> {
+        self.caisses
+            .values()
+            .flat_map(|p| p.accreditations.iter())
+            .collect()
+    }
+}
+
+/// A new, empty document owned by `owner`.
+pub fn new_document(owner: &CaisseId) -> AutoCommit {
+    AutoCommit::new().with_actor(ActorId::from(&owner.as_bytes()[..]))
+}
+
+fn ensure_map(
+    doc: &mut AutoCommit,
+    key: &str,
+) -> Result<automerge::ObjId, automerge::AutomergeError> {
+    match doc.get(ROOT, key)? {
+        Some((Value::Object(ObjType::Map), id)) => Ok(id),
+        _ => doc.put_object(ROOT, key, ObjType::Map),
+    }
+}
+
+fn bytes_at(doc: &AutoCommit, obj: &automerge::ObjId, key: &str) -> Option<Vec<u8>> {
+    match doc.get(obj, key).ok()?? {
+        (Value::Scalar(s), _) => match s.as_ref() {
+            ScalarValue::Bytes(b) => Some(b.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Write `statements` into the owner's document; true if anything changed.
+pub fn apply_statements(
+    doc: &mut AutoCommit,
+    statements: &Statements,
+) -> Result<bool, automerge::AutomergeError> {
+    let mut changed = false;
+    let put = |doc: &mut AutoCommit, obj: &automerge::ObjId, key: String, env: &Envelope| {
+        let bytes = env.to_bytes().unwrap_or_default();
+        if bytes_at(doc, obj, &key).as_deref() != Some(&bytes[..]) {
+            doc.put(obj, key, ScalarValue::Bytes(bytes))?;
+            return Ok::<bool, automerge::AutomergeError>(true);
+        }
+        Ok(false)
+    };
+    if let Some(p) = &statements.profile {
+        let bytes = p.to_bytes().unwrap_or_default();
+        let current = match doc.get(ROOT, K_PROFILE)? {
+            Some((Value::Scalar(s), _)) => s.as_bytes().map(<[u8]>::to_vec),
+            _ => None,
+        };
+        if current.as_deref() != Some(&bytes[..]) {
+            doc.put(ROOT, K_PROFILE, ScalarValue::Bytes(bytes))?;
+            changed = true;
+        }
+    }
+    let crit = ensure_map(doc, K_CRITERIA)?;
+    for (v, env) in &statements.criteria {
+        changed |= put(doc, &crit, format!("{v:010}"), env)?;
+    }
+    let accs = ensure_map(doc, K_ACCREDITATIONS)?;
+    for (id, env) in &statements.accreditations {
+        changed |= put(doc, &accs, id.to_string(), env)?;
+    }
+    let revs = ensure_map(doc, K_REVOCATIONS)?;
+    for (id, env) in &statements.revocations {
+        changed |= put(doc, &revs, id.to_string(), env)?;
+    }
+    let rec = ensure_map(doc, K_RECOGNISED)?;
+    let present: HashSet<String> = doc.keys(&rec).collect();
+    let wanted: HashSet<String> = statements
+        .recognised
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    for k in wanted.difference(&present) {
+        doc.put(&rec, k.as_str(), true)?;
+        changed = true;
+    }
+    for k in present.difference(&wanted) {
+        doc.delete(&rec, k.as_str())?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
+fn open_bytes<T: caisse_protocol::signed::Message>(
+    bytes: &[u8],
+    federation: &FederationId,
+    owner: &CaisseId,
+) -> Option<(ContentId, T)> {
+    let env = Envelope::from_bytes(bytes).ok()?;
+    let v = env.open::<T>(federation).ok()?;
+    (v.signer.caisse_id() == *owner).then_some((v.id, v.message))
+}
+
+/// Read a document into what it says, keeping only statements signed by its owner.
+pub fn read_document(doc: &AutoCommit, owner: &CaisseId, federation: &FederationId) -> PeerCaisse {
+    let mut p = PeerCaisse {
+        caisse: Some(*owner),
+        ..PeerCaisse::default()
+    };
+    let mut invalid = 0u64;
+    if let Ok(Some((Value::Scalar(s), _))) = doc.get(ROOT, K_PROFILE)
+        && let Some(b) = s.as_bytes()
+    {
+        match open_bytes::<CaisseProfile>(b, federation, owner) {
+            Some((_, prof)) => p.profile = Some(prof),
+            None => invalid += 1,
+        }
+    }
+    let map = |key: &str| match doc.get(ROOT, key) {
+        Ok(Some((Value::Object(ObjType::Map), id))) => Some(id),
+        _ => None,
+    };
+    if let Some(obj) = map(K_CRITERIA) {
+        for k in doc.keys(&obj) {
+            match bytes_at(doc, &obj, &k)
+                .and_then(|b| open_bytes::<CriteriaVersion>(&b, federation, owner))
+            {
+                Some((_, cv)) => {
+                    let newer = p
+                        .criteria
+                        .as_ref()
+                        .is_none_or(|(c, _)| cv.criteria.version > c.version);
+                    if newer {
+                        let h = cv.criteria.hash();
+                        p.criteria = Some((cv.criteria, h));
+                    }
+                }
+                None => invalid += 1,
+            }
+        }
+    }
+    let mut revocations: HashMap<ContentId, Revocation> = HashMap::new();
+    if let Some(obj) = map(K_REVOCATIONS) {
+        for k in doc.keys(&obj) {
+            match bytes_at(doc, &obj, &k)
+                .and_then(|b| open_bytes::<Revocation>(&b, federation, owner))
+            {
+                Some((_, r)) if r.accreditation.to_string() == k => {
+                    revocations.insert(r.accreditation, r);
+                }
+                _ => invalid += 1,
+            }
+        }
+    }
+    if let Some(obj) = map(K_ACCREDITATIONS) {
+        for k in doc.keys(&obj) {
+            match bytes_at(doc, &obj, &k)
+                .and_then(|b| open_bytes::<Accreditation>(&b, federation, owner))
+            {
+                Some((id, a)) if id.to_string() == k => {
+                    p.accreditations.push(PublishedAccreditation {
+                        id,
+                        revocation: revocations.remove(&id),
+                        accreditation: a,
+                    })
+                }
+                _ => invalid += 1,
+            }
+        }
+    }
+    if let Some(obj) = map(K_RECOGNISED) {
+        for k in doc.keys(&obj) {
+            match k.parse::<CaisseId>() {
+                Ok(c) => p.recognised.push(c),
+                Err(_) => invalid += 1,
+            }
+        }
+    }
+    p.invalid_statements = invalid;
+    p
+}
+
+fn sorted_heads(doc: &mut AutoCommit) -> Vec<[u8; 32]> {
+    let mut h: Vec<[u8; 32]> = doc.get_heads().iter().map(|c| c.0).collect();
+    h.sort();
+    h
+}
+
+fn doc_key(c: &CaisseId) -> Vec<u8> {
+    keys::key(DOC, &[c.as_bytes()])
+}
+
+fn heads_key(c: &CaisseId) -> Vec<u8> {
+    keys::key(HEADS, &[c.as_bytes()])
+}
+
+struct Replica {
+    doc: AutoCommit,
+    heads: Option<Envelope>,
+    sequence: u64,
+    /// Newest signed heads seen (may be ahead of the document).
+    wanted: Option<(u64, Envelope, Vec<[u8; 32]>)>,
+    /// A peer known to have the wanted heads.
+    source: Option<PeerId>,
+    syncing: bool,
+}
+
+/// Commands to the federation task.
+enum FedCommand {
+    View(tokio::sync::oneshot::Sender<FederationView>),
+    Document(CaisseId, tokio::sync::oneshot::Sender<Option<Vec<u8>>>),
+}
+
+/// A handle to the federation task.
+#[derive(Clone)]
+pub struct Federation {
+    tx: mpsc::Sender<FedCommand>,
+    /// The shared view.
+    pub view: Arc<RwLock<FederationView>>,
+    /// Counters.
+    pub stats: Arc<FederationStats>,
+    /// The network.
+    pub network: Network,
+}
+
+impl Federation {
+    /// A copy of the view.
+    pub fn snapshot(&self) -> FederationView {
+        self.view.read().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// The saved bytes of a caisse's document, as replicated here.
+    pub async fn document(&self, caisse: CaisseId) -> Option<Vec<u8>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx.send(FedCommand::Document(caisse, tx)).await.ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// The view, as the federation task sees it now.
+    pub async fn fresh_view(&self) -> FederationView {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(FedCommand::View(tx)).await.is_err() {
+            return self.snapshot();
+        }
+        rx.await.unwrap_or_else(|_| self.snapshot())
+    }
+}
+
+// Short-lived messages on an internal channel; boxing the fork buys nothing.
+#[allow(clippy::large_enum_variant)]
+enum Internal {
+    Catalog {
+        peer: PeerId,
+        heads: Vec<Envelope>,
+    },
+    SyncDone {
+        caisse: CaisseId,
+        peer: PeerId,
+        result: Result<(AutoCommit, Option<Envelope>), String>,
+    },
+}
+
+/// Start the federation task over a running network and writer.
+#[allow(clippy::too_many_arguments)]
+pub fn start(
+    store: Arc<dyn Store>,
+    secret: SecretKey,
+    federation: FederationId,
+    network: Network,
+    events: mpsc::Receiver<NetEvent>,
+    handle: CaisseHandle,
+    view: Arc<RwLock<FederationView>>,
+    local_version: Arc<AtomicU64>,
+) -> (Federation, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(64);
+    let (itx, irx) = mpsc::channel(64);
+    let stats = Arc::new(FederationStats::default());
+    let me = secret.caisse_id();
+    let mut replicas = HashMap::new();
+    // Load every replicated document, trusting only what its signed heads cover.
+    if let Ok(docs) = store.scan_prefix(DOC) {
+        for (k, v) in docs {
+            let Ok(b) = <[u8; 32]>::try_from(&k[DOC.len()..]) else {
+                continue;
+            };
+            let owner = CaisseId::from_bytes(b);
+            let Ok(mut doc) = AutoCommit::load(&v) else {
+                tracing::warn!(caisse = %owner.short(), "stored federation document does not load; will sync it again");
+                continue;
+            };
+            let heads = store
+                .get(&heads_key(&owner))
+                .ok()
+                .flatten()
+                .and_then(|b| decode_value::<Envelope>(&heads_key(&owner), &b).ok());
+            let signed = heads
+                .as_ref()
+                .and_then(|e| e.open::<DocumentHeads>(&federation).ok())
+                .filter(|v| v.message.caisse == owner);
+            let (ok, seq) = match &signed {
+                Some(v) => (
+                    sorted_heads(&mut doc) == sorted(v.message.heads.clone()),
+                    v.message.sequence,
+                ),
+                None => (owner == me, 0),
+            };
+            if !ok {
+                tracing::warn!(caisse = %owner.short(), "stored document does not match its signed heads; will sync it again");
+                continue;
+            }
+            if owner == me {
+                doc.set_actor(ActorId::from(&me.as_bytes()[..]));
+            }
+            replicas.insert(
+                owner,
+                Replica {
+                    doc,
+                    heads,
+                    sequence: seq,
+                    wanted: None,
+                    source: None,
+                    syncing: false,
+                },
+            );
+        }
+    }
+    replicas.entry(me).or_insert_with(|| Replica {
+        doc: new_document(&me),
+        heads: None,
+        sequence: 0,
+        wanted: None,
+        source: None,
+        syncing: false,
+    });
+    let fed = Federation {
+        tx,
+        view: view.clone(),
+        stats: stats.clone(),
+        network: network.clone(),
+    };
+    let mut task = FederationTask {
+        store,
+        secret,
+        me,
+        federation,
+        network,
+        handle,
+        view,
+        stats,
+        replicas,
+        responders: HashMap::new(),
+        connected: HashSet::new(),
+        local_version,
+        published_version: u64::MAX,
+        internal: itx,
+        started: Instant::now(),
+    };
+    for c in task.replicas.keys().copied().collect::<Vec<_>>() {
+        task.refresh_view(c, false);
+    }
+    let join = tokio::spawn(task.run(events, rx, irx));
+    (fed, join)
+}
+
+fn sorted(mut v: Vec<[u8; 32]>) -> Vec<[u8; 32]> {
+    v.sort();
+    v
+}
+
+struct FederationTask {
+    store: Arc<dyn Store>,
+    secret: SecretKey,
+    me: CaisseId,
+    federation: FederationId,
+    network: Network,
+    handle: CaisseHandle,
+    view: Arc<RwLock<FederationView>>,
+    stats: Arc<FederationStats>,
+    replicas: HashMap<CaisseId, Replica>,
+    responders: HashMap<(PeerId, CaisseId), (automerge::sync::State, Instant)>,
+    connected: HashSet<PeerId>,
+    local_version: Arc<AtomicU64>,
+    published_version: u64,
+    internal: mpsc::Sender<Internal>,
+    started: Instant,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl FederationTask {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<NetEvent>,
+        mut commands: mpsc::Receiver<FedCommand>,
+        mut internal: mpsc::Receiver<Internal>,
+    ) {
+        let span = tracing::info_span!("federation", caisse = %self.me.short());
+        let _e = span.enter();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut catalog_tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => self.net_event(ev).await,
+                    None => break,
+                },
+                cmd = commands.recv() => match cmd {
+                    Some(FedCommand::View(reply)) => {
+                        let _ = reply.send(self.view.read().map(|v| v.clone()).unwrap_or_default());
+                    }
+                    Some(FedCommand::Document(c, reply)) => {
+                        let bytes = self.replicas.get_mut(&c).map(|r| r.doc.save());
+                        let _ = reply.send(bytes);
+                    }
+                    None => break,
+                },
+                Some(i) = internal.recv() => self.internal(i).await,
+                _ = tick.tick() => {
+                    self.publish_if_changed().await;
+                    self.start_pending_syncs();
+                }
+                _ = catalog_tick.tick() => {
+                    // Heal partitions by sync, not by luck: ask a connected peer what it holds.
+                    let peers: Vec<PeerId> = self.connected.iter().copied().collect();
+                    if !peers.is_empty() {
+                        let i = (self.started.elapsed().as_millis() as usize) % peers.len();
+                        self.ask_catalog(peers[i]);
+                    }
+                    let cutoff = Instant::now() - Duration::from_secs(120);
+                    self.responders.retain(|_, (_, t)| *t > cutoff);
+                }
+            }
+        }
+        tracing::info!("federation stopped");
+    }
+
+    /// Project this caisse's statements into its own document when they change.
+    async fn publish_if_changed(&mut self) {
+        let version = self.local_version.load(Ordering::Acquire);
+        if version == self.published_version {
+            return;
+        }
+        let statements = match self.handle.with(|c, _| Ok(c.federation_statements())).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read local statements");
+                return;
+            }
+        };
+        self.published_version = version;
+        let me = self.me;
+        let Some(replica) = self.replicas.get_mut(&me) else {
+            return;
+        };
+        let changed = match apply_statements(&mut replica.doc, &statements) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot update the federation document");
+                return;
+            }
+        };
+        if !changed && replica.heads.is_some() {
+            return;
+        }
+        let heads = sorted_heads(&mut replica.doc);
+        let sequence = replica.sequence.saturating_add(1).max(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        );
+        let message = DocumentHeads {
+            caisse: me,
+            heads,
+            sequence,
+        };
+        let env = match Envelope::seal(&self.secret, &self.federation, &message) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign document heads");
+                return;
+            }
+        };
+        replica.sequence = sequence;
+        replica.heads = Some(env.clone());
+        let bytes = replica.doc.save();
+        self.persist(me, bytes, &env);
+        self.refresh_view(me, true);
+        tracing::info!(target: "caisse::events::federation", sequence, "published document heads");
+        if let Ok(data) = env.to_bytes()
+            && let Err(e) = self.network.publish(data).await
+        {
+            tracing::debug!(error = %e, "heads not gossiped (no peers yet?)");
+        }
+    }
+
+    fn persist(&self, owner: CaisseId, doc: Vec<u8>, heads: &Envelope) {
+        let ops = [
+            Op::Put(doc_key(&owner), doc),
+            Op::Put(heads_key(&owner), encode_value(heads)),
+        ];
+        if let Err(e) = self.store.apply(&ops) {
+            tracing::error!(error = %e, "cannot store a federation document");
+        }
+    }
+
+    fn refresh_view(&mut self, owner: CaisseId, changed: bool) {
+        let Some(r) = self.replicas.get(&owner) else {
+            return;
+        };
+        let mut p = read_document(&r.doc, &owner, &self.federation);
+        p.sequence = r.sequence;
+        let connected = peer_id_of(&owner).is_some_and(|pid| self.connected.contains(&pid));
+        if let Ok(mut v) = self.view.write() {
+            let last = v.caisses.get(&owner).map_or(0, |x| x.last_changed);
+            p.last_changed = if changed { now_secs() } else { last };
+            p.connected = connected || owner == self.me;
+            v.caisses.insert(owner, p);
+        }
+    }
+
+    fn set_connected(&mut self, peer: PeerId, on: bool) {
+        if on {
+            self.connected.insert(peer);
+        } else {
+            self.connected.remove(&peer);
+        }
+        if let Ok(mut v) = self.view.write() {
+            for (c, p) in v.caisses.iter_mut() {
+                if peer_id_of(c) == Some(peer) {
+                    p.connected = on;
+                }
+            }
+        }
+    }
+
+    /// Check signed heads; record them as wanted if newer. Returns the acceptance.
+    fn consider_heads(&mut self, env: &Envelope, source: Option<PeerId>) -> MessageAcceptance {
+        let v = match env.open::<DocumentHeads>(&self.federation) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(target: "caisse::events::federation", error = %e, peer = ?source, "rejected document heads");
+                return MessageAcceptance::Reject;
+            }
+        };
+        let owner = v.message.caisse;
+        if owner == self.me {
+            return MessageAcceptance::Ignore;
+        }
+        let replica = self.replicas.entry(owner).or_insert_with(|| Replica {
+            doc: AutoCommit::new(),
+            heads: None,
+            sequence: 0,
+            wanted: None,
+            source: None,
+            syncing: false,
+        });
+        let known = replica
+            .wanted
+            .as_ref()
+            .map_or(replica.sequence, |w| w.0.max(replica.sequence));
+        if v.message.sequence <= known {
+            if v.message.sequence < replica.sequence {
+                tracing::debug!(target: "caisse::events::federation", caisse = %owner.short(), sequence = v.message.sequence, "stale or replayed heads ignored");
+            }
+            if source.is_some() && replica.source.is_none() {
+                replica.source = source;
+            }
+            return MessageAcceptance::Ignore;
+        }
+        replica.wanted = Some((v.message.sequence, env.clone(), sorted(v.message.heads)));
+        if source.is_some() {
+            replica.source = source;
+        }
+        MessageAcceptance::Accept
+    }
+
+    fn start_pending_syncs(&mut self) {
+        let me = self.me;
+        let connected = self.connected.clone();
+        let mut starts = Vec::new();
+        for (owner, r) in self.replicas.iter_mut() {
+            if *owner == me || r.syncing {
+                continue;
+            }
+            let Some((seq, _, _)) = &r.wanted else {
+                continue;
+            };
+            if *seq <= r.sequence {
+                r.wanted = None;
+                continue;
+            }
+            // Prefer the owner itself, then whoever announced the heads.
+            let peer = peer_id_of(owner)
+                .filter(|p| connected.contains(p))
+                .or(r.source.filter(|p| connected.contains(p)))
+                .or_else(|| connected.iter().next().copied());
+            if let Some(peer) = peer {
+                r.syncing = true;
+                starts.push((*owner, peer, r.doc.fork()));
+            }
+        }
+        for (owner, peer, fork) in starts {
+            let net = self.network.clone();
+            let tx = self.internal.clone();
+            tokio::spawn(async move {
+                let result = sync_session(&net, peer, owner, fork).await;
+                let _ = tx
+                    .send(Internal::SyncDone {
+                        caisse: owner,
+                        peer,
+                        result,
+                    })
+                    .await;
+            });
+        }
+    }
+
+    async fn internal(&mut self, i: Internal) {
+        let (caisse, peer, result) = match i {
+            Internal::Catalog { peer, heads } => {
+                for env in heads.iter().take(MAX_CATALOG) {
+                    if self.consider_heads(env, Some(peer)) == MessageAcceptance::Reject {
+                        self.stats.gossip_rejected.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                self.start_pending_syncs();
+                return;
+            }
+            Internal::SyncDone {
+                caisse,
+                peer,
+                result,
+            } => (caisse, peer, result),
+        };
+        let Some(r) = self.replicas.get_mut(&caisse) else {
+            return;
+        };
+        r.syncing = false;
+        let (mut fork, offered) = match result {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(caisse = %caisse.short(), %peer, error = %e, "sync failed; will retry");
+                r.source = None;
+                return;
+            }
+        };
+        // Newer signed heads offered by the responder count too.
+        if let Some(env) = offered {
+            let _ = self.consider_heads(&env, Some(peer));
+        }
+        let Some(r) = self.replicas.get_mut(&caisse) else {
+            return;
+        };
+        let have = sorted_heads(&mut fork);
+        let Some((seq, env, want)) = r.wanted.clone() else {
+            return;
+        };
+        if have != want {
+            // Either incomplete (retry) or holding changes the owner never signed.
+            let covered =
+                fork.get_changes(&want.iter().map(|h| ChangeHash(*h)).collect::<Vec<_>>());
+            let extra = have.iter().any(|h| !want.contains(h)) && !covered.is_empty();
+            if extra {
+                self.stats.sync_rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target: "caisse::events::federation", caisse = %caisse.short(), %peer, "rejected a sync holding changes the owner did not sign");
+                if r.source == Some(peer) {
+                    r.source = None;
+                }
+            }
+            return;
+        }
+        r.doc = fork;
+        r.sequence = seq;
+        r.heads = Some(env.clone());
+        r.wanted = None;
+        let bytes = r.doc.save();
+        self.persist(caisse, bytes, &env);
+        self.refresh_view(caisse, true);
+        self.stats.sync_accepted.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(target: "caisse::events::federation", caisse = %caisse.short(), sequence = seq, "document updated");
+    }
+
+    fn ask_catalog(&self, peer: PeerId) {
+        let net = self.network.clone();
+        let tx = self.internal.clone();
+        tokio::spawn(async move {
+            let Ok(req) = encoding::encode(&RpcRequest::Catalog, MAX_RPC_SIZE) else {
+                return;
+            };
+            let Ok(resp) = net.request(peer, req).await else {
+                return;
+            };
+            match encoding::decode::<RpcResponse>(&resp, MAX_RPC_SIZE) {
+                Ok(RpcResponse::Catalog(heads)) => {
+                    let _ = tx.send(Internal::Catalog { peer, heads }).await;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(target: "caisse::events::federation", %peer, error = %e, "malformed catalog answer");
+                }
+            }
+        });
+    }
+
+    async fn net_event(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Connected(peer) => {
+                self.set_connected(peer, true);
+                self.ask_catalog(peer);
+            }
+            NetEvent::Disconnected(peer) => self.set_connected(peer, false),
+            NetEvent::Gossip { source, id, data } => {
+                let acceptance = match Envelope::from_bytes(&data) {
+                    Ok(env) => self.consider_heads(&env, Some(source)),
+                    Err(e) => {
+                        tracing::warn!(target: "caisse::events::federation", %source, error = %e, "rejected malformed gossip");
+                        MessageAcceptance::Reject
+                    }
+                };
+                match acceptance {
+                    MessageAcceptance::Accept => &self.stats.gossip_accepted,
+                    MessageAcceptance::Reject => &self.stats.gossip_rejected,
+                    MessageAcceptance::Ignore => &self.stats.gossip_ignored,
+                }
+                .fetch_add(1, Ordering::Relaxed);
+                self.network.validate(id, source, acceptance).await;
+                self.start_pending_syncs();
+            }
+            NetEvent::Request {
+                peer,
+                data,
+                channel,
+            } => {
+                let response = match encoding::decode::<RpcRequest>(&data, MAX_RPC_SIZE) {
+                    Ok(req) => self.request(peer, req).await,
+                    Err(e) => {
+                        self.stats.rpc_malformed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(target: "caisse::events::federation", %peer, error = %e, "refused a malformed request");
+                        RpcResponse::Refused(format!("malformed request: {e}"))
+                    }
+                };
+                let bytes = encoding::encode(&response, MAX_RPC_SIZE)
+                    .or_else(|_| {
+                        encoding::encode(
+                            &RpcResponse::Refused("response too large".into()),
+                            MAX_RPC_SIZE,
+                        )
+                    })
+                    .unwrap_or_default();
+                self.network.respond(channel, bytes).await;
+            }
+        }
+    }
+
+    async fn request(&mut self, peer: PeerId, req: RpcRequest) -> RpcResponse {
+        match req {
+            RpcRequest::Catalog => {
+                let envs: Vec<Envelope> = self
+                    .replicas
+                    .values()
+                    .filter_map(|r| r.heads.clone())
+                    .take(MAX_CATALOG)
+                    .collect();
+                RpcResponse::Catalog(envs)
+            }
+            RpcRequest::Sync { caisse, message } => {
+                let Some(r) = self.replicas.get_mut(&caisse) else {
+                    return RpcResponse::Refused("no such document here".into());
+                };
+                if r.heads.is_none() {
+                    return RpcResponse::Refused("no signed heads for that document yet".into());
+                }
+                let (state, seen) = self
+                    .responders
+                    .entry((peer, caisse))
+                    .or_insert_with(|| (automerge::sync::State::new_read_only(), Instant::now()));
+                *seen = Instant::now();
+                if let Some(m) = message {
+                    let decoded = match automerge::sync::Message::decode(&m) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            self.stats.rpc_malformed.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(target: "caisse::events::federation", %peer, error = %e, "refused a malformed sync message");
+                            return RpcResponse::Refused("malformed sync message".into());
+                        }
+                    };
+                    // Read-only state: whatever changes the requester sends are not applied.
+                    if let Err(e) = r.doc.sync().receive_sync_message(state, decoded) {
+                        tracing::warn!(target: "caisse::events::federation", %peer, error = %e, "refused a sync message");
+                        return RpcResponse::Refused("bad sync message".into());
+                    }
+                }
+                let reply = r
+                    .doc
+                    .sync()
+                    .generate_sync_message(state)
+                    .map(|m| m.encode());
+                RpcResponse::Sync {
+                    message: reply,
+                    heads: r.heads.clone(),
+                }
+            }
+            RpcRequest::Purchase(_) => RpcResponse::Refused(
+                "cross-caisse purchases are not served by this node yet".into(),
+            ),
+        }
+    }
+}
+
+/// Pull `owner`'s document from `peer` into `fork` with automerge's sync
+/// protocol. The caller decides whether to accept the result.
+async fn sync_session(
+    net: &Network,
+    peer: PeerId,
+    owner: CaisseId,
+    mut fork: AutoCommit,
+) -> Result<(AutoCommit, Option<Envelope>), String> {
+    let mut state = automerge::sync::State::new();
+    let mut offered = None;
+    for round in 0..MAX_SYNC_ROUNDS {
+        let ours = fork
+            .sync()
+            .generate_sync_message(&mut state)
+            .map(|m| m.encode());
+        if ours.is_none() && round > 0 {
+            break;
+        }
+        let sent_nothing = ours.is_none();
+        let req = encoding::encode(
+            &RpcRequest::Sync {
+                caisse: owner,
+                message: ours,
+            },
+            MAX_RPC_SIZE,
+        )
+        .map_err(|e| e.to_string())?;
+        let resp = net.request(peer, req).await?;
+        match encoding::decode::<RpcResponse>(&resp, MAX_RPC_SIZE).map_err(|e| e.to_string())? {
+            RpcResponse::Sync { message, heads } => {
+                if heads.is_some() {
+                    offered = heads;
+                }
+                match message {
+                    Some(m) => {
+                        let m = automerge::sync::Message::decode(&m).map_err(|e| e.to_string())?;
+                        fork.sync()
+                            .receive_sync_message(&mut state, m)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    None if sent_nothing => break,
+                    None => {}
+                }
+            }
+            RpcResponse::Refused(r) => return Err(r),
+            _ => return Err("unexpected answer".into()),
+        }
+    }
+    Ok((fork, offered))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fed() -> FederationId {
+        FederationId::new("t").unwrap()
+    }
+
+    #[test]
+    fn documents_hold_only_owner_signed_statements() {
+        let owner = SecretKey::from_bytes([1; 32]);
+        let other = SecretKey::from_bytes([2; 32]);
+        let id = owner.caisse_id();
+        let profile = CaisseProfile {
+            caisse: id,
+            name: "A".into(),
+            territory: "T".into(),
+            currency_unit: "EUR".into(),
+            issued_at: 1,
+        };
+        let mut st = Statements {
+            profile: Some(Envelope::seal(&owner, &fed(), &profile).unwrap()),
+            ..Statements::default()
+        };
+        let acc = Accreditation {
+            caisse: id,
+            subject: Subject::Producer(ProducerId::from_bytes([3; 16])),
+            subject_name: "Farm".into(),
+            scope: vec![caisse_protocol::messages::ScopeItem {
+                category: Category::new("bread").unwrap(),
+                coverage_pct: 100,
+            }],
+            criteria: ContentId::of(b"c"),
+            valid_from: Day::from_days(0),
+            valid_until: Day::from_days(1000),
+            decided_by: None,
+        };
+        let env = Envelope::seal(&owner, &fed(), &acc).unwrap();
+        st.accreditations.insert(env.content_id(&fed(), 1), env);
+        let mut doc = new_document(&id);
+        assert!(apply_statements(&mut doc, &st).unwrap());
+        assert!(!apply_statements(&mut doc, &st).unwrap(), "idempotent");
+        let view = read_document(&doc, &id, &fed());
+        assert_eq!(view.accreditations.len(), 1);
+        assert_eq!(view.profile.unwrap().name, "A");
+        // A statement signed by someone else, slipped into the document, is ignored.
+        let mut forged = acc.clone();
+        forged.caisse = other.caisse_id();
+        let fenv = Envelope::seal(&other, &fed(), &forged).unwrap();
+        let obj = ensure_map(&mut doc, K_ACCREDITATIONS).unwrap();
+        doc.put(
+            &obj,
+            fenv.content_id(&fed(), 1).to_string(),
+            ScalarValue::Bytes(fenv.to_bytes().unwrap()),
+        )
+        .unwrap();
+        let view = read_document(&doc, &id, &fed());
+        assert_eq!(view.accreditations.len(), 1);
+        assert_eq!(view.invalid_statements, 1);
+    }
+
+    #[test]
+    fn criteria_inclusion() {
+        let l = |s: &str| Rule::Label(Category::new(s).unwrap());
+        let ours = Rule::All(vec![l("organic"), Rule::MaxDistanceKm(250)]);
+        let theirs = Rule::All(vec![
+            l("organic"),
+            Rule::MaxDistanceKm(250),
+            l("fair-trade"),
+        ]);
+        assert!(criteria_include(&theirs, &ours));
+        assert!(!criteria_include(&ours, &theirs));
+        assert!(criteria_include(&ours, &ours));
+        assert!(criteria_include(
+            &Rule::All(vec![l("organic"), ours.clone()]),
+            &ours
+        ));
+    }
+}

@@ -1,0 +1,625 @@
+//! The libp2p network of a caisse: one task owns the `Swarm`.
+//!
+//! Transport TCP + Noise + Yamux; identify; Kademlia (bootstrap addresses
+//! from the config); gossipsub with explicit validation (messages are
+//! reported Accept/Reject/Ignore by the federation before gossipsub
+//! forwards them; message ids are content hashes); one request-response
+//! protocol carrying length-prefixed byte frames; connection limits and a
+//! block list (used by test networks to cut a node off).
+//!
+//! Nothing here decodes application bytes: frames go to the federation as
+//! they are, so every malformed frame reaches code that counts and logs it.
+//! The rest of the node talks to this task through [`Network`] (typed
+//! commands, oneshot answers) and receives [`NetEvent`]s on a channel.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use caisse_protocol::CaisseId;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId};
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify, kad,
+    noise, tcp, yamux,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+/// The request-response protocol of caisses.
+pub const RPC_PROTOCOL: &str = "/caisse/rpc/1.0.0";
+/// The Kademlia protocol of caisses.
+pub const KAD_PROTOCOL: &str = "/caisse/kad/1.0.0";
+/// Largest request or response frame.
+pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+/// Largest gossip message: gossip only announces heads; bodies travel by sync.
+pub const MAX_GOSSIP: usize = 8 * 1024;
+
+/// Why the network could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetworkError {
+    /// A bad key.
+    #[error("network key: {0}")]
+    Key(String),
+    /// A bad address in the config.
+    #[error("bad libp2p address {addr:?}: {detail}")]
+    Address {
+        /// The address.
+        addr: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The transport or a behaviour could not be built.
+    #[error("network setup: {0}")]
+    Setup(String),
+}
+
+/// The libp2p peer id of a caisse (derived from its ed25519 key).
+pub fn peer_id_of(caisse: &CaisseId) -> Option<PeerId> {
+    let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(caisse.as_bytes()).ok()?;
+    Some(libp2p::identity::PublicKey::from(pk).to_peer_id())
+}
+
+/// Frames of bytes with a 4-byte big-endian length, at most [`MAX_FRAME`].
+#[derive(Clone, Default)]
+pub struct FrameCodec {
+    failures: Arc<AtomicU64>,
+}
+
+async fn read_frame<T: futures::AsyncRead + Unpin + Send>(
+    io: &mut T,
+    failures: &AtomicU64,
+) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(target: "caisse::events::network", len, max = MAX_FRAME, "oversized frame refused");
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes over the {MAX_FRAME} byte limit"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T: futures::AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    data: Vec<u8>,
+) -> std::io::Result<()> {
+    if data.len() > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "frame too large",
+        ));
+    }
+    io.write_all(&(data.len() as u32).to_be_bytes()).await?;
+    io.write_all(&data).await?;
+    io.close().await
+}
+
+impl request_response::Codec for FrameCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
+        read_frame(io, &self.failures).await
+    }
+
+    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
+        read_frame(io, &self.failures).await
+    }
+
+    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()> {
+        write_frame(io, req).await
+    }
+
+    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> std::io::Result<()> {
+        write_frame(io, res).await
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    identify: identify::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    gossip: gossipsub::Behaviour,
+    rpc: request_response::Behaviour<FrameCodec>,
+}
+
+/// What the network tells the rest of the node.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A gossip message waiting for validation (report it with [`Network::validate`]).
+    Gossip {
+        /// The peer that forwarded it.
+        source: PeerId,
+        /// Its id (content hash).
+        id: MessageId,
+        /// Its bytes.
+        data: Vec<u8>,
+    },
+    /// A request from a peer; answer with [`Network::respond`].
+    Request {
+        /// The peer.
+        peer: PeerId,
+        /// The request bytes.
+        data: Vec<u8>,
+        /// Where the answer goes.
+        channel: ResponseChannel<Vec<u8>>,
+    },
+    /// A connection to a peer was established.
+    Connected(PeerId),
+    /// The last connection to a peer closed.
+    Disconnected(PeerId),
+}
+
+enum Command {
+    Publish(Vec<u8>, oneshot::Sender<Result<(), String>>),
+    Request(PeerId, Vec<u8>, oneshot::Sender<Result<Vec<u8>, String>>),
+    Respond(ResponseChannel<Vec<u8>>, Vec<u8>),
+    Validate(MessageId, PeerId, MessageAcceptance),
+    Dial(Multiaddr),
+    Block(PeerId, bool),
+    Info(oneshot::Sender<NetInfo>),
+}
+
+/// A snapshot of the network's state.
+#[derive(Clone, Debug, Default)]
+pub struct NetInfo {
+    /// This node's peer id.
+    pub peer_id: Option<PeerId>,
+    /// Addresses it listens on (with `/p2p/<peer id>`).
+    pub listen: Vec<Multiaddr>,
+    /// Connected peers.
+    pub connected: Vec<PeerId>,
+    /// Blocked peers.
+    pub blocked: Vec<PeerId>,
+    /// Request or response frames refused as malformed or oversized.
+    pub frame_failures: u64,
+}
+
+/// A cloneable handle to the swarm task.
+#[derive(Clone)]
+pub struct Network {
+    tx: mpsc::Sender<Command>,
+    local: PeerId,
+}
+
+/// What the network needs to start.
+pub struct NetworkConfig {
+    /// The caisse's key bytes (the same ed25519 key: the peer id is the caisse id).
+    pub secret: [u8; 32],
+    /// The federation (names the gossip topic).
+    pub federation: String,
+    /// Addresses to listen on.
+    pub listen: Vec<String>,
+    /// Addresses (with `/p2p/<peer id>`) to dial at start.
+    pub bootstrap: Vec<String>,
+}
+
+fn parse_addr(a: &str) -> Result<Multiaddr, NetworkError> {
+    a.parse()
+        .map_err(|e: libp2p::multiaddr::Error| NetworkError::Address {
+            addr: a.to_owned(),
+            detail: e.to_string(),
+        })
+}
+
+/// The gossip topic of a federation.
+pub fn heads_topic(federation: &str) -> IdentTopic {
+    IdentTopic::new(format!("caisse/{federation}/heads/v1"))
+}
+
+/// Start the swarm task. Returns the handle, the event stream and the task.
+pub async fn start(
+    cfg: NetworkConfig,
+) -> Result<
+    (
+        Network,
+        mpsc::Receiver<NetEvent>,
+        tokio::task::JoinHandle<()>,
+    ),
+    NetworkError,
+> {
+    let mut secret = cfg.secret;
+    let keypair =
+        Keypair::ed25519_from_bytes(&mut secret).map_err(|e| NetworkError::Key(e.to_string()))?;
+    let local = keypair.public().to_peer_id();
+    let topic = heads_topic(&cfg.federation);
+    let codec = FrameCodec::default();
+    let failures = codec.failures.clone();
+    let topic_hash = topic.hash();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| NetworkError::Setup(e.to_string()))?
+        .with_behaviour(|key| {
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .validate_messages()
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .max_transmit_size(MAX_GOSSIP)
+                .heartbeat_interval(Duration::from_millis(500))
+                .message_id_fn(|m: &gossipsub::Message| {
+                    MessageId::from(hex::encode(Sha256::digest(&m.data)))
+                })
+                .build()
+                .map_err(|e| e.to_string())?;
+            let mut gossip = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_config,
+            )?;
+            let mut params = gossipsub::PeerScoreParams::default();
+            params.topics.insert(
+                topic_hash.clone(),
+                gossipsub::TopicScoreParams {
+                    topic_weight: 1.0,
+                    invalid_message_deliveries_weight: -100.0,
+                    invalid_message_deliveries_decay: 0.5,
+                    ..Default::default()
+                },
+            );
+            gossip.with_peer_score(params, gossipsub::PeerScoreThresholds::default())?;
+            let mut kad = kad::Behaviour::with_config(
+                key.public().to_peer_id(),
+                kad::store::MemoryStore::new(key.public().to_peer_id()),
+                kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
+            );
+            kad.set_mode(Some(kad::Mode::Server));
+            Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_established(Some(256))
+                        .with_max_established_per_peer(Some(2))
+                        .with_max_pending_incoming(Some(64)),
+                ),
+                blocked: Default::default(),
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/caisse/1.0.0".into(),
+                    key.public(),
+                )),
+                kad,
+                gossip,
+                rpc: request_response::Behaviour::with_codec(
+                    codec.clone(),
+                    [(
+                        StreamProtocol::new(RPC_PROTOCOL),
+                        request_response::ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(10)),
+                ),
+            })
+        })
+        .map_err(|e| NetworkError::Setup(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    swarm
+        .behaviour_mut()
+        .gossip
+        .subscribe(&topic)
+        .map_err(|e| NetworkError::Setup(e.to_string()))?;
+    let listen = if cfg.listen.is_empty() {
+        vec!["/ip4/127.0.0.1/tcp/0".to_owned()]
+    } else {
+        cfg.listen.clone()
+    };
+    for a in &listen {
+        swarm
+            .listen_on(parse_addr(a)?)
+            .map_err(|e| NetworkError::Address {
+                addr: a.clone(),
+                detail: e.to_string(),
+            })?;
+    }
+    let mut bootstrap = Vec::new();
+    for a in &cfg.bootstrap {
+        bootstrap.push(parse_addr(a)?);
+    }
+    let (tx, rx) = mpsc::channel(1024);
+    let (ev_tx, ev_rx) = mpsc::channel(4096);
+    // Wait for the listeners to be bound so the addresses can be published.
+    let mut listening = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while listening.len() < listen.len() {
+        match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+            Ok(SwarmEvent::NewListenAddr { address, .. }) => listening.push(address),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    for addr in bootstrap {
+        if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(target: "caisse::events::network", %addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+    let task = SwarmTask {
+        swarm,
+        commands: rx,
+        events: ev_tx,
+        topic,
+        pending: HashMap::new(),
+        listening,
+        failures,
+        blocked: Vec::new(),
+    };
+    let handle = tokio::spawn(task.run());
+    Ok((Network { tx, local }, ev_rx, handle))
+}
+
+struct SwarmTask {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    topic: IdentTopic,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, String>>>,
+    listening: Vec<Multiaddr>,
+    failures: Arc<AtomicU64>,
+    blocked: Vec<PeerId>,
+}
+
+impl SwarmTask {
+    async fn run(mut self) {
+        let mut bootstrap_timer = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                cmd = self.commands.recv() => match cmd {
+                    Some(c) => self.command(c),
+                    None => break,
+                },
+                ev = self.swarm.select_next_some() => self.event(ev),
+                _ = bootstrap_timer.tick() => {
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+            }
+        }
+        tracing::info!("network stopped");
+    }
+
+    fn emit(&self, ev: NetEvent) {
+        if let Err(e) = self.events.try_send(ev) {
+            tracing::warn!(target: "caisse::events::network", error = %e, "network event dropped: the node is overloaded");
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        let b = self.swarm.behaviour_mut();
+        match c {
+            Command::Publish(data, reply) => {
+                let r = b
+                    .gossip
+                    .publish(self.topic.clone(), data)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                let _ = reply.send(r);
+            }
+            Command::Request(peer, data, reply) => {
+                let id = b.rpc.send_request(&peer, data);
+                self.pending.insert(id, reply);
+            }
+            Command::Respond(channel, data) => {
+                let _ = b.rpc.send_response(channel, data);
+            }
+            Command::Validate(id, source, acceptance) => {
+                b.gossip
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
+            Command::Dial(addr) => {
+                if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+                    b.kad.add_address(&peer, addr.clone());
+                }
+                let _ = self.swarm.dial(addr);
+            }
+            Command::Block(peer, block) => {
+                if block {
+                    b.blocked.block_peer(peer);
+                    if !self.blocked.contains(&peer) {
+                        self.blocked.push(peer);
+                    }
+                } else {
+                    b.blocked.unblock_peer(peer);
+                    self.blocked.retain(|p| *p != peer);
+                }
+            }
+            Command::Info(reply) => {
+                let local = *self.swarm.local_peer_id();
+                let listen = self
+                    .listening
+                    .iter()
+                    .map(|a| a.clone().with(libp2p::multiaddr::Protocol::P2p(local)))
+                    .collect();
+                let _ = reply.send(NetInfo {
+                    peer_id: Some(local),
+                    listen,
+                    connected: self.swarm.connected_peers().copied().collect(),
+                    blocked: self.blocked.clone(),
+                    frame_failures: self.failures.load(Ordering::Relaxed),
+                });
+            }
+        }
+    }
+
+    fn event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } if !self.listening.contains(&address) => {
+                self.listening.push(address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                endpoint,
+                ..
+            } if num_established.get() == 1 => {
+                tracing::debug!(target: "caisse::events::network", peer = %peer_id, "connected");
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer_id, endpoint.get_remote_address().clone());
+                self.emit(NetEvent::Connected(peer_id));
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => self.emit(NetEvent::Disconnected(peer_id)),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, ..
+            })) if !self.swarm.is_connected(&peer) && !self.blocked.contains(&peer) => {
+                let _ = self.swarm.dial(peer);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => self.emit(NetEvent::Gossip {
+                source: propagation_source,
+                id: message_id,
+                data: message.data,
+            }),
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(request_response::Event::Message {
+                peer,
+                message,
+                ..
+            })) => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.emit(NetEvent::Request {
+                    peer,
+                    data: request,
+                    channel,
+                }),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.pending.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(
+                request_response::Event::OutboundFailure {
+                    request_id,
+                    error,
+                    peer,
+                    ..
+                },
+            )) => {
+                tracing::debug!(target: "caisse::events::network", %peer, %error, "request failed");
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(error.to_string()));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(
+                request_response::Event::InboundFailure { peer, error, .. },
+            )) => {
+                tracing::warn!(target: "caisse::events::network", %peer, %error, "inbound request refused");
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Network {
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    /// Publish bytes on the federation's gossip topic.
+    pub async fn publish(&self, data: Vec<u8>) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Publish(data, tx))
+            .await
+            .map_err(|_| "network stopped".to_owned())?;
+        rx.await.map_err(|_| "network stopped".to_owned())?
+    }
+
+    /// Send a request to a peer and wait for its answer.
+    pub async fn request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Request(peer, data, tx))
+            .await
+            .map_err(|_| "network stopped".to_owned())?;
+        rx.await.map_err(|_| "network stopped".to_owned())?
+    }
+
+    /// Answer a request.
+    pub async fn respond(&self, channel: ResponseChannel<Vec<u8>>, data: Vec<u8>) {
+        let _ = self.tx.send(Command::Respond(channel, data)).await;
+    }
+
+    /// Report the validation result of a gossip message.
+    pub async fn validate(&self, id: MessageId, source: PeerId, acceptance: MessageAcceptance) {
+        let _ = self
+            .tx
+            .send(Command::Validate(id, source, acceptance))
+            .await;
+    }
+
+    /// Dial an address.
+    pub async fn dial(&self, addr: Multiaddr) {
+        let _ = self.tx.send(Command::Dial(addr)).await;
+    }
+
+    /// Block or unblock a peer (test networks use this to cut a node off).
+    pub async fn block(&self, peer: PeerId, block: bool) {
+        let _ = self.tx.send(Command::Block(peer, block)).await;
+    }
+
+    /// The network's state.
+    pub async fn info(&self) -> NetInfo {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Info(tx)).await.is_err() {
+            return NetInfo::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
