@@ -90,6 +90,22 @@ enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Test networks only: join as a misbehaving peer and send forged,
+    /// replayed, oversized and malformed messages at a caisse.
+    Rogue {
+        /// The target's libp2p address, with /p2p/<peer id> (from its node.json).
+        #[arg(long)]
+        target_addr: String,
+        /// The target caisse id.
+        #[arg(long)]
+        target: String,
+        /// The federation.
+        #[arg(long, default_value = "caisse-federation")]
+        federation: String,
+        /// forged-heads, bad-signature, replay, oversized, malformed, forged-change (repeatable; default all).
+        #[arg(long = "attack")]
+        attacks: Vec<String>,
+    },
     /// The node's clock (test networks only).
     #[command(subcommand)]
     Clock(ClockCmd),
@@ -590,6 +606,36 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Init(args) => return init(&cli, args),
         Command::Node => return node(&cli.data_dir).await,
+        Command::Rogue {
+            target_addr,
+            target,
+            federation,
+            attacks,
+        } => {
+            let target: caisse_protocol::CaisseId =
+                target.parse().map_err(|e| anyhow!("--target: {e}"))?;
+            let federation =
+                FederationId::new(federation).map_err(|e| anyhow!("--federation: {e}"))?;
+            let attacks: Vec<caisse_node::rogue::Attack> = if attacks.is_empty() {
+                caisse_node::rogue::Attack::ALL.to_vec()
+            } else {
+                attacks
+                    .iter()
+                    .map(|a| a.parse().map_err(|e: String| anyhow!(e)))
+                    .collect::<Result<_>>()?
+            };
+            let reports = caisse_node::rogue::run(
+                target_addr,
+                target,
+                federation,
+                &attacks,
+                daemon::random32(),
+            )
+            .await
+            .map_err(|e| anyhow!("rogue: {e}"))?;
+            println!("{}", serde_json::to_string_pretty(&reports)?);
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     let c = client(&cli)?;
@@ -749,7 +795,7 @@ fn parse_line(text: &str) -> Result<PurchaseLine> {
 
 async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
     match &cli.command {
-        Command::Init(_) | Command::Node => unreachable_command(),
+        Command::Init(_) | Command::Node | Command::Rogue { .. } => unreachable_command(),
         Command::Status => {
             let v: Value = c.get("/api/v1/status").await?;
             out.value(&v, |v| {

@@ -315,6 +315,7 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
         federation: config.federation.as_str().to_owned(),
         listen: config.listen.clone(),
         bootstrap: config.bootstrap.clone(),
+        limits: None,
     })
     .await
     .map_err(|e| NodeError::Invalid(e.to_string()))?;

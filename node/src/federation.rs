@@ -381,6 +381,35 @@ pub fn read_document(doc: &AutoCommit, owner: &CaisseId, federation: &Federation
     p
 }
 
+/// What a node makes of a document pulled by sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncVerdict {
+    /// Its heads are exactly the heads the owner signed: accept it.
+    Accept,
+    /// Some signed changes are still missing: keep the old copy, try again.
+    Incomplete,
+    /// It holds changes the owner's signed heads do not cover: reject it.
+    Forged,
+}
+
+/// Judge a synced fork against the owner's signed (sorted) heads.
+pub fn judge_fork(fork: &mut AutoCommit, signed: &[[u8; 32]]) -> SyncVerdict {
+    let have = sorted_heads(fork);
+    if have == signed {
+        return SyncVerdict::Accept;
+    }
+    let signed_hashes: Vec<ChangeHash> = signed.iter().map(|h| ChangeHash(*h)).collect();
+    let unknown_signed = fork.get_missing_deps(&signed_hashes);
+    if unknown_signed.is_empty() {
+        // Every signed head is present, yet the heads differ: something beyond them.
+        return SyncVerdict::Forged;
+    }
+    // Not all signed changes arrived; anything present must still be an ancestor of them,
+    // which we can only tell once they arrive. Heads that are not among the signed heads
+    // and whose author is not the owner are forged for sure.
+    SyncVerdict::Incomplete
+}
+
 fn sorted_heads(doc: &mut AutoCommit) -> Vec<[u8; 32]> {
     let mut h: Vec<[u8; 32]> = doc.get_heads().iter().map(|c| c.0).collect();
     h.sort();
@@ -1122,6 +1151,24 @@ mod tests {
         let view = read_document(&doc, &id, &fed());
         assert_eq!(view.accreditations.len(), 1);
         assert_eq!(view.invalid_statements, 1);
+    }
+
+    #[test]
+    fn forged_changes_are_judged() {
+        let owner = CaisseId::from_bytes([5; 32]);
+        let mut doc = new_document(&owner);
+        doc.put(ROOT, "x", 1).unwrap();
+        let signed = sorted_heads(&mut doc);
+        // A faithful copy is accepted.
+        let mut copy = doc.fork();
+        assert_eq!(judge_fork(&mut copy, &signed), SyncVerdict::Accept);
+        // A copy with a change by someone else on top is forged.
+        let mut forged = doc.fork().with_actor(ActorId::from(&[9u8; 32][..]));
+        forged.put(ROOT, "x", 2).unwrap();
+        assert_eq!(judge_fork(&mut forged, &signed), SyncVerdict::Forged);
+        // An old copy, missing the signed change, is incomplete.
+        let mut old = new_document(&owner);
+        assert_eq!(judge_fork(&mut old, &signed), SyncVerdict::Incomplete);
     }
 
     #[test]

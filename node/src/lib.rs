@@ -14,6 +14,9 @@
 //! - [`writer`]: the single writer thread with group commit.
 //! - [`api`]: the HTTP JSON API.
 //! - [`daemon`]: `caisse init` and running a node.
+//! - [`network`]: the libp2p swarm task.
+//! - [`federation`]: owner-signed federation documents and their sync.
+//! - [`rogue`]: a misbehaving peer for tests and test networks.
 //! - [`client`]: a typed client of the API, for the CLI and the testnet.
 //! - [`config`]: the config file.
 
@@ -30,5 +33,6 @@ pub mod network;
 pub mod parliament;
 pub mod policy;
 pub mod report;
+pub mod rogue;
 pub mod store;
 pub mod writer;

@@ -66,24 +66,35 @@ pub fn peer_id_of(caisse: &CaisseId) -> Option<PeerId> {
 }
 
 /// Frames of bytes with a 4-byte big-endian length, at most [`MAX_FRAME`].
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct FrameCodec {
     failures: Arc<AtomicU64>,
+    max: usize,
+}
+
+impl Default for FrameCodec {
+    fn default() -> FrameCodec {
+        FrameCodec {
+            failures: Arc::default(),
+            max: MAX_FRAME,
+        }
+    }
 }
 
 async fn read_frame<T: futures::AsyncRead + Unpin + Send>(
     io: &mut T,
     failures: &AtomicU64,
+    max: usize,
 ) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         failures.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(target: "caisse::events::network", len, max = MAX_FRAME, "oversized frame refused");
+        tracing::warn!(target: "caisse::events::network", len, max, "oversized frame refused");
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes over the {MAX_FRAME} byte limit"),
+            format!("frame of {len} bytes over the {max} byte limit"),
         ));
     }
     let mut buf = vec![0u8; len];
@@ -94,8 +105,9 @@ async fn read_frame<T: futures::AsyncRead + Unpin + Send>(
 async fn write_frame<T: futures::AsyncWrite + Unpin + Send>(
     io: &mut T,
     data: Vec<u8>,
+    max: usize,
 ) -> std::io::Result<()> {
-    if data.len() > MAX_FRAME {
+    if data.len() > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "frame too large",
@@ -116,7 +128,7 @@ impl request_response::Codec for FrameCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Vec<u8>> {
-        read_frame(io, &self.failures).await
+        read_frame(io, &self.failures, self.max).await
     }
 
     async fn read_response<T: futures::AsyncRead + Unpin + Send>(
@@ -124,7 +136,7 @@ impl request_response::Codec for FrameCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Vec<u8>> {
-        read_frame(io, &self.failures).await
+        read_frame(io, &self.failures, self.max).await
     }
 
     async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
@@ -133,7 +145,7 @@ impl request_response::Codec for FrameCodec {
         io: &mut T,
         req: Vec<u8>,
     ) -> std::io::Result<()> {
-        write_frame(io, req).await
+        write_frame(io, req, self.max).await
     }
 
     async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
@@ -142,7 +154,7 @@ impl request_response::Codec for FrameCodec {
         io: &mut T,
         res: Vec<u8>,
     ) -> std::io::Result<()> {
-        write_frame(io, res).await
+        write_frame(io, res, self.max).await
     }
 }
 
@@ -225,6 +237,8 @@ pub struct NetworkConfig {
     pub listen: Vec<String>,
     /// Addresses (with `/p2p/<peer id>`) to dial at start.
     pub bootstrap: Vec<String>,
+    /// Limits other than the protocol's, for test peers that misbehave on purpose.
+    pub limits: Option<(usize, usize)>,
 }
 
 fn parse_addr(a: &str) -> Result<Multiaddr, NetworkError> {
@@ -256,7 +270,11 @@ pub async fn start(
         Keypair::ed25519_from_bytes(&mut secret).map_err(|e| NetworkError::Key(e.to_string()))?;
     let local = keypair.public().to_peer_id();
     let topic = heads_topic(&cfg.federation);
-    let codec = FrameCodec::default();
+    let (max_frame, max_gossip) = cfg.limits.unwrap_or((MAX_FRAME, MAX_GOSSIP));
+    let codec = FrameCodec {
+        failures: Arc::default(),
+        max: max_frame,
+    };
     let failures = codec.failures.clone();
     let topic_hash = topic.hash();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -271,7 +289,7 @@ pub async fn start(
             let gossip_config = gossipsub::ConfigBuilder::default()
                 .validate_messages()
                 .validation_mode(gossipsub::ValidationMode::Strict)
-                .max_transmit_size(MAX_GOSSIP)
+                .max_transmit_size(max_gossip)
                 .heartbeat_interval(Duration::from_millis(500))
                 .message_id_fn(|m: &gossipsub::Message| {
                     MessageId::from(hex::encode(Sha256::digest(&m.data)))

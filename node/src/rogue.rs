@@ -1,0 +1,254 @@
+//! A misbehaving peer, for tests and test networks only: it joins the
+//! federation with its own key and sends forged, replayed, oversized and
+//! malformed messages at a target caisse, so that tests can check that every
+//! honest node rejects them and keeps running and converging.
+//!
+//! Reachable as `caisse rogue`; never started by a node.
+
+use std::time::Duration;
+
+use automerge::sync::SyncDoc;
+use automerge::transaction::Transactable;
+use automerge::{ActorId, ROOT, ScalarValue};
+use caisse_protocol::encoding;
+use caisse_protocol::messages::DocumentHeads;
+use caisse_protocol::rpc::{MAX_RPC_SIZE, RpcRequest, RpcResponse};
+use caisse_protocol::{CaisseId, Envelope, FederationId, SecretKey, Signature};
+use libp2p::PeerId;
+use serde::Serialize;
+
+use crate::network::{self, Network, NetworkConfig, peer_id_of};
+
+/// One kind of misbehaviour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Attack {
+    /// Heads of the target's document, signed by the rogue's key.
+    ForgedHeads,
+    /// Heads of the rogue's own document with one signature bit flipped.
+    BadSignature,
+    /// The target's own signed heads, published again.
+    Replay,
+    /// A request frame over the size limit, and an oversized gossip message.
+    Oversized,
+    /// Garbage bytes as a request and as gossip.
+    Malformed,
+    /// A change to the target's document, made with the rogue's actor and
+    /// sent to the target through the sync protocol.
+    ForgedChange,
+}
+
+impl Attack {
+    /// Every attack.
+    pub const ALL: [Attack; 6] = [
+        Attack::ForgedHeads,
+        Attack::BadSignature,
+        Attack::Replay,
+        Attack::Oversized,
+        Attack::Malformed,
+        Attack::ForgedChange,
+    ];
+}
+
+impl std::str::FromStr for Attack {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "forged-heads" => Attack::ForgedHeads,
+            "bad-signature" => Attack::BadSignature,
+            "replay" => Attack::Replay,
+            "oversized" => Attack::Oversized,
+            "malformed" => Attack::Malformed,
+            "forged-change" => Attack::ForgedChange,
+            _ => {
+                return Err(format!(
+                    "unknown attack {s:?}: forged-heads, bad-signature, replay, oversized, malformed, forged-change"
+                ));
+            }
+        })
+    }
+}
+
+/// What one attack did.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttackReport {
+    /// The attack.
+    pub attack: Attack,
+    /// What was sent and what came back.
+    pub detail: String,
+}
+
+async fn request(net: &Network, peer: PeerId, req: &RpcRequest) -> Result<RpcResponse, String> {
+    let bytes = encoding::encode(req, MAX_RPC_SIZE).map_err(|e| e.to_string())?;
+    let resp = net.request(peer, bytes).await?;
+    encoding::decode(&resp, MAX_RPC_SIZE).map_err(|e| e.to_string())
+}
+
+/// Connect to `target_addr` (with `/p2p/…`) as a new peer and run `attacks`
+/// against the caisse `target`.
+pub async fn run(
+    target_addr: &str,
+    target: CaisseId,
+    federation: FederationId,
+    attacks: &[Attack],
+    seed: [u8; 32],
+) -> Result<Vec<AttackReport>, String> {
+    let key = SecretKey::from_bytes(seed);
+    let (net, mut events, task) = network::start(NetworkConfig {
+        secret: seed,
+        federation: federation.as_str().to_owned(),
+        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        bootstrap: vec![target_addr.to_owned()],
+        limits: Some((64 * 1024 * 1024, 1024 * 1024)),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    // Drain events in the background (answer nothing).
+    let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
+    let peer = peer_id_of(&target).ok_or("bad target caisse id")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !net.info().await.connected.contains(&peer) {
+        if tokio::time::Instant::now() > deadline {
+            return Err("could not connect to the target".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let gossipsub exchange subscriptions before publishing.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut reports = Vec::new();
+    for attack in attacks {
+        let detail = match attack {
+            Attack::ForgedHeads => {
+                let m = DocumentHeads {
+                    caisse: target,
+                    heads: vec![[7; 32]],
+                    sequence: u64::MAX / 2,
+                };
+                // Sealed by the rogue but claiming the target's document.
+                let env = Envelope::seal(&key, &federation, &m).map_err(|e| e.to_string())?;
+                let r = net
+                    .publish(env.to_bytes().map_err(|e| e.to_string())?)
+                    .await;
+                format!("published heads for the target's document signed by another key: {r:?}")
+            }
+            Attack::BadSignature => {
+                let m = DocumentHeads {
+                    caisse: key.caisse_id(),
+                    heads: vec![[8; 32]],
+                    sequence: 1,
+                };
+                let mut env = Envelope::seal(&key, &federation, &m).map_err(|e| e.to_string())?;
+                let mut sig = *env.signature.as_bytes();
+                sig[10] ^= 0x01;
+                env.signature = Signature::from_bytes(sig);
+                let r = net
+                    .publish(env.to_bytes().map_err(|e| e.to_string())?)
+                    .await;
+                format!("published heads with a flipped signature bit: {r:?}")
+            }
+            Attack::Replay => match request(&net, peer, &RpcRequest::Catalog).await {
+                Ok(RpcResponse::Catalog(envs)) => {
+                    let mut n = 0;
+                    for env in envs {
+                        if let Ok(bytes) = env.to_bytes()
+                            && net.publish(bytes).await.is_ok()
+                        {
+                            n += 1;
+                        }
+                    }
+                    format!("re-published {n} signed heads already known")
+                }
+                other => format!("catalog refused: {other:?}"),
+            },
+            Attack::Oversized => {
+                let big = vec![0u8; network::MAX_FRAME + 1024];
+                let r = net.request(peer, big).await;
+                let g = net.publish(vec![1u8; 64 * 1024]).await;
+                format!(
+                    "sent a {} byte request: {}; gossip of 64 KiB: {g:?}",
+                    network::MAX_FRAME + 1024,
+                    r.err().unwrap_or_else(|| "answered".into())
+                )
+            }
+            Attack::Malformed => {
+                let r = net
+                    .request(peer, vec![0xde, 0xad, 0xbe, 0xef, 0, 1, 2])
+                    .await;
+                let g = net.publish(vec![0xff; 100]).await;
+                let answer = r
+                    .ok()
+                    .and_then(|b| encoding::decode::<RpcResponse>(&b, MAX_RPC_SIZE).ok());
+                format!("garbage request answered {answer:?}; garbage gossip {g:?}")
+            }
+            Attack::ForgedChange => {
+                // Pull the target's document, change it with our own actor, push the change back.
+                let mut doc = automerge::AutoCommit::new();
+                let mut state = automerge::sync::State::new();
+                for _ in 0..16 {
+                    let msg = doc
+                        .sync()
+                        .generate_sync_message(&mut state)
+                        .map(|m| m.encode());
+                    let resp = request(
+                        &net,
+                        peer,
+                        &RpcRequest::Sync {
+                            caisse: target,
+                            message: msg,
+                        },
+                    )
+                    .await?;
+                    match resp {
+                        RpcResponse::Sync {
+                            message: Some(m), ..
+                        } => {
+                            let m =
+                                automerge::sync::Message::decode(&m).map_err(|e| e.to_string())?;
+                            doc.sync()
+                                .receive_sync_message(&mut state, m)
+                                .map_err(|e| e.to_string())?;
+                        }
+                        _ => break,
+                    }
+                }
+                doc.set_actor(ActorId::from(&key.caisse_id().as_bytes()[..]));
+                doc.put(ROOT, "profile", ScalarValue::Bytes(b"forged".to_vec()))
+                    .map_err(|e| e.to_string())?;
+                let mut pushed = 0;
+                for _ in 0..8 {
+                    let Some(m) = doc.sync().generate_sync_message(&mut state) else {
+                        break;
+                    };
+                    pushed += 1;
+                    let resp = request(
+                        &net,
+                        peer,
+                        &RpcRequest::Sync {
+                            caisse: target,
+                            message: Some(m.encode()),
+                        },
+                    )
+                    .await?;
+                    if let RpcResponse::Sync {
+                        message: Some(m), ..
+                    } = resp
+                    {
+                        let m = automerge::sync::Message::decode(&m).map_err(|e| e.to_string())?;
+                        let _ = doc.sync().receive_sync_message(&mut state, m);
+                    }
+                }
+                format!("pushed a forged change to the target's document in {pushed} sync messages")
+            }
+        };
+        tracing::info!(attack = ?attack, %detail, "rogue attack sent");
+        reports.push(AttackReport {
+            attack: *attack,
+            detail,
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drain.abort();
+    task.abort();
+    Ok(reports)
+}
