@@ -1,0 +1,1086 @@
+//! Running a scenario: set up the caisses, simulate the months, inject the
+//! faults, check the invariants, write the report.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use caisse_node::client::Client;
+use caisse_node::parliament::SplitMix64;
+use caisse_node::policy::{AllocationPolicy, Policy};
+use caisse_protocol::{Amount, Day, Period, PurchaseId};
+use serde_json::{Value, json};
+
+use crate::cluster::{FEDERATION, Node};
+use crate::scenario::Scenario;
+use crate::svg;
+
+/// How to run.
+pub struct RunOptions {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Where the report goes.
+    pub out: PathBuf,
+    /// Keep the nodes' data directories (under `out/nodes`).
+    pub keep: bool,
+}
+
+type Shared = Arc<RwLock<Client>>;
+
+fn client(c: &Shared) -> Client {
+    c.read()
+        .map(|c| c.clone())
+        .unwrap_or_else(|p| p.into_inner().clone())
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+}
+
+fn cents(v: &Value) -> i64 {
+    Amount::parse_signed(&s(v)).map_or(0, |a| a.cents())
+}
+
+fn progress(msg: impl AsRef<str>) {
+    eprintln!("[testnet] {}", msg.as_ref());
+}
+
+async fn post(c: &Shared, path: &str, body: Value) -> Result<Value> {
+    client(c)
+        .post(path, &body)
+        .await
+        .map_err(|e| anyhow!("POST {path}: {e}"))
+}
+
+async fn get(c: &Shared, path: &str) -> Result<Value> {
+    client(c)
+        .get(path)
+        .await
+        .map_err(|e| anyhow!("GET {path}: {e}"))
+}
+
+async fn set_day(c: &Shared, day: Day) -> Result<()> {
+    post(c, "/api/v1/clock", json!({ "today": day }))
+        .await
+        .map(|_| ())
+}
+
+async fn pass(c: &Shared, title: &str, kind: Value) -> Result<Value> {
+    let p = post(
+        c,
+        "/api/v1/parliament/proposals",
+        json!({ "title": title, "kind": kind }),
+    )
+    .await?;
+    let id = s(&p["id"]);
+    for seat in ["seat-1", "seat-2"] {
+        post(
+            c,
+            &format!("/api/v1/parliament/proposals/{id}/votes"),
+            json!({ "seat": seat, "choice": "yes" }),
+        )
+        .await?;
+    }
+    let closed = post(
+        c,
+        &format!("/api/v1/parliament/proposals/{id}/close"),
+        json!({}),
+    )
+    .await?;
+    if closed["outcome"]["passed"] != true {
+        return Err(anyhow!("proposal {title} did not pass: {closed}"));
+    }
+    Ok(closed)
+}
+
+/// What one caisse was set up with.
+struct Setup {
+    members: Vec<(String, String)>,
+    producers: Vec<String>,
+    outlets: Vec<String>,
+}
+
+async fn setup_caisse(
+    idx: usize,
+    c: Shared,
+    sc: Scenario,
+    seed: u64,
+    start: Day,
+    accreditations: Arc<Mutex<Vec<(usize, String, Instant)>>>,
+) -> Result<Setup> {
+    let mut rng = SplitMix64(seed ^ (idx as u64).wrapping_mul(0x9E37_79B9));
+    set_day(&c, start).await?;
+    let mut members = Vec::new();
+    let span = sc.income_max.cents() - sc.income_min.cents();
+    for m in 0..sc.members_per_caisse + 2 {
+        let income =
+            Amount::from_cents(sc.income_min.cents() + rng.below(span.max(1) as u64) as i64);
+        let birth = 1940 + rng.below(66) as u16;
+        let e = post(
+            &c,
+            "/api/v1/members",
+            json!({
+                "name": format!("Membre {idx}-{m}"), "residence": format!("Territoire {idx}"),
+                "birth_year": birth, "income": income, "joined": start,
+            }),
+        )
+        .await?;
+        members.push((s(&e["member"]), s(&e["card"])));
+    }
+    for (m, _) in members.iter().take(2) {
+        post(
+            &c,
+            "/api/v1/parliament/seats",
+            json!({ "kind": "citizen", "member": m }),
+        )
+        .await?;
+    }
+    let criteria = json!({ "criteria": {
+        "name": format!("Critères caisse {idx}"), "version": 1, "local_distance_km": 150,
+        "rule": { "all": [ { "any": [ { "label": "organic" }, { "practice": "agroecology" } ] }, { "max_distance_km": 300 } ] }
+    }});
+    pass(&c, "criteria", criteria).await?;
+    let scope: Vec<Value> = sc
+        .categories
+        .iter()
+        .map(|k| json!({ "category": k.name, "coverage_pct": k.coverage_pct }))
+        .collect();
+    let until = start.plus(400);
+    let mut producers = Vec::new();
+    for p in 0..sc.producers_per_caisse {
+        let organic = rng.below(100) < u64::from(sc.organic_share_pct);
+        let attrs = if organic {
+            json!({ "labels": ["organic"], "distance_km": 5 + rng.below(250) })
+        } else {
+            json!({ "practices": ["agroecology"], "distance_km": 5 + rng.below(250) })
+        };
+        let r = post(
+            &c,
+            "/api/v1/producers",
+            json!({ "name": format!("Ferme {idx}-{p}"), "attributes": attrs }),
+        )
+        .await?;
+        let id = s(&r["id"]);
+        let kind = json!({ "accredit": { "subject": { "producer": id }, "scope": scope, "valid_from": start, "valid_until": until } });
+        pass(&c, "producer", kind).await?;
+        accreditations.lock().map_err(|_| anyhow!("lock"))?.push((
+            idx,
+            format!("Ferme {idx}-{p}"),
+            Instant::now(),
+        ));
+        producers.push(id);
+    }
+    let mut outlets = Vec::new();
+    for o in 0..sc.outlets_per_caisse {
+        let r = post(
+            &c,
+            "/api/v1/outlets",
+            json!({ "name": format!("Épicerie {idx}-{o}"), "categories": [] }),
+        )
+        .await?;
+        let id = s(&r["outlet"]);
+        let kind = json!({ "accredit": { "subject": { "outlet": id }, "scope": scope, "valid_from": start, "valid_until": until } });
+        pass(&c, "outlet", kind).await?;
+        outlets.push(id);
+    }
+    Ok(Setup {
+        members: members.into_iter().skip(2).collect(),
+        producers,
+        outlets,
+    })
+}
+
+#[derive(Default)]
+struct Traffic {
+    acked: Vec<(usize, PurchaseId)>,
+    declined: BTreeMap<String, u64>,
+    latencies_ms: Vec<f64>,
+    retried: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn purchases(
+    idx: usize,
+    c: Shared,
+    sc: Scenario,
+    setup: Arc<Setup>,
+    month: u32,
+    seed: u64,
+    traffic: Arc<Mutex<Traffic>>,
+) -> Result<()> {
+    let mut rng = SplitMix64(seed ^ 0xabc ^ (idx as u64) << 20 ^ u64::from(month) << 40);
+    let total_weight: u32 = sc.categories.iter().map(|c| c.weight).sum();
+    for round in 0..sc.purchases_per_member {
+        for (mi, (_, card)) in setup.members.iter().enumerate() {
+            let mut idb = [0u8; 16];
+            idb[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
+            idb[8..].copy_from_slice(
+                &((idx as u64) << 48 | u64::from(month) << 32 | u64::from(round) << 24 | mi as u64)
+                    .to_le_bytes(),
+            );
+            let id = PurchaseId::from_bytes(idb);
+            let n_lines = 1 + rng.below(3);
+            let mut lines = Vec::new();
+            for _ in 0..n_lines {
+                let mut pick = rng.below(u64::from(total_weight)) as u32;
+                let cat = sc
+                    .categories
+                    .iter()
+                    .find(|c| {
+                        if pick < c.weight {
+                            true
+                        } else {
+                            pick -= c.weight;
+                            false
+                        }
+                    })
+                    .unwrap_or(&sc.categories[0]);
+                let producer = &setup.producers[rng.below(setup.producers.len() as u64) as usize];
+                let amount = Amount::from_cents(100 + rng.below(1900) as i64);
+                lines.push(json!({ "category": cat.name, "producer": producer, "amount": amount }));
+            }
+            let outlet = &setup.outlets[rng.below(setup.outlets.len() as u64) as usize];
+            let body = json!({ "id": id, "card": card, "outlet": outlet, "lines": lines });
+            let started = Instant::now();
+            let deadline = started + Duration::from_secs(60);
+            loop {
+                match client(&c)
+                    .post::<_, Value>("/api/v1/purchases", &body)
+                    .await
+                {
+                    Ok(_) => {
+                        let mut t = traffic.lock().map_err(|_| anyhow!("lock"))?;
+                        t.acked.push((idx, id));
+                        t.latencies_ms
+                            .push(started.elapsed().as_secs_f64() * 1000.0);
+                        break;
+                    }
+                    Err(e) => match e.code() {
+                        Some(code) if code != "unavailable" && code != "storage" => {
+                            *traffic
+                                .lock()
+                                .map_err(|_| anyhow!("lock"))?
+                                .declined
+                                .entry(code.to_owned())
+                                .or_default() += 1;
+                            break;
+                        }
+                        _ => {
+                            // Node down (killed): retry the same purchase id until it is back.
+                            if Instant::now() > deadline {
+                                return Err(anyhow!("caisse {idx} unreachable for 60 s: {e}"));
+                            }
+                            traffic.lock().map_err(|_| anyhow!("lock"))?.retried += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    },
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn month_day(p: Period, d: u8) -> Day {
+    Day::from_ymd(p.year(), p.month(), d.min(p.days())).unwrap_or(p.first_day())
+}
+
+/// Run a scenario; returns the report and whether every invariant held.
+pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
+    let sc = opts.scenario.clone();
+    let wall = Instant::now();
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    let tmp = tempfile_dir(&opts)?;
+    progress(format!(
+        "scenario {} (seed {}): {} caisses × {} members, {} months",
+        sc.name, opts.seed, sc.caisses, sc.members_per_caisse, sc.months
+    ));
+    let policy = Policy {
+        allocation: AllocationPolicy::PerPerson {
+            amount: sc.allocation,
+        },
+        ..Policy::default()
+    };
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..sc.caisses {
+        let bootstrap = nodes
+            .first()
+            .map(|n| vec![n.addr.clone()])
+            .unwrap_or_default();
+        let n = Node::create(
+            i,
+            &tmp.join(format!("caisse-{i:02}")),
+            &format!("Caisse {i}"),
+            bootstrap,
+            policy.clone(),
+        )
+        .await?;
+        nodes.push(n);
+    }
+    progress(format!("{} node processes up", nodes.len()));
+    let clients: Vec<Shared> = nodes
+        .iter()
+        .map(|n| Arc::new(RwLock::new(n.client.clone())))
+        .collect();
+    // Wait until every node knows every other caisse's document.
+    let want = sc.caisses - 1;
+    let deadline = Instant::now() + Duration::from_secs(30 + sc.caisses as u64 * 2);
+    for c in &clients {
+        loop {
+            let peers = get(c, "/api/v1/peers").await?;
+            if peers.as_array().map_or(0, Vec::len) >= want {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(anyhow!(
+                    "the federation did not form: a node knows only {} of {want} peers",
+                    peers.as_array().map_or(0, Vec::len)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    progress("federation formed");
+
+    // Set up every caisse in parallel, measuring accreditation propagation.
+    let start = sc.start.first_day();
+    let issued: Arc<Mutex<Vec<(usize, String, Instant)>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        tasks.push(tokio::spawn(setup_caisse(
+            i,
+            c.clone(),
+            sc.clone(),
+            opts.seed,
+            start,
+            issued.clone(),
+        )));
+    }
+    let prop_task = if sc.caisses > 1 {
+        Some(tokio::spawn(measure_propagation(
+            clients.clone(),
+            issued.clone(),
+            sc.caisses * sc.producers_per_caisse,
+        )))
+    } else {
+        None
+    };
+    let mut setups = Vec::new();
+    for t in tasks {
+        setups.push(Arc::new(t.await??));
+    }
+    let propagation = match prop_task {
+        Some(t) => t.await??,
+        None => Vec::new(),
+    };
+    progress(format!(
+        "caisses set up: parliaments seated, criteria adopted, {} producers and {} outlets accredited by vote",
+        sc.caisses * sc.producers_per_caisse,
+        sc.caisses * sc.outlets_per_caisse
+    ));
+
+    let traffic: Arc<Mutex<Traffic>> = Arc::default();
+    let mut faults_report = Vec::new();
+    let mut monthly: Vec<Value> = Vec::new();
+    let mut contributions_total = 0i64;
+    let mut subsidies_total = 0i64;
+    let mut period = sc.start;
+    for month in 1..=sc.months {
+        progress(format!("month {month}/{} ({period})", sc.months));
+        for (i, c) in clients.iter().enumerate() {
+            set_day(c, month_day(period, 1)).await?;
+            post(c, "/api/v1/allocations", json!({ "period": period })).await?;
+            for (m, _) in &setups[i].members {
+                let r = post(
+                    c,
+                    "/api/v1/contributions",
+                    json!({ "member": m, "period": period }),
+                )
+                .await?;
+                contributions_total += cents(&r["amount"]);
+            }
+            let total = sc.subsidy_per_member.cents() * sc.members_per_caisse as i64;
+            let state = total * 60 / 100;
+            for (source, amount) in [("state", state), ("local-authority", total - state)] {
+                post(c, "/api/v1/subsidies", json!({ "source": source, "amount": Amount::from_cents(amount), "period": period, "key": format!("{source}-{period}") })).await?;
+                subsidies_total += amount;
+            }
+            set_day(c, month_day(period, 15)).await?;
+        }
+        // Purchases everywhere, with this month's faults injected mid-traffic.
+        let mut tasks = Vec::new();
+        for (i, c) in clients.iter().enumerate() {
+            tasks.push(tokio::spawn(purchases(
+                i,
+                c.clone(),
+                sc.clone(),
+                setups[i].clone(),
+                month,
+                opts.seed,
+                traffic.clone(),
+            )));
+        }
+        for f in sc.faults.iter().filter(|f| f.month == month) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let i = f.caisse;
+            let done = match f.kind.as_str() {
+                "kill-restart" => {
+                    progress(format!("fault: kill -9 caisse {i} mid-traffic"));
+                    nodes[i].kill();
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    nodes[i].restart().await?;
+                    if let Ok(mut w) = clients[i].write() {
+                        *w = nodes[i].client.clone();
+                    }
+                    "SIGKILL during purchases, restarted on the same data directory; purchases retried with the same ids".to_owned()
+                }
+                "partition" => {
+                    progress(format!("fault: cut caisse {i} off for {} s", f.seconds));
+                    for (j, n) in nodes.iter().enumerate() {
+                        if j != i {
+                            post(
+                                &clients[i],
+                                "/api/v1/network/block",
+                                json!({ "caisse": n.id, "block": true }),
+                            )
+                            .await?;
+                            post(
+                                &clients[j],
+                                "/api/v1/network/block",
+                                json!({ "caisse": nodes[i].id, "block": true }),
+                            )
+                            .await?;
+                        }
+                    }
+                    // A change made while cut off must reach the others after the partition heals.
+                    post(&clients[i], "/api/v1/outlets", json!({ "name": format!("Pendant la coupure {i}"), "categories": ["bread"] })).await?;
+                    tokio::time::sleep(Duration::from_secs(f.seconds)).await;
+                    for (j, n) in nodes.iter().enumerate() {
+                        if j != i {
+                            post(
+                                &clients[i],
+                                "/api/v1/network/block",
+                                json!({ "caisse": n.id, "block": false }),
+                            )
+                            .await?;
+                            post(
+                                &clients[j],
+                                "/api/v1/network/block",
+                                json!({ "caisse": nodes[i].id, "block": false }),
+                            )
+                            .await?;
+                        }
+                    }
+                    post(&clients[0], "/api/v1/network", json!({})).await.ok();
+                    format!(
+                        "blocked every connection of caisse {i} for {} s while it published a change",
+                        f.seconds
+                    )
+                }
+                _ => {
+                    progress(format!("fault: rogue peer attacks caisse {i}"));
+                    let reports = caisse_node::rogue::run(
+                        &nodes[i].addr,
+                        nodes[i].id,
+                        caisse_protocol::FederationId::new(FEDERATION)?,
+                        &caisse_node::rogue::Attack::ALL,
+                        [opts.seed as u8 ^ 0x5a; 32],
+                    )
+                    .await
+                    .map_err(|e| anyhow!("rogue: {e}"))?;
+                    format!(
+                        "rogue peer sent {} attacks: forged heads, bad signature, replay, oversized, malformed, forged change",
+                        reports.len()
+                    )
+                }
+            };
+            faults_report.push((f.clone(), done));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        for (i, c) in clients.iter().enumerate() {
+            set_day(c, month_day(period, 28)).await?;
+            for o in &setups[i].outlets {
+                post(
+                    c,
+                    &format!("/api/v1/outlets/{o}/payouts"),
+                    json!({ "period": period }),
+                )
+                .await?;
+            }
+        }
+        // Per-month figures for the plots.
+        let mut per_caisse = Vec::new();
+        for c in &clients {
+            let r = get(c, &format!("/api/v1/report?period={period}")).await?;
+            let balances = get(c, "/api/v1/ledger/balances").await?;
+            let members: i64 = balances
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|b| s(&b["account"]).starts_with("member:"))
+                .map(|b| cents(&b["balance"]))
+                .sum();
+            per_caisse.push(json!({ "report": r["report"], "member_balances_cents": members }));
+        }
+        monthly.push(json!({ "period": period, "caisses": per_caisse }));
+        period = period.next().ok_or_else(|| anyhow!("period overflow"))?;
+    }
+
+    // Let the federation settle, then check everything.
+    progress("checking invariants");
+    let converged = wait_converged(&clients, &nodes, Duration::from_secs(30)).await;
+    let mut invariants = Vec::new();
+    let mut inv = |name: &str, ok: bool, detail: String| {
+        invariants.push(json!({ "name": name, "ok": ok, "detail": detail }))
+    };
+    let mut all_ledgers_ok = true;
+    let mut negative = 0;
+    for c in &clients {
+        let check = get(c, "/api/v1/ledger/check").await?;
+        if check["findings"].as_array().is_none_or(|f| !f.is_empty()) {
+            all_ledgers_ok = false;
+        }
+        let balances = get(c, "/api/v1/ledger/balances").await?;
+        negative += balances
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|b| s(&b["account"]).starts_with("member:") && cents(&b["balance"]) < 0)
+            .count();
+    }
+    inv(
+        "ledger_check",
+        all_ledgers_ok,
+        format!("{} ledgers audited", clients.len()),
+    );
+    inv(
+        "no_negative_member_balance",
+        negative == 0,
+        format!("{negative} member balances below zero"),
+    );
+    let t = std::mem::take(&mut *traffic.lock().map_err(|_| anyhow!("lock"))?);
+    let mut seen: HashMap<(usize, PurchaseId), u32> = HashMap::new();
+    for (i, c) in clients.iter().enumerate() {
+        let mut from = 0u64;
+        loop {
+            let page = get(c, &format!("/api/v1/ledger/journal?from={from}&limit=1000")).await?;
+            let Some(entries) = page.as_array().filter(|a| !a.is_empty()) else {
+                break;
+            };
+            for e in entries {
+                if let Some(id) = e["kind"]["purchase"]["id"]
+                    .as_str()
+                    .and_then(|x| x.parse::<PurchaseId>().ok())
+                {
+                    *seen.entry((i, id)).or_default() += 1;
+                }
+                from = e["seq"].as_u64().unwrap_or(from) + 1;
+            }
+        }
+    }
+    let missing = t
+        .acked
+        .iter()
+        .filter(|k| seen.get(k).copied().unwrap_or(0) != 1)
+        .count();
+    let twice = seen.values().filter(|n| **n > 1).count();
+    inv(
+        "acknowledged_purchases_once",
+        missing == 0 && twice == 0,
+        format!(
+            "{} acknowledged, {missing} not exactly once, {twice} recorded twice",
+            t.acked.len()
+        ),
+    );
+    inv(
+        "federation_documents_identical",
+        converged.0,
+        converged.1.clone(),
+    );
+    // Money conservation: allocations issued = member balances + allocation spending (+ expired, none here).
+    let mut issued_total = 0i64;
+    let mut conserved = true;
+    let mut detail = Vec::new();
+    for (i, _) in clients.iter().enumerate() {
+        let issued: i64 = monthly
+            .iter()
+            .map(|m| cents(&m["caisses"][i]["report"]["allocations"]["total"]))
+            .sum();
+        let spent: i64 = monthly
+            .iter()
+            .map(|m| cents(&m["caisses"][i]["report"]["spending"]["allocation_part"]))
+            .sum();
+        let balances = monthly.last().map_or(0, |m| {
+            m["caisses"][i]["member_balances_cents"]
+                .as_i64()
+                .unwrap_or(0)
+        });
+        issued_total += issued;
+        if issued != balances + spent {
+            conserved = false;
+            detail.push(format!(
+                "caisse {i}: issued {issued} ≠ balances {balances} + spent {spent}"
+            ));
+        }
+    }
+    inv(
+        "money_conserved",
+        conserved,
+        if detail.is_empty() {
+            format!(
+                "allocations issued {issued_total} cents = member balances + spending, per caisse and in total"
+            )
+        } else {
+            detail.join("; ")
+        },
+    );
+    inv("settlement", true, "no cross-caisse purchases in this version: no inter-caisse statements to countersign or net".into());
+    let ok = invariants.iter().all(|i| i["ok"] == true);
+
+    // Figures.
+    let mut lat = t.latencies_ms.clone();
+    lat.sort_by(f64::total_cmp);
+    let pct = |v: &[f64], p: f64| {
+        if v.is_empty() {
+            0.0
+        } else {
+            v[((v.len() - 1) as f64 * p).round() as usize]
+        }
+    };
+    let mut prop = propagation.clone();
+    prop.sort_by(f64::total_cmp);
+    let last = monthly.last().cloned().unwrap_or_default();
+    let members_total = sc.caisses * sc.members_per_caisse;
+    let rss: Vec<u64> = nodes.iter().map(Node::rss_kib).collect();
+    let faults: Vec<Value> = faults_report
+        .iter()
+        .map(|(f, done)| json!({ "kind": f.kind, "caisse": f.caisse, "month": f.month, "done": done,
+            "checked_after": ["ledger_check", "acknowledged_purchases_once", "federation_documents_identical"] }))
+        .collect();
+    let declined_total: u64 = t.declined.values().sum();
+    let report = json!({
+        "scenario": sc.name,
+        "seed": opts.seed,
+        "caisses": sc.caisses,
+        "members": members_total,
+        "producers": sc.caisses * sc.producers_per_caisse,
+        "outlets": sc.caisses * sc.outlets_per_caisse,
+        "months": sc.months,
+        "purchases": { "local": t.acked.len(), "cross_caisse": 0, "declined": t.declined, "declined_total": declined_total, "retried_after_faults": t.retried },
+        "allocations_issued_cents": issued_total,
+        "contributions_cents": contributions_total,
+        "subsidies_cents": subsidies_total,
+        "settlement": { "statements": 0, "disputes": 0, "net_sum_cents": 0, "transfers": 0 },
+        "latency_ms": {
+            "local_purchase": { "p50": pct(&lat, 0.5), "p99": pct(&lat, 0.99) },
+            "cross_caisse_purchase": { "p50": null, "p99": null },
+            "accreditation_propagation": { "p50": pct(&prop, 0.5), "p99": pct(&prop, 0.99), "samples": prop.len() },
+        },
+        "nodes": { "peak_rss_kib_max": rss.iter().max(), "peak_rss_kib_mean": if rss.is_empty() { 0 } else { rss.iter().sum::<u64>() / rss.len() as u64 } },
+        "wall_seconds": wall.elapsed().as_secs_f64(),
+        "faults": faults,
+        "invariants": invariants,
+        "last_month": last["caisses"].as_array().map(|c| c.iter().map(|x| x["report"].clone()).collect::<Vec<_>>()),
+        "ok": ok,
+    });
+    write_outputs(&opts, &sc, &report, &monthly, &lat, &prop)?;
+    for n in nodes.iter_mut() {
+        n.stop();
+    }
+    if !opts.keep {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok((report, ok))
+}
+
+fn tempfile_dir(opts: &RunOptions) -> Result<PathBuf> {
+    let dir = if opts.keep {
+        opts.out.join("nodes")
+    } else {
+        std::env::temp_dir().join(format!(
+            "caisse-testnet-{}-{}",
+            std::process::id(),
+            opts.seed
+        ))
+    };
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Poll every node until each accreditation decided during set-up is listed
+/// everywhere; returns the delays in milliseconds.
+async fn measure_propagation(
+    clients: Vec<Shared>,
+    issued: Arc<Mutex<Vec<(usize, String, Instant)>>>,
+    expected: usize,
+) -> Result<Vec<f64>> {
+    let mut done: HashMap<(usize, String), ()> = HashMap::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let observers: Vec<usize> = (0..clients.len()).take(8).collect();
+    loop {
+        let pending: Vec<(usize, String, Instant)> =
+            issued.lock().map_err(|_| anyhow!("lock"))?.clone();
+        let mut all = pending.len() >= expected;
+        for &o in &observers {
+            let listed = get(&clients[o], "/api/v1/accreditations?federation=true").await?;
+            let names: Vec<String> = listed
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| s(&a["subject_name"]))
+                .collect();
+            for (from, name, t0) in &pending {
+                if *from == o || done.contains_key(&(o, name.clone())) {
+                    continue;
+                }
+                if names.contains(name) {
+                    done.insert((o, name.clone()), ());
+                    out.push(t0.elapsed().as_secs_f64() * 1000.0);
+                } else {
+                    all = false;
+                }
+            }
+        }
+        if all || Instant::now() > deadline {
+            return Ok(out);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_converged(clients: &[Shared], nodes: &[Node], within: Duration) -> (bool, String) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for c in clients {
+            if let Ok(peers) = get(c, "/api/v1/peers").await {
+                for p in peers.as_array().into_iter().flatten() {
+                    seqs.entry(s(&p["caisse"]))
+                        .or_default()
+                        .push(p["sequence"].as_u64().unwrap_or(0));
+                }
+            }
+        }
+        let complete =
+            seqs.len() == nodes.len() && seqs.values().all(|v| v.len() == nodes.len() - 1);
+        let equal = seqs.values().all(|v| v.windows(2).all(|w| w[0] == w[1]));
+        if (complete && equal) || nodes.len() == 1 {
+            return (
+                true,
+                format!(
+                    "every node holds the same signed version of all {} documents",
+                    nodes.len()
+                ),
+            );
+        }
+        if Instant::now() > deadline {
+            return (
+                false,
+                format!("documents differ after {within:?}: {seqs:?}"),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn write_outputs(
+    opts: &RunOptions,
+    sc: &Scenario,
+    report: &Value,
+    monthly: &[Value],
+    lat: &[f64],
+    prop: &[f64],
+) -> Result<()> {
+    let out = &opts.out;
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(report)?,
+    )?;
+    let months: Vec<String> = monthly.iter().map(|m| s(&m["period"])).collect();
+    let eur = |c: i64| c as f64 / 100.0;
+    let balances: Vec<f64> = monthly
+        .iter()
+        .map(|m| {
+            eur(m["caisses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| c["member_balances_cents"].as_i64().unwrap_or(0))
+                .sum())
+        })
+        .collect();
+    let spending: Vec<f64> = monthly
+        .iter()
+        .map(|m| {
+            eur(m["caisses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| cents(&c["report"]["spending"]["total"]))
+                .sum())
+        })
+        .collect();
+    std::fs::write(
+        out.join("balances_and_spending.svg"),
+        svg::bars(
+            "Member balances (end of month) and spending",
+            "EUR",
+            &months,
+            &[
+                ("member balances".into(), balances),
+                ("spending".into(), spending),
+            ],
+        ),
+    )?;
+    let cats: Vec<String> = sc.categories.iter().map(|c| c.name.clone()).collect();
+    let caisse_labels: Vec<String> = (0..sc.caisses).map(|i| format!("caisse {i}")).collect();
+    let series: Vec<(String, Vec<f64>)> = cats
+        .iter()
+        .map(|cat| {
+            let vals = (0..sc.caisses)
+                .map(|i| {
+                    let total: i64 = monthly
+                        .iter()
+                        .map(|m| cents(&m["caisses"][i]["report"]["spending"]["total"]))
+                        .sum();
+                    let part: i64 = monthly
+                        .iter()
+                        .map(|m| cents(&m["caisses"][i]["report"]["spending"]["by_category"][cat]))
+                        .sum();
+                    if total > 0 {
+                        part as f64 * 100.0 / total as f64
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            (cat.clone(), vals)
+        })
+        .collect();
+    std::fs::write(
+        out.join("spending_by_category.svg"),
+        svg::bars(
+            "Spending shares by category",
+            "% of spending",
+            &caisse_labels,
+            &series,
+        ),
+    )?;
+    std::fs::write(
+        out.join("settlement_flows.svg"),
+        svg::bars(
+            "Settlement flows between caisses (none: cross-caisse purchases not in this version)",
+            "EUR",
+            &[],
+            &[],
+        ),
+    )?;
+    std::fs::write(
+        out.join("accreditation_propagation.svg"),
+        svg::histogram(
+            "Accreditation propagation: decision to visible at another node",
+            "ms",
+            prop,
+        ),
+    )?;
+    std::fs::write(
+        out.join("purchase_latency.svg"),
+        svg::histogram("Local purchase latency (acknowledged = durable)", "ms", lat),
+    )?;
+    let mut md = String::new();
+    use std::fmt::Write;
+    let _ = writeln!(md, "# Testnet report: {} (seed {})\n", sc.name, opts.seed);
+    let _ = writeln!(
+        md,
+        "{} caisses, {} members, {} months, {:.1} s wall time. Result: **{}**.\n",
+        sc.caisses,
+        report["members"],
+        sc.months,
+        report["wall_seconds"].as_f64().unwrap_or(0.0),
+        if report["ok"] == true {
+            "all invariants hold"
+        } else {
+            "SOME INVARIANTS FAILED"
+        }
+    );
+    let _ = writeln!(
+        md,
+        "## Invariants\n\n| invariant | ok | detail |\n|---|---|---|"
+    );
+    for i in report["invariants"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} |",
+            s(&i["name"]),
+            if i["ok"] == true { "yes" } else { "**NO**" },
+            s(&i["detail"])
+        );
+    }
+    let _ = writeln!(md, "\n## Faults\n");
+    for f in report["faults"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "- month {}, caisse {}, {}: {}; checked after: {}",
+            f["month"],
+            f["caisse"],
+            s(&f["kind"]),
+            s(&f["done"]),
+            f["checked_after"]
+        );
+    }
+    let p = &report["purchases"];
+    let _ = writeln!(
+        md,
+        "\n## Traffic\n\n- purchases acknowledged: {} local, {} cross-caisse; declined: {} ({}); retried after faults: {}",
+        p["local"],
+        p["cross_caisse"],
+        p["declined_total"],
+        p["declined"],
+        p["retried_after_faults"]
+    );
+    let l = &report["latency_ms"];
+    let _ = writeln!(
+        md,
+        "- local purchase latency: p50 {:.1} ms, p99 {:.1} ms",
+        l["local_purchase"]["p50"].as_f64().unwrap_or(0.0),
+        l["local_purchase"]["p99"].as_f64().unwrap_or(0.0)
+    );
+    let _ = writeln!(
+        md,
+        "- accreditation propagation: p50 {:.1} ms, p99 {:.1} ms over {} observations",
+        l["accreditation_propagation"]["p50"]
+            .as_f64()
+            .unwrap_or(0.0),
+        l["accreditation_propagation"]["p99"]
+            .as_f64()
+            .unwrap_or(0.0),
+        l["accreditation_propagation"]["samples"]
+    );
+    let _ = writeln!(
+        md,
+        "- money: allocations {} EUR, contributions {} EUR, subsidies {} EUR",
+        Amount::from_cents(report["allocations_issued_cents"].as_i64().unwrap_or(0)),
+        Amount::from_cents(report["contributions_cents"].as_i64().unwrap_or(0)),
+        Amount::from_cents(report["subsidies_cents"].as_i64().unwrap_or(0))
+    );
+    let _ = writeln!(
+        md,
+        "\n## Last month, per caisse\n\n| caisse | budget balance | organic | fresh | local | contributions share |\n|---|---:|---:|---:|---:|---:|"
+    );
+    for (i, r) in report["last_month"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let bp = |v: &Value| caisse_node::report::pct(v.as_u64().unwrap_or(0) as u32);
+        let _ = writeln!(
+            md,
+            "| {i} | {} | {} | {} | {} | {} |",
+            s(&r["budget_balance"]),
+            bp(&r["spending"]["organic_bp"]),
+            bp(&r["spending"]["fresh_bp"]),
+            bp(&r["spending"]["local_bp"]),
+            bp(&r["contribution_share_bp"])
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nPlots: balances_and_spending.svg, spending_by_category.svg, settlement_flows.svg, accreditation_propagation.svg, purchase_latency.svg."
+    );
+    std::fs::write(out.join("report.md"), md)?;
+    Ok(())
+}
+
+/// The `propagation` benchmark: N nodes, R accreditations at rotating nodes,
+/// time until each is listed at every other node.
+pub async fn propagation(nodes_n: usize, rounds: usize) -> Result<Vec<f64>> {
+    let tmp = std::env::temp_dir().join(format!("caisse-propagation-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..nodes_n {
+        let bootstrap = nodes
+            .first()
+            .map(|n| vec![n.addr.clone()])
+            .unwrap_or_default();
+        nodes.push(
+            Node::create(
+                i,
+                &tmp.join(format!("n{i:02}")),
+                &format!("Caisse {i}"),
+                bootstrap,
+                Policy::default(),
+            )
+            .await?,
+        );
+    }
+    let clients: Vec<Shared> = nodes
+        .iter()
+        .map(|n| Arc::new(RwLock::new(n.client.clone())))
+        .collect();
+    for c in &clients {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while get(c, "/api/v1/peers")
+            .await?
+            .as_array()
+            .map_or(0, Vec::len)
+            < nodes_n - 1
+        {
+            if Instant::now() > deadline {
+                return Err(anyhow!("federation did not form"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut out = Vec::new();
+    for r in 0..rounds {
+        let i = r % nodes_n;
+        let name = format!("Accréditation {r}");
+        let t0 = Instant::now();
+        post(
+            &clients[i],
+            "/api/v1/outlets",
+            json!({ "name": name, "categories": ["bread"] }),
+        )
+        .await?;
+        let mut pending: Vec<usize> = (0..nodes_n).filter(|j| *j != i).collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !pending.is_empty() {
+            let mut still = Vec::new();
+            for &j in &pending {
+                let listed = get(&clients[j], "/api/v1/accreditations?federation=true").await?;
+                if listed
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|a| s(&a["subject_name"]) == name)
+                {
+                    out.push(t0.elapsed().as_secs_f64() * 1000.0);
+                } else {
+                    still.push(j);
+                }
+            }
+            pending = still;
+            if Instant::now() > deadline {
+                return Err(anyhow!("round {r}: not visible everywhere after 30 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    for n in nodes.iter_mut() {
+        n.stop();
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(out)
+}
