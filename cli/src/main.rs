@@ -82,6 +82,9 @@ enum Command {
     Criteria,
     /// Other caisses of the federation: recognised or not, connected, last change.
     Peers,
+    /// Settlement between caisses: statements, net positions, transfers.
+    #[command(subcommand)]
+    Settlement(SettlementCmd),
     /// The network: addresses, connections, refused messages; block or unblock a caisse.
     #[command(subcommand)]
     Network(NetworkCmd),
@@ -474,6 +477,35 @@ enum AccreditationCmd {
         /// Every caisse's accreditations, as replicated from the federation.
         #[arg(long)]
         federation: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SettlementCmd {
+    /// Publish a signed statement for each caisse that owes us for the period,
+    /// and acknowledge (or dispute) the statements addressed to us.
+    Run {
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        period: Period,
+    },
+    /// Statements, disputes, net positions and transfers (the same at every node).
+    Show {
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        period: Period,
+    },
+    /// Record a transfer we made outside the system (by its number in `settlement show`).
+    Paid {
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        period: Period,
+        /// The transfer's number.
+        #[arg(long)]
+        transfer: usize,
+        /// The bank reference.
+        #[arg(long)]
+        reference: String,
     },
 }
 
@@ -996,6 +1028,61 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
                     ],
                     rows,
                 );
+            });
+        }
+        Command::Settlement(SettlementCmd::Run { period }) => {
+            let v: Value = c
+                .post("/api/v1/settlement/run", &json!({ "period": period }))
+                .await?;
+            out.value(&v, |v| {
+                println!(
+                    "Published {} statements as creditor; answered {} as debtor.",
+                    s(&v["statements_published"]),
+                    s(&v["answered"])
+                )
+            });
+        }
+        Command::Settlement(SettlementCmd::Show { period }) => {
+            let v: Value = c
+                .get(&format!("/api/v1/settlement?period={period}"))
+                .await?;
+            out.value(&v, |v| {
+                let short = |x: &Value| s(x).chars().take(8).collect::<String>();
+                let rows = v["statements"].as_array().map(|a| a.iter().map(|st| vec![
+                    short(&st["creditor"]), short(&st["debtor"]), s(&st["amount"]), s(&st["count"]),
+                    if st["acknowledged"] == true { "countersigned".into() } else if st["dispute"].is_null() { "waiting".into() } else { "DISPUTED".into() },
+                ]).collect()).unwrap_or_default();
+                table(&["creditor", "debtor", "amount", "receipts", "status"], rows);
+                for st in v["statements"].as_array().into_iter().flatten() {
+                    if !st["dispute"].is_null() {
+                        println!("dispute by {}: unknown to the debtor {}, missing from the statement {}", short(&st["debtor"]), st["dispute"]["unknown_to_debtor"], st["dispute"]["missing_from_statement"]);
+                    }
+                }
+                println!();
+                let rows = v["positions"].as_array().map(|a| a.iter().map(|p| vec![short(&p["caisse"]), s(&p["net"])]).collect()).unwrap_or_default();
+                table(&["caisse", "net position"], rows);
+                println!("(net positions sum to {})\n", s(&v["net_sum"]));
+                let rows = v["transfers"].as_array().map(|a| a.iter().map(|t| vec![s(&t["transfer"]), short(&t["from"]), short(&t["to"]), s(&t["amount"]), if t["paid"] == true { "paid".into() } else { "to pay".into() }]).collect()).unwrap_or_default();
+                table(&["transfer", "from", "to", "amount", "status"], rows);
+            });
+        }
+        Command::Settlement(SettlementCmd::Paid {
+            period,
+            transfer,
+            reference,
+        }) => {
+            let v: Value = c
+                .post(
+                    "/api/v1/settlement/paid",
+                    &json!({ "period": period, "transfer": transfer, "reference": reference }),
+                )
+                .await?;
+            out.value(&v, |v| {
+                println!(
+                    "Recorded transfer {} of {} EUR, signed and published for the receiver.",
+                    s(&v["transfer"]),
+                    s(&v["amount"])
+                )
             });
         }
         Command::Network(n) => {

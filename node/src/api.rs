@@ -249,6 +249,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/report", get(report))
         .route("/api/v1/report/export", get(report_export))
         .route("/api/v1/peers", get(peers))
+        .route("/api/v1/settlement", get(settlement_show))
+        .route("/api/v1/settlement/run", post(settlement_run))
+        .route("/api/v1/settlement/paid", post(settlement_paid))
         .route("/api/v1/network", get(network_info))
         .route("/api/v1/network/block", post(network_block))
         .route(
@@ -552,10 +555,64 @@ async fn purchase(
         }
         Role::Observer => return Err(ApiError::forbidden("an observer cannot make purchases")),
     }
-    let span =
-        tracing::debug_span!("purchase", caisse = %s.caisse_id.short(), purchase = %input.id);
-    let _e = span.enter();
+    if !input.card.is_issued_by(&s.caisse_id) {
+        return cross_purchase(&s, input).await.map(Json);
+    }
+    tracing::debug!(caisse = %s.caisse_id.short(), purchase = %input.id, "local purchase");
     Ok(Json(s.handle.purchase(input).await?))
+}
+
+/// A purchase at one of our outlets with another caisse's card: forward it
+/// to the card's home caisse, record its signed answer.
+async fn cross_purchase(
+    s: &ApiState,
+    input: PurchaseInput,
+) -> Result<crate::caisse::Receipt, ApiError> {
+    use crate::settlement::CrossStep;
+    use caisse_protocol::rpc::{MAX_RPC_SIZE, RpcRequest, RpcResponse};
+    let prepared = input.clone();
+    let step = s
+        .handle
+        .with(move |c, now| c.prepare_cross_purchase(&prepared, now))
+        .await?;
+    let (home, request) = match step {
+        CrossStep::Done(r) => return Ok(r),
+        CrossStep::Forward { home, request, .. } => (home, request),
+    };
+    let unreachable = |why: String| {
+        tracing::warn!(target: "caisse::events::purchase", purchase = %input.id, home = %home.short(), %why, "home caisse unreachable");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "home_unreachable",
+            format!(
+                "the card's home caisse cannot be reached ({why}): the purchase was not made; retry with the same id, or pay otherwise"
+            ),
+        )
+    };
+    let peer =
+        crate::network::peer_id_of(&home).ok_or_else(|| unreachable("bad caisse key".into()))?;
+    let bytes =
+        caisse_protocol::encoding::encode(&RpcRequest::Purchase(request.clone()), MAX_RPC_SIZE)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.federation.network.request(peer, bytes),
+    )
+    .await
+    .map_err(|_| unreachable("no answer within 10 s".into()))?
+    .map_err(unreachable)?;
+    match caisse_protocol::encoding::decode::<RpcResponse>(&answer, MAX_RPC_SIZE) {
+        Ok(RpcResponse::Purchase(env)) => Ok(s
+            .handle
+            .with(move |c, now| c.record_cross_answer(&input, home, &request, &env, now))
+            .await?),
+        Ok(RpcResponse::Refused(why)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "refused_by_home",
+            format!("the card's home caisse refused the request: {why}"),
+        )),
+        Ok(_) | Err(_) => Err(unreachable("malformed answer".into())),
+    }
 }
 
 /// One account's balance.
@@ -600,9 +657,16 @@ async fn balances(
     let mut out = Vec::new();
     for (k, v) in s.store.scan_prefix(keys::BALANCE)? {
         let balance: Amount = decode_value(&k, &v)?;
-        let account = names
-            .get(&k)
-            .map_or_else(|| keys::printable(&k), |a| a.to_string());
+        let account = names.get(&k).map_or_else(
+            || match k
+                .strip_prefix(b"b/p")
+                .and_then(|r| <[u8; 32]>::try_from(r).ok())
+            {
+                Some(b) => format!("peer:{}", CaisseId::from_bytes(b)),
+                None => keys::printable(&k),
+            },
+            |a| a.to_string(),
+        );
         out.push(BalanceView { account, balance });
     }
     out.sort_by(|a, b| a.account.cmp(&b.account));
@@ -1241,5 +1305,84 @@ async fn federation_document(
     })?;
     Ok(Json(
         json!({ "caisse": caisse, "bytes": hex::encode(bytes) }),
+    ))
+}
+
+async fn settlement_run(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Body(b): Body<PeriodBody>,
+) -> Result<Json<crate::settlement::SettlementRun>, ApiError> {
+    auth.admin()?;
+    Ok(Json(
+        s.handle
+            .with(move |c, now| c.run_settlement(b.period, now))
+            .await?,
+    ))
+}
+
+async fn settlement_show(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Query(q): Query<ReportQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.reader()?;
+    let period: Period = parse("period", &q.period)?;
+    let view = s.federation.snapshot();
+    let v = crate::settlement::settlement_view(&view, period);
+    let sum = Amount::checked_sum(v.positions.values().copied()).unwrap_or(Amount::MAX);
+    Ok(Json(json!({
+        "period": period,
+        "statements": v.statements.iter().map(|(id, st, acked, dispute)| json!({
+            "id": id, "creditor": st.creditor, "debtor": st.debtor, "amount": st.amount, "count": st.count,
+            "acknowledged": acked, "dispute": dispute,
+        })).collect::<Vec<_>>(),
+        "positions": v.positions.iter().map(|(c, a)| json!({ "caisse": c, "net": a })).collect::<Vec<_>>(),
+        "net_sum": sum,
+        "transfers": v.transfers.iter().enumerate().map(|(i, t)| {
+            let paid = v.paid.iter().any(|p| p.from == t.from && p.to == t.to && p.amount == t.amount);
+            json!({ "transfer": i + 1, "from": t.from, "to": t.to, "amount": t.amount, "paid": paid })
+        }).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+struct PaidBody {
+    period: Period,
+    transfer: usize,
+    reference: String,
+}
+
+async fn settlement_paid(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Body(b): Body<PaidBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.admin()?;
+    let view = s.federation.snapshot();
+    let v = crate::settlement::settlement_view(&view, b.period);
+    let t = b
+        .transfer
+        .checked_sub(1)
+        .and_then(|i| v.transfers.get(i))
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "no transfer {} for {}: see `settlement show`",
+                b.transfer, b.period
+            ))
+        })?;
+    if t.from != s.caisse_id {
+        return Err(ApiError::forbidden(
+            "that transfer is paid by another caisse: only the payer records it",
+        ));
+    }
+    let (to, amount, period, reference) = (t.to, t.amount, b.period, b.reference);
+    let id = s
+        .handle
+        .with(move |c, now| c.record_transfer(period, to, amount, reference, now))
+        .await?;
+    Ok(Json(
+        json!({ "transfer": b.transfer, "to": to, "amount": amount, "statement": id }),
     ))
 }

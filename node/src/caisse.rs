@@ -452,8 +452,14 @@ impl Caisse {
             by_key.insert(a.balance_key(), a);
         }
         store.for_each_prefix(keys::BALANCE, &mut |k, v| {
-            if let (Some(a), Ok(amount)) = (by_key.get(k), decode_value::<Amount>(k, v)) {
-                balances.insert(*a, amount);
+            let account = by_key.get(k).copied().or_else(|| {
+                // Peer caisse accounts: b/p<32-byte caisse id>.
+                k.strip_prefix(b"b/p")
+                    .and_then(|r| <[u8; 32]>::try_from(r).ok())
+                    .map(|b| Account::Peer(CaisseId::from_bytes(b)))
+            });
+            if let (Some(a), Ok(amount)) = (account, decode_value::<Amount>(k, v)) {
+                balances.insert(a, amount);
             }
             true
         })?;

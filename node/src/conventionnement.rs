@@ -213,6 +213,8 @@ impl Caisse {
             }
         }
         st.recognised = self.policy.recognition.recognised.clone();
+        st.settlement = self.settlement_publications();
+        st.claims = self.claims();
         st
     }
 

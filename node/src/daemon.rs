@@ -305,20 +305,46 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
     );
     let published = caisse.published_version();
     let view = caisse.federation_view();
-    let clock = Clock::system();
-    if config.testing.manual_clock {
+    let clock = if config.testing.manual_clock {
         tracing::warn!("manual clock enabled: this node belongs to a test network");
-    }
+        Clock::persistent(dir.join("clock"))
+    } else {
+        Clock::system()
+    };
     let (handle, writer_thread) = writer::spawn(caisse, clock);
-    let (network, events, network_task) = crate::network::start(crate::network::NetworkConfig {
+    // Listening on port 0 picks a free port; keep the one picked, so that
+    // after a restart peers find this caisse where they last saw it.
+    let saved_listen = dir.join("listen.addrs");
+    let wants_any_port =
+        config.listen.is_empty() || config.listen.iter().any(|a| a.ends_with("/tcp/0"));
+    let reuse: Option<Vec<String>> = std::fs::read_to_string(&saved_listen)
+        .ok()
+        .map(|t| {
+            t.lines()
+                .map(str::to_owned)
+                .filter(|l| !l.is_empty())
+                .collect()
+        })
+        .filter(|v: &Vec<String>| wants_any_port && !v.is_empty());
+    let net_config = |listen: Vec<String>| crate::network::NetworkConfig {
         secret: secret_bytes,
         federation: config.federation.as_str().to_owned(),
-        listen: config.listen.clone(),
+        listen,
         bootstrap: config.bootstrap.clone(),
         limits: None,
-    })
-    .await
-    .map_err(|e| NodeError::Invalid(e.to_string()))?;
+    };
+    let started_net = match reuse {
+        Some(addrs) => match crate::network::start(net_config(addrs)).await {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen where this node listened before; picking new ports");
+                crate::network::start(net_config(config.listen.clone())).await
+            }
+        },
+        None => crate::network::start(net_config(config.listen.clone())).await,
+    };
+    let (network, events, network_task) =
+        started_net.map_err(|e| NodeError::Invalid(e.to_string()))?;
     let (federation, federation_task) = crate::federation::start(
         store.clone(),
         SecretKey::from_bytes(secret_bytes),
@@ -337,6 +363,13 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
         .map(ToString::to_string)
         .collect();
     tracing::info!(peer = %network.local_peer_id(), listen = ?listen_addrs, "network up");
+    if wants_any_port {
+        let plain: Vec<String> = listen_addrs
+            .iter()
+            .map(|a| a.split("/p2p/").next().unwrap_or(a).to_owned())
+            .collect();
+        let _ = std::fs::write(&saved_listen, plain.join("\n"));
+    }
     let listener = tokio::net::TcpListener::bind(config.api)
         .await
         .map_err(io(Path::new("api address")))?;

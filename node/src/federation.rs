@@ -56,6 +56,8 @@ const K_CRITERIA: &str = "criteria";
 const K_ACCREDITATIONS: &str = "accreditations";
 const K_REVOCATIONS: &str = "revocations";
 const K_RECOGNISED: &str = "recognised";
+const K_SETTLEMENT: &str = "settlement";
+const K_CLAIMS: &str = "claims";
 
 /// Rounds of one sync session before giving up.
 pub const MAX_SYNC_ROUNDS: usize = 32;
@@ -73,6 +75,10 @@ pub struct Statements {
     pub revocations: BTreeMap<ContentId, Envelope>,
     /// Caisses recognised by vote.
     pub recognised: Vec<CaisseId>,
+    /// Settlement statements, answers and transfers, by key.
+    pub settlement: BTreeMap<String, Envelope>,
+    /// Purchase ids of the receipts held as host, per period.
+    pub claims: BTreeMap<String, Vec<caisse_protocol::PurchaseId>>,
 }
 
 /// An accreditation published by some caisse, as seen here.
@@ -107,6 +113,16 @@ pub struct PeerCaisse {
     pub connected: bool,
     /// Statements in its document that failed verification (ignored).
     pub invalid_statements: u64,
+    /// Settlement statements it published as creditor, by content id.
+    pub statements: Vec<(ContentId, caisse_protocol::messages::SettlementStatement)>,
+    /// Statements it acknowledged as debtor.
+    pub acks: Vec<ContentId>,
+    /// Statements it disputed as debtor.
+    pub disputes: Vec<caisse_protocol::messages::Dispute>,
+    /// Transfers it declared paid.
+    pub transfers: Vec<caisse_protocol::messages::TransferSettled>,
+    /// Purchase ids of the receipts it holds, per period.
+    pub claims: BTreeMap<String, Vec<caisse_protocol::PurchaseId>>,
 }
 
 /// Counters of what the federation accepted and refused.
@@ -274,6 +290,18 @@ pub fn apply_statements(
     for (id, env) in &statements.revocations {
         changed |= put(doc, &revs, id.to_string(), env)?;
     }
+    let set = ensure_map(doc, K_SETTLEMENT)?;
+    for (k, env) in &statements.settlement {
+        changed |= put(doc, &set, k.clone(), env)?;
+    }
+    let claims = ensure_map(doc, K_CLAIMS)?;
+    for (period, ids) in &statements.claims {
+        let bytes = encoding::encode(ids, MAX_RPC_SIZE).unwrap_or_default();
+        if bytes_at(doc, &claims, period).as_deref() != Some(&bytes[..]) {
+            doc.put(&claims, period.as_str(), ScalarValue::Bytes(bytes))?;
+            changed = true;
+        }
+    }
     let rec = ensure_map(doc, K_RECOGNISED)?;
     let present: HashSet<String> = doc.keys(&rec).collect();
     let wanted: HashSet<String> = statements
@@ -374,6 +402,51 @@ pub fn read_document(doc: &AutoCommit, owner: &CaisseId, federation: &Federation
             match k.parse::<CaisseId>() {
                 Ok(c) => p.recognised.push(c),
                 Err(_) => invalid += 1,
+            }
+        }
+    }
+    if let Some(obj) = map(K_SETTLEMENT) {
+        use caisse_protocol::messages::{
+            Acknowledgement, Dispute, SettlementStatement, TransferSettled,
+        };
+        for k in doc.keys(&obj) {
+            let Some(b) = bytes_at(doc, &obj, &k) else {
+                invalid += 1;
+                continue;
+            };
+            let ok = if k.starts_with("statement/") {
+                open_bytes::<SettlementStatement>(&b, federation, owner)
+                    .map(|(id, st)| p.statements.push((id, st)))
+                    .is_some()
+            } else if k.starts_with("answer/") {
+                open_bytes::<Acknowledgement>(&b, federation, owner)
+                    .map(|(_, a)| p.acks.push(a.statement))
+                    .or_else(|| {
+                        open_bytes::<Dispute>(&b, federation, owner)
+                            .map(|(_, d)| p.disputes.push(d))
+                    })
+                    .is_some()
+            } else if k.starts_with("transfer/") {
+                open_bytes::<TransferSettled>(&b, federation, owner)
+                    .map(|(_, t)| p.transfers.push(t))
+                    .is_some()
+            } else {
+                false
+            };
+            if !ok {
+                invalid += 1;
+            }
+        }
+    }
+    if let Some(obj) = map(K_CLAIMS) {
+        for k in doc.keys(&obj) {
+            match bytes_at(doc, &obj, &k).and_then(|b| {
+                encoding::decode::<Vec<caisse_protocol::PurchaseId>>(&b, MAX_RPC_SIZE).ok()
+            }) {
+                Some(ids) => {
+                    p.claims.insert(k, ids);
+                }
+                None => invalid += 1,
             }
         }
     }
@@ -912,6 +985,37 @@ impl FederationTask {
         self.refresh_view(caisse, true);
         self.stats.sync_accepted.fetch_add(1, Ordering::Relaxed);
         tracing::info!(target: "caisse::events::federation", caisse = %caisse.short(), sequence = seq, "document updated");
+        let me = self.me;
+        let periods: Vec<caisse_protocol::Period> = self
+            .view
+            .read()
+            .map(|v| {
+                v.caisses
+                    .get(&caisse)
+                    .map(|p| {
+                        p.statements
+                            .iter()
+                            .filter(|(_, s)| s.debtor == me)
+                            .map(|(_, s)| s.period)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        if !periods.is_empty() {
+            let handle = self.handle.clone();
+            tokio::spawn(async move {
+                let _ = handle
+                    .with(move |c, now| {
+                        let mut n = 0;
+                        for p in periods {
+                            n += c.answer_statements(p, now)?;
+                        }
+                        Ok(n)
+                    })
+                    .await;
+            });
+        }
     }
 
     fn ask_catalog(&self, peer: PeerId) {
@@ -966,6 +1070,26 @@ impl FederationTask {
                 channel,
             } => {
                 let response = match encoding::decode::<RpcRequest>(&data, MAX_RPC_SIZE) {
+                    Ok(RpcRequest::Purchase(env)) => {
+                        // Decided by the writer, off this task: answer when it is durable.
+                        let handle = self.handle.clone();
+                        let net = self.network.clone();
+                        tokio::spawn(async move {
+                            let answer = match handle
+                                .with(move |c, now| c.home_purchase(&env, now))
+                                .await
+                            {
+                                Ok(receipt) => RpcResponse::Purchase(receipt),
+                                Err(e) => {
+                                    tracing::warn!(target: "caisse::events::purchase", %peer, error = %e, "refused a forwarded purchase");
+                                    RpcResponse::Refused(e.to_string())
+                                }
+                            };
+                            let bytes = encoding::encode(&answer, MAX_RPC_SIZE).unwrap_or_default();
+                            net.respond(channel, bytes).await;
+                        });
+                        return;
+                    }
                     Ok(req) => self.request(peer, req).await,
                     Err(e) => {
                         self.stats.rpc_malformed.fetch_add(1, Ordering::Relaxed);

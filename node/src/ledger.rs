@@ -82,7 +82,8 @@ pub enum Account {
     Subsidy(SubsidySource),
     /// Cash paid out to outlets.
     PaidOut,
-    /// What a peer caisse owes us (positive) or we owe it (negative).
+    /// Settlement with a peer caisse: positive is what we owe it (our
+    /// members' purchases at its outlets), negative what it owes us.
     Peer(CaisseId),
 }
 
@@ -193,6 +194,34 @@ pub enum EntryKind {
     /// A payout of what the caisse owed an outlet.
     Payout {
         /// The outlet.
+        outlet: OutletId,
+        /// The period.
+        period: Period,
+    },
+    /// As home caisse: our member bought at another caisse's outlet; we owe the host.
+    CrossPurchase {
+        /// The purchase.
+        id: PurchaseId,
+        /// The host caisse.
+        host: CaisseId,
+        /// The card used.
+        card: CardId,
+        /// The host's outlet.
+        outlet: OutletId,
+        /// What was bought.
+        lines: Vec<PurchaseLine>,
+        /// Coverage applied per line.
+        coverage_pct: Vec<u8>,
+        /// The period it counts in.
+        period: Period,
+    },
+    /// As host caisse: a member of another caisse bought at our outlet; the home caisse owes us.
+    CrossSale {
+        /// The purchase.
+        id: PurchaseId,
+        /// The card's home caisse.
+        home: CaisseId,
+        /// Our outlet.
         outlet: OutletId,
         /// The period.
         period: Period,
@@ -409,7 +438,7 @@ pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
                     ));
                 }
             }
-            EntryKind::Purchase { id, lines, .. } => {
+            EntryKind::Purchase { id, lines, .. } | EntryKind::CrossPurchase { id, lines, .. } => {
                 let member_debit = entry
                     .postings
                     .iter()
@@ -582,6 +611,57 @@ pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
             _ => report
                 .findings
                 .push(finding(keys::printable(&k), "malformed purchase record")),
+        }
+    }
+    // Receivables and payables against the receipts held and issued.
+    let mut expected: HashMap<CaisseId, Amount> = HashMap::new();
+    for (prefix, sign) in [(b"x/".as_slice(), 1i64), (b"h/".as_slice(), -1i64)] {
+        for (k, v) in store.scan_prefix(prefix)? {
+            match decode_value::<crate::settlement::ReceiptRecord>(&k, &v) {
+                Ok(rec) => {
+                    let other = if sign > 0 {
+                        rec.receipt.host
+                    } else {
+                        rec.receipt.home
+                    };
+                    let e = expected.entry(other).or_insert(Amount::ZERO);
+                    let amt = rec
+                        .receipt
+                        .allocation_part
+                        .checked_mul(sign)
+                        .unwrap_or(Amount::ZERO);
+                    *e = e.checked_add(amt).unwrap_or(*e);
+                }
+                Err(e) => report
+                    .findings
+                    .push(finding(keys::printable(&k), e.to_string())),
+            }
+        }
+    }
+    let mut peers: Vec<CaisseId> = replayed
+        .keys()
+        .filter_map(|a| match a {
+            Account::Peer(c) => Some(*c),
+            _ => None,
+        })
+        .chain(expected.keys().copied())
+        .collect();
+    peers.sort();
+    peers.dedup();
+    for c in peers {
+        let journal = replayed
+            .get(&Account::Peer(c))
+            .copied()
+            .unwrap_or(Amount::ZERO);
+        let receipts = expected.get(&c).copied().unwrap_or(Amount::ZERO);
+        if journal != receipts {
+            report.findings.push(finding(
+                Account::Peer(c).to_string(),
+                format!(
+                    "journal balance {journal} but the receipts held and issued add up to {receipts} (difference {})",
+                    diff(journal, receipts)
+                ),
+            ));
         }
     }
     let mut orphans: Vec<_> = purchases.into_iter().collect();

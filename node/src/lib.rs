@@ -10,6 +10,7 @@
 //! - [`caisse`]: the state machine that decides every command.
 //! - [`parliament`]: seats, proposals, votes, signed decisions.
 //! - [`conventionnement`]: producers, criteria versions, accreditations.
+//! - [`settlement`]: cross-caisse purchases, receipts, statements, netting.
 //! - [`report`]: the evaluation report and the anonymised export.
 //! - [`writer`]: the single writer thread with group commit.
 //! - [`api`]: the HTTP JSON API.
@@ -34,5 +35,6 @@ pub mod parliament;
 pub mod policy;
 pub mod report;
 pub mod rogue;
+pub mod settlement;
 pub mod store;
 pub mod writer;

@@ -33,12 +33,26 @@ pub const QUEUE: usize = 8192;
 #[derive(Debug, Default)]
 pub struct Clock {
     manual: AtomicU64,
+    file: Option<std::path::PathBuf>,
 }
 
 impl Clock {
     /// A clock following the system time.
     pub fn system() -> Arc<Clock> {
         Arc::new(Clock::default())
+    }
+
+    /// A test network's settable clock, kept in `file` so that a node
+    /// restarted mid-scenario resumes at the scenario's date.
+    pub fn persistent(file: std::path::PathBuf) -> Arc<Clock> {
+        let saved = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        Arc::new(Clock {
+            manual: AtomicU64::new(saved),
+            file: Some(file),
+        })
     }
     /// Unix seconds now.
     pub fn now(&self) -> u64 {
@@ -56,6 +70,11 @@ impl Clock {
     /// Set the manual time (Unix seconds); 0 returns to the system clock.
     pub fn set(&self, secs: u64) {
         self.manual.store(secs, Ordering::Relaxed);
+        if let Some(f) = &self.file
+            && let Err(e) = std::fs::write(f, secs.to_string())
+        {
+            tracing::warn!(error = %e, "cannot save the test clock");
+        }
     }
 }
 

@@ -124,6 +124,13 @@ fn small_scenario_end_to_end() {
     );
     assert_eq!(a["faults"].as_array().unwrap().len(), 2);
     assert!(a["purchases"]["local"].as_u64().unwrap() > 0);
+    // Every category is accredited everywhere: nothing may be refused as not
+    // conventioned (a node restarted mid-scenario must resume at the scenario's date).
+    assert!(
+        a["purchases"]["declined"]["not_conventioned"].is_null(),
+        "{:#}",
+        a["purchases"]
+    );
     assert!(
         a["latency_ms"]["accreditation_propagation"]["samples"]
             .as_u64()

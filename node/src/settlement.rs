@@ -1,0 +1,826 @@
+//! Cross-caisse purchases and settlement between caisses.
+//!
+//! A member of caisse A buys at an outlet of caisse B. B (the host) checks
+//! its own conventionnement of the outlet and lines, signs a
+//! [`PurchaseRequest`] and forwards it to A (the home caisse), which alone
+//! holds the member's balance: A checks the card, the balance and its own
+//! recognition of B, debits, and answers with a signed [`PurchaseReceipt`]
+//! (or a signed [`PurchaseDecline`]). The receipt is B's claim on A; B
+//! credits its outlet only on a valid receipt. Both sides keep the receipt
+//! under the purchase id, so a retry returns the same receipt and never
+//! debits twice.
+//!
+//! Accounts: at A, the member's allocation moves to `peer:B` (what A owes
+//! B); at B, `peer:A` goes negative (what A owes B) and the outlet is owed.
+//! Per period the creditor publishes a signed [`SettlementStatement`] for
+//! each debtor in its federation document; the debtor checks it against the
+//! receipts it signed and publishes an [`Acknowledgement`] or a [`Dispute`]
+//! naming the differing receipts. Net positions and transfers are computed
+//! by every node from the acknowledged statements with
+//! [`caisse_protocol::netting`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use caisse_protocol::messages::{
+    Acknowledgement, CardAuth, DeclineReason, Dispute, PurchaseDecline, PurchaseReceipt,
+    PurchaseRequest, SettlementStatement, Subject, TransferSettled, receipts_hash,
+};
+use caisse_protocol::netting::{self, Obligation};
+use caisse_protocol::{Amount, CaisseId, ContentId, Day, Envelope, Period, PurchaseId};
+use serde::{Deserialize, Serialize};
+
+use crate::caisse::{Caisse, CaisseError, PurchaseInput, Receipt, purchase_hash};
+use crate::ledger::{Account, EntryKind, Posting, PurchaseRecord};
+use crate::members::{MemberStatus, pin_hash};
+use crate::store::{decode_value, encode_value, keys};
+
+/// Receipts this caisse signed as home, by purchase id.
+pub const ISSUED: &[u8] = b"x/";
+/// Receipts this caisse holds as host, by purchase id.
+pub const HELD: &[u8] = b"h/";
+/// Statements, acknowledgements, disputes and transfers this caisse published, by key.
+pub const PUBLISHED: &[u8] = b"u/";
+/// Purchase requests this caisse signed as host and has not yet had answered, by purchase id.
+pub const FORWARDED: &[u8] = b"n/";
+
+/// A receipt kept by either side.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptRecord {
+    /// The signed receipt.
+    pub envelope: Envelope,
+    /// The receipt.
+    pub receipt: PurchaseReceipt,
+    /// The journal entry that recorded it here.
+    pub seq: u64,
+    /// Hash of the request content (for idempotency at the host).
+    pub request: ContentId,
+}
+
+/// What the host must do next for a cross-caisse purchase.
+pub enum CrossStep {
+    /// Already recorded: here is the receipt.
+    Done(Receipt),
+    /// Send this signed request to the home caisse.
+    Forward {
+        /// The home caisse.
+        home: CaisseId,
+        /// The signed purchase request.
+        request: Envelope,
+        /// The allocation part the host expects.
+        allocation_part: Amount,
+    },
+}
+
+fn held_key(id: &PurchaseId) -> Vec<u8> {
+    keys::key(HELD, &[id.as_bytes()])
+}
+
+fn issued_key(id: &PurchaseId) -> Vec<u8> {
+    keys::key(ISSUED, &[id.as_bytes()])
+}
+
+fn declined(reason: DeclineReason, message: impl Into<String>) -> CaisseError {
+    CaisseError::Declined {
+        reason,
+        message: message.into(),
+    }
+}
+
+fn receipt_of(rec: &ReceiptRecord, replayed: bool) -> Receipt {
+    let r = &rec.receipt;
+    Receipt {
+        purchase: r.purchase,
+        total: r
+            .allocation_part
+            .checked_add(r.member_part)
+            .unwrap_or(Amount::MAX),
+        allocation_part: r.allocation_part,
+        member_part: r.member_part,
+        balance_after: Amount::ZERO,
+        seq: rec.seq,
+        at: r.at,
+        replayed,
+    }
+}
+
+impl Caisse {
+    /// The home caisse of a card that is not ours, among the caisses known.
+    pub fn home_of(&self, card: &caisse_protocol::CardId) -> Option<CaisseId> {
+        let view = self.peers.read().ok()?;
+        view.caisses
+            .keys()
+            .find(|c| card.is_issued_by(c) && **c != self.id)
+            .copied()
+    }
+
+    /// Host side, step 1: check the sale against our conventionnement and
+    /// sign the request for the card's home caisse.
+    pub fn prepare_cross_purchase(
+        &mut self,
+        input: &PurchaseInput,
+        now: u64,
+    ) -> Result<CrossStep, CaisseError> {
+        let request_hash = purchase_hash(input);
+        if let Some(bytes) = self.get(&held_key(&input.id))? {
+            let rec: ReceiptRecord = decode_value(&held_key(&input.id), &bytes)?;
+            if rec.request != request_hash {
+                return Err(declined(
+                    DeclineReason::ConflictingRetry,
+                    format!(
+                        "purchase id {} was already used for a different purchase; use a new id",
+                        input.id
+                    ),
+                ));
+            }
+            return Ok(CrossStep::Done(receipt_of(&rec, true)));
+        }
+        let home = self.home_of(&input.card).ok_or_else(|| {
+            declined(
+                DeclineReason::UnknownCard,
+                format!(
+                    "card {} belongs to no caisse known to this federation node",
+                    input.card
+                ),
+            )
+        })?;
+        let coverage = self.sale_coverage(input, Day::from_unix(now))?;
+        let mut allocation_part = Amount::ZERO;
+        let mut total = Amount::ZERO;
+        for (l, p) in input.lines.iter().zip(&coverage) {
+            let (a, _) = l
+                .amount
+                .split_coverage(*p)
+                .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+            allocation_part = allocation_part
+                .checked_add(a)
+                .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+            total = total
+                .checked_add(l.amount)
+                .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+        }
+        // A retry must send the very same signed request, so the home caisse
+        // recognises it: keep what was signed the first time.
+        let fkey = keys::key(FORWARDED, &[input.id.as_bytes()]);
+        if let Some(bytes) = self.get(&fkey)? {
+            let (hash, env): (ContentId, Envelope) = decode_value(&fkey, &bytes)?;
+            if hash == request_hash {
+                return Ok(CrossStep::Forward {
+                    home,
+                    request: env,
+                    allocation_part,
+                });
+            }
+            return Err(declined(
+                DeclineReason::ConflictingRetry,
+                format!(
+                    "purchase id {} was already used for a different purchase; use a new id",
+                    input.id
+                ),
+            ));
+        }
+        let request = PurchaseRequest {
+            id: input.id,
+            host: self.id,
+            card: input.card,
+            outlet: input.outlet,
+            lines: input.lines.clone(),
+            total,
+            coverage_pct: coverage,
+            auth: input.pin.clone().map_or(CardAuth::None, CardAuth::Pin),
+            at: now,
+        };
+        let env = Envelope::seal(&self.secret, &self.federation, &request)
+            .map_err(|e| CaisseError::Invalid(format!("purchase request: {e}")))?;
+        self.pending
+            .put(fkey, encode_value(&(request_hash, env.clone())));
+        Ok(CrossStep::Forward {
+            home,
+            request: env,
+            allocation_part,
+        })
+    }
+
+    /// Host side, step 2: record the home caisse's answer. A valid receipt
+    /// credits our outlet and becomes our claim on the home caisse.
+    pub fn record_cross_answer(
+        &mut self,
+        input: &PurchaseInput,
+        home: CaisseId,
+        request: &Envelope,
+        answer: &Envelope,
+        now: u64,
+    ) -> Result<Receipt, CaisseError> {
+        let request_id = request.content_id(&self.federation, 1);
+        if let Ok(d) = answer.open::<PurchaseDecline>(&self.federation) {
+            if d.message.home != home || d.message.purchase != input.id {
+                return Err(CaisseError::Invalid(
+                    "the home caisse answered for another purchase".into(),
+                ));
+            }
+            let msg = match &d.message.reason {
+                DeclineReason::InsufficientBalance { available } => format!(
+                    "declined by the card's home caisse: insufficient balance, {available} left"
+                ),
+                other => format!("declined by the card's home caisse: {other:?}"),
+            };
+            return Err(declined(d.message.reason, msg));
+        }
+        let v = answer.open::<PurchaseReceipt>(&self.federation).map_err(|e| {
+            tracing::warn!(target: "caisse::events::purchase", error = %e, home = %home.short(), "refused a receipt");
+            CaisseError::Invalid(format!("the home caisse's receipt is not valid: {e}"))
+        })?;
+        let r = v.message;
+        if r.home != home || r.host != self.id || r.purchase != input.id || r.request != request_id
+        {
+            tracing::warn!(target: "caisse::events::purchase", home = %home.short(), "refused a receipt that does not match the request");
+            return Err(CaisseError::Invalid(
+                "the receipt does not match the purchase request".into(),
+            ));
+        }
+        if let Some(bytes) = self.get(&held_key(&input.id))? {
+            let rec: ReceiptRecord = decode_value(&held_key(&input.id), &bytes)?;
+            return Ok(receipt_of(&rec, true));
+        }
+        let neg = r
+            .allocation_part
+            .checked_neg()
+            .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+        let seq = self.append(
+            now,
+            EntryKind::CrossSale {
+                id: input.id,
+                home,
+                outlet: input.outlet,
+                period: r.period,
+            },
+            vec![
+                Posting {
+                    account: Account::Peer(home),
+                    amount: neg,
+                },
+                Posting {
+                    account: Account::Outlet(input.outlet),
+                    amount: r.allocation_part,
+                },
+            ],
+        )?;
+        let rec = ReceiptRecord {
+            envelope: answer.clone(),
+            receipt: r,
+            seq,
+            request: purchase_hash(input),
+        };
+        self.pending.put(held_key(&input.id), encode_value(&rec));
+        Ok(receipt_of(&rec, false))
+    }
+
+    /// Coverage of each line at one of our outlets (our conventionnement,
+    /// and producers accredited by us or by caisses we recognise).
+    fn sale_coverage(&self, input: &PurchaseInput, today: Day) -> Result<Vec<u8>, CaisseError> {
+        let outlet = self
+            .outlets
+            .get(&input.outlet)
+            .ok_or_else(|| CaisseError::NotFound {
+                what: "outlet",
+                id: input.outlet.to_string(),
+            })?;
+        let mut coverage = Vec::new();
+        for l in &input.lines {
+            let Some(c) =
+                self.conventions
+                    .coverage(&Subject::Outlet(input.outlet), &l.category, today)
+            else {
+                return Err(declined(
+                    DeclineReason::NotRecognised {
+                        detail: format!("category {} not conventioned at this outlet", l.category),
+                    },
+                    format!("{} is not conventioned for {}", outlet.name, l.category),
+                ));
+            };
+            let c = match l.producer {
+                None => c,
+                Some(p) => self
+                    .conventions
+                    .coverage(&Subject::Producer(p), &l.category, today)
+                    .or_else(|| self.recognised_coverage(&p, &l.category, today))
+                    .map(|pc| pc.min(c))
+                    .ok_or_else(|| {
+                        declined(
+                            DeclineReason::NotRecognised {
+                                detail: format!("producer {p} not accredited for {}", l.category),
+                            },
+                            format!("producer {p} is not accredited for {}", l.category),
+                        )
+                    })?,
+            };
+            coverage.push(c);
+        }
+        Ok(coverage)
+    }
+
+    fn recognised_coverage(
+        &self,
+        producer: &caisse_protocol::ProducerId,
+        category: &caisse_protocol::Category,
+        today: Day,
+    ) -> Option<u8> {
+        let ours = self.conventions.criteria().map(|c| &c.version.criteria);
+        let view = self.peers.read().ok()?;
+        view.producer_coverage(
+            producer,
+            category,
+            today,
+            &self.id,
+            &self.policy.recognition,
+            ours,
+        )
+        .map(|(c, _)| c)
+    }
+
+    /// Home side: decide a purchase forwarded by a host caisse. Always
+    /// answers with a signed receipt or a signed decline.
+    pub fn home_purchase(&mut self, request: &Envelope, now: u64) -> Result<Envelope, CaisseError> {
+        let v = request
+            .open::<PurchaseRequest>(&self.federation)
+            .map_err(|e| CaisseError::Invalid(format!("purchase request refused: {e}")))?;
+        let req = v.message;
+        let request_id = v.id;
+        let decline = |c: &Caisse, reason: DeclineReason| -> Result<Envelope, CaisseError> {
+            let d = PurchaseDecline {
+                purchase: req.id,
+                request: request_id,
+                home: c.id,
+                reason,
+                at: now,
+            };
+            Envelope::seal(&c.secret, &c.federation, &d)
+                .map_err(|e| CaisseError::Invalid(e.to_string()))
+        };
+        if req.host == self.id {
+            return decline(
+                self,
+                DeclineReason::InvalidRequest {
+                    detail: "a caisse does not forward to itself".into(),
+                },
+            );
+        }
+        // Idempotency: the same request gets the same receipt.
+        let pkey = keys::key(keys::PURCHASE, &[req.id.as_bytes()]);
+        if let Some(bytes) = self.get(&pkey)? {
+            let rec: PurchaseRecord = decode_value(&pkey, &bytes)?;
+            if rec.request != request_id {
+                return decline(self, DeclineReason::ConflictingRetry);
+            }
+            if let Some(b) = self.get(&issued_key(&req.id))? {
+                let r: ReceiptRecord = decode_value(&issued_key(&req.id), &b)?;
+                return Ok(r.envelope);
+            }
+        }
+        let today = Day::from_unix(now);
+        // Our own recognition of the host's conventionnement.
+        let ours = self
+            .conventions
+            .criteria()
+            .map(|c| c.version.criteria.clone());
+        let (recognised, outlet_cov) = {
+            let view = self.peers.read().map_err(|_| CaisseError::Unavailable)?;
+            let recognised = view.recognises(&req.host, &self.policy.recognition, ours.as_ref());
+            let cov: Vec<Option<u8>> = req
+                .lines
+                .iter()
+                .map(|l| {
+                    view.caisses.get(&req.host).and_then(|p| {
+                        p.accreditations
+                            .iter()
+                            .filter(|a| {
+                                a.revocation.is_none()
+                                    && a.accreditation.caisse == req.host
+                                    && a.accreditation.subject == Subject::Outlet(req.outlet)
+                                    && a.accreditation.is_valid_on(today)
+                            })
+                            .filter_map(|a| a.accreditation.coverage(&l.category))
+                            .max()
+                    })
+                })
+                .collect();
+            (recognised, cov)
+        };
+        if !recognised {
+            return decline(
+                self,
+                DeclineReason::NotRecognised {
+                    detail: format!(
+                        "caisse {} is not recognised by the card's home caisse",
+                        req.host.short()
+                    ),
+                },
+            );
+        }
+        let mut coverage = Vec::new();
+        for ((l, asked), published) in req.lines.iter().zip(&req.coverage_pct).zip(&outlet_cov) {
+            let Some(published) = published else {
+                return decline(
+                    self,
+                    DeclineReason::NotRecognised {
+                        detail: format!(
+                            "the outlet has no published accreditation for {}",
+                            l.category
+                        ),
+                    },
+                );
+            };
+            let mut c = (*asked).min(*published);
+            if let Some(p) = l.producer {
+                match self
+                    .conventions
+                    .coverage(&Subject::Producer(p), &l.category, today)
+                    .or_else(|| self.recognised_coverage(&p, &l.category, today))
+                {
+                    Some(pc) => c = c.min(pc),
+                    None => {
+                        return decline(
+                            self,
+                            DeclineReason::NotRecognised {
+                                detail: format!(
+                                    "producer {p} is not accredited for {} here",
+                                    l.category
+                                ),
+                            },
+                        );
+                    }
+                }
+            }
+            coverage.push(c);
+        }
+        let Some(card) = self.cards.get(&req.card).cloned() else {
+            return decline(self, DeclineReason::UnknownCard);
+        };
+        if card.locked {
+            return decline(self, DeclineReason::CardLocked);
+        }
+        if self.members.get(&card.member).map(|m| m.status) != Some(MemberStatus::Active) {
+            return decline(self, DeclineReason::SuspendedCard);
+        }
+        if let Some(expected) = card.pin_hash {
+            let given = match &req.auth {
+                CardAuth::Pin(p) => Some(p.as_str()),
+                CardAuth::None => None,
+            };
+            if given.is_none_or(|p| pin_hash(&self.pepper, &card.salt, p) != expected) {
+                let limit = self.policy.pin_attempts;
+                if let Some(c) = self.cards.get_mut(&req.card) {
+                    c.failed_attempts = c.failed_attempts.saturating_add(1);
+                    c.locked = c.failed_attempts >= limit;
+                    let bytes = encode_value(&*c);
+                    self.pending
+                        .put(crate::members::CardRecord::key(&req.card), bytes);
+                }
+                return decline(self, DeclineReason::WrongPin);
+            }
+        }
+        let mut allocation_part = Amount::ZERO;
+        let mut member_part = Amount::ZERO;
+        for (l, p) in req.lines.iter().zip(&coverage) {
+            let (a, m) = l
+                .amount
+                .split_coverage(*p)
+                .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+            allocation_part = allocation_part
+                .checked_add(a)
+                .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+            member_part = member_part
+                .checked_add(m)
+                .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+        }
+        let account = Account::Member(card.member);
+        let available = self.balance(&account);
+        if available < allocation_part {
+            return decline(self, DeclineReason::InsufficientBalance { available });
+        }
+        let period = today.period();
+        let seq = self.append(
+            now,
+            EntryKind::CrossPurchase {
+                id: req.id,
+                host: req.host,
+                card: req.card,
+                outlet: req.outlet,
+                lines: req.lines.clone(),
+                coverage_pct: coverage,
+                period,
+            },
+            vec![
+                Posting {
+                    account,
+                    amount: allocation_part
+                        .checked_neg()
+                        .map_err(|e| CaisseError::Invalid(e.to_string()))?,
+                },
+                Posting {
+                    account: Account::Peer(req.host),
+                    amount: allocation_part,
+                },
+            ],
+        )?;
+        let receipt = PurchaseReceipt {
+            purchase: req.id,
+            request: request_id,
+            home: self.id,
+            host: req.host,
+            card: req.card,
+            outlet: req.outlet,
+            allocation_part,
+            member_part,
+            period,
+            at: now,
+        };
+        let env = Envelope::seal(&self.secret, &self.federation, &receipt)
+            .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+        let balance_after = self.balance(&account);
+        self.pending.put(
+            pkey,
+            encode_value(&PurchaseRecord {
+                request: request_id,
+                seq,
+                allocation_part,
+                member_part,
+                balance_after,
+                at: now,
+            }),
+        );
+        self.pending.put(
+            issued_key(&req.id),
+            encode_value(&ReceiptRecord {
+                envelope: env.clone(),
+                receipt,
+                seq,
+                request: request_id,
+            }),
+        );
+        Ok(env)
+    }
+
+    /// Receipts of a period, by counterpart: as home (`issued`) or as host (`held`).
+    pub fn receipts(
+        &self,
+        prefix: &[u8],
+        period: Period,
+    ) -> Result<BTreeMap<CaisseId, Vec<PurchaseReceipt>>, CaisseError> {
+        let mut out: BTreeMap<CaisseId, Vec<PurchaseReceipt>> = BTreeMap::new();
+        for (k, v) in self.scan(prefix)? {
+            let rec: ReceiptRecord = decode_value(&k, &v)?;
+            if rec.receipt.period != period {
+                continue;
+            }
+            let other = if prefix == ISSUED {
+                rec.receipt.host
+            } else {
+                rec.receipt.home
+            };
+            out.entry(other).or_default().push(rec.receipt);
+        }
+        Ok(out)
+    }
+
+    /// Creditor side: sign a statement for every debtor of `period`, and
+    /// answer every statement addressed to us (acknowledge or dispute).
+    pub fn run_settlement(
+        &mut self,
+        period: Period,
+        now: u64,
+    ) -> Result<SettlementRun, CaisseError> {
+        let mut run = SettlementRun::default();
+        for (debtor, receipts) in self.receipts(HELD, period)? {
+            let ids: Vec<PurchaseId> = receipts.iter().map(|r| r.purchase).collect();
+            let amount = Amount::checked_sum(receipts.iter().map(|r| r.allocation_part))
+                .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+            let st = SettlementStatement {
+                creditor: self.id,
+                debtor,
+                period,
+                amount,
+                count: receipts.len() as u64,
+                receipts: receipts_hash(&ids),
+                at: now,
+            };
+            let key = format!("statement/{period}/{debtor}");
+            if self
+                .get(&keys::key(PUBLISHED, &[key.as_bytes()]))?
+                .is_none()
+            {
+                let env = Envelope::seal(&self.secret, &self.federation, &st)
+                    .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+                self.publish(key, env);
+                run.statements_published += 1;
+            }
+        }
+        run.answered = self.answer_statements(period, now)?;
+        Ok(run)
+    }
+
+    fn publish(&mut self, key: String, env: Envelope) {
+        self.pending
+            .put(keys::key(PUBLISHED, &[key.as_bytes()]), encode_value(&env));
+        self.mark_published_changed();
+    }
+
+    /// Debtor side: acknowledge or dispute every statement of `period` addressed to us.
+    pub fn answer_statements(&mut self, period: Period, now: u64) -> Result<u64, CaisseError> {
+        let statements: Vec<(ContentId, SettlementStatement)> = {
+            let view = self.peers.read().map_err(|_| CaisseError::Unavailable)?;
+            view.caisses
+                .values()
+                .flat_map(|p| p.statements.iter())
+                .filter(|(_, s)| s.debtor == self.id && s.period == period)
+                .map(|(id, s)| (*id, s.clone()))
+                .collect()
+        };
+        let issued = self.receipts(ISSUED, period)?;
+        let mut answered = 0;
+        for (sid, st) in statements {
+            let key = format!("answer/{sid}");
+            if self
+                .get(&keys::key(PUBLISHED, &[key.as_bytes()]))?
+                .is_some()
+            {
+                continue;
+            }
+            let ours: BTreeSet<PurchaseId> = issued
+                .get(&st.creditor)
+                .map(|v| v.iter().map(|r| r.purchase).collect())
+                .unwrap_or_default();
+            let our_ids: Vec<PurchaseId> = ours.iter().copied().collect();
+            let our_amount = Amount::checked_sum(
+                issued
+                    .get(&st.creditor)
+                    .into_iter()
+                    .flatten()
+                    .map(|r| r.allocation_part),
+            )
+            .unwrap_or(Amount::ZERO);
+            let env = if receipts_hash(&our_ids) == st.receipts
+                && our_amount == st.amount
+                && our_ids.len() as u64 == st.count
+            {
+                Envelope::seal(
+                    &self.secret,
+                    &self.federation,
+                    &Acknowledgement {
+                        statement: sid,
+                        by: self.id,
+                        at: now,
+                    },
+                )
+            } else {
+                // We cannot see the creditor's list, only its hash: name what we signed, and ask
+                // the creditor to compare; the creditor's own listing names what it claims.
+                let claimed: BTreeSet<PurchaseId> = self.claimed_by(&st.creditor, period);
+                Envelope::seal(
+                    &self.secret,
+                    &self.federation,
+                    &Dispute {
+                        statement: sid,
+                        by: self.id,
+                        unknown_to_debtor: claimed.difference(&ours).copied().take(1000).collect(),
+                        missing_from_statement: ours
+                            .difference(&claimed)
+                            .copied()
+                            .take(1000)
+                            .collect(),
+                        at: now,
+                    },
+                )
+            }
+            .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+            self.publish(key, env);
+            answered += 1;
+        }
+        Ok(answered)
+    }
+
+    /// Purchase ids a creditor lists in its published receipt list for a period.
+    fn claimed_by(&self, creditor: &CaisseId, period: Period) -> BTreeSet<PurchaseId> {
+        let Ok(view) = self.peers.read() else {
+            return BTreeSet::new();
+        };
+        view.caisses
+            .get(creditor)
+            .and_then(|p| p.claims.get(&period.to_string()))
+            .map(|v| v.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Record a transfer we made outside the system, signed, for the receiver to confirm.
+    pub fn record_transfer(
+        &mut self,
+        period: Period,
+        to: CaisseId,
+        amount: Amount,
+        reference: String,
+        now: u64,
+    ) -> Result<ContentId, CaisseError> {
+        let t = TransferSettled {
+            period,
+            from: self.id,
+            to,
+            amount,
+            reference,
+            at: now,
+        };
+        use caisse_protocol::signed::Message;
+        t.validate().map_err(CaisseError::Invalid)?;
+        let env = Envelope::seal(&self.secret, &self.federation, &t)
+            .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+        let id = env.content_id(&self.federation, 1);
+        self.publish(format!("transfer/{period}/{id}"), env);
+        Ok(id)
+    }
+
+    /// Everything this caisse published about settlement, for its document.
+    pub fn settlement_publications(&self) -> BTreeMap<String, Envelope> {
+        let mut out = BTreeMap::new();
+        if let Ok(items) = self.scan(PUBLISHED) {
+            for (k, v) in items {
+                if let Ok(env) = decode_value::<Envelope>(&k, &v) {
+                    out.insert(
+                        String::from_utf8_lossy(&k[PUBLISHED.len()..]).into_owned(),
+                        env,
+                    );
+                }
+            }
+        }
+        // The receipt ids we claim per period, so a debtor can name differences.
+        out
+    }
+
+    /// Purchase ids of receipts held per period, published beside our statements.
+    pub fn claims(&self) -> BTreeMap<String, Vec<PurchaseId>> {
+        let mut out: BTreeMap<String, Vec<PurchaseId>> = BTreeMap::new();
+        if let Ok(items) = self.scan(HELD) {
+            for (k, v) in items {
+                if let Ok(rec) = decode_value::<ReceiptRecord>(&k, &v) {
+                    out.entry(rec.receipt.period.to_string())
+                        .or_default()
+                        .push(rec.receipt.purchase);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What `settlement run` did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SettlementRun {
+    /// Statements signed and published as creditor.
+    pub statements_published: u64,
+    /// Statements answered as debtor.
+    pub answered: u64,
+}
+
+/// The settlement of a period as every node computes it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SettlementView {
+    /// Statements: (id, statement, acknowledged, dispute).
+    pub statements: Vec<(ContentId, SettlementStatement, bool, Option<Dispute>)>,
+    /// Net positions from acknowledged statements.
+    pub positions: BTreeMap<CaisseId, Amount>,
+    /// Transfers that settle them.
+    pub transfers: Vec<netting::Transfer>,
+    /// Transfers declared paid.
+    pub paid: Vec<TransferSettled>,
+}
+
+/// Compute the settlement of `period` from the federation view (the same at every node).
+pub fn settlement_view(view: &crate::federation::FederationView, period: Period) -> SettlementView {
+    let mut out = SettlementView::default();
+    let mut obligations = Vec::new();
+    for p in view.caisses.values() {
+        for (id, st) in &p.statements {
+            if st.period != period {
+                continue;
+            }
+            let debtor = view.caisses.get(&st.debtor);
+            let acked = debtor.is_some_and(|d| d.acks.contains(id));
+            let dispute =
+                debtor.and_then(|d| d.disputes.iter().find(|x| x.statement == *id).cloned());
+            if acked {
+                obligations.push(Obligation {
+                    debtor: st.debtor,
+                    creditor: st.creditor,
+                    amount: st.amount,
+                });
+            }
+            out.statements.push((*id, st.clone(), acked, dispute));
+        }
+        out.paid
+            .extend(p.transfers.iter().filter(|t| t.period == period).cloned());
+    }
+    out.statements.sort_by_key(|s| s.0);
+    obligations.sort();
+    if let Ok(n) = netting::net(&obligations) {
+        out.positions = n.positions;
+        out.transfers = n.transfers;
+    }
+    out
+}
