@@ -223,6 +223,10 @@ pub enum EntryKind {
         home: CaisseId,
         /// Our outlet.
         outlet: OutletId,
+        /// What was sold.
+        lines: Vec<PurchaseLine>,
+        /// Coverage the home caisse applied per line.
+        coverage_pct: Vec<u8>,
         /// The period.
         period: Period,
     },

@@ -70,8 +70,10 @@ impl Tally {
 /// Spending in the period.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Spending {
-    /// Purchases recorded.
+    /// Purchases by our members (here and at other caisses' outlets).
     pub purchases: u64,
+    /// Of which at other caisses' outlets.
+    pub cross_caisse_purchases: u64,
     /// Sum of the lines' prices.
     pub total: Amount,
     /// Paid by the allocation.
@@ -249,22 +251,49 @@ impl Caisse {
                         credit(&entry, Account::Treasury),
                     );
                 }
+                EntryKind::CrossSale {
+                    outlet,
+                    lines,
+                    period: p,
+                    ..
+                } => {
+                    // Another caisse's member at our outlet: our outlet's turnover, not our members' spending.
+                    let line_total =
+                        Amount::checked_sum(lines.iter().map(|l| l.amount)).unwrap_or(Amount::ZERO);
+                    if Some(*p) == prev {
+                        add(&mut turnover.entry(*outlet).or_default().1, line_total);
+                    } else if *p == period {
+                        add(&mut turnover.entry(*outlet).or_default().0, line_total);
+                    }
+                }
                 EntryKind::Purchase {
                     outlet,
                     lines,
                     coverage_pct,
                     period: p,
                     ..
+                }
+                | EntryKind::CrossPurchase {
+                    outlet,
+                    lines,
+                    coverage_pct,
+                    period: p,
+                    ..
                 } => {
+                    let at_home = matches!(entry.kind, EntryKind::Purchase { .. });
                     let line_total =
                         Amount::checked_sum(lines.iter().map(|l| l.amount)).unwrap_or(Amount::ZERO);
-                    if Some(*p) == prev {
+                    if at_home && Some(*p) == prev {
                         add(&mut turnover.entry(*outlet).or_default().1, line_total);
                     }
                     if *p != period {
                         return true;
                     }
-                    add(&mut turnover.entry(*outlet).or_default().0, line_total);
+                    if at_home {
+                        add(&mut turnover.entry(*outlet).or_default().0, line_total);
+                    } else {
+                        spending.cross_caisse_purchases += 1;
+                    }
                     spending.purchases += 1;
                     for (l, cov) in lines.iter().zip(coverage_pct) {
                         add(&mut spending.total, l.amount);

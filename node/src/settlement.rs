@@ -251,6 +251,10 @@ impl Caisse {
                 id: input.id,
                 home,
                 outlet: input.outlet,
+                lines: input.lines.clone(),
+                coverage_pct: self
+                    .sale_coverage(input, Day::from_unix(now))
+                    .unwrap_or_default(),
                 period: r.period,
             },
             vec![
@@ -823,4 +827,143 @@ pub fn settlement_view(view: &crate::federation::FederationView, period: Period)
         out.transfers = n.transfers;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use caisse_protocol::messages::PurchaseLine;
+    use caisse_protocol::{Category, FederationId};
+
+    use super::*;
+    use crate::federation::PeerCaisse;
+    use crate::policy::Policy;
+    use crate::store::{MemStore, Store};
+
+    fn caisse(seed: u8) -> Caisse {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let key = SecretKey::from_bytes([seed; 32]);
+        crate::daemon::write_initial_state(
+            &*store,
+            &key,
+            "C",
+            "T",
+            &Policy::default(),
+            Day::from_days(0),
+        )
+        .unwrap();
+        let mut n = u64::from(seed) << 32;
+        Caisse::load(
+            store,
+            key,
+            FederationId::new("t").unwrap(),
+            Box::new(move || {
+                n += 1;
+                let mut b = [0u8; 32];
+                b[..8].copy_from_slice(&n.to_be_bytes());
+                b
+            }),
+        )
+        .unwrap()
+    }
+
+    use caisse_protocol::SecretKey;
+
+    #[test]
+    fn forged_receipts_are_rejected_and_change_nothing() {
+        let mut host = caisse(1);
+        let mut home = caisse(2);
+        let home_id = home.id;
+        host.peers
+            .write()
+            .unwrap()
+            .caisses
+            .insert(home_id, PeerCaisse::default());
+        home.peers
+            .write()
+            .unwrap()
+            .caisses
+            .insert(host.id, PeerCaisse::default());
+        let outlet = host
+            .register_outlet(
+                "Shop",
+                vec![(Category::new("bread").unwrap(), 100)],
+                Day::from_days(0),
+            )
+            .unwrap()
+            .outlet;
+        let member = home
+            .enroll(
+                crate::caisse::EnrollInput {
+                    name: "M".into(),
+                    residence: "R".into(),
+                    birth_year: None,
+                    income: None,
+                    household: None,
+                    new_household: false,
+                    joined: Some(Day::from_days(0)),
+                    pin: None,
+                },
+                Day::from_days(0),
+            )
+            .unwrap();
+        let input = PurchaseInput {
+            id: PurchaseId::from_bytes([9; 16]),
+            card: member.card,
+            outlet,
+            lines: vec![PurchaseLine {
+                category: Category::new("bread").unwrap(),
+                producer: None,
+                amount: Amount::from_cents(500),
+            }],
+            pin: None,
+        };
+        let CrossStep::Forward { request, .. } = host.prepare_cross_purchase(&input, 10).unwrap()
+        else {
+            panic!("expected a request to forward");
+        };
+        let request_id = request.content_id(&host.federation, 1);
+        let receipt = PurchaseReceipt {
+            purchase: input.id,
+            request: request_id,
+            home: home_id,
+            host: host.id,
+            card: member.card,
+            outlet,
+            allocation_part: Amount::from_cents(500),
+            member_part: Amount::ZERO,
+            period: Day::from_days(0).period(),
+            at: 10,
+        };
+        let head = host.head();
+        // Signed by a third key, claiming to come from the home caisse.
+        let rogue = SecretKey::from_bytes([66; 32]);
+        let forged = Envelope::seal(&rogue, &host.federation, &receipt).unwrap();
+        assert!(
+            host.record_cross_answer(&input, home_id, &request, &forged, 11)
+                .is_err()
+        );
+        // Signed by the home caisse, but for another request.
+        let mut other = receipt.clone();
+        other.request = ContentId::of(b"another request");
+        let wrong = Envelope::seal(&home.secret, &home.federation, &other).unwrap();
+        assert!(
+            host.record_cross_answer(&input, home_id, &request, &wrong, 11)
+                .is_err()
+        );
+        // Nothing was recorded.
+        assert_eq!(host.head(), head);
+        assert_eq!(host.balance(&Account::Peer(home_id)), Amount::ZERO);
+        // The genuine receipt from the home caisse is accepted once.
+        let genuine = Envelope::seal(&home.secret, &home.federation, &receipt).unwrap();
+        let r = host
+            .record_cross_answer(&input, home_id, &request, &genuine, 12)
+            .unwrap();
+        assert!(!r.replayed);
+        assert_eq!(
+            host.balance(&Account::Peer(home_id)),
+            Amount::from_cents(-500)
+        );
+    }
 }

@@ -144,6 +144,13 @@ async fn setup_caisse(
         "rule": { "all": [ { "any": [ { "label": "organic" }, { "practice": "agroecology" } ] }, { "max_distance_km": 300 } ] }
     }});
     pass(&c, "criteria", criteria).await?;
+    // Every caisse adopts the same criteria, so each recognises the others' accreditations.
+    pass(
+        &c,
+        "recognition",
+        json!({ "recognition-policy": "compatible-criteria" }),
+    )
+    .await?;
     let scope: Vec<Value> = sc
         .categories
         .iter()
@@ -197,6 +204,9 @@ async fn setup_caisse(
 #[derive(Default)]
 struct Traffic {
     acked: Vec<(usize, PurchaseId)>,
+    /// Cross-caisse purchases: (home, host, id).
+    cross: Vec<(usize, usize, PurchaseId)>,
+    cross_latencies_ms: Vec<f64>,
     declined: BTreeMap<String, u64>,
     latencies_ms: Vec<f64>,
     retried: u64,
@@ -205,15 +215,15 @@ struct Traffic {
 #[allow(clippy::too_many_arguments)]
 async fn purchases(
     idx: usize,
-    c: Shared,
+    all: Arc<Vec<(Shared, Arc<Setup>)>>,
     sc: Scenario,
-    setup: Arc<Setup>,
     month: u32,
     seed: u64,
     traffic: Arc<Mutex<Traffic>>,
 ) -> Result<()> {
     let mut rng = SplitMix64(seed ^ 0xabc ^ (idx as u64) << 20 ^ u64::from(month) << 40);
     let total_weight: u32 = sc.categories.iter().map(|c| c.weight).sum();
+    let setup = all[idx].1.clone();
     for round in 0..sc.purchases_per_member {
         for (mi, (_, card)) in setup.members.iter().enumerate() {
             let mut idb = [0u8; 16];
@@ -223,6 +233,14 @@ async fn purchases(
                     .to_le_bytes(),
             );
             let id = PurchaseId::from_bytes(idb);
+            // Where: at home, or at another caisse's outlet.
+            let host = if all.len() > 1 && rng.below(100) < u64::from(sc.cross_caisse_pct) {
+                let other = rng.below(all.len() as u64 - 1) as usize;
+                if other >= idx { other + 1 } else { other }
+            } else {
+                idx
+            };
+            let host_setup = &all[host].1;
             let n_lines = 1 + rng.below(3);
             let mut lines = Vec::new();
             for _ in 0..n_lines {
@@ -239,28 +257,36 @@ async fn purchases(
                         }
                     })
                     .unwrap_or(&sc.categories[0]);
-                let producer = &setup.producers[rng.below(setup.producers.len() as u64) as usize];
+                let producer =
+                    &host_setup.producers[rng.below(host_setup.producers.len() as u64) as usize];
                 let amount = Amount::from_cents(100 + rng.below(1900) as i64);
                 lines.push(json!({ "category": cat.name, "producer": producer, "amount": amount }));
             }
-            let outlet = &setup.outlets[rng.below(setup.outlets.len() as u64) as usize];
+            let outlet = &host_setup.outlets[rng.below(host_setup.outlets.len() as u64) as usize];
             let body = json!({ "id": id, "card": card, "outlet": outlet, "lines": lines });
             let started = Instant::now();
             let deadline = started + Duration::from_secs(60);
             loop {
-                match client(&c)
+                match client(&all[host].0)
                     .post::<_, Value>("/api/v1/purchases", &body)
                     .await
                 {
                     Ok(_) => {
                         let mut t = traffic.lock().map_err(|_| anyhow!("lock"))?;
-                        t.acked.push((idx, id));
-                        t.latencies_ms
-                            .push(started.elapsed().as_secs_f64() * 1000.0);
+                        let ms = started.elapsed().as_secs_f64() * 1000.0;
+                        if host == idx {
+                            t.acked.push((idx, id));
+                            t.latencies_ms.push(ms);
+                        } else {
+                            t.cross.push((idx, host, id));
+                            t.cross_latencies_ms.push(ms);
+                        }
                         break;
                     }
                     Err(e) => match e.code() {
-                        Some(code) if code != "unavailable" && code != "storage" => {
+                        Some(code)
+                            if !["unavailable", "storage", "home_unreachable"].contains(&code) =>
+                        {
                             *traffic
                                 .lock()
                                 .map_err(|_| anyhow!("lock"))?
@@ -270,9 +296,11 @@ async fn purchases(
                             break;
                         }
                         _ => {
-                            // Node down (killed): retry the same purchase id until it is back.
+                            // A node is down (killed) or cut off: retry the same purchase id, as a till would.
                             if Instant::now() > deadline {
-                                return Err(anyhow!("caisse {idx} unreachable for 60 s: {e}"));
+                                return Err(anyhow!(
+                                    "purchase {id} from caisse {idx} at caisse {host}: no answer for 60 s: {e}"
+                                ));
                             }
                             traffic.lock().map_err(|_| anyhow!("lock"))?.retried += 1;
                             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -413,13 +441,19 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
             set_day(c, month_day(period, 15)).await?;
         }
         // Purchases everywhere, with this month's faults injected mid-traffic.
+        let all: Arc<Vec<(Shared, Arc<Setup>)>> = Arc::new(
+            clients
+                .iter()
+                .cloned()
+                .zip(setups.iter().cloned())
+                .collect(),
+        );
         let mut tasks = Vec::new();
-        for (i, c) in clients.iter().enumerate() {
+        for i in 0..clients.len() {
             tasks.push(tokio::spawn(purchases(
                 i,
-                c.clone(),
+                all.clone(),
                 sc.clone(),
-                setups[i].clone(),
                 month,
                 opts.seed,
                 traffic.clone(),
@@ -567,6 +601,8 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
     );
     let t = std::mem::take(&mut *traffic.lock().map_err(|_| anyhow!("lock"))?);
     let mut seen: HashMap<(usize, PurchaseId), u32> = HashMap::new();
+    let mut seen_home: HashMap<(usize, PurchaseId), u32> = HashMap::new();
+    let mut seen_host: HashMap<(usize, PurchaseId), u32> = HashMap::new();
     for (i, c) in clients.iter().enumerate() {
         let mut from = 0u64;
         loop {
@@ -581,22 +617,44 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
                 {
                     *seen.entry((i, id)).or_default() += 1;
                 }
+                let id_of = |kind: &str| {
+                    e["kind"][kind]["id"]
+                        .as_str()
+                        .and_then(|x| x.parse::<PurchaseId>().ok())
+                };
+                if let Some(id) = id_of("cross-purchase") {
+                    *seen_home.entry((i, id)).or_default() += 1;
+                }
+                if let Some(id) = id_of("cross-sale") {
+                    *seen_host.entry((i, id)).or_default() += 1;
+                }
                 from = e["seq"].as_u64().unwrap_or(from) + 1;
             }
         }
     }
-    let missing = t
-        .acked
-        .iter()
-        .filter(|k| seen.get(k).copied().unwrap_or(0) != 1)
+    let once = |m: &HashMap<(usize, PurchaseId), u32>, k: (usize, PurchaseId)| {
+        m.get(&k).copied().unwrap_or(0) == 1
+    };
+    let missing = t.acked.iter().filter(|k| !once(&seen, **k)).count()
+        + t.cross
+            .iter()
+            .filter(|(home, host, id)| {
+                !once(&seen_home, (*home, *id)) || !once(&seen_host, (*host, *id))
+            })
+            .count();
+    let twice = seen
+        .values()
+        .chain(seen_home.values())
+        .chain(seen_host.values())
+        .filter(|n| **n > 1)
         .count();
-    let twice = seen.values().filter(|n| **n > 1).count();
     inv(
         "acknowledged_purchases_once",
         missing == 0 && twice == 0,
         format!(
-            "{} acknowledged, {missing} not exactly once, {twice} recorded twice",
-            t.acked.len()
+            "{} local and {} cross-caisse purchases acknowledged (cross-caisse ones in both the home's and the host's journal); {missing} not exactly once, {twice} recorded twice",
+            t.acked.len(),
+            t.cross.len()
         ),
     );
     inv(
@@ -641,7 +699,26 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
             detail.join("; ")
         },
     );
-    inv("settlement", true, "no cross-caisse purchases in this version: no inter-caisse statements to countersign or net".into());
+    let settlement = check_settlement(&clients, sc.start, sc.months).await?;
+    inv(
+        "bilateral_statements_countersigned",
+        settlement.countersigned,
+        settlement.detail_countersigned.clone(),
+    );
+    inv(
+        "net_positions_sum_to_zero",
+        settlement.net_zero,
+        settlement.detail_net.clone(),
+    );
+    inv(
+        "netting_identical_everywhere",
+        settlement.identical,
+        format!(
+            "{} transfers at most n-1 = {} per period, the same list at every node",
+            settlement.transfers,
+            sc.caisses.saturating_sub(1)
+        ),
+    );
     let ok = invariants.iter().all(|i| i["ok"] == true);
 
     // Figures.
@@ -654,6 +731,8 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
             v[((v.len() - 1) as f64 * p).round() as usize]
         }
     };
+    let mut xlat = t.cross_latencies_ms.clone();
+    xlat.sort_by(f64::total_cmp);
     let mut prop = propagation.clone();
     prop.sort_by(f64::total_cmp);
     let last = monthly.last().cloned().unwrap_or_default();
@@ -673,14 +752,14 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
         "producers": sc.caisses * sc.producers_per_caisse,
         "outlets": sc.caisses * sc.outlets_per_caisse,
         "months": sc.months,
-        "purchases": { "local": t.acked.len(), "cross_caisse": 0, "declined": t.declined, "declined_total": declined_total, "retried_after_faults": t.retried },
+        "purchases": { "local": t.acked.len(), "cross_caisse": t.cross.len(), "declined": t.declined, "declined_total": declined_total, "retried_after_faults": t.retried },
         "allocations_issued_cents": issued_total,
         "contributions_cents": contributions_total,
         "subsidies_cents": subsidies_total,
-        "settlement": { "statements": 0, "disputes": 0, "net_sum_cents": 0, "transfers": 0 },
+        "settlement": { "statements": settlement.statements, "disputes": settlement.disputes, "net_sum_cents": settlement.net_sum_cents, "transfers": settlement.transfers, "flows": settlement.flows, "seconds": settlement.seconds },
         "latency_ms": {
             "local_purchase": { "p50": pct(&lat, 0.5), "p99": pct(&lat, 0.99) },
-            "cross_caisse_purchase": { "p50": null, "p99": null },
+            "cross_caisse_purchase": { "p50": pct(&xlat, 0.5), "p99": pct(&xlat, 0.99), "samples": xlat.len() },
             "accreditation_propagation": { "p50": pct(&prop, 0.5), "p99": pct(&prop, 0.99), "samples": prop.len() },
         },
         "nodes": { "peak_rss_kib_max": rss.iter().max(), "peak_rss_kib_mean": if rss.is_empty() { 0 } else { rss.iter().sum::<u64>() / rss.len() as u64 } },
@@ -691,6 +770,19 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
         "ok": ok,
     });
     write_outputs(&opts, &sc, &report, &monthly, &lat, &prop)?;
+    let flows = &settlement.flows;
+    let labels: Vec<String> = flows.iter().map(|(c, _)| c.clone()).collect();
+    let vals: Vec<f64> = flows.iter().map(|(_, v)| *v as f64 / 100.0).collect();
+    let (pos, neg): (Vec<f64>, Vec<f64>) = vals.iter().map(|v| (v.max(0.0), (-v).max(0.0))).unzip();
+    std::fs::write(
+        opts.out.join("settlement_flows.svg"),
+        svg::bars(
+            "Net settlement positions over the scenario (owed to / owed by)",
+            "EUR",
+            &labels,
+            &[("is owed".into(), pos), ("owes".into(), neg)],
+        ),
+    )?;
     for n in nodes.iter_mut() {
         n.stop();
     }
@@ -878,15 +970,6 @@ fn write_outputs(
         ),
     )?;
     std::fs::write(
-        out.join("settlement_flows.svg"),
-        svg::bars(
-            "Settlement flows between caisses (none: cross-caisse purchases not in this version)",
-            "EUR",
-            &[],
-            &[],
-        ),
-    )?;
-    std::fs::write(
         out.join("accreditation_propagation.svg"),
         svg::histogram(
             "Accreditation propagation: decision to visible at another node",
@@ -955,6 +1038,18 @@ fn write_outputs(
         "- local purchase latency: p50 {:.1} ms, p99 {:.1} ms",
         l["local_purchase"]["p50"].as_f64().unwrap_or(0.0),
         l["local_purchase"]["p99"].as_f64().unwrap_or(0.0)
+    );
+    let _ = writeln!(
+        md,
+        "- cross-caisse purchase latency (host to home and back, durable at both): p50 {:.1} ms, p99 {:.1} ms",
+        l["cross_caisse_purchase"]["p50"].as_f64().unwrap_or(0.0),
+        l["cross_caisse_purchase"]["p99"].as_f64().unwrap_or(0.0)
+    );
+    let st = &report["settlement"];
+    let _ = writeln!(
+        md,
+        "- settlement: {} statements, {} disputes, net positions sum to {} cents, {} transfers",
+        st["statements"], st["disputes"], st["net_sum_cents"], st["transfers"]
     );
     let _ = writeln!(
         md,
@@ -1083,4 +1178,135 @@ pub async fn propagation(nodes_n: usize, rounds: usize) -> Result<Vec<f64>> {
     }
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(out)
+}
+
+/// What the settlement checks found.
+struct SettlementCheck {
+    /// From the first `settlement run` to every statement countersigned.
+    seconds: f64,
+    countersigned: bool,
+    detail_countersigned: String,
+    net_zero: bool,
+    detail_net: String,
+    identical: bool,
+    statements: u64,
+    disputes: u64,
+    net_sum_cents: i64,
+    transfers: u64,
+    /// Net position over all periods, per caisse (cents, positive = owed to it).
+    flows: Vec<(String, i64)>,
+}
+
+/// Answer every statement (each node runs settlement again once the
+/// documents have travelled), then check every period at every node.
+async fn check_settlement(
+    clients: &[Shared],
+    start: Period,
+    months: u32,
+) -> Result<SettlementCheck> {
+    let mut periods = Vec::new();
+    let mut p = start;
+    for _ in 0..months {
+        periods.push(p);
+        p = p.next().ok_or_else(|| anyhow!("period overflow"))?;
+    }
+    let started = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        for c in clients {
+            for p in &periods {
+                post(c, "/api/v1/settlement/run", json!({ "period": p })).await?;
+            }
+        }
+        let mut all_acked = true;
+        for c in clients {
+            for p in &periods {
+                let v = get(c, &format!("/api/v1/settlement?period={p}")).await?;
+                if v["statements"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|s| s["acknowledged"] != true)
+                {
+                    all_acked = false;
+                }
+            }
+        }
+        if all_acked || Instant::now() > deadline {
+            break;
+        }
+        progress(format!(
+            "settlement: waiting for countersignatures ({:.0} s)",
+            started.elapsed().as_secs_f64()
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let mut check = SettlementCheck {
+        seconds,
+        countersigned: true,
+        detail_countersigned: String::new(),
+        net_zero: true,
+        detail_net: String::new(),
+        identical: true,
+        statements: 0,
+        disputes: 0,
+        net_sum_cents: 0,
+        transfers: 0,
+        flows: Vec::new(),
+    };
+    let mut flows: BTreeMap<String, i64> = BTreeMap::new();
+    let mut waiting = 0;
+    for p in &periods {
+        let views: Vec<Value> = {
+            let mut v = Vec::new();
+            for c in clients {
+                v.push(get(c, &format!("/api/v1/settlement?period={p}")).await?);
+            }
+            v
+        };
+        let first = &views[0];
+        for st in first["statements"].as_array().into_iter().flatten() {
+            check.statements += 1;
+            if !st["dispute"].is_null() {
+                check.disputes += 1;
+            }
+            if st["acknowledged"] != true {
+                waiting += 1;
+            }
+        }
+        let sum = cents(&first["net_sum"]);
+        check.net_sum_cents += sum;
+        if sum != 0 {
+            check.net_zero = false;
+        }
+        let n = first["transfers"].as_array().map_or(0, Vec::len);
+        check.transfers += n as u64;
+        if n > clients.len().saturating_sub(1) {
+            check.identical = false;
+        }
+        for v in &views[1..] {
+            if v["positions"] != first["positions"] || v["transfers"] != first["transfers"] {
+                check.identical = false;
+            }
+        }
+        for pos in first["positions"].as_array().into_iter().flatten() {
+            *flows
+                .entry(s(&pos["caisse"]).chars().take(8).collect())
+                .or_default() += cents(&pos["net"]);
+        }
+    }
+    check.countersigned = waiting == 0;
+    check.detail_countersigned = format!(
+        "{} statements over {} periods, {waiting} not countersigned, {} disputed",
+        check.statements,
+        periods.len(),
+        check.disputes
+    );
+    check.detail_net = format!(
+        "net positions sum to {} cents over all periods",
+        check.net_sum_cents
+    );
+    check.flows = flows.into_iter().collect();
+    Ok(check)
 }

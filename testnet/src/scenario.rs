@@ -68,6 +68,9 @@ pub struct Scenario {
     /// Share of producers holding the organic label, in percent.
     #[serde(default = "default_organic")]
     pub organic_share_pct: u32,
+    /// Share of purchases made at another caisse's outlet, in percent.
+    #[serde(default)]
+    pub cross_caisse_pct: u32,
     /// Category mix.
     pub categories: Vec<CategoryMix>,
     /// Faults to inject.

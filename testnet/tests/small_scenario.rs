@@ -20,6 +20,7 @@ income_max = "4000.00"
 subsidy_per_member = "60.00"
 producers_per_caisse = 2
 outlets_per_caisse = 1
+cross_caisse_pct = 25
 
 [[categories]]
 name = "fresh-produce"
