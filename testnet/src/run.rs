@@ -204,8 +204,8 @@ async fn setup_caisse(
 #[derive(Default)]
 struct Traffic {
     acked: Vec<(usize, PurchaseId)>,
-    /// Cross-caisse purchases: (home, host, id).
-    cross: Vec<(usize, usize, PurchaseId)>,
+    /// Cross-caisse purchases: (home, host, id, month).
+    cross: Vec<(usize, usize, PurchaseId, u32)>,
     cross_latencies_ms: Vec<f64>,
     declined: BTreeMap<String, u64>,
     latencies_ms: Vec<f64>,
@@ -278,7 +278,7 @@ async fn purchases(
                             t.acked.push((idx, id));
                             t.latencies_ms.push(ms);
                         } else {
-                            t.cross.push((idx, host, id));
+                            t.cross.push((idx, host, id, month));
                             t.cross_latencies_ms.push(ms);
                         }
                         break;
@@ -638,7 +638,7 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
     let missing = t.acked.iter().filter(|k| !once(&seen, **k)).count()
         + t.cross
             .iter()
-            .filter(|(home, host, id)| {
+            .filter(|(home, host, id, _)| {
                 !once(&seen_home, (*home, *id)) || !once(&seen_host, (*host, *id))
             })
             .count();
@@ -699,7 +699,12 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
             detail.join("; ")
         },
     );
-    let settlement = check_settlement(&clients, sc.start, sc.months).await?;
+    let expected: std::collections::BTreeSet<(usize, usize, u32)> = t
+        .cross
+        .iter()
+        .map(|(home, host, _, m)| (*home, *host, *m))
+        .collect();
+    let settlement = check_settlement(&clients, sc.start, sc.months, expected.len()).await?;
     inv(
         "bilateral_statements_countersigned",
         settlement.countersigned,
@@ -1203,6 +1208,7 @@ async fn check_settlement(
     clients: &[Shared],
     start: Period,
     months: u32,
+    expected: usize,
 ) -> Result<SettlementCheck> {
     let mut periods = Vec::new();
     let mut p = start;
@@ -1220,16 +1226,18 @@ async fn check_settlement(
         }
         let mut all_acked = true;
         for c in clients {
+            let mut seen = 0;
             for p in &periods {
                 let v = get(c, &format!("/api/v1/settlement?period={p}")).await?;
-                if v["statements"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|s| s["acknowledged"] != true)
-                {
+                let st = v["statements"].as_array().cloned().unwrap_or_default();
+                seen += st.len();
+                if st.iter().any(|s| s["acknowledged"] != true) {
                     all_acked = false;
                 }
+            }
+            // Every (creditor, debtor, period) with traffic must have its statement here.
+            if seen < expected {
+                all_acked = false;
             }
         }
         if all_acked || Instant::now() > deadline {
@@ -1296,9 +1304,9 @@ async fn check_settlement(
                 .or_default() += cents(&pos["net"]);
         }
     }
-    check.countersigned = waiting == 0;
+    check.countersigned = waiting == 0 && check.statements as usize >= expected;
     check.detail_countersigned = format!(
-        "{} statements over {} periods, {waiting} not countersigned, {} disputed",
+        "{} statements over {} periods ({expected} expected from the traffic), {waiting} not countersigned, {} disputed",
         check.statements,
         periods.len(),
         check.disputes
