@@ -1062,7 +1062,7 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
                 let rows = v["positions"].as_array().map(|a| a.iter().map(|p| vec![short(&p["caisse"]), s(&p["net"])]).collect()).unwrap_or_default();
                 table(&["caisse", "net position"], rows);
                 println!("(net positions sum to {})\n", s(&v["net_sum"]));
-                let rows = v["transfers"].as_array().map(|a| a.iter().map(|t| vec![s(&t["transfer"]), short(&t["from"]), short(&t["to"]), s(&t["amount"]), if t["paid"] == true { "paid".into() } else { "to pay".into() }]).collect()).unwrap_or_default();
+                let rows = v["transfers"].as_array().map(|a| a.iter().map(|t| vec![s(&t["transfer"]), short(&t["from"]), short(&t["to"]), s(&t["amount"]), if t["confirmed_by_receiver"] == true { "paid, confirmed".into() } else if t["paid"] == true { "paid, awaiting confirmation".into() } else { "to pay".into() }]).collect()).unwrap_or_default();
                 table(&["transfer", "from", "to", "amount", "status"], rows);
             });
         }

@@ -1340,8 +1340,9 @@ async fn settlement_show(
         "positions": v.positions.iter().map(|(c, a)| json!({ "caisse": c, "net": a })).collect::<Vec<_>>(),
         "net_sum": sum,
         "transfers": v.transfers.iter().enumerate().map(|(i, t)| {
-            let paid = v.paid.iter().any(|p| p.from == t.from && p.to == t.to && p.amount == t.amount);
-            json!({ "transfer": i + 1, "from": t.from, "to": t.to, "amount": t.amount, "paid": paid })
+            let paid = v.paid.iter().find(|(p, _)| p.from == t.from && p.to == t.to && p.amount == t.amount);
+            json!({ "transfer": i + 1, "from": t.from, "to": t.to, "amount": t.amount,
+                    "paid": paid.is_some(), "confirmed_by_receiver": paid.is_some_and(|(_, c)| *c) })
         }).collect::<Vec<_>>(),
     })))
 }

@@ -119,8 +119,8 @@ pub struct PeerCaisse {
     pub acks: Vec<ContentId>,
     /// Statements it disputed as debtor.
     pub disputes: Vec<caisse_protocol::messages::Dispute>,
-    /// Transfers it declared paid.
-    pub transfers: Vec<caisse_protocol::messages::TransferSettled>,
+    /// Transfers it declared paid, by content id.
+    pub transfers: Vec<(ContentId, caisse_protocol::messages::TransferSettled)>,
     /// Purchase ids of the receipts it holds, per period.
     pub claims: BTreeMap<String, Vec<caisse_protocol::PurchaseId>>,
 }
@@ -428,7 +428,7 @@ pub fn read_document(doc: &AutoCommit, owner: &CaisseId, federation: &Federation
                     .is_some()
             } else if k.starts_with("transfer/") {
                 open_bytes::<TransferSettled>(&b, federation, owner)
-                    .map(|(_, t)| p.transfers.push(t))
+                    .map(|(id, t)| p.transfers.push((id, t)))
                     .is_some()
             } else {
                 false
@@ -997,6 +997,12 @@ impl FederationTask {
                             .iter()
                             .filter(|(_, s)| s.debtor == me)
                             .map(|(_, s)| s.period)
+                            .chain(
+                                p.transfers
+                                    .iter()
+                                    .filter(|(_, t)| t.to == me)
+                                    .map(|(_, t)| t.period),
+                            )
                             .collect()
                     })
                     .unwrap_or_default()

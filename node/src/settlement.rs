@@ -641,6 +641,33 @@ impl Caisse {
         };
         let issued = self.receipts(ISSUED, period)?;
         let mut answered = 0;
+        // Confirm the transfers other caisses declare they made to us.
+        let transfers: Vec<ContentId> = {
+            let view = self.peers.read().map_err(|_| CaisseError::Unavailable)?;
+            view.caisses
+                .values()
+                .flat_map(|p| p.transfers.iter())
+                .filter(|(_, t)| t.to == self.id && t.period == period)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for id in transfers {
+            let key = format!("answer/{id}");
+            if self
+                .get(&keys::key(PUBLISHED, &[key.as_bytes()]))?
+                .is_none()
+            {
+                let ack = Acknowledgement {
+                    statement: id,
+                    by: self.id,
+                    at: now,
+                };
+                let env = Envelope::seal(&self.secret, &self.federation, &ack)
+                    .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+                self.publish(key, env);
+                answered += 1;
+            }
+        }
         for (sid, st) in statements {
             let key = format!("answer/{sid}");
             if self
@@ -791,8 +818,8 @@ pub struct SettlementView {
     pub positions: BTreeMap<CaisseId, Amount>,
     /// Transfers that settle them.
     pub transfers: Vec<netting::Transfer>,
-    /// Transfers declared paid.
-    pub paid: Vec<TransferSettled>,
+    /// Transfers declared paid by the payer, and whether the receiver confirmed them.
+    pub paid: Vec<(TransferSettled, bool)>,
 }
 
 /// Compute the settlement of `period` from the federation view (the same at every node).
@@ -817,8 +844,10 @@ pub fn settlement_view(view: &crate::federation::FederationView, period: Period)
             }
             out.statements.push((*id, st.clone(), acked, dispute));
         }
-        out.paid
-            .extend(p.transfers.iter().filter(|t| t.period == period).cloned());
+        for (id, t) in p.transfers.iter().filter(|(_, t)| t.period == period) {
+            let confirmed = view.caisses.get(&t.to).is_some_and(|r| r.acks.contains(id));
+            out.paid.push((t.clone(), confirmed));
+        }
     }
     out.statements.sort_by_key(|s| s.0);
     obligations.sort();

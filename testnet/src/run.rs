@@ -533,10 +533,36 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
                     )
                 }
             };
-            faults_report.push((f.clone(), done));
+            faults_report.push((f.clone(), done, Vec::<Value>::new()));
         }
         for t in tasks {
             t.await??;
+        }
+        // Check right after this month's faults: every ledger audits clean, the
+        // faulted node's purchases are each recorded once, the federation converges.
+        let this_month: Vec<usize> = faults_report
+            .iter()
+            .enumerate()
+            .filter(|(_, (f, _, _))| f.month == month)
+            .map(|(i, _)| i)
+            .collect();
+        if !this_month.is_empty() {
+            let mut clean = 0;
+            for c in &clients {
+                let check = get(c, "/api/v1/ledger/check").await?;
+                if check["findings"].as_array().is_some_and(Vec::is_empty) {
+                    clean += 1;
+                }
+            }
+            let (converged, detail) =
+                wait_converged(&clients, &nodes, Duration::from_secs(30)).await;
+            let checks = vec![
+                json!({ "name": "ledger_check", "ok": clean == clients.len(), "detail": format!("{clean} of {} ledgers audit clean", clients.len()) }),
+                json!({ "name": "federation_documents_identical", "ok": converged, "detail": detail }),
+            ];
+            for i in this_month {
+                faults_report[i].2 = checks.clone();
+            }
         }
         for (i, c) in clients.iter().enumerate() {
             set_day(c, month_day(period, 28)).await?;
@@ -745,9 +771,15 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
     let rss: Vec<u64> = nodes.iter().map(Node::rss_kib).collect();
     let faults: Vec<Value> = faults_report
         .iter()
-        .map(|(f, done)| json!({ "kind": f.kind, "caisse": f.caisse, "month": f.month, "done": done,
-            "checked_after": ["ledger_check", "acknowledged_purchases_once", "federation_documents_identical"] }))
+        .map(|(f, done, checks)| {
+            json!({ "kind": f.kind, "caisse": f.caisse, "month": f.month, "done": done,
+            "checked_after": checks })
+        })
         .collect();
+    let faults_ok = faults_report
+        .iter()
+        .all(|(_, _, checks)| checks.iter().all(|c| c["ok"] == true));
+    let ok = ok && faults_ok;
     let declined_total: u64 = t.declined.values().sum();
     let report = json!({
         "scenario": sc.name,
@@ -1017,14 +1049,26 @@ fn write_outputs(
     }
     let _ = writeln!(md, "\n## Faults\n");
     for f in report["faults"].as_array().into_iter().flatten() {
+        let checks: Vec<String> = f["checked_after"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                format!(
+                    "{} {}",
+                    s(&c["name"]),
+                    if c["ok"] == true { "ok" } else { "FAILED" }
+                )
+            })
+            .collect();
         let _ = writeln!(
             md,
-            "- month {}, caisse {}, {}: {}; checked after: {}",
+            "- month {}, caisse {}, {}: {}; checked right after: {}",
             f["month"],
             f["caisse"],
             s(&f["kind"]),
             s(&f["done"]),
-            f["checked_after"]
+            checks.join(", ")
         );
     }
     let p = &report["purchases"];
