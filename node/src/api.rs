@@ -575,9 +575,13 @@ async fn cross_purchase(
         .handle
         .with(move |c, now| c.prepare_cross_purchase(&prepared, now))
         .await?;
-    let (home, request) = match step {
+    let (home, request, allocation_part) = match step {
         CrossStep::Done(r) => return Ok(r),
-        CrossStep::Forward { home, request, .. } => (home, request),
+        CrossStep::Forward {
+            home,
+            request,
+            allocation_part,
+        } => (home, request, allocation_part),
     };
     let unreachable = |why: String| {
         tracing::warn!(target: "caisse::events::purchase", purchase = %input.id, home = %home.short(), %why, "home caisse unreachable");
@@ -594,13 +598,34 @@ async fn cross_purchase(
     let bytes =
         caisse_protocol::encoding::encode(&RpcRequest::Purchase(request.clone()), MAX_RPC_SIZE)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let answer = tokio::time::timeout(
+    let answer = match tokio::time::timeout(
         std::time::Duration::from_secs(10),
         s.federation.network.request(peer, bytes),
     )
     .await
-    .map_err(|_| unreachable("no answer within 10 s".into()))?
-    .map_err(unreachable)?;
+    {
+        Ok(Ok(a)) => a,
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e,
+                _ => "no answer within 10 s".to_owned(),
+            };
+            // Our offline floor, if any: accept at our own risk, forward later.
+            let (i, r) = (input.clone(), request.clone());
+            return match s
+                .handle
+                .with(move |c, now| c.accept_offline(&i, home, &r, allocation_part, now))
+                .await
+            {
+                Ok(receipt) => {
+                    tracing::info!(target: "caisse::events::purchase", purchase = %input.id, home = %home.short(), "accepted under the offline floor");
+                    Ok(receipt)
+                }
+                Err(CaisseError::Conflict(floor)) => Err(unreachable(format!("{why}; {floor}"))),
+                Err(e) => Err(e.into()),
+            };
+        }
+    };
     match caisse_protocol::encoding::decode::<RpcResponse>(&answer, MAX_RPC_SIZE) {
         Ok(RpcResponse::Purchase(env)) => Ok(s
             .handle
@@ -648,6 +673,7 @@ async fn balances(
         Account::Allocations,
         Account::Contributions,
         Account::PaidOut,
+        Account::OfflineLosses,
         Account::Subsidy(SubsidySource::State),
         Account::Subsidy(SubsidySource::LocalAuthority),
         Account::Subsidy(SubsidySource::Other),

@@ -262,6 +262,10 @@ pub struct Receipt {
     pub at: u64,
     /// True when this answers a retry of an already accepted purchase.
     pub replayed: bool,
+    /// True when accepted under the offline floor while the card's home
+    /// caisse was unreachable (at this caisse's risk; forwarded later).
+    #[serde(default)]
+    pub offline: bool,
 }
 
 /// A payout to an outlet.
@@ -326,6 +330,11 @@ impl WriteSet {
     pub(crate) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.overlay.insert(key.clone(), Some(value.clone()));
         self.ops.push(Op::Put(key, value));
+    }
+
+    pub(crate) fn delete(&mut self, key: Vec<u8>) {
+        self.overlay.insert(key.clone(), None);
+        self.ops.push(Op::Delete(key));
     }
 }
 
@@ -445,6 +454,7 @@ impl Caisse {
             Account::Allocations,
             Account::Contributions,
             Account::PaidOut,
+            Account::OfflineLosses,
             Account::Subsidy(SubsidySource::State),
             Account::Subsidy(SubsidySource::LocalAuthority),
             Account::Subsidy(SubsidySource::Other),
@@ -1197,6 +1207,7 @@ impl Caisse {
                 seq: rec.seq,
                 at: rec.at,
                 replayed: true,
+                offline: false,
             });
         }
         let outlet = self
@@ -1387,6 +1398,7 @@ impl Caisse {
             seq,
             at: now,
             replayed: false,
+            offline: false,
         })
     }
 

@@ -705,6 +705,8 @@ impl FederationTask {
         let _e = span.enter();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut catalog_tick = tokio::time::interval(Duration::from_secs(10));
+        let mut offline_tick = tokio::time::interval(Duration::from_secs(2));
+        let forwarding = Arc::new(std::sync::atomic::AtomicBool::new(false));
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -725,6 +727,16 @@ impl FederationTask {
                 _ = tick.tick() => {
                     self.publish_if_changed().await;
                     self.start_pending_syncs();
+                }
+                _ = offline_tick.tick() => {
+                    // Forward sales accepted under the offline floor once their home is reachable.
+                    if !forwarding.swap(true, Ordering::AcqRel) {
+                        let (handle, net, flag) = (self.handle.clone(), self.network.clone(), forwarding.clone());
+                        tokio::spawn(async move {
+                            forward_offline(&handle, &net).await;
+                            flag.store(false, Ordering::Release);
+                        });
+                    }
                 }
                 _ = catalog_tick.tick() => {
                     // Heal partitions by sync, not by luck: ask a connected peer what it holds.
@@ -1167,6 +1179,41 @@ impl FederationTask {
             RpcRequest::Purchase(_) => RpcResponse::Refused(
                 "cross-caisse purchases are not served by this node yet".into(),
             ),
+        }
+    }
+}
+
+/// Send every sale accepted offline to its home caisse and record the
+/// answers; homes still unreachable are tried again at the next tick.
+async fn forward_offline(handle: &CaisseHandle, net: &Network) {
+    let Ok(pending) = handle.with(|c, _| c.offline_pending()).await else {
+        return;
+    };
+    for (id, home, request) in pending {
+        // The request dials the home caisse at its known addresses if needed.
+        let Some(peer) = peer_id_of(&home) else {
+            continue;
+        };
+        let Ok(bytes) = encoding::encode(&RpcRequest::Purchase(request), MAX_RPC_SIZE) else {
+            continue;
+        };
+        let Ok(answer) = net.request(peer, bytes).await else {
+            continue;
+        };
+        if let Ok(RpcResponse::Purchase(env)) =
+            encoding::decode::<RpcResponse>(&answer, MAX_RPC_SIZE)
+        {
+            match handle
+                .with(move |c, now| c.resolve_offline(id, &env, now))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(target: "caisse::events::purchase", purchase = %id, home = %home.short(), "offline sale resolved")
+                }
+                Err(e) => {
+                    tracing::warn!(target: "caisse::events::purchase", purchase = %id, error = %e, "offline sale answer refused")
+                }
+            }
         }
     }
 }

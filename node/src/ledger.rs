@@ -82,6 +82,8 @@ pub enum Account {
     Subsidy(SubsidySource),
     /// Cash paid out to outlets.
     PaidOut,
+    /// Sales accepted under the offline floor that the home caisse refused.
+    OfflineLosses,
     /// Settlement with a peer caisse: positive is what we owe it (our
     /// members' purchases at its outlets), negative what it owes us.
     Peer(CaisseId),
@@ -112,6 +114,7 @@ impl Account {
                 });
             }
             Account::PaidOut => k.push(b'x'),
+            Account::OfflineLosses => k.push(b'l'),
             Account::Peer(c) => {
                 k.push(b'p');
                 k.extend_from_slice(c.as_bytes());
@@ -131,6 +134,7 @@ impl fmt::Display for Account {
             Account::Contributions => f.write_str("contributions"),
             Account::Subsidy(s) => write!(f, "subsidy:{s}"),
             Account::PaidOut => f.write_str("paid-out"),
+            Account::OfflineLosses => f.write_str("offline-losses"),
             Account::Peer(c) => write!(f, "peer:{}", c.short()),
         }
     }
@@ -213,6 +217,29 @@ pub enum EntryKind {
         /// Coverage applied per line.
         coverage_pct: Vec<u8>,
         /// The period it counts in.
+        period: Period,
+    },
+    /// As host caisse: a sale accepted under our offline floor while the card's
+    /// home caisse could not be reached; forwarded later, at our risk.
+    OfflineSale {
+        /// The purchase.
+        id: PurchaseId,
+        /// The card's home caisse.
+        home: CaisseId,
+        /// Our outlet.
+        outlet: OutletId,
+        /// The period.
+        period: Period,
+    },
+    /// As host caisse: the home caisse refused a sale we accepted offline.
+    OfflineLoss {
+        /// The purchase.
+        id: PurchaseId,
+        /// The card's home caisse.
+        home: CaisseId,
+        /// Why the home caisse refused.
+        reason: String,
+        /// The period of the sale.
         period: Period,
     },
     /// As host caisse: a member of another caisse bought at our outlet; the home caisse owes us.
@@ -640,6 +667,17 @@ pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
                     .findings
                     .push(finding(keys::printable(&k), e.to_string())),
             }
+        }
+    }
+    for (k, v) in store.scan_prefix(crate::settlement::PENDING)? {
+        match decode_value::<crate::settlement::OfflinePending>(&k, &v) {
+            Ok(p) => {
+                let e = expected.entry(p.home).or_insert(Amount::ZERO);
+                *e = e.checked_sub(p.allocation_part).unwrap_or(*e);
+            }
+            Err(e) => report
+                .findings
+                .push(finding(keys::printable(&k), e.to_string())),
         }
     }
     let mut peers: Vec<CaisseId> = replayed

@@ -94,6 +94,11 @@ pub struct Policy {
     /// Which other caisses' accreditations count here.
     #[serde(default)]
     pub recognition: Recognition,
+    /// Offline floor: when a card's home caisse cannot be reached, this
+    /// caisse accepts up to this much allocation per card and day at its own
+    /// outlets, at its own risk, and forwards the purchases later. Zero: off.
+    #[serde(default)]
+    pub offline_floor: Amount,
 }
 
 /// How the food parliament decides: caisse parameters.
@@ -157,6 +162,7 @@ impl Default for Policy {
             minimum_age: 18,
             parliament: ParliamentRules::default(),
             recognition: Recognition::default(),
+            offline_floor: Amount::ZERO,
         }
     }
 }
@@ -242,6 +248,9 @@ impl Policy {
         }
         if self.pin_attempts == 0 {
             return Err(PolicyError::PinAttempts);
+        }
+        if self.offline_floor.is_negative() {
+            return Err(PolicyError::Negative);
         }
         if self.parliament.quorum_pct > 100 || self.parliament.threshold_pct > 100 {
             return Err(PolicyError::Share);

@@ -170,6 +170,9 @@ pub struct Report {
     pub votes: Vec<VoteParticipation>,
     /// Accreditations.
     pub accreditations: AccreditationFigures,
+    /// Sales accepted under the offline floor that the card's home caisse refused.
+    #[serde(default)]
+    pub offline_losses: Tally,
 }
 
 fn credit(entry: &JournalEntry, account: Account) -> Amount {
@@ -197,6 +200,7 @@ impl Caisse {
             }
         }
         let mut allocations = Tally::default();
+        let mut offline_losses = Tally::default();
         let mut contributions = Tally::default();
         let mut by_bracket: BTreeMap<u8, Tally> = BTreeMap::new();
         let mut subsidies: BTreeMap<String, Amount> = BTreeMap::new();
@@ -242,6 +246,11 @@ impl Caisse {
                         .and_then(|b| decode_value::<ContributionIndex>(&key, &b).ok())
                         .map_or(u8::MAX, |i| i.bracket);
                     by_bracket.entry(bracket).or_default().add(amount);
+                }
+                EntryKind::OfflineLoss {
+                    home, period: p, ..
+                } if *p == period => {
+                    offline_losses.add(credit(&entry, Account::Peer(*home)));
                 }
                 EntryKind::Subsidy {
                     source, period: p, ..
@@ -421,6 +430,7 @@ impl Caisse {
             outlets,
             votes,
             accreditations: acc,
+            offline_losses,
         })
     }
 
@@ -740,6 +750,13 @@ pub fn to_markdown(r: &Report) -> String {
                 if v.passed { "passed" } else { "not passed" }
             );
         }
+    }
+    if r.offline_losses.count > 0 {
+        let _ = writeln!(
+            s,
+            "\n## Offline losses\n\n{} sales accepted under the offline floor were refused by the card's home caisse: {} EUR.",
+            r.offline_losses.count, r.offline_losses.total
+        );
     }
     let a = &r.accreditations;
     let _ = writeln!(

@@ -42,6 +42,27 @@ pub const HELD: &[u8] = b"h/";
 pub const PUBLISHED: &[u8] = b"u/";
 /// Purchase requests this caisse signed as host and has not yet had answered, by purchase id.
 pub const FORWARDED: &[u8] = b"n/";
+/// Sales accepted under the offline floor, waiting to be forwarded, by purchase id.
+pub const PENDING: &[u8] = b"fw/";
+/// Offline floor used per day and card.
+pub const OFFLINE_USED: &[u8] = b"ol/";
+
+/// A sale accepted offline, waiting for the home caisse.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfflinePending {
+    /// The card's home caisse.
+    pub home: CaisseId,
+    /// The signed request to forward.
+    pub request: Envelope,
+    /// Hash of the till's purchase content.
+    pub request_hash: ContentId,
+    /// The allocation part we credited our outlet with.
+    pub allocation_part: Amount,
+    /// The journal entry of the sale.
+    pub seq: u64,
+    /// The period of the sale.
+    pub period: Period,
+}
 
 /// A receipt kept by either side.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +121,7 @@ fn receipt_of(rec: &ReceiptRecord, replayed: bool) -> Receipt {
         seq: rec.seq,
         at: r.at,
         replayed,
+        offline: false,
     }
 }
 
@@ -276,6 +298,202 @@ impl Caisse {
         };
         self.pending.put(held_key(&input.id), encode_value(&rec));
         Ok(receipt_of(&rec, false))
+    }
+
+    /// Host side, when the home caisse cannot be reached: accept the sale at
+    /// our own risk if the card stays within our offline floor for the day.
+    pub fn accept_offline(
+        &mut self,
+        input: &PurchaseInput,
+        home: CaisseId,
+        request: &Envelope,
+        allocation_part: Amount,
+        now: u64,
+    ) -> Result<Receipt, CaisseError> {
+        let floor = self.policy.offline_floor;
+        let pkey = keys::key(PENDING, &[input.id.as_bytes()]);
+        if let Some(bytes) = self.get(&pkey)? {
+            let p: OfflinePending = decode_value(&pkey, &bytes)?;
+            return Ok(Receipt {
+                purchase: input.id,
+                total: allocation_part,
+                allocation_part: p.allocation_part,
+                member_part: Amount::ZERO,
+                balance_after: Amount::ZERO,
+                seq: p.seq,
+                at: now,
+                replayed: true,
+                offline: true,
+            });
+        }
+        if floor.is_zero() {
+            return Err(CaisseError::Conflict(
+                "no offline floor is set by this caisse".into(),
+            ));
+        }
+        let today = Day::from_unix(now);
+        let ukey = keys::key(
+            OFFLINE_USED,
+            &[&today.days().to_be_bytes(), input.card.as_bytes()],
+        );
+        let used: Amount = match self.get(&ukey)? {
+            Some(b) => decode_value(&ukey, &b)?,
+            None => Amount::ZERO,
+        };
+        let after = used
+            .checked_add(allocation_part)
+            .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+        if after > floor {
+            return Err(CaisseError::Conflict(format!(
+                "the offline floor of {floor} per card and day is reached ({used} used today)"
+            )));
+        }
+        let neg = allocation_part
+            .checked_neg()
+            .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+        let period = today.period();
+        let seq = self.append(
+            now,
+            EntryKind::OfflineSale {
+                id: input.id,
+                home,
+                outlet: input.outlet,
+                period,
+            },
+            vec![
+                Posting {
+                    account: Account::Peer(home),
+                    amount: neg,
+                },
+                Posting {
+                    account: Account::Outlet(input.outlet),
+                    amount: allocation_part,
+                },
+            ],
+        )?;
+        self.pending.put(ukey, encode_value(&after));
+        self.pending.put(
+            pkey,
+            encode_value(&OfflinePending {
+                home,
+                request: request.clone(),
+                request_hash: purchase_hash(input),
+                allocation_part,
+                seq,
+                period,
+            }),
+        );
+        Ok(Receipt {
+            purchase: input.id,
+            total: input
+                .lines
+                .iter()
+                .try_fold(Amount::ZERO, |a, l| a.checked_add(l.amount))
+                .unwrap_or(Amount::MAX),
+            allocation_part,
+            member_part: Amount::ZERO,
+            balance_after: Amount::ZERO,
+            seq,
+            at: now,
+            replayed: false,
+            offline: true,
+        })
+    }
+
+    /// Sales accepted offline and still to forward: (purchase, home, signed request).
+    pub fn offline_pending(&self) -> Result<Vec<(PurchaseId, CaisseId, Envelope)>, CaisseError> {
+        let mut out = Vec::new();
+        for (k, v) in self.scan(PENDING)? {
+            let p: OfflinePending = decode_value(&k, &v)?;
+            if let Ok(b) = <[u8; 16]>::try_from(&k[PENDING.len()..]) {
+                out.push((PurchaseId::from_bytes(b), p.home, p.request));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Record the home caisse's answer to a sale accepted offline: a receipt
+    /// confirms our claim; a refusal becomes a loss.
+    pub fn resolve_offline(
+        &mut self,
+        id: PurchaseId,
+        answer: &Envelope,
+        now: u64,
+    ) -> Result<bool, CaisseError> {
+        let pkey = keys::key(PENDING, &[id.as_bytes()]);
+        let Some(bytes) = self.get(&pkey)? else {
+            return Ok(false);
+        };
+        let p: OfflinePending = decode_value(&pkey, &bytes)?;
+        let request_id = p.request.content_id(&self.federation, 1);
+        let loss = |c: &mut Caisse, amount: Amount, reason: String| -> Result<(), CaisseError> {
+            if amount.is_zero() {
+                return Ok(());
+            }
+            let neg = amount
+                .checked_neg()
+                .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+            c.append(
+                now,
+                EntryKind::OfflineLoss {
+                    id,
+                    home: p.home,
+                    reason,
+                    period: p.period,
+                },
+                vec![
+                    Posting {
+                        account: Account::Peer(p.home),
+                        amount,
+                    },
+                    Posting {
+                        account: Account::OfflineLosses,
+                        amount: neg,
+                    },
+                ],
+            )
+            .map(|_| ())
+        };
+        if let Ok(v) = answer.open::<PurchaseReceipt>(&self.federation) {
+            let r = v.message;
+            if r.home != p.home || r.host != self.id || r.purchase != id || r.request != request_id
+            {
+                return Err(CaisseError::Invalid(
+                    "the receipt does not match the forwarded sale".into(),
+                ));
+            }
+            if r.allocation_part < p.allocation_part {
+                let short = p
+                    .allocation_part
+                    .checked_sub(r.allocation_part)
+                    .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+                loss(
+                    self,
+                    short,
+                    "the home caisse covered less than accepted offline".into(),
+                )?;
+            }
+            let rec = ReceiptRecord {
+                envelope: answer.clone(),
+                receipt: r,
+                seq: p.seq,
+                request: p.request_hash,
+            };
+            self.pending.put(held_key(&id), encode_value(&rec));
+        } else if let Ok(d) = answer.open::<PurchaseDecline>(&self.federation) {
+            if d.message.home != p.home || d.message.purchase != id {
+                return Err(CaisseError::Invalid(
+                    "the refusal does not match the forwarded sale".into(),
+                ));
+            }
+            loss(self, p.allocation_part, format!("{:?}", d.message.reason))?;
+        } else {
+            return Err(CaisseError::Invalid(
+                "the home caisse's answer is neither a valid receipt nor a valid refusal".into(),
+            ));
+        }
+        self.pending.delete(pkey);
+        Ok(true)
     }
 
     /// Coverage of each line at one of our outlets (our conventionnement,
