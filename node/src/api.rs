@@ -1340,11 +1340,38 @@ async fn settlement_run(
     Body(b): Body<PeriodBody>,
 ) -> Result<Json<crate::settlement::SettlementRun>, ApiError> {
     auth.admin()?;
-    Ok(Json(
-        s.handle
-            .with(move |c, now| c.run_settlement(b.period, now))
-            .await?,
-    ))
+    let mut run = s
+        .handle
+        .with(move |c, now| c.run_settlement(b.period, now))
+        .await?;
+    // Resolve disputes over receipts we lack: ask the debtors to re-send them.
+    use caisse_protocol::rpc::{MAX_RESENT, MAX_RPC_SIZE, RpcRequest, RpcResponse};
+    let missing = s.handle.with(|c, _| c.missing_receipts()).await?;
+    for (debtor, period, ids) in missing {
+        let Some(peer) = crate::network::peer_id_of(&debtor) else {
+            continue;
+        };
+        let ids: Vec<_> = ids.into_iter().take(MAX_RESENT).collect();
+        let Ok(bytes) = caisse_protocol::encoding::encode(&RpcRequest::Receipts(ids), MAX_RPC_SIZE)
+        else {
+            continue;
+        };
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            s.federation.network.request(peer, bytes),
+        )
+        .await;
+        if let Ok(Ok(answer)) = answer
+            && let Ok(RpcResponse::Receipts(envs)) =
+                caisse_protocol::encoding::decode::<RpcResponse>(&answer, MAX_RPC_SIZE)
+        {
+            run.receipts_recovered += s
+                .handle
+                .with(move |c, now| c.record_resent(debtor, period, &envs, now))
+                .await?;
+        }
+    }
+    Ok(Json(run))
 }
 
 async fn settlement_show(

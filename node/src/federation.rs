@@ -1176,9 +1176,27 @@ impl FederationTask {
                     heads: r.heads.clone(),
                 }
             }
-            RpcRequest::Purchase(_) => RpcResponse::Refused(
-                "cross-caisse purchases are not served by this node yet".into(),
-            ),
+            // Forwarded purchases are decided by the writer before reaching here.
+            RpcRequest::Purchase(_) => RpcResponse::Refused("purchase not accepted here".into()),
+            RpcRequest::Receipts(ids) => {
+                let creditor = self.view.read().ok().and_then(|v| {
+                    v.caisses
+                        .keys()
+                        .find(|c| peer_id_of(c) == Some(peer))
+                        .copied()
+                });
+                let Some(creditor) = creditor else {
+                    return RpcResponse::Refused("unknown caisse".into());
+                };
+                match self
+                    .handle
+                    .with(move |c, _| c.resend_receipts(&creditor, &ids))
+                    .await
+                {
+                    Ok(envs) => RpcResponse::Receipts(envs),
+                    Err(e) => RpcResponse::Refused(e.to_string()),
+                }
+            }
         }
     }
 }

@@ -947,6 +947,154 @@ impl Caisse {
         Ok(answered)
     }
 
+    /// Debtor side: the receipts we signed for `creditor` among `ids`, to re-send.
+    pub fn resend_receipts(
+        &self,
+        creditor: &CaisseId,
+        ids: &[PurchaseId],
+    ) -> Result<Vec<Envelope>, CaisseError> {
+        let mut out = Vec::new();
+        for id in ids.iter().take(caisse_protocol::rpc::MAX_RESENT) {
+            if let Some(b) = self.get(&issued_key(id))? {
+                let rec: ReceiptRecord = decode_value(&issued_key(id), &b)?;
+                if rec.receipt.host == *creditor {
+                    out.push(rec.envelope);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creditor side: receipts our debtors say they signed but our statements
+    /// lack (from their disputes): (debtor, period, purchase ids).
+    pub fn missing_receipts(
+        &self,
+    ) -> Result<Vec<(CaisseId, Period, Vec<PurchaseId>)>, CaisseError> {
+        let view = self.peers.read().map_err(|_| CaisseError::Unavailable)?;
+        let Some(ours) = view.caisses.get(&self.id) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for debtor in view.caisses.values() {
+            for d in &debtor.disputes {
+                let Some((_, st)) = ours.statements.iter().find(|(id, _)| *id == d.statement)
+                else {
+                    continue;
+                };
+                let mut missing = Vec::new();
+                for id in &d.missing_from_statement {
+                    if self.get(&held_key(id))?.is_none() {
+                        missing.push(*id);
+                    }
+                }
+                if !missing.is_empty() {
+                    out.push((st.debtor, st.period, missing));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creditor side: record receipts a debtor re-sent (each signed by it, for
+    /// us, in `period`), then publish a revised statement for that debtor.
+    pub fn record_resent(
+        &mut self,
+        debtor: CaisseId,
+        period: Period,
+        receipts: &[Envelope],
+        now: u64,
+    ) -> Result<u64, CaisseError> {
+        let mut recorded = 0;
+        for env in receipts.iter().take(caisse_protocol::rpc::MAX_RESENT) {
+            let Ok(v) = env.open::<PurchaseReceipt>(&self.federation) else {
+                tracing::warn!(target: "caisse::events::settlement", debtor = %debtor.short(), "refused a re-sent receipt");
+                continue;
+            };
+            let r = v.message;
+            if r.home != debtor
+                || r.host != self.id
+                || r.period != period
+                || !self.outlets.contains_key(&r.outlet)
+            {
+                continue;
+            }
+            if self.get(&held_key(&r.purchase))?.is_some() {
+                continue;
+            }
+            // The lines, from the request we signed, when we still have it.
+            let fkey = keys::key(FORWARDED, &[r.purchase.as_bytes()]);
+            let (lines, coverage, hash) = match self.get(&fkey)? {
+                Some(b) => {
+                    let (hash, req): (ContentId, Envelope) = decode_value(&fkey, &b)?;
+                    match req.open::<PurchaseRequest>(&self.federation) {
+                        Ok(q) => (q.message.lines, q.message.coverage_pct, hash),
+                        Err(_) => (Vec::new(), Vec::new(), hash),
+                    }
+                }
+                None => (Vec::new(), Vec::new(), r.request),
+            };
+            let neg = r
+                .allocation_part
+                .checked_neg()
+                .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+            let seq = self.append(
+                now,
+                EntryKind::CrossSale {
+                    id: r.purchase,
+                    home: debtor,
+                    outlet: r.outlet,
+                    lines,
+                    coverage_pct: coverage,
+                    period,
+                },
+                vec![
+                    Posting {
+                        account: Account::Peer(debtor),
+                        amount: neg,
+                    },
+                    Posting {
+                        account: Account::Outlet(r.outlet),
+                        amount: r.allocation_part,
+                    },
+                ],
+            )?;
+            let id = r.purchase;
+            self.pending.put(
+                held_key(&id),
+                encode_value(&ReceiptRecord {
+                    envelope: env.clone(),
+                    receipt: r,
+                    seq,
+                    request: hash,
+                }),
+            );
+            recorded += 1;
+        }
+        if recorded > 0 {
+            let receipts = self
+                .receipts(HELD, period)?
+                .remove(&debtor)
+                .unwrap_or_default();
+            let ids: Vec<PurchaseId> = receipts.iter().map(|r| r.purchase).collect();
+            let st = SettlementStatement {
+                creditor: self.id,
+                debtor,
+                period,
+                amount: Amount::checked_sum(receipts.iter().map(|r| r.allocation_part))
+                    .map_err(|e| CaisseError::Invalid(e.to_string()))?,
+                count: receipts.len() as u64,
+                receipts: receipts_hash(&ids),
+                at: now,
+            };
+            let base = format!("statement/{period}/{debtor}");
+            let revision = self.scan(&keys::key(PUBLISHED, &[base.as_bytes()]))?.len();
+            let env = Envelope::seal(&self.secret, &self.federation, &st)
+                .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+            self.publish(format!("{base}/r{revision}"), env);
+        }
+        Ok(recorded)
+    }
+
     /// Purchase ids a creditor lists in its published receipt list for a period.
     fn claimed_by(&self, creditor: &CaisseId, period: Period) -> BTreeSet<PurchaseId> {
         let Ok(view) = self.peers.read() else {
@@ -1025,6 +1173,9 @@ pub struct SettlementRun {
     pub statements_published: u64,
     /// Statements answered as debtor.
     pub answered: u64,
+    /// Receipts re-sent by debtors to resolve disputes, now recorded.
+    #[serde(default)]
+    pub receipts_recovered: u64,
 }
 
 /// The settlement of a period as every node computes it.
@@ -1044,9 +1195,23 @@ pub struct SettlementView {
 pub fn settlement_view(view: &crate::federation::FederationView, period: Period) -> SettlementView {
     let mut out = SettlementView::default();
     let mut obligations = Vec::new();
+    // A revised statement (after receipts were re-sent) replaces the earlier one.
+    let mut latest: BTreeMap<(CaisseId, CaisseId), (u64, ContentId)> = BTreeMap::new();
+    for p in view.caisses.values() {
+        for (id, st) in p.statements.iter().filter(|(_, s)| s.period == period) {
+            let e = latest
+                .entry((st.creditor, st.debtor))
+                .or_insert((st.at, *id));
+            if (st.at, *id) > *e {
+                *e = (st.at, *id);
+            }
+        }
+    }
     for p in view.caisses.values() {
         for (id, st) in &p.statements {
-            if st.period != period {
+            if st.period != period
+                || latest.get(&(st.creditor, st.debtor)).map(|x| x.1) != Some(*id)
+            {
                 continue;
             }
             let debtor = view.caisses.get(&st.debtor);

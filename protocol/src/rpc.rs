@@ -14,6 +14,8 @@ use crate::signed::Envelope;
 pub const MAX_RPC_SIZE: usize = 4 * 1024 * 1024;
 /// The most documents listed in one catalog.
 pub const MAX_CATALOG: usize = 1024;
+/// The most receipts asked for or re-sent at once.
+pub const MAX_RESENT: usize = 1000;
 
 /// A request from one caisse to another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +34,9 @@ pub enum RpcRequest {
     /// A host caisse forwarding a purchase to the card's home caisse
     /// (a signed [`crate::messages::PurchaseRequest`]).
     Purchase(Envelope),
+    /// A creditor asking the debtor to re-send receipts it signed, to
+    /// resolve a dispute (at most [`MAX_RESENT`] ids).
+    Receipts(Vec<crate::ids::PurchaseId>),
 }
 
 /// An answer.
@@ -48,6 +53,8 @@ pub enum RpcResponse {
     Catalog(Vec<Envelope>),
     /// A signed receipt or decline for a forwarded purchase.
     Purchase(Envelope),
+    /// Signed receipts re-sent to resolve a dispute.
+    Receipts(Vec<Envelope>),
     /// The request was refused.
     Refused(String),
 }

@@ -319,6 +319,8 @@ proptest! {
         let env = Envelope::seal(&author_key(), &fed(), &Acknowledgement { statement: s, by: author(), at }).unwrap();
         let req = match pick {
             0 => RpcRequest::Sync { caisse: author(), message: msg.clone() },
+            1 => RpcRequest::Receipts(vec![PurchaseId::from_bytes([pick; 16])]),
+            2 => RpcRequest::Catalog,
             _ => RpcRequest::Purchase(env.clone()),
         };
         let bytes = encoding::encode(&req, MAX_RPC_SIZE).unwrap();
@@ -326,6 +328,7 @@ proptest! {
         let resp = match pick {
             0 => RpcResponse::Sync { message: msg, heads: Some(env) },
             1 => RpcResponse::Purchase(env),
+            2 => RpcResponse::Receipts(vec![env, Envelope::seal(&author_key(), &fed(), &Acknowledgement { statement: s, by: author(), at: 0 }).unwrap()]),
             _ => RpcResponse::Refused("no".into()),
         };
         let bytes = encoding::encode(&resp, MAX_RPC_SIZE).unwrap();
