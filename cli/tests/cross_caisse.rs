@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use caisse_node::settlement::ReceiptRecord;
 use caisse_node::store::{Op, SledStore, Store, encode_value};
@@ -16,54 +15,10 @@ use caisse_protocol::messages::PurchaseReceipt;
 use caisse_protocol::{
     Amount, CaisseId, CardId, ContentId, Envelope, FederationId, OutletId, PurchaseId, SecretKey,
 };
-use common::{TestNode, json, ok};
+use common::{TestNode, json, node_json, ok, pass, s, wait_until};
 use serde_json::Value;
 
 const FED: &str = "crossfed";
-
-fn s(v: &Value) -> String {
-    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
-}
-
-fn node_json(dir: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("node.json")).unwrap()).unwrap()
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn pass(dir: &Path, args: &[&str]) {
-    let mut all = vec!["parliament", "propose", "--title", "motion"];
-    all.extend_from_slice(args);
-    let id = s(&ok(dir, &all)["id"]);
-    for seat in ["seat-1", "seat-2"] {
-        ok(
-            dir,
-            &[
-                "parliament",
-                "vote",
-                "--proposal",
-                &id,
-                "--seat",
-                seat,
-                "--choice",
-                "yes",
-            ],
-        );
-    }
-    assert_eq!(
-        ok(dir, &["parliament", "close", "--proposal", &id])["outcome"]["passed"],
-        true
-    );
-}
 
 struct Caisse {
     dir: PathBuf,

@@ -6,60 +6,14 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use caisse_protocol::messages::{CardAuth, PurchaseLine, PurchaseRequest};
 use caisse_protocol::rpc::{MAX_RPC_SIZE, RpcRequest, RpcResponse};
 use caisse_protocol::{Amount, Category, Envelope, FederationId, PurchaseId, SecretKey, encoding};
-use common::{TestNode, ok};
-use serde_json::Value;
+use common::{TestNode, node_json, ok, pass, s, wait_until};
 
 const FED: &str = "disputefed";
-
-fn s(v: &Value) -> String {
-    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn pass(dir: &Path, args: &[&str]) {
-    let mut all = vec!["parliament", "propose", "--title", "motion"];
-    all.extend_from_slice(args);
-    let id = s(&ok(dir, &all)["id"]);
-    for seat in ["seat-1", "seat-2"] {
-        ok(
-            dir,
-            &[
-                "parliament",
-                "vote",
-                "--proposal",
-                &id,
-                "--seat",
-                seat,
-                "--choice",
-                "yes",
-            ],
-        );
-    }
-    assert_eq!(
-        ok(dir, &["parliament", "close", "--proposal", &id])["outcome"]["passed"],
-        true
-    );
-}
-
-fn info(dir: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("node.json")).unwrap()).unwrap()
-}
 
 #[test]
 fn lost_receipt_is_resent_and_the_dispute_resolves() {
@@ -77,7 +31,7 @@ fn lost_receipt_is_resent_and_the_dispute_resolves() {
         ],
     );
     let _na = TestNode::start(&a);
-    let a_addr = s(&info(&a)["listen"][0]);
+    let a_addr = s(&node_json(&a)["listen"][0]);
     TestNode::init(
         &b,
         "Host",
@@ -92,7 +46,7 @@ fn lost_receipt_is_resent_and_the_dispute_resolves() {
         ],
     );
     let mut nb = TestNode::start(&b);
-    let b_id = s(&info(&b)["caisse_id"]);
+    let b_id = s(&node_json(&b)["caisse_id"]);
     for dir in [&a, &b] {
         ok(dir, &["clock", "set", "--today", "2027-05-10"]);
     }
@@ -185,7 +139,7 @@ fn lost_receipt_is_resent_and_the_dispute_resolves() {
             })
             .await
             .unwrap();
-        let a_id: caisse_protocol::CaisseId = s(&info(&a)["caisse_id"]).parse().unwrap();
+        let a_id: caisse_protocol::CaisseId = s(&node_json(&a)["caisse_id"]).parse().unwrap();
         let peer = caisse_node::network::peer_id_of(&a_id).unwrap();
         let lines = vec![PurchaseLine {
             category: Category::new("bread").unwrap(),

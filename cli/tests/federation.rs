@@ -9,16 +9,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::{TestNode, bin, caisse, json, ok};
+use common::{TestNode, bin, caisse, json, ok, pass, s, wait_until};
 use serde_json::Value;
 
 const FED: &str = "testfed";
-
-fn s(v: &Value) -> String {
-    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
-}
 
 fn listen_addr(dir: &Path) -> String {
     let info: Value =
@@ -30,18 +25,6 @@ fn caisse_id(dir: &Path) -> String {
     let info: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("node.json")).unwrap()).unwrap();
     s(&info["caisse_id"])
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "timed out after {secs} s waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
 }
 
 fn init(dir: &Path, name: &str, bootstrap: Option<&str>) {
@@ -81,31 +64,6 @@ fn seat_parliament(dir: &Path) {
             ],
         );
     }
-}
-
-fn pass(dir: &Path, args: &[&str]) -> Value {
-    let mut all = vec!["parliament", "propose", "--title", "motion"];
-    all.extend_from_slice(args);
-    let p = ok(dir, &all);
-    let id = s(&p["id"]);
-    for seat in ["seat-1", "seat-2"] {
-        ok(
-            dir,
-            &[
-                "parliament",
-                "vote",
-                "--proposal",
-                &id,
-                "--seat",
-                seat,
-                "--choice",
-                "yes",
-            ],
-        );
-    }
-    let closed = ok(dir, &["parliament", "close", "--proposal", &id]);
-    assert_eq!(closed["outcome"]["passed"], true, "{closed}");
-    closed
 }
 
 fn federation_accreditations(dir: &Path) -> Vec<Value> {

@@ -3,12 +3,7 @@
 
 mod common;
 
-use common::{TestNode, caisse, json, ok};
-use serde_json::Value;
-
-fn s(v: &Value) -> String {
-    v.as_str().unwrap_or_default().to_owned()
-}
+use common::{TestNode, caisse, json, ok, s};
 
 fn balance(dir: &std::path::Path, member: &str) -> String {
     s(&ok(dir, &["member", "show", member])["balance"])

@@ -4,53 +4,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::{Duration, Instant};
-
-use common::{TestNode, json, ok};
+use common::{TestNode, json, ok, pass, s, wait_until};
 use serde_json::Value;
 
 const FED: &str = "offlinefed";
-
-fn s(v: &Value) -> String {
-    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn pass(dir: &Path, args: &[&str]) {
-    let mut all = vec!["parliament", "propose", "--title", "motion"];
-    all.extend_from_slice(args);
-    let id = s(&ok(dir, &all)["id"]);
-    for seat in ["seat-1", "seat-2"] {
-        ok(
-            dir,
-            &[
-                "parliament",
-                "vote",
-                "--proposal",
-                &id,
-                "--seat",
-                seat,
-                "--choice",
-                "yes",
-            ],
-        );
-    }
-    assert_eq!(
-        ok(dir, &["parliament", "close", "--proposal", &id])["outcome"]["passed"],
-        true
-    );
-}
 
 const HOST_POLICY: &str = r#"
 target_contribution_share_pct = 40

@@ -5,12 +5,7 @@
 
 mod common;
 
-use common::{TestNode, caisse, json, ok};
-use serde_json::Value;
-
-fn s(v: &Value) -> String {
-    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
-}
+use common::{TestNode, caisse, json, ok, s};
 
 fn vote_all(dir: &std::path::Path, proposal: &str, seats: &[u32], choice: &str) {
     for seat in seats {

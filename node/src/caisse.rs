@@ -1403,7 +1403,7 @@ impl Caisse {
     }
 
     /// Coverage granted to `producer` by another caisse this caisse recognises.
-    fn recognised_producer_coverage(
+    pub(crate) fn recognised_producer_coverage(
         &self,
         producer: &caisse_protocol::ProducerId,
         category: &Category,

@@ -524,7 +524,7 @@ impl Caisse {
                 Some(p) => self
                     .conventions
                     .coverage(&Subject::Producer(p), &l.category, today)
-                    .or_else(|| self.recognised_coverage(&p, &l.category, today))
+                    .or_else(|| self.recognised_producer_coverage(&p, &l.category, today))
                     .map(|pc| pc.min(c))
                     .ok_or_else(|| {
                         declined(
@@ -538,25 +538,6 @@ impl Caisse {
             coverage.push(c);
         }
         Ok(coverage)
-    }
-
-    fn recognised_coverage(
-        &self,
-        producer: &caisse_protocol::ProducerId,
-        category: &caisse_protocol::Category,
-        today: Day,
-    ) -> Option<u8> {
-        let ours = self.conventions.criteria().map(|c| &c.version.criteria);
-        let view = self.peers.read().ok()?;
-        view.producer_coverage(
-            producer,
-            category,
-            today,
-            &self.id,
-            &self.policy.recognition,
-            ours,
-        )
-        .map(|(c, _)| c)
     }
 
     /// Home side: decide a purchase forwarded by a host caisse. Always
@@ -656,7 +637,7 @@ impl Caisse {
                 match self
                     .conventions
                     .coverage(&Subject::Producer(p), &l.category, today)
-                    .or_else(|| self.recognised_coverage(&p, &l.category, today))
+                    .or_else(|| self.recognised_producer_coverage(&p, &l.category, today))
                 {
                     Some(pc) => c = c.min(pc),
                     None => {

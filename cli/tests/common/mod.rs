@@ -195,3 +195,51 @@ pub fn seed() -> u64 {
                 .unwrap_or(1)
         })
 }
+
+/// A JSON value as text (strings without quotes).
+pub fn s(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+}
+
+/// Wait for an observable condition, with a deadline; returns how long it took.
+pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs} s waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+/// Carry a proposal through a two-seat parliament (seat-1 and seat-2 vote yes).
+pub fn pass(dir: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["parliament", "propose", "--title", "motion"];
+    all.extend_from_slice(args);
+    let id = s(&ok(dir, &all)["id"]);
+    for seat in ["seat-1", "seat-2"] {
+        ok(
+            dir,
+            &[
+                "parliament",
+                "vote",
+                "--proposal",
+                &id,
+                "--seat",
+                seat,
+                "--choice",
+                "yes",
+            ],
+        );
+    }
+    let closed = ok(dir, &["parliament", "close", "--proposal", &id]);
+    assert_eq!(closed["outcome"]["passed"], true, "{closed}");
+    closed
+}
+
+/// The node.json a running node wrote.
+pub fn node_json(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("node.json")).unwrap()).unwrap()
+}
