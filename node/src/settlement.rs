@@ -1068,10 +1068,24 @@ impl Caisse {
                 at: now,
             };
             let base = format!("statement/{period}/{debtor}");
-            let revision = self.scan(&keys::key(PUBLISHED, &[base.as_bytes()]))?.len();
+            let earlier = self.scan(&keys::key(PUBLISHED, &[base.as_bytes()]))?;
+            let revision = earlier.len();
+            // The revision must read as later than every earlier statement, even
+            // when the clock has not moved (test networks): nodes keep the latest.
+            let latest_at = earlier
+                .iter()
+                .filter_map(|(k, v)| decode_value::<Envelope>(k, v).ok())
+                .filter_map(|e| e.open::<SettlementStatement>(&self.federation).ok())
+                .map(|v| v.message.at)
+                .max()
+                .unwrap_or(0);
+            let st = SettlementStatement {
+                at: now.max(latest_at.saturating_add(1)),
+                ..st
+            };
             let env = Envelope::seal(&self.secret, &self.federation, &st)
                 .map_err(|e| CaisseError::Invalid(e.to_string()))?;
-            self.publish(format!("{base}/r{revision}"), env);
+            self.publish(format!("{base}/r{revision:04}"), env);
         }
         Ok(recorded)
     }
