@@ -1340,13 +1340,8 @@ impl Caisse {
             }
         }
         let overflow = |_| invalid("amount out of range".into());
-        let mut allocation_part = Amount::ZERO;
-        let mut member_part = Amount::ZERO;
-        for (l, p) in input.lines.iter().zip(&coverage) {
-            let (a, m) = l.amount.split_coverage(*p).map_err(overflow)?;
-            allocation_part = allocation_part.checked_add(a).map_err(overflow)?;
-            member_part = member_part.checked_add(m).map_err(overflow)?;
-        }
+        let (allocation_part, member_part) =
+            caisse_protocol::messages::split_lines(&input.lines, &coverage).map_err(overflow)?;
         let account = Account::Member(member);
         let available = self.balance(&account);
         if available < allocation_part {

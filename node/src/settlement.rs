@@ -166,20 +166,10 @@ impl Caisse {
             )
         })?;
         let coverage = self.sale_coverage(input, Day::from_unix(now))?;
-        let mut allocation_part = Amount::ZERO;
-        let mut total = Amount::ZERO;
-        for (l, p) in input.lines.iter().zip(&coverage) {
-            let (a, _) = l
-                .amount
-                .split_coverage(*p)
-                .map_err(|e| CaisseError::Invalid(e.to_string()))?;
-            allocation_part = allocation_part
-                .checked_add(a)
-                .map_err(|e| CaisseError::Invalid(e.to_string()))?;
-            total = total
-                .checked_add(l.amount)
-                .map_err(|e| CaisseError::Invalid(e.to_string()))?;
-        }
+        let (allocation_part, _) = caisse_protocol::messages::split_lines(&input.lines, &coverage)
+            .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+        let total = Amount::checked_sum(input.lines.iter().map(|l| l.amount))
+            .map_err(|e| CaisseError::Invalid(e.to_string()))?;
         // A retry must send the very same signed request, so the home caisse
         // recognises it: keep what was signed the first time.
         let fkey = keys::key(FORWARDED, &[input.id.as_bytes()]);
@@ -681,20 +671,9 @@ impl Caisse {
                 return decline(self, DeclineReason::WrongPin);
             }
         }
-        let mut allocation_part = Amount::ZERO;
-        let mut member_part = Amount::ZERO;
-        for (l, p) in req.lines.iter().zip(&coverage) {
-            let (a, m) = l
-                .amount
-                .split_coverage(*p)
+        let (allocation_part, member_part) =
+            caisse_protocol::messages::split_lines(&req.lines, &coverage)
                 .map_err(|e| CaisseError::Invalid(e.to_string()))?;
-            allocation_part = allocation_part
-                .checked_add(a)
-                .map_err(|e| CaisseError::Invalid(e.to_string()))?;
-            member_part = member_part
-                .checked_add(m)
-                .map_err(|e| CaisseError::Invalid(e.to_string()))?;
-        }
         let account = Account::Member(card.member);
         let available = self.balance(&account);
         if available < allocation_part {

@@ -208,6 +208,23 @@ pub struct PurchaseLine {
     pub amount: Amount,
 }
 
+/// Split purchase lines at their coverage rates into the part the
+/// allocation pays and the part left for the member (each line rounded as
+/// [`Amount::split_coverage`] does, so the parts add up to the total exactly).
+pub fn split_lines(
+    lines: &[PurchaseLine],
+    coverage_pct: &[u8],
+) -> Result<(Amount, Amount), crate::amount::AmountError> {
+    let mut allocation = Amount::ZERO;
+    let mut member = Amount::ZERO;
+    for (l, p) in lines.iter().zip(coverage_pct) {
+        let (a, m) = l.amount.split_coverage(*p)?;
+        allocation = allocation.checked_add(a)?;
+        member = member.checked_add(m)?;
+    }
+    Ok((allocation, member))
+}
+
 /// How the member proved they hold the card.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

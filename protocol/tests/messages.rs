@@ -335,3 +335,17 @@ proptest! {
         prop_assert_eq!(encoding::decode::<RpcResponse>(&bytes, MAX_RPC_SIZE).unwrap(), resp);
     }
 }
+
+proptest! {
+    #[test]
+    fn split_lines_adds_up(lines in lines(), pcts in prop::collection::vec(0u8..=100, 6)) {
+        let coverage = &pcts[..lines.len()];
+        let (alloc, member) = split_lines(&lines, coverage).unwrap();
+        let total = Amount::checked_sum(lines.iter().map(|l| l.amount)).unwrap();
+        prop_assert_eq!(alloc.checked_add(member).unwrap(), total);
+        prop_assert!(!alloc.is_negative() && !member.is_negative());
+        if coverage.iter().all(|p| *p == 100) {
+            prop_assert_eq!(alloc, total);
+        }
+    }
+}
