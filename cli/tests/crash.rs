@@ -67,7 +67,7 @@ fn acknowledged_purchases_survive_sigkill() {
                 "--residence",
                 "Here",
                 "--joined",
-                "2026-01-01",
+                "2020-01-01",
             ],
         );
         cards.push(m["card"].as_str().unwrap().to_owned());
@@ -84,10 +84,14 @@ fn acknowledged_purchases_survive_sigkill() {
         ],
     );
     let outlet = outlet["outlet"].as_str().unwrap().to_owned();
-    for period in [
-        "2026-01", "2026-02", "2026-03", "2026-04", "2026-05", "2026-06",
-    ] {
-        ok(&dir, &["allocation", "issue", "--period", period]);
+    // Enough allocation for every round to keep purchasing (a soak run has many rounds).
+    let mut period: caisse_protocol::Period = "2020-01".parse().unwrap();
+    for _ in 0..(rounds * 2).max(6) {
+        ok(
+            &dir,
+            &["allocation", "issue", "--period", &period.to_string()],
+        );
+        period = period.next().unwrap();
     }
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
