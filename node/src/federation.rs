@@ -865,6 +865,10 @@ impl FederationTask {
         if owner == self.me {
             return MessageAcceptance::Ignore;
         }
+        if !self.replicas.contains_key(&owner) && self.replicas.len() >= MAX_CATALOG {
+            tracing::warn!(target: "caisse::events::federation", caisse = %owner.short(), "ignored a new document: this node already follows the most it will");
+            return MessageAcceptance::Ignore;
+        }
         let replica = self.replicas.entry(owner).or_insert_with(|| Replica {
             doc: AutoCommit::new(),
             heads: None,
