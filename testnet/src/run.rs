@@ -313,6 +313,28 @@ async fn purchases(
     Ok(())
 }
 
+/// Block (or unblock) every connection between caisse `i` and the others,
+/// on both sides, through the nodes' block lists.
+async fn cut_off(clients: &[Shared], nodes: &[Node], i: usize, block: bool) -> Result<()> {
+    for (j, n) in nodes.iter().enumerate() {
+        if j != i {
+            post(
+                &clients[i],
+                "/api/v1/network/block",
+                json!({ "caisse": n.id, "block": block }),
+            )
+            .await?;
+            post(
+                &clients[j],
+                "/api/v1/network/block",
+                json!({ "caisse": nodes[i].id, "block": block }),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
 fn month_day(p: Period, d: u8) -> Day {
     Day::from_ymd(p.year(), p.month(), d.min(p.days())).unwrap_or(p.first_day())
 }
@@ -475,42 +497,11 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
                 }
                 "partition" => {
                     progress(format!("fault: cut caisse {i} off for {} s", f.seconds));
-                    for (j, n) in nodes.iter().enumerate() {
-                        if j != i {
-                            post(
-                                &clients[i],
-                                "/api/v1/network/block",
-                                json!({ "caisse": n.id, "block": true }),
-                            )
-                            .await?;
-                            post(
-                                &clients[j],
-                                "/api/v1/network/block",
-                                json!({ "caisse": nodes[i].id, "block": true }),
-                            )
-                            .await?;
-                        }
-                    }
+                    cut_off(&clients, &nodes, i, true).await?;
                     // A change made while cut off must reach the others after the partition heals.
                     post(&clients[i], "/api/v1/outlets", json!({ "name": format!("Pendant la coupure {i}"), "categories": ["bread"] })).await?;
                     tokio::time::sleep(Duration::from_secs(f.seconds)).await;
-                    for (j, n) in nodes.iter().enumerate() {
-                        if j != i {
-                            post(
-                                &clients[i],
-                                "/api/v1/network/block",
-                                json!({ "caisse": n.id, "block": false }),
-                            )
-                            .await?;
-                            post(
-                                &clients[j],
-                                "/api/v1/network/block",
-                                json!({ "caisse": nodes[i].id, "block": false }),
-                            )
-                            .await?;
-                        }
-                    }
-                    post(&clients[0], "/api/v1/network", json!({})).await.ok();
+                    cut_off(&clients, &nodes, i, false).await?;
                     format!(
                         "blocked every connection of caisse {i} for {} s while it published a change",
                         f.seconds
