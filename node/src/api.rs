@@ -36,11 +36,13 @@ pub const MAX_PAGE: usize = 1000;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct ApiState {
-    handle: CaisseHandle,
-    store: Arc<dyn Store>,
-    config: Arc<Config>,
-    caisse_id: CaisseId,
-    federation: crate::federation::Federation,
+    pub(crate) handle: CaisseHandle,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) caisse_id: CaisseId,
+    pub(crate) federation: crate::federation::Federation,
+    /// The web console's sessions.
+    pub(crate) console: crate::console::session::Sessions,
 }
 
 impl ApiState {
@@ -58,6 +60,7 @@ impl ApiState {
             config: Arc::new(config),
             caisse_id,
             federation,
+            console: Default::default(),
         }
     }
 }
@@ -79,6 +82,14 @@ impl ApiError {
             message: message.into(),
             detail: None,
         }
+    }
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+    /// What went wrong, in words.
+    pub fn message(&self) -> &str {
+        &self.message
     }
     fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
@@ -259,15 +270,26 @@ pub fn router(state: ApiState) -> Router {
             get(federation_document),
         )
         .route("/api/v1/clock", post(set_clock))
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such API route; see `caisse --help`",
-            )
-        })
+        .merge(crate::console::routes())
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+async fn not_found(
+    v: crate::console::Visitor,
+    State(s): State<ApiState>,
+    uri: axum::http::Uri,
+) -> Response {
+    if uri.path().starts_with("/api/") {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such API route; see `caisse --help`",
+        )
+        .into_response();
+    }
+    crate::console::not_found(&v, &s)
 }
 
 async fn status(
@@ -564,7 +586,7 @@ async fn purchase(
 
 /// A purchase at one of our outlets with another caisse's card: forward it
 /// to the card's home caisse, record its signed answer.
-async fn cross_purchase(
+pub(crate) async fn cross_purchase(
     s: &ApiState,
     input: PurchaseInput,
 ) -> Result<crate::caisse::Receipt, ApiError> {
@@ -779,7 +801,7 @@ async fn set_clock(
     Ok(Json(json!({ "today": b.today })))
 }
 
-fn parse_seat(text: &str) -> Result<u32, ApiError> {
+pub(crate) fn parse_seat(text: &str) -> Result<u32, ApiError> {
     let t = text.trim();
     t.strip_prefix("seat-")
         .unwrap_or(t)

@@ -655,6 +655,14 @@ impl Caisse {
             last_hash: entry_hash(&bytes),
         };
         self.pending.put(JournalEntry::key(seq), bytes);
+        for a in next.keys() {
+            if let Account::Member(m) = a {
+                self.pending.put(
+                    keys::key(keys::STATEMENT, &[m.as_bytes(), &seq.to_be_bytes()]),
+                    Vec::new(),
+                );
+            }
+        }
         for (a, b) in next {
             self.balances.insert(a, b);
             self.dirty.insert(a);
@@ -1276,69 +1284,7 @@ impl Caisse {
             };
             coverage.push(cov);
         }
-        let Some(card) = self.cards.get(&input.card) else {
-            return Err(CaisseError::declined(
-                DeclineReason::UnknownCard,
-                format!("card {} is not a card of this caisse", input.card),
-            ));
-        };
-        if card.locked {
-            return Err(CaisseError::declined(
-                DeclineReason::CardLocked,
-                "card locked after too many wrong PINs: the member must ask the caisse to reset the PIN",
-            ));
-        }
-        let member = card.member;
-        let status = self.members.get(&member).map(|m| m.status);
-        if status != Some(MemberStatus::Active) {
-            return Err(CaisseError::declined(
-                DeclineReason::SuspendedCard,
-                "this card's member is suspended or has left the caisse",
-            ));
-        }
-        if let Some(expected) = card.pin_hash {
-            let ok = input
-                .pin
-                .as_deref()
-                .is_some_and(|p| pin_hash(&self.pepper, &card.salt, p) == expected);
-            if !ok {
-                let limit = self.policy.pin_attempts;
-                let card = self
-                    .cards
-                    .get_mut(&input.card)
-                    .ok_or(CaisseError::Unavailable)?;
-                card.failed_attempts = card.failed_attempts.saturating_add(1);
-                card.locked = card.failed_attempts >= limit;
-                let (locked, left) = (card.locked, limit.saturating_sub(card.failed_attempts));
-                let bytes = encode_value(&*card);
-                self.pending.put(CardRecord::key(&input.card), bytes);
-                return Err(if locked {
-                    CaisseError::declined(
-                        DeclineReason::CardLocked,
-                        "wrong PIN; the card is now locked: the member must ask the caisse to reset the PIN",
-                    )
-                } else if input.pin.is_none() {
-                    CaisseError::declined(
-                        DeclineReason::WrongPin,
-                        format!("this card needs its PIN ({left} attempts left)"),
-                    )
-                } else {
-                    CaisseError::declined(
-                        DeclineReason::WrongPin,
-                        format!("wrong PIN ({left} attempts left)"),
-                    )
-                });
-            }
-            if card.failed_attempts > 0 {
-                let card = self
-                    .cards
-                    .get_mut(&input.card)
-                    .ok_or(CaisseError::Unavailable)?;
-                card.failed_attempts = 0;
-                let bytes = encode_value(&*card);
-                self.pending.put(CardRecord::key(&input.card), bytes);
-            }
-        }
+        let member = self.unlock_card(&input.card, input.pin.as_deref())?;
         let overflow = |_| invalid("amount out of range".into());
         let (allocation_part, member_part) =
             caisse_protocol::messages::split_lines(&input.lines, &coverage).map_err(overflow)?;
@@ -1395,6 +1341,155 @@ impl Caisse {
             replayed: false,
             offline: false,
         })
+    }
+
+    /// Check that `card` may pay: known, not locked, its member active, and
+    /// the PIN right when the card has one. A wrong PIN counts against the
+    /// card (written with the batch) and locks it at the caisse's limit.
+    pub(crate) fn unlock_card(
+        &mut self,
+        card_id: &CardId,
+        pin: Option<&str>,
+    ) -> Result<MemberId, CaisseError> {
+        let Some(card) = self.cards.get(card_id) else {
+            return Err(CaisseError::declined(
+                DeclineReason::UnknownCard,
+                format!("card {card_id} is not a card of this caisse"),
+            ));
+        };
+        if card.locked {
+            return Err(CaisseError::declined(
+                DeclineReason::CardLocked,
+                "card locked after too many wrong PINs: the member must ask the caisse to reset the PIN",
+            ));
+        }
+        let member = card.member;
+        let status = self.members.get(&member).map(|m| m.status);
+        if status != Some(MemberStatus::Active) {
+            return Err(CaisseError::declined(
+                DeclineReason::SuspendedCard,
+                "this card's member is suspended or has left the caisse",
+            ));
+        }
+        let Some(expected) = card.pin_hash else {
+            return Ok(member);
+        };
+        let ok = pin.is_some_and(|p| pin_hash(&self.pepper, &card.salt, p) == expected);
+        let limit = self.policy.pin_attempts;
+        let card = self
+            .cards
+            .get_mut(card_id)
+            .ok_or(CaisseError::Unavailable)?;
+        if ok {
+            if card.failed_attempts > 0 {
+                card.failed_attempts = 0;
+                let bytes = encode_value(&*card);
+                self.pending.put(CardRecord::key(card_id), bytes);
+            }
+            return Ok(member);
+        }
+        card.failed_attempts = card.failed_attempts.saturating_add(1);
+        card.locked = card.failed_attempts >= limit;
+        let (locked, left) = (card.locked, limit.saturating_sub(card.failed_attempts));
+        let bytes = encode_value(&*card);
+        self.pending.put(CardRecord::key(card_id), bytes);
+        Err(if locked {
+            CaisseError::declined(
+                DeclineReason::CardLocked,
+                "wrong PIN; the card is now locked: the member must ask the caisse to reset the PIN",
+            )
+        } else if pin.is_none() {
+            CaisseError::declined(
+                DeclineReason::WrongPin,
+                format!("this card needs its PIN ({left} attempts left)"),
+            )
+        } else {
+            CaisseError::declined(
+                DeclineReason::WrongPin,
+                format!("wrong PIN ({left} attempts left)"),
+            )
+        })
+    }
+
+    /// A member signing in to their page with card and PIN: only cards with
+    /// a PIN can; wrong PINs count as they do at the till.
+    pub fn member_login(&mut self, card: &CardId, pin: &str) -> Result<MemberId, CaisseError> {
+        if self.cards.get(card).is_some_and(|c| c.pin_hash.is_none()) {
+            return Err(CaisseError::Invalid(
+                "this card has no PIN yet: ask the caisse to set one (`caisse member pin`)".into(),
+            ));
+        }
+        self.unlock_card(card, Some(pin))
+    }
+
+    /// The newest `limit` journal entries touching a member's account, newest first.
+    pub fn member_statement(
+        &self,
+        member: &MemberId,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, CaisseError> {
+        let prefix = keys::key(keys::STATEMENT, &[member.as_bytes()]);
+        let pairs = self.scan(&prefix)?;
+        let mut out = Vec::new();
+        for (k, _) in pairs.iter().rev().take(limit) {
+            let Some(seq) = k
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            let key = JournalEntry::key(seq);
+            if let Some(bytes) = self.get(&key)? {
+                out.push(decode_value(&key, &bytes)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The allocation issued to a member for a period, if any.
+    pub fn member_allocation(
+        &self,
+        member: &MemberId,
+        period: Period,
+    ) -> Result<Option<Amount>, CaisseError> {
+        let key = allocation_key(period, member);
+        let Some(bytes) = self.get(&key)? else {
+            return Ok(None);
+        };
+        let seq: u64 = decode_value(&key, &bytes)?;
+        let jkey = JournalEntry::key(seq);
+        let Some(entry) = self.get(&jkey)? else {
+            return Ok(None);
+        };
+        let entry: JournalEntry = decode_value(&jkey, &entry)?;
+        Ok(match entry.kind {
+            EntryKind::Allocation { amount, .. } => Some(amount),
+            _ => None,
+        })
+    }
+
+    /// The contribution recorded for a member and period, if any.
+    pub fn member_contribution(
+        &self,
+        member: &MemberId,
+        period: Period,
+    ) -> Result<Option<ContributionIndex>, CaisseError> {
+        let key = keys::key(
+            keys::CONTRIBUTION,
+            &[&period.index().to_be_bytes(), member.as_bytes()],
+        );
+        match self.get(&key)? {
+            Some(bytes) => Ok(Some(decode_value(&key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The outlets of this caisse.
+    pub fn outlets(&self) -> Vec<OutletRecord> {
+        let mut v: Vec<OutletRecord> = self.outlets.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     /// Coverage granted to `producer` by another caisse this caisse recognises.

@@ -381,7 +381,11 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
         crate::api::ApiState::new(handle.clone(), store, config.clone(), caisse_id, federation);
     let router = crate::api::router(state);
     let api_task = tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let serve = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
         });
         if let Err(e) = serve.await {

@@ -13,6 +13,8 @@
 //! - [`settlement`]: cross-caisse purchases, receipts, statements, netting.
 //! - [`report`]: the evaluation report and the anonymised export.
 //! - [`writer`]: the single writer thread with group commit.
+//! - [`console`]: the web console (till, member page, parliament,
+//!   registry, treasury), server-rendered on the API's server.
 //! - [`api`]: the HTTP JSON API.
 //! - [`daemon`]: `caisse init` and running a node.
 //! - [`network`]: the libp2p swarm task.
@@ -25,6 +27,7 @@ pub mod api;
 pub mod caisse;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod conventionnement;
 pub mod daemon;
 pub mod federation;

@@ -159,6 +159,9 @@ pub mod keys {
     pub const OUTLET: &[u8] = b"o/";
     /// API tokens by hash.
     pub const TOKEN: &[u8] = b"t/";
+    /// A member's statement: journal entries touching their account, by
+    /// member then sequence number (values empty).
+    pub const STATEMENT: &[u8] = b"w/";
 
     /// `prefix` followed by `parts`.
     pub fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {

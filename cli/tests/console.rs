@@ -1,0 +1,481 @@
+//! The web console end to end, in headless Chromium against a real node:
+//! language from the browser and switchable; a purchase at the till changes
+//! the balance on the member's page, and a resubmitted sale is not charged
+//! twice; a vote on the parliament page changes the tally; the registry
+//! lists an accreditation made with the CLI; an outlet gets 403 on admin
+//! and member pages; a form without its CSRF token is refused and changes
+//! nothing; an observer cannot change anything; failed sign-ins are
+//! rate-limited.
+//!
+//! Screenshots of every page at phone and desktop width:
+//! `cargo test -p caisse-cli --test console -- --ignored screenshots`
+//! (written to `screenshots/`, which is not committed).
+
+mod common;
+mod webdriver;
+
+use std::path::{Path, PathBuf};
+
+use common::{TestNode, ok, s};
+use webdriver::{Browser, http};
+
+/// A caisse with members, seats, criteria, an accredited producer (all
+/// through the CLI), an outlet and an open proposal.
+struct Demo {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    node: TestNode,
+    base: String,
+    card: String,
+    pin: String,
+    outlet_token: String,
+    observer_token: String,
+    admin_token: String,
+    open_proposal: String,
+    period: String,
+}
+
+fn vote_and_close(dir: &Path, id: &str) {
+    for seat in ["seat-1", "seat-2", "seat-3"] {
+        ok(
+            dir,
+            &[
+                "parliament",
+                "vote",
+                "--proposal",
+                id,
+                "--seat",
+                seat,
+                "--choice",
+                "yes",
+            ],
+        );
+    }
+    let closed = ok(dir, &["parliament", "close", "--proposal", id]);
+    assert_eq!(closed["outcome"]["passed"], true, "{closed}");
+}
+
+fn demo() -> Demo {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("caisse");
+    TestNode::init(&dir, "Caisse de Cadenet", &[]);
+    let node = TestNode::start(&dir);
+    let base = format!("http://{}", node.api);
+    let today = s(&ok(&dir, &["status"])["today"]);
+    let period = today[..7].to_owned();
+    let mut members = Vec::new();
+    for (i, name) in ["Awa Diallo", "Jean Martin", "Lucie Bernard"]
+        .iter()
+        .enumerate()
+    {
+        let m = ok(
+            &dir,
+            &[
+                "member",
+                "enroll",
+                "--name",
+                name,
+                "--residence",
+                "Cadenet",
+                "--joined",
+                "2026-01-01",
+                "--income",
+                &format!("{}", 900 + 400 * i),
+                "--pin",
+                "2468",
+            ],
+        );
+        members.push((s(&m["member"]), s(&m["card"])));
+    }
+    for (kind, who) in [
+        ("citizen", members[0].0.as_str()),
+        ("citizen", members[1].0.as_str()),
+    ] {
+        ok(
+            &dir,
+            &["parliament", "seat", "add", "--kind", kind, "--member", who],
+        );
+    }
+    ok(
+        &dir,
+        &[
+            "parliament",
+            "seat",
+            "add",
+            "--kind",
+            "producer",
+            "--holder",
+            "Marie (GAEC des Collines)",
+        ],
+    );
+    let crit = tmp.path().join("criteria.toml");
+    std::fs::write(
+        &crit,
+        "name = \"Cadenet 2026\"\nversion = 1\nlocal_distance_km = 150\n[rule]\nall = [\n  { any = [{ label = \"organic\" }, { practice = \"agroecology\" }] },\n  { max_distance_km = 250 },\n]\n",
+    )
+    .unwrap();
+    let p = ok(
+        &dir,
+        &[
+            "parliament",
+            "propose",
+            "--title",
+            "Critères 2026",
+            "--criteria",
+            crit.to_str().unwrap(),
+        ],
+    );
+    vote_and_close(&dir, &s(&p["id"]));
+    let farm = tmp.path().join("farm.toml");
+    std::fs::write(
+        &farm,
+        "labels = [\"organic\"]\ndistance_km = 40\nprice_fairness_pct = 110\norigin = \"FR\"\n",
+    )
+    .unwrap();
+    let producer = s(&ok(
+        &dir,
+        &[
+            "producer",
+            "register",
+            "--name",
+            "GAEC des Collines",
+            "--attributes",
+            farm.to_str().unwrap(),
+        ],
+    )["id"]);
+    let p = ok(
+        &dir,
+        &[
+            "parliament",
+            "propose",
+            "--title",
+            "Conventionner le GAEC des Collines",
+            "--accredit-producer",
+            &producer,
+            "--scope",
+            "fresh-produce:100,dairy:80",
+        ],
+    );
+    vote_and_close(&dir, &s(&p["id"]));
+    let shop = ok(
+        &dir,
+        &[
+            "outlet",
+            "register",
+            "--name",
+            "Épicerie paysanne",
+            "--categories",
+            "fresh-produce,bread",
+        ],
+    );
+    ok(&dir, &["allocation", "issue", "--period", &period]);
+    // A criteria change left open, for the parliament page to show and vote on.
+    let crit2 = tmp.path().join("criteria2.toml");
+    std::fs::write(
+        &crit2,
+        "name = \"Cadenet 2026\"\nversion = 2\nlocal_distance_km = 100\n[rule]\nall = [\n  { any = [{ label = \"organic\" }, { practice = \"agroecology\" }] },\n  { max_distance_km = 150 },\n]\n",
+    )
+    .unwrap();
+    let open = ok(
+        &dir,
+        &[
+            "parliament",
+            "propose",
+            "--title",
+            "Critères 2026, version 2",
+            "--criteria",
+            crit2.to_str().unwrap(),
+        ],
+    );
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    Demo {
+        admin_token: read("admin.token"),
+        observer_token: read("observer.token"),
+        outlet_token: s(&shop["token"]),
+        card: members[0].1.clone(),
+        pin: "2468".into(),
+        open_proposal: s(&open["id"]),
+        period,
+        base,
+        node,
+        dir,
+        _tmp: tmp,
+    }
+}
+
+/// Cents from a displayed amount (`€150.00`, `150,00 €`).
+fn cents(text: &str) -> i64 {
+    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+    let v: i64 = digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no amount in {text:?}"));
+    if text.contains('-') { -v } else { v }
+}
+
+fn sign_in_token(b: &Browser, base: &str, token: &str) {
+    b.goto(&format!("{base}/"));
+    b.fill("#token", token);
+    b.click("#staff-h ~ form button[type=submit]");
+}
+
+fn sign_in_card(b: &Browser, base: &str, card: &str, pin: &str) {
+    b.goto(&format!("{base}/"));
+    b.fill("#card", card);
+    b.fill("#pin", pin);
+    b.click("#member-h ~ form button[type=submit]");
+}
+
+fn sign_out(b: &Browser) {
+    b.click("form[action='/logout'] button");
+    b.find("#member-h");
+}
+
+#[test]
+fn the_console_in_a_real_browser() {
+    if !webdriver::available() {
+        return;
+    }
+    let d = demo();
+    let base = d.base.as_str();
+    let b = Browser::start("fr-FR");
+
+    // The browser asks for French: the start page is in French; one link switches.
+    b.goto(&format!("{base}/"));
+    assert_eq!(b.text("h1"), "Connexion");
+    assert_eq!(b.script("return document.documentElement.lang"), "fr");
+    b.click("a.lang");
+    b.wait_text("Sign in");
+    assert_eq!(b.script("return document.documentElement.lang"), "en");
+
+    // The member's page shows the balance.
+    sign_in_card(&b, base, &d.card, &d.pin);
+    b.wait_text("Left on my allocation");
+    let before = cents(&b.text("#balance"));
+    assert!(before > 1250, "balance {before}");
+    assert!(
+        b.body_text().contains("GAEC des Collines"),
+        "accredited producer listed"
+    );
+    assert!(
+        b.body_text().contains("Critères 2026, version 2"),
+        "open vote listed"
+    );
+    sign_out(&b);
+
+    // The till: a sale of 12.50 of fresh produce, all paid by the allocation.
+    sign_in_token(&b, base, &d.outlet_token);
+    b.wait_text("Charge the allocation");
+    b.fill("#card", &d.card);
+    b.fill("#pin", &d.pin);
+    b.click("#cat1 option[value='fresh-produce']");
+    b.fill("#amount1", "12.50");
+    let sale = b.property("input[name=sale]", "value");
+    b.click("form[action='/till'] button[type=submit]");
+    b.wait_text("Sale recorded");
+    assert_eq!(cents(&b.text("#allocation-part")), 1250);
+    assert_eq!(cents(&b.text("#member-part")), 0);
+    // The same sale sent again (a double click, a reload): answered, not charged.
+    let csrf = b.property("input[name=csrf]", "value");
+    b.script(&format!(
+        "const f = document.createElement('form'); f.method = 'post'; f.action = '/till';
+         for (const [k, v] of [['csrf', '{csrf}'], ['sale', '{sale}'], ['card', '{card}'], ['pin', '{pin}'],
+                              ['cat1', 'fresh-produce'], ['amount1', '12.50']]) {{
+           const i = document.createElement('input'); i.type = 'hidden'; i.name = k; i.value = v; f.appendChild(i);
+         }}
+         document.body.appendChild(f); f.submit();",
+        card = d.card,
+        pin = d.pin
+    ));
+    b.wait_text("was not charged again");
+    // A refusal says why: more than the balance.
+    b.fill("#card", &d.card);
+    b.fill("#pin", &d.pin);
+    b.click("#cat1 option[value='fresh-produce']");
+    b.fill("#amount1", "5000");
+    b.click("form[action='/till'] button[type=submit]");
+    b.wait_text("insufficient balance");
+    // An outlet's session cannot open admin or member pages.
+    let outlet_cookie = b.cookie("caisse_session").expect("session cookie");
+    for page in ["/treasury", "/report", "/member", "/parliament"] {
+        let (status, _) = http("GET", &format!("{base}{page}"), Some(&outlet_cookie), None);
+        assert_eq!(status, 403, "outlet on {page}");
+    }
+    b.goto(&format!("{base}/treasury"));
+    assert_eq!(b.text("h1"), "Not allowed");
+    sign_out(&b);
+
+    // The member's page shows the balance after the one charge.
+    sign_in_card(&b, base, &d.card, &d.pin);
+    b.wait_text("Left on my allocation");
+    let after = cents(&b.text("#balance"));
+    assert_eq!(before - after, 1250, "charged once: {before} -> {after}");
+    assert!(b.body_text().contains("Purchase at Épicerie paysanne"));
+
+    // A vote through the parliament page changes the tally.
+    b.goto(&format!("{base}/parliament"));
+    let tally = format!("#tally-{}", d.open_proposal);
+    assert!(b.text(&tally).contains("yes 0"), "{}", b.text(&tally));
+    assert!(
+        b.body_text().contains("max_distance_km"),
+        "criteria diff shown"
+    );
+    b.click(&format!("#p-{} input[value=yes]", d.open_proposal));
+    b.click(&format!("#p-{} form.vote button", d.open_proposal));
+    b.wait_text("Vote of seat-1 recorded: yes");
+    assert!(b.text(&tally).contains("yes 1"), "{}", b.text(&tally));
+    let shown = ok(&d.dir, &["parliament", "show"]);
+    let votes = shown["proposals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| s(&p["id"]) == d.open_proposal)
+        .map(|p| p["votes"].clone())
+        .unwrap();
+    assert_eq!(votes["1"], "yes", "{votes}");
+    sign_out(&b);
+
+    // The public registry lists the accreditation voted through the CLI.
+    b.goto(&format!("{base}/registry"));
+    b.wait_text("GAEC des Collines");
+    let row = b.script(
+        "return [...document.querySelectorAll('#registry tbody tr')].map(r => r.innerText).find(t => t.includes('GAEC')) || ''",
+    );
+    let row = s(&row);
+    assert!(row.contains("Cadenet 2026 v1"), "{row}");
+    assert!(row.contains("fresh-produce 100"), "{row}");
+    assert!(row.contains("active"), "{row}");
+    b.click("#f-category option[value='bread']");
+    b.click("form.filters button");
+    b.wait_text("Épicerie paysanne");
+    assert!(!b.body_text().contains("GAEC des Collines"), "filtered out");
+
+    // Without its CSRF token a form is refused, and nothing changes.
+    sign_in_token(&b, base, &d.admin_token);
+    b.wait_text("Allocation run");
+    let admin_cookie = b.cookie("caisse_session").expect("cookie");
+    b.fill("#alloc-period", "2031-01");
+    b.script("document.querySelector(\"form[action='/treasury/allocations'] input[name=csrf]\").remove()");
+    b.click("form[action='/treasury/allocations'] button");
+    b.wait_text("This form was refused");
+    let (status, _) = http(
+        "POST",
+        &format!("{base}/treasury/allocations"),
+        Some(&admin_cookie),
+        Some(&[("period", "2031-01")]),
+    );
+    assert_eq!(status, 403);
+    let (status, _) = http(
+        "POST",
+        &format!("{base}/treasury/allocations"),
+        Some(&admin_cookie),
+        Some(&[("period", "2031-01"), ("csrf", "0000")]),
+    );
+    assert_eq!(status, 403);
+    let report = ok(&d.dir, &["report", "--period", "2031-01"]);
+    assert_eq!(
+        report["allocations"]["count"], 0,
+        "nothing issued: {report}"
+    );
+    // With it, the admin's form works.
+    b.goto(&format!("{base}/treasury?period={}", d.period));
+    b.fill("#alloc-period", &d.period);
+    b.click("form[action='/treasury/allocations'] button");
+    b.wait_text("already issued");
+    b.goto(&format!("{base}/report?period={}", d.period));
+    b.find("svg#by-category");
+    sign_out(&b);
+
+    // An observer reads but cannot change anything, even with a valid token.
+    sign_in_token(&b, base, &d.observer_token);
+    b.wait_text("Treasury");
+    assert!(b.try_find("form[action='/treasury/allocations']").is_none());
+    assert!(b.body_text().contains("shown to the caisse's admin only"));
+    let observer_cookie = b.cookie("caisse_session").expect("cookie");
+    let csrf = b.property("form[action='/logout'] input[name=csrf]", "value");
+    let (status, _) = http(
+        "POST",
+        &format!("{base}/treasury/allocations"),
+        Some(&observer_cookie),
+        Some(&[("period", "2031-02"), ("csrf", &csrf)]),
+    );
+    assert_eq!(status, 403);
+    let (status, _) = http(
+        "POST",
+        &format!("{base}/parliament/vote"),
+        Some(&observer_cookie),
+        Some(&[
+            ("proposal", &d.open_proposal),
+            ("seat", "2"),
+            ("choice", "no"),
+            ("csrf", &csrf),
+        ]),
+    );
+    assert_eq!(status, 403);
+    sign_out(&b);
+
+    // Failed sign-ins are rate-limited.
+    for _ in 0..5 {
+        sign_in_token(&b, base, "not-a-token");
+        b.wait_text("This token is not known here");
+    }
+    sign_in_token(&b, base, &d.admin_token);
+    b.wait_text("Too many failed sign-in attempts");
+    drop(b);
+    drop(d.node);
+}
+
+#[test]
+#[ignore = "writes screenshots; run with --ignored screenshots"]
+fn screenshots() {
+    if !webdriver::available() {
+        return;
+    }
+    let d = demo();
+    let base = d.base.as_str();
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../screenshots");
+    std::fs::create_dir_all(&out).unwrap();
+    let b = Browser::start("fr-FR");
+    let shoot = |name: &str| {
+        for (label, w, h) in [("phone", 390, 1700), ("desktop", 1280, 1400)] {
+            b.resize(w, h);
+            let png = b.screenshot();
+            assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+            std::fs::write(out.join(format!("{name}-{label}.png")), png).unwrap();
+        }
+        b.resize(1280, 900);
+    };
+    b.goto(&format!("{base}/"));
+    shoot("01-sign-in");
+    sign_in_token(&b, base, &d.outlet_token);
+    b.find("#card");
+    shoot("02-till");
+    b.fill("#card", &d.card);
+    b.fill("#pin", &d.pin);
+    b.click("#cat1 option[value='fresh-produce']");
+    b.fill("#amount1", "18,40");
+    b.click("#cat2 option[value='bread']");
+    b.fill("#amount2", "3,20");
+    b.click("form[action='/till'] button[type=submit]");
+    b.find("#receipt");
+    shoot("03-till-receipt");
+    sign_out(&b);
+    sign_in_card(&b, base, &d.card, &d.pin);
+    b.find("#balance");
+    shoot("04-member");
+    b.goto(&format!("{base}/parliament"));
+    shoot("05-parliament");
+    sign_out(&b);
+    b.goto(&format!("{base}/registry"));
+    shoot("06-registry");
+    sign_in_token(&b, base, &d.admin_token);
+    b.goto(&format!("{base}/treasury?period={}", d.period));
+    shoot("07-treasury");
+    b.goto(&format!("{base}/report?period={}", d.period));
+    shoot("08-report");
+    eprintln!("screenshots written to {}", out.display());
+}

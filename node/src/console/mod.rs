@@ -1,0 +1,614 @@
+//! The web console: server-rendered pages for the people of a caisse,
+//! served by the same HTTP server as the API, in French and English.
+//!
+//! - `/` sign-in (card + PIN for members, token for staff and outlets);
+//! - `/till` the point of sale of an outlet;
+//! - `/member` a member's own page;
+//! - `/parliament` seats, proposals, votes (admin, observer, seat holders);
+//! - `/registry` every accreditation of the federation (public);
+//! - `/treasury` and `/report` (admin, observer).
+//!
+//! Sessions live in memory behind an HTTP-only, same-site cookie; every
+//! form carries the session's CSRF token and is refused without it; failed
+//! sign-ins are rate-limited per client address; every role check is made
+//! on the server, in the handler, before anything is read or changed.
+
+// Handlers answer refusals with a ready page; boxing every one would only add noise.
+#![allow(clippy::result_large_err)]
+
+mod charts;
+pub mod html;
+mod member;
+mod parliament;
+mod registry;
+pub mod session;
+mod till;
+mod treasury;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+use crate::api::ApiState;
+use crate::members::{Role, token_key};
+use crate::store::decode_value;
+use html::{Lang, esc};
+use session::{Session, Who};
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "caisse_session";
+/// The language cookie's name.
+pub const LANG_COOKIE: &str = "caisse_lang";
+
+/// The console's routes (state: the API's).
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/", get(home))
+        .route("/console.css", get(stylesheet))
+        .route("/lang/{lang}", get(switch_lang))
+        .route("/login/token", post(login_token))
+        .route("/login/card", post(login_card))
+        .route("/logout", post(logout))
+        .route("/till", get(till::page).post(till::sell))
+        .route("/member", get(member::page))
+        .route("/parliament", get(parliament::page))
+        .route("/parliament/vote", post(parliament::vote))
+        .route("/parliament/close", post(parliament::close))
+        .route("/registry", get(registry::page))
+        .route("/treasury", get(treasury::page))
+        .route("/treasury/allocations", post(treasury::allocate))
+        .route("/treasury/payout", post(treasury::payout))
+        .route("/report", get(treasury::report_page))
+}
+
+/// Who is asking: their session (new if they had none) and language.
+pub struct Visitor {
+    /// The session (a copy; changes go through the session store).
+    pub session: Session,
+    /// True if the session was just created: its cookie must be set.
+    pub fresh: bool,
+    /// The page language.
+    pub lang: Lang,
+    /// The client's address, for rate limiting.
+    pub client: String,
+    /// A message left by the previous request (after a redirect).
+    pub flash: Option<html::Flash>,
+    /// The path and query asked for (to come back after switching language).
+    pub path: String,
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+impl FromRequestParts<ApiState> for Visitor {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Self, Self::Rejection> {
+        let lang = match cookie(&parts.headers, LANG_COOKIE) {
+            Some("fr") => Lang::Fr,
+            Some("en") => Lang::En,
+            _ => Lang::from_accept(
+                parts
+                    .headers
+                    .get(axum::http::header::ACCEPT_LANGUAGE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+            ),
+        };
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or_else(|| "local".to_owned(), |c| c.0.ip().to_string());
+        let sessions = &state.console;
+        let found = cookie(&parts.headers, SESSION_COOKIE).and_then(|id| sessions.get(id));
+        let (mut session, fresh) = match found {
+            Some(s) => (s, false),
+            None => (sessions.create(None), true),
+        };
+        let flash = session.flash.take();
+        if flash.is_some() {
+            sessions.set_flash(&session.id, None);
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .chars()
+            .take(500)
+            .collect();
+        Ok(Visitor {
+            session,
+            fresh,
+            lang,
+            client,
+            flash,
+            path,
+        })
+    }
+}
+
+impl Visitor {
+    /// Translate: the English text or its French.
+    pub fn t<'a>(&self, en: &'a str, fr: &'a str) -> &'a str {
+        self.lang.t(en, fr)
+    }
+
+    fn with_cookie(&self, mut r: Response) -> Response {
+        if self.fresh {
+            set_session_cookie(&mut r, &self.session.id);
+        }
+        r.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
+    }
+
+    /// A full page.
+    pub fn page(&self, state: &ApiState, status: StatusCode, title: &str, body: &str) -> Response {
+        let doc = html::layout(state, self, title, body);
+        self.with_cookie(
+            (status, [(CONTENT_TYPE, "text/html; charset=utf-8")], doc).into_response(),
+        )
+    }
+
+    /// An error page (403, 404, 429…) with what to do next.
+    pub fn error(&self, state: &ApiState, status: StatusCode, message: &str) -> Response {
+        let title = match status {
+            StatusCode::FORBIDDEN => self.t("Not allowed", "Accès refusé"),
+            StatusCode::NOT_FOUND => self.t("Not found", "Page introuvable"),
+            StatusCode::TOO_MANY_REQUESTS => self.t("Too many attempts", "Trop de tentatives"),
+            _ => self.t("Something went wrong", "Un problème est survenu"),
+        };
+        let body = format!(
+            "<p class=\"error\" role=\"alert\">{}</p><p><a href=\"/\">{}</a></p>",
+            esc(message),
+            self.t("Back to the start page", "Retour à l'accueil")
+        );
+        self.page(state, status, title, &body)
+    }
+
+    /// Redirect (303) after a form, with a message for the next page.
+    pub fn redirect(&self, state: &ApiState, to: &str, flash: Option<html::Flash>) -> Response {
+        if flash.is_some() {
+            state.console.set_flash(&self.session.id, flash);
+        }
+        self.with_cookie((StatusCode::SEE_OTHER, [(LOCATION, to.to_owned())]).into_response())
+    }
+
+    /// Require a signed-in role among `allowed`: not signed in goes to the
+    /// sign-in page; signed in as something else is a 403.
+    pub fn require(&self, state: &ApiState, allowed: &[Kind]) -> Result<Who, Response> {
+        let Some(who) = self.session.who.clone() else {
+            return Err(self.redirect(state, "/", None));
+        };
+        if allowed.contains(&who.kind()) {
+            Ok(who)
+        } else {
+            Err(self.error(
+                state,
+                StatusCode::FORBIDDEN,
+                self.t(
+                    "This page is not open to your role. Sign out and sign in with the right card or token.",
+                    "Cette page n'est pas ouverte à votre rôle. Déconnectez-vous et reconnectez-vous avec la bonne carte ou le bon jeton.",
+                ),
+            ))
+        }
+    }
+}
+
+/// The kinds of signed-in people.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The caisse's staff.
+    Admin,
+    /// The evaluation committee (read-only).
+    Observer,
+    /// An outlet's till.
+    Outlet,
+    /// A member.
+    Member,
+}
+
+fn set_session_cookie(r: &mut Response, id: &str) {
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict"
+    )) {
+        r.headers_mut().append(SET_COOKIE, v);
+    }
+}
+
+/// A form posted from a console page: its fields, once its CSRF token has
+/// been checked against the session's.
+pub struct Posted {
+    /// Who posted it.
+    pub visitor: Visitor,
+    /// The fields, in order.
+    pub fields: Vec<(String, String)>,
+}
+
+impl Posted {
+    /// A field's value, trimmed ("" when absent).
+    pub fn get(&self, name: &str) -> &str {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or("", |(_, v)| v.trim())
+    }
+}
+
+impl FromRequest<ApiState> for Posted {
+    type Rejection = Response;
+    async fn from_request(req: Request, state: &ApiState) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let Ok(visitor) = Visitor::from_request_parts(&mut parts, state).await;
+        let req = Request::from_parts(parts, body);
+        let refused = |v: &Visitor, why: &str| {
+            tracing::info!(target: "caisse::events::console", client = %v.client, why, "form refused");
+            v.error(
+                state,
+                StatusCode::FORBIDDEN,
+                v.t(
+                    "This form was refused: it has expired or was not sent from this console. Nothing was changed. Go back, reload the page and try again.",
+                    "Ce formulaire a été refusé : il a expiré ou ne vient pas de cette console. Rien n'a été modifié. Revenez en arrière, rechargez la page et réessayez.",
+                ),
+            )
+        };
+        let axum::Form(fields) =
+            match axum::Form::<Vec<(String, String)>>::from_request(req, state).await {
+                Ok(f) => f,
+                Err(_) => {
+                    return Err(visitor.error(
+                        state,
+                        StatusCode::BAD_REQUEST,
+                        visitor.t(
+                            "This form could not be read. Nothing was changed.",
+                            "Ce formulaire n'a pas pu être lu. Rien n'a été modifié.",
+                        ),
+                    ));
+                }
+            };
+        if visitor.fresh {
+            return Err(refused(&visitor, "no session"));
+        }
+        let sent = fields
+            .iter()
+            .find(|(k, _)| k == "csrf")
+            .map(|(_, v)| v.as_str());
+        match sent {
+            Some(t) if session::same(t, &visitor.session.csrf) => Ok(Posted { visitor, fields }),
+            Some(_) => Err(refused(&visitor, "wrong CSRF token")),
+            None => Err(refused(&visitor, "missing CSRF token")),
+        }
+    }
+}
+
+async fn stylesheet() -> Response {
+    (
+        [
+            (CONTENT_TYPE, "text/css; charset=utf-8"),
+            (CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        html::CSS,
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct Back {
+    #[serde(default)]
+    back: Option<String>,
+}
+
+async fn switch_lang(
+    v: Visitor,
+    State(s): State<ApiState>,
+    axum::extract::Path(lang): axum::extract::Path<String>,
+    Query(q): Query<Back>,
+) -> Response {
+    let lang = if lang == "fr" { "fr" } else { "en" };
+    let back = q
+        .back
+        .filter(|b| b.starts_with('/') && !b.starts_with("//") && !b.contains('\\'))
+        .unwrap_or_else(|| "/".to_owned());
+    let mut r = v.redirect(&s, &back, None);
+    if let Ok(c) = HeaderValue::from_str(&format!(
+        "{LANG_COOKIE}={lang}; Path=/; Max-Age=31536000; SameSite=Lax"
+    )) {
+        r.headers_mut().append(SET_COOKIE, c);
+    }
+    r
+}
+
+/// Where each role lands after signing in.
+fn landing(who: &Who) -> &'static str {
+    match who {
+        Who::Admin | Who::Observer => "/treasury",
+        Who::Outlet { .. } => "/till",
+        Who::Member { .. } => "/member",
+    }
+}
+
+async fn home(v: Visitor, State(s): State<ApiState>) -> Response {
+    if let Some(who) = &v.session.who {
+        return v.redirect(&s, landing(who), None);
+    }
+    sign_in_page(&v, &s, StatusCode::OK, None, "")
+}
+
+fn sign_in_page(
+    v: &Visitor,
+    s: &ApiState,
+    status: StatusCode,
+    error: Option<&str>,
+    card: &str,
+) -> Response {
+    let err = error.map_or_else(String::new, |e| {
+        format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e))
+    });
+    let body = format!(
+        r#"{err}<div class="cards">
+<section class="card" aria-labelledby="member-h">
+<h2 id="member-h">{member_h}</h2>
+<p>{member_p}</p>
+<form method="post" action="/login/card">
+{csrf}
+<label for="card">{card_l}</label>
+<input id="card" name="card" required autocomplete="off" autocapitalize="off" spellcheck="false" value="{card}">
+<label for="pin">{pin_l}</label>
+<input id="pin" name="pin" type="password" inputmode="numeric" pattern="[0-9]{{4,8}}" required autocomplete="off">
+<button type="submit">{enter}</button>
+</form>
+</section>
+<section class="card" aria-labelledby="staff-h">
+<h2 id="staff-h">{staff_h}</h2>
+<p>{staff_p}</p>
+<form method="post" action="/login/token">
+{csrf}
+<label for="token">{token_l}</label>
+<input id="token" name="token" type="password" required autocomplete="off">
+<button type="submit">{enter}</button>
+</form>
+</section>
+<section class="card" aria-labelledby="reg-h">
+<h2 id="reg-h">{reg_h}</h2>
+<p>{reg_p}</p>
+<p><a class="button" href="/registry">{reg_a}</a></p>
+</section>
+</div>"#,
+        csrf = html::csrf_field(&v.session),
+        card = esc(card),
+        member_h = v.t("Members", "Membres"),
+        member_p = v.t(
+            "See your balance, your purchases and the open votes with your card number and PIN.",
+            "Consultez votre solde, vos achats et les votes en cours avec votre numéro de carte et votre code."
+        ),
+        card_l = v.t("Card number", "Numéro de carte"),
+        pin_l = v.t("PIN (4 to 8 digits)", "Code (4 à 8 chiffres)"),
+        enter = v.t("Sign in", "Se connecter"),
+        staff_h = v.t("Caisse staff and outlets", "Équipe de la caisse et points de vente"),
+        staff_p = v.t(
+            "Paste the token the caisse gave you: an outlet's token opens its till.",
+            "Collez le jeton remis par la caisse : le jeton d'un point de vente ouvre sa caisse enregistreuse."
+        ),
+        token_l = v.t("Token", "Jeton"),
+        reg_h = v.t("Public registry", "Registre public"),
+        reg_p = v.t(
+            "Every accredited producer and outlet of the federation, open to all.",
+            "Tous les producteurs et points de vente conventionnés de la fédération, ouvert à tous."
+        ),
+        reg_a = v.t("Open the registry", "Ouvrir le registre"),
+    );
+    v.page(s, status, v.t("Sign in", "Connexion"), &body)
+}
+
+/// Refuse with 429 if this client failed too often lately.
+fn rate_limited(v: &Visitor, s: &ApiState) -> Option<Response> {
+    let wait = s.console.limiter_wait(&v.client)?;
+    tracing::warn!(target: "caisse::events::console", client = %v.client, "sign-in rate limited");
+    let mins = wait.as_secs().div_ceil(60).max(1);
+    let msg = match v.lang {
+        Lang::Fr => format!(
+            "Trop de tentatives de connexion échouées depuis cet appareil. Réessayez dans {mins} minute(s)."
+        ),
+        Lang::En => format!(
+            "Too many failed sign-in attempts from this device. Try again in {mins} minute(s)."
+        ),
+    };
+    let mut r = v.error(s, StatusCode::TOO_MANY_REQUESTS, &msg);
+    if let Ok(h) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+        r.headers_mut().insert(axum::http::header::RETRY_AFTER, h);
+    }
+    Some(r)
+}
+
+/// Start a signed-in session (a new id, so a planted cookie is worthless).
+fn signed_in(v: &Visitor, s: &ApiState, who: Who) -> Response {
+    s.console.remove(&v.session.id);
+    let to = landing(&who);
+    tracing::info!(target: "caisse::events::console", client = %v.client, role = ?who.kind(), "signed in");
+    let session = s.console.create(Some(who));
+    let mut r = (StatusCode::SEE_OTHER, [(LOCATION, to)]).into_response();
+    set_session_cookie(&mut r, &session.id);
+    r
+}
+
+async fn login_token(State(s): State<ApiState>, p: Posted) -> Response {
+    let v = &p.visitor;
+    if let Some(r) = rate_limited(v, &s) {
+        return r;
+    }
+    let token = p.get("token");
+    let role = if token.is_empty() || token.len() > 200 {
+        None
+    } else {
+        let key = token_key(token);
+        match s.store.get(&key) {
+            Ok(Some(b)) => decode_value::<Role>(&key, &b).ok(),
+            _ => None,
+        }
+    };
+    let who = match role {
+        Some(Role::Admin) => Who::Admin,
+        Some(Role::Observer) => Who::Observer,
+        Some(Role::Outlet { outlet }) => Who::Outlet { outlet },
+        None => {
+            s.console.record_failure(&v.client);
+            return sign_in_page(
+                v,
+                &s,
+                StatusCode::UNAUTHORIZED,
+                Some(v.t(
+                    "This token is not known here. Check it with the caisse (it is in the admin.token file, or was shown when the outlet was registered).",
+                    "Ce jeton est inconnu ici. Vérifiez-le auprès de la caisse (fichier admin.token, ou affiché à l'enregistrement du point de vente).",
+                )),
+                "",
+            );
+        }
+    };
+    signed_in(v, &s, who)
+}
+
+async fn login_card(State(s): State<ApiState>, p: Posted) -> Response {
+    let v = &p.visitor;
+    if let Some(r) = rate_limited(v, &s) {
+        return r;
+    }
+    let card_text = p.get("card").to_owned();
+    let fail = |msg: String| {
+        s.console.record_failure(&v.client);
+        sign_in_page(v, &s, StatusCode::UNAUTHORIZED, Some(&msg), &card_text)
+    };
+    let card: caisse_protocol::CardId = match card_text.parse() {
+        Ok(c) => c,
+        Err(_) => {
+            return fail(
+                v.t(
+                    "This is not a card number: it starts with card_ (as printed on the card).",
+                    "Ce n'est pas un numéro de carte : il commence par card_ (comme imprimé sur la carte).",
+                )
+                .to_owned(),
+            );
+        }
+    };
+    if !card.is_issued_by(&s.caisse_id) {
+        return fail(
+            v.t(
+                "This card was issued by another caisse: sign in on your own caisse's console.",
+                "Cette carte a été émise par une autre caisse : connectez-vous sur la console de votre caisse.",
+            )
+            .to_owned(),
+        );
+    }
+    let pin = p.get("pin").to_owned();
+    match s.handle.with(move |c, _| c.member_login(&card, &pin)).await {
+        Ok(member) => signed_in(v, &s, Who::Member { member, card }),
+        Err(e) => fail(html::refusal(v.lang, &e)),
+    }
+}
+
+async fn logout(State(s): State<ApiState>, p: Posted) -> Response {
+    s.console.remove(&p.visitor.session.id);
+    let fresh = s.console.create(None);
+    let mut r = (StatusCode::SEE_OTHER, [(LOCATION, "/")]).into_response();
+    set_session_cookie(&mut r, &fresh.id);
+    r
+}
+
+/// The HTML 404 for paths outside the API.
+pub fn not_found(v: &Visitor, s: &ApiState) -> Response {
+    v.error(
+        s,
+        StatusCode::NOT_FOUND,
+        v.t(
+            "There is no page at this address.",
+            "Il n'y a pas de page à cette adresse.",
+        ),
+    )
+}
+
+/// A producer or outlet that members may buy from under the allocation.
+#[derive(Clone, Debug)]
+pub struct Accredited {
+    /// Who.
+    pub subject: caisse_protocol::messages::Subject,
+    /// Their public name.
+    pub name: String,
+    /// The accrediting caisse's name.
+    pub caisse: String,
+    /// True when accredited by this caisse (else by a recognised one).
+    pub own: bool,
+    /// Categories and coverage rates.
+    pub scope: Vec<caisse_protocol::messages::ScopeItem>,
+    /// Last valid day.
+    pub until: caisse_protocol::Day,
+}
+
+/// Everything active today: this caisse's accreditations, and those of the
+/// caisses it recognises (producers only: outlets are where one shops).
+pub fn accredited_today(
+    c: &crate::caisse::Caisse,
+    view: &crate::federation::FederationView,
+    today: caisse_protocol::Day,
+    own_name: &str,
+) -> Vec<Accredited> {
+    use caisse_protocol::messages::Subject;
+    let mut out: Vec<Accredited> = c
+        .conventions()
+        .all()
+        .into_iter()
+        .filter(|r| r.active_on(today))
+        .map(|r| Accredited {
+            subject: r.accreditation.subject,
+            name: r.accreditation.subject_name.clone(),
+            caisse: own_name.to_owned(),
+            own: true,
+            scope: r.accreditation.scope.clone(),
+            until: r.accreditation.valid_until,
+        })
+        .collect();
+    let ours = c.conventions().criteria().map(|r| &r.version.criteria);
+    for (id, p) in &view.caisses {
+        if *id == c.id() || !view.recognises(id, &c.policy().recognition, ours) {
+            continue;
+        }
+        let name = p
+            .profile
+            .as_ref()
+            .map_or_else(|| id.short(), |x| x.name.clone());
+        for a in &p.accreditations {
+            let acc = &a.accreditation;
+            if a.revocation.is_none()
+                && acc.is_valid_on(today)
+                && matches!(acc.subject, Subject::Producer(_))
+            {
+                out.push(Accredited {
+                    subject: acc.subject,
+                    name: acc.subject_name.clone(),
+                    caisse: name.clone(),
+                    own: false,
+                    scope: acc.scope.clone(),
+                    until: acc.valid_until,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (!a.own, &a.name).cmp(&(!b.own, &b.name)));
+    out
+}

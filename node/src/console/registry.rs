@@ -1,0 +1,248 @@
+//! The public registry: every producer and outlet accredited in the
+//! federation, by which caisse, under which criteria version, valid until
+//! when, and every revocation; filtered by category and caisse. Open to all,
+//! read-only: it shows only what caisses publish (names of businesses, never
+//! of people).
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use caisse_protocol::messages::{Accreditation, Subject};
+use caisse_protocol::{CaisseId, ContentId, Day};
+use serde::Deserialize;
+
+use super::Visitor;
+use super::html::esc;
+use crate::api::ApiState;
+use crate::conventionnement::CriteriaRecord;
+
+/// The most rows shown at once.
+pub const MAX_ROWS: usize = 2000;
+
+/// The registry's filters.
+#[derive(Deserialize, Default)]
+pub struct Filter {
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(default)]
+    caisse: Option<String>,
+}
+
+struct Row {
+    caisse: CaisseId,
+    accreditation: Accreditation,
+    revoked: Option<(Day, String)>,
+}
+
+/// `GET /registry`
+pub async fn page(v: Visitor, State(s): State<ApiState>, Query(f): Query<Filter>) -> Response {
+    let view = s.federation.snapshot();
+    let own_id = s.caisse_id;
+    let local = s
+        .handle
+        .with(move |c, now| {
+            let rows: Vec<Row> = c
+                .conventions()
+                .all()
+                .into_iter()
+                .map(|r| Row {
+                    caisse: own_id,
+                    accreditation: r.accreditation.clone(),
+                    revoked: r.revoked.as_ref().map(|x| (x.day, x.reason.clone())),
+                })
+                .collect();
+            let mut versions: BTreeMap<ContentId, String> = BTreeMap::new();
+            for (k, val) in c.scan(crate::conventionnement::CRITERIA)? {
+                if let Ok(r) = crate::store::decode_value::<CriteriaRecord>(&k, &val) {
+                    versions.insert(
+                        r.hash,
+                        format!(
+                            "{} v{}",
+                            r.version.criteria.name, r.version.criteria.version
+                        ),
+                    );
+                }
+            }
+            Ok((rows, versions, Day::from_unix(now)))
+        })
+        .await;
+    let (mut rows, mut versions, today) = match local {
+        Ok(x) => x,
+        Err(e) => {
+            return v.error(
+                &s,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &super::html::refusal(v.lang, &e),
+            );
+        }
+    };
+    let mut names: BTreeMap<CaisseId, String> = BTreeMap::new();
+    names.insert(own_id, s.config.name.clone());
+    for (id, p) in &view.caisses {
+        if *id == own_id {
+            continue;
+        }
+        let name = p
+            .profile
+            .as_ref()
+            .map_or_else(|| id.short(), |x| x.name.clone());
+        names.insert(*id, name);
+        if let Some((cr, hash)) = &p.criteria {
+            versions
+                .entry(*hash)
+                .or_insert_with(|| format!("{} v{}", cr.name, cr.version));
+        }
+        for a in &p.accreditations {
+            rows.push(Row {
+                caisse: *id,
+                accreditation: a.accreditation.clone(),
+                revoked: a
+                    .revocation
+                    .as_ref()
+                    .map(|r| (r.effective, r.reason.clone())),
+            });
+        }
+    }
+    let mut categories: Vec<String> = rows
+        .iter()
+        .flat_map(|r| r.accreditation.scope.iter().map(|x| x.category.to_string()))
+        .collect();
+    categories.sort();
+    categories.dedup();
+    let want_cat = f.category.filter(|c| !c.is_empty());
+    let want_caisse = f.caisse.filter(|c| !c.is_empty());
+    let shown: Vec<&Row> = rows
+        .iter()
+        .filter(|r| {
+            want_cat.as_ref().is_none_or(|c| {
+                r.accreditation
+                    .scope
+                    .iter()
+                    .any(|x| x.category.as_str() == c)
+            })
+        })
+        .filter(|r| {
+            want_caisse
+                .as_ref()
+                .is_none_or(|c| r.caisse.to_string() == *c)
+        })
+        .collect();
+    let total = shown.len();
+    let l = v.lang;
+    let body_rows: String = shown
+        .iter()
+        .take(MAX_ROWS)
+        .map(|r| {
+            let a = &r.accreditation;
+            let kind = match a.subject {
+                Subject::Producer(_) => v.t("producer", "producteur"),
+                Subject::Outlet(_) => v.t("outlet", "point de vente"),
+            };
+            let scope: Vec<String> = a
+                .scope
+                .iter()
+                .map(|x| format!("{} {}\u{a0}%", x.category, x.coverage_pct))
+                .collect();
+            let criteria = match (versions.get(&a.criteria), a.decided_by) {
+                (Some(name), _) => esc(name),
+                (None, None) => v.t("administrative", "administratif").to_owned(),
+                (None, Some(_)) => format!("<span class=\"mono\">{}</span>", esc(a.criteria.short())),
+            };
+            let (class, status) = match &r.revoked {
+                Some((day, reason)) => (
+                    "status-revoked",
+                    format!("{} {day}: {}", v.t("revoked on", "révoqué le"), esc(reason)),
+                ),
+                None if a.valid_until < today => ("status-expired", v.t("expired", "expiré").to_owned()),
+                None if a.valid_from > today => ("", v.t("not yet valid", "pas encore valide").to_owned()),
+                None => ("status-active", v.t("active", "actif").to_owned()),
+            };
+            format!(
+                "<tr><td>{}<br><small>{kind}</small></td><td>{}</td><td>{}</td><td>{criteria}</td><td>{} – {}</td><td class=\"{class}\">{status}</td></tr>",
+                esc(&a.subject_name),
+                esc(scope.join(", ")),
+                esc(names.get(&r.caisse).cloned().unwrap_or_else(|| r.caisse.short())),
+                a.valid_from,
+                a.valid_until,
+            )
+        })
+        .collect();
+    let cat_opts: String = categories
+        .iter()
+        .map(|c| {
+            let sel = if want_cat.as_deref() == Some(c) {
+                " selected"
+            } else {
+                ""
+            };
+            format!("<option value=\"{0}\"{sel}>{0}</option>", esc(c))
+        })
+        .collect();
+    let caisse_opts: String = names
+        .iter()
+        .map(|(id, name)| {
+            let sel = if want_caisse.as_deref() == Some(&id.to_string()) {
+                " selected"
+            } else {
+                ""
+            };
+            format!("<option value=\"{}\"{sel}>{}</option>", esc(id), esc(name))
+        })
+        .collect();
+    let more = if total > MAX_ROWS {
+        format!(
+            "<p>{} {MAX_ROWS} / {total}. {}</p>",
+            v.t("Showing", "Affichage de"),
+            v.t(
+                "Narrow the filters to see the rest.",
+                "Affinez les filtres pour voir la suite."
+            )
+        )
+    } else {
+        String::new()
+    };
+    let table = if total == 0 {
+        format!(
+            "<p>{}</p>",
+            v.t(
+                "No accreditation matches.",
+                "Aucun conventionnement ne correspond."
+            )
+        )
+    } else {
+        format!(
+            r#"<div class="table-wrap"><table id="registry"><caption class="sr-only">{cap}</caption><thead><tr><th scope="col">{who}</th><th scope="col">{cats}</th><th scope="col">{by}</th><th scope="col">{crit}</th><th scope="col">{valid}</th><th scope="col">{status}</th></tr></thead><tbody>{body_rows}</tbody></table></div>{more}"#,
+            cap = v.t("Accreditations", "Conventionnements"),
+            who = v.t("Producer or outlet", "Producteur ou point de vente"),
+            cats = v.t("Categories (share paid)", "Catégories (part payée)"),
+            by = v.t("Accredited by", "Conventionné par"),
+            crit = v.t("Criteria version", "Version des critères"),
+            valid = v.t("Valid", "Validité"),
+            status = v.t("Status", "État"),
+        )
+    };
+    let body = format!(
+        r#"<p>{intro}</p>
+<form method="get" action="/registry" class="filters" role="search">
+<div><label for="f-category">{cat_l}</label><select id="f-category" name="category"><option value="">{all}</option>{cat_opts}</select></div>
+<div><label for="f-caisse">{caisse_l}</label><select id="f-caisse" name="caisse"><option value="">{all}</option>{caisse_opts}</select></div>
+<div><button type="submit">{filter}</button></div>
+</form>
+<p role="status">{count} {count_l}</p>
+{table}"#,
+        intro = v.t(
+            "Every producer and outlet accredited by the caisses of the federation, as each caisse publishes it (signed).",
+            "Tous les producteurs et points de vente conventionnés par les caisses de la fédération, tels que chaque caisse les publie (signés)."
+        ),
+        cat_l = v.t("Category", "Catégorie"),
+        caisse_l = v.t("Caisse", "Caisse"),
+        all = v.t("All", "Toutes"),
+        filter = v.t("Filter", "Filtrer"),
+        count = total,
+        count_l = v.t("accreditations", "conventionnements"),
+    );
+    let _ = l;
+    v.page(&s, StatusCode::OK, v.t("Registry", "Registre"), &body)
+}

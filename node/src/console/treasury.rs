@@ -1,0 +1,721 @@
+//! Treasury and reports, for the caisse's staff (admin) and its evaluation
+//! committee (observer, read-only): members, the allocation run,
+//! contributions and subsidies against the target split, outlet payouts,
+//! settlement with other caisses, and the evaluation report with charts.
+//! Personal records (names, balances of members) are shown to the admin
+//! only; every change is a form the observer never sees and the server
+//! refuses to the observer anyway.
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use caisse_protocol::{Amount, CaisseId, Day, OutletId, Period};
+use serde::Deserialize;
+
+use super::charts::bars;
+use super::html::{Flash, Lang, csrf_field, esc, money, percent};
+use super::session::Who;
+use super::{Kind, Posted, Visitor};
+use crate::api::ApiState;
+use crate::ledger::Account;
+use crate::members::{MemberRecord, MemberStatus, OutletRecord};
+use crate::report::Report;
+
+/// Members listed on the treasury page.
+pub const MEMBERS_SHOWN: usize = 200;
+
+/// The period asked for.
+#[derive(Deserialize, Default)]
+pub struct PeriodQuery {
+    #[serde(default)]
+    period: Option<String>,
+}
+
+fn period_of(q: &PeriodQuery, today: Day) -> Period {
+    q.period
+        .as_deref()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| today.period())
+}
+
+struct Treasury {
+    report: Report,
+    members: Vec<(MemberRecord, Amount)>,
+    member_count: usize,
+    outlets: Vec<(OutletRecord, Amount)>,
+    treasury: Amount,
+}
+
+/// `GET /treasury`
+pub async fn page(v: Visitor, State(s): State<ApiState>, Query(q): Query<PeriodQuery>) -> Response {
+    let who = match v.require(&s, &[Kind::Admin, Kind::Observer]) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let admin = who == Who::Admin;
+    let period = period_of(&q, s.handle.clock().today());
+    let data = s
+        .handle
+        .with(move |c, _| {
+            let report = c.report(period)?;
+            let mut members = Vec::new();
+            if admin {
+                for (k, val) in c
+                    .scan(crate::store::keys::MEMBER)?
+                    .into_iter()
+                    .take(MEMBERS_SHOWN)
+                {
+                    let r: MemberRecord = crate::store::decode_value(&k, &val)?;
+                    let b = c.balance(&Account::Member(r.id));
+                    members.push((r, b));
+                }
+            }
+            let outlets = c
+                .outlets()
+                .into_iter()
+                .map(|o| {
+                    let owed = c.balance(&Account::Outlet(o.id));
+                    (o, owed)
+                })
+                .collect();
+            Ok(Treasury {
+                report,
+                members,
+                member_count: c.member_count(),
+                outlets,
+                treasury: c.balance(&Account::Treasury),
+            })
+        })
+        .await;
+    let d = match data {
+        Ok(d) => d,
+        Err(e) => {
+            return v.error(
+                &s,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &super::html::refusal(v.lang, &e),
+            );
+        }
+    };
+    let view = s.federation.snapshot();
+    let settlement = crate::settlement::settlement_view(&view, period);
+    let name_of = |id: &CaisseId| -> String {
+        if *id == s.caisse_id {
+            return s.config.name.clone();
+        }
+        view.caisses
+            .get(id)
+            .and_then(|p| p.profile.as_ref())
+            .map_or_else(|| id.short(), |p| p.name.clone())
+    };
+    let l = v.lang;
+    let r = &d.report;
+    let period_form = period_picker(&v, "/treasury", period);
+    let members = if admin {
+        let rows: String = d
+            .members
+            .iter()
+            .map(|(m, b)| {
+                let status = match m.status {
+                    MemberStatus::Active => v.t("active", "actif"),
+                    MemberStatus::Suspended => v.t("suspended", "suspendu"),
+                    MemberStatus::Left => v.t("left", "parti"),
+                };
+                format!(
+                    "<tr><td>{}</td><td class=\"mono\">{}</td><td>{status}</td><td>{}</td><td class=\"num\">{}</td></tr>",
+                    esc(&m.name),
+                    esc(m.card),
+                    m.joined,
+                    money(l, *b)
+                )
+            })
+            .collect();
+        let more = if d.member_count > d.members.len() {
+            format!(
+                "<p>{} {} / {}. {}</p>",
+                v.t("Showing", "Affichage de"),
+                d.members.len(),
+                d.member_count,
+                v.t(
+                    "The full list: `caisse member list`.",
+                    "La liste complète : `caisse member list`."
+                )
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "<div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\" class=\"num\">{}</th></tr></thead><tbody>{rows}</tbody></table></div>{more}",
+            v.t("Name", "Nom"),
+            v.t("Card", "Carte"),
+            v.t("Status", "État"),
+            v.t("Joined", "Inscription"),
+            v.t("Balance", "Solde"),
+        )
+    } else {
+        format!(
+            "<p>{}</p>",
+            v.t(
+                "Members' personal records are shown to the caisse's admin only.",
+                "Les données personnelles des membres ne sont visibles que par l'administration de la caisse."
+            )
+        )
+    };
+    let allocation_form = if admin {
+        format!(
+            r#"<form method="post" action="/treasury/allocations">{csrf}<label for="alloc-period">{lab}</label><input id="alloc-period" name="period" value="{period}" pattern="[0-9]{{4}}-[0-9]{{2}}" required><button type="submit">{btn}</button></form><p><small>{help}</small></p>"#,
+            csrf = csrf_field(&v.session),
+            lab = v.t("Period (YYYY-MM)", "Période (AAAA-MM)"),
+            btn = v.t("Issue the allocations", "Verser les allocations"),
+            help = v.t(
+                "Members who already received this period's allocation are skipped: running it twice pays nothing twice.",
+                "Les membres ayant déjà reçu l'allocation de la période sont ignorés : relancer ne paie rien deux fois."
+            ),
+        )
+    } else {
+        String::new()
+    };
+    let subsidies: String = r
+        .subsidies
+        .iter()
+        .map(|(src, a)| {
+            format!(
+                "<tr><td>{}</td><td class=\"num\">{}</td></tr>",
+                esc(source_name(l, src)),
+                money(l, *a)
+            )
+        })
+        .collect();
+    let share_chart = bars(
+        "funding-split",
+        v.t(
+            "Contributions' share of funding against the target",
+            "Part des cotisations dans le financement, face à l'objectif",
+        ),
+        &[
+            (
+                v.t("contributions", "cotisations").to_owned(),
+                i64::from(r.contribution_share_bp),
+            ),
+            (
+                v.t("target", "objectif").to_owned(),
+                i64::from(r.contribution_target_pct) * 100,
+            ),
+        ],
+        |x| percent(l, u32::try_from(x).unwrap_or(0)),
+    );
+    let outlets: String = d
+        .outlets
+        .iter()
+        .map(|(o, owed)| {
+            let turnover = r
+                .outlets
+                .iter()
+                .find(|t| t.outlet == o.id)
+                .map_or(Amount::ZERO, |t| t.turnover);
+            let pay = if admin {
+                format!(
+                    r#"<form method="post" action="/treasury/payout">{csrf}<input type="hidden" name="outlet" value="{id}"><input type="hidden" name="period" value="{period}"><button type="submit" class="secondary">{btn}</button></form>"#,
+                    csrf = csrf_field(&v.session),
+                    id = o.id,
+                    btn = v.t("Pay out", "Payer"),
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{pay}</td></tr>",
+                esc(&o.name),
+                money(l, turnover),
+                money(l, *owed)
+            )
+        })
+        .collect();
+    let statements: String = settlement
+        .statements
+        .iter()
+        .map(|(id, st, acked, dispute)| {
+            let state = match (acked, dispute) {
+                (true, _) => v.t("acknowledged", "reconnu").to_owned(),
+                (false, Some(d)) => format!(
+                    "{} {} {}, {} {}",
+                    v.t("disputed:", "contesté :"),
+                    d.unknown_to_debtor.len(),
+                    v.t("receipts unknown to the debtor", "reçus inconnus du débiteur"),
+                    d.missing_from_statement.len(),
+                    v.t("missing from the statement", "absents du relevé")
+                ),
+                (false, None) => v.t("awaiting acknowledgement", "en attente de reconnaissance").to_owned(),
+            };
+            format!(
+                "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{state}</td><td class=\"mono\">{}</td></tr>",
+                esc(name_of(&st.creditor)),
+                esc(name_of(&st.debtor)),
+                money(l, st.amount),
+                st.count,
+                esc(id.short())
+            )
+        })
+        .collect();
+    let transfers: String = settlement
+        .transfers
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let paid = settlement
+                .paid
+                .iter()
+                .find(|(p, _)| p.from == t.from && p.to == t.to && p.amount == t.amount);
+            let state = match paid {
+                Some((_, true)) => v.t("paid, confirmed by the receiver", "payé, confirmé par le destinataire"),
+                Some((_, false)) => v.t("declared paid", "déclaré payé"),
+                None => v.t("to pay", "à payer"),
+            };
+            format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{state}</td></tr>",
+                i + 1,
+                esc(name_of(&t.from)),
+                esc(name_of(&t.to)),
+                money(l, t.amount)
+            )
+        })
+        .collect();
+    let settlement_html = if statements.is_empty() {
+        format!(
+            "<p>{}</p>",
+            v.t(
+                "No settlement statement for this period.",
+                "Aucun relevé de compensation pour cette période."
+            )
+        )
+    } else {
+        format!(
+            r#"<h3>{st_h}</h3><div class="table-wrap"><table><thead><tr><th scope="col">{cred}</th><th scope="col">{debt}</th><th scope="col" class="num">{amount}</th><th scope="col" class="num">{count}</th><th scope="col">{state}</th><th scope="col">{id}</th></tr></thead><tbody>{statements}</tbody></table></div>
+<h3>{tr_h}</h3><div class="table-wrap"><table><thead><tr><th scope="col">#</th><th scope="col">{from}</th><th scope="col">{to}</th><th scope="col" class="num">{amount}</th><th scope="col">{state}</th></tr></thead><tbody>{transfers}</tbody></table></div>"#,
+            st_h = v.t("Statements", "Relevés"),
+            cred = v.t("Owed to", "Dû à"),
+            debt = v.t("Owed by", "Dû par"),
+            amount = v.t("Amount", "Montant"),
+            count = v.t("Purchases", "Achats"),
+            state = v.t("Status", "État"),
+            id = v.t("Statement", "Relevé"),
+            tr_h = v.t("Net transfers", "Virements nets"),
+            from = v.t("From", "De"),
+            to = v.t("To", "À"),
+        )
+    };
+    let body = format!(
+        r#"{period_form}
+<div class="figures">
+<div class="figure"><div class="label">{members_l}</div><div class="big">{active}</div><small>{susp} {susp_l} · {left} {left_l} · {new} {new_l}</small></div>
+<div class="figure"><div class="label">{alloc_l} {period}</div><div class="big">{alloc}</div><small>{alloc_n} {alloc_n_l}</small></div>
+<div class="figure"><div class="label">{contrib_l}</div><div class="big">{contrib}</div></div>
+<div class="figure"><div class="label">{subs_l}</div><div class="big">{subs}</div></div>
+<div class="figure"><div class="label">{budget_l}</div><div class="big">{budget}</div></div>
+<div class="figure"><div class="label">{treasury_l}</div><div class="big">{treasury}</div></div>
+</div>
+<h2>{members_h}</h2>
+{members}
+<h2>{run_h}</h2>
+{allocation_form}
+<h2>{funding_h}</h2>
+<p>{share_l} <strong>{share}</strong> — {target_l} <strong>{target}%</strong></p>
+{share_chart}
+<div class="table-wrap"><table><thead><tr><th scope="col">{source_h}</th><th scope="col" class="num">{amount_h}</th></tr></thead><tbody><tr><td>{contrib_row}</td><td class="num">{contrib}</td></tr>{subsidies}</tbody></table></div>
+<h2>{outlets_h}</h2>
+<div class="table-wrap"><table><thead><tr><th scope="col">{outlet_h}</th><th scope="col" class="num">{turnover_h} {period}</th><th scope="col" class="num">{owed_h}</th><th scope="col">{payout_h}</th></tr></thead><tbody>{outlets}</tbody></table></div>
+<h2>{settle_h}</h2>
+{settlement_html}
+<p><a href="/report?period={period}">{report_a}</a></p>"#,
+        members_l = v.t("Active members", "Membres actifs"),
+        active = r.members.active,
+        susp = r.members.suspended,
+        susp_l = v.t("suspended", "suspendus"),
+        left = r.members.left,
+        left_l = v.t("left", "partis"),
+        new = r.members.new_enrolments,
+        new_l = v.t("new this period", "nouveaux sur la période"),
+        alloc_l = v.t("Allocations", "Allocations"),
+        alloc = money(l, r.allocations.total),
+        alloc_n = r.allocations.count,
+        alloc_n_l = v.t("issued", "versées"),
+        contrib_l = v.t("Contributions", "Cotisations"),
+        contrib = money(l, r.contributions.total),
+        subs_l = v.t("Subsidies", "Subventions"),
+        subs = money(l, r.subsidies_total),
+        budget_l = v.t("Funding minus allocations", "Financement moins allocations"),
+        budget = money(l, r.budget_balance),
+        treasury_l = v.t("Treasury", "Trésorerie"),
+        treasury = money(l, d.treasury),
+        members_h = v.t("Members", "Membres"),
+        run_h = v.t("Allocation run", "Versement des allocations"),
+        funding_h = v.t("Contributions and subsidies", "Cotisations et subventions"),
+        share_l = v.t("Contributions' share of funding:", "Part des cotisations :"),
+        share = percent(l, r.contribution_share_bp),
+        target_l = v.t("target", "objectif"),
+        target = r.contribution_target_pct,
+        source_h = v.t("Source", "Source"),
+        amount_h = v.t("Amount", "Montant"),
+        contrib_row = v.t("member contributions", "cotisations des membres"),
+        outlets_h = v.t("Outlets and payouts", "Points de vente et paiements"),
+        outlet_h = v.t("Outlet", "Point de vente"),
+        turnover_h = v.t("Sales under the allocation", "Ventes sur l'allocation"),
+        owed_h = v.t("Owed now", "Dû maintenant"),
+        payout_h = v.t("Payout", "Paiement"),
+        settle_h = v.t(
+            "Settlement with other caisses",
+            "Compensation entre caisses"
+        ),
+        report_a = v.t(
+            "Evaluation report with charts",
+            "Rapport d'évaluation avec graphiques"
+        ),
+    );
+    v.page(&s, StatusCode::OK, v.t("Treasury", "Trésorerie"), &body)
+}
+
+fn source_name(l: Lang, src: &str) -> &str {
+    match src {
+        "state" => l.t("the State", "l'État"),
+        "local-authority" => l.t("local authority", "collectivité locale"),
+        "other" => l.t("other funders", "autres financeurs"),
+        other => other,
+    }
+}
+
+fn period_picker(v: &Visitor, action: &str, period: Period) -> String {
+    format!(
+        r#"<form method="get" action="{action}" class="filters"><div><label for="period">{lab}</label><input id="period" name="period" value="{period}" pattern="[0-9]{{4}}-[0-9]{{2}}"></div><div><button type="submit">{btn}</button></div></form>"#,
+        lab = v.t("Period (YYYY-MM)", "Période (AAAA-MM)"),
+        btn = v.t("Show", "Afficher"),
+    )
+}
+
+fn admin_only(v: &Visitor, s: &ApiState) -> Result<(), Response> {
+    match v.require(s, &[Kind::Admin, Kind::Observer])? {
+        Who::Admin => Ok(()),
+        _ => Err(v.error(
+            s,
+            StatusCode::FORBIDDEN,
+            v.t(
+                "An observer can read everything here but change nothing.",
+                "L'observation peut tout lire ici mais ne rien modifier.",
+            ),
+        )),
+    }
+}
+
+/// `POST /treasury/allocations`
+pub async fn allocate(State(s): State<ApiState>, p: Posted) -> Response {
+    let v = &p.visitor;
+    if let Err(r) = admin_only(v, &s) {
+        return r;
+    }
+    let Ok(period) = p.get("period").parse::<Period>() else {
+        let flash = Flash {
+            ok: false,
+            text: v
+                .t(
+                    "Write the period as YYYY-MM, e.g. 2026-11.",
+                    "Écrivez la période sous la forme AAAA-MM, par ex. 2026-11.",
+                )
+                .to_owned(),
+        };
+        return v.redirect(&s, "/treasury", Some(flash));
+    };
+    let flash = match s.handle.issue_allocations(period).await {
+        Ok(run) => Flash {
+            ok: true,
+            text: match v.lang {
+                Lang::Fr => format!(
+                    "{period} : {} allocations versées ({}), {} déjà versées, {} suspendus.",
+                    run.issued,
+                    money(Lang::Fr, run.total),
+                    run.already_issued,
+                    run.skipped_suspended
+                ),
+                Lang::En => format!(
+                    "{period}: {} allocations issued ({}), {} already issued, {} suspended.",
+                    run.issued,
+                    money(Lang::En, run.total),
+                    run.already_issued,
+                    run.skipped_suspended
+                ),
+            },
+        },
+        Err(e) => Flash {
+            ok: false,
+            text: super::html::refusal(v.lang, &e),
+        },
+    };
+    v.redirect(&s, &format!("/treasury?period={period}"), Some(flash))
+}
+
+/// `POST /treasury/payout`
+pub async fn payout(State(s): State<ApiState>, p: Posted) -> Response {
+    let v = &p.visitor;
+    if let Err(r) = admin_only(v, &s) {
+        return r;
+    }
+    let (Ok(outlet), Ok(period)) = (
+        p.get("outlet").parse::<OutletId>(),
+        p.get("period").parse::<Period>(),
+    ) else {
+        return v.error(
+            &s,
+            StatusCode::BAD_REQUEST,
+            v.t(
+                "Unknown outlet or period.",
+                "Point de vente ou période inconnus.",
+            ),
+        );
+    };
+    let flash = match s.handle.payout(outlet, period).await {
+        Ok(done) if done.already_paid => Flash {
+            ok: true,
+            text: format!(
+                "{} {}",
+                v.t(
+                    "Already paid for this period:",
+                    "Déjà payé pour cette période :"
+                ),
+                money(v.lang, done.amount)
+            ),
+        },
+        Ok(done) => Flash {
+            ok: true,
+            text: format!(
+                "{} {}",
+                v.t("Paid out:", "Payé :"),
+                money(v.lang, done.amount)
+            ),
+        },
+        Err(e) => Flash {
+            ok: false,
+            text: super::html::refusal(v.lang, &e),
+        },
+    };
+    v.redirect(&s, &format!("/treasury?period={period}"), Some(flash))
+}
+
+/// `GET /report`
+pub async fn report_page(
+    v: Visitor,
+    State(s): State<ApiState>,
+    Query(q): Query<PeriodQuery>,
+) -> Response {
+    if let Err(r) = v.require(&s, &[Kind::Admin, Kind::Observer]) {
+        return r;
+    }
+    let period = period_of(&q, s.handle.clock().today());
+    let r = match s.handle.with(move |c, _| c.report(period)).await {
+        Ok(r) => r,
+        Err(e) => {
+            return v.error(
+                &s,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &super::html::refusal(v.lang, &e),
+            );
+        }
+    };
+    let l = v.lang;
+    let cents = |x: i64| money(l, Amount::from_cents(x));
+    let by_cat: Vec<(String, i64)> = r
+        .spending
+        .by_category
+        .iter()
+        .map(|(k, a)| (k.clone(), a.cents()))
+        .collect();
+    let shares = vec![
+        (
+            v.t("organic", "bio").to_owned(),
+            i64::from(r.spending.organic_bp),
+        ),
+        (
+            v.t("fresh fruit and vegetables", "fruits et légumes frais")
+                .to_owned(),
+            i64::from(r.spending.fresh_bp),
+        ),
+        (
+            v.t("local", "local").to_owned(),
+            i64::from(r.spending.local_bp),
+        ),
+    ];
+    let turnover: Vec<(String, i64)> = r
+        .outlets
+        .iter()
+        .map(|o| (o.name.clone(), o.turnover.cents()))
+        .collect();
+    let mut funding: Vec<(String, i64)> = vec![(
+        v.t("contributions", "cotisations").to_owned(),
+        r.contributions.total.cents(),
+    )];
+    funding.extend(
+        r.subsidies
+            .iter()
+            .map(|(k, a)| (source_name(l, k).to_owned(), a.cents())),
+    );
+    let votes: String = r
+        .votes
+        .iter()
+        .map(|x| {
+            format!(
+                "<tr><td>{}</td><td class=\"num\">{} / {}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+                esc(&x.title),
+                x.cast,
+                x.seats,
+                percent(l, x.participation_bp),
+                if x.passed { v.t("adopted", "adoptée") } else { v.t("rejected", "rejetée") }
+            )
+        })
+        .collect();
+    let votes = if votes.is_empty() {
+        format!(
+            "<p>{}</p>",
+            v.t(
+                "No vote closed in this period.",
+                "Aucun vote clos sur la période."
+            )
+        )
+    } else {
+        format!(
+            "<div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">{}</th><th scope=\"col\" class=\"num\">{}</th><th scope=\"col\" class=\"num\">{}</th><th scope=\"col\">{}</th></tr></thead><tbody>{votes}</tbody></table></div>",
+            v.t("Proposal", "Proposition"),
+            v.t("Votes", "Votes"),
+            v.t("Participation", "Participation"),
+            v.t("Outcome", "Résultat"),
+        )
+    };
+    let local_note = match r.spending.local_distance_km {
+        Some(km) => match l {
+            Lang::Fr => format!("« Local » : à moins de {km} km, selon les critères en vigueur."),
+            Lang::En => format!("\"Local\": within {km} km, as the criteria in force say."),
+        },
+        None => v
+            .t(
+                "No local distance is set in the criteria.",
+                "Les critères ne fixent pas de distance locale.",
+            )
+            .to_owned(),
+    };
+    let body = format!(
+        r#"{picker}
+<div class="figures">
+<div class="figure"><div class="label">{purchases_l}</div><div class="big">{purchases}</div><small>{cross} {cross_l}</small></div>
+<div class="figure"><div class="label">{spent_l}</div><div class="big">{spent}</div></div>
+<div class="figure"><div class="label">{alloc_l}</div><div class="big">{alloc}</div></div>
+<div class="figure"><div class="label">{member_l}</div><div class="big">{member}</div></div>
+</div>
+<h2>{cat_h}</h2>
+{cat_chart}
+<h2>{shares_h}</h2>
+{shares_chart}
+<p><small>{local_note}</small></p>
+<h2>{outlets_h}</h2>
+{outlets_chart}
+<h2>{funding_h}</h2>
+{funding_chart}
+<p>{share_l} <strong>{share}</strong> — {target_l} <strong>{target}%</strong> — {budget_l} <strong>{budget}</strong></p>
+<h2>{votes_h}</h2>
+{votes}
+<h2>{acc_h}</h2>
+<p>{granted_l} {granted} · {expired_l} {expired} · {revoked_l} {revoked} · {active_l} {active}</p>
+<h2>{members_h}</h2>
+<p>{active_m_l} {active_m} · {new_l} {new} · {susp_l} {susp} · {left_l} {left}</p>"#,
+        picker = period_picker(&v, "/report", period),
+        purchases_l = v.t("Purchases", "Achats"),
+        purchases = r.spending.purchases,
+        cross = r.spending.cross_caisse_purchases,
+        cross_l = v.t("at other caisses' outlets", "chez d'autres caisses"),
+        spent_l = v.t("Total spent", "Total dépensé"),
+        spent = money(l, r.spending.total),
+        alloc_l = v.t("Paid by the allocation", "Payé par l'allocation"),
+        alloc = money(l, r.spending.allocation_part),
+        member_l = v.t("Paid by members", "Payé par les membres"),
+        member = money(l, r.spending.member_part),
+        cat_h = v.t("Spending by category", "Dépenses par catégorie"),
+        cat_chart = or_none(
+            &v,
+            bars(
+                "by-category",
+                v.t("Spending by category", "Dépenses par catégorie"),
+                &by_cat,
+                cents
+            )
+        ),
+        shares_h = v.t(
+            "Organic, fresh and local shares",
+            "Parts bio, frais et local"
+        ),
+        shares_chart = bars(
+            "shares",
+            v.t("Shares of spending", "Parts des dépenses"),
+            &shares,
+            |x| percent(l, u32::try_from(x).unwrap_or(0))
+        ),
+        outlets_h = v.t(
+            "Turnover by outlet",
+            "Chiffre d'affaires par point de vente"
+        ),
+        outlets_chart = or_none(
+            &v,
+            bars(
+                "by-outlet",
+                v.t(
+                    "Turnover by outlet",
+                    "Chiffre d'affaires par point de vente"
+                ),
+                &turnover,
+                cents
+            )
+        ),
+        funding_h = v.t("Funding", "Financement"),
+        funding_chart = bars(
+            "funding",
+            v.t("Funding by source", "Financement par source"),
+            &funding,
+            cents
+        ),
+        share_l = v.t("Contributions' share:", "Part des cotisations :"),
+        share = percent(l, r.contribution_share_bp),
+        target_l = v.t("target", "objectif"),
+        target = r.contribution_target_pct,
+        budget_l = v.t("funding minus allocations", "financement moins allocations"),
+        budget = money(l, r.budget_balance),
+        votes_h = v.t("Parliament participation", "Participation au parlement"),
+        acc_h = v.t("Accreditations", "Conventionnements"),
+        granted_l = v.t("granted", "accordés"),
+        granted = r.accreditations.granted,
+        expired_l = v.t("expired", "expirés"),
+        expired = r.accreditations.expired,
+        revoked_l = v.t("revoked", "révoqués"),
+        revoked = r.accreditations.revoked,
+        active_l = v.t("active at the end", "actifs en fin de période"),
+        active = r.accreditations.active,
+        members_h = v.t("Members", "Membres"),
+        active_m_l = v.t("active", "actifs"),
+        active_m = r.members.active,
+        new_l = v.t("new", "nouveaux"),
+        new = r.members.new_enrolments,
+        susp_l = v.t("suspended", "suspendus"),
+        susp = r.members.suspended,
+        left_l = v.t("left", "partis"),
+        left = r.members.left,
+    );
+    let title = format!(
+        "{} {period}",
+        v.t("Evaluation report", "Rapport d'évaluation")
+    );
+    v.page(&s, StatusCode::OK, &title, &body)
+}
+
+fn or_none(v: &Visitor, chart: String) -> String {
+    if chart.is_empty() {
+        format!(
+            "<p>{}</p>",
+            v.t("Nothing in this period.", "Rien sur cette période.")
+        )
+    } else {
+        chart
+    }
+}
