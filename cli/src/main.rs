@@ -738,6 +738,11 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<ExitCode> {
             "Start it with: caisse node --data-dir {}",
             created.data_dir.display()
         );
+        if a.api.port() == 0 {
+            println!("Then open the web console at the `api` address the node writes to node.json");
+        } else {
+            println!("Then open the web console at http://{}/", a.api);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

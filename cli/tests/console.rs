@@ -169,6 +169,27 @@ fn demo() -> Demo {
         ],
     );
     ok(&dir, &["allocation", "issue", "--period", &period]);
+    for (m, _) in &members {
+        ok(
+            &dir,
+            &["contribution", "record", "--member", m, "--period", &period],
+        );
+    }
+    ok(
+        &dir,
+        &[
+            "subsidy",
+            "record",
+            "--source",
+            "local-authority",
+            "--amount",
+            "150",
+            "--period",
+            &period,
+            "--key",
+            "vir-2026-001",
+        ],
+    );
     // A criteria change left open, for the parliament page to show and vote on.
     let crit2 = tmp.path().join("criteria2.toml");
     std::fs::write(

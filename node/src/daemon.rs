@@ -406,7 +406,7 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
     let json = serde_json::to_vec_pretty(&info).map_err(|e| NodeError::Invalid(e.to_string()))?;
     std::fs::write(&tmp, json).map_err(io(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    tracing::info!(%api, "ready");
+    tracing::info!(%api, "ready; web console at http://{api}/");
     Ok(RunningNode {
         info,
         handle,

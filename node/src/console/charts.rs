@@ -45,10 +45,7 @@ pub fn bars(
             v = esc(label(*value)),
         ));
     }
-    out.push_str(&format!(
-        "</svg><figcaption>{}</figcaption></figure>",
-        esc(title)
-    ));
+    out.push_str("</svg></figure>");
     out
 }
 

@@ -155,8 +155,28 @@ impl Visitor {
         if self.fresh {
             set_session_cookie(&mut r, &self.session.id);
         }
-        r.headers_mut()
-            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let h = r.headers_mut();
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // No scripts, no framing (a till inside another site's frame could be
+        // clicked by that site), forms only to this console.
+        h.insert(
+            axum::http::header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            ),
+        );
+        h.insert(
+            axum::http::header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        );
+        h.insert(
+            axum::http::header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        h.insert(
+            axum::http::header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        );
         r
     }
 

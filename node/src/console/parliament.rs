@@ -17,6 +17,8 @@ use crate::parliament::{Choice, Proposal, ProposalKind, Seat, SeatKind};
 use crate::policy::ParliamentRules;
 
 struct Data {
+    /// Each proposal's subject, by name, when it names a producer or outlet.
+    subjects: std::collections::BTreeMap<ProposalId, String>,
     seats: Vec<(Seat, Option<String>)>,
     problem: Option<String>,
     rules: ParliamentRules,
@@ -81,11 +83,20 @@ pub async fn page(v: Visitor, State(s): State<ApiState>) -> Response {
                     (x, name)
                 })
                 .collect();
+            let proposals = c.proposals()?;
+            let subjects = proposals
+                .iter()
+                .filter_map(|p| match &p.kind {
+                    ProposalKind::Accredit { subject, .. } => Some((p.id, c.subject_name(subject))),
+                    _ => None,
+                })
+                .collect();
             Ok(Data {
+                subjects,
                 seats: named,
                 problem,
                 rules: c.policy().parliament.clone(),
-                proposals: c.proposals()?,
+                proposals,
                 criteria: c
                     .conventions()
                     .criteria()
@@ -125,6 +136,118 @@ fn choice_name(l: Lang, c: Choice) -> &'static str {
         Choice::Yes => l.t("yes", "pour"),
         Choice::No => l.t("no", "contre"),
         Choice::Abstain => l.t("abstain", "abstention"),
+    }
+}
+
+/// What a proposal would do, in the visitor's words.
+fn describe(l: Lang, kind: &ProposalKind, subject: Option<&String>) -> String {
+    use crate::policy::{AllocationPolicy, RecognitionPolicy, Rollover};
+    let m = |a: &caisse_protocol::Amount| super::html::money(l, *a);
+    match kind {
+        ProposalKind::Criteria(c) => match l {
+            Lang::Fr => format!("Adopter les critères « {} », version {}", c.name, c.version),
+            Lang::En => format!("Adopt the criteria \"{}\", version {}", c.name, c.version),
+        },
+        ProposalKind::Allocation(AllocationPolicy::PerPerson { amount }) => match l {
+            Lang::Fr => format!("Allocation mensuelle de {} par personne", m(amount)),
+            Lang::En => format!("A monthly allocation of {} per person", m(amount)),
+        },
+        ProposalKind::Allocation(AllocationPolicy::PerHousehold {
+            base,
+            per_extra_member,
+        }) => match l {
+            Lang::Fr => format!(
+                "Allocation de {} par foyer et {} par membre en plus",
+                m(base),
+                m(per_extra_member)
+            ),
+            Lang::En => format!(
+                "An allocation of {} per household and {} per extra member",
+                m(base),
+                m(per_extra_member)
+            ),
+        },
+        ProposalKind::ContributionScale(_) => l
+            .t(
+                "Change the contribution scale",
+                "Changer le barème des cotisations",
+            )
+            .to_owned(),
+        ProposalKind::Rollover(r) => match (l, r) {
+            (_, Rollover::CarryOver) => l
+                .t(
+                    "Unspent allocation carries over",
+                    "Le reste de l'allocation est reporté",
+                )
+                .to_owned(),
+            (_, Rollover::Expire) => l
+                .t(
+                    "Unspent allocation expires",
+                    "Le reste de l'allocation expire",
+                )
+                .to_owned(),
+            (Lang::Fr, Rollover::Cap { max }) => format!("Report plafonné à {}", m(max)),
+            (Lang::En, Rollover::Cap { max }) => format!("Carry over, capped at {}", m(max)),
+        },
+        ProposalKind::Accredit {
+            scope,
+            valid_from,
+            valid_until,
+            ..
+        } => {
+            let cats: Vec<String> = scope
+                .iter()
+                .map(|x| format!("{} {}\u{a0}%", x.category, x.coverage_pct))
+                .collect();
+            let who = subject.cloned().unwrap_or_default();
+            match l {
+                Lang::Fr => format!(
+                    "Conventionner {who} pour {} du {valid_from} au {valid_until}",
+                    cats.join(", ")
+                ),
+                Lang::En => format!(
+                    "Accredit {who} for {} from {valid_from} to {valid_until}",
+                    cats.join(", ")
+                ),
+            }
+        }
+        ProposalKind::Revoke {
+            accreditation,
+            reason,
+        } => match l {
+            Lang::Fr => format!(
+                "Révoquer le conventionnement {} : {reason}",
+                accreditation.short()
+            ),
+            Lang::En => format!("Revoke accreditation {}: {reason}", accreditation.short()),
+        },
+        ProposalKind::RecognisePeer { caisse } => match l {
+            Lang::Fr => format!(
+                "Reconnaître les conventionnements de la caisse {}",
+                caisse.short()
+            ),
+            Lang::En => format!("Recognise the accreditations of caisse {}", caisse.short()),
+        },
+        ProposalKind::RecognitionPolicy(p) => match p {
+            RecognitionPolicy::None => l
+                .t(
+                    "Recognise no other caisse's accreditations",
+                    "Ne reconnaître aucun conventionnement d'autres caisses",
+                )
+                .to_owned(),
+            RecognitionPolicy::Listed => l
+                .t(
+                    "Recognise the caisses listed by vote",
+                    "Reconnaître les caisses désignées par vote",
+                )
+                .to_owned(),
+            RecognitionPolicy::CompatibleCriteria => l
+                .t(
+                    "Recognise every caisse whose criteria include ours",
+                    "Reconnaître toute caisse dont les critères incluent les nôtres",
+                )
+                .to_owned(),
+        },
     }
 }
 
@@ -387,7 +510,7 @@ fn render(v: &Visitor, d: &Data, who: &Who, my_seat: Option<u32>) -> String {
 </article>"#,
             id = p.id,
             title = esc(&p.title),
-            kind = esc(&p.kind),
+            kind = esc(describe(l, &p.kind, d.subjects.get(&p.id))),
             text = proposal_text(v, p, d.criteria.as_ref()),
         ));
     }
