@@ -374,6 +374,8 @@ pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
     let mut expected_seq = 0u64;
     let mut prev_hash = [0u8; 32];
     let mut negative: BTreeMap<Account, (u64, Amount)> = BTreeMap::new();
+    // Each member's statement index: the keys the journal says must exist.
+    let mut statement: HashSet<Vec<u8>> = HashSet::new();
 
     let members: HashSet<Vec<u8>> = store
         .scan_prefix(keys::MEMBER)?
@@ -449,6 +451,12 @@ pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
                     format!("posts to {} which is not a known account", p.account),
                 ));
             }
+            if let Account::Member(m) = &p.account {
+                statement.insert(keys::key(
+                    keys::STATEMENT,
+                    &[m.as_bytes(), &key_seq.to_be_bytes()],
+                ));
+            }
             let bal = replayed.entry(p.account).or_insert(Amount::ZERO);
             match bal.checked_add(p.amount) {
                 Ok(b) => *bal = b,
@@ -493,6 +501,25 @@ pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
         true
     })?;
     report.findings.append(&mut findings);
+
+    // Members' statements (what their console page lists) against the journal.
+    store.for_each_prefix(keys::STATEMENT, &mut |key, _| {
+        if !statement.remove(key) {
+            report.findings.push(finding(
+                keys::printable(key),
+                "a member's statement lists a journal entry that does not touch their account",
+            ));
+        }
+        true
+    })?;
+    let mut missing: Vec<Vec<u8>> = statement.into_iter().collect();
+    missing.sort();
+    for key in missing {
+        report.findings.push(finding(
+            keys::printable(&key),
+            "missing from the member's statement (the journal entry touches their account)",
+        ));
+    }
 
     for (account, (seq, bal)) in negative {
         report.findings.push(finding(

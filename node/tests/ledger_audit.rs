@@ -491,3 +491,32 @@ fn replayed_purchase_entry() {
         &format!("purchase {} recorded twice (debited twice)", f.purchase),
     );
 }
+
+#[test]
+fn dropped_or_forged_statement_line() {
+    let f = fixture();
+    let line = |seq: u64| keys::key(keys::STATEMENT, &[f.member.as_bytes(), &seq.to_be_bytes()]);
+    assert!(f.store.get(&line(f.purchase_seq)).unwrap().is_some());
+    // The purchase vanishes from the member's page…
+    f.store.apply(&[Op::Delete(line(f.purchase_seq))]).unwrap();
+    let r = audit(&*f.store);
+    assert_finding(&r, "w/", "missing from the member's statement");
+    // …and an entry that is not theirs appears on it.
+    let other = (0..head(&*f.store).next_seq)
+        .find(|seq| {
+            !read_entry(&*f.store, *seq)
+                .postings
+                .iter()
+                .any(|p| p.account == Account::Member(f.member))
+        })
+        .expect("an entry not touching the member");
+    f.store
+        .apply(&[
+            Op::Put(line(f.purchase_seq), Vec::new()),
+            Op::Put(line(other), Vec::new()),
+        ])
+        .unwrap();
+    let r = audit(&*f.store);
+    assert_finding(&r, "w/", "does not touch their account");
+    assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
+}
