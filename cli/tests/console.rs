@@ -168,6 +168,16 @@ fn demo() -> Demo {
             "fresh-produce,bread",
         ],
     );
+    // A name is text, never markup.
+    ok(
+        &dir,
+        &[
+            "outlet",
+            "register",
+            "--name",
+            "<img src=x onerror=alert(1)>",
+        ],
+    );
     ok(&dir, &["allocation", "issue", "--period", &period]);
     for (m, _) in &members {
         ok(
@@ -407,6 +417,14 @@ fn the_console_in_a_real_browser() {
     b.fill("#alloc-period", &d.period);
     b.click("form[action='/treasury/allocations'] button");
     b.wait_text("already issued");
+    assert!(
+        b.body_text().contains("<img src=x onerror=alert(1)>"),
+        "shown as text"
+    );
+    assert_eq!(
+        b.script("return document.querySelectorAll('img').length"),
+        0
+    );
     b.goto(&format!("{base}/report?period={}", d.period));
     b.find("svg#by-category");
     sign_out(&b);

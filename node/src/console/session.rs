@@ -141,16 +141,18 @@ impl Sessions {
                 now.duration_since(x.last_seen)
                     <= x.who.as_ref().map_or(Duration::from_secs(3600), Who::idle)
             });
-            while g.sessions.len() >= MAX_SESSIONS {
-                let Some(oldest) = g
+            // Still full: drop the least recently used tenth, anonymous
+            // sessions first, so a flood of visits cannot sign anyone out.
+            if g.sessions.len() >= MAX_SESSIONS {
+                let mut order: Vec<(bool, Instant, String)> = g
                     .sessions
                     .values()
-                    .min_by_key(|x| x.last_seen)
-                    .map(|x| x.id.clone())
-                else {
-                    break;
-                };
-                g.sessions.remove(&oldest);
+                    .map(|x| (x.who.is_some(), x.last_seen, x.id.clone()))
+                    .collect();
+                order.sort();
+                for (_, _, id) in order.into_iter().take(MAX_SESSIONS / 10) {
+                    g.sessions.remove(&id);
+                }
             }
         }
         g.sessions.insert(s.id.clone(), s.clone());
@@ -249,11 +251,16 @@ mod tests {
     }
 
     #[test]
-    fn the_number_of_sessions_is_bounded() {
+    fn the_number_of_sessions_is_bounded_and_anonymous_ones_go_first() {
         let s = Sessions::default();
+        let signed_in = s.create(Some(Who::Observer));
         for _ in 0..MAX_SESSIONS + 10 {
             s.create(None);
         }
         assert!(s.len() <= MAX_SESSIONS);
+        assert!(
+            s.get(&signed_in.id).is_some(),
+            "a flood of visits signed someone out"
+        );
     }
 }

@@ -60,12 +60,21 @@ pub async fn page(v: Visitor, State(s): State<ApiState>, Query(q): Query<PeriodQ
             let report = c.report(period)?;
             let mut members = Vec::new();
             if admin {
-                for (k, val) in c
-                    .scan(crate::store::keys::MEMBER)?
-                    .into_iter()
-                    .take(MEMBERS_SHOWN)
-                {
-                    let r: MemberRecord = crate::store::decode_value(&k, &val)?;
+                // The first records only: a large caisse's list is not loaded whole.
+                let mut records = Vec::new();
+                let mut bad = None;
+                c.store
+                    .for_each_prefix(crate::store::keys::MEMBER, &mut |k, val| {
+                        match crate::store::decode_value::<MemberRecord>(k, val) {
+                            Ok(r) => records.push(r),
+                            Err(e) => bad = Some(e),
+                        }
+                        records.len() < MEMBERS_SHOWN && bad.is_none()
+                    })?;
+                if let Some(e) = bad {
+                    return Err(e.into());
+                }
+                for r in records {
                     let b = c.balance(&Account::Member(r.id));
                     members.push((r, b));
                 }
