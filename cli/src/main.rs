@@ -558,11 +558,15 @@ enum ReportCmd {
 
 #[derive(Subcommand)]
 enum TokenCmd {
-    /// Create a token (observer for the evaluation committee, or admin).
+    /// Create a token: observer (the evaluation committee), admin, or seat
+    /// (a seat holder without a member card votes with it in the web console).
     Create {
-        /// observer or admin.
+        /// observer, admin or seat.
         #[arg(long)]
         role: String,
+        /// The seat, for --role seat (seat-3 or 3).
+        #[arg(long)]
+        seat: Option<String>,
     },
 }
 
@@ -1124,8 +1128,10 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             });
         }
         Command::Report(r) => return report(c, out, r).await,
-        Command::Token(TokenCmd::Create { role }) => {
-            let v: Value = c.post("/api/v1/tokens", &json!({ "role": role })).await?;
+        Command::Token(TokenCmd::Create { role, seat }) => {
+            let v: Value = c
+                .post("/api/v1/tokens", &json!({ "role": role, "seat": seat }))
+                .await?;
             out.value(&v, |v| {
                 println!("{} token (shown once): {}", s(&v["role"]), s(&v["token"]));
             });

@@ -370,6 +370,29 @@ fn the_console_in_a_real_browser() {
     assert_eq!(votes["1"], "yes", "{votes}");
     sign_out(&b);
 
+    // The producers' representative has no card: a seat token lets her vote
+    // for her seat, and opens nothing else.
+    let seat_token = s(&ok(
+        &d.dir,
+        &["token", "create", "--role", "seat", "--seat", "seat-3"],
+    )["token"]);
+    sign_in_token(&b, base, &seat_token);
+    b.wait_text("Proposals");
+    assert!(
+        b.try_find(&format!("#p-{} select[name=seat]", d.open_proposal))
+            .is_none()
+    );
+    b.click(&format!("#p-{} input[value=no]", d.open_proposal));
+    b.click(&format!("#p-{} form.vote button", d.open_proposal));
+    b.wait_text("Vote of seat-3 recorded: no");
+    assert!(b.text(&tally).contains("no 1"), "{}", b.text(&tally));
+    let seat_cookie = b.cookie("caisse_session").expect("cookie");
+    for page in ["/treasury", "/member", "/till"] {
+        let (status, _) = http("GET", &format!("{base}{page}"), Some(&seat_cookie), None);
+        assert_eq!(status, 403, "seat token on {page}");
+    }
+    sign_out(&b);
+
     // The public registry lists the accreditation voted through the CLI.
     b.goto(&format!("{base}/registry"));
     b.wait_text("GAEC des Collines");

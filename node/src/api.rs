@@ -203,12 +203,16 @@ impl Auth {
             _ => Err(ApiError::forbidden("this needs the admin token")),
         }
     }
+    fn seat_token() -> ApiError {
+        ApiError::forbidden("a seat token only opens the parliament page of the web console")
+    }
     fn reader(&self) -> Result<(), ApiError> {
         match self.0 {
             Role::Admin | Role::Observer => Ok(()),
             Role::Outlet { .. } => Err(ApiError::forbidden(
                 "an outlet token may only submit purchases",
             )),
+            Role::Seat { .. } => Err(Auth::seat_token()),
         }
     }
 }
@@ -576,6 +580,7 @@ async fn purchase(
             ));
         }
         Role::Observer => return Err(ApiError::forbidden("an observer cannot make purchases")),
+        Role::Seat { .. } => return Err(Auth::seat_token()),
     }
     if !input.card.is_issued_by(&s.caisse_id) {
         return cross_purchase(&s, input).await.map(Json);
@@ -756,6 +761,8 @@ async fn check(
 #[derive(Deserialize)]
 struct TokenBody {
     role: String,
+    #[serde(default)]
+    seat: Option<String>,
 }
 
 async fn new_token(
@@ -767,14 +774,40 @@ async fn new_token(
     let role = match b.role.as_str() {
         "observer" => Role::Observer,
         "admin" => Role::Admin,
+        "seat" => {
+            let seat = parse_seat(b.seat.as_deref().ok_or_else(|| {
+                ApiError::bad_request("a seat token names its seat: give \"seat\": \"seat-3\"")
+            })?)?;
+            let active = s
+                .handle
+                .with(move |c, _| {
+                    Ok(c.seats()?
+                        .iter()
+                        .any(|x| x.id == seat && x.removed.is_none()))
+                })
+                .await?;
+            if !active {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("seat-{seat} is not an active seat: see `parliament show`"),
+                ));
+            }
+            Role::Seat { seat }
+        }
         other => {
             return Err(ApiError::bad_request(format!(
-                "role {other:?}: use observer or admin (outlet tokens come with `outlet register`)"
+                "role {other:?}: use observer, admin or seat (outlet tokens come with `outlet register`)"
             )));
         }
     };
-    let token = s.handle.new_token(role).await?;
-    Ok(Json(json!({ "role": b.role, "token": token })))
+    let token = s.handle.new_token(role.clone()).await?;
+    Ok(Json(
+        json!({ "role": b.role, "token": token, "seat": match role {
+        Role::Seat { seat } => Some(format!("seat-{seat}")),
+        _ => None,
+    } }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -1246,10 +1279,22 @@ async fn report(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     auth.reader()?;
     let period: Period = parse("period", &q.period)?;
-    let r = s.handle.with(move |c, _| c.report(period)).await?;
+    let r = report_off_writer(&s, period).await?;
     Ok(Json(
         json!({ "report": r, "markdown": crate::report::to_markdown(&r) }),
     ))
+}
+
+/// The report of a period, computed on a blocking thread from the store so
+/// that the journal scan never holds the writer (and the tills) up.
+pub(crate) async fn report_off_writer(
+    s: &ApiState,
+    period: Period,
+) -> Result<crate::report::Report, CaisseError> {
+    let store = s.store.clone();
+    tokio::task::spawn_blocking(move || crate::report::report_of(&*store, period))
+        .await
+        .map_err(|_| CaisseError::Unavailable)?
 }
 
 async fn report_export(

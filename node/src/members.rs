@@ -134,6 +134,13 @@ pub enum Role {
     },
     /// The evaluation committee: read-only.
     Observer,
+    /// The holder of a parliament seat who is not a member signing in with a
+    /// card (a producer's or worker's representative): votes for that seat
+    /// in the console, nothing else.
+    Seat {
+        /// The seat number.
+        seat: u32,
+    },
 }
 
 /// The storage key of a token (by its hash; the token itself is never stored).

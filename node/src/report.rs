@@ -16,7 +16,7 @@ use crate::caisse::{Caisse, CaisseError, ContributionIndex};
 use crate::ledger::{Account, EntryKind, JournalEntry};
 use crate::members::{MemberRecord, MemberStatus};
 use crate::parliament::age_band;
-use crate::store::{decode_value, keys};
+use crate::store::{Store, decode_value, keys};
 
 /// Categories counted as fresh fruit and vegetables.
 pub const FRESH_CATEGORIES: &[&str] =
@@ -175,6 +175,12 @@ pub struct Report {
     pub offline_losses: Tally,
 }
 
+fn profile_name(store: &dyn Store) -> Result<String, CaisseError> {
+    let bytes = store.get(keys::PROFILE)?.unwrap_or_default();
+    let p: crate::caisse::Profile = decode_value(keys::PROFILE, &bytes)?;
+    Ok(p.name)
+}
+
 fn credit(entry: &JournalEntry, account: Account) -> Amount {
     entry
         .postings
@@ -183,261 +189,269 @@ fn credit(entry: &JournalEntry, account: Account) -> Amount {
         .fold(Amount::ZERO, |a, p| a.checked_add(p.amount).unwrap_or(a))
 }
 
-impl Caisse {
-    /// Compute the evaluation report of `period`.
-    pub fn report(&self, period: Period) -> Result<Report, CaisseError> {
-        let prev = period.prev();
-        let mut members = MemberFigures::default();
-        for (k, v) in self.store.scan_prefix(keys::MEMBER)? {
-            let m: MemberRecord = decode_value(&k, &v)?;
-            match m.status {
-                MemberStatus::Active => members.active += 1,
-                MemberStatus::Suspended => members.suspended += 1,
-                MemberStatus::Left => members.left += 1,
-            }
-            if m.joined.period() == period {
-                members.new_enrolments += 1;
-            }
-        }
-        let mut allocations = Tally::default();
-        let mut offline_losses = Tally::default();
-        let mut contributions = Tally::default();
-        let mut by_bracket: BTreeMap<u8, Tally> = BTreeMap::new();
-        let mut subsidies: BTreeMap<String, Amount> = BTreeMap::new();
-        let mut spending = Spending {
-            local_distance_km: self
-                .conventions
-                .criteria()
-                .and_then(|c| c.version.criteria.local_distance_km),
-            ..Spending::default()
-        };
-        let mut organic = Amount::ZERO;
-        let mut fresh = Amount::ZERO;
-        let mut local = Amount::ZERO;
-        let mut turnover: HashMap<OutletId, (Amount, Amount)> = HashMap::new();
-        let add = |a: &mut Amount, b: Amount| *a = a.checked_add(b).unwrap_or(*a);
-        let mut err = None;
-        self.store.for_each_prefix(keys::JOURNAL, &mut |k, v| {
-            let entry: JournalEntry = match decode_value(k, v) {
-                Ok(e) => e,
-                Err(e) => {
-                    err = Some(e);
-                    return false;
-                }
-            };
-            match &entry.kind {
-                EntryKind::Allocation {
-                    period: p, amount, ..
-                } if *p == period => {
-                    allocations.add(*amount);
-                }
-                EntryKind::Contribution { member, period: p } if *p == period => {
-                    let amount = credit(&entry, Account::Treasury);
-                    contributions.add(amount);
-                    let key = keys::key(
-                        keys::CONTRIBUTION,
-                        &[&period.index().to_be_bytes(), member.as_bytes()],
-                    );
-                    let bracket = self
-                        .store
-                        .get(&key)
-                        .ok()
-                        .flatten()
-                        .and_then(|b| decode_value::<ContributionIndex>(&key, &b).ok())
-                        .map_or(u8::MAX, |i| i.bracket);
-                    by_bracket.entry(bracket).or_default().add(amount);
-                }
-                EntryKind::OfflineLoss {
-                    home, period: p, ..
-                } if *p == period => {
-                    offline_losses.add(credit(&entry, Account::Peer(*home)));
-                }
-                EntryKind::Subsidy {
-                    source, period: p, ..
-                } if *p == period => {
-                    add(
-                        subsidies.entry(source.to_string()).or_insert(Amount::ZERO),
-                        credit(&entry, Account::Treasury),
-                    );
-                }
-                EntryKind::CrossSale {
-                    outlet,
-                    lines,
-                    period: p,
-                    ..
-                } => {
-                    // Another caisse's member at our outlet: our outlet's turnover, not our members' spending.
-                    let line_total =
-                        Amount::checked_sum(lines.iter().map(|l| l.amount)).unwrap_or(Amount::ZERO);
-                    if Some(*p) == prev {
-                        add(&mut turnover.entry(*outlet).or_default().1, line_total);
-                    } else if *p == period {
-                        add(&mut turnover.entry(*outlet).or_default().0, line_total);
-                    }
-                }
-                EntryKind::Purchase {
-                    outlet,
-                    lines,
-                    coverage_pct,
-                    period: p,
-                    ..
-                }
-                | EntryKind::CrossPurchase {
-                    outlet,
-                    lines,
-                    coverage_pct,
-                    period: p,
-                    ..
-                } => {
-                    let at_home = matches!(entry.kind, EntryKind::Purchase { .. });
-                    let line_total =
-                        Amount::checked_sum(lines.iter().map(|l| l.amount)).unwrap_or(Amount::ZERO);
-                    if at_home && Some(*p) == prev {
-                        add(&mut turnover.entry(*outlet).or_default().1, line_total);
-                    }
-                    if *p != period {
-                        return true;
-                    }
-                    if at_home {
-                        add(&mut turnover.entry(*outlet).or_default().0, line_total);
-                    } else {
-                        spending.cross_caisse_purchases += 1;
-                    }
-                    spending.purchases += 1;
-                    for (l, cov) in lines.iter().zip(coverage_pct) {
-                        add(&mut spending.total, l.amount);
-                        let (a, m) = l
-                            .amount
-                            .split_coverage(*cov)
-                            .unwrap_or((Amount::ZERO, l.amount));
-                        add(&mut spending.allocation_part, a);
-                        add(&mut spending.member_part, m);
-                        add(
-                            spending
-                                .by_category
-                                .entry(l.category.to_string())
-                                .or_insert(Amount::ZERO),
-                            l.amount,
-                        );
-                        if FRESH_CATEGORIES.contains(&l.category.as_str()) {
-                            add(&mut fresh, l.amount);
-                        }
-                        let producer = l.producer.and_then(|p| self.conventions.producer(&p));
-                        if let Some(pr) = producer {
-                            if pr
-                                .attributes
-                                .labels
-                                .iter()
-                                .any(|t| t.as_str() == ORGANIC_LABEL)
-                            {
-                                add(&mut organic, l.amount);
-                            }
-                            if let (Some(d), Some(max)) =
-                                (pr.attributes.distance_km, spending.local_distance_km)
-                                && d <= max
-                            {
-                                add(&mut local, l.amount);
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
-            true
-        })?;
-        if let Some(e) = err {
-            return Err(e.into());
-        }
-        spending.organic_bp = share_bp(organic, spending.total);
-        spending.fresh_bp = share_bp(fresh, spending.total);
-        spending.local_bp = share_bp(local, spending.total);
-        let subsidies_total =
-            Amount::checked_sum(subsidies.values().copied()).unwrap_or(Amount::ZERO);
-        let funding = contributions
-            .total
-            .checked_add(subsidies_total)
-            .unwrap_or(Amount::MAX);
-        let budget_balance = funding
-            .checked_sub(allocations.total)
-            .unwrap_or(Amount::ZERO);
-        let mut outlets: Vec<OutletTurnover> = self
-            .outlets
-            .values()
-            .map(|o| {
-                let (now, before) = turnover.get(&o.id).copied().unwrap_or_default();
-                let change_bp = (before.cents() > 0).then(|| {
-                    ((i128::from(now.cents()) - i128::from(before.cents())) * 10_000
-                        / i128::from(before.cents())) as i64
-                });
-                OutletTurnover {
-                    outlet: o.id,
-                    name: o.name.clone(),
-                    turnover: now,
-                    previous: before,
-                    change_bp,
-                }
-            })
-            .collect();
-        outlets.sort_by(|a, b| b.turnover.cmp(&a.turnover).then(a.outlet.cmp(&b.outlet)));
-        let mut votes = Vec::new();
-        for p in self.proposals()? {
-            if let Some(o) = &p.outcome
-                && caisse_protocol::Day::from_unix(o.closed_at).period() == period
-            {
-                let cast = o.yes + o.no + o.abstain;
-                votes.push(VoteParticipation {
-                    proposal: p.id.to_string(),
-                    title: p.title.clone(),
-                    cast,
-                    seats: o.seats,
-                    participation_bp: (cast * 10_000).checked_div(o.seats).unwrap_or(0),
-                    passed: o.passed,
-                });
-            }
-        }
-        let mut acc = AccreditationFigures::default();
-        let end = period
-            .first_day()
-            .plus(u32::from(period.days()).saturating_sub(1));
-        for r in self.conventions.accreditations.values() {
-            let a = &r.accreditation;
-            if a.valid_from.period() == period {
-                acc.granted += 1;
-            }
-            if a.valid_until.period() == period {
-                acc.expired += 1;
-            }
-            if r.revoked.as_ref().is_some_and(|x| x.day.period() == period) {
-                acc.revoked += 1;
-            }
-            if r.active_on(end) {
-                acc.active += 1;
-            }
-        }
-        Ok(Report {
-            caisse: self.profile_name()?,
-            period,
-            members,
-            contribution_share_bp: share_bp(contributions.total, funding),
-            contribution_target_pct: self.policy.target_contribution_share_pct,
-            allocations,
-            contributions,
-            contributions_by_bracket: by_bracket,
-            subsidies,
-            subsidies_total,
-            budget_balance,
-            spending,
-            outlets,
-            votes,
-            accreditations: acc,
-            offline_losses,
-        })
+/// The evaluation report of `period`, from what the store holds: it reads
+/// the whole journal, so it runs outside the writer (on a blocking thread)
+/// and never holds purchases up.
+pub fn report_of(store: &dyn Store, period: Period) -> Result<Report, CaisseError> {
+    let conventions = crate::conventionnement::Conventions::load(store)?;
+    let policy = crate::caisse::decode_policy(&store.get(keys::POLICY)?.unwrap_or_default())?;
+    let mut proposals: Vec<crate::parliament::Proposal> = Vec::new();
+    for (k, v) in store.scan_prefix(crate::parliament::PROPOSAL)? {
+        proposals.push(crate::store::decode_json_value(&k, &v)?);
     }
+    let mut outlets: HashMap<OutletId, crate::members::OutletRecord> = HashMap::new();
+    for (k, v) in store.scan_prefix(keys::OUTLET)? {
+        let o: crate::members::OutletRecord = decode_value(&k, &v)?;
+        outlets.insert(o.id, o);
+    }
+    let prev = period.prev();
+    let mut members = MemberFigures::default();
+    for (k, v) in store.scan_prefix(keys::MEMBER)? {
+        let m: MemberRecord = decode_value(&k, &v)?;
+        match m.status {
+            MemberStatus::Active => members.active += 1,
+            MemberStatus::Suspended => members.suspended += 1,
+            MemberStatus::Left => members.left += 1,
+        }
+        if m.joined.period() == period {
+            members.new_enrolments += 1;
+        }
+    }
+    let mut allocations = Tally::default();
+    let mut offline_losses = Tally::default();
+    let mut contributions = Tally::default();
+    let mut by_bracket: BTreeMap<u8, Tally> = BTreeMap::new();
+    let mut subsidies: BTreeMap<String, Amount> = BTreeMap::new();
+    let mut spending = Spending {
+        local_distance_km: conventions
+            .criteria()
+            .and_then(|c| c.version.criteria.local_distance_km),
+        ..Spending::default()
+    };
+    let mut organic = Amount::ZERO;
+    let mut fresh = Amount::ZERO;
+    let mut local = Amount::ZERO;
+    let mut turnover: HashMap<OutletId, (Amount, Amount)> = HashMap::new();
+    let add = |a: &mut Amount, b: Amount| *a = a.checked_add(b).unwrap_or(*a);
+    let mut err = None;
+    store.for_each_prefix(keys::JOURNAL, &mut |k, v| {
+        let entry: JournalEntry = match decode_value(k, v) {
+            Ok(e) => e,
+            Err(e) => {
+                err = Some(e);
+                return false;
+            }
+        };
+        match &entry.kind {
+            EntryKind::Allocation {
+                period: p, amount, ..
+            } if *p == period => {
+                allocations.add(*amount);
+            }
+            EntryKind::Contribution { member, period: p } if *p == period => {
+                let amount = credit(&entry, Account::Treasury);
+                contributions.add(amount);
+                let key = keys::key(
+                    keys::CONTRIBUTION,
+                    &[&period.index().to_be_bytes(), member.as_bytes()],
+                );
+                let bracket = store
+                    .get(&key)
+                    .ok()
+                    .flatten()
+                    .and_then(|b| decode_value::<ContributionIndex>(&key, &b).ok())
+                    .map_or(u8::MAX, |i| i.bracket);
+                by_bracket.entry(bracket).or_default().add(amount);
+            }
+            EntryKind::OfflineLoss {
+                home, period: p, ..
+            } if *p == period => {
+                offline_losses.add(credit(&entry, Account::Peer(*home)));
+            }
+            EntryKind::Subsidy {
+                source, period: p, ..
+            } if *p == period => {
+                add(
+                    subsidies.entry(source.to_string()).or_insert(Amount::ZERO),
+                    credit(&entry, Account::Treasury),
+                );
+            }
+            EntryKind::CrossSale {
+                outlet,
+                lines,
+                period: p,
+                ..
+            } => {
+                // Another caisse's member at our outlet: our outlet's turnover, not our members' spending.
+                let line_total =
+                    Amount::checked_sum(lines.iter().map(|l| l.amount)).unwrap_or(Amount::ZERO);
+                if Some(*p) == prev {
+                    add(&mut turnover.entry(*outlet).or_default().1, line_total);
+                } else if *p == period {
+                    add(&mut turnover.entry(*outlet).or_default().0, line_total);
+                }
+            }
+            EntryKind::Purchase {
+                outlet,
+                lines,
+                coverage_pct,
+                period: p,
+                ..
+            }
+            | EntryKind::CrossPurchase {
+                outlet,
+                lines,
+                coverage_pct,
+                period: p,
+                ..
+            } => {
+                let at_home = matches!(entry.kind, EntryKind::Purchase { .. });
+                let line_total =
+                    Amount::checked_sum(lines.iter().map(|l| l.amount)).unwrap_or(Amount::ZERO);
+                if at_home && Some(*p) == prev {
+                    add(&mut turnover.entry(*outlet).or_default().1, line_total);
+                }
+                if *p != period {
+                    return true;
+                }
+                if at_home {
+                    add(&mut turnover.entry(*outlet).or_default().0, line_total);
+                } else {
+                    spending.cross_caisse_purchases += 1;
+                }
+                spending.purchases += 1;
+                for (l, cov) in lines.iter().zip(coverage_pct) {
+                    add(&mut spending.total, l.amount);
+                    let (a, m) = l
+                        .amount
+                        .split_coverage(*cov)
+                        .unwrap_or((Amount::ZERO, l.amount));
+                    add(&mut spending.allocation_part, a);
+                    add(&mut spending.member_part, m);
+                    add(
+                        spending
+                            .by_category
+                            .entry(l.category.to_string())
+                            .or_insert(Amount::ZERO),
+                        l.amount,
+                    );
+                    if FRESH_CATEGORIES.contains(&l.category.as_str()) {
+                        add(&mut fresh, l.amount);
+                    }
+                    let producer = l.producer.and_then(|p| conventions.producer(&p));
+                    if let Some(pr) = producer {
+                        if pr
+                            .attributes
+                            .labels
+                            .iter()
+                            .any(|t| t.as_str() == ORGANIC_LABEL)
+                        {
+                            add(&mut organic, l.amount);
+                        }
+                        if let (Some(d), Some(max)) =
+                            (pr.attributes.distance_km, spending.local_distance_km)
+                            && d <= max
+                        {
+                            add(&mut local, l.amount);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        true
+    })?;
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    spending.organic_bp = share_bp(organic, spending.total);
+    spending.fresh_bp = share_bp(fresh, spending.total);
+    spending.local_bp = share_bp(local, spending.total);
+    let subsidies_total = Amount::checked_sum(subsidies.values().copied()).unwrap_or(Amount::ZERO);
+    let funding = contributions
+        .total
+        .checked_add(subsidies_total)
+        .unwrap_or(Amount::MAX);
+    let budget_balance = funding
+        .checked_sub(allocations.total)
+        .unwrap_or(Amount::ZERO);
+    let mut outlets: Vec<OutletTurnover> = outlets
+        .values()
+        .map(|o| {
+            let (now, before) = turnover.get(&o.id).copied().unwrap_or_default();
+            let change_bp = (before.cents() > 0).then(|| {
+                ((i128::from(now.cents()) - i128::from(before.cents())) * 10_000
+                    / i128::from(before.cents())) as i64
+            });
+            OutletTurnover {
+                outlet: o.id,
+                name: o.name.clone(),
+                turnover: now,
+                previous: before,
+                change_bp,
+            }
+        })
+        .collect();
+    outlets.sort_by(|a, b| b.turnover.cmp(&a.turnover).then(a.outlet.cmp(&b.outlet)));
+    let mut votes = Vec::new();
+    for p in proposals {
+        if let Some(o) = &p.outcome
+            && caisse_protocol::Day::from_unix(o.closed_at).period() == period
+        {
+            let cast = o.yes + o.no + o.abstain;
+            votes.push(VoteParticipation {
+                proposal: p.id.to_string(),
+                title: p.title.clone(),
+                cast,
+                seats: o.seats,
+                participation_bp: (cast * 10_000).checked_div(o.seats).unwrap_or(0),
+                passed: o.passed,
+            });
+        }
+    }
+    let mut acc = AccreditationFigures::default();
+    let end = period
+        .first_day()
+        .plus(u32::from(period.days()).saturating_sub(1));
+    for r in conventions.accreditations.values() {
+        let a = &r.accreditation;
+        if a.valid_from.period() == period {
+            acc.granted += 1;
+        }
+        if a.valid_until.period() == period {
+            acc.expired += 1;
+        }
+        if r.revoked.as_ref().is_some_and(|x| x.day.period() == period) {
+            acc.revoked += 1;
+        }
+        if r.active_on(end) {
+            acc.active += 1;
+        }
+    }
+    Ok(Report {
+        caisse: profile_name(store)?,
+        period,
+        members,
+        contribution_share_bp: share_bp(contributions.total, funding),
+        contribution_target_pct: policy.target_contribution_share_pct,
+        allocations,
+        contributions,
+        contributions_by_bracket: by_bracket,
+        subsidies,
+        subsidies_total,
+        budget_balance,
+        spending,
+        outlets,
+        votes,
+        accreditations: acc,
+        offline_losses,
+    })
+}
 
-    fn profile_name(&self) -> Result<String, CaisseError> {
-        let bytes = self.store.get(keys::PROFILE)?.unwrap_or_default();
-        let p: crate::caisse::Profile = decode_value(keys::PROFILE, &bytes)?;
-        Ok(p.name)
+impl Caisse {
+    /// Compute the evaluation report of `period` (in the writer; see [`report_of`]).
+    pub fn report(&self, period: Period) -> Result<Report, CaisseError> {
+        report_of(&*self.store, period)
     }
 
     /// Per-purchase and per-member rows for researchers: no names, no

@@ -180,6 +180,7 @@ pub fn layout(state: &ApiState, v: &Visitor, title: &str, body: &str) -> String 
             links.push(("/parliament", l.t("Parliament", "Parlement")));
         }
         Some(Who::Outlet { .. }) => links.push(("/till", l.t("Till", "Encaisser"))),
+        Some(Who::Seat { .. }) => links.push(("/parliament", l.t("Parliament", "Parlement"))),
         Some(Who::Member { .. }) => {
             links.push(("/member", l.t("My account", "Mon compte")));
             links.push(("/parliament", l.t("Parliament", "Parlement")));
@@ -195,6 +196,7 @@ pub fn layout(state: &ApiState, v: &Visitor, title: &str, body: &str) -> String 
         Some(Who::Admin) => l.t("admin", "administration"),
         Some(Who::Observer) => l.t("observer", "observation"),
         Some(Who::Outlet { .. }) => l.t("outlet", "point de vente"),
+        Some(Who::Seat { .. }) => l.t("parliament seat", "siège au parlement"),
         Some(Who::Member { .. }) => l.t("member", "membre"),
         None => "",
     };

@@ -242,6 +242,8 @@ pub enum Kind {
     Observer,
     /// An outlet's till.
     Outlet,
+    /// A parliament seat holder with a seat token.
+    Seat,
     /// A member.
     Member,
 }
@@ -361,6 +363,7 @@ fn landing(who: &Who) -> &'static str {
     match who {
         Who::Admin | Who::Observer => "/treasury",
         Who::Outlet { .. } => "/till",
+        Who::Seat { .. } => "/parliament",
         Who::Member { .. } => "/member",
     }
 }
@@ -488,6 +491,7 @@ async fn login_token(State(s): State<ApiState>, p: Posted) -> Response {
         Some(Role::Admin) => Who::Admin,
         Some(Role::Observer) => Who::Observer,
         Some(Role::Outlet { outlet }) => Who::Outlet { outlet },
+        Some(Role::Seat { seat }) => Who::Seat { seat },
         None => {
             s.console.record_failure(&v.client);
             return sign_in_page(

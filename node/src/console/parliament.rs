@@ -43,7 +43,31 @@ async fn member_seat(s: &ApiState, member: caisse_protocol::MemberId) -> Option<
 
 /// Who may see the page, and for which seat they vote (admins: any).
 async fn access(v: &Visitor, s: &ApiState) -> Result<(Who, Option<u32>), Response> {
-    let who = v.require(s, &[Kind::Admin, Kind::Observer, Kind::Member])?;
+    let who = v.require(s, &[Kind::Admin, Kind::Observer, Kind::Member, Kind::Seat])?;
+    if let Who::Seat { seat } = &who {
+        let seat = *seat;
+        let active = s
+            .handle
+            .with(move |c, _| {
+                Ok(c.seats()?
+                    .iter()
+                    .any(|x| x.id == seat && x.removed.is_none()))
+            })
+            .await
+            .unwrap_or(false);
+        return if active {
+            Ok((who, Some(seat)))
+        } else {
+            Err(v.error(
+                s,
+                StatusCode::FORBIDDEN,
+                v.t(
+                    "This seat has been removed from the parliament: its token no longer votes.",
+                    "Ce siège a été retiré du parlement : son jeton ne permet plus de voter.",
+                ),
+            ))
+        };
+    }
     if let Who::Member { member, .. } = &who {
         return match member_seat(s, *member).await {
             Some(seat) => Ok((who, Some(seat))),
@@ -561,7 +585,7 @@ pub async fn vote(State(s): State<ApiState>, p: Posted) -> Response {
     };
     let seat = match who {
         Who::Admin => crate::api::parse_seat(p.get("seat")).ok(),
-        Who::Member { .. } => my_seat,
+        Who::Member { .. } | Who::Seat { .. } => my_seat,
         _ => {
             return v.error(
                 &s,

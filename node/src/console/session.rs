@@ -33,6 +33,11 @@ pub enum Who {
         /// The outlet.
         outlet: OutletId,
     },
+    /// A seat holder signed in with a seat token: votes for that seat.
+    Seat {
+        /// The seat number.
+        seat: u32,
+    },
     /// A member, signed in with card and PIN.
     Member {
         /// The member.
@@ -49,6 +54,7 @@ impl Who {
             Who::Admin => Kind::Admin,
             Who::Observer => Kind::Observer,
             Who::Outlet { .. } => Kind::Outlet,
+            Who::Seat { .. } => Kind::Seat,
             Who::Member { .. } => Kind::Member,
         }
     }
@@ -58,7 +64,7 @@ impl Who {
     fn idle(&self) -> Duration {
         match self {
             Who::Outlet { .. } => Duration::from_secs(14 * 3600),
-            Who::Admin | Who::Observer => Duration::from_secs(8 * 3600),
+            Who::Admin | Who::Observer | Who::Seat { .. } => Duration::from_secs(8 * 3600),
             Who::Member { .. } => Duration::from_secs(20 * 60),
         }
     }

@@ -54,10 +54,11 @@ pub async fn page(v: Visitor, State(s): State<ApiState>, Query(q): Query<PeriodQ
     };
     let admin = who == Who::Admin;
     let period = period_of(&q, s.handle.clock().today());
+    let report = crate::api::report_off_writer(&s, period).await;
     let data = s
         .handle
         .with(move |c, _| {
-            let report = c.report(period)?;
+            let report = report?;
             let mut members = Vec::new();
             if admin {
                 // The first records only: a large caisse's list is not loaded whole.
@@ -517,7 +518,7 @@ pub async fn report_page(
         return r;
     }
     let period = period_of(&q, s.handle.clock().today());
-    let r = match s.handle.with(move |c, _| c.report(period)).await {
+    let r = match crate::api::report_off_writer(&s, period).await {
         Ok(r) => r,
         Err(e) => {
             return v.error(
