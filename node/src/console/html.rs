@@ -326,6 +326,13 @@ fieldset { border: 1px solid var(--line); border-radius: .35rem; }
 .filters > div { min-width: 12rem; }
 .filters button { margin-top: 0; }
 svg { max-width: 100%; height: auto; }
+input[name=period] { max-width: 12rem; }
+@media (max-width: 40rem) {
+  table.stack thead { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); }
+  table.stack tr { display: block; border-bottom: 2px solid var(--line); padding: .4rem 0; }
+  table.stack td { display: block; border: 0; padding: .15rem .25rem; }
+  table.stack td::before { content: attr(data-label); display: block; font-size: .8rem; font-weight: 700; color: var(--muted); }
+}
 .proposal { border: 1px solid var(--line); border-radius: .5rem; padding: .75rem 1rem; margin: 1rem 0; }
 .sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); }
 "#;

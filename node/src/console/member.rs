@@ -179,10 +179,14 @@ fn render(v: &Visitor, d: &MemberPage, member: MemberId) -> String {
                     .map(|x| format!("{} {}\u{a0}%", x.category, x.coverage_pct))
                     .collect();
                 format!(
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    "<tr><td data-label=\"{}\">{}</td><td data-label=\"{}\">{}</td><td data-label=\"{}\">{}</td><td data-label=\"{}\">{}</td></tr>",
+                    v.t("Name", "Nom"),
                     esc(&a.name),
+                    v.t("Categories (share paid)", "Catégories (part payée)"),
                     esc(scope.join(", ")),
+                    v.t("Accredited by", "Conventionné par"),
                     esc(&a.caisse),
+                    v.t("Until", "Jusqu'au"),
                     a.until
                 )
             })
@@ -191,7 +195,7 @@ fn render(v: &Visitor, d: &MemberPage, member: MemberId) -> String {
             return format!("<p>{}</p>", v.t("None today.", "Aucun aujourd'hui."));
         }
         format!(
-            "<div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th></tr></thead><tbody>{rows}</tbody></table></div>",
+            "<div class=\"table-wrap\"><table class=\"stack\"><thead><tr><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th></tr></thead><tbody>{rows}</tbody></table></div>",
             v.t("Name", "Nom"),
             v.t("Categories (share paid)", "Catégories (part payée)"),
             v.t("Accredited by", "Conventionné par"),

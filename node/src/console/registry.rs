@@ -160,12 +160,18 @@ pub async fn page(v: Visitor, State(s): State<ApiState>, Query(f): Query<Filter>
                 None => ("status-active", v.t("active", "actif").to_owned()),
             };
             format!(
-                "<tr><td>{}<br><small>{kind}</small></td><td>{}</td><td>{}</td><td>{criteria}</td><td>{} – {}</td><td class=\"{class}\">{status}</td></tr>",
+                "<tr><td data-label=\"{l_who}\">{}<br><small>{kind}</small></td><td data-label=\"{l_cats}\">{}</td><td data-label=\"{l_by}\">{}</td><td data-label=\"{l_crit}\">{criteria}</td><td data-label=\"{l_valid}\">{} – {}</td><td data-label=\"{l_status}\" class=\"{class}\">{status}</td></tr>",
                 esc(&a.subject_name),
                 esc(scope.join(", ")),
                 esc(names.get(&r.caisse).cloned().unwrap_or_else(|| r.caisse.short())),
                 a.valid_from,
                 a.valid_until,
+                l_who = v.t("Producer or outlet", "Producteur ou point de vente"),
+                l_cats = v.t("Categories (share paid)", "Catégories (part payée)"),
+                l_by = v.t("Accredited by", "Conventionné par"),
+                l_crit = v.t("Criteria version", "Version des critères"),
+                l_valid = v.t("Valid", "Validité"),
+                l_status = v.t("Status", "État"),
             )
         })
         .collect();
@@ -213,7 +219,7 @@ pub async fn page(v: Visitor, State(s): State<ApiState>, Query(f): Query<Filter>
         )
     } else {
         format!(
-            r#"<div class="table-wrap"><table id="registry"><caption class="sr-only">{cap}</caption><thead><tr><th scope="col">{who}</th><th scope="col">{cats}</th><th scope="col">{by}</th><th scope="col">{crit}</th><th scope="col">{valid}</th><th scope="col">{status}</th></tr></thead><tbody>{body_rows}</tbody></table></div>{more}"#,
+            r#"<div class="table-wrap"><table id="registry" class="stack"><caption class="sr-only">{cap}</caption><thead><tr><th scope="col">{who}</th><th scope="col">{cats}</th><th scope="col">{by}</th><th scope="col">{crit}</th><th scope="col">{valid}</th><th scope="col">{status}</th></tr></thead><tbody>{body_rows}</tbody></table></div>{more}"#,
             cap = v.t("Accreditations", "Conventionnements"),
             who = v.t("Producer or outlet", "Producteur ou point de vente"),
             cats = v.t("Categories (share paid)", "Catégories (part payée)"),
