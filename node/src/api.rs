@@ -780,11 +780,7 @@ async fn new_token(
             })?)?;
             let active = s
                 .handle
-                .with(move |c, _| {
-                    Ok(c.seats()?
-                        .iter()
-                        .any(|x| x.id == seat && x.removed.is_none()))
-                })
+                .with(move |c, _| Ok(c.seat_is_active(seat)?))
                 .await?;
             if !active {
                 return Err(ApiError::new(

@@ -251,6 +251,23 @@ pub fn composition_problem(seats: &[Seat]) -> Option<String> {
 }
 
 impl Caisse {
+    /// Whether `seat` exists and has not been removed.
+    pub fn seat_is_active(&self, seat: u32) -> Result<bool, StoreError> {
+        Ok(self
+            .seats()?
+            .iter()
+            .any(|x| x.id == seat && x.removed.is_none()))
+    }
+
+    /// The active seat a member holds, if any.
+    pub fn seat_of(&self, member: &MemberId) -> Result<Option<u32>, StoreError> {
+        Ok(self
+            .seats()?
+            .into_iter()
+            .find(|x| x.removed.is_none() && x.member.as_ref() == Some(member))
+            .map(|x| x.id))
+    }
+
     /// Every seat, active or removed.
     pub fn seats(&self) -> Result<Vec<Seat>, StoreError> {
         self.scan(SEAT)?

@@ -70,6 +70,16 @@ pub struct Flash {
     pub text: String,
 }
 
+impl Flash {
+    /// A refusal from the caisse, for the next page.
+    pub fn refused(lang: Lang, e: &CaisseError) -> Flash {
+        Flash {
+            ok: false,
+            text: refusal(lang, e),
+        }
+    }
+}
+
 /// Escape text for HTML content and attribute values.
 pub fn esc(text: impl std::fmt::Display) -> String {
     let s = text.to_string();

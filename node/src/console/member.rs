@@ -48,11 +48,7 @@ pub async fn page(v: Visitor, State(s): State<ApiState>) -> Response {
             let today = Day::from_unix(now);
             let period = today.period();
             let record = c.member_record(&member)?;
-            let seat = c
-                .seats()?
-                .into_iter()
-                .find(|x| x.removed.is_none() && x.member == Some(member))
-                .map(|x| x.id);
+            let seat = c.seat_of(&member)?;
             Ok(MemberPage {
                 name: record.name,
                 balance: c.balance(&Account::Member(member)),
@@ -76,11 +72,7 @@ pub async fn page(v: Visitor, State(s): State<ApiState>) -> Response {
             let body = render(&v, &d, member);
             v.page(&s, StatusCode::OK, v.t("My account", "Mon compte"), &body)
         }
-        Err(e) => v.error(
-            &s,
-            StatusCode::SERVICE_UNAVAILABLE,
-            &super::html::refusal(v.lang, &e),
-        ),
+        Err(e) => v.unavailable(&s, &e),
     }
 }
 

@@ -204,6 +204,15 @@ impl Visitor {
         self.page(state, status, title, &body)
     }
 
+    /// The page shown when the caisse could not answer a read.
+    pub fn unavailable(&self, state: &ApiState, e: &crate::caisse::CaisseError) -> Response {
+        self.error(
+            state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            &html::refusal(self.lang, e),
+        )
+    }
+
     /// Redirect (303) after a form, with a message for the next page.
     pub fn redirect(&self, state: &ApiState, to: &str, flash: Option<html::Flash>) -> Response {
         if flash.is_some() {

@@ -30,12 +30,7 @@ struct Data {
 /// The seat a signed-in member holds, if any.
 async fn member_seat(s: &ApiState, member: caisse_protocol::MemberId) -> Option<u32> {
     s.handle
-        .with(move |c, _| {
-            Ok(c.seats()?
-                .into_iter()
-                .find(|x| x.removed.is_none() && x.member == Some(member))
-                .map(|x| x.id))
-        })
+        .with(move |c, _| Ok(c.seat_of(&member)?))
         .await
         .ok()
         .flatten()
@@ -48,11 +43,7 @@ async fn access(v: &Visitor, s: &ApiState) -> Result<(Who, Option<u32>), Respons
         let seat = *seat;
         let active = s
             .handle
-            .with(move |c, _| {
-                Ok(c.seats()?
-                    .iter()
-                    .any(|x| x.id == seat && x.removed.is_none()))
-            })
+            .with(move |c, _| Ok(c.seat_is_active(seat)?))
             .await
             .unwrap_or(false);
         return if active {
@@ -139,11 +130,7 @@ pub async fn page(v: Visitor, State(s): State<ApiState>) -> Response {
                 &body,
             )
         }
-        Err(e) => v.error(
-            &s,
-            StatusCode::SERVICE_UNAVAILABLE,
-            &super::html::refusal(v.lang, &e),
-        ),
+        Err(e) => v.unavailable(&s, &e),
     }
 }
 
@@ -642,10 +629,7 @@ pub async fn vote(State(s): State<ApiState>, p: Posted) -> Response {
             };
             Flash { ok: true, text }
         }
-        Err(e) => Flash {
-            ok: false,
-            text: super::html::refusal(v.lang, &e),
-        },
+        Err(e) => Flash::refused(v.lang, &e),
     };
     v.redirect(&s, &format!("/parliament#p-{proposal}"), Some(flash))
 }
@@ -684,10 +668,7 @@ pub async fn close(State(s): State<ApiState>, p: Posted) -> Response {
                 ),
             }
         }
-        Err(e) => Flash {
-            ok: false,
-            text: super::html::refusal(v.lang, &e),
-        },
+        Err(e) => Flash::refused(v.lang, &e),
     };
     v.redirect(&s, &format!("/parliament#p-{proposal}"), Some(flash))
 }

@@ -71,11 +71,7 @@ pub async fn page(v: Visitor, State(s): State<ApiState>, Query(f): Query<Filter>
     let (mut rows, mut versions, today) = match local {
         Ok(x) => x,
         Err(e) => {
-            return v.error(
-                &s,
-                StatusCode::SERVICE_UNAVAILABLE,
-                &super::html::refusal(v.lang, &e),
-            );
+            return v.unavailable(&s, &e);
         }
     };
     let mut names: BTreeMap<CaisseId, String> = BTreeMap::new();

@@ -117,11 +117,7 @@ async fn render(
     let offer = match offer(s, outlet).await {
         Ok(o) => o,
         Err(e) => {
-            return v.error(
-                s,
-                StatusCode::SERVICE_UNAVAILABLE,
-                &super::html::refusal(v.lang, &e),
-            );
+            return v.unavailable(s, &e);
         }
     };
     let cats: String = offer

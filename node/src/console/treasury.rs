@@ -100,11 +100,7 @@ pub async fn page(v: Visitor, State(s): State<ApiState>, Query(q): Query<PeriodQ
     let d = match data {
         Ok(d) => d,
         Err(e) => {
-            return v.error(
-                &s,
-                StatusCode::SERVICE_UNAVAILABLE,
-                &super::html::refusal(v.lang, &e),
-            );
+            return v.unavailable(&s, &e);
         }
     };
     let view = s.federation.snapshot();
@@ -453,10 +449,7 @@ pub async fn allocate(State(s): State<ApiState>, p: Posted) -> Response {
                 ),
             },
         },
-        Err(e) => Flash {
-            ok: false,
-            text: super::html::refusal(v.lang, &e),
-        },
+        Err(e) => Flash::refused(v.lang, &e),
     };
     v.redirect(&s, &format!("/treasury?period={period}"), Some(flash))
 }
@@ -500,10 +493,7 @@ pub async fn payout(State(s): State<ApiState>, p: Posted) -> Response {
                 money(v.lang, done.amount)
             ),
         },
-        Err(e) => Flash {
-            ok: false,
-            text: super::html::refusal(v.lang, &e),
-        },
+        Err(e) => Flash::refused(v.lang, &e),
     };
     v.redirect(&s, &format!("/treasury?period={period}"), Some(flash))
 }
@@ -521,11 +511,7 @@ pub async fn report_page(
     let r = match crate::api::report_off_writer(&s, period).await {
         Ok(r) => r,
         Err(e) => {
-            return v.error(
-                &s,
-                StatusCode::SERVICE_UNAVAILABLE,
-                &super::html::refusal(v.lang, &e),
-            );
+            return v.unavailable(&s, &e);
         }
     };
     let l = v.lang;
