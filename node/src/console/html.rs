@@ -350,6 +350,31 @@ input[name=period] { max-width: 12rem; }
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the text, escaped it holds no markup character and
+        /// unescapes to itself.
+        #[test]
+        fn escaping_is_complete_and_reversible(text in any::<String>()) {
+            let e = esc(&text);
+            prop_assert!(!e.contains(['<', '>', '"', '\'']));
+            let back = e
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&#39;", "'")
+                .replace("&amp;", "&");
+            prop_assert_eq!(back, text);
+        }
+
+        /// Percent-encoding leaves only unreserved characters and `%`.
+        #[test]
+        fn url_encoding_leaves_no_reserved_character(text in any::<String>()) {
+            let e = url_encode(&text);
+            prop_assert!(e.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~%".contains(&b)));
+        }
+    }
 
     #[test]
     fn escaping_covers_markup_and_quotes() {

@@ -676,6 +676,24 @@ pub async fn close(State(s): State<ApiState>, p: Posted) -> Response {
 #[cfg(test)]
 mod tests {
     use super::line_diff;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Kept and removed lines give back the old text, kept and added
+        /// lines the new one, and no diff is longer than both texts.
+        #[test]
+        fn a_diff_rebuilds_both_texts(
+            old in proptest::collection::vec("[abc]{0,2}", 0..12),
+            new in proptest::collection::vec("[abc]{0,2}", 0..12),
+        ) {
+            let (old, new) = (old.join("\n"), new.join("\n"));
+            let d = line_diff(&old, &new);
+            let side = |skip: char| d.iter().filter(|(m, _)| *m != skip).map(|(_, t)| *t).collect::<Vec<_>>();
+            prop_assert_eq!(side('+'), old.lines().collect::<Vec<_>>());
+            prop_assert_eq!(side('-'), new.lines().collect::<Vec<_>>());
+            prop_assert!(d.len() <= old.lines().count() + new.lines().count());
+        }
+    }
 
     #[test]
     fn diff_marks_changed_lines_only() {
