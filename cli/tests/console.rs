@@ -541,3 +541,141 @@ fn screenshots() {
     shoot("08-report");
     eprintln!("screenshots written to {}", out.display());
 }
+
+/// A member of caisse A buys at caisse B's till, in the browser: B forwards
+/// the sale to A over libp2p, the till shows A's answer, and A's member page
+/// shows the purchase; each caisse's public registry lists the other's
+/// accreditations.
+#[test]
+fn a_sale_at_another_caisses_till() {
+    if !webdriver::available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    let mut first: Option<String> = None;
+    for n in ["A", "B"] {
+        let dir = tmp.path().join(n);
+        let mut extra = vec!["--listen", "/ip4/127.0.0.1/tcp/0", "--federation", "webfed"];
+        let boot;
+        if let Some(a) = &first {
+            boot = a.clone();
+            extra.extend_from_slice(&["--bootstrap", &boot]);
+        }
+        TestNode::init(&dir, &format!("Caisse {n}"), &extra);
+        nodes.push(TestNode::start(&dir));
+        if first.is_none() {
+            first = Some(s(&common::node_json(&dir)["listen"][0]));
+        }
+        dirs.push(dir);
+    }
+    let today = s(&ok(&dirs[0], &["status"])["today"]);
+    let period = &today[..7];
+    let mut cards = Vec::new();
+    let mut tokens = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        for j in 0..2 {
+            let m = ok(
+                dir,
+                &[
+                    "member",
+                    "enroll",
+                    "--name",
+                    &format!("Membre {i}{j}"),
+                    "--residence",
+                    "Ici",
+                    "--joined",
+                    "2026-01-01",
+                    "--pin",
+                    "1357",
+                ],
+            );
+            ok(
+                dir,
+                &[
+                    "parliament",
+                    "seat",
+                    "add",
+                    "--kind",
+                    "citizen",
+                    "--member",
+                    &s(&m["member"]),
+                ],
+            );
+            cards.push(s(&m["card"]));
+        }
+        let shop = ok(
+            dir,
+            &[
+                "outlet",
+                "register",
+                "--name",
+                &format!("Épicerie {}", ["A", "B"][i]),
+                "--categories",
+                "bread",
+            ],
+        );
+        tokens.push(s(&shop["token"]));
+        ok(dir, &["allocation", "issue", "--period", period]);
+    }
+    let ids: Vec<String> = dirs
+        .iter()
+        .map(|d| s(&common::node_json(d)["caisse_id"]))
+        .collect();
+    for (i, dir) in dirs.iter().enumerate() {
+        common::wait_until("the federation to form", 30, || {
+            ok(dir, &["peers"]).as_array().unwrap().len() == 1
+        });
+        common::pass(dir, &["--recognise", &ids[1 - i]]);
+        common::pass(dir, &["--recognition", "listed"]);
+    }
+    common::wait_until("B's outlet known at A", 20, || {
+        ok(&dirs[0], &["accreditation", "list", "--federation"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| s(&a["subject_name"]) == "Épicerie B")
+    });
+    let base_a = format!("http://{}", nodes[0].api);
+    let base_b = format!("http://{}", nodes[1].api);
+    let b = Browser::start("en-GB");
+
+    sign_in_token(&b, &base_b, &tokens[1]);
+    b.wait_text("Charge the allocation");
+    b.fill("#card", &cards[0]);
+    b.fill("#pin", "1357");
+    b.click("#cat1 option[value='bread']");
+    b.fill("#amount1", "7.50");
+    b.click("form[action='/till'] button[type=submit]");
+    b.wait_text("Sale recorded");
+    assert_eq!(cents(&b.text("#allocation-part")), 750);
+    // A wrong PIN is refused by the card's home caisse, in words.
+    b.fill("#card", &cards[0]);
+    b.fill("#pin", "0000");
+    b.click("#cat1 option[value='bread']");
+    b.fill("#amount1", "1.00");
+    b.click("form[action='/till'] button[type=submit]");
+    b.wait_text("wrong PIN");
+    sign_out(&b);
+
+    sign_in_card(&b, &base_a, &cards[0], "1357");
+    b.wait_text("Left on my allocation");
+    assert_eq!(cents(&b.text("#balance")), 10000 - 750);
+    assert!(
+        b.body_text()
+            .contains("Purchase at another caisse's outlet"),
+        "{}",
+        b.body_text()
+    );
+    sign_out(&b);
+
+    b.goto(&format!("{base_a}/registry"));
+    b.wait_text("Épicerie B");
+    let row = s(&b.script(
+        "return [...document.querySelectorAll('#registry tbody tr')].map(r => r.innerText).find(t => t.includes('Épicerie B')) || ''",
+    ));
+    assert!(row.contains("Caisse B"), "{row}");
+    drop(b);
+    drop(nodes);
+}

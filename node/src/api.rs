@@ -91,6 +91,15 @@ impl ApiError {
     pub fn message(&self) -> &str {
         &self.message
     }
+    /// The caisse's error behind a refused purchase, when there is one (so
+    /// the console can say it in the visitor's language).
+    pub fn declined(&self) -> Option<CaisseError> {
+        let reason: DeclineReason = serde_json::from_value(self.detail.clone()?).ok()?;
+        Some(CaisseError::Declined {
+            reason,
+            message: self.message.clone(),
+        })
+    }
     fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
     }

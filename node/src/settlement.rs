@@ -229,12 +229,23 @@ impl Caisse {
                     "the home caisse answered for another purchase".into(),
                 ));
             }
-            let msg = match &d.message.reason {
-                DeclineReason::InsufficientBalance { available } => format!(
-                    "declined by the card's home caisse: insufficient balance, {available} left"
-                ),
-                other => format!("declined by the card's home caisse: {other:?}"),
+            let why = match &d.message.reason {
+                DeclineReason::InsufficientBalance { available } => {
+                    format!("insufficient balance, only {available} left on the allocation")
+                }
+                DeclineReason::UnknownCard => "it does not know this card".into(),
+                DeclineReason::SuspendedCard => {
+                    "the card's member is suspended or has left that caisse".into()
+                }
+                DeclineReason::CardLocked => "the card is locked after too many wrong PINs: the member must ask their caisse to reset the PIN".into(),
+                DeclineReason::WrongPin => "wrong PIN".into(),
+                DeclineReason::NotRecognised { detail } => format!("not recognised there: {detail}"),
+                DeclineReason::InvalidRequest { detail } => format!("invalid request: {detail}"),
+                DeclineReason::ConflictingRetry => {
+                    "this purchase id was already used for another purchase: start a new sale".into()
+                }
             };
+            let msg = format!("declined by the card's home caisse: {why}");
             return Err(declined(d.message.reason, msg));
         }
         let v = answer.open::<PurchaseReceipt>(&self.federation).map_err(|e| {

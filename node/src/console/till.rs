@@ -375,7 +375,13 @@ pub async fn sell(State(s): State<ApiState>, p: Posted) -> Response {
         crate::api::cross_purchase(&s, input)
             .instrument(span)
             .await
-            .map_err(|e| (e.status(), e.message().to_owned()))
+            .map_err(|e| {
+                let text = match e.declined() {
+                    Some(c) => super::html::refusal(v.lang, &c),
+                    None => e.message().to_owned(),
+                };
+                (e.status(), text)
+            })
     };
     match result {
         Ok(r) => {
