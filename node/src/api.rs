@@ -1310,11 +1310,12 @@ async fn report_export(
     auth.reader()?;
     let period: Period = parse("period", &q.period)?;
     let secret = crate::daemon::random32();
-    Ok(Json(
-        s.handle
-            .with(move |c, _| c.export_anonymised(period, secret))
-            .await?,
-    ))
+    let store = s.store.clone();
+    let export =
+        tokio::task::spawn_blocking(move || crate::report::export_of(&*store, period, secret))
+            .await
+            .map_err(|_| CaisseError::Unavailable)??;
+    Ok(Json(export))
 }
 
 async fn peers(State(s): State<ApiState>, auth: Auth) -> Result<Json<serde_json::Value>, ApiError> {

@@ -448,6 +448,133 @@ pub fn report_of(store: &dyn Store, period: Period) -> Result<Report, CaisseErro
     })
 }
 
+/// The anonymised export of `period` from what the store holds (like
+/// [`report_of`], it reads the whole journal, so it runs off the writer).
+pub fn export_of(
+    store: &dyn Store,
+    period: Period,
+    secret: [u8; 32],
+) -> Result<Export, CaisseError> {
+    let policy = crate::caisse::decode_policy(&store.get(keys::POLICY)?.unwrap_or_default())?;
+    let pseudonym = |m: &MemberId| {
+        let mut h = Sha256::new();
+        h.update(secret);
+        h.update(m.as_bytes());
+        format!("p{}", &hex::encode(h.finalize())[..12])
+    };
+    let mut cards: HashMap<caisse_protocol::CardId, MemberId> = HashMap::new();
+    let mut records: Vec<MemberRecord> = Vec::new();
+    for (k, v) in store.scan_prefix(keys::MEMBER)? {
+        let m: MemberRecord = decode_value(&k, &v)?;
+        cards.insert(m.card, m.id);
+        records.push(m);
+    }
+    let mut household_size: HashMap<caisse_protocol::ids::HouseholdId, u32> = HashMap::new();
+    for m in &records {
+        if let Some(h) = m.household {
+            *household_size.entry(h).or_default() += 1;
+        }
+    }
+    let mut purchases = Vec::new();
+    let mut per_member: HashMap<MemberId, (Amount, Amount, Amount)> = HashMap::new();
+    let mut err = None;
+    store.for_each_prefix(keys::JOURNAL, &mut |k, v| {
+        let entry: JournalEntry = match decode_value(k, v) {
+            Ok(e) => e,
+            Err(e) => {
+                err = Some(e);
+                return false;
+            }
+        };
+        match &entry.kind {
+            EntryKind::Purchase {
+                card,
+                outlet,
+                lines,
+                coverage_pct,
+                period: p,
+                ..
+            } if *p == period => {
+                let member = cards.get(card).copied();
+                for (l, cov) in lines.iter().zip(coverage_pct) {
+                    let (a, m) = l
+                        .amount
+                        .split_coverage(*cov)
+                        .unwrap_or((Amount::ZERO, l.amount));
+                    if let Some(mid) = member {
+                        let e = per_member.entry(mid).or_default();
+                        e.1 = e.1.checked_add(l.amount).unwrap_or(e.1);
+                    }
+                    purchases.push(ExportPurchase {
+                        member: member.map_or_else(|| "unknown".into(), |m| pseudonym(&m)),
+                        day: caisse_protocol::Day::from_unix(entry.at).to_string(),
+                        outlet: *outlet,
+                        category: l.category.clone(),
+                        producer: l.producer.map(|p| p.to_string()),
+                        amount: l.amount,
+                        coverage_pct: *cov,
+                        allocation_part: a,
+                        member_part: m,
+                    });
+                }
+            }
+            EntryKind::Allocation {
+                member,
+                period: p,
+                amount,
+                ..
+            } if *p == period => {
+                let e = per_member.entry(*member).or_default();
+                e.0 = e.0.checked_add(*amount).unwrap_or(e.0);
+            }
+            EntryKind::Contribution { member, period: p } if *p == period => {
+                let e = per_member.entry(*member).or_default();
+                e.2 =
+                    e.2.checked_add(credit(&entry, Account::Treasury))
+                        .unwrap_or(e.2);
+            }
+            _ => {}
+        }
+        true
+    })?;
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    let mut members: Vec<ExportMember> = records
+        .iter()
+        .map(|m| {
+            let (alloc, spent, contrib) = per_member.get(&m.id).copied().unwrap_or_default();
+            ExportMember {
+                member: pseudonym(&m.id),
+                age_band: age_band(m.birth_year, period.year()),
+                income_bracket: policy.contribution_for(m.income).map_or_else(
+                    |_| "unknown".into(),
+                    |(_, b)| {
+                        if m.income.is_some() {
+                            b.to_string()
+                        } else {
+                            "unknown".into()
+                        }
+                    },
+                ),
+                household_size: m.household.map_or(1, |h| household_size[&h]),
+                status: m.status,
+                joined: m.joined.period(),
+                allocation: alloc,
+                spent,
+                contribution: contrib,
+            }
+        })
+        .collect();
+    members.sort_by(|a, b| a.member.cmp(&b.member));
+    purchases.sort_by(|a, b| a.day.cmp(&b.day).then(a.member.cmp(&b.member)));
+    Ok(Export {
+        period,
+        purchases,
+        members,
+    })
+}
+
 impl Caisse {
     /// Compute the evaluation report of `period` (in the writer; see [`report_of`]).
     pub fn report(&self, period: Period) -> Result<Report, CaisseError> {
@@ -462,123 +589,7 @@ impl Caisse {
         period: Period,
         secret: [u8; 32],
     ) -> Result<Export, CaisseError> {
-        let pseudonym = |m: &MemberId| {
-            let mut h = Sha256::new();
-            h.update(secret);
-            h.update(m.as_bytes());
-            format!("p{}", &hex::encode(h.finalize())[..12])
-        };
-        let mut cards: HashMap<caisse_protocol::CardId, MemberId> = HashMap::new();
-        let mut records: Vec<MemberRecord> = Vec::new();
-        for (k, v) in self.store.scan_prefix(keys::MEMBER)? {
-            let m: MemberRecord = decode_value(&k, &v)?;
-            cards.insert(m.card, m.id);
-            records.push(m);
-        }
-        let mut household_size: HashMap<caisse_protocol::ids::HouseholdId, u32> = HashMap::new();
-        for m in &records {
-            if let Some(h) = m.household {
-                *household_size.entry(h).or_default() += 1;
-            }
-        }
-        let mut purchases = Vec::new();
-        let mut per_member: HashMap<MemberId, (Amount, Amount, Amount)> = HashMap::new();
-        let mut err = None;
-        self.store.for_each_prefix(keys::JOURNAL, &mut |k, v| {
-            let entry: JournalEntry = match decode_value(k, v) {
-                Ok(e) => e,
-                Err(e) => {
-                    err = Some(e);
-                    return false;
-                }
-            };
-            match &entry.kind {
-                EntryKind::Purchase {
-                    card,
-                    outlet,
-                    lines,
-                    coverage_pct,
-                    period: p,
-                    ..
-                } if *p == period => {
-                    let member = cards.get(card).copied();
-                    for (l, cov) in lines.iter().zip(coverage_pct) {
-                        let (a, m) = l
-                            .amount
-                            .split_coverage(*cov)
-                            .unwrap_or((Amount::ZERO, l.amount));
-                        if let Some(mid) = member {
-                            let e = per_member.entry(mid).or_default();
-                            e.1 = e.1.checked_add(l.amount).unwrap_or(e.1);
-                        }
-                        purchases.push(ExportPurchase {
-                            member: member.map_or_else(|| "unknown".into(), |m| pseudonym(&m)),
-                            day: caisse_protocol::Day::from_unix(entry.at).to_string(),
-                            outlet: *outlet,
-                            category: l.category.clone(),
-                            producer: l.producer.map(|p| p.to_string()),
-                            amount: l.amount,
-                            coverage_pct: *cov,
-                            allocation_part: a,
-                            member_part: m,
-                        });
-                    }
-                }
-                EntryKind::Allocation {
-                    member,
-                    period: p,
-                    amount,
-                    ..
-                } if *p == period => {
-                    let e = per_member.entry(*member).or_default();
-                    e.0 = e.0.checked_add(*amount).unwrap_or(e.0);
-                }
-                EntryKind::Contribution { member, period: p } if *p == period => {
-                    let e = per_member.entry(*member).or_default();
-                    e.2 =
-                        e.2.checked_add(credit(&entry, Account::Treasury))
-                            .unwrap_or(e.2);
-                }
-                _ => {}
-            }
-            true
-        })?;
-        if let Some(e) = err {
-            return Err(e.into());
-        }
-        let mut members: Vec<ExportMember> = records
-            .iter()
-            .map(|m| {
-                let (alloc, spent, contrib) = per_member.get(&m.id).copied().unwrap_or_default();
-                ExportMember {
-                    member: pseudonym(&m.id),
-                    age_band: age_band(m.birth_year, period.year()),
-                    income_bracket: self.policy.contribution_for(m.income).map_or_else(
-                        |_| "unknown".into(),
-                        |(_, b)| {
-                            if m.income.is_some() {
-                                b.to_string()
-                            } else {
-                                "unknown".into()
-                            }
-                        },
-                    ),
-                    household_size: m.household.map_or(1, |h| household_size[&h]),
-                    status: m.status,
-                    joined: m.joined.period(),
-                    allocation: alloc,
-                    spent,
-                    contribution: contrib,
-                }
-            })
-            .collect();
-        members.sort_by(|a, b| a.member.cmp(&b.member));
-        purchases.sort_by(|a, b| a.day.cmp(&b.day).then(a.member.cmp(&b.member)));
-        Ok(Export {
-            period,
-            purchases,
-            members,
-        })
+        export_of(&*self.store, period, secret)
     }
 
     /// Which caisse-level subject an accreditation covers (for listings).
