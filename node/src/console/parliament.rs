@@ -493,9 +493,10 @@ fn render(v: &Visitor, d: &Data, who: &Who, my_seat: Option<u32>) -> String {
                 })
                 .collect();
             forms.push_str(&format!(
-                r#"<form method="post" action="/parliament/vote" class="vote">{csrf}<input type="hidden" name="proposal" value="{id}">{seat_field}<fieldset><legend>{legend}</legend><div class="choices">{radios}</div></fieldset><button type="submit">{vote}</button></form>"#,
+                r#"<form method="post" action="/parliament/vote" class="vote">{csrf}<input type="hidden" name="proposal" value="{id}">{seat_field}<fieldset><legend>{legend}</legend><div class="choices">{radios}</div></fieldset><button type="submit" aria-label="{vote}: {title}">{vote}</button></form>"#,
                 csrf = csrf_field(&v.session),
                 id = p.id,
+                title = esc(&p.title),
                 legend = v.t("Vote", "Vote"),
                 vote = v.t("Record the vote", "Enregistrer le vote"),
             ));

@@ -221,9 +221,10 @@ pub async fn page(v: Visitor, State(s): State<ApiState>, Query(q): Query<PeriodQ
                 .map_or(Amount::ZERO, |t| t.turnover);
             let pay = if admin {
                 format!(
-                    r#"<form method="post" action="/treasury/payout">{csrf}<input type="hidden" name="outlet" value="{id}"><input type="hidden" name="period" value="{period}"><button type="submit" class="secondary">{btn}</button></form>"#,
+                    r#"<form method="post" action="/treasury/payout">{csrf}<input type="hidden" name="outlet" value="{id}"><input type="hidden" name="period" value="{period}"><button type="submit" class="secondary" aria-label="{btn} {name}">{btn}</button></form>"#,
                     csrf = csrf_field(&v.session),
                     id = o.id,
+                    name = esc(&o.name),
                     btn = v.t("Pay out", "Payer"),
                 )
             } else {
