@@ -127,13 +127,19 @@ impl FromRequestParts<ApiState> for Visitor {
         if flash.is_some() {
             sessions.set_flash(&session.id, None);
         }
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .chars()
-            .take(500)
-            .collect();
+        // After a form, come back to the start page (it leads each role home):
+        // the form's own address answers POST only.
+        let path = if parts.method == axum::http::Method::GET {
+            parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .chars()
+                .take(500)
+                .collect()
+        } else {
+            "/".to_owned()
+        };
         Ok(Visitor {
             session,
             fresh,
