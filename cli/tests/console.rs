@@ -282,6 +282,13 @@ fn the_console_in_a_real_browser() {
     b.click("a.lang");
     b.wait_text("Sign in");
     assert_eq!(b.script("return document.documentElement.lang"), "en");
+    // Unknown addresses: a page for people, JSON for programs.
+    let (status, body) = http("GET", &format!("{base}/nowhere"), None, None);
+    assert_eq!(status, 404);
+    assert!(body.contains("<html"), "{body}");
+    let (status, body) = http("GET", &format!("{base}/api/v1/nowhere"), None, None);
+    assert_eq!(status, 404);
+    assert!(body.contains("\"not_found\""), "{body}");
 
     // The member's page shows the balance.
     sign_in_card(&b, base, &d.card, &d.pin);

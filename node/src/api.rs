@@ -289,12 +289,10 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-async fn not_found(
-    v: crate::console::Visitor,
-    State(s): State<ApiState>,
-    uri: axum::http::Uri,
-) -> Response {
-    if uri.path().starts_with("/api/") {
+/// Unknown paths: a JSON error under `/api/`, the console's page elsewhere
+/// (API clients get no console session).
+async fn not_found(State(s): State<ApiState>, req: Request) -> Response {
+    if req.uri().path().starts_with("/api/") {
         return ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -302,6 +300,8 @@ async fn not_found(
         )
         .into_response();
     }
+    let (mut parts, _) = req.into_parts();
+    let Ok(v) = crate::console::Visitor::from_request_parts(&mut parts, &s).await;
     crate::console::not_found(&v, &s)
 }
 
