@@ -1414,27 +1414,9 @@ fn read_structured<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 }
 
 fn parse_scope(text: &str) -> Result<Value> {
-    let mut items = Vec::new();
-    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (cat, pct) = match part.split_once(':') {
-            Some((c, p)) => (
-                c,
-                p.trim_end_matches('%')
-                    .parse::<u8>()
-                    .map_err(|_| anyhow!("--scope {part:?}: coverage must be 0 to 100"))?,
-            ),
-            None => (part, 100),
-        };
-        let category: Category = cat.parse().map_err(|e| anyhow!("--scope {part:?}: {e}"))?;
-        if pct > 100 {
-            bail!("--scope {part:?}: coverage must be 0 to 100");
-        }
-        items.push(json!({ "category": category, "coverage_pct": pct }));
-    }
-    if items.is_empty() {
-        bail!("--scope lists at least one CATEGORY[:COVERAGE%]");
-    }
-    Ok(Value::Array(items))
+    let items = caisse_protocol::messages::ScopeItem::parse_list(text)
+        .map_err(|e| anyhow!("--scope {e}"))?;
+    Ok(serde_json::to_value(items)?)
 }
 
 async fn proposal_kind(c: &Client, a: &ProposeArgs) -> Result<Value> {

@@ -33,6 +33,7 @@ struct Demo {
     admin_token: String,
     open_proposal: String,
     period: String,
+    market: String,
 }
 
 fn vote_and_close(dir: &Path, id: &str) {
@@ -168,6 +169,7 @@ fn demo() -> Demo {
             "fresh-produce,bread",
         ],
     );
+    let market = s(&ok(&dir, &["outlet", "register", "--name", "Marché de Cadenet"])["outlet"]);
     // A name is text, never markup.
     ok(
         &dir,
@@ -232,6 +234,7 @@ fn demo() -> Demo {
         pin: "2468".into(),
         open_proposal: s(&open["id"]),
         period,
+        market,
         base,
         node,
         dir,
@@ -457,6 +460,26 @@ fn the_console_in_a_real_browser() {
     );
     b.goto(&format!("{base}/report?period={}", d.period));
     b.find("svg#by-category");
+    // The admin puts an accreditation to the vote from the parliament page.
+    b.goto(&format!("{base}/parliament"));
+    b.click("details:has(input[value=accredit]) summary");
+    b.fill("#acc-title", "Conventionner le marché");
+    b.click(&format!("#acc-subject option[value='{}']", d.market));
+    b.fill("#acc-scope", "bread:150");
+    b.click("details:has(input[value=accredit]) button");
+    b.wait_text("Proposal not opened");
+    b.click("details:has(input[value=accredit]) summary");
+    b.fill("#acc-title", "Conventionner le marché");
+    b.click(&format!("#acc-subject option[value='{}']", d.market));
+    b.fill("#acc-scope", "bread:50, fresh-produce");
+    b.click("details:has(input[value=accredit]) button");
+    b.wait_text("Vote opened");
+    assert!(
+        b.body_text()
+            .contains("Accredit Marché de Cadenet for bread 50 %, fresh-produce 100 %"),
+        "{}",
+        b.body_text()
+    );
     sign_out(&b);
 
     // An observer reads but cannot change anything, even with a valid token.
@@ -546,6 +569,9 @@ fn screenshots() {
     shoot("07-treasury");
     b.goto(&format!("{base}/report?period={}", d.period));
     shoot("08-report");
+    b.goto(&format!("{base}/parliament"));
+    b.script("document.querySelectorAll('details').forEach(x => x.open = true)");
+    shoot("09-parliament-admin");
     eprintln!("screenshots written to {}", out.display());
 }
 

@@ -115,6 +115,40 @@ pub struct ScopeItem {
     pub coverage_pct: u8,
 }
 
+impl ScopeItem {
+    /// Read a scope as people write it: `fresh-produce:100,bread:66`
+    /// (`CATEGORY[:COVERAGE%]`, comma-separated; no rate means 100).
+    pub fn parse_list(text: &str) -> Result<Vec<ScopeItem>, String> {
+        let mut items: Vec<ScopeItem> = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (cat, pct) = match part.split_once(':') {
+                Some((c, p)) => (
+                    c,
+                    p.trim()
+                        .trim_end_matches('%')
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|p| *p <= 100)
+                        .ok_or_else(|| format!("{part:?}: the coverage is 0 to 100"))?,
+                ),
+                None => (part, 100),
+            };
+            let category: Category = cat.parse().map_err(|e| format!("{part:?}: {e}"))?;
+            if items.iter().any(|i| i.category == category) {
+                return Err(format!("{part:?}: category {category} is listed twice"));
+            }
+            items.push(ScopeItem {
+                category,
+                coverage_pct: pct,
+            });
+        }
+        if items.is_empty() {
+            return Err("a scope lists at least one CATEGORY[:COVERAGE%], e.g. bread:66".into());
+        }
+        Ok(items)
+    }
+}
+
 /// A caisse's accreditation (conventionnement) of a producer or outlet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accreditation {

@@ -349,3 +349,24 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn scopes_read_as_people_write_them() {
+    use caisse_protocol::messages::ScopeItem;
+    let s = ScopeItem::parse_list("fresh-produce:100, bread:66%,dairy").expect("scope");
+    let got: Vec<(String, u8)> = s
+        .iter()
+        .map(|i| (i.category.to_string(), i.coverage_pct))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("fresh-produce".into(), 100),
+            ("bread".into(), 66),
+            ("dairy".into(), 100)
+        ]
+    );
+    for bad in ["", "bread:101", "bread:x", "Bread", "bread,bread:50"] {
+        assert!(ScopeItem::parse_list(bad).is_err(), "{bad:?} accepted");
+    }
+}

@@ -343,6 +343,8 @@ input[name=period] { max-width: 12rem; }
   table.stack td { display: block; border: 0; padding: .15rem .25rem; }
   table.stack td::before { content: attr(data-label); display: block; font-size: .8rem; font-weight: 700; color: var(--muted); }
 }
+details { margin: .5rem 0; border: 1px solid var(--line); border-radius: .35rem; padding: .25rem .75rem .75rem; }
+summary { cursor: pointer; font-weight: 700; padding: .5rem 0; color: var(--accent); }
 .proposal { border: 1px solid var(--line); border-radius: .5rem; padding: .75rem 1rem; margin: 1rem 0; }
 .sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); }
 "#;

@@ -20,6 +20,7 @@ mod charts;
 pub mod html;
 mod member;
 mod parliament;
+mod propose;
 mod registry;
 pub mod session;
 mod till;
@@ -62,6 +63,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/parliament", get(parliament::page))
         .route("/parliament/vote", post(parliament::vote))
         .route("/parliament/close", post(parliament::close))
+        .route("/parliament/propose", post(propose::propose))
         .route("/registry", get(registry::page))
         .route("/treasury", get(treasury::page))
         .route("/treasury/allocations", post(treasury::allocate))

@@ -24,6 +24,8 @@ struct Data {
     rules: ParliamentRules,
     proposals: Vec<Proposal>,
     criteria: Option<caisse_protocol::criteria::Criteria>,
+    /// What the admin's proposal forms offer (admin only).
+    choices: Option<super::propose::Choices>,
     now: u64,
 }
 
@@ -116,6 +118,7 @@ pub async fn page(v: Visitor, State(s): State<ApiState>) -> Response {
                     .conventions()
                     .criteria()
                     .map(|r| r.version.criteria.clone()),
+                choices: admin.then(|| super::propose::Choices::of(c, Day::from_unix(now))),
                 now,
             })
         })
@@ -543,7 +546,8 @@ fn render(v: &Visitor, d: &Data, who: &Who, my_seat: Option<u32>) -> String {
 <p>{rules_l} {quorum}% · {threshold_l} {threshold}%</p>
 <div class="table-wrap"><table><caption class="sr-only">{seats_h}</caption><thead><tr><th scope="col">{seat_c}</th><th scope="col">{kind_c}</th><th scope="col">{holder_c}</th><th scope="col">{state_c}</th></tr></thead><tbody>{seats}</tbody></table></div>
 <h2>{props_h}</h2>
-{proposals}"#,
+{proposals}
+{propose}"#,
         comp_h = v.t("Seats and composition", "Sièges et composition"),
         cit_l = v.t("Citizens", "Citoyen·nes"),
         cit = citizens,
@@ -561,6 +565,11 @@ fn render(v: &Visitor, d: &Data, who: &Who, my_seat: Option<u32>) -> String {
         holder_c = v.t("Held by", "Occupé par"),
         state_c = v.t("Status", "État"),
         props_h = v.t("Proposals", "Propositions"),
+        propose = d
+            .choices
+            .as_ref()
+            .map(|c| super::propose::forms(v, c))
+            .unwrap_or_default(),
     )
 }
 

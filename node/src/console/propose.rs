@@ -1,0 +1,273 @@
+//! Putting a proposal to the parliament's vote from the console (admin,
+//! as the parliament's secretary): a new criteria version, the allocation
+//! per person, the accreditation of a registered producer or outlet, or
+//! the revocation of an accreditation. The caisse checks each one as it
+//! does from the CLI (criteria well-formed and newer, producer meeting the
+//! criteria, parliament able to vote) before it opens the vote.
+
+use axum::extract::State;
+use axum::response::Response;
+use caisse_protocol::criteria::Criteria;
+use caisse_protocol::messages::{ScopeItem, Subject};
+use caisse_protocol::{Amount, ContentId, Day};
+
+use super::html::{Flash, Lang, csrf_field, esc};
+use super::{Kind, Posted, Visitor};
+use crate::api::ApiState;
+use crate::parliament::ProposalKind;
+use crate::policy::AllocationPolicy;
+
+/// What the forms offer to choose from.
+pub struct Choices {
+    /// Registered producers and outlets, by name.
+    pub subjects: Vec<(Subject, String)>,
+    /// Accreditations in force, with a label.
+    pub accreditations: Vec<(ContentId, String)>,
+    /// The criteria in force, as TOML (the starting point of a new version).
+    pub criteria_toml: String,
+}
+
+impl Choices {
+    /// Gather them from the caisse.
+    pub fn of(c: &crate::caisse::Caisse, today: Day) -> Choices {
+        let mut subjects: Vec<(Subject, String)> = c
+            .conventions()
+            .producers
+            .values()
+            .map(|p| (Subject::Producer(p.id), p.name.clone()))
+            .chain(
+                c.outlets()
+                    .into_iter()
+                    .map(|o| (Subject::Outlet(o.id), o.name)),
+            )
+            .collect();
+        subjects.sort_by(|a, b| a.1.cmp(&b.1));
+        let accreditations = c
+            .conventions()
+            .all()
+            .into_iter()
+            .filter(|r| r.active_on(today))
+            .map(|r| {
+                let scope: Vec<String> = r
+                    .accreditation
+                    .scope
+                    .iter()
+                    .map(|x| format!("{} {}%", x.category, x.coverage_pct))
+                    .collect();
+                (
+                    r.id,
+                    format!("{} ({})", r.accreditation.subject_name, scope.join(", ")),
+                )
+            })
+            .collect();
+        let criteria_toml = c
+            .conventions()
+            .criteria()
+            .map(|r| {
+                let mut next = r.version.criteria.clone();
+                next.version = next.version.saturating_add(1);
+                toml::to_string_pretty(&next).unwrap_or_default()
+            })
+            .unwrap_or_else(|| {
+                "name = \"\"\nversion = 1\n\n[rule]\nall = [\n  { label = \"organic\" },\n]\n"
+                    .into()
+            });
+        Choices {
+            subjects,
+            accreditations,
+            criteria_toml,
+        }
+    }
+}
+
+fn subject_value(s: &Subject) -> String {
+    match s {
+        Subject::Producer(p) => p.to_string(),
+        Subject::Outlet(o) => o.to_string(),
+    }
+}
+
+/// The admin's forms, below the proposals.
+pub fn forms(v: &Visitor, c: &Choices) -> String {
+    let csrf = csrf_field(&v.session);
+    let title_field = |id: &str| {
+        format!(
+            "<label for=\"{id}-title\">{}</label><input id=\"{id}-title\" name=\"title\" required maxlength=\"200\">",
+            v.t("Title", "Titre")
+        )
+    };
+    let subjects: String = c
+        .subjects
+        .iter()
+        .map(|(s, name)| {
+            let kind = match s {
+                Subject::Producer(_) => v.t("producer", "producteur"),
+                Subject::Outlet(_) => v.t("outlet", "point de vente"),
+            };
+            format!(
+                "<option value=\"{}\">{} ({kind})</option>",
+                esc(subject_value(s)),
+                esc(name)
+            )
+        })
+        .collect();
+    let accreditations: String = c
+        .accreditations
+        .iter()
+        .map(|(id, label)| format!("<option value=\"{}\">{}</option>", esc(id), esc(label)))
+        .collect();
+    format!(
+        r#"<h2>{h}</h2>
+<p>{intro}</p>
+<details><summary>{acc_s}</summary>
+<form method="post" action="/parliament/propose">{csrf}<input type="hidden" name="kind" value="accredit">
+{acc_title}
+<label for="acc-subject">{who_l}</label><select id="acc-subject" name="subject" required>{subjects}</select>
+<label for="acc-scope">{scope_l}</label><input id="acc-scope" name="scope" required placeholder="fresh-produce:100, bread:66" aria-describedby="acc-scope-h">
+<small id="acc-scope-h">{scope_h}</small>
+<label for="acc-days">{days_l}</label><input id="acc-days" name="days" inputmode="numeric" value="365" pattern="[0-9]{{1,4}}">
+<button type="submit">{open}</button></form></details>
+<details><summary>{rev_s}</summary>
+<form method="post" action="/parliament/propose">{csrf}<input type="hidden" name="kind" value="revoke">
+{rev_title}
+<label for="rev-acc">{rev_l}</label><select id="rev-acc" name="accreditation" required>{accreditations}</select>
+<label for="rev-reason">{reason_l}</label><input id="rev-reason" name="reason" required maxlength="200">
+<button type="submit">{open}</button></form></details>
+<details><summary>{alloc_s}</summary>
+<form method="post" action="/parliament/propose">{csrf}<input type="hidden" name="kind" value="allocation">
+{alloc_title}
+<label for="alloc-amount">{amount_l}</label><input id="alloc-amount" name="amount" inputmode="decimal" required pattern="[0-9]+([.,][0-9]{{1,2}})?">
+<button type="submit">{open}</button></form></details>
+<details><summary>{crit_s}</summary>
+<form method="post" action="/parliament/propose">{csrf}<input type="hidden" name="kind" value="criteria">
+{crit_title}
+<label for="crit-text">{crit_l}</label><textarea id="crit-text" name="criteria" rows="14" required spellcheck="false" class="mono">{crit}</textarea>
+<button type="submit">{open}</button></form></details>"#,
+        h = v.t("Put a proposal to the vote", "Soumettre une proposition au vote"),
+        intro = v.t(
+            "The vote opens at once, for the caisse's usual voting window.",
+            "Le vote s'ouvre aussitôt, pour la durée habituelle de la caisse."
+        ),
+        acc_s = v.t("Accredit a producer or an outlet", "Conventionner un producteur ou un point de vente"),
+        acc_title = title_field("acc"),
+        who_l = v.t("Producer or outlet", "Producteur ou point de vente"),
+        scope_l = v.t("Categories and share paid", "Catégories et part payée"),
+        scope_h = v.t(
+            "CATEGORY:PERCENT, comma-separated; without a percentage the allocation pays 100%.",
+            "CATÉGORIE:POURCENTAGE, séparés par des virgules ; sans pourcentage l'allocation paie 100 %."
+        ),
+        days_l = v.t("Valid for (days, from today)", "Valable (jours, à partir d'aujourd'hui)"),
+        rev_s = v.t("Revoke an accreditation", "Révoquer un conventionnement"),
+        rev_title = title_field("rev"),
+        rev_l = v.t("Accreditation", "Conventionnement"),
+        reason_l = v.t("Reason", "Motif"),
+        alloc_s = v.t("Change the monthly allocation", "Changer l'allocation mensuelle"),
+        alloc_title = title_field("alloc"),
+        amount_l = v.t("Amount per person per month", "Montant par personne et par mois"),
+        crit_s = v.t("Adopt a new criteria version", "Adopter une nouvelle version des critères"),
+        crit_title = title_field("crit"),
+        crit_l = v.t("Criteria (TOML), starting from those in force", "Critères (TOML), à partir de ceux en vigueur"),
+        crit = esc(&c.criteria_toml),
+        open = v.t("Open the vote", "Ouvrir le vote"),
+    )
+}
+
+fn read_kind(p: &Posted, today: Day) -> Result<ProposalKind, String> {
+    match p.get("kind") {
+        "accredit" => {
+            let subject = {
+                let text = p.get("subject");
+                if let Ok(id) = text.parse() {
+                    Subject::Producer(id)
+                } else if let Ok(id) = text.parse() {
+                    Subject::Outlet(id)
+                } else {
+                    return Err("choose a producer or outlet".into());
+                }
+            };
+            let scope = ScopeItem::parse_list(p.get("scope"))?;
+            let days: u32 = p
+                .get("days")
+                .parse()
+                .ok()
+                .filter(|d| (1..=3650).contains(d))
+                .ok_or("the validity is 1 to 3650 days")?;
+            Ok(ProposalKind::Accredit {
+                subject,
+                scope,
+                valid_from: today,
+                valid_until: today.plus(days),
+            })
+        }
+        "revoke" => Ok(ProposalKind::Revoke {
+            accreditation: p
+                .get("accreditation")
+                .parse()
+                .map_err(|_| "choose an accreditation".to_owned())?,
+            reason: p.get("reason").to_owned(),
+        }),
+        "allocation" => {
+            let amount: Amount = p
+                .get("amount")
+                .replace(',', ".")
+                .parse()
+                .map_err(|e| format!("amount: {e}"))?;
+            Ok(ProposalKind::Allocation(AllocationPolicy::PerPerson {
+                amount,
+            }))
+        }
+        "criteria" => {
+            let c: Criteria =
+                toml::from_str(p.get("criteria")).map_err(|e| format!("criteria: {e}"))?;
+            Ok(ProposalKind::Criteria(c))
+        }
+        _ => Err("unknown kind of proposal".into()),
+    }
+}
+
+/// `POST /parliament/propose`
+pub async fn propose(State(s): State<ApiState>, p: Posted) -> Response {
+    let v = &p.visitor;
+    if let Err(r) = v.require(&s, &[Kind::Admin]) {
+        return r;
+    }
+    let today = s.handle.clock().today();
+    let kind = match read_kind(&p, today) {
+        Ok(k) => k,
+        Err(e) => {
+            let text = match v.lang {
+                Lang::Fr => format!("Proposition non ouverte : {e}"),
+                Lang::En => format!("Proposal not opened: {e}"),
+            };
+            return v.redirect(&s, "/parliament", Some(Flash { ok: false, text }));
+        }
+    };
+    let title = p.get("title").to_owned();
+    match s
+        .handle
+        .with(move |c, now| c.propose(title, kind, None, now))
+        .await
+    {
+        Ok(prop) => {
+            tracing::info!(target: "caisse::events::parliament", proposal = %prop.id, "proposal opened from the console");
+            let text = match v.lang {
+                Lang::Fr => format!(
+                    "Vote ouvert : « {} », jusqu'au {}.",
+                    prop.title,
+                    Day::from_unix(prop.closes)
+                ),
+                Lang::En => format!(
+                    "Vote opened: \"{}\", until {}.",
+                    prop.title,
+                    Day::from_unix(prop.closes)
+                ),
+            };
+            v.redirect(
+                &s,
+                &format!("/parliament#p-{}", prop.id),
+                Some(Flash { ok: true, text }),
+            )
+        }
+        Err(e) => v.redirect(&s, "/parliament", Some(Flash::refused(v.lang, &e))),
+    }
+}
