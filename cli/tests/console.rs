@@ -570,7 +570,11 @@ fn screenshots() {
     b.goto(&format!("{base}/report?period={}", d.period));
     shoot("08-report");
     b.goto(&format!("{base}/parliament"));
-    b.script("document.querySelectorAll('details').forEach(x => x.open = true)");
+    b.script(
+        "const forms = [...document.querySelectorAll('form[action=\"/parliament/propose\"]')];
+         forms.forEach(f => f.closest('details').open = true);
+         forms[0].closest('details').scrollIntoView();",
+    );
     shoot("09-parliament-admin");
     eprintln!("screenshots written to {}", out.display());
 }

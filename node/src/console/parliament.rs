@@ -265,6 +265,33 @@ fn describe(l: Lang, kind: &ProposalKind, subject: Option<&String>) -> String {
     }
 }
 
+/// Why a vote ended as it did, in the visitor's words (the caisse records
+/// its reason in English).
+fn outcome_reason(l: Lang, o: &crate::parliament::Outcome) -> String {
+    match l {
+        Lang::En => o.reason.clone(),
+        Lang::Fr => {
+            let counts = format!(
+                "{} pour, {} contre, {} abstention(s), sur {} sièges",
+                o.yes, o.no, o.abstain, o.seats
+            );
+            let r = &o.reason;
+            if o.passed {
+                counts
+            } else if r.starts_with("quorum not reached") {
+                format!("quorum non atteint ({counts})")
+            } else if r.starts_with("rejected") {
+                format!("majorité non atteinte ({counts})")
+            } else if let Some(why) = r.strip_prefix("passed the vote but could not take effect: ")
+            {
+                format!("adoptée par le vote mais sans effet possible : {why}")
+            } else {
+                format!("le parlement ne pouvait pas décider ({counts}) : {r}")
+            }
+        }
+    }
+}
+
 /// A line diff of two texts: each line marked kept, added or removed.
 pub fn line_diff<'a>(old: &'a str, new: &'a str) -> Vec<(char, &'a str)> {
     let a: Vec<&str> = old.lines().collect();
@@ -452,7 +479,7 @@ fn render(v: &Visitor, d: &Data, who: &Who, my_seat: Option<u32>) -> String {
                 } else {
                     v.t("Rejected", "Rejetée")
                 },
-                esc(&o.reason),
+                esc(outcome_reason(l, o)),
                 v.t("Signed decision", "Décision signée"),
                 esc(o.decision.short())
             ),
