@@ -480,6 +480,32 @@ fn the_console_in_a_real_browser() {
         "{}",
         b.body_text()
     );
+    // …and a revocation, which the parliament passes (votes through the CLI):
+    // the public registry then shows it with its day and reason.
+    b.click("details:has(input[value=revoke]) summary");
+    b.fill("#rev-title", "Retrait du GAEC");
+    b.script(
+        "const s = document.querySelector('#rev-acc');
+         s.value = [...s.options].find(o => o.text.includes('GAEC')).value;",
+    );
+    b.fill("#rev-reason", "pesticides found in a sample");
+    b.click("details:has(input[value=revoke]) button");
+    b.wait_text("Vote opened");
+    let shown = ok(&d.dir, &["parliament", "show"]);
+    let revoke = shown["proposals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| s(&p["title"]) == "Retrait du GAEC")
+        .map(|p| s(&p["id"]))
+        .expect("the revocation proposal");
+    vote_and_close(&d.dir, &revoke);
+    b.goto(&format!("{base}/registry"));
+    let row = s(&b.script(
+        "return [...document.querySelectorAll('#registry tbody tr')].map(r => r.innerText).find(t => t.includes('GAEC')) || ''",
+    ));
+    assert!(row.contains("revoked on"), "{row}");
+    assert!(row.contains("pesticides found in a sample"), "{row}");
     sign_out(&b);
 
     // An observer reads but cannot change anything, even with a valid token.
