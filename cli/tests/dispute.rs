@@ -186,10 +186,20 @@ fn lost_receipt_is_resent_and_the_dispute_resolves() {
         "A debited the lost purchase"
     );
     let _nb = TestNode::start(&b);
+    // A saw B's key come and go from another process: let them reconnect
+    // before the statement (seen once to take longer than the wait below
+    // under a full test run).
+    wait_until("B to reconnect to A", 30, || {
+        ok(&b, &["peers"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["connected"] == true)
+    });
 
     // B's statement misses the lost receipt; A disputes, naming it.
     ok(&b, &["settlement", "run", "--period", "2027-05"]);
-    wait_until("A's dispute", 20, || {
+    wait_until("A's dispute", 30, || {
         let v = ok(&b, &["settlement", "show", "--period", "2027-05"]);
         v["statements"]
             .as_array()
