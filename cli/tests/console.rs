@@ -447,6 +447,17 @@ fn the_console_in_a_real_browser() {
     );
     // With it, the admin's form works.
     b.goto(&format!("{base}/treasury?period={}", d.period));
+    // The desk enrols a resident; the flash gives the card number.
+    b.click("details:has(form[action='/treasury/members']) summary");
+    b.fill("#m-name", "Nadia Benali");
+    b.fill("#m-residence", "Cadenet");
+    b.fill("#m-birth", "1990");
+    b.fill("#m-income", "1100");
+    b.fill("#m-pin", "9753");
+    b.click("form[action='/treasury/members'] button");
+    b.wait_text("Nadia Benali is enrolled. Card number to give them: card_");
+    assert!(b.text("table").contains("Nadia Benali"));
+
     b.fill("#alloc-period", &d.period);
     b.click("form[action='/treasury/allocations'] button");
     b.wait_text("already issued");

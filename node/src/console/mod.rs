@@ -67,6 +67,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/registry", get(registry::page))
         .route("/treasury", get(treasury::page))
         .route("/treasury/allocations", post(treasury::allocate))
+        .route("/treasury/members", post(treasury::enrol))
         .route("/treasury/payout", post(treasury::payout))
         .route("/report", get(treasury::report_page))
 }

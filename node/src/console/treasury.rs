@@ -167,6 +167,49 @@ pub async fn page(v: Visitor, State(s): State<ApiState>, Query(q): Query<PeriodQ
             )
         )
     };
+    let enrol = if admin {
+        format!(
+            r#"<details><summary>{sum}</summary>
+<form method="post" action="/treasury/members">{csrf}
+<label for="m-name">{name_l}</label><input id="m-name" name="name" required maxlength="100" autocomplete="off">
+<label for="m-residence">{res_l}</label><input id="m-residence" name="residence" required maxlength="200" autocomplete="off">
+<label for="m-birth">{birth_l}</label><input id="m-birth" name="birth_year" inputmode="numeric" pattern="[0-9]{{4}}">
+<label for="m-income">{income_l}</label><input id="m-income" name="income" inputmode="decimal" pattern="[0-9]+([.,][0-9]{{1,2}})?" aria-describedby="m-income-h"><small id="m-income-h">{income_h}</small>
+<label for="m-pin">{pin_l}</label><input id="m-pin" name="pin" type="password" inputmode="numeric" pattern="[0-9]{{4,8}}" autocomplete="new-password">
+<div class="choices"><label><input type="checkbox" name="new_household" value="1"> {hh_l}</label></div>
+<button type="submit">{btn}</button></form></details>"#,
+            csrf = csrf_field(&v.session),
+            sum = v.t("Enrol a member", "Inscrire un membre"),
+            name_l = v.t("Full name", "Nom complet"),
+            res_l = v.t(
+                "Place of residence (the only condition)",
+                "Lieu de résidence (seule condition)"
+            ),
+            birth_l = v.t(
+                "Year of birth (adults only)",
+                "Année de naissance (adultes seulement)"
+            ),
+            income_l = v.t(
+                "Monthly income, for the contribution scale",
+                "Revenu mensuel, pour le barème des cotisations"
+            ),
+            income_h = v.t(
+                "Leave empty if not declared.",
+                "Laisser vide s'il n'est pas déclaré."
+            ),
+            pin_l = v.t(
+                "PIN for paying without a smartphone (4 to 8 digits, optional)",
+                "Code pour payer sans smartphone (4 à 8 chiffres, facultatif)"
+            ),
+            hh_l = v.t(
+                "Start a household with this member",
+                "Créer un foyer avec ce membre"
+            ),
+            btn = v.t("Enrol", "Inscrire"),
+        )
+    } else {
+        String::new()
+    };
     let allocation_form = if admin {
         format!(
             r#"<form method="post" action="/treasury/allocations">{csrf}<label for="alloc-period">{lab}</label><input id="alloc-period" name="period" value="{period}" pattern="[0-9]{{4}}-[0-9]{{2}}" required><button type="submit">{btn}</button></form><p><small>{help}</small></p>"#,
@@ -323,6 +366,7 @@ pub async fn page(v: Visitor, State(s): State<ApiState>, Query(q): Query<PeriodQ
 </div>
 <h2>{members_h}</h2>
 {members}
+{enrol}
 <h2>{run_h}</h2>
 {allocation_form}
 <h2>{funding_h}</h2>
@@ -409,6 +453,68 @@ fn admin_only(v: &Visitor, s: &ApiState) -> Result<(), Response> {
                 "L'observation peut tout lire ici mais ne rien modifier.",
             ),
         )),
+    }
+}
+
+/// `POST /treasury/members`: enrol a member (admin).
+pub async fn enrol(State(s): State<ApiState>, p: Posted) -> Response {
+    let v = &p.visitor;
+    if let Err(r) = admin_only(v, &s) {
+        return r;
+    }
+    let back = |f: Flash| v.redirect(&s, "/treasury", Some(f));
+    let bad = |en: &str, fr: &str| Flash {
+        ok: false,
+        text: v.t(en, fr).to_owned(),
+    };
+    let birth_year = match p.get("birth_year") {
+        "" => None,
+        y => match y.parse::<u16>() {
+            Ok(y) => Some(y),
+            Err(_) => {
+                return back(bad(
+                    "Write the year of birth as 1980.",
+                    "Écrivez l'année de naissance ainsi : 1980.",
+                ));
+            }
+        },
+    };
+    let income = match p.get("income") {
+        "" => None,
+        i => match i.replace(',', ".").parse::<Amount>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                return back(bad(
+                    "Write the income as 1250.00.",
+                    "Écrivez le revenu ainsi : 1250,00.",
+                ));
+            }
+        },
+    };
+    let input = crate::caisse::EnrollInput {
+        name: p.get("name").to_owned(),
+        residence: p.get("residence").to_owned(),
+        birth_year,
+        income,
+        household: None,
+        new_household: p.get("new_household") == "1",
+        joined: None,
+        pin: Some(p.get("pin").to_owned()).filter(|x| !x.is_empty()),
+    };
+    let name = input.name.clone();
+    match s.handle.enroll(input).await {
+        Ok(e) => {
+            tracing::info!(target: "caisse::events::console", member = %e.member, "member enrolled from the console");
+            let text = match v.lang {
+                Lang::Fr => format!(
+                    "{name} est inscrit·e. Numéro de carte à lui remettre : {}",
+                    e.card
+                ),
+                Lang::En => format!("{name} is enrolled. Card number to give them: {}", e.card),
+            };
+            back(Flash { ok: true, text })
+        }
+        Err(e) => back(Flash::refused(v.lang, &e)),
     }
 }
 
