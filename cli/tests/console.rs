@@ -457,6 +457,33 @@ fn the_console_in_a_real_browser() {
     b.click("form[action='/treasury/members'] button");
     b.wait_text("Nadia Benali is enrolled. Card number to give them: card_");
     assert!(b.text("table").contains("Nadia Benali"));
+    let notice = b.text(".notice");
+    let nadia = format!(
+        "card_{}",
+        notice
+            .split("card_")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+    );
+    // Her contribution on the scale, then a subsidy, once per bank reference.
+    b.click("details:has(form[action='/treasury/contributions']) summary");
+    b.fill("#c-card", &nadia);
+    b.click("form[action='/treasury/contributions'] button");
+    b.wait_text("Contribution recorded:");
+    for expect in [
+        "Subsidy recorded: €200.00",
+        "already recorded: nothing was added",
+    ] {
+        b.click("details:has(form[action='/treasury/subsidies']) summary");
+        b.click("#s-source option[value='state']");
+        b.fill("#s-amount", "200");
+        b.fill("#s-key", "VIR-2026-0042");
+        b.click("form[action='/treasury/subsidies'] button");
+        b.wait_text(expect);
+    }
 
     b.fill("#alloc-period", &d.period);
     b.click("form[action='/treasury/allocations'] button");

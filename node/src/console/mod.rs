@@ -68,6 +68,8 @@ pub fn routes() -> Router<ApiState> {
         .route("/treasury", get(treasury::page))
         .route("/treasury/allocations", post(treasury::allocate))
         .route("/treasury/members", post(treasury::enrol))
+        .route("/treasury/contributions", post(treasury::contribution))
+        .route("/treasury/subsidies", post(treasury::subsidy))
         .route("/treasury/payout", post(treasury::payout))
         .route("/report", get(treasury::report_page))
 }

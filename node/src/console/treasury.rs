@@ -210,6 +210,47 @@ pub async fn page(v: Visitor, State(s): State<ApiState>, Query(q): Query<PeriodQ
     } else {
         String::new()
     };
+    let funding_forms = if admin {
+        format!(
+            r#"<details><summary>{c_sum}</summary>
+<form method="post" action="/treasury/contributions">{csrf}<input type="hidden" name="period" value="{period}">
+<label for="c-card">{card_l}</label><input id="c-card" name="card" required autocomplete="off" spellcheck="false">
+<label for="c-amount">{amount_l}</label><input id="c-amount" name="amount" inputmode="decimal" pattern="[0-9]+([.,][0-9]{{1,2}})?" aria-describedby="c-amount-h"><small id="c-amount-h">{amount_h}</small>
+<button type="submit">{c_btn} {period}</button></form></details>
+<details><summary>{s_sum}</summary>
+<form method="post" action="/treasury/subsidies">{csrf}<input type="hidden" name="period" value="{period}">
+<label for="s-source">{source_l}</label><select id="s-source" name="source"><option value="state">{state}</option><option value="local-authority">{local}</option><option value="other">{other}</option></select>
+<label for="s-amount">{s_amount_l}</label><input id="s-amount" name="amount" inputmode="decimal" required pattern="[0-9]+([.,][0-9]{{1,2}})?">
+<label for="s-key">{key_l}</label><input id="s-key" name="key" required maxlength="100" aria-describedby="s-key-h"><small id="s-key-h">{key_h}</small>
+<button type="submit">{s_btn} {period}</button></form></details>"#,
+            csrf = csrf_field(&v.session),
+            c_sum = v.t("Record a contribution", "Enregistrer une cotisation"),
+            card_l = v.t("Member's card number", "Numéro de carte du membre"),
+            amount_l = v.t("Amount", "Montant"),
+            amount_h = v.t(
+                "Leave empty for the member's amount on the caisse's scale.",
+                "Laisser vide pour le montant du barème de la caisse."
+            ),
+            c_btn = v.t("Record for", "Enregistrer pour"),
+            s_sum = v.t(
+                "Record a subsidy received",
+                "Enregistrer une subvention reçue"
+            ),
+            source_l = v.t("Funder", "Financeur"),
+            state = source_name(l, "state"),
+            local = source_name(l, "local-authority"),
+            other = source_name(l, "other"),
+            s_amount_l = v.t("Amount received", "Montant reçu"),
+            key_l = v.t("Bank reference", "Référence bancaire"),
+            key_h = v.t(
+                "The same reference twice records the subsidy once.",
+                "La même référence deux fois n'enregistre la subvention qu'une fois."
+            ),
+            s_btn = v.t("Record for", "Enregistrer pour"),
+        )
+    } else {
+        String::new()
+    };
     let allocation_form = if admin {
         format!(
             r#"<form method="post" action="/treasury/allocations">{csrf}<label for="alloc-period">{lab}</label><input id="alloc-period" name="period" value="{period}" pattern="[0-9]{{4}}-[0-9]{{2}}" required><button type="submit">{btn}</button></form><p><small>{help}</small></p>"#,
@@ -373,6 +414,7 @@ pub async fn page(v: Visitor, State(s): State<ApiState>, Query(q): Query<PeriodQ
 <p>{share_l} <strong>{share}</strong> — {target_l} <strong>{target}%</strong></p>
 {share_chart}
 <div class="table-wrap"><table><thead><tr><th scope="col">{source_h}</th><th scope="col" class="num">{amount_h}</th></tr></thead><tbody><tr><td>{contrib_row}</td><td class="num">{contrib}</td></tr>{subsidies}</tbody></table></div>
+{funding_forms}
 <h2>{outlets_h}</h2>
 <div class="table-wrap"><table><thead><tr><th scope="col">{outlet_h}</th><th scope="col" class="num">{turnover_h} {period}</th><th scope="col" class="num">{owed_h}</th><th scope="col">{payout_h}</th></tr></thead><tbody>{outlets}</tbody></table></div>
 <h2>{settle_h}</h2>
@@ -516,6 +558,123 @@ pub async fn enrol(State(s): State<ApiState>, p: Posted) -> Response {
         }
         Err(e) => back(Flash::refused(v.lang, &e)),
     }
+}
+
+/// `POST /treasury/contributions`: a member's contribution for a period (admin).
+pub async fn contribution(State(s): State<ApiState>, p: Posted) -> Response {
+    let v = &p.visitor;
+    if let Err(r) = admin_only(v, &s) {
+        return r;
+    }
+    let bad = |en: &str, fr: &str| {
+        let f = Flash {
+            ok: false,
+            text: v.t(en, fr).to_owned(),
+        };
+        v.redirect(&s, "/treasury", Some(f))
+    };
+    let Ok(period) = p.get("period").parse::<Period>() else {
+        return bad("Unknown period.", "Période inconnue.");
+    };
+    let Ok(card) = p.get("card").parse::<caisse_protocol::CardId>() else {
+        return bad(
+            "This is not a card number: it starts with card_.",
+            "Ce n'est pas un numéro de carte : il commence par card_.",
+        );
+    };
+    let amount = match p.get("amount") {
+        "" => None,
+        a => match a.replace(',', ".").parse::<Amount>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                return bad(
+                    "Write the amount as 12.50.",
+                    "Écrivez le montant ainsi : 12,50.",
+                );
+            }
+        },
+    };
+    let result = s
+        .handle
+        .with(move |c, now| {
+            let member = c.cards.get(&card).map(|x| x.member).ok_or_else(|| {
+                crate::caisse::CaisseError::NotFound {
+                    what: "card",
+                    id: card.to_string(),
+                }
+            })?;
+            c.record_contribution(member, period, amount, now)
+        })
+        .await;
+    let flash = match result {
+        Ok(r) if r.already_recorded => Flash {
+            ok: true,
+            text: format!(
+                "{} {}",
+                v.t(
+                    "Already recorded for this period:",
+                    "Déjà enregistrée pour cette période :"
+                ),
+                money(v.lang, r.amount)
+            ),
+        },
+        Ok(r) => Flash {
+            ok: true,
+            text: format!(
+                "{} {}",
+                v.t("Contribution recorded:", "Cotisation enregistrée :"),
+                money(v.lang, r.amount)
+            ),
+        },
+        Err(e) => Flash::refused(v.lang, &e),
+    };
+    v.redirect(&s, &format!("/treasury?period={period}"), Some(flash))
+}
+
+/// `POST /treasury/subsidies`: a subsidy received (admin), once per bank reference.
+pub async fn subsidy(State(s): State<ApiState>, p: Posted) -> Response {
+    let v = &p.visitor;
+    if let Err(r) = admin_only(v, &s) {
+        return r;
+    }
+    let (Ok(period), Ok(source), Ok(amount)) = (
+        p.get("period").parse::<Period>(),
+        p.get("source").parse::<crate::ledger::SubsidySource>(),
+        p.get("amount").replace(',', ".").parse::<Amount>(),
+    ) else {
+        let f = Flash {
+            ok: false,
+            text: v
+                .t(
+                    "Give the funder and the amount (e.g. 1500.00).",
+                    "Indiquez le financeur et le montant (par ex. 1500,00).",
+                )
+                .to_owned(),
+        };
+        return v.redirect(&s, "/treasury", Some(f));
+    };
+    let key = p.get("key").to_owned();
+    let flash = match s.handle.record_subsidy(source, amount, period, key).await {
+        Ok(r) if r.already_recorded => Flash {
+            ok: true,
+            text: v
+                .t(
+                    "This bank reference was already recorded: nothing was added.",
+                    "Cette référence bancaire était déjà enregistrée : rien n'a été ajouté.",
+                )
+                .to_owned(),
+        },
+        Ok(r) => Flash {
+            ok: true,
+            text: format!(
+                "{} {}",
+                v.t("Subsidy recorded:", "Subvention enregistrée :"),
+                money(v.lang, r.amount)
+            ),
+        },
+        Err(e) => Flash::refused(v.lang, &e),
+    };
+    v.redirect(&s, &format!("/treasury?period={period}"), Some(flash))
 }
 
 /// `POST /treasury/allocations`
