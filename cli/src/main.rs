@@ -1745,33 +1745,8 @@ async fn producer(c: &Client, out: &Output, p: &ProducerCmd) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-fn csv_field(v: &Value) -> String {
-    let t = s(v);
-    if t.contains([',', '"', '\n']) {
-        format!("\"{}\"", t.replace('"', "\"\""))
-    } else {
-        t
-    }
-}
-
 fn write_csv(path: &Path, rows: &[Value]) -> Result<usize> {
-    let mut text = String::new();
-    if let Some(first) = rows.first().and_then(Value::as_object) {
-        let cols: Vec<&String> = first.keys().collect();
-        text.push_str(
-            &cols
-                .iter()
-                .map(|c| c.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        text.push('\n');
-        for r in rows {
-            let line: Vec<String> = cols.iter().map(|c| csv_field(&r[c.as_str()])).collect();
-            text.push_str(&line.join(","));
-            text.push('\n');
-        }
-    }
+    let text = caisse_node::report::to_csv(rows);
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(rows.len())
 }

@@ -552,6 +552,43 @@ fn the_console_in_a_real_browser() {
     assert!(b.try_find("form[action='/treasury/allocations']").is_none());
     assert!(b.body_text().contains("shown to the caisse's admin only"));
     let observer_cookie = b.cookie("caisse_session").expect("cookie");
+    // The committee downloads the anonymised export for researchers.
+    let get_csv = |file: &str| {
+        let (status, body) = http(
+            "GET",
+            &format!("{base}/report/export/{file}?period={}", d.period),
+            Some(&observer_cookie),
+            None,
+        );
+        assert_eq!(status, 200, "{file}: {body}");
+        body
+    };
+    let purchases = get_csv("purchases.csv");
+    let members = get_csv("members.csv");
+    assert!(
+        purchases.starts_with("allocation_part,amount,category,"),
+        "{purchases}"
+    );
+    assert!(members.contains("age_band"), "{members}");
+    for secret in ["Awa Diallo", "Cadenet", "card_", "mem_"] {
+        assert!(
+            !purchases.contains(secret) && !members.contains(secret),
+            "{secret} leaked"
+        );
+    }
+    // The two files share their pseudonyms (so they can be joined).
+    let pseudonym = purchases
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .find(|f| f.starts_with('p') && f.len() == 13)
+        .unwrap()
+        .to_owned();
+    assert!(
+        members.contains(&pseudonym),
+        "{pseudonym} not in members.csv"
+    );
     let csrf = b.property("form[action='/logout'] input[name=csrf]", "value");
     let (status, _) = http(
         "POST",

@@ -791,3 +791,34 @@ pub fn to_markdown(r: &Report) -> String {
     );
     s
 }
+
+/// Rows as CSV (RFC 4180 quoting), columns in the rows' field order (the
+/// first row's): what researchers open in a spreadsheet or R.
+pub fn to_csv(rows: &[serde_json::Value]) -> String {
+    fn field(v: &serde_json::Value) -> String {
+        let t = match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        if t.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", t.replace('"', "\"\""))
+        } else {
+            t
+        }
+    }
+    let mut text = String::new();
+    let Some(first) = rows.first().and_then(serde_json::Value::as_object) else {
+        return text;
+    };
+    let cols: Vec<&String> = first.keys().collect();
+    let header: Vec<&str> = cols.iter().map(|c| c.as_str()).collect();
+    text.push_str(&header.join(","));
+    text.push('\n');
+    for r in rows {
+        let line: Vec<String> = cols.iter().map(|c| field(&r[c.as_str()])).collect();
+        text.push_str(&line.join(","));
+        text.push('\n');
+    }
+    text
+}

@@ -72,6 +72,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/treasury/subsidies", post(treasury::subsidy))
         .route("/treasury/payout", post(treasury::payout))
         .route("/report", get(treasury::report_page))
+        .route("/report/export/{file}", get(treasury::export_csv))
 }
 
 /// Who is asking: their session (new if they had none) and language.

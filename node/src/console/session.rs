@@ -81,6 +81,10 @@ pub struct Session {
     pub who: Option<Who>,
     /// A message for the next page shown.
     pub flash: Option<Flash>,
+    /// The pseudonym key of this session's anonymised export, by period:
+    /// drawn at the first download so that the two files of one export
+    /// share pseudonyms, forgotten with the session.
+    export_keys: Vec<(caisse_protocol::Period, [u8; 32])>,
     last_seen: Instant,
 }
 
@@ -138,6 +142,7 @@ impl Sessions {
             csrf: random_hex(),
             who,
             flash: None,
+            export_keys: Vec::new(),
             last_seen: Instant::now(),
         };
         let mut g = self.lock();
@@ -175,6 +180,23 @@ impl Sessions {
         if let Some(s) = self.lock().sessions.get_mut(id) {
             s.flash = flash;
         }
+    }
+
+    /// The pseudonym key of this session's export of `period` (drawn once).
+    pub fn export_key(&self, id: &str, period: caisse_protocol::Period) -> [u8; 32] {
+        let mut g = self.lock();
+        let Some(s) = g.sessions.get_mut(id) else {
+            return crate::daemon::random32();
+        };
+        if let Some((_, k)) = s.export_keys.iter().find(|(p, _)| *p == period) {
+            return *k;
+        }
+        let k = crate::daemon::random32();
+        if s.export_keys.len() >= 24 {
+            s.export_keys.remove(0);
+        }
+        s.export_keys.push((period, k));
+        k
     }
 
     /// Count a failed sign-in from `client`.

@@ -883,7 +883,10 @@ pub async fn report_page(
 <h2>{acc_h}</h2>
 <p>{granted_l} {granted} · {expired_l} {expired} · {revoked_l} {revoked} · {active_l} {active}</p>
 <h2>{members_h}</h2>
-<p>{active_m_l} {active_m} · {new_l} {new} · {susp_l} {susp} · {left_l} {left}</p>"#,
+<p>{active_m_l} {active_m} · {new_l} {new} · {susp_l} {susp} · {left_l} {left}</p>
+<h2>{export_h}</h2>
+<p>{export_p}</p>
+<ul><li><a href="/report/export/purchases.csv?period={period}" download>purchases-{period}.csv</a></li><li><a href="/report/export/members.csv?period={period}" download>members-{period}.csv</a></li></ul>"#,
         picker = period_picker(&v, "/report", period),
         purchases_l = v.t("Purchases", "Achats"),
         purchases = r.spending.purchases,
@@ -963,12 +966,76 @@ pub async fn report_page(
         susp = r.members.suspended,
         left_l = v.t("left", "partis"),
         left = r.members.left,
+        export_h = v.t("Anonymised export for researchers", "Export anonymisé pour la recherche"),
+        export_p = v.t(
+            "No names, residences, member or card numbers: members appear under pseudonyms drawn for this export, the same in both files, and forgotten when you sign out.",
+            "Ni noms, ni lieux de résidence, ni numéros de membre ou de carte : les membres y figurent sous des pseudonymes tirés pour cet export, les mêmes dans les deux fichiers, oubliés à la déconnexion."
+        ),
     );
     let title = format!(
         "{} {period}",
         v.t("Evaluation report", "Rapport d'évaluation")
     );
     v.page(&s, StatusCode::OK, &title, &body)
+}
+
+/// `GET /report/export/{purchases.csv|members.csv}?period=`: the
+/// anonymised export for researchers (admin, observer). No names,
+/// residences, member or card ids; pseudonyms drawn for this session's
+/// export, the same in both files.
+pub async fn export_csv(
+    v: Visitor,
+    State(s): State<ApiState>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+    Query(q): Query<PeriodQuery>,
+) -> Response {
+    use axum::response::IntoResponse;
+    if let Err(r) = v.require(&s, &[Kind::Admin, Kind::Observer]) {
+        return r;
+    }
+    if file != "purchases.csv" && file != "members.csv" {
+        return super::not_found(&v, &s);
+    }
+    let period = period_of(&q, s.handle.clock().today());
+    let key = s.console.export_key(&v.session.id, period);
+    let store = s.store.clone();
+    let export =
+        tokio::task::spawn_blocking(move || crate::report::export_of(&*store, period, key)).await;
+    let export = match export {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => return v.unavailable(&s, &e),
+        Err(_) => return v.unavailable(&s, &crate::caisse::CaisseError::Unavailable),
+    };
+    let rows: Vec<serde_json::Value> = if file == "purchases.csv" {
+        export
+            .purchases
+            .iter()
+            .filter_map(|r| serde_json::to_value(r).ok())
+            .collect()
+    } else {
+        export
+            .members
+            .iter()
+            .filter_map(|r| serde_json::to_value(r).ok())
+            .collect()
+    };
+    tracing::info!(target: "caisse::events::console", %period, file = %file, rows = rows.len(), "anonymised export downloaded");
+    let name = format!("{}-{period}.csv", file.trim_end_matches(".csv"));
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/csv; charset=utf-8".to_owned(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+            (axum::http::header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        crate::report::to_csv(&rows),
+    )
+        .into_response()
 }
 
 fn or_none(v: &Visitor, chart: String) -> String {
