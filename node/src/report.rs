@@ -448,8 +448,11 @@ pub fn report_of(store: &dyn Store, period: Period) -> Result<Report, CaisseErro
     })
 }
 
-/// The anonymised export of `period` from what the store holds (like
-/// [`report_of`], it reads the whole journal, so it runs off the writer).
+/// The anonymised export of `period` for researchers, from what the store
+/// holds: per-purchase and per-member rows with no names, addresses or card
+/// ids, members under pseudonyms keyed by `secret` (a random key drawn for
+/// one export and then forgotten). Like [`report_of`], it reads the whole
+/// journal, so it runs off the writer.
 pub fn export_of(
     store: &dyn Store,
     period: Period,
@@ -576,22 +579,6 @@ pub fn export_of(
 }
 
 impl Caisse {
-    /// Compute the evaluation report of `period` (in the writer; see [`report_of`]).
-    pub fn report(&self, period: Period) -> Result<Report, CaisseError> {
-        report_of(&*self.store, period)
-    }
-
-    /// Per-purchase and per-member rows for researchers: no names, no
-    /// addresses, no card ids; members under pseudonyms keyed by `secret`,
-    /// a random key drawn for this export only and then forgotten.
-    pub fn export_anonymised(
-        &self,
-        period: Period,
-        secret: [u8; 32],
-    ) -> Result<Export, CaisseError> {
-        export_of(&*self.store, period, secret)
-    }
-
     /// Which caisse-level subject an accreditation covers (for listings).
     pub fn subject_name(&self, subject: &Subject) -> String {
         match subject {

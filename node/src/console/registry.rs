@@ -126,7 +126,6 @@ pub async fn page(v: Visitor, State(s): State<ApiState>, Query(f): Query<Filter>
         })
         .collect();
     let total = shown.len();
-    let l = v.lang;
     let body_rows: String = shown
         .iter()
         .take(MAX_ROWS)
@@ -245,6 +244,5 @@ pub async fn page(v: Visitor, State(s): State<ApiState>, Query(f): Query<Filter>
         count = total,
         count_l = v.t("accreditations", "conventionnements"),
     );
-    let _ = l;
     v.page(&s, StatusCode::OK, v.t("Registry", "Registre"), &body)
 }

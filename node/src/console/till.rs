@@ -241,7 +241,7 @@ pub async fn sell(State(s): State<ApiState>, p: Posted) -> Response {
             p.get(&format!("amount{n}")).to_owned(),
         ));
     }
-    let refuse = |form: &Form, status: StatusCode, msg: &str| {
+    let refuse = |status: StatusCode, msg: &str| {
         format!(
             "<p class=\"error\" role=\"alert\">{}</p>{}",
             esc(msg),
@@ -254,7 +254,6 @@ pub async fn sell(State(s): State<ApiState>, p: Posted) -> Response {
                     )
                 )
             } else {
-                let _ = form;
                 String::new()
             }
         )
@@ -265,7 +264,7 @@ pub async fn sell(State(s): State<ApiState>, p: Posted) -> Response {
             "This form has no valid sale number: enter the sale again.",
             "Ce formulaire n'a pas de numéro de vente valide : saisissez la vente à nouveau.",
         );
-        let before = refuse(&form, StatusCode::UNPROCESSABLE_ENTITY, msg);
+        let before = refuse(StatusCode::UNPROCESSABLE_ENTITY, msg);
         return render(
             v,
             &s,
@@ -276,15 +275,14 @@ pub async fn sell(State(s): State<ApiState>, p: Posted) -> Response {
         )
         .await;
     };
-    let invalid = |form: &Form, msg: String| {
-        let before = refuse(form, StatusCode::UNPROCESSABLE_ENTITY, &msg);
+    let invalid = |msg: String| {
+        let before = refuse(StatusCode::UNPROCESSABLE_ENTITY, &msg);
         (before, StatusCode::UNPROCESSABLE_ENTITY)
     };
     let card: CardId = match form.card.parse() {
         Ok(c) => c,
         Err(_) => {
             let (before, st) = invalid(
-                &form,
                 v.t(
                     "This is not a card number: it starts with card_.",
                     "Ce n'est pas un numéro de carte : il commence par card_.",
@@ -319,7 +317,7 @@ pub async fn sell(State(s): State<ApiState>, p: Posted) -> Response {
                     super::html::Lang::Fr => format!("Ligne {n} : choisissez une catégorie."),
                     super::html::Lang::En => format!("Line {n}: choose a category."),
                 };
-                let (before, st) = invalid(&form, msg);
+                let (before, st) = invalid(msg);
                 return render(v, &s, outlet, st, &form, &before).await;
             }
             _ => {
@@ -331,7 +329,7 @@ pub async fn sell(State(s): State<ApiState>, p: Posted) -> Response {
                         format!("Line {n}: {amount:?} is not a price; write for example 12.50.")
                     }
                 };
-                let (before, st) = invalid(&form, msg);
+                let (before, st) = invalid(msg);
                 return render(v, &s, outlet, st, &form, &before).await;
             }
         };
@@ -339,7 +337,6 @@ pub async fn sell(State(s): State<ApiState>, p: Posted) -> Response {
     }
     if lines.is_empty() {
         let (before, st) = invalid(
-            &form,
             v.t(
                 "Enter at least one line: a category and its price.",
                 "Saisissez au moins une ligne : une catégorie et son prix.",
@@ -398,7 +395,7 @@ pub async fn sell(State(s): State<ApiState>, p: Posted) -> Response {
             if st != StatusCode::SERVICE_UNAVAILABLE {
                 form.sale = new_sale_id();
             }
-            let before = refuse(&form, st, &msg);
+            let before = refuse(st, &msg);
             render(v, &s, outlet, st, &form, &before).await
         }
     }
