@@ -1114,7 +1114,7 @@ async fn list_producers(
         .handle
         .with(|c, now| {
             let today = Day::from_unix(now);
-            let mut ids: Vec<_> = c.conventions().producers.keys().copied().collect();
+            let mut ids: Vec<_> = c.conventions().producers().keys().copied().collect();
             ids.sort();
             Ok(serde_json::Value::Array(
                 ids.iter()

@@ -19,15 +19,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use caisse_protocol::{CaisseId, Day, FederationId, SecretKey};
+use caisse_protocol::{CaisseId, FederationId, SecretKey};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::caisse::{Caisse, Profile, encode_policy};
+use crate::caisse::Caisse;
 use crate::config::{Config, Testing};
 use crate::members::{Role, token_key};
 use crate::policy::Policy;
-use crate::store::{Op, SCHEMA_VERSION, SledStore, Store, StoreError, encode_value, keys};
+use crate::store::{Op, SledStore, Store, StoreError, encode_value};
 use crate::writer::{self, Clock};
 
 /// Why a node could not be created or run.
@@ -123,37 +122,6 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), NodeError> {
     f.sync_all().map_err(io(path))
 }
 
-/// The pepper mixed into PIN hashes, derived from the caisse's secret key.
-pub fn pin_pepper(secret: &SecretKey) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"caisse-pin-pepper/v1");
-    h.update(secret.to_bytes());
-    h.finalize().into()
-}
-
-/// Write a new caisse's initial records to `store`.
-pub fn write_initial_state(
-    store: &dyn Store,
-    secret: &SecretKey,
-    name: &str,
-    territory: &str,
-    policy: &Policy,
-    today: Day,
-) -> Result<(), StoreError> {
-    let profile = Profile {
-        id: secret.caisse_id(),
-        name: name.to_owned(),
-        territory: territory.to_owned(),
-        created: today,
-    };
-    store.apply(&[
-        Op::Put(keys::SCHEMA.to_vec(), encode_value(&SCHEMA_VERSION)),
-        Op::Put(keys::PROFILE.to_vec(), encode_value(&profile)),
-        Op::Put(keys::POLICY.to_vec(), encode_policy(policy)),
-    ])?;
-    store.sync()
-}
-
 /// Create a caisse in `dir`: key, config, store, tokens. Refuses to
 /// overwrite an existing caisse.
 pub fn init(dir: &Path, opts: InitOptions) -> Result<Created, NodeError> {
@@ -185,7 +153,7 @@ pub fn init(dir: &Path, opts: InitOptions) -> Result<Created, NodeError> {
     std::fs::write(&config_path, config.to_commented_toml()).map_err(io(&config_path))?;
     let store = SledStore::open(&dir.join("store"))?;
     let today = Clock::system().today();
-    write_initial_state(
+    caisse_core::caisse::write_initial_state(
         &store,
         &secret,
         &config.name,

@@ -1,43 +1,36 @@
-//! The daemon of one caisse.
+//! The daemon of one caisse: the I/O shell around `caisse-core`.
 //!
-//! A node stores its own members, policy and ledger, decides purchases and
-//! allocations, and serves a local HTTP API. Its modules, one per concept:
+//! The caisse's rules (ledger, members, parliament, conventionnement,
+//! settlement, reports, federation documents) are the deterministic core,
+//! `caisse_core`, re-exported here under the same module names. This crate
+//! adds what touches the world:
 //!
-//! - [`store`]: the `Store` trait, its sled engine and in-memory twin.
-//! - [`ledger`]: accounts, the hash-chained journal, and `ledger check`.
-//! - [`policy`]: allocation, rollover and contribution rules.
-//! - [`members`]: members, cards, households, outlets, API roles.
-//! - [`caisse`]: the state machine that decides every command.
-//! - [`parliament`]: seats, proposals, votes, signed decisions.
-//! - [`conventionnement`]: producers, criteria versions, accreditations.
-//! - [`settlement`]: cross-caisse purchases, receipts, statements, netting.
-//! - [`report`]: the evaluation report and the anonymised export.
-//! - [`writer`]: the single writer thread with group commit.
+//! - [`store`]: the sled engine behind the core's `Store` trait.
+//! - [`writer`]: the single writer thread with group commit, and the clock.
 //! - [`console`]: the web console (till, member page, parliament,
 //!   registry, treasury), server-rendered on the API's server.
 //! - [`api`]: the HTTP JSON API.
 //! - [`daemon`]: `caisse init` and running a node.
 //! - [`network`]: the libp2p swarm task.
-//! - [`federation`]: owner-signed federation documents and their sync.
+//! - [`documents`]: the owner-signed automerge federation documents.
+//! - [`federation`]: the federation task (gossip, sync, persistence).
 //! - [`rogue`]: a misbehaving peer for tests and test networks.
 //! - [`client`]: a typed client of the API, for the CLI and the testnet.
 //! - [`config`]: the config file.
 
+pub use caisse_core::{
+    caisse, conventionnement, federation_view, ledger, members, parliament, policy, report,
+    settlement,
+};
+
 pub mod api;
-pub mod caisse;
 pub mod client;
 pub mod config;
 pub mod console;
-pub mod conventionnement;
 pub mod daemon;
+pub mod documents;
 pub mod federation;
-pub mod ledger;
-pub mod members;
 pub mod network;
-pub mod parliament;
-pub mod policy;
-pub mod report;
 pub mod rogue;
-pub mod settlement;
 pub mod store;
 pub mod writer;

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use caisse_node::caisse::write_initial_state;
 use caisse_node::caisse::{Caisse, EnrollInput, PurchaseInput};
-use caisse_node::daemon::write_initial_state;
 use caisse_node::ledger::{
     self, Account, CheckReport, EntryKind, Head, JournalEntry, Posting, PurchaseRecord,
     SubsidySource, allocation_key, entry_hash,

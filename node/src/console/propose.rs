@@ -32,7 +32,7 @@ impl Choices {
     pub fn of(c: &crate::caisse::Caisse, today: Day) -> Choices {
         let mut subjects: Vec<(Subject, String)> = c
             .conventions()
-            .producers
+            .producers()
             .values()
             .map(|p| (Subject::Producer(p.id), p.name.clone()))
             .chain(

@@ -64,7 +64,7 @@ pub async fn page(v: Visitor, State(s): State<ApiState>, Query(q): Query<PeriodQ
                 // The first records only: a large caisse's list is not loaded whole.
                 let mut records = Vec::new();
                 let mut bad = None;
-                c.store
+                c.store()
                     .for_each_prefix(crate::store::keys::MEMBER, &mut |k, val| {
                         match crate::store::decode_value::<MemberRecord>(k, val) {
                             Ok(r) => records.push(r),
@@ -597,7 +597,7 @@ pub async fn contribution(State(s): State<ApiState>, p: Posted) -> Response {
     let result = s
         .handle
         .with(move |c, now| {
-            let member = c.cards.get(&card).map(|x| x.member).ok_or_else(|| {
+            let member = c.card(&card).map(|x| x.member).ok_or_else(|| {
                 crate::caisse::CaisseError::NotFound {
                     what: "card",
                     id: card.to_string(),

@@ -1177,7 +1177,10 @@ pub struct SettlementView {
 }
 
 /// Compute the settlement of `period` from the federation view (the same at every node).
-pub fn settlement_view(view: &crate::federation::FederationView, period: Period) -> SettlementView {
+pub fn settlement_view(
+    view: &crate::federation_view::FederationView,
+    period: Period,
+) -> SettlementView {
     let mut out = SettlementView::default();
     let mut obligations = Vec::new();
     // A revised statement (after receipts were re-sent) replaces the earlier one.
@@ -1234,14 +1237,14 @@ mod tests {
     use caisse_protocol::{Category, FederationId};
 
     use super::*;
-    use crate::federation::PeerCaisse;
+    use crate::federation_view::PeerCaisse;
     use crate::policy::Policy;
     use crate::store::{MemStore, Store};
 
     fn caisse(seed: u8) -> Caisse {
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
         let key = SecretKey::from_bytes([seed; 32]);
-        crate::daemon::write_initial_state(
+        crate::caisse::write_initial_state(
             &*store,
             &key,
             "C",

@@ -163,6 +163,11 @@ impl Conventions {
         v
     }
 
+    /// Every registered producer.
+    pub fn producers(&self) -> &HashMap<ProducerId, ProducerRecord> {
+        &self.producers
+    }
+
     /// A registered producer.
     pub fn producer(&self, id: &ProducerId) -> Option<&ProducerRecord> {
         self.producers.get(id)
@@ -184,8 +189,8 @@ impl Caisse {
     }
 
     /// Everything this caisse publishes to the federation, signed.
-    pub fn federation_statements(&self) -> crate::federation::Statements {
-        let mut st = crate::federation::Statements::default();
+    pub fn federation_statements(&self) -> crate::federation_view::Statements {
+        let mut st = crate::federation_view::Statements::default();
         if let Ok(Some(bytes)) = self.store.get(keys::PROFILE)
             && let Ok(p) = decode_value::<crate::caisse::Profile>(keys::PROFILE, &bytes)
         {

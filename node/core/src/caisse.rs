@@ -6,7 +6,7 @@
 //! decision appends journal entries and writes to a pending batch; nothing
 //! is acknowledged until [`Caisse::commit`] has applied the batch
 //! atomically and synced it to disk. The writer task (see
-//! [`crate::writer`]) groups many commands per commit.
+//! the node's writer) groups many commands per commit.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -27,14 +27,18 @@ use crate::members::{
     CardRecord, MemberRecord, MemberStatus, OutletRecord, Role, pin_hash, token_key, valid_pin,
 };
 use crate::policy::{Policy, days_active, pro_rata};
-use crate::store::{Op, Store, StoreError, decode_value, encode_value, keys};
+use sha2::{Digest, Sha256};
+
+use crate::store::{Op, SCHEMA_VERSION, Store, StoreError, decode_value, encode_value, keys};
 
 /// Members allocated per durable batch during an allocation run.
 pub const ALLOCATION_CHUNK: usize = 10_000;
 
 /// Why a command was refused. Nothing changed.
+///
+/// Exhaustive on purpose: the API and the console map every variant to a
+/// status and to words, and a new variant must make them say something.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum CaisseError {
     /// No such member, card, outlet…
     #[error("{what} {id} not found")]
@@ -358,7 +362,7 @@ pub struct Caisse {
     /// Bumped whenever something published to the federation changes.
     pub(crate) published: Arc<std::sync::atomic::AtomicU64>,
     /// What other caisses publish, kept by the federation task.
-    pub(crate) peers: Arc<std::sync::RwLock<crate::federation::FederationView>>,
+    pub(crate) peers: Arc<std::sync::RwLock<crate::federation_view::FederationView>>,
 }
 
 /// The caisse's identity as stored.
@@ -393,7 +397,7 @@ impl Caisse {
         federation: FederationId,
         random: Box<dyn FnMut() -> [u8; 32] + Send>,
     ) -> Result<Caisse, StoreError> {
-        let pepper = crate::daemon::pin_pepper(&secret);
+        let pepper = pin_pepper(&secret);
         let missing = |what: &str| StoreError::Corrupt {
             key: what.into(),
             detail: "missing: is this a caisse data directory? (run `caisse init`)".into(),
@@ -507,7 +511,9 @@ impl Caisse {
     }
 
     /// The view of the federation kept by the federation task.
-    pub fn federation_view(&self) -> Arc<std::sync::RwLock<crate::federation::FederationView>> {
+    pub fn federation_view(
+        &self,
+    ) -> Arc<std::sync::RwLock<crate::federation_view::FederationView>> {
         self.peers.clone()
     }
 
@@ -565,6 +571,16 @@ impl Caisse {
         self.store.sync()
     }
 
+    /// The store under this caisse (committed data only).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// A card's record.
+    pub fn card(&self, card: &CardId) -> Option<&CardRecord> {
+        self.cards.get(card)
+    }
+
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.pending.overlay.get(key) {
             Some(v) => Ok(v.clone()),
@@ -573,7 +589,7 @@ impl Caisse {
     }
 
     /// Pairs under `prefix`, pending writes included.
-    pub(crate) fn scan(&self, prefix: &[u8]) -> Result<Vec<crate::store::Pair>, StoreError> {
+    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<crate::store::Pair>, StoreError> {
         let mut map: BTreeMap<Vec<u8>, Vec<u8>> =
             self.store.scan_prefix(prefix)?.into_iter().collect();
         for (k, v) in &self.pending.overlay {
@@ -1594,13 +1610,44 @@ pub fn purchase_hash(input: &PurchaseInput) -> ContentId {
     ContentId::of_parts(&[b"caisse-ssa/local-purchase/v1", &body])
 }
 
+/// The pepper mixed into PIN hashes, derived from the caisse's secret key.
+pub fn pin_pepper(secret: &SecretKey) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"caisse-pin-pepper/v1");
+    h.update(secret.to_bytes());
+    h.finalize().into()
+}
+
+/// Write a new caisse's initial records to `store`.
+pub fn write_initial_state(
+    store: &dyn Store,
+    secret: &SecretKey,
+    name: &str,
+    territory: &str,
+    policy: &Policy,
+    today: Day,
+) -> Result<(), StoreError> {
+    let profile = Profile {
+        id: secret.caisse_id(),
+        name: name.to_owned(),
+        territory: territory.to_owned(),
+        created: today,
+    };
+    store.apply(&[
+        Op::Put(keys::SCHEMA.to_vec(), encode_value(&SCHEMA_VERSION)),
+        Op::Put(keys::PROFILE.to_vec(), encode_value(&profile)),
+        Op::Put(keys::POLICY.to_vec(), encode_policy(policy)),
+    ])?;
+    store.sync()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::MemStore;
 
     pub(crate) fn new_caisse(store: Arc<dyn Store>) -> Caisse {
-        crate::daemon::write_initial_state(
+        write_initial_state(
             &*store,
             &caisse_protocol::SecretKey::from_bytes([3; 32]),
             "Test",
@@ -1763,7 +1810,7 @@ mod tests {
     #[test]
     fn households_and_rollover() {
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
-        crate::daemon::write_initial_state(
+        write_initial_state(
             &*store,
             &caisse_protocol::SecretKey::from_bytes([3; 32]),
             "Nantes",

@@ -1,0 +1,32 @@
+//! The deterministic core of a caisse.
+//!
+//! Everything a caisse decides lives here, as plain state machines: inputs
+//! (a command, a peer's message, the time now, random bytes) go in; replies,
+//! pending durable writes and outgoing statements come out. No sockets,
+//! threads, clocks or OS randomness: the node (`caisse-node`) is the I/O
+//! shell around this crate, and the same code can run under a simulator.
+//!
+//! - [`store`]: the `Store` trait, the key layout, the versioned value
+//!   encoding, and the in-memory engine.
+//! - [`ledger`]: accounts, the hash-chained journal, and `ledger check`.
+//! - [`policy`]: allocation, rollover and contribution rules.
+//! - [`members`]: members, cards, households, outlets, roles.
+//! - [`caisse`]: the state machine that decides every command.
+//! - [`parliament`]: seats, proposals, votes, signed decisions.
+//! - [`conventionnement`]: producers, criteria versions, accreditations.
+//! - [`settlement`]: cross-caisse purchases, receipts, statements, netting.
+//! - [`report`]: the evaluation report and the anonymised export.
+//! - [`federation_view`]: what is known of the other caisses, as read from
+//!   their owner-signed documents (the documents themselves are the node's:
+//!   automerge draws random actor ids from the OS).
+
+pub mod caisse;
+pub mod conventionnement;
+pub mod federation_view;
+pub mod ledger;
+pub mod members;
+pub mod parliament;
+pub mod policy;
+pub mod report;
+pub mod settlement;
+pub mod store;

@@ -1,0 +1,319 @@
+//! Durable storage behind a small trait.
+//!
+//! The node keeps everything in one ordered key-value space, with key
+//! prefixes per concept (see [`keys`]). A write is a batch of operations
+//! applied atomically; [`Store::sync`] makes applied batches durable. Every
+//! engine implements the trait and passes the same test suite ([`suite`]):
+//! the node's sled engine on disk, and [`MemStore`] here (in memory, for
+//! unit tests and the simulator). This module names no engine.
+//!
+//! Every stored value is written with [`encode_value`]: a schema version byte
+//! followed by the postcard encoding, so values can migrate forward.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The version byte written before every stored value.
+pub const VALUE_VERSION: u8 = 1;
+/// The store layout version, kept under [`keys::SCHEMA`].
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A storage failure. The node stops on any of these rather than continue
+/// with memory and disk out of step.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The engine reported an error.
+    #[error("storage engine: {0}")]
+    Engine(String),
+    /// A file operation failed.
+    #[error("storage file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A stored value did not decode.
+    #[error("stored value under {key} is corrupt: {detail}")]
+    Corrupt {
+        /// The key, printable.
+        key: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// A key and its value.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
+/// One write in an atomic batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Set `key` to `value`.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove `key`.
+    Delete(Vec<u8>),
+}
+
+/// An ordered key-value store with atomic batches and explicit durability.
+pub trait Store: Send + Sync + 'static {
+    /// The value under `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// All pairs whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Pair>, StoreError>;
+    /// Visit pairs under `prefix` in key order without collecting them;
+    /// stop early when `visit` returns false.
+    fn for_each_prefix(
+        &self,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
+    /// The last pair whose key starts with `prefix`.
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Pair>, StoreError>;
+    /// Apply every operation, all or none.
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError>;
+    /// Make every applied batch durable (survives power loss).
+    fn sync(&self) -> Result<(), StoreError>;
+}
+
+/// Encode a value for storage: version byte, then postcard.
+pub fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
+    let out = vec![VALUE_VERSION];
+    // Serialising plain in-memory structs to a Vec cannot fail.
+    match postcard::to_extend(value, out) {
+        Ok(v) => v,
+        Err(_) => vec![VALUE_VERSION],
+    }
+}
+
+/// Decode a stored value written by [`encode_value`].
+pub fn decode_value<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        key: keys::printable(key),
+        detail,
+    };
+    match bytes.split_first() {
+        Some((&VALUE_VERSION, rest)) => {
+            let (v, tail) = postcard::take_from_bytes(rest).map_err(|e| corrupt(e.to_string()))?;
+            if tail.is_empty() {
+                Ok(v)
+            } else {
+                Err(corrupt(format!("{} trailing bytes", tail.len())))
+            }
+        }
+        Some((v, _)) => Err(corrupt(format!("unknown value version {v}"))),
+        None => Err(corrupt("empty value".into())),
+    }
+}
+
+/// Encode a value whose type uses serde features the binary encoding cannot
+/// carry (internally tagged enums): JSON text inside a versioned value.
+pub fn encode_json_value<T: Serialize>(value: &T) -> Vec<u8> {
+    encode_value(&serde_json::to_string(value).unwrap_or_default())
+}
+
+/// Decode a value written by [`encode_json_value`].
+pub fn decode_json_value<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    let json: String = decode_value(key, bytes)?;
+    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+        key: keys::printable(key),
+        detail: e.to_string(),
+    })
+}
+
+/// The key prefixes of the node's single key space.
+pub mod keys {
+    /// Store layout version.
+    pub const SCHEMA: &[u8] = b"meta/schema";
+    /// Journal head: next sequence number and hash of the last entry.
+    pub const HEAD: &[u8] = b"meta/head";
+    /// The caisse's policy (allocation, rollover, contributions).
+    pub const POLICY: &[u8] = b"meta/policy";
+    /// The caisse's identity and profile.
+    pub const PROFILE: &[u8] = b"meta/profile";
+    /// Journal entries by sequence number (8 bytes big-endian).
+    pub const JOURNAL: &[u8] = b"j/";
+    /// Cached balances by account.
+    pub const BALANCE: &[u8] = b"b/";
+    /// Purchase idempotency records by purchase id.
+    pub const PURCHASE: &[u8] = b"p/";
+    /// Allocations issued, by period then member.
+    pub const ALLOCATION: &[u8] = b"a/";
+    /// Contributions recorded, by period then member.
+    pub const CONTRIBUTION: &[u8] = b"k/";
+    /// Outlet payouts, by period then outlet.
+    pub const PAYOUT: &[u8] = b"y/";
+    /// Other idempotency keys (subsidies), by key.
+    pub const IDEMPOTENCY: &[u8] = b"i/";
+    /// Members by member id (personal data: never leaves the node).
+    pub const MEMBER: &[u8] = b"m/";
+    /// Cards by card id.
+    pub const CARD: &[u8] = b"c/";
+    /// Outlets by outlet id.
+    pub const OUTLET: &[u8] = b"o/";
+    /// API tokens by hash.
+    pub const TOKEN: &[u8] = b"t/";
+    /// A member's statement: journal entries touching their account, by
+    /// member then sequence number (values empty).
+    pub const STATEMENT: &[u8] = b"w/";
+
+    /// `prefix` followed by `parts`.
+    pub fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+        let mut k = prefix.to_vec();
+        for p in parts {
+            k.extend_from_slice(p);
+        }
+        k
+    }
+
+    /// A key made readable for error messages.
+    pub fn printable(key: &[u8]) -> String {
+        let split = key.iter().position(|b| *b == b'/').map_or(0, |i| i + 1);
+        let (head, tail) = key.split_at(split);
+        if tail.iter().all(|b| b.is_ascii_graphic()) {
+            String::from_utf8_lossy(key).into_owned()
+        } else {
+            format!("{}{}", String::from_utf8_lossy(head), hex::encode(tail))
+        }
+    }
+}
+
+/// An in-memory engine for unit tests; passes the same suite as sled.
+#[derive(Default)]
+pub struct MemStore {
+    map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> MemStore {
+        MemStore::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
+        // A poisoned map is still a consistent map: every batch is applied under one lock.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store for MemStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().get(key).cloned())
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Pair>, StoreError> {
+        Ok(self
+            .lock()
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn for_each_prefix(
+        &self,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        for (k, v) in self.scan_prefix(prefix)? {
+            if !visit(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Pair>, StoreError> {
+        Ok(self.scan_prefix(prefix)?.pop())
+    }
+
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let mut map = self.lock();
+        for op in ops {
+            match op {
+                Op::Put(k, v) => {
+                    map.insert(k.clone(), v.clone());
+                }
+                Op::Delete(k) => {
+                    map.remove(k);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// The test suite every engine must pass (called by each engine's tests).
+pub mod suite {
+    use super::*;
+
+    /// Run the suite against `store`; panics on the first failure.
+    #[allow(clippy::unwrap_used)]
+    pub fn run(store: &dyn Store) {
+        assert_eq!(store.get(b"x/1").unwrap(), None);
+        store
+            .apply(&[
+                Op::Put(b"x/1".to_vec(), b"one".to_vec()),
+                Op::Put(b"x/2".to_vec(), b"two".to_vec()),
+                Op::Put(b"y/1".to_vec(), b"other".to_vec()),
+            ])
+            .unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.get(b"x/1").unwrap().as_deref(), Some(&b"one"[..]));
+        let scanned = store.scan_prefix(b"x/").unwrap();
+        assert_eq!(scanned.len(), 2);
+        assert_eq!(scanned[0].0, b"x/1");
+        assert_eq!(
+            store.last_with_prefix(b"x/").unwrap().unwrap().1,
+            b"two".to_vec()
+        );
+        let mut seen = 0;
+        store
+            .for_each_prefix(b"x/", &mut |_, _| {
+                seen += 1;
+                false
+            })
+            .unwrap();
+        assert_eq!(seen, 1, "visiting stops when asked");
+        store
+            .apply(&[
+                Op::Delete(b"x/1".to_vec()),
+                Op::Put(b"x/2".to_vec(), b"deux".to_vec()),
+            ])
+            .unwrap();
+        assert_eq!(store.get(b"x/1").unwrap(), None);
+        assert_eq!(store.get(b"x/2").unwrap().as_deref(), Some(&b"deux"[..]));
+        assert_eq!(store.last_with_prefix(b"z/").unwrap(), None);
+        let v = encode_value(&(7u32, String::from("sept")));
+        assert_eq!(
+            decode_value::<(u32, String)>(b"k", &v).unwrap(),
+            (7, "sept".into())
+        );
+        assert!(decode_value::<(u32, String)>(b"k", &v[1..]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_store_passes_the_suite() {
+        suite::run(&MemStore::new());
+    }
+
+    #[test]
+    fn printable_keys() {
+        assert_eq!(keys::printable(b"meta/head"), "meta/head");
+        assert_eq!(keys::printable(&[b'j', b'/', 0, 1]), "j/0001");
+    }
+}
