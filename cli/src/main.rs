@@ -753,15 +753,17 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<ExitCode> {
 
 async fn node(dir: &Path) -> Result<ExitCode> {
     init_logging();
-    let running = daemon::start(dir).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, stopping"),
-        _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
+    match daemon::run_until_stopped(dir).await? {
+        None => Ok(ExitCode::SUCCESS),
+        Some(reason) => {
+            eprintln!(
+                "error: the caisse's storage failed and the node stopped: {reason}\n\
+                 Nothing acknowledged was lost. Check the disk (space, permissions, errors in the system log), \
+                 then start the node again; run `caisse ledger check` once it is up."
+            );
+            Ok(ExitCode::from(2))
+        }
     }
-    running.stop().await;
-    Ok(ExitCode::SUCCESS)
 }
 
 struct Output {

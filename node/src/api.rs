@@ -26,7 +26,9 @@ use crate::config::Config;
 use crate::ledger::{Account, JournalEntry, SubsidySource};
 use crate::members::{MemberRecord, OutletRecord, Role, token_key};
 use crate::store::{Store, decode_value, keys};
-use crate::writer::CaisseHandle;
+use crate::writer::{CaisseHandle, reply};
+use caisse_core::command::{Command, Reply};
+use caisse_core::view::Reads;
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -606,12 +608,13 @@ pub(crate) async fn cross_purchase(
 ) -> Result<crate::caisse::Receipt, ApiError> {
     use crate::settlement::CrossStep;
     use caisse_protocol::rpc::{MAX_RPC_SIZE, RpcRequest, RpcResponse};
-    let prepared = input.clone();
-    let step = s
-        .handle
-        .with(move |c, now| c.prepare_cross_purchase(&prepared, now))
-        .await?;
-    let (home, request, allocation_part) = match step {
+    let step = reply!(
+        s.handle
+            .execute(Command::PrepareCrossPurchase(input.clone()))
+            .await,
+        Reply::Cross
+    )?;
+    let (home, request, allocation_part) = match *step {
         CrossStep::Done(r) => return Ok(r),
         CrossStep::Forward {
             home,
@@ -647,15 +650,16 @@ pub(crate) async fn cross_purchase(
                 _ => "no answer within 10 s".to_owned(),
             };
             // Our offline floor, if any: accept at our own risk, forward later.
-            let (i, r) = (input.clone(), request.clone());
-            return match s
-                .handle
-                .with(move |c, now| c.accept_offline(&i, home, &r, allocation_part, now))
-                .await
-            {
+            let offline = Command::AcceptOffline {
+                input: input.clone(),
+                home,
+                request: request.clone(),
+                allocation_part,
+            };
+            return match reply!(s.handle.execute(offline).await, Reply::Receipt) {
                 Ok(receipt) => {
                     tracing::info!(target: "caisse::events::purchase", purchase = %input.id, home = %home.short(), "accepted under the offline floor");
-                    Ok(receipt)
+                    Ok(*receipt)
                 }
                 Err(CaisseError::Conflict(floor)) => Err(unreachable(format!("{why}; {floor}"))),
                 Err(e) => Err(e.into()),
@@ -663,10 +667,17 @@ pub(crate) async fn cross_purchase(
         }
     };
     match caisse_protocol::encoding::decode::<RpcResponse>(&answer, MAX_RPC_SIZE) {
-        Ok(RpcResponse::Purchase(env)) => Ok(s
-            .handle
-            .with(move |c, now| c.record_cross_answer(&input, home, &request, &env, now))
-            .await?),
+        Ok(RpcResponse::Purchase(answer)) => Ok(*reply!(
+            s.handle
+                .execute(Command::RecordCrossAnswer {
+                    input,
+                    home,
+                    request,
+                    answer,
+                })
+                .await,
+            Reply::Receipt
+        )?),
         Ok(RpcResponse::Refused(why)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "refused_by_home",
@@ -789,7 +800,7 @@ async fn new_token(
             })?)?;
             let active = s
                 .handle
-                .with(move |c, _| Ok(c.seat_is_active(seat)?))
+                .read(move |c, _| Ok(c.seat_is_active(seat)?))
                 .await?;
             if !active {
                 return Err(ApiError::new(
@@ -854,7 +865,7 @@ async fn parliament_show(
     auth.reader()?;
     let out = s
         .handle
-        .with(|c, _| {
+        .read(|c, _| {
             let seats = c.seats()?;
             let problem = crate::parliament::composition_problem(&seats);
             let proposals = c.proposals()?;
@@ -885,10 +896,16 @@ async fn seat_add(
     Body(b): Body<SeatBody>,
 ) -> Result<Json<crate::parliament::Seat>, ApiError> {
     auth.admin()?;
-    let seat = s
-        .handle
-        .with(move |c, now| c.add_seat(b.kind, b.member, b.holder, Day::from_unix(now)))
-        .await?;
+    let seat = reply!(
+        s.handle
+            .execute(Command::AddSeat {
+                kind: b.kind,
+                member: b.member,
+                holder: b.holder,
+            })
+            .await,
+        Reply::Seat
+    )?;
     Ok(Json(seat))
 }
 
@@ -899,11 +916,10 @@ async fn seat_remove(
 ) -> Result<Json<crate::parliament::Seat>, ApiError> {
     auth.admin()?;
     let id = parse_seat(&id)?;
-    Ok(Json(
-        s.handle
-            .with(move |c, now| c.remove_seat(id, Day::from_unix(now)))
-            .await?,
-    ))
+    Ok(Json(reply!(
+        s.handle.execute(Command::RemoveSeat { seat: id }).await,
+        Reply::Seat
+    )?))
 }
 
 #[derive(Deserialize)]
@@ -917,63 +933,24 @@ async fn parliament_draw(
     State(s): State<ApiState>,
     auth: Auth,
     Body(b): Body<DrawBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<crate::parliament::Drawn>, ApiError> {
     auth.admin()?;
     if b.volunteers.len() > 100_000 || b.seats > 10_000 {
         return Err(ApiError::bad_request(
             "at most 100,000 volunteers and 10,000 seats",
         ));
     }
-    let out = s
-        .handle
-        .with(move |c, now| {
-            let today = Day::from_unix(now);
-            let seated: Vec<MemberId> = c
-                .seats()?
-                .iter()
-                .filter(|s| s.removed.is_none())
-                .filter_map(|s| s.member)
-                .collect();
-            let mut volunteers = Vec::new();
-            let mut excluded = Vec::new();
-            for m in &b.volunteers {
-                let rec = c.member_record(m)?;
-                if rec.status != crate::members::MemberStatus::Active || seated.contains(m) {
-                    excluded.push(*m);
-                    continue;
-                }
-                volunteers.push(crate::parliament::Volunteer {
-                    member: *m,
-                    age_band: crate::parliament::age_band(rec.birth_year, today.ymd().0),
-                    income_bracket: match rec.income {
-                        Some(i) => c
-                            .policy()
-                            .contribution_for(Some(i))
-                            .map_or_else(|_| "unknown".into(), |(_, b)| b.to_string()),
-                        None => "unknown".into(),
-                    },
-                });
-            }
-            let drawn = crate::parliament::draw(&volunteers, b.seats, b.seed);
-            let mut seats = Vec::new();
-            for m in &drawn {
-                seats.push(c.add_seat(
-                    crate::parliament::SeatKind::Citizen,
-                    Some(*m),
-                    None,
-                    today,
-                )?);
-            }
-            Ok(json!({
-                "seed": b.seed,
-                "volunteers": volunteers,
-                "excluded": excluded,
-                "drawn": drawn,
-                "seats": seats,
-            }))
-        })
-        .await?;
-    Ok(Json(out))
+    let drawn = reply!(
+        s.handle
+            .execute(Command::DrawSeats {
+                seats: b.seats,
+                seed: b.seed,
+                volunteers: b.volunteers,
+            })
+            .await,
+        Reply::Drawn
+    )?;
+    Ok(Json(*drawn))
 }
 
 #[derive(Deserialize)]
@@ -990,11 +967,16 @@ async fn propose(
     Body(b): Body<ProposeBody>,
 ) -> Result<Json<crate::parliament::Proposal>, ApiError> {
     auth.admin()?;
-    Ok(Json(
+    Ok(Json(*reply!(
         s.handle
-            .with(move |c, now| c.propose(b.title, b.kind, b.window_minutes, now))
-            .await?,
-    ))
+            .execute(Command::Propose {
+                title: b.title,
+                kind: b.kind,
+                window_minutes: b.window_minutes,
+            })
+            .await,
+        Reply::Proposal
+    )?))
 }
 
 #[derive(Deserialize)]
@@ -1012,11 +994,16 @@ async fn vote(
     auth.admin()?;
     let proposal: caisse_protocol::ProposalId = parse("proposal id", &id)?;
     let seat = parse_seat(&b.seat)?;
-    Ok(Json(
+    Ok(Json(reply!(
         s.handle
-            .with(move |c, now| c.vote(proposal, seat, b.choice, now))
-            .await?,
-    ))
+            .execute(Command::Vote {
+                proposal,
+                seat,
+                choice: b.choice,
+            })
+            .await,
+        Reply::Vote
+    )?))
 }
 
 async fn close_proposal(
@@ -1026,11 +1013,10 @@ async fn close_proposal(
 ) -> Result<Json<crate::parliament::Proposal>, ApiError> {
     auth.admin()?;
     let proposal: caisse_protocol::ProposalId = parse("proposal id", &id)?;
-    Ok(Json(
-        s.handle
-            .with(move |c, now| c.close_proposal(proposal, now))
-            .await?,
-    ))
+    Ok(Json(*reply!(
+        s.handle.execute(Command::CloseProposal { proposal }).await,
+        Reply::Proposal
+    )?))
 }
 
 #[derive(Deserialize)]
@@ -1045,16 +1031,20 @@ async fn register_producer(
     Body(b): Body<ProducerBody>,
 ) -> Result<Json<crate::conventionnement::ProducerRecord>, ApiError> {
     auth.admin()?;
-    Ok(Json(
+    Ok(Json(*reply!(
         s.handle
-            .with(move |c, now| c.register_producer(&b.name, b.attributes, Day::from_unix(now)))
-            .await?,
-    ))
+            .execute(Command::RegisterProducer {
+                name: b.name,
+                attributes: b.attributes,
+            })
+            .await,
+        Reply::Producer
+    )?))
 }
 
 /// A producer with the accreditations that concern it.
 fn producer_view(
-    c: &crate::caisse::Caisse,
+    c: &impl Reads,
     id: &caisse_protocol::ProducerId,
     today: Day,
 ) -> Option<serde_json::Value> {
@@ -1112,7 +1102,7 @@ async fn list_producers(
     auth.reader()?;
     let out = s
         .handle
-        .with(|c, now| {
+        .read(|c, now| {
             let today = Day::from_unix(now);
             let mut ids: Vec<_> = c.conventions().producers().keys().copied().collect();
             ids.sort();
@@ -1156,7 +1146,7 @@ async fn show_producer(
         .collect();
     let local = s
         .handle
-        .with(move |c, now| Ok(producer_view(c, &id, Day::from_unix(now))))
+        .read(move |c, now| Ok(producer_view(c, &id, Day::from_unix(now))))
         .await?;
     match local {
         Some(mut v) => {
@@ -1187,7 +1177,7 @@ async fn evaluate_producer(
     let id: caisse_protocol::ProducerId = parse("producer id", &id)?;
     let out = s
         .handle
-        .with(move |c, _| {
+        .read(move |c, _| {
             let e = c.evaluate_producer(&id)?;
             let crit = c.conventions().criteria().map(|r| {
                 json!({ "name": r.version.criteria.name, "version": r.version.criteria.version, "hash": r.hash })
@@ -1242,7 +1232,7 @@ async fn list_accreditations(
     }
     let out = s
         .handle
-        .with(|c, now| {
+        .read(|c, now| {
             let today = Day::from_unix(now);
             Ok(serde_json::Value::Array(
                 c.conventions()
@@ -1263,7 +1253,7 @@ async fn show_criteria(
     auth.reader()?;
     let out = s
         .handle
-        .with(|c, _| {
+        .read(|c, _| {
             Ok(c.conventions().criteria().map_or(serde_json::Value::Null, |r| {
                 json!({ "hash": r.hash, "adopted_on": r.version.adopted_on, "decided_by": r.version.decided_by, "criteria": r.version.criteria })
             }))
@@ -1323,7 +1313,7 @@ async fn peers(State(s): State<ApiState>, auth: Auth) -> Result<Json<serde_json:
     let view = s.federation.snapshot();
     let (recognition, criteria) = s
         .handle
-        .with(|c, _| {
+        .read(|c, _| {
             Ok((
                 c.policy().recognition.clone(),
                 c.conventions()
@@ -1413,13 +1403,19 @@ async fn settlement_run(
     Body(b): Body<PeriodBody>,
 ) -> Result<Json<crate::settlement::SettlementRun>, ApiError> {
     auth.admin()?;
-    let mut run = s
-        .handle
-        .with(move |c, now| c.run_settlement(b.period, now))
-        .await?;
+    let mut run = reply!(
+        s.handle
+            .execute(Command::RunSettlement { period: b.period })
+            .await,
+        Reply::Settlement
+    )?;
     // Resolve disputes over receipts we lack: ask the debtors to re-send them.
     use caisse_protocol::rpc::{MAX_RESENT, MAX_RPC_SIZE, RpcRequest, RpcResponse};
-    let missing = s.handle.with(|c, _| c.missing_receipts()).await?;
+    let (me, view) = (s.caisse_id, s.federation.snapshot());
+    let missing = s
+        .handle
+        .read(move |c, _| crate::settlement::missing_receipts(c, me, &view))
+        .await?;
     for (debtor, period, ids) in missing {
         let Some(peer) = crate::network::peer_id_of(&debtor) else {
             continue;
@@ -1438,10 +1434,16 @@ async fn settlement_run(
             && let Ok(RpcResponse::Receipts(envs)) =
                 caisse_protocol::encoding::decode::<RpcResponse>(&answer, MAX_RPC_SIZE)
         {
-            run.receipts_recovered += s
-                .handle
-                .with(move |c, now| c.record_resent(debtor, period, &envs, now))
-                .await?;
+            run.receipts_recovered += reply!(
+                s.handle
+                    .execute(Command::RecordResent {
+                        debtor,
+                        period,
+                        receipts: envs,
+                    })
+                    .await,
+                Reply::Count
+            )?;
         }
     }
     Ok(Json(run))
@@ -1505,10 +1507,17 @@ async fn settlement_paid(
         ));
     }
     let (to, amount, period, reference) = (t.to, t.amount, b.period, b.reference);
-    let id = s
-        .handle
-        .with(move |c, now| c.record_transfer(period, to, amount, reference, now))
-        .await?;
+    let id = reply!(
+        s.handle
+            .execute(Command::RecordTransfer {
+                period,
+                to,
+                amount,
+                reference,
+            })
+            .await,
+        Reply::Transfer
+    )?;
     Ok(Json(
         json!({ "transfer": b.transfer, "to": to, "amount": amount, "statement": id }),
     ))

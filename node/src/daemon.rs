@@ -271,7 +271,6 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
         took_ms = started.elapsed().as_millis() as u64,
         "state loaded"
     );
-    let published = caisse.published_version();
     let view = caisse.federation_view();
     let clock = if config.testing.manual_clock {
         tracing::warn!("manual clock enabled: this node belongs to a test network");
@@ -280,6 +279,7 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
         Clock::system()
     };
     let (handle, writer_thread) = writer::spawn(caisse, clock);
+    let published = handle.published_version();
     // Listening on port 0 picks a free port; keep the one picked, so that
     // after a restart peers find this caisse where they last saw it.
     let saved_listen = dir.join("listen.addrs");
@@ -386,7 +386,28 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
     })
 }
 
+/// Run the node of the caisse in `dir` until SIGINT or SIGTERM, or until
+/// its storage fails; stop it in order. Returns the failure, if any.
+pub async fn run_until_stopped(dir: &Path) -> Result<Option<String>, NodeError> {
+    let running = start(dir).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(io(Path::new("SIGTERM handler")))?;
+    let failure = tokio::select! {
+        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received, stopping"); None }
+        _ = term.recv() => { tracing::info!("SIGTERM received, stopping"); None }
+        reason = running.failed() => Some(reason),
+    };
+    running.stop().await;
+    Ok(failure)
+}
+
 impl RunningNode {
+    /// Resolves with the reason if the writer stops on a storage failure:
+    /// the node must then stop (its memory may be ahead of its disk).
+    pub async fn failed(&self) -> String {
+        self.handle.failed().await
+    }
+
     /// Stop in order: API, then the writer (which syncs its last batch).
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
@@ -395,9 +416,17 @@ impl RunningNode {
             t.abort();
             let _ = t.await;
         }
+        self.handle.shutdown().await;
         drop(self.handle);
         let join = self.writer_thread;
-        let _ = tokio::task::spawn_blocking(move || join.join()).await;
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tokio::task::spawn_blocking(move || join.join()),
+        )
+        .await;
+        if waited.is_err() {
+            tracing::error!("the writer did not stop within 10 s");
+        }
         let _ = std::fs::remove_file(self.dir.join("node.json"));
         tracing::info!("stopped");
     }

@@ -28,7 +28,9 @@ pub use crate::documents::*;
 
 use crate::network::{NetEvent, Network, peer_id_of};
 use crate::store::{Op, Store, decode_value, encode_value};
-use crate::writer::CaisseHandle;
+use caisse_core::command::{Command, Reply};
+
+use crate::writer::{CaisseHandle, reply};
 
 /// Counters of what the federation accepted and refused.
 #[derive(Debug, Default, Serialize)]
@@ -304,7 +306,23 @@ impl FederationTask {
         if version == self.published_version {
             return;
         }
-        let statements = match self.handle.with(|c, _| Ok(c.federation_statements())).await {
+        let (me, secret, federation) = (
+            self.me,
+            SecretKey::from_bytes(self.secret.to_bytes()),
+            self.federation.clone(),
+        );
+        let statements = match self
+            .handle
+            .read(move |c, _| {
+                Ok(caisse_core::conventionnement::federation_statements(
+                    c,
+                    me,
+                    &secret,
+                    &federation,
+                ))
+            })
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read local statements");
@@ -572,15 +590,7 @@ impl FederationTask {
         if !periods.is_empty() {
             let handle = self.handle.clone();
             tokio::spawn(async move {
-                let _ = handle
-                    .with(move |c, now| {
-                        let mut n = 0;
-                        for p in periods {
-                            n += c.answer_statements(p, now)?;
-                        }
-                        Ok(n)
-                    })
-                    .await;
+                let _ = handle.execute(Command::AnswerStatements { periods }).await;
             });
         }
     }
@@ -642,11 +652,10 @@ impl FederationTask {
                         let handle = self.handle.clone();
                         let net = self.network.clone();
                         tokio::spawn(async move {
-                            let answer = match handle
-                                .with(move |c, now| c.home_purchase(&env, now))
-                                .await
-                            {
-                                Ok(receipt) => RpcResponse::Purchase(receipt),
+                            let decided =
+                                handle.execute(Command::HomePurchase { request: env }).await;
+                            let answer = match reply!(decided, Reply::Answer) {
+                                Ok(receipt) => RpcResponse::Purchase(*receipt),
                                 Err(e) => {
                                     tracing::warn!(target: "caisse::events::purchase", %peer, error = %e, "refused a forwarded purchase");
                                     RpcResponse::Refused(e.to_string())
@@ -739,7 +748,7 @@ impl FederationTask {
                 };
                 match self
                     .handle
-                    .with(move |c, _| c.resend_receipts(&creditor, &ids))
+                    .read(move |c, _| caisse_core::settlement::resend_receipts(c, &creditor, &ids))
                     .await
                 {
                     Ok(envs) => RpcResponse::Receipts(envs),
@@ -753,7 +762,10 @@ impl FederationTask {
 /// Send every sale accepted offline to its home caisse and record the
 /// answers; homes still unreachable are tried again at the next tick.
 async fn forward_offline(handle: &CaisseHandle, net: &Network) {
-    let Ok(pending) = handle.with(|c, _| c.offline_pending()).await else {
+    let Ok(pending) = handle
+        .read(|c, _| caisse_core::settlement::offline_pending(c))
+        .await
+    else {
         return;
     };
     for (id, home, request) in pending {
@@ -770,10 +782,11 @@ async fn forward_offline(handle: &CaisseHandle, net: &Network) {
         if let Ok(RpcResponse::Purchase(env)) =
             encoding::decode::<RpcResponse>(&answer, MAX_RPC_SIZE)
         {
-            match handle
-                .with(move |c, now| c.resolve_offline(id, &env, now))
-                .await
-            {
+            let resolve = Command::ResolveOffline {
+                purchase: id,
+                answer: env,
+            };
+            match handle.execute(resolve).await {
                 Ok(_) => {
                     tracing::info!(target: "caisse::events::purchase", purchase = %id, home = %home.short(), "offline sale resolved")
                 }

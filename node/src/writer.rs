@@ -1,20 +1,32 @@
 //! The single writer: one thread owns the [`Caisse`] and decides every
-//! command in arrival order, with group commit.
+//! command, with group commit, in lanes.
 //!
-//! Commands arrive on a bounded channel from any task (the HTTP API, the
-//! network) with a oneshot for the answer. The writer takes every command
-//! waiting (up to [`MAX_GROUP`]), decides each against the in-memory state,
-//! then applies all their writes in one atomic batch and syncs it to disk,
-//! and only then answers. A storage failure stops the writer: every waiting
-//! caller gets an error and the node shuts down rather than run out of step
-//! with its disk.
+//! Requests arrive on a bounded channel from any task (the HTTP API, the
+//! console, the federation) with a oneshot for the answer. The writer
+//! sorts what is waiting into lanes: tills first (purchases, cross-caisse
+//! purchases, member sign-in), then admin commands, then one step of a
+//! background job (an allocation run or a ledger audit, in chunks sized to
+//! take about [`JOB_STEP_TARGET`]). Each command is decided all or nothing
+//! by [`Caisse::execute`]; the group's writes are applied in one atomic
+//! batch and synced to disk, and only then answered. After a commit that
+//! changed the small state (policy, conventions, outlets, members), a new
+//! [`Snapshot`] is published for readers, who never wait for the writer.
+//!
+//! A storage failure stops the writer: every waiting caller gets an error,
+//! and [`CaisseHandle::failed`] resolves with the reason, so the node stops
+//! rather than run out of step with its disk.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use caisse_core::caisse::{ALLOCATION_CHUNK, AllocationJob};
+use caisse_core::command::{Command, Reply};
+use caisse_core::view::{Snapshot, View};
 use caisse_protocol::{Amount, Category, Day, MemberId, OutletId, Period};
-use tokio::sync::{mpsc, oneshot};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::caisse::{
     AllocationRun, Caisse, CaisseError, ContributionRecorded, EnrollInput, Enrolled,
@@ -22,11 +34,16 @@ use crate::caisse::{
 };
 use crate::ledger::{CheckReport, SubsidySource};
 use crate::members::{MemberRecord, Role};
+use crate::store::Store;
 
-/// Most commands decided per commit.
+/// Most till commands decided per commit.
 pub const MAX_GROUP: usize = 2048;
-/// Commands that may wait for the writer before callers are slowed down.
+/// Most admin commands decided per commit (so tills behind them wait little).
+pub const ADMIN_PER_GROUP: usize = 64;
+/// Requests that may wait for the writer before callers are slowed down.
 pub const QUEUE: usize = 8192;
+/// How long one step of a background job should take.
+pub const JOB_STEP_TARGET: Duration = Duration::from_millis(8);
 
 /// The node's notion of time: the system clock, or a manual clock that a
 /// testnet sets to simulate months (only when the config enables it).
@@ -78,94 +95,126 @@ impl Clock {
     }
 }
 
-/// A command to the writer, with its typed answer channel.
-pub enum Command {
-    /// Enrol a member.
-    Enroll(EnrollInput, oneshot::Sender<Result<Enrolled, CaisseError>>),
-    /// Change a member's status.
-    ChangeStatus(
-        MemberId,
-        StatusChange,
-        oneshot::Sender<Result<MemberRecord, CaisseError>>,
-    ),
-    /// Set a member's PIN.
-    SetPin(
-        MemberId,
-        String,
-        oneshot::Sender<Result<caisse_protocol::CardId, CaisseError>>,
-    ),
-    /// Run the allocation of a period.
-    IssueAllocations(Period, oneshot::Sender<Result<AllocationRun, CaisseError>>),
-    /// Record a contribution.
-    Contribution(
-        MemberId,
-        Period,
-        Option<Amount>,
-        oneshot::Sender<Result<ContributionRecorded, CaisseError>>,
-    ),
-    /// Record a subsidy.
-    Subsidy(
-        SubsidySource,
-        Amount,
-        Period,
-        String,
-        oneshot::Sender<Result<SubsidyRecorded, CaisseError>>,
-    ),
-    /// Register an outlet.
-    RegisterOutlet(
-        String,
-        Vec<(Category, u8)>,
-        oneshot::Sender<Result<OutletRegistered, CaisseError>>,
-    ),
-    /// Create an API token.
-    NewToken(Role, oneshot::Sender<Result<String, CaisseError>>),
-    /// A local purchase.
-    Purchase(
-        Box<PurchaseInput>,
-        oneshot::Sender<Result<Receipt, CaisseError>>,
-    ),
-    /// Pay an outlet.
-    Payout(
-        OutletId,
-        Period,
-        oneshot::Sender<Result<PayoutDone, CaisseError>>,
-    ),
-    /// Audit the ledger.
+/// What the writer is asked.
+enum Request {
+    /// Decide a command.
+    Execute(Box<Command>, oneshot::Sender<Result<Reply, CaisseError>>),
+    /// Run a period's allocation as a background job; answered when done.
+    Allocate(Period, oneshot::Sender<Result<AllocationRun, CaisseError>>),
+    /// Audit the ledger between commits.
     Check(oneshot::Sender<Result<CheckReport, CaisseError>>),
-    /// Any other decision, as a closure over the caisse and the time now.
-    With(Decision),
+    /// Decide what is queued, then stop (running jobs are abandoned).
+    Stop,
+}
+
+/// A background job's visible state.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobStatus {
+    /// Job number (since the node started).
+    pub id: u64,
+    /// What it does, e.g. `allocation 2026-05`.
+    pub what: String,
+    /// Items done so far.
+    pub done: u64,
+    /// Items in all.
+    pub total: u64,
+    /// Whether it finished.
+    pub finished: bool,
+    /// Why it stopped, if it failed.
+    pub error: Option<String>,
+}
+
+/// What readers share with the writer.
+struct Shared {
+    snapshot: RwLock<Arc<Snapshot>>,
+    jobs: Mutex<Vec<JobStatus>>,
+    queued: AtomicU64,
+    /// The caisse's published-statements counter as of the last commit.
+    published: Arc<AtomicU64>,
 }
 
 /// A cloneable handle to the writer.
 #[derive(Clone)]
 pub struct CaisseHandle {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::Sender<Request>,
     clock: Arc<Clock>,
+    store: Arc<dyn Store>,
+    shared: Arc<Shared>,
+    failed: watch::Receiver<Option<String>>,
 }
 
 /// Start the writer thread over `caisse`. The thread ends when every
 /// handle is dropped or storage fails; join the returned handle to wait.
 pub fn spawn(caisse: Caisse, clock: Arc<Clock>) -> (CaisseHandle, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE);
+    let (failed_tx, failed) = watch::channel(None);
+    let shared = Arc::new(Shared {
+        snapshot: RwLock::new(Arc::new(caisse.snapshot())),
+        jobs: Mutex::new(Vec::new()),
+        queued: AtomicU64::new(0),
+        published: Arc::new(AtomicU64::new(
+            caisse.published_version().load(Ordering::Acquire),
+        )),
+    });
+    let store = caisse.store().clone();
     let thread_clock = clock.clone();
+    let thread_shared = shared.clone();
     let join = std::thread::Builder::new()
         .name(format!("writer-{}", caisse.id().short()))
-        .spawn(move || run(caisse, rx, thread_clock))
+        .spawn(move || {
+            let mut w = Writer {
+                caisse,
+                clock: thread_clock,
+                shared: thread_shared,
+                tills: VecDeque::new(),
+                admin: VecDeque::new(),
+                jobs: VecDeque::new(),
+                next_job: 1,
+                step: 500,
+                published: 0,
+                stopping: false,
+            };
+            if let Err(reason) = w.run(rx) {
+                tracing::error!(target: "caisse::events::storage", error = %reason, "the writer stopped: storage failed");
+                let _ = failed_tx.send(Some(reason));
+            } else {
+                tracing::info!("writer stopped");
+            }
+        })
         .unwrap_or_else(|e| panic!("cannot start the writer thread: {e}"));
-    (CaisseHandle { tx, clock }, join)
+    (
+        CaisseHandle {
+            tx,
+            clock,
+            store,
+            shared,
+            failed,
+        },
+        join,
+    )
 }
 
-/// An answer waiting for the commit that makes it durable (opaque outside this module).
-type Deliver = Box<dyn FnOnce(Option<&str>) + Send>;
-/// A decision to run in the writer: the caisse and the time now in, an answer out.
-pub type Decision = Box<dyn FnOnce(&mut Caisse, u64) -> Pending + Send>;
-pub struct Pending(Deliver);
+/// A job in the writer's background lane.
+enum Job {
+    Allocation {
+        id: u64,
+        job: AllocationJob,
+        reply: oneshot::Sender<Result<AllocationRun, CaisseError>>,
+    },
+    Check {
+        id: u64,
+        reply: oneshot::Sender<Result<CheckReport, CaisseError>>,
+    },
+}
 
-fn answer<T: Send + 'static>(
+/// An answer that waits for the commit making it durable.
+type Deliver = Box<dyn FnOnce(Option<&str>) + Send>;
+
+fn deliver<T: Send + 'static>(
     reply: oneshot::Sender<Result<T, CaisseError>>,
     result: Result<T, CaisseError>,
-) -> Pending {
-    Pending(Box::new(move |failure: Option<&str>| {
+) -> Deliver {
+    Box::new(move |failure: Option<&str>| {
         let result = match failure {
             Some(msg) => Err(CaisseError::Storage(crate::store::StoreError::Engine(
                 msg.to_owned(),
@@ -173,89 +222,294 @@ fn answer<T: Send + 'static>(
             None => result,
         };
         let _ = reply.send(result);
-    }))
+    })
 }
 
-fn run(mut caisse: Caisse, mut rx: mpsc::Receiver<Command>, clock: Arc<Clock>) {
-    let span = tracing::info_span!("writer", caisse = %caisse.id().short());
-    let _enter = span.enter();
-    let mut group: Vec<Command> = Vec::with_capacity(MAX_GROUP);
-    while let Some(first) = rx.blocking_recv() {
-        group.push(first);
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(c) => group.push(c),
-                Err(_) => break,
+struct Writer {
+    caisse: Caisse,
+    clock: Arc<Clock>,
+    shared: Arc<Shared>,
+    tills: VecDeque<(Command, oneshot::Sender<Result<Reply, CaisseError>>)>,
+    admin: VecDeque<(Command, oneshot::Sender<Result<Reply, CaisseError>>)>,
+    jobs: VecDeque<Job>,
+    next_job: u64,
+    /// Members per allocation step, adapted to take about JOB_STEP_TARGET.
+    step: usize,
+    published: u64,
+    stopping: bool,
+}
+
+impl Writer {
+    fn run(&mut self, mut rx: mpsc::Receiver<Request>) -> Result<(), String> {
+        let span = tracing::info_span!("writer", caisse = %self.caisse.id().short());
+        let _enter = span.enter();
+        let mut open = true;
+        loop {
+            if self.stopping && self.tills.is_empty() && self.admin.is_empty() {
+                for job in self.jobs.drain(..) {
+                    match job {
+                        Job::Allocation { reply, .. } => {
+                            let _ = reply.send(Err(CaisseError::Unavailable));
+                        }
+                        Job::Check { reply, .. } => {
+                            let _ = reply.send(Err(CaisseError::Unavailable));
+                        }
+                    }
+                }
+                return Ok(());
+            }
+            let idle = self.tills.is_empty() && self.admin.is_empty() && self.jobs.is_empty();
+            if idle {
+                if !open {
+                    return Ok(());
+                }
+                match rx.blocking_recv() {
+                    Some(r) => self.sort(r),
+                    None => return Ok(()),
+                }
+            }
+            while self.tills.len() + self.admin.len() < QUEUE {
+                match rx.try_recv() {
+                    Ok(r) => self.sort(r),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            self.shared.queued.store(
+                (self.tills.len() + self.admin.len()) as u64,
+                Ordering::Relaxed,
+            );
+            self.group()?;
+        }
+    }
+
+    fn sort(&mut self, r: Request) {
+        match r {
+            Request::Execute(c, reply) if c.is_till() => self.tills.push_back((*c, reply)),
+            Request::Execute(c, reply) => self.admin.push_back((*c, reply)),
+            Request::Allocate(period, reply) => {
+                let id = self.new_job(format!("allocation {period}"), 0);
+                let job = self.caisse.allocation_job(period);
+                self.set_job(id, |s| s.total = job.progress().1 as u64);
+                self.jobs.push_back(Job::Allocation { id, job, reply });
+            }
+            Request::Check(reply) => {
+                let id = self.new_job("ledger check".into(), 1);
+                self.jobs.push_back(Job::Check { id, reply });
+            }
+            Request::Stop => self.stopping = true,
+        }
+    }
+
+    fn new_job(&mut self, what: String, total: u64) -> u64 {
+        let id = self.next_job;
+        self.next_job = self.next_job.saturating_add(1);
+        if let Ok(mut jobs) = self.shared.jobs.lock() {
+            // Keep the last finished jobs for `job list`, and every running one.
+            while jobs.len() >= 32 {
+                match jobs.iter().position(|j| j.finished) {
+                    Some(i) => {
+                        jobs.remove(i);
+                    }
+                    None => break,
+                }
+            }
+            jobs.push(JobStatus {
+                id,
+                what,
+                done: 0,
+                total,
+                finished: false,
+                error: None,
+            });
+        }
+        id
+    }
+
+    fn set_job(&self, id: u64, f: impl FnOnce(&mut JobStatus)) {
+        if let Ok(mut jobs) = self.shared.jobs.lock()
+            && let Some(j) = jobs.iter_mut().find(|j| j.id == id)
+        {
+            f(j);
+        }
+    }
+
+    /// One group: till commands, some admin commands, one job step, one commit.
+    fn group(&mut self) -> Result<(), String> {
+        let started = Instant::now();
+        let now = self.clock.now();
+        let mut answers: Vec<Deliver> = Vec::new();
+        let tills = self.tills.len().min(MAX_GROUP);
+        for (cmd, reply) in self.tills.drain(..tills) {
+            answers.push(deliver(reply, decide(&mut self.caisse, cmd, now)));
+        }
+        let admin = self.admin.len().min(ADMIN_PER_GROUP);
+        for (cmd, reply) in self.admin.drain(..admin) {
+            answers.push(deliver(reply, decide(&mut self.caisse, cmd, now)));
+        }
+        if let Some(job) = self.jobs.pop_front() {
+            // Commit what tills asked first, so the audit sees it and the job step's
+            // batch does not delay their answers more than one step.
+            if let Some(job) = self.job_step(job, now, &mut answers)? {
+                self.jobs.push_front(job);
             }
         }
-        let started = Instant::now();
-        let size = group.len();
-        let mut answers: Vec<Pending> = Vec::with_capacity(size);
-        for cmd in group.drain(..) {
-            answers.push(decide(&mut caisse, cmd, &clock));
-        }
-        let failure = caisse.commit().err().map(|e| e.to_string());
-        if let Some(msg) = &failure {
-            tracing::error!(target: "caisse::events::storage", error = %msg, "commit failed; stopping the writer");
-        }
+        let failure = self.commit().err();
         for a in answers {
-            (a.0)(failure.as_deref());
+            a(failure.as_deref());
         }
         let took = started.elapsed();
         if took > Duration::from_millis(500) {
             tracing::warn!(
-                commands = size,
+                commands = tills + admin,
                 took_ms = took.as_millis() as u64,
                 "slow commit"
             );
-        } else {
-            tracing::trace!(commands = size, took_us = took.as_micros() as u64, "commit");
         }
-        if failure.is_some() {
-            return;
+        match failure {
+            Some(f) => Err(f),
+            None => {
+                self.publish();
+                Ok(())
+            }
         }
     }
-    tracing::info!("writer stopped");
+
+    fn commit(&mut self) -> Result<(), String> {
+        let Some(ops) = self.caisse.take_batch() else {
+            return Err("internal error: a savepoint was left open".into());
+        };
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let store = self.caisse.store().clone();
+        store
+            .apply(&ops)
+            .and_then(|()| store.sync())
+            .map_err(|e| e.to_string())
+    }
+
+    fn publish(&mut self) {
+        let statements = self.caisse.published_version().load(Ordering::Acquire);
+        let v = self.caisse.state_version();
+        if v != self.published {
+            self.published = v;
+            let snap = Arc::new(self.caisse.snapshot());
+            if let Ok(mut s) = self.shared.snapshot.write() {
+                *s = snap;
+            }
+        }
+        // Only now, with the writes durable and the snapshot out, may the
+        // federation read what changed.
+        self.shared.published.store(statements, Ordering::Release);
+    }
+
+    /// Run one step of `job`; the job back if it is not finished.
+    fn job_step(
+        &mut self,
+        job: Job,
+        now: u64,
+        answers: &mut Vec<Deliver>,
+    ) -> Result<Option<Job>, String> {
+        match job {
+            Job::Allocation { id, mut job, reply } => {
+                let t = Instant::now();
+                let result = self.caisse.allocation_step(&mut job, self.step, now);
+                self.adapt_step(t.elapsed());
+                let (done, total) = job.progress();
+                match result {
+                    Ok(false) => {
+                        self.set_job(id, |s| s.done = done as u64);
+                        Ok(Some(Job::Allocation { id, job, reply }))
+                    }
+                    Ok(true) => {
+                        let run = job.run;
+                        tracing::info!(target: "caisse::events::allocation", period = ?run.period, issued = run.issued, already = run.already_issued, total = %run.total, "allocation run");
+                        self.set_job(id, |s| {
+                            s.done = total as u64;
+                            s.finished = true;
+                        });
+                        answers.push(deliver(reply, Ok(run)));
+                        Ok(None)
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        self.set_job(id, |s| {
+                            s.finished = true;
+                            s.error = Some(msg);
+                        });
+                        answers.push(deliver(reply, Err(e)));
+                        Ok(None)
+                    }
+                }
+            }
+            Job::Check { id, reply } => {
+                // The audit reads the store: commit what is pending first.
+                self.commit()?;
+                let result =
+                    crate::ledger::check(&**self.caisse.store()).map_err(CaisseError::from);
+                self.set_job(id, |s| {
+                    s.done = 1;
+                    s.finished = true;
+                    s.error = result.as_ref().err().map(ToString::to_string);
+                });
+                answers.push(deliver(reply, result));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Aim each allocation step at JOB_STEP_TARGET.
+    fn adapt_step(&mut self, took: Duration) {
+        let target = JOB_STEP_TARGET.as_micros().max(1);
+        let took = took.as_micros().max(1);
+        let scaled = (self.step as u128).saturating_mul(target) / took;
+        let next = scaled.clamp(self.step as u128 / 2, self.step as u128 * 2);
+        self.step = (next as usize).clamp(50, ALLOCATION_CHUNK * 5);
+    }
 }
 
-fn decide(caisse: &mut Caisse, cmd: Command, clock: &Clock) -> Pending {
-    let now = clock.now();
-    let today = Day::from_unix(now);
-    match cmd {
-        Command::Enroll(input, r) => answer(r, caisse.enroll(input, today)),
-        Command::ChangeStatus(id, change, r) => answer(r, caisse.change_status(id, change, today)),
-        Command::SetPin(id, pin, r) => answer(r, caisse.set_pin(id, &pin)),
-        Command::IssueAllocations(period, r) => {
-            let result = caisse.issue_allocations(period, now);
-            if let Ok(run) = &result {
-                tracing::info!(target: "caisse::events::allocation", %period, issued = run.issued, already = run.already_issued, total = %run.total, "allocation run");
-            }
-            answer(r, result)
+fn decide(caisse: &mut Caisse, cmd: Command, now: u64) -> Result<Reply, CaisseError> {
+    let name = cmd.name();
+    let purchase = match &cmd {
+        Command::Purchase(p) => Some(p.id),
+        _ => None,
+    };
+    let result = caisse.execute(cmd, now);
+    match (&result, purchase) {
+        (Ok(Reply::Receipt(rc)), Some(id)) => {
+            tracing::debug!(target: "caisse::events::purchase", purchase = %id, allocation_cents = rc.allocation_part.cents(), replayed = rc.replayed, "accepted");
         }
-        Command::Contribution(m, p, a, r) => answer(r, caisse.record_contribution(m, p, a, now)),
-        Command::Subsidy(s, a, p, k, r) => answer(r, caisse.record_subsidy(s, a, p, k, now)),
-        Command::RegisterOutlet(name, cats, r) => {
-            answer(r, caisse.register_outlet(&name, cats, today))
+        (Err(e), Some(id)) => {
+            tracing::debug!(target: "caisse::events::purchase", purchase = %id, code = e.code(), "declined");
         }
-        Command::NewToken(role, r) => answer(r, Ok(caisse.new_token(role))),
-        Command::Purchase(input, r) => {
-            let id = input.id;
-            let result = caisse.purchase(*input, now);
-            match &result {
-                Ok(rc) => {
-                    tracing::debug!(target: "caisse::events::purchase", purchase = %id, allocation_cents = rc.allocation_part.cents(), replayed = rc.replayed, "accepted")
-                }
-                Err(e) => {
-                    tracing::debug!(target: "caisse::events::purchase", purchase = %id, code = e.code(), "declined")
-                }
-            }
-            answer(r, result)
+        (Err(e), None) => {
+            tracing::debug!(command = name, code = e.code(), "command refused");
         }
-        Command::Payout(o, p, r) => answer(r, caisse.payout(o, p, now)),
-        Command::Check(r) => answer(r, caisse.check()),
-        Command::With(f) => f(caisse, now),
+        _ => {}
     }
+    result
 }
+
+/// The reply of the expected kind (`Result<Reply, CaisseError>` in,
+/// `Result<T, CaisseError>` out), or an internal error naming the kind got.
+macro_rules! reply {
+    ($reply:expr, $variant:path) => {
+        match $reply {
+            Ok($variant(x)) => Ok(x),
+            Ok(other) => Err($crate::caisse::CaisseError::Invalid(format!(
+                "internal error: unexpected {} reply",
+                other.kind()
+            ))),
+            Err(e) => Err(e),
+        }
+    };
+}
+
+pub(crate) use reply;
 
 impl CaisseHandle {
     /// The node's clock.
@@ -263,9 +517,9 @@ impl CaisseHandle {
         &self.clock
     }
 
-    async fn call<T>(
+    async fn ask<T>(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, CaisseError>>) -> Command,
+        make: impl FnOnce(oneshot::Sender<Result<T, CaisseError>>) -> Request,
     ) -> Result<T, CaisseError> {
         let (tx, rx) = oneshot::channel();
         self.tx
@@ -275,29 +529,110 @@ impl CaisseHandle {
         rx.await.map_err(|_| CaisseError::Unavailable)?
     }
 
+    /// Decide a command in the writer; answered once its writes are durable.
+    pub async fn execute(&self, command: Command) -> Result<Reply, CaisseError> {
+        self.ask(|r| Request::Execute(Box::new(command), r)).await
+    }
+
+    /// A read-only view: the committed store and the latest snapshot.
+    pub fn view(&self) -> View {
+        let snapshot = self
+            .shared
+            .snapshot
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        View {
+            store: self.store.clone(),
+            snapshot,
+        }
+    }
+
+    /// Run a read on a blocking thread over a [`View`], with the time now;
+    /// it never waits for the writer.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&View, u64) -> Result<T, CaisseError> + Send + 'static,
+    ) -> Result<T, CaisseError> {
+        let view = self.view();
+        let now = self.clock.now();
+        tokio::task::spawn_blocking(move || f(&view, now))
+            .await
+            .map_err(|_| CaisseError::Unavailable)?
+    }
+
+    /// Background jobs, running and recently finished.
+    pub fn jobs(&self) -> Vec<JobStatus> {
+        self.shared
+            .jobs
+            .lock()
+            .map(|j| j.clone())
+            .unwrap_or_default()
+    }
+
+    /// A counter that changes, after the commit, whenever something this
+    /// caisse publishes to the federation changed.
+    pub fn published_version(&self) -> Arc<AtomicU64> {
+        self.shared.published.clone()
+    }
+
+    /// Requests waiting for the writer.
+    pub fn queued(&self) -> u64 {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// Ask the writer to decide what is queued and stop, even while other
+    /// handles remain.
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(Request::Stop).await;
+    }
+
+    /// Resolves with the reason once the writer has stopped on a storage
+    /// failure; never resolves while it runs.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failed.clone();
+        loop {
+            if let Some(reason) = rx.borrow_and_update().clone() {
+                return reason;
+            }
+            if rx.changed().await.is_err() {
+                // The writer ended without failing (shut down): wait forever.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Enrol a member.
     pub async fn enroll(&self, input: EnrollInput) -> Result<Enrolled, CaisseError> {
-        self.call(|r| Command::Enroll(input, r)).await
+        reply!(self.execute(Command::Enroll(input)).await, Reply::Enrolled)
     }
     /// Suspend, reinstate or record the departure of a member.
     pub async fn change_status(
         &self,
-        id: MemberId,
+        member: MemberId,
         change: StatusChange,
     ) -> Result<MemberRecord, CaisseError> {
-        self.call(|r| Command::ChangeStatus(id, change, r)).await
+        reply!(
+            self.execute(Command::ChangeStatus { member, change }).await,
+            Reply::Member
+        )
+        .map(|b| *b)
     }
     /// Set a member's PIN.
     pub async fn set_pin(
         &self,
-        id: MemberId,
+        member: MemberId,
         pin: String,
     ) -> Result<caisse_protocol::CardId, CaisseError> {
-        self.call(|r| Command::SetPin(id, pin, r)).await
+        reply!(
+            self.execute(Command::SetPin { member, pin }).await,
+            Reply::Card
+        )
     }
-    /// Issue a period's allocations.
+    /// Issue a period's allocations (a background job, in chunks between
+    /// the tills' purchases); answered when the whole run is done.
     pub async fn issue_allocations(&self, period: Period) -> Result<AllocationRun, CaisseError> {
-        self.call(|r| Command::IssueAllocations(period, r)).await
+        self.ask(|r| Request::Allocate(period, r)).await
     }
     /// Record a contribution.
     pub async fn record_contribution(
@@ -306,8 +641,15 @@ impl CaisseHandle {
         period: Period,
         amount: Option<Amount>,
     ) -> Result<ContributionRecorded, CaisseError> {
-        self.call(|r| Command::Contribution(member, period, amount, r))
-            .await
+        reply!(
+            self.execute(Command::Contribution {
+                member,
+                period,
+                amount
+            })
+            .await,
+            Reply::Contribution
+        )
     }
     /// Record a subsidy.
     pub async fn record_subsidy(
@@ -317,8 +659,16 @@ impl CaisseHandle {
         period: Period,
         key: String,
     ) -> Result<SubsidyRecorded, CaisseError> {
-        self.call(|r| Command::Subsidy(source, amount, period, key, r))
-            .await
+        reply!(
+            self.execute(Command::Subsidy {
+                source,
+                amount,
+                period,
+                key
+            })
+            .await,
+            Reply::Subsidy
+        )
     }
     /// Register an outlet.
     pub async fn register_outlet(
@@ -326,16 +676,19 @@ impl CaisseHandle {
         name: String,
         categories: Vec<(Category, u8)>,
     ) -> Result<OutletRegistered, CaisseError> {
-        self.call(|r| Command::RegisterOutlet(name, categories, r))
-            .await
+        reply!(
+            self.execute(Command::RegisterOutlet { name, categories })
+                .await,
+            Reply::Outlet
+        )
     }
     /// Create an API token.
     pub async fn new_token(&self, role: Role) -> Result<String, CaisseError> {
-        self.call(|r| Command::NewToken(role, r)).await
+        reply!(self.execute(Command::NewToken { role }).await, Reply::Token)
     }
     /// Submit a purchase.
     pub async fn purchase(&self, input: PurchaseInput) -> Result<Receipt, CaisseError> {
-        self.call(|r| Command::Purchase(Box::new(input), r)).await
+        reply!(self.execute(Command::Purchase(input)).await, Reply::Receipt).map(|b| *b)
     }
     /// Pay an outlet.
     pub async fn payout(
@@ -343,24 +696,13 @@ impl CaisseHandle {
         outlet: OutletId,
         period: Period,
     ) -> Result<PayoutDone, CaisseError> {
-        self.call(|r| Command::Payout(outlet, period, r)).await
+        reply!(
+            self.execute(Command::Payout { outlet, period }).await,
+            Reply::Payout
+        )
     }
-    /// Audit the ledger.
+    /// Audit the ledger (between commits, as a background job).
     pub async fn check(&self) -> Result<CheckReport, CaisseError> {
-        self.call(Command::Check).await
-    }
-
-    /// Run `f` on the caisse in the writer, in order with every other
-    /// command; its writes are committed (durably) before the answer.
-    pub async fn with<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Caisse, u64) -> Result<T, CaisseError> + Send + 'static,
-    ) -> Result<T, CaisseError> {
-        self.call(|r| {
-            Command::With(Box::new(move |c: &mut Caisse, now: u64| {
-                answer(r, f(c, now))
-            }))
-        })
-        .await
+        self.ask(Request::Check).await
     }
 }

@@ -172,12 +172,8 @@ pub async fn run_node(dir: &Path) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let running = daemon::start(dir).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    if let Some(reason) = daemon::run_until_stopped(dir).await? {
+        anyhow::bail!("the caisse's storage failed and the node stopped: {reason}");
     }
-    running.stop().await;
     Ok(())
 }

@@ -27,12 +27,34 @@ use crate::members::{
     CardRecord, MemberRecord, MemberStatus, OutletRecord, Role, pin_hash, token_key, valid_pin,
 };
 use crate::policy::{Policy, days_active, pro_rata};
+use crate::view::Reads;
 use sha2::{Digest, Sha256};
 
 use crate::store::{Op, SCHEMA_VERSION, Store, StoreError, decode_value, encode_value, keys};
 
-/// Members allocated per durable batch during an allocation run.
-pub const ALLOCATION_CHUNK: usize = 10_000;
+/// Members allocated per step of an allocation job (one durable batch,
+/// between which the tills' purchases go through).
+pub const ALLOCATION_CHUNK: usize = 2_000;
+
+/// An allocation run in progress: the members to consider, in order, and
+/// the counts so far. Driven by [`Caisse::allocation_step`].
+#[derive(Clone, Debug)]
+pub struct AllocationJob {
+    /// The period allocated.
+    pub period: Period,
+    heads: HashMap<HouseholdId, MemberId>,
+    ids: Vec<MemberId>,
+    next: usize,
+    /// Counts so far.
+    pub run: AllocationRun,
+}
+
+impl AllocationJob {
+    /// Members considered so far and in all.
+    pub fn progress(&self) -> (usize, usize) {
+        (self.next, self.ids.len())
+    }
+}
 
 /// Why a command was refused. Nothing changed.
 ///
@@ -323,22 +345,95 @@ pub(crate) struct MemberState {
     pub(crate) income: Option<Amount>,
 }
 
+/// A key's overlay value before a write (None: the key was not in the
+/// overlay; Some(None): it was pending deletion).
+type OverlayUndo = (Vec<u8>, Option<Option<Vec<u8>>>);
+
 /// Pending writes, readable before they are applied.
 #[derive(Default)]
 pub(crate) struct WriteSet {
     ops: Vec<Op>,
     overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Overlay values before each write since the oldest open savepoint.
+    undo: Vec<OverlayUndo>,
+    /// Whether a savepoint is open (only then are undo records kept).
+    tracking: bool,
 }
 
 impl WriteSet {
     pub(crate) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.overlay.insert(key.clone(), Some(value.clone()));
+        let old = self.overlay.insert(key.clone(), Some(value.clone()));
+        if self.tracking {
+            self.undo.push((key.clone(), old));
+        }
         self.ops.push(Op::Put(key, value));
     }
 
     pub(crate) fn delete(&mut self, key: Vec<u8>) {
-        self.overlay.insert(key.clone(), None);
+        let old = self.overlay.insert(key.clone(), None);
+        if self.tracking {
+            self.undo.push((key.clone(), old));
+        }
         self.ops.push(Op::Delete(key));
+    }
+
+    /// Undo writes back to `ops` operations and `undo` records.
+    fn rollback_to(&mut self, ops: usize, undo: usize) {
+        self.ops.truncate(ops);
+        while self.undo.len() > undo {
+            let Some((key, old)) = self.undo.pop() else {
+                break;
+            };
+            match old {
+                Some(v) => {
+                    self.overlay.insert(key, v);
+                }
+                None => {
+                    self.overlay.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// One in-memory change made since the oldest open savepoint, with what
+/// to put back to undo it.
+enum Undo {
+    Head(Head),
+    Policy(Box<Policy>),
+    Conventions(Box<crate::conventionnement::Conventions>),
+    Member(MemberId, Option<MemberState>),
+    Card(CardId, Option<CardRecord>),
+    Outlet(OutletId, Option<OutletRecord>),
+    Balance(Account, Option<Amount>, bool),
+}
+
+/// Where a savepoint starts in each log.
+#[derive(Clone, Copy, Debug)]
+struct Mark {
+    ops: usize,
+    overlay: usize,
+    memory: usize,
+}
+
+/// The savepoints of the command being decided. Every change to the
+/// in-memory state and to the pending writes goes through a method that
+/// records it here while a savepoint is open, so [`Caisse::rollback`]
+/// leaves state and pending writes exactly as they were.
+#[derive(Default)]
+pub(crate) struct Savepoints {
+    marks: Vec<Mark>,
+    log: Vec<Undo>,
+}
+
+fn restore<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, old: Option<V>) {
+    match old {
+        Some(v) => {
+            map.insert(key, v);
+        }
+        None => {
+            map.remove(&key);
+        }
     }
 }
 
@@ -357,6 +452,12 @@ pub struct Caisse {
     pub(crate) balances: HashMap<Account, Amount>,
     pub(crate) dirty: HashSet<Account>,
     pub(crate) pending: WriteSet,
+    savepoints: Savepoints,
+    /// Bumped when the small state a [`crate::view::Snapshot`] holds changes.
+    state_version: u64,
+    /// Tests: reads left before a read fails (to fail commands part way).
+    #[cfg(test)]
+    pub(crate) reads_before_failure: std::cell::Cell<Option<u32>>,
     pub(crate) random: Box<dyn FnMut() -> [u8; 32] + Send>,
     pub(crate) conventions: crate::conventionnement::Conventions,
     /// Bumped whenever something published to the federation changes.
@@ -501,6 +602,10 @@ impl Caisse {
             balances,
             dirty: HashSet::new(),
             pending: WriteSet::default(),
+            savepoints: Savepoints::default(),
+            state_version: 1,
+            #[cfg(test)]
+            reads_before_failure: std::cell::Cell::new(None),
             random,
         })
     }
@@ -527,19 +632,9 @@ impl Caisse {
         self.id
     }
 
-    /// The current policy.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
-
     /// Number of members (all statuses).
     pub fn member_count(&self) -> usize {
         self.members.len()
-    }
-
-    /// The balance of an account.
-    pub fn balance(&self, account: &Account) -> Amount {
-        self.balances.get(account).copied().unwrap_or(Amount::ZERO)
     }
 
     /// The journal head.
@@ -552,10 +647,154 @@ impl Caisse {
         !self.pending.ops.is_empty() || !self.dirty.is_empty()
     }
 
-    /// Apply pending writes atomically and make them durable.
-    pub fn commit(&mut self) -> Result<(), StoreError> {
+    /// Open a savepoint: until it is released or rolled back, every change
+    /// to the in-memory state and to the pending writes is recorded, so
+    /// that it can be undone. Savepoints nest.
+    pub fn savepoint(&mut self) {
+        self.savepoints.marks.push(Mark {
+            ops: self.pending.ops.len(),
+            overlay: self.pending.undo.len(),
+            memory: self.savepoints.log.len(),
+        });
+        self.pending.tracking = true;
+    }
+
+    /// Keep what was done since the innermost savepoint: it becomes part
+    /// of the enclosing savepoint, or final when none is left.
+    pub fn release(&mut self) {
+        self.savepoints.marks.pop();
+        if self.savepoints.marks.is_empty() {
+            self.forget_undo();
+        }
+    }
+
+    /// Undo everything done since the innermost savepoint, and close it.
+    pub fn rollback(&mut self) {
+        let Some(mark) = self.savepoints.marks.pop() else {
+            return;
+        };
+        while self.savepoints.log.len() > mark.memory {
+            let Some(undo) = self.savepoints.log.pop() else {
+                break;
+            };
+            match undo {
+                Undo::Head(h) => self.head = h,
+                Undo::Policy(p) => self.policy = *p,
+                Undo::Conventions(c) => self.conventions = *c,
+                Undo::Member(id, old) => restore(&mut self.members, id, old),
+                Undo::Card(id, old) => restore(&mut self.cards, id, old),
+                Undo::Outlet(id, old) => restore(&mut self.outlets, id, old),
+                Undo::Balance(a, old, was_dirty) => {
+                    restore(&mut self.balances, a, old);
+                    if !was_dirty {
+                        self.dirty.remove(&a);
+                    }
+                }
+            }
+        }
+        self.pending.rollback_to(mark.ops, mark.overlay);
+        if self.savepoints.marks.is_empty() {
+            self.forget_undo();
+        }
+    }
+
+    fn forget_undo(&mut self) {
+        self.savepoints.log.clear();
+        self.pending.undo.clear();
+        self.pending.tracking = false;
+    }
+
+    /// Run `f` all or nothing: if it returns an error, the state and the
+    /// pending writes are exactly as before it ran.
+    pub fn atomically<T>(
+        &mut self,
+        f: impl FnOnce(&mut Caisse) -> Result<T, CaisseError>,
+    ) -> Result<T, CaisseError> {
+        self.savepoint();
+        let result = f(self);
+        if result.is_err() {
+            self.rollback();
+        } else {
+            self.release();
+        }
+        result
+    }
+
+    /// Make what the command did so far part of its outcome, kept even if
+    /// the rest of it is refused. Used for one thing only: presenting a
+    /// card, whose wrong PIN counts whatever happens to the sale.
+    pub(crate) fn keep_so_far(&mut self) {
+        let here = Mark {
+            ops: self.pending.ops.len(),
+            overlay: self.pending.undo.len(),
+            memory: self.savepoints.log.len(),
+        };
+        for m in &mut self.savepoints.marks {
+            *m = here;
+        }
+    }
+
+    /// Whether a savepoint is open.
+    pub fn in_savepoint(&self) -> bool {
+        !self.savepoints.marks.is_empty()
+    }
+
+    /// Changes when the policy, conventions, outlets or members change
+    /// (so the node knows when to publish a new snapshot for readers).
+    pub fn state_version(&self) -> u64 {
+        self.state_version
+    }
+
+    fn record(&mut self, undo: Undo) {
+        if !matches!(undo, Undo::Head(_) | Undo::Balance(..) | Undo::Card(..)) {
+            self.state_version = self.state_version.wrapping_add(1);
+        }
+        if !self.savepoints.marks.is_empty() {
+            self.savepoints.log.push(undo);
+        }
+    }
+
+    /// Write a card's record (memory and pending writes).
+    pub(crate) fn save_card(&mut self, record: CardRecord) {
+        let old = self.cards.get(&record.card).cloned();
+        self.record(Undo::Card(record.card, old));
+        self.pending
+            .put(CardRecord::key(&record.card), encode_value(&record));
+        self.cards.insert(record.card, record);
+    }
+
+    /// Change the in-memory state of a member.
+    pub(crate) fn set_member_state(&mut self, id: MemberId, state: MemberState) {
+        let old = self.members.insert(id, state);
+        self.record(Undo::Member(id, old));
+    }
+
+    /// Write an outlet's record (memory and pending writes).
+    pub(crate) fn save_outlet(&mut self, record: OutletRecord) {
+        self.pending
+            .put(OutletRecord::key(&record.id), encode_value(&record));
+        let old = self.outlets.insert(record.id, record.clone());
+        self.record(Undo::Outlet(record.id, old));
+    }
+
+    /// The conventionnement state, to change it (recorded for rollback).
+    pub(crate) fn conventions_mut(&mut self) -> &mut crate::conventionnement::Conventions {
+        if self.in_savepoint() {
+            let copy = Box::new(self.conventions.clone());
+            self.record(Undo::Conventions(copy));
+        }
+        &mut self.conventions
+    }
+
+    /// Take the writes decided since the last batch, to be applied
+    /// atomically and made durable by the node. Refused (None) while a
+    /// savepoint is open: a half-decided command is never written.
+    pub fn take_batch(&mut self) -> Option<Vec<Op>> {
+        if self.in_savepoint() {
+            return None;
+        }
         if !self.has_pending() {
-            return Ok(());
+            return Some(Vec::new());
         }
         let mut dirty: Vec<Account> = self.dirty.drain().collect();
         dirty.sort();
@@ -566,9 +805,63 @@ impl Caisse {
         self.pending
             .ops
             .push(Op::Put(keys::HEAD.to_vec(), encode_value(&self.head)));
-        let ws = std::mem::take(&mut self.pending);
-        self.store.apply(&ws.ops)?;
+        Some(std::mem::take(&mut self.pending).ops)
+    }
+
+    /// Apply pending writes atomically and make them durable (for tests
+    /// and tools that drive a caisse without the node's writer).
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        let ops = self.take_batch().ok_or_else(|| {
+            StoreError::Engine("internal error: commit inside an open savepoint".into())
+        })?;
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.store.apply(&ops)?;
         self.store.sync()
+    }
+
+    #[cfg(test)]
+    fn failpoint(&self) -> Result<(), StoreError> {
+        match self.reads_before_failure.get() {
+            Some(0) => Err(StoreError::Engine("injected read failure".into())),
+            Some(n) => {
+                self.reads_before_failure.set(Some(n - 1));
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Tests: everything a command could change, in a comparable form
+    /// (in-memory state and pending writes).
+    #[cfg(test)]
+    pub(crate) fn digest(&self) -> String {
+        fn sorted<K: Ord + std::fmt::Debug, V: std::fmt::Debug>(
+            m: impl Iterator<Item = (K, V)>,
+        ) -> String {
+            let mut v: Vec<(K, V)> = m.collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            format!("{v:?}")
+        }
+        let mut dirty: Vec<&Account> = self.dirty.iter().collect();
+        dirty.sort();
+        let conv = &self.conventions;
+        format!(
+            "head {:?}\npolicy {}\ncriteria {:?}\naccreditations {}\nproducers {}\nmembers {}\ncards {}\noutlets {}\nbalances {}\ndirty {:?}\nops {:?}\noverlay {}",
+            self.head,
+            serde_json::to_string(&self.policy).unwrap_or_default(),
+            conv.criteria,
+            sorted(conv.accreditations.iter()),
+            sorted(conv.producers.iter()),
+            sorted(self.members.iter()),
+            sorted(self.cards.iter()),
+            sorted(self.outlets.iter()),
+            sorted(self.balances.iter()),
+            dirty,
+            self.pending.ops,
+            sorted(self.pending.overlay.iter()),
+        )
     }
 
     /// The store under this caisse (committed data only).
@@ -582,6 +875,8 @@ impl Caisse {
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        #[cfg(test)]
+        self.failpoint()?;
         match self.pending.overlay.get(key) {
             Some(v) => Ok(v.clone()),
             None => self.store.get(key),
@@ -590,6 +885,8 @@ impl Caisse {
 
     /// Pairs under `prefix`, pending writes included.
     pub fn scan(&self, prefix: &[u8]) -> Result<Vec<crate::store::Pair>, StoreError> {
+        #[cfg(test)]
+        self.failpoint()?;
         let mut map: BTreeMap<Vec<u8>, Vec<u8>> =
             self.store.scan_prefix(prefix)?.into_iter().collect();
         for (k, v) in &self.pending.overlay {
@@ -614,7 +911,8 @@ impl Caisse {
             .map_err(|e| CaisseError::Invalid(format!("policy: {e}")))?;
         self.pending
             .put(keys::POLICY.to_vec(), encode_policy(&policy));
-        self.policy = policy;
+        let old = std::mem::replace(&mut self.policy, policy);
+        self.record(Undo::Policy(Box::new(old)));
         self.mark_published_changed();
         Ok(())
     }
@@ -666,6 +964,7 @@ impl Caisse {
             postings,
         };
         let bytes = encode_value(&entry);
+        self.record(Undo::Head(self.head));
         self.head = Head {
             next_seq: seq.saturating_add(1),
             last_hash: entry_hash(&bytes),
@@ -680,8 +979,9 @@ impl Caisse {
             }
         }
         for (a, b) in next {
-            self.balances.insert(a, b);
-            self.dirty.insert(a);
+            let old = self.balances.insert(a, b);
+            let was_dirty = !self.dirty.insert(a);
+            self.record(Undo::Balance(a, old, was_dirty));
         }
         Ok(seq)
     }
@@ -772,9 +1072,7 @@ impl Caisse {
         };
         self.pending
             .put(MemberRecord::key(&id), encode_value(&record));
-        self.pending
-            .put(CardRecord::key(&card), encode_value(&card_record));
-        self.members.insert(
+        self.set_member_state(
             id,
             MemberState {
                 status: MemberStatus::Active,
@@ -784,23 +1082,13 @@ impl Caisse {
                 income: input.income,
             },
         );
-        self.cards.insert(card, card_record);
+        self.save_card(card_record);
         Ok(Enrolled {
             member: id,
             card,
             household,
             joined,
         })
-    }
-
-    /// Read a member's full record (pending writes included).
-    pub fn member_record(&self, id: &MemberId) -> Result<MemberRecord, CaisseError> {
-        let key = MemberRecord::key(id);
-        let bytes = self.get(&key)?.ok_or_else(|| CaisseError::NotFound {
-            what: "member",
-            id: id.to_string(),
-        })?;
-        Ok(decode_value(&key, &bytes)?)
     }
 
     /// Suspend, reinstate or record the departure of a member.
@@ -834,9 +1122,10 @@ impl Caisse {
         }
         self.pending
             .put(MemberRecord::key(&id), encode_value(&record));
-        if let Some(m) = self.members.get_mut(&id) {
+        if let Some(mut m) = self.members.get(&id).cloned() {
             m.status = record.status;
             m.left = record.left;
+            self.set_member_state(id, m);
         }
         Ok(record)
     }
@@ -849,32 +1138,42 @@ impl Caisse {
         let record = self.member_record(&id)?;
         let salt = self.random16();
         let hash = pin_hash(&self.pepper, &salt, pin);
-        let card = self
-            .cards
-            .get_mut(&record.card)
-            .ok_or_else(|| CaisseError::NotFound {
-                what: "card",
-                id: record.card.to_string(),
-            })?;
+        let mut card =
+            self.cards
+                .get(&record.card)
+                .cloned()
+                .ok_or_else(|| CaisseError::NotFound {
+                    what: "card",
+                    id: record.card.to_string(),
+                })?;
         card.salt = salt;
         card.pin_hash = Some(hash);
         card.failed_attempts = 0;
         card.locked = false;
-        let bytes = encode_value(&*card);
-        self.pending.put(CardRecord::key(&record.card), bytes);
+        self.save_card(card);
         Ok(record.card)
     }
 
     /// Issue the allocation of `period` to every member who should have it
-    /// and does not yet. Running it again issues nothing twice.
+    /// and does not yet, all in this call (tools and tests; the node runs
+    /// an [`AllocationJob`] in chunks so tills never wait behind it).
+    /// Running it again issues nothing twice.
     pub fn issue_allocations(
         &mut self,
         period: Period,
         now: u64,
     ) -> Result<AllocationRun, CaisseError> {
+        let mut job = self.allocation_job(period);
+        while !self.allocation_step(&mut job, usize::MAX, now)? {}
+        Ok(job.run)
+    }
+
+    /// Start an allocation run for `period` over the members enrolled now.
+    /// Each household's base allocation goes to its first member (earliest
+    /// joined, then lowest id) among those active during the period.
+    pub fn allocation_job(&self, period: Period) -> AllocationJob {
         let mut ids: Vec<MemberId> = self.members.keys().copied().collect();
         ids.sort();
-        // The first member of each household (earliest joined, then lowest id) gets the base.
         let mut heads: HashMap<HouseholdId, (Day, MemberId)> = HashMap::new();
         for id in &ids {
             let m = &self.members[id];
@@ -887,83 +1186,116 @@ impl Caisse {
                 }
             }
         }
-        let mut run = AllocationRun {
-            period: Some(period),
-            ..AllocationRun::default()
-        };
-        let mut since_commit = 0usize;
-        for id in ids {
-            let key = allocation_key(period, &id);
-            if self.get(&key)?.is_some() {
-                run.already_issued = run.already_issued.saturating_add(1);
-                continue;
-            }
-            let m = &self.members[&id];
-            if m.status == MemberStatus::Suspended {
-                run.skipped_suspended = run.skipped_suspended.saturating_add(1);
-                continue;
-            }
-            let days = days_active(period, m.joined, m.left);
-            if days == 0 {
-                run.skipped_not_member = run.skipped_not_member.saturating_add(1);
-                continue;
-            }
-            let first = m
-                .household
-                .is_none_or(|h| heads.get(&h).map(|x| x.1) == Some(id));
-            let overflow = |_| CaisseError::Invalid("allocation out of range".into());
-            let amount = pro_rata(self.policy.monthly_allocation(first), days, period.days())
-                .map_err(overflow)?;
-            let account = Account::Member(id);
-            let balance = self.balance(&account);
-            let expired = match &self.policy.rollover {
-                crate::policy::Rollover::CarryOver => Amount::ZERO,
-                crate::policy::Rollover::Expire => balance,
-                crate::policy::Rollover::Cap { max } => balance
-                    .checked_add(amount)
-                    .and_then(|b| b.checked_sub(*max))
-                    .map_err(overflow)?
-                    .max(Amount::ZERO),
-            };
-            let neg = |a: Amount| a.checked_neg().map_err(overflow);
-            let mut postings = vec![
-                Posting {
-                    account: Account::Allocations,
-                    amount: neg(amount)?,
-                },
-                Posting { account, amount },
-            ];
-            if !expired.is_zero() {
-                postings.push(Posting {
-                    account,
-                    amount: neg(expired)?,
-                });
-                postings.push(Posting {
-                    account: Account::Allocations,
-                    amount: expired,
-                });
-            }
-            let seq = self.append(
-                now,
-                EntryKind::Allocation {
-                    member: id,
-                    period,
-                    amount,
-                    expired,
-                },
-                postings,
-            )?;
-            self.pending.put(key, encode_value(&seq));
-            run.issued = run.issued.saturating_add(1);
-            run.total = run.total.checked_add(amount).map_err(overflow)?;
-            run.expired = run.expired.checked_add(expired).map_err(overflow)?;
-            since_commit = since_commit.saturating_add(1);
-            if since_commit >= ALLOCATION_CHUNK {
-                self.commit()?;
-                since_commit = 0;
-            }
+        AllocationJob {
+            period,
+            heads: heads.into_iter().map(|(h, (_, m))| (h, m)).collect(),
+            ids,
+            next: 0,
+            run: AllocationRun {
+                period: Some(period),
+                ..AllocationRun::default()
+            },
         }
-        Ok(run)
+    }
+
+    /// Allocate to the next `limit` members of `job`, all or nothing.
+    /// Returns true once every member has been considered. A refused step
+    /// changes nothing and leaves the job where it was.
+    pub fn allocation_step(
+        &mut self,
+        job: &mut AllocationJob,
+        limit: usize,
+        now: u64,
+    ) -> Result<bool, CaisseError> {
+        let start = job.next;
+        let end = start.saturating_add(limit).min(job.ids.len());
+        let mut run = job.run.clone();
+        let ids: Vec<MemberId> = job.ids[start..end].to_vec();
+        self.atomically(|c| {
+            for id in ids {
+                c.allocate_one(job, &mut run, id, now)?;
+            }
+            Ok(())
+        })?;
+        job.run = run;
+        job.next = end;
+        Ok(end >= job.ids.len())
+    }
+
+    fn allocate_one(
+        &mut self,
+        job: &AllocationJob,
+        run: &mut AllocationRun,
+        id: MemberId,
+        now: u64,
+    ) -> Result<(), CaisseError> {
+        let period = job.period;
+        let key = allocation_key(period, &id);
+        if self.get(&key)?.is_some() {
+            run.already_issued = run.already_issued.saturating_add(1);
+            return Ok(());
+        }
+        let Some(m) = self.members.get(&id) else {
+            // Not a member any more (cannot happen: members are never removed).
+            return Ok(());
+        };
+        if m.status == MemberStatus::Suspended {
+            run.skipped_suspended = run.skipped_suspended.saturating_add(1);
+            return Ok(());
+        }
+        let days = days_active(period, m.joined, m.left);
+        if days == 0 {
+            run.skipped_not_member = run.skipped_not_member.saturating_add(1);
+            return Ok(());
+        }
+        let first = m.household.is_none_or(|h| job.heads.get(&h) == Some(&id));
+        let overflow = |_| CaisseError::Invalid("allocation out of range".into());
+        let amount = pro_rata(self.policy.monthly_allocation(first), days, period.days())
+            .map_err(overflow)?;
+        let account = Account::Member(id);
+        let balance = self.balance(&account);
+        let expired = match &self.policy.rollover {
+            crate::policy::Rollover::CarryOver => Amount::ZERO,
+            crate::policy::Rollover::Expire => balance,
+            crate::policy::Rollover::Cap { max } => balance
+                .checked_add(amount)
+                .and_then(|b| b.checked_sub(*max))
+                .map_err(overflow)?
+                .max(Amount::ZERO),
+        };
+        let neg = |a: Amount| a.checked_neg().map_err(overflow);
+        let mut postings = vec![
+            Posting {
+                account: Account::Allocations,
+                amount: neg(amount)?,
+            },
+            Posting { account, amount },
+        ];
+        if !expired.is_zero() {
+            postings.push(Posting {
+                account,
+                amount: neg(expired)?,
+            });
+            postings.push(Posting {
+                account: Account::Allocations,
+                amount: expired,
+            });
+        }
+        let seq = self.append(
+            now,
+            EntryKind::Allocation {
+                member: id,
+                period,
+                amount,
+                expired,
+            },
+            postings,
+        )?;
+        self.pending.put(key, encode_value(&seq));
+        run.issued = run.issued.saturating_add(1);
+        run.total = run.total.checked_add(amount).map_err(overflow)?;
+        run.expired = run.expired.checked_add(expired).map_err(overflow)?;
+        Ok(())
     }
 
     /// Record a member's contribution for a period (once per period);
@@ -1149,9 +1481,7 @@ impl Caisse {
             active: true,
         };
         let token = self.new_token(Role::Outlet { outlet: id });
-        self.pending
-            .put(OutletRecord::key(&id), encode_value(&record));
-        self.outlets.insert(id, record);
+        self.save_outlet(record);
         let accreditation = if categories.is_empty() {
             None
         } else {
@@ -1392,23 +1722,25 @@ impl Caisse {
         };
         let ok = pin.is_some_and(|p| pin_hash(&self.pepper, &card.salt, p) == expected);
         let limit = self.policy.pin_attempts;
-        let card = self
+        let mut card = self
             .cards
-            .get_mut(card_id)
+            .get(card_id)
+            .cloned()
             .ok_or(CaisseError::Unavailable)?;
         if ok {
             if card.failed_attempts > 0 {
                 card.failed_attempts = 0;
-                let bytes = encode_value(&*card);
-                self.pending.put(CardRecord::key(card_id), bytes);
+                self.save_card(card);
+                self.keep_so_far();
             }
             return Ok(member);
         }
         card.failed_attempts = card.failed_attempts.saturating_add(1);
         card.locked = card.failed_attempts >= limit;
         let (locked, left) = (card.locked, limit.saturating_sub(card.failed_attempts));
-        let bytes = encode_value(&*card);
-        self.pending.put(CardRecord::key(card_id), bytes);
+        self.save_card(card);
+        // The wrong PIN counts even though the sale (or sign-in) is refused.
+        self.keep_so_far();
         Err(if locked {
             CaisseError::declined(
                 DeclineReason::CardLocked,
@@ -1436,76 +1768,6 @@ impl Caisse {
             ));
         }
         self.unlock_card(card, Some(pin))
-    }
-
-    /// The newest `limit` journal entries touching a member's account, newest first.
-    pub fn member_statement(
-        &self,
-        member: &MemberId,
-        limit: usize,
-    ) -> Result<Vec<JournalEntry>, CaisseError> {
-        let prefix = keys::key(keys::STATEMENT, &[member.as_bytes()]);
-        let pairs = self.scan(&prefix)?;
-        let mut out = Vec::new();
-        for (k, _) in pairs.iter().rev().take(limit) {
-            let Some(seq) = k
-                .get(prefix.len()..)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-            else {
-                continue;
-            };
-            let key = JournalEntry::key(seq);
-            if let Some(bytes) = self.get(&key)? {
-                out.push(decode_value(&key, &bytes)?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// The allocation issued to a member for a period, if any.
-    pub fn member_allocation(
-        &self,
-        member: &MemberId,
-        period: Period,
-    ) -> Result<Option<Amount>, CaisseError> {
-        let key = allocation_key(period, member);
-        let Some(bytes) = self.get(&key)? else {
-            return Ok(None);
-        };
-        let seq: u64 = decode_value(&key, &bytes)?;
-        let jkey = JournalEntry::key(seq);
-        let Some(entry) = self.get(&jkey)? else {
-            return Ok(None);
-        };
-        let entry: JournalEntry = decode_value(&jkey, &entry)?;
-        Ok(match entry.kind {
-            EntryKind::Allocation { amount, .. } => Some(amount),
-            _ => None,
-        })
-    }
-
-    /// The contribution recorded for a member and period, if any.
-    pub fn member_contribution(
-        &self,
-        member: &MemberId,
-        period: Period,
-    ) -> Result<Option<ContributionIndex>, CaisseError> {
-        let key = keys::key(
-            keys::CONTRIBUTION,
-            &[&period.index().to_be_bytes(), member.as_bytes()],
-        );
-        match self.get(&key)? {
-            Some(bytes) => Ok(Some(decode_value(&key, &bytes)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// The outlets of this caisse.
-    pub fn outlets(&self) -> Vec<OutletRecord> {
-        let mut v: Vec<OutletRecord> = self.outlets.values().cloned().collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
     }
 
     /// Coverage granted to `producer` by another caisse this caisse recognises.
@@ -1642,7 +1904,7 @@ pub fn write_initial_state(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::MemStore;
 

@@ -11,13 +11,14 @@
 
 use std::collections::HashMap;
 
-use caisse_protocol::criteria::{Attributes, Criteria, Evaluation};
+use caisse_protocol::criteria::{Attributes, Criteria};
 use caisse_protocol::messages::{Accreditation, CriteriaVersion, Revocation, ScopeItem, Subject};
 use caisse_protocol::{Category, ContentId, Day, Envelope, ProducerId, ProposalId};
 use serde::{Deserialize, Serialize};
 
 use crate::caisse::{Caisse, CaisseError};
 use crate::store::{Store, StoreError, decode_value, encode_value, keys};
+use crate::view::Reads;
 
 /// Producers by id.
 pub const PRODUCER: &[u8] = b"r/";
@@ -89,7 +90,7 @@ pub struct CriteriaRecord {
 }
 
 /// The caisse's conventionnement state, in memory.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Conventions {
     pub(crate) criteria: Option<CriteriaRecord>,
     pub(crate) accreditations: HashMap<ContentId, AccreditationRecord>,
@@ -183,46 +184,6 @@ fn accreditation_key(id: &ContentId) -> Vec<u8> {
 }
 
 impl Caisse {
-    /// The caisse's conventionnement state.
-    pub fn conventions(&self) -> &Conventions {
-        &self.conventions
-    }
-
-    /// Everything this caisse publishes to the federation, signed.
-    pub fn federation_statements(&self) -> crate::federation_view::Statements {
-        let mut st = crate::federation_view::Statements::default();
-        if let Ok(Some(bytes)) = self.store.get(keys::PROFILE)
-            && let Ok(p) = decode_value::<crate::caisse::Profile>(keys::PROFILE, &bytes)
-        {
-            let profile = caisse_protocol::messages::CaisseProfile {
-                caisse: self.id,
-                name: p.name.chars().take(200).collect(),
-                territory: p.territory.chars().take(200).collect(),
-                currency_unit: "EUR".into(),
-                issued_at: u64::from(p.created.days()).saturating_mul(86_400),
-            };
-            st.profile = Envelope::seal(&self.secret, &self.federation, &profile).ok();
-        }
-        if let Ok(versions) = self.scan(CRITERIA) {
-            for (k, v) in versions {
-                if let Ok(rec) = decode_value::<CriteriaRecord>(&k, &v) {
-                    st.criteria
-                        .insert(rec.version.criteria.version, rec.envelope);
-                }
-            }
-        }
-        for rec in self.conventions.accreditations.values() {
-            st.accreditations.insert(rec.id, rec.envelope.clone());
-            if let Some(r) = &rec.revoked {
-                st.revocations.insert(rec.id, r.envelope.clone());
-            }
-        }
-        st.recognised = self.policy.recognition.recognised.clone();
-        st.settlement = self.settlement_publications();
-        st.claims = self.claims();
-        st
-    }
-
     /// Register a producer and what it declares.
     pub fn register_producer(
         &mut self,
@@ -256,26 +217,8 @@ impl Caisse {
             registered: today,
         };
         self.pending.put(producer_key(&rec.id), encode_value(&rec));
-        self.conventions.producers.insert(rec.id, rec.clone());
+        self.conventions_mut().producers.insert(rec.id, rec.clone());
         Ok(rec)
-    }
-
-    /// Judge a producer against the current criteria, rule by rule.
-    pub fn evaluate_producer(&self, id: &ProducerId) -> Result<Evaluation, CaisseError> {
-        let producer = self
-            .conventions
-            .producer(id)
-            .ok_or_else(|| CaisseError::NotFound {
-                what: "producer",
-                id: id.to_string(),
-            })?;
-        let criteria = self.conventions.criteria().ok_or_else(|| {
-            CaisseError::Conflict(
-                "no criteria adopted yet: the parliament must first pass a criteria proposal"
-                    .into(),
-            )
-        })?;
-        Ok(criteria.version.criteria.evaluate(&producer.attributes))
     }
 
     /// Adopt a criteria version (after a vote), signed by the caisse.
@@ -314,7 +257,7 @@ impl Caisse {
             keys::key(CRITERIA, &[&rec.version.criteria.version.to_be_bytes()]),
             encode_value(&rec),
         );
-        self.conventions.criteria = Some(rec);
+        self.conventions_mut().criteria = Some(rec);
         self.mark_published_changed();
         Ok(hash)
     }
@@ -369,7 +312,7 @@ impl Caisse {
             revoked: None,
         };
         self.pending.put(accreditation_key(&id), encode_value(&rec));
-        self.conventions.index(rec);
+        self.conventions_mut().index(rec);
         self.mark_published_changed();
         Ok(id)
     }
@@ -412,8 +355,49 @@ impl Caisse {
             envelope,
         });
         self.pending.put(accreditation_key(&id), encode_value(&rec));
-        self.conventions.index(rec);
+        self.conventions_mut().index(rec);
         self.mark_published_changed();
         Ok(())
     }
+}
+
+/// Everything caisse `id` publishes to the federation, signed with its
+/// `secret`: read from `r` (the caisse itself or a view of it).
+pub fn federation_statements(
+    r: &impl Reads,
+    id: caisse_protocol::CaisseId,
+    secret: &caisse_protocol::SecretKey,
+    federation: &caisse_protocol::FederationId,
+) -> crate::federation_view::Statements {
+    let mut st = crate::federation_view::Statements::default();
+    if let Ok(Some(bytes)) = r.read(keys::PROFILE)
+        && let Ok(p) = decode_value::<crate::caisse::Profile>(keys::PROFILE, &bytes)
+    {
+        let profile = caisse_protocol::messages::CaisseProfile {
+            caisse: id,
+            name: p.name.chars().take(200).collect(),
+            territory: p.territory.chars().take(200).collect(),
+            currency_unit: "EUR".into(),
+            issued_at: u64::from(p.created.days()).saturating_mul(86_400),
+        };
+        st.profile = Envelope::seal(secret, federation, &profile).ok();
+    }
+    if let Ok(versions) = r.read_prefix(CRITERIA) {
+        for (k, v) in versions {
+            if let Ok(rec) = decode_value::<CriteriaRecord>(&k, &v) {
+                st.criteria
+                    .insert(rec.version.criteria.version, rec.envelope);
+            }
+        }
+    }
+    for rec in r.conventions().accreditations.values() {
+        st.accreditations.insert(rec.id, rec.envelope.clone());
+        if let Some(rv) = &rec.revoked {
+            st.revocations.insert(rec.id, rv.envelope.clone());
+        }
+    }
+    st.recognised = r.policy().recognition.recognised.clone();
+    st.settlement = crate::settlement::settlement_publications(r);
+    st.claims = crate::settlement::claims(r);
+    st
 }

@@ -12,15 +12,19 @@
 //! - [`policy`]: allocation, rollover and contribution rules.
 //! - [`members`]: members, cards, households, outlets, roles.
 //! - [`caisse`]: the state machine that decides every command.
+//! - [`command`]: commands and replies as data; `Caisse::execute`.
 //! - [`parliament`]: seats, proposals, votes, signed decisions.
 //! - [`conventionnement`]: producers, criteria versions, accreditations.
 //! - [`settlement`]: cross-caisse purchases, receipts, statements, netting.
+//! - [`view`]: reads (`Reads`) over the caisse or over a `View` off the
+//!   writer (committed store + published `Snapshot`).
 //! - [`report`]: the evaluation report and the anonymised export.
 //! - [`federation_view`]: what is known of the other caisses, as read from
 //!   their owner-signed documents (the documents themselves are the node's:
 //!   automerge draws random actor ids from the OS).
 
 pub mod caisse;
+pub mod command;
 pub mod conventionnement;
 pub mod federation_view;
 pub mod ledger;
@@ -30,3 +34,7 @@ pub mod policy;
 pub mod report;
 pub mod settlement;
 pub mod store;
+pub mod view;
+
+#[cfg(test)]
+mod atomicity_tests;

@@ -17,9 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::caisse::{Caisse, CaisseError};
 use crate::policy::{AllocationPolicy, ContributionScale, RecognitionPolicy, Rollover};
-use crate::store::{
-    StoreError, decode_json_value, decode_value, encode_json_value, encode_value, keys,
-};
+use crate::store::{decode_value, encode_json_value, encode_value, keys};
+use crate::view::Reads;
 
 /// Seats by number.
 pub const SEAT: &[u8] = b"s/";
@@ -227,7 +226,7 @@ fn seat_key(id: u32) -> Vec<u8> {
     keys::key(SEAT, &[&id.to_be_bytes()])
 }
 
-fn proposal_key(id: &ProposalId) -> Vec<u8> {
+pub(crate) fn proposal_key(id: &ProposalId) -> Vec<u8> {
     keys::key(PROPOSAL, &[id.as_bytes()])
 }
 
@@ -251,31 +250,6 @@ pub fn composition_problem(seats: &[Seat]) -> Option<String> {
 }
 
 impl Caisse {
-    /// Whether `seat` exists and has not been removed.
-    pub fn seat_is_active(&self, seat: u32) -> Result<bool, StoreError> {
-        Ok(self
-            .seats()?
-            .iter()
-            .any(|x| x.id == seat && x.removed.is_none()))
-    }
-
-    /// The active seat a member holds, if any.
-    pub fn seat_of(&self, member: &MemberId) -> Result<Option<u32>, StoreError> {
-        Ok(self
-            .seats()?
-            .into_iter()
-            .find(|x| x.removed.is_none() && x.member.as_ref() == Some(member))
-            .map(|x| x.id))
-    }
-
-    /// Every seat, active or removed.
-    pub fn seats(&self) -> Result<Vec<Seat>, StoreError> {
-        self.scan(SEAT)?
-            .into_iter()
-            .map(|(k, v)| decode_value(&k, &v))
-            .collect()
-    }
-
     /// Add a seat. Citizen seats are held by members; producer and worker
     /// seats name a person.
     pub fn add_seat(
@@ -355,16 +329,6 @@ impl Caisse {
         seat.removed = Some(today);
         self.pending.put(key, encode_value(&seat));
         Ok(seat)
-    }
-
-    /// Read a proposal.
-    pub fn proposal(&self, id: &ProposalId) -> Result<Proposal, CaisseError> {
-        let key = proposal_key(id);
-        let bytes = self.get(&key)?.ok_or_else(|| CaisseError::NotFound {
-            what: "proposal",
-            id: id.to_string(),
-        })?;
-        Ok(decode_json_value(&key, &bytes)?)
     }
 
     /// Put a proposal to the parliament, open for `window_minutes` (default:
@@ -692,16 +656,6 @@ impl Caisse {
         }
         Ok(())
     }
-
-    /// Every proposal, newest first.
-    pub fn proposals(&self) -> Result<Vec<Proposal>, CaisseError> {
-        let mut out: Vec<Proposal> = Vec::new();
-        for (k, v) in self.scan(PROPOSAL)? {
-            out.push(decode_json_value(&k, &v)?);
-        }
-        out.sort_by(|a, b| b.opened.cmp(&a.opened).then(a.id.cmp(&b.id)));
-        Ok(out)
-    }
 }
 
 /// Apply a policy-changing proposal to a copy of the policy.
@@ -711,6 +665,73 @@ fn apply_policy_change(policy: &mut crate::policy::Policy, kind: &ProposalKind) 
         ProposalKind::ContributionScale(c) => policy.contribution = c.clone(),
         ProposalKind::Rollover(r) => policy.rollover = r.clone(),
         _ => {}
+    }
+}
+
+/// The outcome of a citizens' lottery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drawn {
+    /// The published seed.
+    pub seed: u64,
+    /// The eligible volunteers with their strata.
+    pub volunteers: Vec<Volunteer>,
+    /// Volunteers left out: not active, or already seated.
+    pub excluded: Vec<MemberId>,
+    /// The members drawn.
+    pub drawn: Vec<MemberId>,
+    /// The seats created for them.
+    pub seats: Vec<Seat>,
+}
+
+impl Caisse {
+    /// Draw `seats` citizen seats among `volunteers` (stratified lottery
+    /// from the published `seed`) and seat the members drawn, all or
+    /// nothing. Members not active or already seated are excluded.
+    pub fn draw_seats(
+        &mut self,
+        seats: usize,
+        seed: u64,
+        volunteers: &[MemberId],
+        today: Day,
+    ) -> Result<Drawn, CaisseError> {
+        let seated: Vec<MemberId> = self
+            .seats()?
+            .iter()
+            .filter(|s| s.removed.is_none())
+            .filter_map(|s| s.member)
+            .collect();
+        let mut eligible = Vec::new();
+        let mut excluded = Vec::new();
+        for m in volunteers {
+            let rec = self.member_record(m)?;
+            if rec.status != crate::members::MemberStatus::Active || seated.contains(m) {
+                excluded.push(*m);
+                continue;
+            }
+            eligible.push(Volunteer {
+                member: *m,
+                age_band: age_band(rec.birth_year, today.ymd().0),
+                income_bracket: match rec.income {
+                    Some(i) => self
+                        .policy()
+                        .contribution_for(Some(i))
+                        .map_or_else(|_| "unknown".into(), |(_, b)| b.to_string()),
+                    None => "unknown".into(),
+                },
+            });
+        }
+        let drawn = draw(&eligible, seats, seed);
+        let mut created = Vec::with_capacity(drawn.len());
+        for m in &drawn {
+            created.push(self.add_seat(SeatKind::Citizen, Some(*m), None, today)?);
+        }
+        Ok(Drawn {
+            seed,
+            volunteers: eligible,
+            excluded,
+            drawn,
+            seats: created,
+        })
     }
 }
 

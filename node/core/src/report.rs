@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use caisse_protocol::messages::Subject;
 use caisse_protocol::{Amount, Category, MemberId, OutletId, Period};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -578,21 +577,7 @@ pub fn export_of(
     })
 }
 
-impl Caisse {
-    /// Which caisse-level subject an accreditation covers (for listings).
-    pub fn subject_name(&self, subject: &Subject) -> String {
-        match subject {
-            Subject::Producer(p) => self
-                .conventions
-                .producer(p)
-                .map_or_else(|| p.to_string(), |r| r.name.clone()),
-            Subject::Outlet(o) => self
-                .outlets
-                .get(o)
-                .map_or_else(|| o.to_string(), |r| r.name.clone()),
-        }
-    }
-}
+impl Caisse {}
 
 /// One purchase line in an anonymised export.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

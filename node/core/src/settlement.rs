@@ -33,6 +33,7 @@ use crate::caisse::{Caisse, CaisseError, PurchaseInput, Receipt, purchase_hash};
 use crate::ledger::{Account, EntryKind, Posting, PurchaseRecord};
 use crate::members::{MemberStatus, pin_hash};
 use crate::store::{decode_value, encode_value, keys};
+use crate::view::Reads;
 
 /// Receipts this caisse signed as home, by purchase id.
 pub const ISSUED: &[u8] = b"x/";
@@ -78,6 +79,7 @@ pub struct ReceiptRecord {
 }
 
 /// What the host must do next for a cross-caisse purchase.
+#[derive(Clone, Debug)]
 pub enum CrossStep {
     /// Already recorded: here is the receipt.
     Done(Receipt),
@@ -401,18 +403,6 @@ impl Caisse {
         })
     }
 
-    /// Sales accepted offline and still to forward: (purchase, home, signed request).
-    pub fn offline_pending(&self) -> Result<Vec<(PurchaseId, CaisseId, Envelope)>, CaisseError> {
-        let mut out = Vec::new();
-        for (k, v) in self.scan(PENDING)? {
-            let p: OfflinePending = decode_value(&k, &v)?;
-            if let Ok(b) = <[u8; 16]>::try_from(&k[PENDING.len()..]) {
-                out.push((PurchaseId::from_bytes(b), p.home, p.request));
-            }
-        }
-        Ok(out)
-    }
-
     /// Record the home caisse's answer to a sale accepted offline: a receipt
     /// confirms our claim; a refusal becomes a loss.
     pub fn resolve_offline(
@@ -672,12 +662,10 @@ impl Caisse {
             };
             if given.is_none_or(|p| pin_hash(&self.pepper, &card.salt, p) != expected) {
                 let limit = self.policy.pin_attempts;
-                if let Some(c) = self.cards.get_mut(&req.card) {
+                if let Some(mut c) = self.cards.get(&req.card).cloned() {
                     c.failed_attempts = c.failed_attempts.saturating_add(1);
                     c.locked = c.failed_attempts >= limit;
-                    let bytes = encode_value(&*c);
-                    self.pending
-                        .put(crate::members::CardRecord::key(&req.card), bytes);
+                    self.save_card(c);
                 }
                 return decline(self, DeclineReason::WrongPin);
             }
@@ -918,54 +906,6 @@ impl Caisse {
         Ok(answered)
     }
 
-    /// Debtor side: the receipts we signed for `creditor` among `ids`, to re-send.
-    pub fn resend_receipts(
-        &self,
-        creditor: &CaisseId,
-        ids: &[PurchaseId],
-    ) -> Result<Vec<Envelope>, CaisseError> {
-        let mut out = Vec::new();
-        for id in ids.iter().take(caisse_protocol::rpc::MAX_RESENT) {
-            if let Some(b) = self.get(&issued_key(id))? {
-                let rec: ReceiptRecord = decode_value(&issued_key(id), &b)?;
-                if rec.receipt.host == *creditor {
-                    out.push(rec.envelope);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Creditor side: receipts our debtors say they signed but our statements
-    /// lack (from their disputes): (debtor, period, purchase ids).
-    pub fn missing_receipts(
-        &self,
-    ) -> Result<Vec<(CaisseId, Period, Vec<PurchaseId>)>, CaisseError> {
-        let view = self.peers.read().map_err(|_| CaisseError::Unavailable)?;
-        let Some(ours) = view.caisses.get(&self.id) else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        for debtor in view.caisses.values() {
-            for d in &debtor.disputes {
-                let Some((_, st)) = ours.statements.iter().find(|(id, _)| *id == d.statement)
-                else {
-                    continue;
-                };
-                let mut missing = Vec::new();
-                for id in &d.missing_from_statement {
-                    if self.get(&held_key(id))?.is_none() {
-                        missing.push(*id);
-                    }
-                }
-                if !missing.is_empty() {
-                    out.push((st.debtor, st.period, missing));
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// Creditor side: record receipts a debtor re-sent (each signed by it, for
     /// us, in `period`), then publish a revised statement for that debtor.
     pub fn record_resent(
@@ -1117,38 +1057,6 @@ impl Caisse {
         self.publish(format!("transfer/{period}/{id}"), env);
         Ok(id)
     }
-
-    /// Everything this caisse published about settlement, for its document.
-    pub fn settlement_publications(&self) -> BTreeMap<String, Envelope> {
-        let mut out = BTreeMap::new();
-        if let Ok(items) = self.scan(PUBLISHED) {
-            for (k, v) in items {
-                if let Ok(env) = decode_value::<Envelope>(&k, &v) {
-                    out.insert(
-                        String::from_utf8_lossy(&k[PUBLISHED.len()..]).into_owned(),
-                        env,
-                    );
-                }
-            }
-        }
-        // The receipt ids we claim per period, so a debtor can name differences.
-        out
-    }
-
-    /// Purchase ids of receipts held per period, published beside our statements.
-    pub fn claims(&self) -> BTreeMap<String, Vec<PurchaseId>> {
-        let mut out: BTreeMap<String, Vec<PurchaseId>> = BTreeMap::new();
-        if let Ok(items) = self.scan(HELD) {
-            for (k, v) in items {
-                if let Ok(rec) = decode_value::<ReceiptRecord>(&k, &v) {
-                    out.entry(rec.receipt.period.to_string())
-                        .or_default()
-                        .push(rec.receipt.purchase);
-                }
-            }
-        }
-        out
-    }
 }
 
 /// What `settlement run` did.
@@ -1225,6 +1133,100 @@ pub fn settlement_view(
     if let Ok(n) = netting::net(&obligations) {
         out.positions = n.positions;
         out.transfers = n.transfers;
+    }
+    out
+}
+
+/// Sales accepted offline and still to forward: (purchase, home, signed request).
+pub fn offline_pending(
+    r: &impl Reads,
+) -> Result<Vec<(PurchaseId, CaisseId, Envelope)>, CaisseError> {
+    let mut out = Vec::new();
+    for (k, v) in r.read_prefix(PENDING)? {
+        let p: OfflinePending = decode_value(&k, &v)?;
+        if let Ok(b) = <[u8; 16]>::try_from(&k[PENDING.len()..]) {
+            out.push((PurchaseId::from_bytes(b), p.home, p.request));
+        }
+    }
+    Ok(out)
+}
+
+/// Debtor side: the receipts we signed for `creditor` among `ids`, to re-send.
+pub fn resend_receipts(
+    r: &impl Reads,
+    creditor: &CaisseId,
+    ids: &[PurchaseId],
+) -> Result<Vec<Envelope>, CaisseError> {
+    let mut out = Vec::new();
+    for id in ids.iter().take(caisse_protocol::rpc::MAX_RESENT) {
+        if let Some(b) = r.read(&issued_key(id))? {
+            let rec: ReceiptRecord = decode_value(&issued_key(id), &b)?;
+            if rec.receipt.host == *creditor {
+                out.push(rec.envelope);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Creditor side: receipts our debtors say they signed but our statements
+/// lack (from their disputes): (debtor, period, purchase ids).
+pub fn missing_receipts(
+    r: &impl Reads,
+    me: CaisseId,
+    view: &crate::federation_view::FederationView,
+) -> Result<Vec<(CaisseId, Period, Vec<PurchaseId>)>, CaisseError> {
+    let Some(ours) = view.caisses.get(&me) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for debtor in view.caisses.values() {
+        for d in &debtor.disputes {
+            let Some((_, st)) = ours.statements.iter().find(|(id, _)| *id == d.statement) else {
+                continue;
+            };
+            let mut missing = Vec::new();
+            for id in &d.missing_from_statement {
+                if r.read(&held_key(id))?.is_none() {
+                    missing.push(*id);
+                }
+            }
+            if !missing.is_empty() {
+                out.push((st.debtor, st.period, missing));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Everything this caisse published about settlement, for its document.
+pub fn settlement_publications(r: &impl Reads) -> BTreeMap<String, Envelope> {
+    let mut out = BTreeMap::new();
+    if let Ok(items) = r.read_prefix(PUBLISHED) {
+        for (k, v) in items {
+            if let Ok(env) = decode_value::<Envelope>(&k, &v) {
+                out.insert(
+                    String::from_utf8_lossy(&k[PUBLISHED.len()..]).into_owned(),
+                    env,
+                );
+            }
+        }
+    }
+    // The receipt ids we claim per period, so a debtor can name differences.
+    out
+}
+
+/// Purchase ids of receipts held per period, published beside our statements.
+pub fn claims(r: &impl Reads) -> BTreeMap<String, Vec<PurchaseId>> {
+    let mut out: BTreeMap<String, Vec<PurchaseId>> = BTreeMap::new();
+    if let Ok(items) = r.read_prefix(HELD) {
+        for (k, v) in items {
+            if let Ok(rec) = decode_value::<ReceiptRecord>(&k, &v) {
+                out.entry(rec.receipt.period.to_string())
+                    .or_default()
+                    .push(rec.receipt.purchase);
+            }
+        }
     }
     out
 }

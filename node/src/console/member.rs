@@ -6,6 +6,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use caisse_core::view::Reads;
 use caisse_protocol::messages::Subject;
 use caisse_protocol::{Amount, Day, MemberId};
 
@@ -44,7 +45,7 @@ pub async fn page(v: Visitor, State(s): State<ApiState>) -> Response {
     let own = s.config.name.clone();
     let data = s
         .handle
-        .with(move |c, now| {
+        .read(move |c, now| {
             let today = Day::from_unix(now);
             let period = today.period();
             let record = c.member_record(&member)?;

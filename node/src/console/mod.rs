@@ -26,6 +26,10 @@ pub mod session;
 mod till;
 mod treasury;
 
+use caisse_core::command::{Command, Reply};
+use caisse_core::view::Reads;
+
+use crate::writer::reply;
 use std::net::SocketAddr;
 
 use axum::Router;
@@ -562,7 +566,8 @@ async fn login_card(State(s): State<ApiState>, p: Posted) -> Response {
         );
     }
     let pin = p.get("pin").to_owned();
-    match s.handle.with(move |c, _| c.member_login(&card, &pin)).await {
+    let login = Command::MemberLogin { card, pin };
+    match reply!(s.handle.execute(login).await, Reply::SignedIn) {
         Ok(member) => signed_in(v, &s, Who::Member { member, card }),
         Err(e) => fail(html::refusal(v.lang, &e)),
     }
@@ -608,7 +613,7 @@ pub struct Accredited {
 /// Everything active today: this caisse's accreditations, and those of the
 /// caisses it recognises (producers only: outlets are where one shops).
 pub fn accredited_today(
-    c: &crate::caisse::Caisse,
+    c: &impl Reads,
     view: &crate::federation::FederationView,
     today: caisse_protocol::Day,
     own_name: &str,
@@ -630,7 +635,7 @@ pub fn accredited_today(
         .collect();
     let ours = c.conventions().criteria().map(|r| &r.version.criteria);
     for (id, p) in &view.caisses {
-        if *id == c.id() || !view.recognises(id, &c.policy().recognition, ours) {
+        if *id == c.caisse_id() || !view.recognises(id, &c.policy().recognition, ours) {
             continue;
         }
         let name = p

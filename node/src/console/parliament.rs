@@ -4,6 +4,10 @@
 //! for any seat (as the parliament's secretary) and closes votes; a member
 //! holding a seat votes for that seat only; the observer reads.
 
+use caisse_core::command::{Command, Reply};
+use caisse_core::view::Reads;
+
+use crate::writer::reply;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -32,7 +36,7 @@ struct Data {
 /// The seat a signed-in member holds, if any.
 async fn member_seat(s: &ApiState, member: caisse_protocol::MemberId) -> Option<u32> {
     s.handle
-        .with(move |c, _| Ok(c.seat_of(&member)?))
+        .read(move |c, _| Ok(c.seat_of(&member)?))
         .await
         .ok()
         .flatten()
@@ -45,7 +49,7 @@ async fn access(v: &Visitor, s: &ApiState) -> Result<(Who, Option<u32>), Respons
         let seat = *seat;
         let active = s
             .handle
-            .with(move |c, _| Ok(c.seat_is_active(seat)?))
+            .read(move |c, _| Ok(c.seat_is_active(seat)?))
             .await
             .unwrap_or(false);
         return if active {
@@ -86,7 +90,7 @@ pub async fn page(v: Visitor, State(s): State<ApiState>) -> Response {
     let admin = who == Who::Admin;
     let data = s
         .handle
-        .with(move |c, now| {
+        .read(move |c, now| {
             let seats = c.seats()?;
             let problem = crate::parliament::composition_problem(&seats);
             let named = seats
@@ -637,10 +641,12 @@ pub async fn vote(State(s): State<ApiState>, p: Posted) -> Response {
         };
         return v.redirect(&s, "/parliament", Some(flash));
     };
-    let result = s
-        .handle
-        .with(move |c, now| c.vote(proposal, seat, choice, now))
-        .await;
+    let vote = Command::Vote {
+        proposal,
+        seat,
+        choice,
+    };
+    let result = reply!(s.handle.execute(vote).await, Reply::Vote);
     let flash = match result {
         Ok(r) => {
             tracing::info!(target: "caisse::events::parliament", proposal = %proposal, seat, choice = ?choice, "vote recorded from the console");
@@ -684,10 +690,10 @@ pub async fn close(State(s): State<ApiState>, p: Posted) -> Response {
             v.t("No such proposal.", "Proposition inconnue."),
         );
     };
-    let result = s
-        .handle
-        .with(move |c, now| c.close_proposal(proposal, now))
-        .await;
+    let result = reply!(
+        s.handle.execute(Command::CloseProposal { proposal }).await,
+        Reply::Proposal
+    );
     let flash = match result {
         Ok(p) => {
             let o = p.outcome.as_ref();

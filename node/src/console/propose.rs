@@ -5,6 +5,10 @@
 //! does from the CLI (criteria well-formed and newer, producer meeting the
 //! criteria, parliament able to vote) before it opens the vote.
 
+use caisse_core::command::{Command, Reply};
+use caisse_core::view::Reads;
+
+use crate::writer::reply;
 use axum::extract::State;
 use axum::response::Response;
 use caisse_protocol::criteria::Criteria;
@@ -29,7 +33,7 @@ pub struct Choices {
 
 impl Choices {
     /// Gather them from the caisse.
-    pub fn of(c: &crate::caisse::Caisse, today: Day) -> Choices {
+    pub fn of(c: &impl Reads, today: Day) -> Choices {
         let mut subjects: Vec<(Subject, String)> = c
             .conventions()
             .producers()
@@ -243,11 +247,12 @@ pub async fn propose(State(s): State<ApiState>, p: Posted) -> Response {
         }
     };
     let title = p.get("title").to_owned();
-    match s
-        .handle
-        .with(move |c, now| c.propose(title, kind, None, now))
-        .await
-    {
+    let propose = Command::Propose {
+        title,
+        kind,
+        window_minutes: None,
+    };
+    match reply!(s.handle.execute(propose).await, Reply::Proposal) {
         Ok(prop) => {
             tracing::info!(target: "caisse::events::parliament", proposal = %prop.id, "proposal opened from the console");
             let text = match v.lang {

@@ -4,6 +4,7 @@
 //! read-only: it shows only what caisses publish (names of businesses, never
 //! of people).
 
+use caisse_core::view::Reads;
 use std::collections::BTreeMap;
 
 use axum::extract::{Query, State};
@@ -42,7 +43,7 @@ pub async fn page(v: Visitor, State(s): State<ApiState>, Query(f): Query<Filter>
     let own_id = s.caisse_id;
     let local = s
         .handle
-        .with(move |c, now| {
+        .read(move |c, now| {
             let rows: Vec<Row> = c
                 .conventions()
                 .all()
@@ -54,7 +55,7 @@ pub async fn page(v: Visitor, State(s): State<ApiState>, Query(f): Query<Filter>
                 })
                 .collect();
             let mut versions: BTreeMap<ContentId, String> = BTreeMap::new();
-            for (k, val) in c.scan(crate::conventionnement::CRITERIA)? {
+            for (k, val) in c.read_prefix(crate::conventionnement::CRITERIA)? {
                 if let Ok(r) = crate::store::decode_value::<CriteriaRecord>(&k, &val) {
                     versions.insert(
                         r.hash,

@@ -8,6 +8,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use caisse_core::view::Reads;
 use caisse_protocol::messages::{PurchaseLine, Subject};
 use caisse_protocol::{Amount, CardId, Category, Day, OutletId, ProducerId, PurchaseId};
 
@@ -40,7 +41,7 @@ async fn offer(s: &ApiState, outlet: OutletId) -> Result<Offer, crate::caisse::C
     let view = s.federation.snapshot();
     let own = s.config.name.clone();
     s.handle
-        .with(move |c, now| {
+        .read(move |c, now| {
             let today = Day::from_unix(now);
             let name = c
                 .outlets()

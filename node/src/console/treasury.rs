@@ -6,6 +6,10 @@
 //! only; every change is a form the observer never sees and the server
 //! refuses to the observer anyway.
 
+use caisse_core::command::{Command, Reply};
+use caisse_core::view::Reads;
+
+use crate::writer::reply;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -57,14 +61,14 @@ pub async fn page(v: Visitor, State(s): State<ApiState>, Query(q): Query<PeriodQ
     let report = crate::api::report_off_writer(&s, period).await;
     let data = s
         .handle
-        .with(move |c, _| {
+        .read(move |c, _| {
             let report = report?;
             let mut members = Vec::new();
             if admin {
                 // The first records only: a large caisse's list is not loaded whole.
                 let mut records = Vec::new();
                 let mut bad = None;
-                c.store()
+                c.store
                     .for_each_prefix(crate::store::keys::MEMBER, &mut |k, val| {
                         match crate::store::decode_value::<MemberRecord>(k, val) {
                             Ok(r) => records.push(r),
@@ -91,7 +95,7 @@ pub async fn page(v: Visitor, State(s): State<ApiState>, Query(q): Query<PeriodQ
             Ok(Treasury {
                 report,
                 members,
-                member_count: c.member_count(),
+                member_count: c.snapshot.members,
                 outlets,
                 treasury: c.balance(&Account::Treasury),
             })
@@ -594,18 +598,12 @@ pub async fn contribution(State(s): State<ApiState>, p: Posted) -> Response {
             }
         },
     };
-    let result = s
-        .handle
-        .with(move |c, now| {
-            let member = c.card(&card).map(|x| x.member).ok_or_else(|| {
-                crate::caisse::CaisseError::NotFound {
-                    what: "card",
-                    id: card.to_string(),
-                }
-            })?;
-            c.record_contribution(member, period, amount, now)
-        })
-        .await;
+    let contribution = Command::ContributionByCard {
+        card,
+        period,
+        amount,
+    };
+    let result = reply!(s.handle.execute(contribution).await, Reply::Contribution);
     let flash = match result {
         Ok(r) if r.already_recorded => Flash {
             ok: true,
