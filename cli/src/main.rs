@@ -725,6 +725,7 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<ExitCode> {
             secret: None,
             testing: caisse_node::config::Testing {
                 manual_clock: a.manual_clock,
+                faults: None,
             },
         },
     )?;

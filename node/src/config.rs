@@ -37,6 +37,25 @@ pub struct Testing {
     /// Let the admin API set the node's clock (to simulate months).
     #[serde(default)]
     pub manual_clock: bool,
+    /// Storage faults to inject (tests of atomicity and fail-stop only).
+    #[serde(default)]
+    pub faults: Option<StoreFaults>,
+}
+
+/// Storage faults a test injects into a real node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFaults {
+    /// Reads of keys under this prefix fail once, after `read_after` of
+    /// them succeeded (e.g. `s/` fails a parliament draw part way).
+    #[serde(default)]
+    pub read_prefix: Option<String>,
+    /// Successful reads under `read_prefix` before the one that fails.
+    #[serde(default)]
+    pub read_after: u32,
+    /// Every batch applied after this many fails (the disk is gone).
+    #[serde(default)]
+    pub apply_after: Option<u32>,
 }
 
 /// Why the configuration could not be used.

@@ -256,7 +256,14 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
     let span = tracing::info_span!("node", caisse = %caisse_id.short());
     let _enter = span.enter();
     tracing::info!(name = %config.name, federation = %config.federation, "starting");
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("store"))?);
+    let mut store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("store"))?);
+    if let Some(faults) = config.testing.faults.clone() {
+        tracing::warn!(
+            ?faults,
+            "storage faults injected: this node belongs to a test"
+        );
+        store = Arc::new(crate::store::FaultyStore::new(store, faults));
+    }
     let started = std::time::Instant::now();
     let secret_bytes = secret.to_bytes();
     let caisse = Caisse::load(

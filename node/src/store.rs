@@ -6,6 +6,8 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use caisse_core::store::*;
 
@@ -131,6 +133,76 @@ impl Store for SledStore {
             path: self.data_path.clone(),
             source,
         })
+    }
+}
+
+/// A store that fails on purpose, as configured under `[testing.faults]`:
+/// how tests show that a command failing part way changes nothing and that
+/// a node whose disk fails stops.
+pub struct FaultyStore {
+    inner: Arc<dyn Store>,
+    faults: crate::config::StoreFaults,
+    reads: AtomicU32,
+    applies: AtomicU32,
+}
+
+impl FaultyStore {
+    /// Wrap `inner`.
+    pub fn new(inner: Arc<dyn Store>, faults: crate::config::StoreFaults) -> FaultyStore {
+        FaultyStore {
+            inner,
+            faults,
+            reads: AtomicU32::new(0),
+            applies: AtomicU32::new(0),
+        }
+    }
+
+    fn read(&self, key: &[u8]) -> Result<(), StoreError> {
+        if let Some(p) = &self.faults.read_prefix
+            && key.starts_with(p.as_bytes())
+            && self.reads.fetch_add(1, Ordering::SeqCst) == self.faults.read_after
+        {
+            return Err(StoreError::Engine(format!(
+                "injected read failure under {p}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Store for FaultyStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(key)?;
+        self.inner.get(key)
+    }
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Pair>, StoreError> {
+        self.read(prefix)?;
+        self.inner.scan_prefix(prefix)
+    }
+    fn for_each_prefix(
+        &self,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        self.read(prefix)?;
+        self.inner.for_each_prefix(prefix, f)
+    }
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Pair>, StoreError> {
+        self.read(prefix)?;
+        self.inner.last_with_prefix(prefix)
+    }
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        if let Some(n) = self.faults.apply_after
+            && self.applies.fetch_add(1, Ordering::SeqCst) >= n
+        {
+            return Err(StoreError::Engine(
+                "injected write failure: the disk refused the batch".into(),
+            ));
+        }
+        self.inner.apply(ops)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync()
     }
 }
 

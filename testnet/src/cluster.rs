@@ -51,7 +51,10 @@ impl Node {
                 bootstrap,
                 policy,
                 secret: None,
-                testing: caisse_node::config::Testing { manual_clock: true },
+                testing: caisse_node::config::Testing {
+                    manual_clock: true,
+                    faults: None,
+                },
             },
         )
         .with_context(|| format!("creating caisse {index}"))?;

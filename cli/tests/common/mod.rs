@@ -145,6 +145,22 @@ impl TestNode {
         }
     }
 
+    /// Wait up to `secs` for the node to exit by itself; its exit code
+    /// (None if it is still running, or was killed by a signal).
+    pub fn wait_exit(&mut self, secs: u64) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// The admin token.
     pub fn admin_token(&self) -> String {
         std::fs::read_to_string(self.dir.join("admin.token"))
