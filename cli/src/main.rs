@@ -93,6 +93,9 @@ enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Background jobs (allocation runs, ledger audits): progress.
+    #[command(subcommand)]
+    Job(JobCmd),
     /// Test networks only: join as a misbehaving peer and send forged,
     /// replayed, oversized and malformed messages at a caisse.
     Rogue {
@@ -326,6 +329,12 @@ enum LedgerCmd {
     },
     /// Audit the ledger; exits with status 3 if anything is wrong.
     Check,
+}
+
+#[derive(Subcommand)]
+enum JobCmd {
+    /// Jobs running and recently finished, with their progress.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -852,9 +861,41 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
                         "federation",
                         "members",
                         "journal_entries",
+                        "jobs_running",
+                        "writer_queue",
                         "today",
                     ],
                 )
+            });
+        }
+        Command::Job(JobCmd::List) => {
+            let v: Value = c.get("/api/v1/jobs").await?;
+            out.value(&v, |v| {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|j| {
+                        let state = if !j["error"].is_null() {
+                            format!("failed: {}", s(&j["error"]))
+                        } else if j["finished"] == true {
+                            "done".into()
+                        } else {
+                            "running".into()
+                        };
+                        vec![
+                            s(&j["id"]),
+                            s(&j["what"]),
+                            format!("{}/{}", s(&j["done"]), s(&j["total"])),
+                            state,
+                        ]
+                    })
+                    .collect();
+                if rows.is_empty() {
+                    println!("No background job since the node started.");
+                } else {
+                    table(&["job", "what", "progress", "state"], rows);
+                }
             });
         }
         Command::Policy => {

@@ -339,7 +339,9 @@ fn a_caisse_runs_its_month() {
         ],
     );
     assert_eq!((code, s(&v["error"])), (2, "forbidden".into()));
-    let (code, _) = json(
+    // The audit reads every entry and names member accounts: the admin
+    // starts it, an observer token cannot.
+    let (code, v) = json(
         &dir,
         &[
             "--token-file",
@@ -348,6 +350,8 @@ fn a_caisse_runs_its_month() {
             "check",
         ],
     );
+    assert_eq!((code, s(&v["error"])), (2, "forbidden".into()));
+    let (code, _) = json(&dir, &["ledger", "check"]);
     assert_eq!(code, 0);
 
     // Contributions on the scale, subsidies by source, payout.

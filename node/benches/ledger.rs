@@ -3,6 +3,7 @@
 //! ```text
 //! cargo bench -p caisse-node --bench ledger                  # throughput + scale at 100,000 members
 //! cargo bench -p caisse-node --bench ledger -- scale 1000000 # scale at 1,000,000 members
+//! cargo bench -p caisse-node --bench ledger -- tills 100000  # till latency during long jobs
 //! ```
 //!
 //! - `throughput`: durable purchases per second through the single writer
@@ -11,6 +12,11 @@
 //! - `scale N`: N members enrolled through the library, then the time of a
 //!   monthly allocation run, of `ledger check`, of a restart (state load, in
 //!   a fresh process) and that process's resident memory.
+//! - `tills N`: N members; a real node in a child process; this process is
+//!   the load: four tills at a steady 200 purchases/s in all over HTTP,
+//!   latency measured from each purchase's scheduled time, before and
+//!   during the monthly allocation run, `ledger check`, and the report
+//!   with the anonymised export.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +44,16 @@ fn main() {
             scale(n);
         }
         Some("throughput") => rt.block_on(throughput()),
+        Some("tills") => {
+            let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
+            rt.block_on(tills(n));
+        }
+        Some("node") => {
+            let dir = std::path::PathBuf::from(&args[1]);
+            if let Some(reason) = rt.block_on(daemon::run_until_stopped(&dir)).expect("node") {
+                panic!("node failed: {reason}");
+            }
+        }
         _ => {
             rt.block_on(throughput());
             scale(100_000);
@@ -107,6 +123,20 @@ fn enroll_many(caisse: &mut Caisse, n: usize) -> Vec<CardId> {
     }
     caisse.commit().expect("commit");
     cards
+}
+
+/// An allocation run as the node's writer does it: in steps, each one
+/// durable batch.
+fn allocate(caisse: &mut Caisse, period: Period, now: u64) -> caisse_node::caisse::AllocationRun {
+    let mut job = caisse.allocation_job(period);
+    while !caisse
+        .allocation_step(&mut job, 10_000, now)
+        .expect("allocate")
+    {
+        caisse.commit().expect("commit");
+    }
+    caisse.commit().expect("commit");
+    job.run
 }
 
 fn line(cents: i64) -> Vec<PurchaseLine> {
@@ -291,10 +321,7 @@ fn scale(n: usize) {
     enroll_many(&mut caisse, n);
     println!("scale {n}: enrolment (library) {:.2?}", t.elapsed());
     let t = Instant::now();
-    let run = caisse
-        .issue_allocations(Period::new(2026, 3).unwrap(), 1)
-        .expect("allocate");
-    caisse.commit().expect("commit");
+    let run = allocate(&mut caisse, Period::new(2026, 3).unwrap(), 1);
     println!(
         "scale {n}: allocation run {:.2?} ({} issued, total {} EUR)",
         t.elapsed(),
@@ -345,4 +372,171 @@ fn load(dir: &str) {
         rss / 1024,
         hwm / 1024
     );
+}
+
+/// Latencies of one phase of the till benchmark.
+#[derive(Default)]
+struct Phase {
+    name: &'static str,
+    latencies: Vec<Duration>,
+    errors: u64,
+}
+
+/// Till latency at a steady 200 purchases/s while long jobs run.
+async fn tills(n: usize) {
+    use std::sync::Mutex;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("caisse");
+    init_dir(&dir);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let today = Day::from_unix(now);
+    let (store, mut caisse) = open(&dir);
+    let t = Instant::now();
+    let cards = Arc::new(enroll_many(&mut caisse, n));
+    let outlet = caisse
+        .register_outlet("Shop", vec![(Category::new("bread").unwrap(), 100)], today)
+        .expect("outlet")
+        .outlet;
+    let this = today.period();
+    allocate(&mut caisse, this, now);
+    drop(caisse);
+    drop(store);
+    println!(
+        "tills {n}: prepared (enrolment + one allocation run) in {:.1?}",
+        t.elapsed()
+    );
+
+    // The node, in its own process.
+    let _ = std::fs::remove_file(dir.join("node.json"));
+    let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .arg("node")
+        .arg(&dir)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("node process");
+    let t = Instant::now();
+    while !dir.join("node.json").exists() {
+        assert!(t.elapsed() < Duration::from_secs(120), "node did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("tills {n}: node started in {:.1?}", t.elapsed());
+    let client = Client::from_data_dir(&dir, TokenFile::Admin).expect("client");
+
+    // Four tills, 50 purchases/s each, each purchase's latency measured from
+    // its scheduled time (a slow answer delays the next one and counts).
+    let phase: Arc<Mutex<Phase>> = Arc::new(Mutex::new(Phase {
+        name: "idle",
+        ..Phase::default()
+    }));
+    let done: Arc<Mutex<Vec<Phase>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tills = Vec::new();
+    for till in 0..4usize {
+        let (c, cards, phase, stop) = (client.clone(), cards.clone(), phase.clone(), stop.clone());
+        tills.push(tokio::spawn(async move {
+            let period = Duration::from_millis(20);
+            let start = Instant::now() + Duration::from_millis(5 * till as u64);
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let scheduled = start + period * i as u32;
+                tokio::time::sleep_until(scheduled.into()).await;
+                let body = json!({
+                    "id": PurchaseId::from_bytes(random16()),
+                    "card": cards[(random16()[0] as usize * 65_537 + i as usize * 4 + till) % cards.len()],
+                    "outlet": outlet,
+                    "lines": line(1),
+                });
+                let r: Result<Value, _> = c.post("/api/v1/purchases", &body).await;
+                let lat = scheduled.elapsed();
+                let mut p = phase.lock().unwrap();
+                match r {
+                    Ok(_) => p.latencies.push(lat),
+                    Err(_) => p.errors += 1,
+                }
+                i += 1;
+            }
+        }));
+    }
+    let switch = |name: &'static str| {
+        let old = std::mem::replace(
+            &mut *phase.lock().unwrap(),
+            Phase {
+                name,
+                ..Phase::default()
+            },
+        );
+        done.lock().unwrap().push(old);
+    };
+    tokio::time::sleep(Duration::from_secs(10)).await;
+
+    switch("allocation run");
+    let t = Instant::now();
+    let next = this.next().expect("next period");
+    let run: Value = client
+        .post("/api/v1/allocations", &json!({ "period": next }))
+        .await
+        .expect("allocation run");
+    let allocation_took = t.elapsed();
+
+    switch("after allocation");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    switch("ledger check");
+    let t = Instant::now();
+    let check: Value = client.get("/api/v1/ledger/check").await.expect("check");
+    let check_took = t.elapsed();
+
+    switch("after check");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    switch("report + export");
+    let t = Instant::now();
+    let _: Value = client
+        .get(&format!("/api/v1/report?period={this}"))
+        .await
+        .expect("report");
+    let _: Value = client
+        .get(&format!("/api/v1/report/export?period={this}"))
+        .await
+        .expect("export");
+    let report_took = t.elapsed();
+    switch("end");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tills {
+        let _ = t.await;
+    }
+    unsafe_kill(&mut child);
+
+    println!(
+        "tills {n}: allocation run {:.2?} ({} issued), ledger check {:.2?} ({} entries, {} findings), report + export {:.2?}",
+        allocation_took,
+        run["issued"],
+        check_took,
+        check["entries"],
+        check["findings"].as_array().map_or(0, Vec::len),
+        report_took
+    );
+    println!("| members | phase | purchases | failed | p50 | p99 | max |");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    for mut p in done.lock().unwrap().drain(..) {
+        p.latencies.sort();
+        println!(
+            "| {n} | {} | {} | {} | {:.1?} | {:.1?} | {:.1?} |",
+            p.name,
+            p.latencies.len(),
+            p.errors,
+            percentile(&p.latencies, 0.5),
+            percentile(&p.latencies, 0.99),
+            p.latencies.last().copied().unwrap_or_default()
+        );
+    }
+}
+
+/// Stop the node process (SIGTERM through `kill`, then wait).
+fn unsafe_kill(child: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
 }

@@ -253,6 +253,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/ledger/balances", get(balances))
         .route("/api/v1/ledger/journal", get(journal))
         .route("/api/v1/ledger/check", get(check))
+        .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/tokens", post(new_token))
         .route("/api/v1/parliament", get(parliament_show))
         .route("/api/v1/parliament/seats", post(seat_add))
@@ -311,18 +312,17 @@ async fn status(
     State(s): State<ApiState>,
     _auth: Auth,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let members = s.store.scan_prefix(keys::MEMBER)?.len();
-    let head: crate::ledger::Head = match s.store.get(keys::HEAD)? {
-        Some(b) => decode_value(keys::HEAD, &b)?,
-        None => Default::default(),
-    };
+    // Counters the writer keeps: nothing here reads the store.
+    let (members, entries) = s.handle.counts();
     Ok(Json(json!({
         "caisse_id": s.caisse_id,
         "name": s.config.name,
         "territory": s.config.territory,
         "federation": s.config.federation,
         "members": members,
-        "journal_entries": head.next_seq,
+        "journal_entries": entries,
+        "jobs_running": s.handle.jobs().iter().filter(|j| !j.finished).count(),
+        "writer_queue": s.handle.queued(),
         "today": s.handle.clock().today(),
     })))
 }
@@ -381,19 +381,32 @@ async fn list_members(
         Some(f) => Some(parse::<MemberId>("member id", f)?),
         None => None,
     };
-    let mut out = Vec::new();
-    let mut err = None;
-    s.store.for_each_prefix(keys::MEMBER, &mut |k, v| {
-        match decode_value::<MemberRecord>(k, v) {
-            Ok(r) if start.is_some_and(|st| r.id <= st) => {}
-            Ok(r) => out.push(r),
-            Err(e) => err = Some(e),
+    let from = match start {
+        Some(st) => {
+            let mut k = MemberRecord::key(&st);
+            k.push(0);
+            k
         }
-        out.len() < limit && err.is_none()
-    })?;
-    if let Some(e) = err {
-        return Err(e.into());
-    }
+        None => keys::MEMBER.to_vec(),
+    };
+    let out = s
+        .handle
+        .read(move |v, _| {
+            let mut out = Vec::new();
+            let mut err = None;
+            v.store.for_each_from(keys::MEMBER, &from, &mut |k, val| {
+                match decode_value::<MemberRecord>(k, val) {
+                    Ok(r) => out.push(r),
+                    Err(e) => err = Some(e),
+                }
+                out.len() < limit && err.is_none()
+            })?;
+            match err {
+                Some(e) => Err(e.into()),
+                None => Ok(out),
+            }
+        })
+        .await?;
     let views: Result<Vec<_>, _> = out.into_iter().map(|r| member_view(&s, r)).collect();
     Ok(Json(views?))
 }
@@ -553,16 +566,18 @@ async fn list_outlets(
     auth: Auth,
 ) -> Result<Json<Vec<OutletView>>, ApiError> {
     auth.reader()?;
-    let mut out = Vec::new();
-    for (k, v) in s.store.scan_prefix(keys::OUTLET)? {
-        let record: OutletRecord = decode_value(&k, &v)?;
-        let key = Account::Outlet(record.id).balance_key();
-        let owed = match s.store.get(&key)? {
-            Some(b) => decode_value(&key, &b)?,
-            None => Amount::ZERO,
-        };
-        out.push(OutletView { record, owed });
-    }
+    let out = s
+        .handle
+        .read(|v, _| {
+            let mut out = Vec::new();
+            for (k, val) in v.store.scan_prefix(keys::OUTLET)? {
+                let record: OutletRecord = decode_value(&k, &val)?;
+                let owed = v.balance(&Account::Outlet(record.id));
+                out.push(OutletView { record, owed });
+            }
+            Ok(out)
+        })
+        .await?;
     Ok(Json(out))
 }
 
@@ -699,50 +714,20 @@ async fn balances(
     auth: Auth,
 ) -> Result<Json<Vec<BalanceView>>, ApiError> {
     auth.reader()?;
-    // Name accounts by replaying which ones exist: members, outlets and the caisse's own.
-    let mut names: std::collections::HashMap<Vec<u8>, Account> = Default::default();
-    s.store.for_each_prefix(keys::MEMBER, &mut |k, _| {
-        if let Ok(b) = <[u8; 16]>::try_from(&k[keys::MEMBER.len()..]) {
-            let a = Account::Member(MemberId::from_bytes(b));
-            names.insert(a.balance_key(), a);
-        }
-        true
-    })?;
-    s.store.for_each_prefix(keys::OUTLET, &mut |k, _| {
-        if let Ok(b) = <[u8; 16]>::try_from(&k[keys::OUTLET.len()..]) {
-            let a = Account::Outlet(OutletId::from_bytes(b));
-            names.insert(a.balance_key(), a);
-        }
-        true
-    })?;
-    for a in [
-        Account::Treasury,
-        Account::Allocations,
-        Account::Contributions,
-        Account::PaidOut,
-        Account::OfflineLosses,
-        Account::Subsidy(SubsidySource::State),
-        Account::Subsidy(SubsidySource::LocalAuthority),
-        Account::Subsidy(SubsidySource::Other),
-    ] {
-        names.insert(a.balance_key(), a);
-    }
-    let mut out = Vec::new();
-    for (k, v) in s.store.scan_prefix(keys::BALANCE)? {
-        let balance: Amount = decode_value(&k, &v)?;
-        let account = names.get(&k).map_or_else(
-            || match k
-                .strip_prefix(b"b/p")
-                .and_then(|r| <[u8; 32]>::try_from(r).ok())
-            {
-                Some(b) => format!("peer:{}", CaisseId::from_bytes(b)),
-                None => keys::printable(&k),
-            },
-            |a| a.to_string(),
-        );
-        out.push(BalanceView { account, balance });
-    }
-    out.sort_by(|a, b| a.account.cmp(&b.account));
+    let out = s
+        .handle
+        .read(|v, _| {
+            let mut out = Vec::new();
+            for (k, val) in v.store.scan_prefix(keys::BALANCE)? {
+                let balance: Amount = decode_value(&k, &val)?;
+                let account = Account::from_balance_key(&k)
+                    .map_or_else(|| keys::printable(&k), |a| a.to_string());
+                out.push(BalanceView { account, balance });
+            }
+            out.sort_by(|a, b| a.account.cmp(&b.account));
+            Ok(out)
+        })
+        .await?;
     Ok(Json(out))
 }
 
@@ -757,16 +742,26 @@ async fn journal(
         None => 0,
     };
     let limit = page.limit.unwrap_or(100).min(MAX_PAGE);
-    let mut out = Vec::new();
-    let mut seq = from;
-    while out.len() < limit {
-        let key = JournalEntry::key(seq);
-        match s.store.get(&key)? {
-            Some(b) => out.push(decode_value(&key, &b)?),
-            None => break,
-        }
-        seq = seq.saturating_add(1);
-    }
+    let out = s
+        .handle
+        .read(move |v, _| {
+            let mut out = Vec::new();
+            let mut err = None;
+            let start = JournalEntry::key(from);
+            v.store
+                .for_each_from(keys::JOURNAL, &start, &mut |k, val| {
+                    match decode_value(k, val) {
+                        Ok(e) => out.push(e),
+                        Err(e) => err = Some(e),
+                    }
+                    out.len() < limit && err.is_none()
+                })?;
+            match err {
+                Some(e) => Err(e.into()),
+                None => Ok(out),
+            }
+        })
+        .await?;
     Ok(Json(out))
 }
 
@@ -774,8 +769,19 @@ async fn check(
     State(s): State<ApiState>,
     auth: Auth,
 ) -> Result<Json<crate::ledger::CheckReport>, ApiError> {
-    auth.reader()?;
+    // The audit reads every entry: the admin (treasurer) starts it, not
+    // any observer token.
+    auth.admin()?;
     Ok(Json(s.handle.check().await?))
+}
+
+/// Background jobs (allocation runs, audits), running and recent.
+async fn jobs(
+    State(s): State<ApiState>,
+    auth: Auth,
+) -> Result<Json<Vec<crate::writer::JobStatus>>, ApiError> {
+    auth.reader()?;
+    Ok(Json(s.handle.jobs()))
 }
 
 #[derive(Deserialize)]

@@ -106,6 +106,22 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn for_each_from(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let from = start.max(prefix).to_vec();
+        for r in self.tree.range(from..) {
+            let (k, v) = r.map_err(engine)?;
+            if !k.starts_with(prefix) || !visit(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Pair>, StoreError> {
         Ok(self
             .tree
@@ -186,6 +202,15 @@ impl Store for FaultyStore {
     ) -> Result<(), StoreError> {
         self.read(prefix)?;
         self.inner.for_each_prefix(prefix, f)
+    }
+    fn for_each_from(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        self.read(prefix)?;
+        self.inner.for_each_from(prefix, start, visit)
     }
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Pair>, StoreError> {
         self.read(prefix)?;

@@ -101,8 +101,15 @@ enum Request {
     Execute(Box<Command>, oneshot::Sender<Result<Reply, CaisseError>>),
     /// Run a period's allocation as a background job; answered when done.
     Allocate(Period, oneshot::Sender<Result<AllocationRun, CaisseError>>),
-    /// Audit the ledger between commits.
+    /// Audit the ledger: replayed off the writer up to the head, then what
+    /// moved meanwhile settled between two commits.
     Check(oneshot::Sender<Result<CheckReport, CaisseError>>),
+    /// The off-writer part of an audit is done.
+    CheckRead {
+        id: u64,
+        result: Result<(CheckReport, crate::ledger::Suspects), crate::store::StoreError>,
+        reply: oneshot::Sender<Result<CheckReport, CaisseError>>,
+    },
     /// Decide what is queued, then stop (running jobs are abandoned).
     Stop,
 }
@@ -129,6 +136,9 @@ struct Shared {
     snapshot: RwLock<Arc<Snapshot>>,
     jobs: Mutex<Vec<JobStatus>>,
     queued: AtomicU64,
+    /// Members and journal entries as of the last commit.
+    members: AtomicU64,
+    entries: AtomicU64,
     /// The caisse's published-statements counter as of the last commit.
     published: Arc<AtomicU64>,
 }
@@ -152,6 +162,8 @@ pub fn spawn(caisse: Caisse, clock: Arc<Clock>) -> (CaisseHandle, std::thread::J
         snapshot: RwLock::new(Arc::new(caisse.snapshot())),
         jobs: Mutex::new(Vec::new()),
         queued: AtomicU64::new(0),
+        members: AtomicU64::new(caisse.member_count() as u64),
+        entries: AtomicU64::new(caisse.head().next_seq),
         published: Arc::new(AtomicU64::new(
             caisse.published_version().load(Ordering::Acquire),
         )),
@@ -159,6 +171,7 @@ pub fn spawn(caisse: Caisse, clock: Arc<Clock>) -> (CaisseHandle, std::thread::J
     let store = caisse.store().clone();
     let thread_clock = clock.clone();
     let thread_shared = shared.clone();
+    let back = tx.downgrade();
     let join = std::thread::Builder::new()
         .name(format!("writer-{}", caisse.id().short()))
         .spawn(move || {
@@ -173,6 +186,7 @@ pub fn spawn(caisse: Caisse, clock: Arc<Clock>) -> (CaisseHandle, std::thread::J
                 step: 500,
                 published: 0,
                 stopping: false,
+                back,
             };
             if let Err(reason) = w.run(rx) {
                 tracing::error!(target: "caisse::events::storage", error = %reason, "the writer stopped: storage failed");
@@ -201,8 +215,10 @@ enum Job {
         job: AllocationJob,
         reply: oneshot::Sender<Result<AllocationRun, CaisseError>>,
     },
-    Check {
+    Recheck {
         id: u64,
+        report: CheckReport,
+        suspects: crate::ledger::Suspects,
         reply: oneshot::Sender<Result<CheckReport, CaisseError>>,
     },
 }
@@ -237,6 +253,9 @@ struct Writer {
     step: usize,
     published: u64,
     stopping: bool,
+    /// The writer's own inbox, for its helper threads (weak: it must not
+    /// keep the writer alive).
+    back: mpsc::WeakSender<Request>,
 }
 
 impl Writer {
@@ -251,7 +270,7 @@ impl Writer {
                         Job::Allocation { reply, .. } => {
                             let _ = reply.send(Err(CaisseError::Unavailable));
                         }
-                        Job::Check { reply, .. } => {
+                        Job::Recheck { reply, .. } => {
                             let _ = reply.send(Err(CaisseError::Unavailable));
                         }
                     }
@@ -297,9 +316,44 @@ impl Writer {
                 self.jobs.push_back(Job::Allocation { id, job, reply });
             }
             Request::Check(reply) => {
-                let id = self.new_job("ledger check".into(), 1);
-                self.jobs.push_back(Job::Check { id, reply });
+                // Everything decided so far is committed: the head is durable.
+                let upto = self.caisse.head().next_seq;
+                let id = self.new_job("ledger check".into(), upto);
+                let store = self.caisse.store().clone();
+                let back = self.back.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("ledger-check".into())
+                    .spawn(move || {
+                        let result = crate::ledger::check_within(&*store, Some(upto));
+                        if let Some(tx) = back.upgrade() {
+                            let _ = tx.blocking_send(Request::CheckRead { id, result, reply });
+                        }
+                    });
+                if let Err(e) = spawned {
+                    self.set_job(id, |s| {
+                        s.finished = true;
+                        s.error = Some(e.to_string());
+                    });
+                }
             }
+            Request::CheckRead { id, result, reply } => match result {
+                Ok((report, suspects)) => {
+                    self.set_job(id, |s| s.done = report.entries);
+                    self.jobs.push_back(Job::Recheck {
+                        id,
+                        report,
+                        suspects,
+                        reply,
+                    });
+                }
+                Err(e) => {
+                    self.set_job(id, |s| {
+                        s.finished = true;
+                        s.error = Some(e.to_string());
+                    });
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
             Request::Stop => self.stopping = true,
         }
     }
@@ -402,6 +456,12 @@ impl Writer {
                 *s = snap;
             }
         }
+        self.shared
+            .members
+            .store(self.caisse.member_count() as u64, Ordering::Relaxed);
+        self.shared
+            .entries
+            .store(self.caisse.head().next_seq, Ordering::Relaxed);
         // Only now, with the writes durable and the snapshot out, may the
         // federation read what changed.
         self.shared.published.store(statements, Ordering::Release);
@@ -446,13 +506,23 @@ impl Writer {
                     }
                 }
             }
-            Job::Check { id, reply } => {
-                // The audit reads the store: commit what is pending first.
+            Job::Recheck {
+                id,
+                mut report,
+                suspects,
+                reply,
+            } => {
+                // Settle what moved during the audit: commit what is pending
+                // first, so the store is exactly the caisse's state.
                 self.commit()?;
-                let result =
-                    crate::ledger::check(&**self.caisse.store()).map_err(CaisseError::from);
+                let result = crate::ledger::recheck(&**self.caisse.store(), &suspects)
+                    .map(|(findings, tail)| {
+                        report.findings.extend(findings);
+                        report.entries = report.entries.saturating_add(tail);
+                        report
+                    })
+                    .map_err(CaisseError::from);
                 self.set_job(id, |s| {
-                    s.done = 1;
                     s.finished = true;
                     s.error = result.as_ref().err().map(ToString::to_string);
                 });
@@ -574,6 +644,14 @@ impl CaisseHandle {
     /// caisse publishes to the federation changed.
     pub fn published_version(&self) -> Arc<AtomicU64> {
         self.shared.published.clone()
+    }
+
+    /// Members enrolled and journal entries, as of the last commit.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.shared.members.load(Ordering::Relaxed),
+            self.shared.entries.load(Ordering::Relaxed),
+        )
     }
 
     /// Requests waiting for the writer.

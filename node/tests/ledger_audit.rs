@@ -173,8 +173,27 @@ fn append_forged(store: &dyn Store, kind: EntryKind, postings: Vec<Posting>) -> 
     entry.seq
 }
 
+/// The full audit; the node's two-phase audit (bounded replay off the
+/// writer, then `recheck`) must agree on whether anything is wrong.
 fn audit(store: &dyn Store) -> CheckReport {
-    ledger::check(store).unwrap()
+    let full = ledger::check(store).unwrap();
+    let upto = store
+        .last_with_prefix(keys::JOURNAL)
+        .unwrap()
+        .map_or(0, |(k, _)| {
+            u64::from_be_bytes(k[2..].try_into().unwrap()) + 1
+        });
+    let (mut bounded, suspects) = ledger::check_within(store, Some(upto)).unwrap();
+    let (more, _) = ledger::recheck(store, &suspects).unwrap();
+    bounded.findings.extend(more);
+    assert_eq!(
+        full.ok(),
+        bounded.ok(),
+        "full audit {:#?}\ntwo-phase audit {:#?}",
+        full.findings,
+        bounded.findings
+    );
+    full
 }
 
 fn assert_finding(report: &CheckReport, item: &str, problem: &str) {
@@ -519,4 +538,79 @@ fn dropped_or_forged_statement_line() {
     let r = audit(&*f.store);
     assert_finding(&r, "w/", "does not touch their account");
     assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
+}
+
+/// The node audits while purchases go on: entries appended after the
+/// bound are not findings, and balances they moved are settled by
+/// `recheck`; a balance edited meanwhile is still found.
+#[test]
+fn audit_while_the_ledger_moves() {
+    let f = fixture();
+    let upto = head(&*f.store).next_seq;
+    // Entries appended after the bound: a balanced transfer of allocation.
+    let seq = append_forged(
+        &*f.store,
+        EntryKind::Allocation {
+            member: f.member,
+            period: f.period.next().unwrap(),
+            amount: eur(1_00),
+            expired: Amount::ZERO,
+        },
+        vec![
+            Posting {
+                account: Account::Allocations,
+                amount: eur(-1_00),
+            },
+            Posting {
+                account: Account::Member(f.member),
+                amount: eur(1_00),
+            },
+        ],
+    );
+    let key = Account::Member(f.member).balance_key();
+    let before: Amount = decode_value(&key, &f.store.get(&key).unwrap().unwrap()).unwrap();
+    let alloc_key = Account::Allocations.balance_key();
+    let alloc: Amount =
+        decode_value(&alloc_key, &f.store.get(&alloc_key).unwrap().unwrap()).unwrap();
+    f.store
+        .apply(&[
+            Op::Put(
+                key.clone(),
+                encode_value(&before.checked_add(eur(1_00)).unwrap()),
+            ),
+            Op::Put(
+                alloc_key,
+                encode_value(&alloc.checked_sub(eur(1_00)).unwrap()),
+            ),
+            Op::Put(
+                allocation_key(f.period.next().unwrap(), &f.member),
+                encode_value(&seq),
+            ),
+            Op::Put(
+                keys::key(keys::STATEMENT, &[f.member.as_bytes(), &seq.to_be_bytes()]),
+                Vec::new(),
+            ),
+        ])
+        .unwrap();
+    let (report, suspects) = ledger::check_within(&*f.store, Some(upto)).unwrap();
+    assert!(report.ok(), "{:#?}", report.findings);
+    assert!(!suspects.is_empty(), "the moved balances are suspects");
+    let (findings, tail) = ledger::recheck(&*f.store, &suspects).unwrap();
+    assert!(findings.is_empty(), "{findings:#?}");
+    assert_eq!(tail, 1);
+
+    // A balance edited after the bound is not explained by the tail.
+    f.store
+        .apply(&[Op::Put(
+            key.clone(),
+            encode_value(&before.checked_add(eur(7_00)).unwrap()),
+        )])
+        .unwrap();
+    let (report, suspects) = ledger::check_within(&*f.store, Some(upto)).unwrap();
+    assert!(report.ok());
+    let (findings, _) = ledger::recheck(&*f.store, &suspects).unwrap();
+    assert!(
+        findings.iter().any(|f| f.problem.contains("difference")),
+        "{findings:#?}"
+    );
 }

@@ -90,6 +90,29 @@ pub enum Account {
 }
 
 impl Account {
+    /// The account whose cached balance is under `key`, if any.
+    pub fn from_balance_key(key: &[u8]) -> Option<Account> {
+        let rest = key.strip_prefix(keys::BALANCE)?;
+        let (tag, id) = rest.split_first()?;
+        Some(match (tag, id.len()) {
+            (b'm', 16) => Account::Member(MemberId::from_bytes(id.try_into().ok()?)),
+            (b'o', 16) => Account::Outlet(OutletId::from_bytes(id.try_into().ok()?)),
+            (b't', 0) => Account::Treasury,
+            (b'a', 0) => Account::Allocations,
+            (b'c', 0) => Account::Contributions,
+            (b's', 1) => Account::Subsidy(match id[0] {
+                0 => SubsidySource::State,
+                1 => SubsidySource::LocalAuthority,
+                2 => SubsidySource::Other,
+                _ => return None,
+            }),
+            (b'x', 0) => Account::PaidOut,
+            (b'l', 0) => Account::OfflineLosses,
+            (b'p', 32) => Account::Peer(CaisseId::from_bytes(id.try_into().ok()?)),
+            _ => return None,
+        })
+    }
+
     /// The key of this account's cached balance.
     pub fn balance_key(&self) -> Vec<u8> {
         let mut k = keys::BALANCE.to_vec();
@@ -366,7 +389,48 @@ fn diff(a: Amount, b: Amount) -> String {
 /// Audit the ledger in `store`: replay the journal from the first entry and
 /// compare it with the chain, the cached balances, the allocation index and
 /// the purchase records. Known members and outlets are the ones stored.
+/// Nothing may write to `store` meanwhile (see [`check_within`]).
 pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
+    check_within(store, None).map(|(report, _)| report)
+}
+
+/// What a bounded audit could not settle while the writer went on: the
+/// balances that differed from the replay (they may have moved after the
+/// bound), to settle with [`recheck`] once writes are paused.
+#[derive(Clone, Debug, Default)]
+pub struct Suspects {
+    /// The bound: entries below it were replayed.
+    pub upto: u64,
+    /// Hash of the last entry replayed (to continue the chain).
+    pub prev_hash: [u8; 32],
+    /// Accounts whose cached balance differed, with the replayed balance.
+    pub balances: Vec<(Account, Amount)>,
+    /// Every peer caisse's replayed balance, when the receipts did not
+    /// add up (receipts of later entries may explain it).
+    pub peers: Option<Vec<(CaisseId, Amount)>>,
+}
+
+impl Suspects {
+    /// Nothing to settle.
+    pub fn is_empty(&self) -> bool {
+        self.balances.is_empty() && self.peers.is_none()
+    }
+}
+
+/// Audit entries below `upto` (all of them with `None`) while a writer may
+/// go on appending: records of later entries are left alone, and balances
+/// that differ are returned as [`Suspects`] instead of findings. With
+/// `None` it is the full audit and the suspects are empty.
+pub fn check_within(
+    store: &dyn Store,
+    upto: Option<u64>,
+) -> Result<(CheckReport, Suspects), StoreError> {
+    let bound = upto.unwrap_or(u64::MAX);
+    let later = |seq: u64| seq >= bound;
+    let mut suspects = Suspects {
+        upto: bound,
+        ..Suspects::default()
+    };
     let mut report = CheckReport::default();
     let mut replayed: HashMap<Account, Amount> = HashMap::new();
     let mut allocations: HashMap<(Period, MemberId), u64> = HashMap::new();
@@ -390,11 +454,14 @@ pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
 
     let mut findings = Vec::new();
     store.for_each_prefix(keys::JOURNAL, &mut |key, bytes| {
-        report.entries = report.entries.saturating_add(1);
         let key_seq = key
             .get(keys::JOURNAL.len()..)
             .and_then(|s| <[u8; 8]>::try_from(s).ok())
             .map(u64::from_be_bytes);
+        if key_seq.is_some_and(later) {
+            return false;
+        }
+        report.entries = report.entries.saturating_add(1);
         let Some(key_seq) = key_seq else {
             findings.push(finding(keys::printable(key), "malformed journal key"));
             return true;
@@ -504,6 +571,14 @@ pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
 
     // Members' statements (what their console page lists) against the journal.
     store.for_each_prefix(keys::STATEMENT, &mut |key, _| {
+        let seq = key
+            .len()
+            .checked_sub(8)
+            .and_then(|i| <[u8; 8]>::try_from(&key[i..]).ok())
+            .map(u64::from_be_bytes);
+        if seq.is_some_and(later) {
+            return true;
+        }
         if !statement.remove(key) {
             report.findings.push(finding(
                 keys::printable(key),
@@ -528,8 +603,14 @@ pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
         ));
     }
 
-    // The head must match the end of the journal.
-    match store.get(keys::HEAD)? {
+    suspects.prev_hash = prev_hash;
+    // The head must match the end of the journal (a bounded audit leaves it
+    // to `recheck`).
+    match if upto.is_some() {
+        None
+    } else {
+        store.get(keys::HEAD)?
+    } {
         Some(bytes) => match decode_value::<Head>(keys::HEAD, &bytes) {
             Ok(head) => {
                 if head.next_seq != expected_seq {
@@ -549,7 +630,7 @@ pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
             }
             Err(e) => report.findings.push(finding("journal head", e.to_string())),
         },
-        None if expected_seq > 0 => report.findings.push(finding(
+        None if expected_seq > 0 && upto.is_none() => report.findings.push(finding(
             "journal head",
             "missing while the journal has entries",
         )),
@@ -574,7 +655,9 @@ pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
     for (account, journal) in accounts {
         let key = account.balance_key();
         let c = cached.remove(&key).unwrap_or(Amount::ZERO);
-        if c != *journal {
+        if c != *journal && upto.is_some() {
+            suspects.balances.push((*account, *journal));
+        } else if c != *journal {
             report.findings.push(finding(
                 account.to_string(),
                 format!(
@@ -584,7 +667,16 @@ pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
             ));
         }
     }
+    let mut cached: Vec<(Vec<u8>, Amount)> = cached.into_iter().collect();
+    cached.sort();
     for (key, c) in cached {
+        if !c.is_zero() && upto.is_some() {
+            // An account first moved after the bound.
+            if let Some(a) = Account::from_balance_key(&key) {
+                suspects.balances.push((a, Amount::ZERO));
+                continue;
+            }
+        }
         if !c.is_zero() {
             report.findings.push(finding(
                 keys::printable(&key),
@@ -605,6 +697,7 @@ pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
                 Some((period, member))
             });
         match (parsed, seq) {
+            (Some(_), Ok(seq)) if later(seq) => {}
             (Some(pm), Ok(seq)) => match allocations.remove(&pm) {
                 Some(s) if s == seq => {}
                 Some(s) => report.findings.push(finding(
@@ -639,6 +732,7 @@ pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
             .map(PurchaseId::from_bytes);
         let record = decode_value::<PurchaseRecord>(&k, &v);
         match (id, record) {
+            (Some(_), Ok(rec)) if later(rec.seq) => {}
             (Some(id), Ok(rec)) => match purchases.remove(&id) {
                 Some((seq, debit)) => {
                     if seq != rec.seq {
@@ -672,41 +766,7 @@ pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
         }
     }
     // Receivables and payables against the receipts held and issued.
-    let mut expected: HashMap<CaisseId, Amount> = HashMap::new();
-    for (prefix, sign) in [(b"x/".as_slice(), 1i64), (b"h/".as_slice(), -1i64)] {
-        for (k, v) in store.scan_prefix(prefix)? {
-            match decode_value::<crate::settlement::ReceiptRecord>(&k, &v) {
-                Ok(rec) => {
-                    let other = if sign > 0 {
-                        rec.receipt.host
-                    } else {
-                        rec.receipt.home
-                    };
-                    let e = expected.entry(other).or_insert(Amount::ZERO);
-                    let amt = rec
-                        .receipt
-                        .allocation_part
-                        .checked_mul(sign)
-                        .unwrap_or(Amount::ZERO);
-                    *e = e.checked_add(amt).unwrap_or(*e);
-                }
-                Err(e) => report
-                    .findings
-                    .push(finding(keys::printable(&k), e.to_string())),
-            }
-        }
-    }
-    for (k, v) in store.scan_prefix(crate::settlement::PENDING)? {
-        match decode_value::<crate::settlement::OfflinePending>(&k, &v) {
-            Ok(p) => {
-                let e = expected.entry(p.home).or_insert(Amount::ZERO);
-                *e = e.checked_sub(p.allocation_part).unwrap_or(*e);
-            }
-            Err(e) => report
-                .findings
-                .push(finding(keys::printable(&k), e.to_string())),
-        }
-    }
+    let expected = receipts_by_peer(store, &later, &mut report.findings)?;
     let mut peers: Vec<CaisseId> = replayed
         .keys()
         .filter_map(|a| match a {
@@ -723,7 +783,10 @@ pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
             .copied()
             .unwrap_or(Amount::ZERO);
         let receipts = expected.get(&c).copied().unwrap_or(Amount::ZERO);
-        if journal != receipts {
+        if journal != receipts && upto.is_some() {
+            // Offline sales (fw/) carry no entry number: settle in `recheck`.
+            suspects.peers = Some(Vec::new());
+        } else if journal != receipts {
             report.findings.push(finding(
                 Account::Peer(c).to_string(),
                 format!(
@@ -733,6 +796,12 @@ pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
             ));
         }
     }
+    if let Some(p) = &mut suspects.peers {
+        p.extend(replayed.iter().filter_map(|(a, b)| match a {
+            Account::Peer(c) => Some((*c, *b)),
+            _ => None,
+        }));
+    }
     let mut orphans: Vec<_> = purchases.into_iter().collect();
     orphans.sort();
     for (id, (seq, _)) in orphans {
@@ -741,5 +810,165 @@ pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
             format!("journal entry {seq} has no idempotency record (a retry would debit twice)"),
         ));
     }
-    Ok(report)
+    Ok((report, suspects))
+}
+
+/// What each peer caisse owes (positive) or is owed, from the receipts this
+/// caisse issued as home (`x/`) and holds as host (`h/`) and the sales
+/// still waiting under the offline floor (`fw/`); receipts of entries
+/// `later` than a bound are left out.
+fn receipts_by_peer(
+    store: &dyn Store,
+    later: &dyn Fn(u64) -> bool,
+    findings: &mut Vec<Finding>,
+) -> Result<HashMap<CaisseId, Amount>, StoreError> {
+    let mut expected: HashMap<CaisseId, Amount> = HashMap::new();
+    for (prefix, sign) in [(b"x/".as_slice(), 1i64), (b"h/".as_slice(), -1i64)] {
+        for (k, v) in store.scan_prefix(prefix)? {
+            match decode_value::<crate::settlement::ReceiptRecord>(&k, &v) {
+                Ok(rec) if later(rec.seq) => {}
+                Ok(rec) => {
+                    let other = if sign > 0 {
+                        rec.receipt.host
+                    } else {
+                        rec.receipt.home
+                    };
+                    let e = expected.entry(other).or_insert(Amount::ZERO);
+                    let amt = rec
+                        .receipt
+                        .allocation_part
+                        .checked_mul(sign)
+                        .unwrap_or(Amount::ZERO);
+                    *e = e.checked_add(amt).unwrap_or(*e);
+                }
+                Err(e) => findings.push(finding(keys::printable(&k), e.to_string())),
+            }
+        }
+    }
+    for (k, v) in store.scan_prefix(crate::settlement::PENDING)? {
+        match decode_value::<crate::settlement::OfflinePending>(&k, &v) {
+            Ok(p) => {
+                let e = expected.entry(p.home).or_insert(Amount::ZERO);
+                *e = e.checked_sub(p.allocation_part).unwrap_or(*e);
+            }
+            Err(e) => findings.push(finding(keys::printable(&k), e.to_string())),
+        }
+    }
+    Ok(expected)
+}
+
+/// Settle what a bounded audit left (nothing may write meanwhile): replay
+/// the entries appended since its bound, check their chain up to the head,
+/// and compare the suspect balances (and the peer balances against the
+/// receipts) once more. Returns the findings that remain, and the entries
+/// read.
+pub fn recheck(store: &dyn Store, suspects: &Suspects) -> Result<(Vec<Finding>, u64), StoreError> {
+    let mut findings = Vec::new();
+    let mut balances: HashMap<Account, Amount> = suspects.balances.iter().copied().collect();
+    let mut peers: HashMap<CaisseId, Amount> = suspects.peers.iter().flatten().copied().collect();
+    let mut expected_seq = suspects.upto;
+    let mut prev_hash = suspects.prev_hash;
+    let mut read = 0u64;
+    let start = JournalEntry::key(suspects.upto);
+    let mut tail = Vec::new();
+    store.for_each_from(keys::JOURNAL, &start, &mut |k, v| {
+        tail.push((k.to_vec(), v.to_vec()));
+        true
+    })?;
+    for (key, bytes) in tail {
+        read = read.saturating_add(1);
+        let item = keys::printable(&key);
+        let entry: JournalEntry = match decode_value(&key, &bytes) {
+            Ok(e) => e,
+            Err(e) => {
+                findings.push(finding(&item, format!("cannot be decoded: {e}")));
+                return Ok((findings, read));
+            }
+        };
+        if entry.seq != expected_seq {
+            findings.push(finding(&item, format!("expected entry {expected_seq}")));
+        }
+        if entry.prev != prev_hash {
+            findings.push(finding(
+                &item,
+                "hash chain broken: the previous entry was edited, removed or replaced",
+            ));
+        }
+        prev_hash = entry_hash(&bytes);
+        expected_seq = entry.seq.saturating_add(1);
+        for p in &entry.postings {
+            if let Some(b) = balances.get_mut(&p.account) {
+                *b = b.checked_add(p.amount).unwrap_or(*b);
+            }
+            if let Account::Peer(c) = p.account
+                && let Some(b) = peers.get_mut(&c)
+            {
+                *b = b.checked_add(p.amount).unwrap_or(*b);
+            } else if let Account::Peer(c) = p.account
+                && suspects.peers.is_some()
+            {
+                peers.insert(c, p.amount);
+            }
+        }
+    }
+    match store.get(keys::HEAD)? {
+        Some(bytes) => match decode_value::<Head>(keys::HEAD, &bytes) {
+            Ok(head) if head.next_seq != expected_seq => findings.push(finding(
+                "journal head",
+                format!(
+                    "says {} entries but the journal ends after {expected_seq}",
+                    head.next_seq
+                ),
+            )),
+            Ok(head) if head.last_hash != prev_hash => findings.push(finding(
+                "journal head",
+                "hash does not match the last entry (last entry edited?)",
+            )),
+            Ok(_) => {}
+            Err(e) => findings.push(finding("journal head", e.to_string())),
+        },
+        None if expected_seq > 0 => findings.push(finding(
+            "journal head",
+            "missing while the journal has entries",
+        )),
+        None => {}
+    }
+    let mut accounts: Vec<(Account, Amount)> = balances.into_iter().collect();
+    accounts.sort();
+    for (account, journal) in accounts {
+        let key = account.balance_key();
+        let cached = match store.get(&key)? {
+            Some(b) => decode_value::<Amount>(&key, &b)?,
+            None => Amount::ZERO,
+        };
+        if cached != journal {
+            findings.push(finding(
+                account.to_string(),
+                format!(
+                    "cached balance {cached} but the journal says {journal} (difference {})",
+                    diff(cached, journal)
+                ),
+            ));
+        }
+    }
+    if suspects.peers.is_some() {
+        let receipts = receipts_by_peer(store, &|_| false, &mut findings)?;
+        let mut all: Vec<CaisseId> = peers.keys().chain(receipts.keys()).copied().collect();
+        all.sort();
+        all.dedup();
+        for c in all {
+            let journal = peers.get(&c).copied().unwrap_or(Amount::ZERO);
+            let r = receipts.get(&c).copied().unwrap_or(Amount::ZERO);
+            if journal != r {
+                findings.push(finding(
+                    Account::Peer(c).to_string(),
+                    format!(
+                        "journal balance {journal} but the receipts held and issued add up to {r} (difference {})",
+                        diff(journal, r)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok((findings, read))
 }

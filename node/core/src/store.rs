@@ -73,6 +73,14 @@ pub trait Store: Send + Sync + 'static {
         prefix: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError>;
+    /// Visit pairs under `prefix` from key `start` on (inclusive), in key
+    /// order; stop early when `visit` returns false.
+    fn for_each_from(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
     /// The last pair whose key starts with `prefix`.
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Pair>, StoreError>;
     /// Apply every operation, all or none.
@@ -228,6 +236,27 @@ impl Store for MemStore {
         Ok(())
     }
 
+    fn for_each_from(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let from = start.max(prefix).to_vec();
+        let pairs: Vec<Pair> = self
+            .lock()
+            .range(from..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in pairs {
+            if !visit(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Pair>, StoreError> {
         Ok(self.scan_prefix(prefix)?.pop())
     }
@@ -284,6 +313,14 @@ pub mod suite {
             })
             .unwrap();
         assert_eq!(seen, 1, "visiting stops when asked");
+        let mut from = Vec::new();
+        store
+            .for_each_from(b"x/", b"x/2", &mut |k, _| {
+                from.push(k.to_vec());
+                true
+            })
+            .unwrap();
+        assert_eq!(from, vec![b"x/2".to_vec()], "from a key, within the prefix");
         store
             .apply(&[
                 Op::Delete(b"x/1".to_vec()),
