@@ -6,10 +6,8 @@
 //! read the ledger and outlets but not members' personal records.
 //! Writes go to the single writer; reads come straight from the store.
 
-use std::sync::Arc;
-
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -21,12 +19,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::app::{App, SaleError};
 use crate::caisse::{CaisseError, EnrollInput, PurchaseInput, StatusChange, decode_policy};
-use crate::config::Config;
 use crate::ledger::{Account, JournalEntry, SubsidySource};
 use crate::members::{MemberRecord, OutletRecord, Role, token_key};
-use crate::store::{Store, decode_value, keys};
-use crate::writer::{CaisseHandle, reply};
+use crate::store::{decode_value, keys};
+use crate::writer::reply;
 use caisse_core::command::{Command, Reply};
 use caisse_core::view::Reads;
 
@@ -34,38 +32,6 @@ use caisse_core::view::Reads;
 pub const MAX_BODY: usize = 64 * 1024;
 /// The most journal entries or members returned by one call.
 pub const MAX_PAGE: usize = 1000;
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct ApiState {
-    pub(crate) handle: CaisseHandle,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) config: Arc<Config>,
-    pub(crate) caisse_id: CaisseId,
-    pub(crate) federation: crate::federation::Federation,
-    /// The web console's sessions.
-    pub(crate) console: crate::console::session::Sessions,
-}
-
-impl ApiState {
-    /// State over a running writer and its store.
-    pub fn new(
-        handle: CaisseHandle,
-        store: Arc<dyn Store>,
-        config: Config,
-        caisse_id: CaisseId,
-        federation: crate::federation::Federation,
-    ) -> ApiState {
-        ApiState {
-            handle,
-            store,
-            config: Arc::new(config),
-            caisse_id,
-            federation,
-            console: Default::default(),
-        }
-    }
-}
 
 /// An API error as sent to clients.
 #[derive(Debug)]
@@ -92,15 +58,6 @@ impl ApiError {
     /// What went wrong, in words.
     pub fn message(&self) -> &str {
         &self.message
-    }
-    /// The caisse's error behind a refused purchase, when there is one (so
-    /// the console can say it in the visitor's language).
-    pub fn declined(&self) -> Option<CaisseError> {
-        let reason: DeclineReason = serde_json::from_value(self.detail.clone()?).ok()?;
-        Some(CaisseError::Declined {
-            reason,
-            message: self.message.clone(),
-        })
     }
     fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
@@ -152,6 +109,24 @@ impl From<CaisseError> for ApiError {
     }
 }
 
+impl From<SaleError> for ApiError {
+    fn from(e: SaleError) -> ApiError {
+        match e {
+            SaleError::Caisse(e) => e.into(),
+            SaleError::HomeUnreachable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "home_unreachable",
+                e.to_string(),
+            ),
+            SaleError::RefusedByHome(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "refused_by_home",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> ApiError {
         CaisseError::Storage(e).into()
@@ -182,9 +157,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 /// The caller's role, from `Authorization: Bearer <token>`.
 pub struct Auth(pub Role);
 
-impl FromRequestParts<ApiState> for Auth {
+impl FromRequestParts<App> for Auth {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &App) -> Result<Self, ApiError> {
         let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
         let header = parts
             .headers
@@ -237,7 +212,7 @@ where
 }
 
 /// Build the API router.
-pub fn router(state: ApiState) -> Router {
+pub fn routes() -> Router<App> {
     Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/policy", get(policy))
@@ -286,32 +261,19 @@ pub fn router(state: ApiState) -> Router {
             get(federation_document),
         )
         .route("/api/v1/clock", post(set_clock))
-        .merge(crate::console::routes())
-        .fallback(not_found)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(state)
 }
 
-/// Unknown paths: a JSON error under `/api/`, the console's page elsewhere
-/// (API clients get no console session).
-async fn not_found(State(s): State<ApiState>, req: Request) -> Response {
-    if req.uri().path().starts_with("/api/") {
-        return ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such API route; see `caisse --help`",
-        )
-        .into_response();
-    }
-    let (mut parts, _) = req.into_parts();
-    let Ok(v) = crate::console::Visitor::from_request_parts(&mut parts, &s).await;
-    crate::console::not_found(&v, &s)
+/// The JSON answer to an unknown path under `/api/`.
+pub fn not_found() -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such API route; see `caisse --help`",
+    )
+    .into_response()
 }
 
-async fn status(
-    State(s): State<ApiState>,
-    _auth: Auth,
-) -> Result<Json<serde_json::Value>, ApiError> {
+async fn status(State(s): State<App>, _auth: Auth) -> Result<Json<serde_json::Value>, ApiError> {
     // Counters the writer keeps: nothing here reads the store.
     let (members, entries) = s.handle.counts();
     Ok(Json(json!({
@@ -327,17 +289,14 @@ async fn status(
     })))
 }
 
-async fn policy(
-    State(s): State<ApiState>,
-    _auth: Auth,
-) -> Result<Json<serde_json::Value>, ApiError> {
+async fn policy(State(s): State<App>, _auth: Auth) -> Result<Json<serde_json::Value>, ApiError> {
     let bytes = s.store.get(keys::POLICY)?.unwrap_or_default();
     let p = decode_policy(&bytes)?;
     Ok(Json(serde_json::to_value(p).unwrap_or_default()))
 }
 
 async fn enroll(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Body(input): Body<EnrollInput>,
 ) -> Result<Json<crate::caisse::Enrolled>, ApiError> {
@@ -353,7 +312,7 @@ struct MemberView {
     balance: Amount,
 }
 
-fn member_view(s: &ApiState, record: MemberRecord) -> Result<MemberView, ApiError> {
+fn member_view(s: &App, record: MemberRecord) -> Result<MemberView, ApiError> {
     let key = Account::Member(record.id).balance_key();
     let balance = match s.store.get(&key)? {
         Some(b) => decode_value(&key, &b)?,
@@ -371,7 +330,7 @@ struct Page {
 }
 
 async fn list_members(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Query(page): Query<Page>,
 ) -> Result<Json<Vec<MemberView>>, ApiError> {
@@ -411,7 +370,7 @@ async fn list_members(
     Ok(Json(views?))
 }
 
-fn read_member(s: &ApiState, id: &MemberId) -> Result<MemberRecord, ApiError> {
+fn read_member(s: &App, id: &MemberId) -> Result<MemberRecord, ApiError> {
     let key = MemberRecord::key(id);
     let bytes = s.store.get(&key)?.ok_or_else(|| {
         ApiError::new(
@@ -424,7 +383,7 @@ fn read_member(s: &ApiState, id: &MemberId) -> Result<MemberRecord, ApiError> {
 }
 
 async fn show_member(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Json<MemberView>, ApiError> {
@@ -443,7 +402,7 @@ struct MemberActionBody {
 }
 
 async fn member_action(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Path((id, action)): Path<(String, String)>,
     body: axum::body::Bytes,
@@ -487,7 +446,7 @@ struct PeriodBody {
 }
 
 async fn issue_allocations(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Body(b): Body<PeriodBody>,
 ) -> Result<Json<crate::caisse::AllocationRun>, ApiError> {
@@ -504,7 +463,7 @@ struct ContributionBody {
 }
 
 async fn record_contribution(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Body(b): Body<ContributionBody>,
 ) -> Result<Json<crate::caisse::ContributionRecorded>, ApiError> {
@@ -525,7 +484,7 @@ struct SubsidyBody {
 }
 
 async fn record_subsidy(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Body(b): Body<SubsidyBody>,
 ) -> Result<Json<crate::caisse::SubsidyRecorded>, ApiError> {
@@ -544,7 +503,7 @@ struct OutletBody {
 }
 
 async fn register_outlet(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Body(b): Body<OutletBody>,
 ) -> Result<Json<crate::caisse::OutletRegistered>, ApiError> {
@@ -561,10 +520,7 @@ struct OutletView {
     owed: Amount,
 }
 
-async fn list_outlets(
-    State(s): State<ApiState>,
-    auth: Auth,
-) -> Result<Json<Vec<OutletView>>, ApiError> {
+async fn list_outlets(State(s): State<App>, auth: Auth) -> Result<Json<Vec<OutletView>>, ApiError> {
     auth.reader()?;
     let out = s
         .handle
@@ -582,7 +538,7 @@ async fn list_outlets(
 }
 
 async fn payout(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Path(id): Path<String>,
     Body(b): Body<PeriodBody>,
@@ -593,7 +549,7 @@ async fn payout(
 }
 
 async fn purchase(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Body(input): Body<PurchaseInput>,
 ) -> Result<Json<crate::caisse::Receipt>, ApiError> {
@@ -609,97 +565,13 @@ async fn purchase(
         Role::Seat { .. } => return Err(Auth::seat_token()),
     }
     if !input.card.is_issued_by(&s.caisse_id) {
-        return cross_purchase(&s, input).await.map(Json);
+        return crate::app::cross_sale(&s, input)
+            .await
+            .map(Json)
+            .map_err(ApiError::from);
     }
     tracing::debug!(caisse = %s.caisse_id.short(), purchase = %input.id, "local purchase");
     Ok(Json(s.handle.purchase(input).await?))
-}
-
-/// A purchase at one of our outlets with another caisse's card: forward it
-/// to the card's home caisse, record its signed answer.
-pub(crate) async fn cross_purchase(
-    s: &ApiState,
-    input: PurchaseInput,
-) -> Result<crate::caisse::Receipt, ApiError> {
-    use crate::settlement::CrossStep;
-    use caisse_protocol::rpc::{MAX_RPC_SIZE, RpcRequest, RpcResponse};
-    let step = reply!(
-        s.handle
-            .execute(Command::PrepareCrossPurchase(input.clone()))
-            .await,
-        Reply::Cross
-    )?;
-    let (home, request, allocation_part) = match *step {
-        CrossStep::Done(r) => return Ok(r),
-        CrossStep::Forward {
-            home,
-            request,
-            allocation_part,
-        } => (home, request, allocation_part),
-    };
-    let unreachable = |why: String| {
-        tracing::warn!(target: "caisse::events::purchase", purchase = %input.id, home = %home.short(), %why, "home caisse unreachable");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "home_unreachable",
-            format!(
-                "the card's home caisse cannot be reached ({why}): the purchase was not made; retry with the same id, or pay otherwise"
-            ),
-        )
-    };
-    let peer =
-        crate::network::peer_id_of(&home).ok_or_else(|| unreachable("bad caisse key".into()))?;
-    let bytes =
-        caisse_protocol::encoding::encode(&RpcRequest::Purchase(request.clone()), MAX_RPC_SIZE)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let answer = match tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        s.federation.network.request(peer, bytes),
-    )
-    .await
-    {
-        Ok(Ok(a)) => a,
-        failed => {
-            let why = match failed {
-                Ok(Err(e)) => e,
-                _ => "no answer within 10 s".to_owned(),
-            };
-            // Our offline floor, if any: accept at our own risk, forward later.
-            let offline = Command::AcceptOffline {
-                input: input.clone(),
-                home,
-                request: request.clone(),
-                allocation_part,
-            };
-            return match reply!(s.handle.execute(offline).await, Reply::Receipt) {
-                Ok(receipt) => {
-                    tracing::info!(target: "caisse::events::purchase", purchase = %input.id, home = %home.short(), "accepted under the offline floor");
-                    Ok(*receipt)
-                }
-                Err(CaisseError::Conflict(floor)) => Err(unreachable(format!("{why}; {floor}"))),
-                Err(e) => Err(e.into()),
-            };
-        }
-    };
-    match caisse_protocol::encoding::decode::<RpcResponse>(&answer, MAX_RPC_SIZE) {
-        Ok(RpcResponse::Purchase(answer)) => Ok(*reply!(
-            s.handle
-                .execute(Command::RecordCrossAnswer {
-                    input,
-                    home,
-                    request,
-                    answer,
-                })
-                .await,
-            Reply::Receipt
-        )?),
-        Ok(RpcResponse::Refused(why)) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "refused_by_home",
-            format!("the card's home caisse refused the request: {why}"),
-        )),
-        Ok(_) | Err(_) => Err(unreachable("malformed answer".into())),
-    }
 }
 
 /// One account's balance.
@@ -709,10 +581,7 @@ struct BalanceView {
     balance: Amount,
 }
 
-async fn balances(
-    State(s): State<ApiState>,
-    auth: Auth,
-) -> Result<Json<Vec<BalanceView>>, ApiError> {
+async fn balances(State(s): State<App>, auth: Auth) -> Result<Json<Vec<BalanceView>>, ApiError> {
     auth.reader()?;
     let out = s
         .handle
@@ -732,7 +601,7 @@ async fn balances(
 }
 
 async fn journal(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Query(page): Query<Page>,
 ) -> Result<Json<Vec<JournalEntry>>, ApiError> {
@@ -766,7 +635,7 @@ async fn journal(
 }
 
 async fn check(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
 ) -> Result<Json<crate::ledger::CheckReport>, ApiError> {
     // The audit reads every entry: the admin (treasurer) starts it, not
@@ -777,7 +646,7 @@ async fn check(
 
 /// Background jobs (allocation runs, audits), running and recent.
 async fn jobs(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
 ) -> Result<Json<Vec<crate::writer::JobStatus>>, ApiError> {
     auth.reader()?;
@@ -792,7 +661,7 @@ struct TokenBody {
 }
 
 async fn new_token(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Body(b): Body<TokenBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -839,7 +708,7 @@ struct ClockBody {
 }
 
 async fn set_clock(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Body(b): Body<ClockBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -856,16 +725,12 @@ async fn set_clock(
     Ok(Json(json!({ "today": b.today })))
 }
 
-pub(crate) fn parse_seat(text: &str) -> Result<u32, ApiError> {
-    let t = text.trim();
-    t.strip_prefix("seat-")
-        .unwrap_or(t)
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("bad seat {t:?}: write seat-3 or 3")))
+fn parse_seat(text: &str) -> Result<u32, ApiError> {
+    crate::app::parse_seat(text).map_err(ApiError::bad_request)
 }
 
 async fn parliament_show(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     auth.reader()?;
@@ -897,7 +762,7 @@ struct SeatBody {
 }
 
 async fn seat_add(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Body(b): Body<SeatBody>,
 ) -> Result<Json<crate::parliament::Seat>, ApiError> {
@@ -916,7 +781,7 @@ async fn seat_add(
 }
 
 async fn seat_remove(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Json<crate::parliament::Seat>, ApiError> {
@@ -936,7 +801,7 @@ struct DrawBody {
 }
 
 async fn parliament_draw(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Body(b): Body<DrawBody>,
 ) -> Result<Json<crate::parliament::Drawn>, ApiError> {
@@ -968,7 +833,7 @@ struct ProposeBody {
 }
 
 async fn propose(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Body(b): Body<ProposeBody>,
 ) -> Result<Json<crate::parliament::Proposal>, ApiError> {
@@ -992,7 +857,7 @@ struct VoteBody {
 }
 
 async fn vote(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Path(id): Path<String>,
     Body(b): Body<VoteBody>,
@@ -1013,7 +878,7 @@ async fn vote(
 }
 
 async fn close_proposal(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Json<crate::parliament::Proposal>, ApiError> {
@@ -1032,7 +897,7 @@ struct ProducerBody {
 }
 
 async fn register_producer(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Body(b): Body<ProducerBody>,
 ) -> Result<Json<crate::conventionnement::ProducerRecord>, ApiError> {
@@ -1102,7 +967,7 @@ fn accreditation_view(
 }
 
 async fn list_producers(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     auth.reader()?;
@@ -1123,7 +988,7 @@ async fn list_producers(
 }
 
 async fn show_producer(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -1175,7 +1040,7 @@ async fn show_producer(
 }
 
 async fn evaluate_producer(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -1201,7 +1066,7 @@ struct AccreditationQuery {
 }
 
 async fn list_accreditations(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Query(q): Query<AccreditationQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -1253,7 +1118,7 @@ async fn list_accreditations(
 }
 
 async fn show_criteria(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     auth.reader()?;
@@ -1274,32 +1139,20 @@ struct ReportQuery {
 }
 
 async fn report(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Query(q): Query<ReportQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     auth.reader()?;
     let period: Period = parse("period", &q.period)?;
-    let r = report_off_writer(&s, period).await?;
+    let r = crate::app::report(&s, period).await?;
     Ok(Json(
         json!({ "report": r, "markdown": crate::report::to_markdown(&r) }),
     ))
 }
 
-/// The report of a period, computed on a blocking thread from the store so
-/// that the journal scan never holds the writer (and the tills) up.
-pub(crate) async fn report_off_writer(
-    s: &ApiState,
-    period: Period,
-) -> Result<crate::report::Report, CaisseError> {
-    let store = s.store.clone();
-    tokio::task::spawn_blocking(move || crate::report::report_of(&*store, period))
-        .await
-        .map_err(|_| CaisseError::Unavailable)?
-}
-
 async fn report_export(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Query(q): Query<ReportQuery>,
 ) -> Result<Json<crate::report::Export>, ApiError> {
@@ -1314,7 +1167,7 @@ async fn report_export(
     Ok(Json(export))
 }
 
-async fn peers(State(s): State<ApiState>, auth: Auth) -> Result<Json<serde_json::Value>, ApiError> {
+async fn peers(State(s): State<App>, auth: Auth) -> Result<Json<serde_json::Value>, ApiError> {
     auth.reader()?;
     let view = s.federation.snapshot();
     let (recognition, criteria) = s
@@ -1351,7 +1204,7 @@ async fn peers(State(s): State<ApiState>, auth: Auth) -> Result<Json<serde_json:
 }
 
 async fn network_info(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     auth.reader()?;
@@ -1373,7 +1226,7 @@ struct BlockBody {
 }
 
 async fn network_block(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Body(b): Body<BlockBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -1385,7 +1238,7 @@ async fn network_block(
 }
 
 async fn federation_document(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Path(caisse): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -1404,7 +1257,7 @@ async fn federation_document(
 }
 
 async fn settlement_run(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Body(b): Body<PeriodBody>,
 ) -> Result<Json<crate::settlement::SettlementRun>, ApiError> {
@@ -1456,7 +1309,7 @@ async fn settlement_run(
 }
 
 async fn settlement_show(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Query(q): Query<ReportQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -1489,7 +1342,7 @@ struct PaidBody {
 }
 
 async fn settlement_paid(
-    State(s): State<ApiState>,
+    State(s): State<App>,
     auth: Auth,
     Body(b): Body<PaidBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {

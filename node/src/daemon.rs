@@ -278,7 +278,7 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
         took_ms = started.elapsed().as_millis() as u64,
         "state loaded"
     );
-    let view = caisse.federation_view();
+    let view: Arc<std::sync::RwLock<crate::federation::FederationView>> = Arc::default();
     let clock = if config.testing.manual_clock {
         tracing::warn!("manual clock enabled: this node belongs to a test network");
         Clock::persistent(dir.join("clock"))
@@ -330,6 +330,17 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
         view,
         published,
     );
+    // Decisions see other caisses only through the writer's copy: give it
+    // the documents loaded from disk before any till is served.
+    let known: Vec<_> = federation.snapshot().caisses.into_values().collect();
+    if let Err(e) = handle
+        .execute(caisse_core::command::Command::PeerDocuments { peers: known })
+        .await
+    {
+        return Err(NodeError::Invalid(format!(
+            "cannot hand the federation's documents to the writer: {e}"
+        )));
+    }
     let listen_addrs: Vec<String> = network
         .info()
         .await
@@ -352,9 +363,8 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
         .local_addr()
         .map_err(io(Path::new("api address")))?;
     let (shutdown, mut stop) = tokio::sync::watch::channel(false);
-    let state =
-        crate::api::ApiState::new(handle.clone(), store, config.clone(), caisse_id, federation);
-    let router = crate::api::router(state);
+    let app = crate::app::App::new(handle.clone(), store, config.clone(), caisse_id, federation);
+    let router = crate::server::router(app);
     let api_task = tokio::spawn(async move {
         let serve = axum::serve(
             listener,

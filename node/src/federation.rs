@@ -8,7 +8,7 @@
 //! checks read. The documents themselves (schema, projection, fork
 //! judgement, the view) are `caisse_core::documents`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -128,6 +128,9 @@ pub fn start(
     local_version: Arc<AtomicU64>,
 ) -> (Federation, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
+    let (to_writer, from_task) = mpsc::unbounded_channel();
+    let writer = handle.clone();
+    let handle_clock = handle.clock().clone();
     let (itx, irx) = mpsc::channel(64);
     let stats = Arc::new(FederationStats::default());
     let me = secret.caisse_id();
@@ -209,12 +212,67 @@ pub fn start(
         published_version: u64::MAX,
         internal: itx,
         started: Instant::now(),
+        to_writer,
+        clock: handle_clock,
     };
     for c in task.replicas.keys().copied().collect::<Vec<_>>() {
         task.refresh_view(c, false);
     }
-    let join = tokio::spawn(task.run(events, rx, irx));
+    let join = tokio::spawn(async move {
+        tokio::join!(
+            task.run(events, rx, irx),
+            forward_to_writer(writer, from_task)
+        );
+    });
     (fed, join)
+}
+
+/// What the federation task hands the writer.
+enum ToWriter {
+    /// A caisse's document as read after a sync.
+    Peer(Box<PeerCaisse>),
+    /// Answer the statements of these periods (after the documents sent
+    /// before this).
+    Answer(Vec<caisse_protocol::Period>),
+}
+
+/// Hand the writer what the federation task read, in order, coalescing the
+/// documents that piled up meanwhile: decisions see the federation only
+/// through these commands, never through a shared lock.
+async fn forward_to_writer(handle: CaisseHandle, mut rx: mpsc::UnboundedReceiver<ToWriter>) {
+    let mut next = rx.recv().await;
+    while let Some(first) = next.take() {
+        let mut latest: BTreeMap<CaisseId, PeerCaisse> = BTreeMap::new();
+        let mut answer: Option<Vec<caisse_protocol::Period>> = None;
+        let mut item = Some(first);
+        // Documents up to the first request to answer (or what is queued).
+        while let Some(i) = item.take() {
+            match i {
+                ToWriter::Peer(p) => {
+                    if let Some(c) = p.caisse {
+                        latest.insert(c, *p);
+                    }
+                    item = rx.try_recv().ok();
+                }
+                ToWriter::Answer(periods) => answer = Some(periods),
+            }
+        }
+        if !latest.is_empty() {
+            let peers = latest.into_values().collect();
+            if let Err(e) = handle.execute(Command::PeerDocuments { peers }).await {
+                tracing::warn!(error = %e, "the writer did not take the federation's documents");
+            }
+        }
+        if let Some(periods) = answer
+            && let Err(e) = handle.execute(Command::AnswerStatements { periods }).await
+        {
+            tracing::warn!(error = %e, "settlement statements not answered");
+        }
+        next = match rx.try_recv() {
+            Ok(i) => Some(i),
+            Err(_) => rx.recv().await,
+        };
+    }
 }
 
 struct FederationTask {
@@ -233,12 +291,11 @@ struct FederationTask {
     published_version: u64,
     internal: mpsc::Sender<Internal>,
     started: Instant,
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    /// Documents read after a sync and what to do about them, on their way
+    /// to the writer, in order.
+    to_writer: mpsc::UnboundedSender<ToWriter>,
+    /// The node's clock (a test network's manual clock included).
+    clock: Arc<crate::writer::Clock>,
 }
 
 impl FederationTask {
@@ -345,11 +402,12 @@ impl FederationTask {
             return;
         }
         let heads = sorted_heads(&mut replica.doc);
-        let sequence = replica.sequence.saturating_add(1).max(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-        );
+        // Increasing, and ahead of anything signed before a wipe: the
+        // node's clock in milliseconds (a test network's manual clock too).
+        let sequence = replica
+            .sequence
+            .saturating_add(1)
+            .max(self.clock.now().saturating_mul(1000));
         let message = DocumentHeads {
             caisse: me,
             heads,
@@ -394,8 +452,11 @@ impl FederationTask {
         let connected = peer_id_of(&owner).is_some_and(|pid| self.connected.contains(&pid));
         if let Ok(mut v) = self.view.write() {
             let last = v.caisses.get(&owner).map_or(0, |x| x.last_changed);
-            p.last_changed = if changed { now_secs() } else { last };
+            p.last_changed = if changed { self.clock.now() } else { last };
             p.connected = connected || owner == self.me;
+            if owner != self.me {
+                let _ = self.to_writer.send(ToWriter::Peer(Box::new(p.clone())));
+            }
             v.caisses.insert(owner, p);
         }
     }
@@ -588,10 +649,9 @@ impl FederationTask {
             })
             .unwrap_or_default();
         if !periods.is_empty() {
-            let handle = self.handle.clone();
-            tokio::spawn(async move {
-                let _ = handle.execute(Command::AnswerStatements { periods }).await;
-            });
+            // After the document itself, in the same ordered queue: the
+            // writer answers against the statements it has just been given.
+            let _ = self.to_writer.send(ToWriter::Answer(periods));
         }
     }
 

@@ -9,7 +9,10 @@
 //! - [`writer`]: the single writer thread with group commit, and the clock.
 //! - [`console`]: the web console (till, member page, parliament,
 //!   registry, treasury), server-rendered on the API's server.
+//! - [`app`]: the application layer both front ends share (state, the host
+//!   side of a cross-caisse sale, reports off the writer).
 //! - [`api`]: the HTTP JSON API.
+//! - [`server`]: the HTTP server: the API and the console side by side.
 //! - [`daemon`]: `caisse init` and running a node.
 //! - [`network`]: the libp2p swarm task.
 //! - [`documents`]: the owner-signed automerge federation documents.
@@ -24,6 +27,7 @@ pub use caisse_core::{
 };
 
 pub mod api;
+pub mod app;
 pub mod client;
 pub mod config;
 pub mod console;
@@ -32,5 +36,6 @@ pub mod documents;
 pub mod federation;
 pub mod network;
 pub mod rogue;
+pub mod server;
 pub mod store;
 pub mod writer;

@@ -404,14 +404,20 @@ impl Writer {
         for (cmd, reply) in self.admin.drain(..admin) {
             answers.push(deliver(reply, decide(&mut self.caisse, cmd, now)));
         }
+        let step_started = Instant::now();
+        let mut stepped = false;
         if let Some(job) = self.jobs.pop_front() {
-            // Commit what tills asked first, so the audit sees it and the job step's
-            // batch does not delay their answers more than one step.
+            stepped = matches!(job, Job::Allocation { .. });
             if let Some(job) = self.job_step(job, now, &mut answers)? {
                 self.jobs.push_front(job);
             }
         }
         let failure = self.commit().err();
+        if stepped {
+            // The step's cost is its decisions and the commit of its writes:
+            // what the tills of the next group wait for.
+            self.adapt_step(step_started.elapsed());
+        }
         for a in answers {
             a(failure.as_deref());
         }
@@ -476,9 +482,7 @@ impl Writer {
     ) -> Result<Option<Job>, String> {
         match job {
             Job::Allocation { id, mut job, reply } => {
-                let t = Instant::now();
                 let result = self.caisse.allocation_step(&mut job, self.step, now);
-                self.adapt_step(t.elapsed());
                 let (done, total) = job.progress();
                 match result {
                     Ok(false) => {
@@ -538,7 +542,7 @@ impl Writer {
         let took = took.as_micros().max(1);
         let scaled = (self.step as u128).saturating_mul(target) / took;
         let next = scaled.clamp(self.step as u128 / 2, self.step as u128 * 2);
-        self.step = (next as usize).clamp(50, ALLOCATION_CHUNK * 5);
+        self.step = (next as usize).clamp(50, ALLOCATION_CHUNK);
     }
 }
 

@@ -406,6 +406,7 @@ enum Undo {
     Card(CardId, Option<CardRecord>),
     Outlet(OutletId, Option<OutletRecord>),
     Balance(Account, Option<Amount>, bool),
+    Peer(CaisseId, Option<Box<crate::federation_view::PeerCaisse>>),
 }
 
 /// Where a savepoint starts in each log.
@@ -463,7 +464,10 @@ pub struct Caisse {
     /// Bumped whenever something published to the federation changes.
     pub(crate) published: Arc<std::sync::atomic::AtomicU64>,
     /// What other caisses publish, kept by the federation task.
-    pub(crate) peers: Arc<std::sync::RwLock<crate::federation_view::FederationView>>,
+    /// What other caisses publish, as of the last `Command::PeerDocuments`:
+    /// owned by the caisse, so a decision never depends on when another
+    /// task changed it.
+    pub(crate) peers: crate::federation_view::FederationView,
 }
 
 /// The caisse's identity as stored.
@@ -592,7 +596,7 @@ impl Caisse {
             federation,
             conventions,
             published: Arc::new(std::sync::atomic::AtomicU64::new(1)),
-            peers: Arc::default(),
+            peers: crate::federation_view::FederationView::default(),
             pepper,
             policy,
             head,
@@ -615,11 +619,20 @@ impl Caisse {
         self.published.clone()
     }
 
-    /// The view of the federation kept by the federation task.
-    pub fn federation_view(
-        &self,
-    ) -> Arc<std::sync::RwLock<crate::federation_view::FederationView>> {
-        self.peers.clone()
+    /// Take in other caisses' documents as read by the federation task
+    /// (each replaces what was known of that caisse).
+    pub fn set_peers(&mut self, peers: Vec<crate::federation_view::PeerCaisse>) -> usize {
+        let mut n = 0;
+        for p in peers {
+            if let Some(id) = p.caisse
+                && id != self.id
+            {
+                let old = self.peers.caisses.insert(id, p);
+                self.record(Undo::Peer(id, old.map(Box::new)));
+                n += 1;
+            }
+        }
+        n
     }
 
     pub(crate) fn mark_published_changed(&self) {
@@ -684,6 +697,14 @@ impl Caisse {
                 Undo::Member(id, old) => restore(&mut self.members, id, old),
                 Undo::Card(id, old) => restore(&mut self.cards, id, old),
                 Undo::Outlet(id, old) => restore(&mut self.outlets, id, old),
+                Undo::Peer(id, old) => match old {
+                    Some(p) => {
+                        self.peers.caisses.insert(id, *p);
+                    }
+                    None => {
+                        self.peers.caisses.remove(&id);
+                    }
+                },
                 Undo::Balance(a, old, was_dirty) => {
                     restore(&mut self.balances, a, old);
                     if !was_dirty {
@@ -746,7 +767,10 @@ impl Caisse {
     }
 
     fn record(&mut self, undo: Undo) {
-        if !matches!(undo, Undo::Head(_) | Undo::Balance(..) | Undo::Card(..)) {
+        if !matches!(
+            undo,
+            Undo::Head(_) | Undo::Balance(..) | Undo::Card(..) | Undo::Peer(..)
+        ) {
             self.state_version = self.state_version.wrapping_add(1);
         }
         if !self.savepoints.marks.is_empty() {
@@ -1778,16 +1802,16 @@ impl Caisse {
         today: Day,
     ) -> Option<u8> {
         let ours = self.conventions.criteria().map(|c| &c.version.criteria);
-        let view = self.peers.read().ok()?;
-        view.producer_coverage(
-            producer,
-            category,
-            today,
-            &self.id,
-            &self.policy.recognition,
-            ours,
-        )
-        .map(|(c, _)| c)
+        self.peers
+            .producer_coverage(
+                producer,
+                category,
+                today,
+                &self.id,
+                &self.policy.recognition,
+                ours,
+            )
+            .map(|(c, _)| c)
     }
 
     /// Pay an outlet what the caisse owes it, once per period.

@@ -223,6 +223,12 @@ pub enum Command {
         /// The periods.
         periods: Vec<Period>,
     },
+    /// Other caisses' documents, as the federation task read them after a
+    /// sync: what purchase and settlement decisions see of the federation.
+    PeerDocuments {
+        /// Each caisse's verified statements.
+        peers: Vec<crate::federation_view::PeerCaisse>,
+    },
 }
 
 /// What a command did.
@@ -266,7 +272,8 @@ pub enum Reply {
     Producer(Box<ProducerRecord>),
     /// [`Command::RunSettlement`].
     Settlement(SettlementRun),
-    /// [`Command::RecordResent`], [`Command::AnswerStatements`].
+    /// [`Command::RecordResent`], [`Command::AnswerStatements`],
+    /// [`Command::PeerDocuments`].
     Count(u64),
     /// [`Command::RecordTransfer`].
     Transfer(ContentId),
@@ -334,6 +341,7 @@ impl Command {
             Command::RecordResent { .. } => "record_resent",
             Command::RecordTransfer { .. } => "record_transfer",
             Command::AnswerStatements { .. } => "answer_statements",
+            Command::PeerDocuments { .. } => "peer_documents",
         }
     }
 
@@ -476,6 +484,7 @@ impl Caisse {
                 amount,
                 reference,
             } => Reply::Transfer(self.record_transfer(period, to, amount, reference, now)?),
+            Command::PeerDocuments { peers } => Reply::Count(self.set_peers(peers) as u64),
             Command::AnswerStatements { periods } => {
                 let mut n = 0u64;
                 for p in periods {

@@ -130,8 +130,8 @@ fn receipt_of(rec: &ReceiptRecord, replayed: bool) -> Receipt {
 impl Caisse {
     /// The home caisse of a card that is not ours, among the caisses known.
     pub fn home_of(&self, card: &caisse_protocol::CardId) -> Option<CaisseId> {
-        let view = self.peers.read().ok()?;
-        view.caisses
+        self.peers
+            .caisses
             .keys()
             .find(|c| card.is_issued_by(c) && **c != self.id)
             .copied()
@@ -577,7 +577,7 @@ impl Caisse {
             .criteria()
             .map(|c| c.version.criteria.clone());
         let (recognised, outlet_cov) = {
-            let view = self.peers.read().map_err(|_| CaisseError::Unavailable)?;
+            let view = &self.peers;
             let recognised = view.recognises(&req.host, &self.policy.recognition, ours.as_ref());
             let cov: Vec<Option<u8>> = req
                 .lines
@@ -808,8 +808,8 @@ impl Caisse {
     /// Debtor side: acknowledge or dispute every statement of `period` addressed to us.
     pub fn answer_statements(&mut self, period: Period, now: u64) -> Result<u64, CaisseError> {
         let statements: Vec<(ContentId, SettlementStatement)> = {
-            let view = self.peers.read().map_err(|_| CaisseError::Unavailable)?;
-            view.caisses
+            self.peers
+                .caisses
                 .values()
                 .flat_map(|p| p.statements.iter())
                 .filter(|(_, s)| s.debtor == self.id && s.period == period)
@@ -820,8 +820,8 @@ impl Caisse {
         let mut answered = 0;
         // Confirm the transfers other caisses declare they made to us.
         let transfers: Vec<ContentId> = {
-            let view = self.peers.read().map_err(|_| CaisseError::Unavailable)?;
-            view.caisses
+            self.peers
+                .caisses
                 .values()
                 .flat_map(|p| p.transfers.iter())
                 .filter(|(_, t)| t.to == self.id && t.period == period)
@@ -1022,10 +1022,8 @@ impl Caisse {
 
     /// Purchase ids a creditor lists in its published receipt list for a period.
     fn claimed_by(&self, creditor: &CaisseId, period: Period) -> BTreeSet<PurchaseId> {
-        let Ok(view) = self.peers.read() else {
-            return BTreeSet::new();
-        };
-        view.caisses
+        self.peers
+            .caisses
             .get(creditor)
             .and_then(|p| p.claims.get(&period.to_string()))
             .map(|v| v.iter().copied().collect())
@@ -1277,16 +1275,8 @@ mod tests {
         let mut host = caisse(1);
         let mut home = caisse(2);
         let home_id = home.id;
-        host.peers
-            .write()
-            .unwrap()
-            .caisses
-            .insert(home_id, PeerCaisse::default());
-        home.peers
-            .write()
-            .unwrap()
-            .caisses
-            .insert(host.id, PeerCaisse::default());
+        host.peers.caisses.insert(home_id, PeerCaisse::default());
+        home.peers.caisses.insert(host.id, PeerCaisse::default());
         let outlet = host
             .register_outlet(
                 "Shop",

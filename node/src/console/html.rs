@@ -4,9 +4,9 @@
 use caisse_protocol::Amount;
 use caisse_protocol::messages::DeclineReason;
 
+use super::ConsoleState;
 use super::Visitor;
 use super::session::{Session, Who};
-use crate::api::ApiState;
 use crate::caisse::CaisseError;
 
 /// A page language.
@@ -179,7 +179,7 @@ pub fn refusal(lang: Lang, e: &CaisseError) -> String {
 
 /// The page around `body`: header with navigation for the visitor's role,
 /// language switch and sign-out, then the content.
-pub fn layout(state: &ApiState, v: &Visitor, title: &str, body: &str) -> String {
+pub fn layout(state: &ConsoleState, v: &Visitor, title: &str, body: &str) -> String {
     let l = v.lang;
     let who = v.session.who.as_ref();
     let mut links: Vec<(&str, &str)> = Vec::new();

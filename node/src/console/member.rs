@@ -10,10 +10,10 @@ use caisse_core::view::Reads;
 use caisse_protocol::messages::Subject;
 use caisse_protocol::{Amount, Day, MemberId};
 
+use super::ConsoleState;
 use super::html::{esc, money};
 use super::session::Who;
 use super::{Accredited, Kind, Visitor};
-use crate::api::ApiState;
 use crate::caisse::ContributionIndex;
 use crate::ledger::{Account, EntryKind, JournalEntry};
 use crate::parliament::Proposal;
@@ -35,7 +35,7 @@ struct MemberPage {
 }
 
 /// `GET /member`
-pub async fn page(v: Visitor, State(s): State<ApiState>) -> Response {
+pub async fn page(v: Visitor, State(s): State<ConsoleState>) -> Response {
     let member = match v.require(&s, &[Kind::Member]) {
         Ok(Who::Member { member, .. }) => member,
         Ok(_) => return v.error(&s, StatusCode::FORBIDDEN, "members only"),

@@ -42,7 +42,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
-use crate::api::ApiState;
+use crate::app::App;
 use crate::members::{Role, token_key};
 use crate::store::decode_value;
 use html::{Lang, esc};
@@ -53,8 +53,35 @@ pub const SESSION_COOKIE: &str = "caisse_session";
 /// The language cookie's name.
 pub const LANG_COOKIE: &str = "caisse_lang";
 
-/// The console's routes (state: the API's).
-pub fn routes() -> Router<ApiState> {
+/// What console handlers reach: the application, and the console's own
+/// sessions (which the API knows nothing of).
+#[derive(Clone)]
+pub struct ConsoleState {
+    /// The application shared with the API.
+    pub app: App,
+    /// Signed-in visitors, CSRF tokens, the sign-in limiter.
+    pub sessions: session::Sessions,
+}
+
+impl ConsoleState {
+    /// The console over `app`, with no session yet.
+    pub fn new(app: App) -> ConsoleState {
+        ConsoleState {
+            app,
+            sessions: Default::default(),
+        }
+    }
+}
+
+impl std::ops::Deref for ConsoleState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.app
+    }
+}
+
+/// The console's routes.
+pub fn routes() -> Router<ConsoleState> {
     Router::new()
         .route("/", get(home))
         .route("/console.css", get(stylesheet))
@@ -106,11 +133,11 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-impl FromRequestParts<ApiState> for Visitor {
+impl FromRequestParts<ConsoleState> for Visitor {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &ApiState,
+        state: &ConsoleState,
     ) -> Result<Self, Self::Rejection> {
         let lang = match cookie(&parts.headers, LANG_COOKIE) {
             Some("fr") => Lang::Fr,
@@ -127,7 +154,7 @@ impl FromRequestParts<ApiState> for Visitor {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or_else(|| "local".to_owned(), |c| c.0.ip().to_string());
-        let sessions = &state.console;
+        let sessions = &state.sessions;
         let found = cookie(&parts.headers, SESSION_COOKIE).and_then(|id| sessions.get(id));
         let (mut session, fresh) = match found {
             Some(s) => (s, false),
@@ -197,7 +224,13 @@ impl Visitor {
     }
 
     /// A full page.
-    pub fn page(&self, state: &ApiState, status: StatusCode, title: &str, body: &str) -> Response {
+    pub fn page(
+        &self,
+        state: &ConsoleState,
+        status: StatusCode,
+        title: &str,
+        body: &str,
+    ) -> Response {
         let doc = html::layout(state, self, title, body);
         self.with_cookie(
             (status, [(CONTENT_TYPE, "text/html; charset=utf-8")], doc).into_response(),
@@ -205,7 +238,7 @@ impl Visitor {
     }
 
     /// An error page (403, 404, 429…) with what to do next.
-    pub fn error(&self, state: &ApiState, status: StatusCode, message: &str) -> Response {
+    pub fn error(&self, state: &ConsoleState, status: StatusCode, message: &str) -> Response {
         let title = match status {
             StatusCode::FORBIDDEN => self.t("Not allowed", "Accès refusé"),
             StatusCode::NOT_FOUND => self.t("Not found", "Page introuvable"),
@@ -221,7 +254,7 @@ impl Visitor {
     }
 
     /// The page shown when the caisse could not answer a read.
-    pub fn unavailable(&self, state: &ApiState, e: &crate::caisse::CaisseError) -> Response {
+    pub fn unavailable(&self, state: &ConsoleState, e: &crate::caisse::CaisseError) -> Response {
         self.error(
             state,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -230,16 +263,16 @@ impl Visitor {
     }
 
     /// Redirect (303) after a form, with a message for the next page.
-    pub fn redirect(&self, state: &ApiState, to: &str, flash: Option<html::Flash>) -> Response {
+    pub fn redirect(&self, state: &ConsoleState, to: &str, flash: Option<html::Flash>) -> Response {
         if flash.is_some() {
-            state.console.set_flash(&self.session.id, flash);
+            state.sessions.set_flash(&self.session.id, flash);
         }
         self.with_cookie((StatusCode::SEE_OTHER, [(LOCATION, to.to_owned())]).into_response())
     }
 
     /// Require a signed-in role among `allowed`: not signed in goes to the
     /// sign-in page; signed in as something else is a 403.
-    pub fn require(&self, state: &ApiState, allowed: &[Kind]) -> Result<Who, Response> {
+    pub fn require(&self, state: &ConsoleState, allowed: &[Kind]) -> Result<Who, Response> {
         let Some(who) = self.session.who.clone() else {
             return Err(self.redirect(state, "/", None));
         };
@@ -300,9 +333,9 @@ impl Posted {
     }
 }
 
-impl FromRequest<ApiState> for Posted {
+impl FromRequest<ConsoleState> for Posted {
     type Rejection = Response;
-    async fn from_request(req: Request, state: &ApiState) -> Result<Self, Response> {
+    async fn from_request(req: Request, state: &ConsoleState) -> Result<Self, Response> {
         let (mut parts, body) = req.into_parts();
         let Ok(visitor) = Visitor::from_request_parts(&mut parts, state).await;
         let req = Request::from_parts(parts, body);
@@ -365,7 +398,7 @@ struct Back {
 
 async fn switch_lang(
     v: Visitor,
-    State(s): State<ApiState>,
+    State(s): State<ConsoleState>,
     axum::extract::Path(lang): axum::extract::Path<String>,
     Query(q): Query<Back>,
 ) -> Response {
@@ -393,7 +426,7 @@ fn landing(who: &Who) -> &'static str {
     }
 }
 
-async fn home(v: Visitor, State(s): State<ApiState>) -> Response {
+async fn home(v: Visitor, State(s): State<ConsoleState>) -> Response {
     if let Some(who) = &v.session.who {
         return v.redirect(&s, landing(who), None);
     }
@@ -402,7 +435,7 @@ async fn home(v: Visitor, State(s): State<ApiState>) -> Response {
 
 fn sign_in_page(
     v: &Visitor,
-    s: &ApiState,
+    s: &ConsoleState,
     status: StatusCode,
     error: Option<&str>,
     card: &str,
@@ -467,8 +500,8 @@ fn sign_in_page(
 }
 
 /// Refuse with 429 if this client failed too often lately.
-fn rate_limited(v: &Visitor, s: &ApiState) -> Option<Response> {
-    let wait = s.console.limiter_wait(&v.client)?;
+fn rate_limited(v: &Visitor, s: &ConsoleState) -> Option<Response> {
+    let wait = s.sessions.limiter_wait(&v.client)?;
     tracing::warn!(target: "caisse::events::console", client = %v.client, "sign-in rate limited");
     let mins = wait.as_secs().div_ceil(60).max(1);
     let msg = match v.lang {
@@ -487,17 +520,17 @@ fn rate_limited(v: &Visitor, s: &ApiState) -> Option<Response> {
 }
 
 /// Start a signed-in session (a new id, so a planted cookie is worthless).
-fn signed_in(v: &Visitor, s: &ApiState, who: Who) -> Response {
-    s.console.remove(&v.session.id);
+fn signed_in(v: &Visitor, s: &ConsoleState, who: Who) -> Response {
+    s.sessions.remove(&v.session.id);
     let to = landing(&who);
     tracing::info!(target: "caisse::events::console", client = %v.client, role = ?who.kind(), "signed in");
-    let session = s.console.create(Some(who));
+    let session = s.sessions.create(Some(who));
     let mut r = (StatusCode::SEE_OTHER, [(LOCATION, to)]).into_response();
     set_session_cookie(&mut r, &session.id);
     r
 }
 
-async fn login_token(State(s): State<ApiState>, p: Posted) -> Response {
+async fn login_token(State(s): State<ConsoleState>, p: Posted) -> Response {
     let v = &p.visitor;
     if let Some(r) = rate_limited(v, &s) {
         return r;
@@ -518,7 +551,7 @@ async fn login_token(State(s): State<ApiState>, p: Posted) -> Response {
         Some(Role::Outlet { outlet }) => Who::Outlet { outlet },
         Some(Role::Seat { seat }) => Who::Seat { seat },
         None => {
-            s.console.record_failure(&v.client);
+            s.sessions.record_failure(&v.client);
             return sign_in_page(
                 v,
                 &s,
@@ -534,14 +567,14 @@ async fn login_token(State(s): State<ApiState>, p: Posted) -> Response {
     signed_in(v, &s, who)
 }
 
-async fn login_card(State(s): State<ApiState>, p: Posted) -> Response {
+async fn login_card(State(s): State<ConsoleState>, p: Posted) -> Response {
     let v = &p.visitor;
     if let Some(r) = rate_limited(v, &s) {
         return r;
     }
     let card_text = p.get("card").to_owned();
     let fail = |msg: String| {
-        s.console.record_failure(&v.client);
+        s.sessions.record_failure(&v.client);
         sign_in_page(v, &s, StatusCode::UNAUTHORIZED, Some(&msg), &card_text)
     };
     let card: caisse_protocol::CardId = match card_text.parse() {
@@ -573,16 +606,16 @@ async fn login_card(State(s): State<ApiState>, p: Posted) -> Response {
     }
 }
 
-async fn logout(State(s): State<ApiState>, p: Posted) -> Response {
-    s.console.remove(&p.visitor.session.id);
-    let fresh = s.console.create(None);
+async fn logout(State(s): State<ConsoleState>, p: Posted) -> Response {
+    s.sessions.remove(&p.visitor.session.id);
+    let fresh = s.sessions.create(None);
     let mut r = (StatusCode::SEE_OTHER, [(LOCATION, "/")]).into_response();
     set_session_cookie(&mut r, &fresh.id);
     r
 }
 
 /// The HTML 404 for paths outside the API.
-pub fn not_found(v: &Visitor, s: &ApiState) -> Response {
+pub fn not_found(v: &Visitor, s: &ConsoleState) -> Response {
     v.error(
         s,
         StatusCode::NOT_FOUND,

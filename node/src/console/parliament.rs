@@ -13,10 +13,10 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use caisse_protocol::{Day, ProposalId};
 
+use super::ConsoleState;
 use super::html::{Flash, Lang, csrf_field, esc};
 use super::session::Who;
 use super::{Kind, Posted, Visitor};
-use crate::api::ApiState;
 use crate::parliament::{Choice, Proposal, ProposalKind, Seat, SeatKind};
 use crate::policy::ParliamentRules;
 
@@ -34,7 +34,7 @@ struct Data {
 }
 
 /// The seat a signed-in member holds, if any.
-async fn member_seat(s: &ApiState, member: caisse_protocol::MemberId) -> Option<u32> {
+async fn member_seat(s: &ConsoleState, member: caisse_protocol::MemberId) -> Option<u32> {
     s.handle
         .read(move |c, _| Ok(c.seat_of(&member)?))
         .await
@@ -43,7 +43,7 @@ async fn member_seat(s: &ApiState, member: caisse_protocol::MemberId) -> Option<
 }
 
 /// Who may see the page, and for which seat they vote (admins: any).
-async fn access(v: &Visitor, s: &ApiState) -> Result<(Who, Option<u32>), Response> {
+async fn access(v: &Visitor, s: &ConsoleState) -> Result<(Who, Option<u32>), Response> {
     let who = v.require(s, &[Kind::Admin, Kind::Observer, Kind::Member, Kind::Seat])?;
     if let Who::Seat { seat } = &who {
         let seat = *seat;
@@ -82,7 +82,7 @@ async fn access(v: &Visitor, s: &ApiState) -> Result<(Who, Option<u32>), Respons
 }
 
 /// `GET /parliament`
-pub async fn page(v: Visitor, State(s): State<ApiState>) -> Response {
+pub async fn page(v: Visitor, State(s): State<ConsoleState>) -> Response {
     let (who, seat) = match access(&v, &s).await {
         Ok(x) => x,
         Err(r) => return r,
@@ -605,14 +605,14 @@ fn render(v: &Visitor, d: &Data, who: &Who, my_seat: Option<u32>) -> String {
 }
 
 /// `POST /parliament/vote`
-pub async fn vote(State(s): State<ApiState>, p: Posted) -> Response {
+pub async fn vote(State(s): State<ConsoleState>, p: Posted) -> Response {
     let v = &p.visitor;
     let (who, my_seat) = match access(v, &s).await {
         Ok(x) => x,
         Err(r) => return r,
     };
     let seat = match who {
-        Who::Admin => crate::api::parse_seat(p.get("seat")).ok(),
+        Who::Admin => crate::app::parse_seat(p.get("seat")).ok(),
         Who::Member { .. } | Who::Seat { .. } => my_seat,
         _ => {
             return v.error(
@@ -678,7 +678,7 @@ pub async fn vote(State(s): State<ApiState>, p: Posted) -> Response {
 }
 
 /// `POST /parliament/close`
-pub async fn close(State(s): State<ApiState>, p: Posted) -> Response {
+pub async fn close(State(s): State<ConsoleState>, p: Posted) -> Response {
     let v = &p.visitor;
     if let Err(r) = v.require(&s, &[Kind::Admin]) {
         return r;

@@ -15,9 +15,9 @@ use caisse_protocol::criteria::Criteria;
 use caisse_protocol::messages::{ScopeItem, Subject};
 use caisse_protocol::{Amount, ContentId, Day};
 
+use super::ConsoleState;
 use super::html::{Flash, Lang, csrf_field, esc};
 use super::{Kind, Posted, Visitor};
-use crate::api::ApiState;
 use crate::parliament::ProposalKind;
 use crate::policy::AllocationPolicy;
 
@@ -230,7 +230,7 @@ fn read_kind(p: &Posted, today: Day) -> Result<ProposalKind, String> {
 }
 
 /// `POST /parliament/propose`
-pub async fn propose(State(s): State<ApiState>, p: Posted) -> Response {
+pub async fn propose(State(s): State<ConsoleState>, p: Posted) -> Response {
     let v = &p.visitor;
     if let Err(r) = v.require(&s, &[Kind::Admin]) {
         return r;

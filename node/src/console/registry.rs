@@ -14,9 +14,9 @@ use caisse_protocol::messages::{Accreditation, Subject};
 use caisse_protocol::{CaisseId, ContentId, Day};
 use serde::Deserialize;
 
+use super::ConsoleState;
 use super::Visitor;
 use super::html::esc;
-use crate::api::ApiState;
 use crate::conventionnement::CriteriaRecord;
 
 /// The most rows shown at once.
@@ -38,7 +38,7 @@ struct Row {
 }
 
 /// `GET /registry`
-pub async fn page(v: Visitor, State(s): State<ApiState>, Query(f): Query<Filter>) -> Response {
+pub async fn page(v: Visitor, State(s): State<ConsoleState>, Query(f): Query<Filter>) -> Response {
     let view = s.federation.snapshot();
     let own_id = s.caisse_id;
     let local = s

@@ -12,10 +12,10 @@ use caisse_core::view::Reads;
 use caisse_protocol::messages::{PurchaseLine, Subject};
 use caisse_protocol::{Amount, CardId, Category, Day, OutletId, ProducerId, PurchaseId};
 
+use super::ConsoleState;
 use super::html::{esc, money};
 use super::session::Who;
 use super::{Kind, Posted, Visitor};
-use crate::api::ApiState;
 use crate::caisse::{PurchaseInput, Receipt};
 
 /// Line rows on the till form.
@@ -37,7 +37,7 @@ struct Offer {
     producers: Vec<(ProducerId, String)>,
 }
 
-async fn offer(s: &ApiState, outlet: OutletId) -> Result<Offer, crate::caisse::CaisseError> {
+async fn offer(s: &ConsoleState, outlet: OutletId) -> Result<Offer, crate::caisse::CaisseError> {
     let view = s.federation.snapshot();
     let own = s.config.name.clone();
     s.handle
@@ -87,7 +87,7 @@ fn new_sale_id() -> String {
     PurchaseId::from_bytes(b).to_string()
 }
 
-fn outlet_of(v: &Visitor, s: &ApiState) -> Result<OutletId, Response> {
+fn outlet_of(v: &Visitor, s: &ConsoleState) -> Result<OutletId, Response> {
     match v.require(s, &[Kind::Outlet])? {
         Who::Outlet { outlet } => Ok(outlet),
         _ => Err(v.error(s, StatusCode::FORBIDDEN, "outlets only")),
@@ -95,7 +95,7 @@ fn outlet_of(v: &Visitor, s: &ApiState) -> Result<OutletId, Response> {
 }
 
 /// `GET /till`
-pub async fn page(v: Visitor, State(s): State<ApiState>) -> Response {
+pub async fn page(v: Visitor, State(s): State<ConsoleState>) -> Response {
     let outlet = match outlet_of(&v, &s) {
         Ok(o) => o,
         Err(r) => return r,
@@ -109,7 +109,7 @@ pub async fn page(v: Visitor, State(s): State<ApiState>) -> Response {
 
 async fn render(
     v: &Visitor,
-    s: &ApiState,
+    s: &ConsoleState,
     outlet: OutletId,
     status: StatusCode,
     form: &Form,
@@ -224,7 +224,7 @@ async fn render(
 }
 
 /// `POST /till`
-pub async fn sell(State(s): State<ApiState>, p: Posted) -> Response {
+pub async fn sell(State(s): State<ConsoleState>, p: Posted) -> Response {
     let v = &p.visitor;
     let outlet = match outlet_of(v, &s) {
         Ok(o) => o,
@@ -370,15 +370,26 @@ pub async fn sell(State(s): State<ApiState>, p: Posted) -> Response {
                 (st, super::html::refusal(v.lang, &e))
             })
     } else {
-        crate::api::cross_purchase(&s, input)
+        crate::app::cross_sale(&s, input)
             .instrument(span)
             .await
-            .map_err(|e| {
-                let text = match e.declined() {
-                    Some(c) => super::html::refusal(v.lang, &c),
-                    None => e.message().to_owned(),
-                };
-                (e.status(), text)
+            .map_err(|e| match e {
+                crate::app::SaleError::Caisse(c) => {
+                    let st = match c {
+                        crate::caisse::CaisseError::Storage(_)
+                        | crate::caisse::CaisseError::Unavailable => {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        }
+                        _ => StatusCode::UNPROCESSABLE_ENTITY,
+                    };
+                    (st, super::html::refusal(v.lang, &c))
+                }
+                crate::app::SaleError::HomeUnreachable(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                }
+                crate::app::SaleError::RefusedByHome(_) => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+                }
             })
     };
     match result {

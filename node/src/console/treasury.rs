@@ -16,11 +16,11 @@ use axum::response::Response;
 use caisse_protocol::{Amount, CaisseId, Day, OutletId, Period};
 use serde::Deserialize;
 
+use super::ConsoleState;
 use super::charts::bars;
 use super::html::{Flash, Lang, csrf_field, esc, money, percent};
 use super::session::Who;
 use super::{Kind, Posted, Visitor};
-use crate::api::ApiState;
 use crate::ledger::Account;
 use crate::members::{MemberRecord, MemberStatus, OutletRecord};
 use crate::report::Report;
@@ -51,14 +51,18 @@ struct Treasury {
 }
 
 /// `GET /treasury`
-pub async fn page(v: Visitor, State(s): State<ApiState>, Query(q): Query<PeriodQuery>) -> Response {
+pub async fn page(
+    v: Visitor,
+    State(s): State<ConsoleState>,
+    Query(q): Query<PeriodQuery>,
+) -> Response {
     let who = match v.require(&s, &[Kind::Admin, Kind::Observer]) {
         Ok(w) => w,
         Err(r) => return r,
     };
     let admin = who == Who::Admin;
     let period = period_of(&q, s.handle.clock().today());
-    let report = crate::api::report_off_writer(&s, period).await;
+    let report = crate::app::report(&s, period).await;
     let data = s
         .handle
         .read(move |c, _| {
@@ -488,7 +492,7 @@ fn period_picker(v: &Visitor, action: &str, period: Period) -> String {
     )
 }
 
-fn admin_only(v: &Visitor, s: &ApiState) -> Result<(), Response> {
+fn admin_only(v: &Visitor, s: &ConsoleState) -> Result<(), Response> {
     match v.require(s, &[Kind::Admin, Kind::Observer])? {
         Who::Admin => Ok(()),
         _ => Err(v.error(
@@ -503,7 +507,7 @@ fn admin_only(v: &Visitor, s: &ApiState) -> Result<(), Response> {
 }
 
 /// `POST /treasury/members`: enrol a member (admin).
-pub async fn enrol(State(s): State<ApiState>, p: Posted) -> Response {
+pub async fn enrol(State(s): State<ConsoleState>, p: Posted) -> Response {
     let v = &p.visitor;
     if let Err(r) = admin_only(v, &s) {
         return r;
@@ -565,7 +569,7 @@ pub async fn enrol(State(s): State<ApiState>, p: Posted) -> Response {
 }
 
 /// `POST /treasury/contributions`: a member's contribution for a period (admin).
-pub async fn contribution(State(s): State<ApiState>, p: Posted) -> Response {
+pub async fn contribution(State(s): State<ConsoleState>, p: Posted) -> Response {
     let v = &p.visitor;
     if let Err(r) = admin_only(v, &s) {
         return r;
@@ -630,7 +634,7 @@ pub async fn contribution(State(s): State<ApiState>, p: Posted) -> Response {
 }
 
 /// `POST /treasury/subsidies`: a subsidy received (admin), once per bank reference.
-pub async fn subsidy(State(s): State<ApiState>, p: Posted) -> Response {
+pub async fn subsidy(State(s): State<ConsoleState>, p: Posted) -> Response {
     let v = &p.visitor;
     if let Err(r) = admin_only(v, &s) {
         return r;
@@ -676,7 +680,7 @@ pub async fn subsidy(State(s): State<ApiState>, p: Posted) -> Response {
 }
 
 /// `POST /treasury/allocations`
-pub async fn allocate(State(s): State<ApiState>, p: Posted) -> Response {
+pub async fn allocate(State(s): State<ConsoleState>, p: Posted) -> Response {
     let v = &p.visitor;
     if let Err(r) = admin_only(v, &s) {
         return r;
@@ -719,7 +723,7 @@ pub async fn allocate(State(s): State<ApiState>, p: Posted) -> Response {
 }
 
 /// `POST /treasury/payout`
-pub async fn payout(State(s): State<ApiState>, p: Posted) -> Response {
+pub async fn payout(State(s): State<ConsoleState>, p: Posted) -> Response {
     let v = &p.visitor;
     if let Err(r) = admin_only(v, &s) {
         return r;
@@ -765,14 +769,14 @@ pub async fn payout(State(s): State<ApiState>, p: Posted) -> Response {
 /// `GET /report`
 pub async fn report_page(
     v: Visitor,
-    State(s): State<ApiState>,
+    State(s): State<ConsoleState>,
     Query(q): Query<PeriodQuery>,
 ) -> Response {
     if let Err(r) = v.require(&s, &[Kind::Admin, Kind::Observer]) {
         return r;
     }
     let period = period_of(&q, s.handle.clock().today());
-    let r = match crate::api::report_off_writer(&s, period).await {
+    let r = match crate::app::report(&s, period).await {
         Ok(r) => r,
         Err(e) => {
             return v.unavailable(&s, &e);
@@ -983,7 +987,7 @@ pub async fn report_page(
 /// export, the same in both files.
 pub async fn export_csv(
     v: Visitor,
-    State(s): State<ApiState>,
+    State(s): State<ConsoleState>,
     axum::extract::Path(file): axum::extract::Path<String>,
     Query(q): Query<PeriodQuery>,
 ) -> Response {
@@ -995,7 +999,7 @@ pub async fn export_csv(
         return super::not_found(&v, &s);
     }
     let period = period_of(&q, s.handle.clock().today());
-    let key = s.console.export_key(&v.session.id, period);
+    let key = s.sessions.export_key(&v.session.id, period);
     let store = s.store.clone();
     let export =
         tokio::task::spawn_blocking(move || crate::report::export_of(&*store, period, key)).await;

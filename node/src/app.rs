@@ -1,0 +1,173 @@
+//! The application layer: what the two front ends (the JSON API and the web
+//! console) share, over the writer's handle. Neither front end imports the
+//! other; both import this.
+//!
+//! - [`App`]: the state every handler reaches (the writer's handle, the
+//!   store for reads, the config, the federation).
+//! - [`cross_sale`]: the host side of a cross-caisse purchase, driving the
+//!   core's steps (`Command::PrepareCrossPurchase` → the network → a
+//!   `Command::RecordCrossAnswer`, or `Command::AcceptOffline` when the
+//!   home cannot be reached by the deadline).
+//! - [`report`]: the evaluation report, computed off the writer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use caisse_core::command::{Command, Reply};
+use caisse_protocol::rpc::{MAX_RPC_SIZE, RpcRequest, RpcResponse};
+use caisse_protocol::{CaisseId, Period};
+
+use crate::caisse::{CaisseError, PurchaseInput, Receipt};
+use crate::config::Config;
+use crate::settlement::CrossStep;
+use crate::store::Store;
+use crate::writer::{CaisseHandle, reply};
+
+/// What every handler, of the API or of the console, can reach.
+#[derive(Clone)]
+pub struct App {
+    /// The writer.
+    pub(crate) handle: CaisseHandle,
+    /// The store, for reads off the writer.
+    pub(crate) store: Arc<dyn Store>,
+    /// The node's configuration.
+    pub(crate) config: Arc<Config>,
+    /// This caisse.
+    pub(crate) caisse_id: CaisseId,
+    /// The federation task's handle.
+    pub(crate) federation: crate::federation::Federation,
+}
+
+impl App {
+    /// The application over a running writer and its store.
+    pub fn new(
+        handle: CaisseHandle,
+        store: Arc<dyn Store>,
+        config: Config,
+        caisse_id: CaisseId,
+        federation: crate::federation::Federation,
+    ) -> App {
+        App {
+            handle,
+            store,
+            config: Arc::new(config),
+            caisse_id,
+            federation,
+        }
+    }
+}
+
+/// Why a sale with another caisse's card did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum SaleError {
+    /// This caisse refused it, or the home caisse's signed decline.
+    #[error(transparent)]
+    Caisse(#[from] CaisseError),
+    /// The home caisse did not answer by the deadline, and the offline
+    /// floor did not allow the sale. Nothing was charged: retry with the
+    /// same purchase id.
+    #[error(
+        "the card's home caisse cannot be reached ({0}): the purchase was not made; retry with the same id, or pay otherwise"
+    )]
+    HomeUnreachable(String),
+    /// The home caisse refused the request itself (not a signed decline).
+    #[error("the card's home caisse refused the request: {0}")]
+    RefusedByHome(String),
+}
+
+/// How long the host waits for the home caisse's answer.
+pub const HOME_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A purchase at one of our outlets with another caisse's card: the host
+/// side of the cross-caisse saga. The core prepares and signs the request
+/// (or answers a retry from what it recorded); this sends it to the home
+/// caisse and hands the signed answer back to the core, or, when the home
+/// cannot be reached by [`HOME_DEADLINE`], asks the core whether the
+/// offline floor allows the sale.
+pub async fn cross_sale(app: &App, input: PurchaseInput) -> Result<Receipt, SaleError> {
+    let step = reply!(
+        app.handle
+            .execute(Command::PrepareCrossPurchase(input.clone()))
+            .await,
+        Reply::Cross
+    )?;
+    let (home, request, allocation_part) = match *step {
+        CrossStep::Done(r) => return Ok(r),
+        CrossStep::Forward {
+            home,
+            request,
+            allocation_part,
+        } => (home, request, allocation_part),
+    };
+    let unreachable = |why: String| {
+        tracing::warn!(target: "caisse::events::purchase", purchase = %input.id, home = %home.short(), %why, "home caisse unreachable");
+        SaleError::HomeUnreachable(why)
+    };
+    let peer =
+        crate::network::peer_id_of(&home).ok_or_else(|| unreachable("bad caisse key".into()))?;
+    let bytes =
+        caisse_protocol::encoding::encode(&RpcRequest::Purchase(request.clone()), MAX_RPC_SIZE)
+            .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+    let answer = match tokio::time::timeout(
+        HOME_DEADLINE,
+        app.federation.network.request(peer, bytes),
+    )
+    .await
+    {
+        Ok(Ok(a)) => a,
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e,
+                _ => format!("no answer within {} s", HOME_DEADLINE.as_secs()),
+            };
+            // Our offline floor, if any: accept at our own risk, forward later.
+            let offline = Command::AcceptOffline {
+                input: input.clone(),
+                home,
+                request: request.clone(),
+                allocation_part,
+            };
+            return match reply!(app.handle.execute(offline).await, Reply::Receipt) {
+                Ok(receipt) => {
+                    tracing::info!(target: "caisse::events::purchase", purchase = %input.id, home = %home.short(), "accepted under the offline floor");
+                    Ok(*receipt)
+                }
+                Err(CaisseError::Conflict(floor)) => Err(unreachable(format!("{why}; {floor}"))),
+                Err(e) => Err(e.into()),
+            };
+        }
+    };
+    match caisse_protocol::encoding::decode::<RpcResponse>(&answer, MAX_RPC_SIZE) {
+        Ok(RpcResponse::Purchase(answer)) => Ok(*reply!(
+            app.handle
+                .execute(Command::RecordCrossAnswer {
+                    input,
+                    home,
+                    request,
+                    answer,
+                })
+                .await,
+            Reply::Receipt
+        )?),
+        Ok(RpcResponse::Refused(why)) => Err(SaleError::RefusedByHome(why)),
+        Ok(_) | Err(_) => Err(unreachable("malformed answer".into())),
+    }
+}
+
+/// The evaluation report of a period, computed on a blocking thread from
+/// the store, never in the writer.
+pub async fn report(app: &App, period: Period) -> Result<crate::report::Report, CaisseError> {
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || crate::report::report_of(&*store, period))
+        .await
+        .map_err(|_| CaisseError::Unavailable)?
+}
+
+/// A seat as people write it: `seat-3` or `3`.
+pub fn parse_seat(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    t.strip_prefix("seat-")
+        .unwrap_or(t)
+        .parse()
+        .map_err(|_| format!("bad seat {t:?}: write seat-3 or 3"))
+}
