@@ -19,14 +19,11 @@
 //! ([`crate::federation`]) does the I/O. automerge lives here, not in the
 //! core, because it draws random actor ids from the OS.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ChangeHash, ObjType, ROOT, ReadDoc, ScalarValue, Value};
-use caisse_protocol::encoding;
-use caisse_protocol::messages::{Accreditation, CaisseProfile, CriteriaVersion, Revocation};
-use caisse_protocol::rpc::MAX_RPC_SIZE;
-use caisse_protocol::{CaisseId, ContentId, Envelope, FederationId};
+use caisse_protocol::{CaisseId, FederationId};
 
 pub use caisse_core::federation_view::*;
 
@@ -78,57 +75,36 @@ pub fn apply_statements(
     doc: &mut AutoCommit,
     statements: &Statements,
 ) -> Result<bool, automerge::AutomergeError> {
+    let published = statements.published();
     let mut changed = false;
-    let put = |doc: &mut AutoCommit, obj: &automerge::ObjId, key: String, env: &Envelope| {
-        let bytes = env.to_bytes().unwrap_or_default();
-        if bytes_at(doc, obj, &key).as_deref() != Some(&bytes[..]) {
-            doc.put(obj, key, ScalarValue::Bytes(bytes))?;
-            return Ok::<bool, automerge::AutomergeError>(true);
-        }
-        Ok(false)
-    };
-    if let Some(p) = &statements.profile {
-        let bytes = p.to_bytes().unwrap_or_default();
+    if let Some(bytes) = &published.profile {
         let current = match doc.get(ROOT, K_PROFILE)? {
             Some((Value::Scalar(s), _)) => s.as_bytes().map(<[u8]>::to_vec),
             _ => None,
         };
         if current.as_deref() != Some(&bytes[..]) {
-            doc.put(ROOT, K_PROFILE, ScalarValue::Bytes(bytes))?;
+            doc.put(ROOT, K_PROFILE, ScalarValue::Bytes(bytes.clone()))?;
             changed = true;
         }
     }
-    let crit = ensure_map(doc, K_CRITERIA)?;
-    for (v, env) in &statements.criteria {
-        changed |= put(doc, &crit, format!("{v:010}"), env)?;
-    }
-    let accs = ensure_map(doc, K_ACCREDITATIONS)?;
-    for (id, env) in &statements.accreditations {
-        changed |= put(doc, &accs, id.to_string(), env)?;
-    }
-    let revs = ensure_map(doc, K_REVOCATIONS)?;
-    for (id, env) in &statements.revocations {
-        changed |= put(doc, &revs, id.to_string(), env)?;
-    }
-    let set = ensure_map(doc, K_SETTLEMENT)?;
-    for (k, env) in &statements.settlement {
-        changed |= put(doc, &set, k.clone(), env)?;
-    }
-    let claims = ensure_map(doc, K_CLAIMS)?;
-    for (period, ids) in &statements.claims {
-        let bytes = encoding::encode(ids, MAX_RPC_SIZE).unwrap_or_default();
-        if bytes_at(doc, &claims, period).as_deref() != Some(&bytes[..]) {
-            doc.put(&claims, period.as_str(), ScalarValue::Bytes(bytes))?;
-            changed = true;
+    for (name, entries) in [
+        (K_CRITERIA, &published.criteria),
+        (K_ACCREDITATIONS, &published.accreditations),
+        (K_REVOCATIONS, &published.revocations),
+        (K_SETTLEMENT, &published.settlement),
+        (K_CLAIMS, &published.claims),
+    ] {
+        let obj = ensure_map(doc, name)?;
+        for (key, bytes) in entries {
+            if bytes_at(doc, &obj, key).as_deref() != Some(&bytes[..]) {
+                doc.put(&obj, key.as_str(), ScalarValue::Bytes(bytes.clone()))?;
+                changed = true;
+            }
         }
     }
     let rec = ensure_map(doc, K_RECOGNISED)?;
     let present: HashSet<String> = doc.keys(&rec).collect();
-    let wanted: HashSet<String> = statements
-        .recognised
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
+    let wanted: HashSet<String> = published.recognised.iter().cloned().collect();
     for k in wanted.difference(&present) {
         doc.put(&rec, k.as_str(), true)?;
         changed = true;
@@ -140,138 +116,43 @@ pub fn apply_statements(
     Ok(changed)
 }
 
-fn open_bytes<T: caisse_protocol::signed::Message>(
-    bytes: &[u8],
-    federation: &FederationId,
-    owner: &CaisseId,
-) -> Option<(ContentId, T)> {
-    let env = Envelope::from_bytes(bytes).ok()?;
-    let v = env.open::<T>(federation).ok()?;
-    (v.signer.caisse_id() == *owner).then_some((v.id, v.message))
-}
-
-/// Read a document into what it says, keeping only statements signed by its owner.
-pub fn read_document(doc: &AutoCommit, owner: &CaisseId, federation: &FederationId) -> PeerCaisse {
-    let mut p = PeerCaisse {
-        caisse: Some(*owner),
-        ..PeerCaisse::default()
-    };
-    let mut invalid = 0u64;
-    if let Ok(Some((Value::Scalar(s), _))) = doc.get(ROOT, K_PROFILE)
-        && let Some(b) = s.as_bytes()
-    {
-        match open_bytes::<CaisseProfile>(b, federation, owner) {
-            Some((_, prof)) => p.profile = Some(prof),
-            None => invalid += 1,
-        }
+/// The statements' bytes a document holds, keyed as published (not yet
+/// verified).
+pub fn published_in(doc: &AutoCommit) -> Published {
+    let mut p = Published::default();
+    if let Ok(Some((Value::Scalar(s), _))) = doc.get(ROOT, K_PROFILE) {
+        p.profile = s.as_bytes().map(<[u8]>::to_vec);
     }
     let map = |key: &str| match doc.get(ROOT, key) {
         Ok(Some((Value::Object(ObjType::Map), id))) => Some(id),
         _ => None,
     };
-    if let Some(obj) = map(K_CRITERIA) {
-        for k in doc.keys(&obj) {
-            match bytes_at(doc, &obj, &k)
-                .and_then(|b| open_bytes::<CriteriaVersion>(&b, federation, owner))
-            {
-                Some((_, cv)) => {
-                    let newer = p
-                        .criteria
-                        .as_ref()
-                        .is_none_or(|(c, _)| cv.criteria.version > c.version);
-                    if newer {
-                        let h = cv.criteria.hash();
-                        p.criteria = Some((cv.criteria, h));
-                    }
-                }
-                None => invalid += 1,
-            }
-        }
-    }
-    let mut revocations: HashMap<ContentId, Revocation> = HashMap::new();
-    if let Some(obj) = map(K_REVOCATIONS) {
-        for k in doc.keys(&obj) {
-            match bytes_at(doc, &obj, &k)
-                .and_then(|b| open_bytes::<Revocation>(&b, federation, owner))
-            {
-                Some((_, r)) if r.accreditation.to_string() == k => {
-                    revocations.insert(r.accreditation, r);
-                }
-                _ => invalid += 1,
-            }
-        }
-    }
-    if let Some(obj) = map(K_ACCREDITATIONS) {
-        for k in doc.keys(&obj) {
-            match bytes_at(doc, &obj, &k)
-                .and_then(|b| open_bytes::<Accreditation>(&b, federation, owner))
-            {
-                Some((id, a)) if id.to_string() == k => {
-                    p.accreditations.push(PublishedAccreditation {
-                        id,
-                        revocation: revocations.remove(&id),
-                        accreditation: a,
-                    })
-                }
-                _ => invalid += 1,
+    for (name, entries) in [
+        (K_CRITERIA, &mut p.criteria),
+        (K_ACCREDITATIONS, &mut p.accreditations),
+        (K_REVOCATIONS, &mut p.revocations),
+        (K_SETTLEMENT, &mut p.settlement),
+        (K_CLAIMS, &mut p.claims),
+    ] {
+        if let Some(obj) = map(name) {
+            for k in doc.keys(&obj) {
+                // A value that is not bytes is kept as empty bytes: it fails
+                // verification and counts as invalid.
+                let b = bytes_at(doc, &obj, &k).unwrap_or_default();
+                entries.insert(k, b);
             }
         }
     }
     if let Some(obj) = map(K_RECOGNISED) {
-        for k in doc.keys(&obj) {
-            match k.parse::<CaisseId>() {
-                Ok(c) => p.recognised.push(c),
-                Err(_) => invalid += 1,
-            }
-        }
+        p.recognised = doc.keys(&obj).collect();
     }
-    if let Some(obj) = map(K_SETTLEMENT) {
-        use caisse_protocol::messages::{
-            Acknowledgement, Dispute, SettlementStatement, TransferSettled,
-        };
-        for k in doc.keys(&obj) {
-            let Some(b) = bytes_at(doc, &obj, &k) else {
-                invalid += 1;
-                continue;
-            };
-            let ok = if k.starts_with("statement/") {
-                open_bytes::<SettlementStatement>(&b, federation, owner)
-                    .map(|(id, st)| p.statements.push((id, st)))
-                    .is_some()
-            } else if k.starts_with("answer/") {
-                open_bytes::<Acknowledgement>(&b, federation, owner)
-                    .map(|(_, a)| p.acks.push(a.statement))
-                    .or_else(|| {
-                        open_bytes::<Dispute>(&b, federation, owner)
-                            .map(|(_, d)| p.disputes.push(d))
-                    })
-                    .is_some()
-            } else if k.starts_with("transfer/") {
-                open_bytes::<TransferSettled>(&b, federation, owner)
-                    .map(|(id, t)| p.transfers.push((id, t)))
-                    .is_some()
-            } else {
-                false
-            };
-            if !ok {
-                invalid += 1;
-            }
-        }
-    }
-    if let Some(obj) = map(K_CLAIMS) {
-        for k in doc.keys(&obj) {
-            match bytes_at(doc, &obj, &k).and_then(|b| {
-                encoding::decode::<Vec<caisse_protocol::PurchaseId>>(&b, MAX_RPC_SIZE).ok()
-            }) {
-                Some(ids) => {
-                    p.claims.insert(k, ids);
-                }
-                None => invalid += 1,
-            }
-        }
-    }
-    p.invalid_statements = invalid;
     p
+}
+
+/// Read a document into what it says, keeping only statements signed by its
+/// owner (the verification is the core's, `Published::read`).
+pub fn read_document(doc: &AutoCommit, owner: &CaisseId, federation: &FederationId) -> PeerCaisse {
+    published_in(doc).read(owner, federation)
 }
 
 /// What a node makes of a document pulled by sync.
@@ -327,8 +208,8 @@ pub fn sorted(mut v: Vec<[u8; 32]>) -> Vec<[u8; 32]> {
 mod tests {
     use super::*;
     use automerge::transaction::Transactable;
-    use caisse_protocol::messages::Subject;
-    use caisse_protocol::{Category, Day, ProducerId, SecretKey};
+    use caisse_protocol::messages::{Accreditation, CaisseProfile, Subject};
+    use caisse_protocol::{Category, ContentId, Day, Envelope, ProducerId, SecretKey};
 
     fn fed() -> FederationId {
         FederationId::new("t").unwrap()

@@ -49,6 +49,29 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         rounds: usize,
     },
+    /// Simulate whole federations in one thread, seed after seed: the real
+    /// core of every caisse, a simulated clock, network, crashes and
+    /// workload; invariants checked daily and at quiescence.
+    Sim {
+        /// Caisses per federation.
+        #[arg(long, default_value_t = 4)]
+        caisses: usize,
+        /// Members per caisse.
+        #[arg(long, default_value_t = 12)]
+        members: usize,
+        /// Seeds to run, `A..B` (B excluded) or one number.
+        #[arg(long, default_value = "0..100")]
+        seeds: String,
+        /// Simulated days.
+        #[arg(long, default_value_t = 45)]
+        days: u32,
+        /// Fault profile: none, lan, wan, lossy or chaos.
+        #[arg(long, default_value = "chaos")]
+        faults: String,
+        /// Print every run's trace hash and counts.
+        #[arg(long)]
+        verbose: bool,
+    },
     /// (internal) Run one caisse node: what `run` spawns for each caisse.
     #[command(hide = true)]
     Node {
@@ -81,6 +104,14 @@ fn main() -> ExitCode {
 
 async fn main_async(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Cmd::Sim {
+            caisses,
+            members,
+            seeds,
+            days,
+            faults,
+            verbose,
+        } => sim_command(caisses, members, &seeds, days, &faults, verbose),
         Cmd::Node { data_dir } => {
             cluster::run_node(&data_dir).await?;
             Ok(ExitCode::SUCCESS)
@@ -132,4 +163,115 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn parse_seeds(text: &str) -> Result<std::ops::Range<u64>> {
+    match text.split_once("..") {
+        Some((a, b)) => {
+            let (a, b): (u64, u64) = (a.trim().parse()?, b.trim().parse()?);
+            if b <= a {
+                anyhow::bail!("--seeds {text}: the end must be after the start (A..B, B excluded)");
+            }
+            Ok(a..b)
+        }
+        None => {
+            let a: u64 = text.trim().parse()?;
+            Ok(a..a + 1)
+        }
+    }
+}
+
+fn sim_command(
+    caisses: usize,
+    members: usize,
+    seeds: &str,
+    days: u32,
+    faults: &str,
+    verbose: bool,
+) -> Result<ExitCode> {
+    use caisse_testnet::sim;
+    if caisses < 2 {
+        anyhow::bail!("--caisses must be at least 2");
+    }
+    let range = parse_seeds(seeds)
+        .map_err(|e| anyhow::anyhow!("--seeds {seeds}: {e} (write A..B or one number)"))?;
+    let Some(profile) = sim::Faults::profile(faults) else {
+        anyhow::bail!("--faults {faults}: unknown profile (none, lan, wan, lossy or chaos)");
+    };
+    let started = std::time::Instant::now();
+    let mut total = sim::SimReport::default();
+    let mut failed = Vec::new();
+    for seed in range.clone() {
+        let r = sim::run(sim::SimOptions {
+            caisses,
+            members,
+            days,
+            seed,
+            faults: profile.clone(),
+        });
+        if verbose {
+            println!(
+                "seed {seed}: trace {} events {} acks {:?} crashes {} dropped {}",
+                &r.trace_hash[..16],
+                r.events,
+                r.acknowledged,
+                r.crashes,
+                r.dropped
+            );
+        }
+        total.events += r.events;
+        total.messages += r.messages;
+        total.dropped += r.dropped;
+        total.duplicated += r.duplicated;
+        total.crashes += r.crashes;
+        total.partitions += r.partitions;
+        total.acknowledged.0 += r.acknowledged.0;
+        total.acknowledged.1 += r.acknowledged.1;
+        total.acknowledged.2 += r.acknowledged.2;
+        total.declined += r.declined;
+        total.sagas_resolved += r.sagas_resolved;
+        total.retries += r.retries;
+        total.statements += r.statements;
+        if !r.violations.is_empty() {
+            eprintln!("seed {seed} FAILED:");
+            for v in &r.violations {
+                eprintln!("  - {v}");
+            }
+            eprintln!("  last steps:");
+            for l in &r.tail {
+                eprintln!("    {l}");
+            }
+            eprintln!(
+                "  replay: caisse-testnet sim --caisses {caisses} --members {members} --days {days} --faults {faults} --seeds {seed} --verbose"
+            );
+            failed.push(seed);
+        }
+    }
+    let n = range.end - range.start;
+    println!(
+        "{n} seeds, {caisses} caisses, {days} days, faults {faults}: {} failed, {:.1?} wall",
+        failed.len(),
+        started.elapsed()
+    );
+    println!(
+        "exercised: {} events, {} messages ({} dropped, {} duplicated), {} crashes, {} partitions, purchases acknowledged {} local / {} cross-caisse / {} offline, {} declined, {} sales resolved, {} retries, {} settlement statements",
+        total.events,
+        total.messages,
+        total.dropped,
+        total.duplicated,
+        total.crashes,
+        total.partitions,
+        total.acknowledged.0,
+        total.acknowledged.1,
+        total.acknowledged.2,
+        total.declined,
+        total.sagas_resolved,
+        total.retries,
+        total.statements
+    );
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }

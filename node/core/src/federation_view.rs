@@ -3,11 +3,13 @@
 //! replicated document. Plain data: the automerge documents themselves are
 //! the node's (`caisse_node::documents`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use caisse_protocol::criteria::{Criteria, Rule};
+use caisse_protocol::encoding;
 use caisse_protocol::messages::{Accreditation, CaisseProfile, Revocation, Subject};
-use caisse_protocol::{CaisseId, Category, ContentId, Day, Envelope, ProducerId};
+use caisse_protocol::rpc::MAX_RPC_SIZE;
+use caisse_protocol::{CaisseId, Category, ContentId, Day, Envelope, FederationId, ProducerId};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{Recognition, RecognitionPolicy};
@@ -158,6 +160,176 @@ impl FederationView {
             .values()
             .flat_map(|p| p.accreditations.iter())
             .collect()
+    }
+}
+
+/// A caisse's published statements as bytes, keyed as in its federation
+/// document: what a replica holds before anything is verified. The node
+/// reads it out of an automerge document; a simulator builds it from the
+/// owner's [`Statements`]; [`Published::read`] verifies it the same way for
+/// both.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    /// The signed profile.
+    pub profile: Option<Vec<u8>>,
+    /// Signed criteria versions, by zero-padded version number.
+    pub criteria: BTreeMap<String, Vec<u8>>,
+    /// Signed accreditations, by content id.
+    pub accreditations: BTreeMap<String, Vec<u8>>,
+    /// Signed revocations, by the accreditation's content id.
+    pub revocations: BTreeMap<String, Vec<u8>>,
+    /// Recognised caisse ids, as text.
+    pub recognised: Vec<String>,
+    /// Settlement statements, answers and transfers, by key.
+    pub settlement: BTreeMap<String, Vec<u8>>,
+    /// Encoded purchase-id lists of the receipts held, by period.
+    pub claims: BTreeMap<String, Vec<u8>>,
+}
+
+impl Statements {
+    /// The bytes a document holds for these statements, keyed as published.
+    pub fn published(&self) -> Published {
+        let bytes = |e: &Envelope| e.to_bytes().unwrap_or_default();
+        Published {
+            profile: self.profile.as_ref().map(bytes),
+            criteria: self
+                .criteria
+                .iter()
+                .map(|(v, e)| (format!("{v:010}"), bytes(e)))
+                .collect(),
+            accreditations: self
+                .accreditations
+                .iter()
+                .map(|(id, e)| (id.to_string(), bytes(e)))
+                .collect(),
+            revocations: self
+                .revocations
+                .iter()
+                .map(|(id, e)| (id.to_string(), bytes(e)))
+                .collect(),
+            recognised: self.recognised.iter().map(ToString::to_string).collect(),
+            settlement: self
+                .settlement
+                .iter()
+                .map(|(k, e)| (k.clone(), bytes(e)))
+                .collect(),
+            claims: self
+                .claims
+                .iter()
+                .map(|(p, ids)| {
+                    (
+                        p.clone(),
+                        encoding::encode(ids, MAX_RPC_SIZE).unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+fn open_bytes<T: caisse_protocol::signed::Message>(
+    bytes: &[u8],
+    federation: &FederationId,
+    owner: &CaisseId,
+) -> Option<(ContentId, T)> {
+    let env = Envelope::from_bytes(bytes).ok()?;
+    let v = env.open::<T>(federation).ok()?;
+    (v.signer.caisse_id() == *owner).then_some((v.id, v.message))
+}
+
+impl Published {
+    /// What `owner` says, keeping only statements it signed (each verified
+    /// against its key); the others are counted as invalid.
+    pub fn read(&self, owner: &CaisseId, federation: &FederationId) -> PeerCaisse {
+        use caisse_protocol::messages::{
+            Acknowledgement, CriteriaVersion, Dispute, SettlementStatement, TransferSettled,
+        };
+        let mut p = PeerCaisse {
+            caisse: Some(*owner),
+            ..PeerCaisse::default()
+        };
+        let mut invalid = 0u64;
+        if let Some(b) = &self.profile {
+            match open_bytes::<CaisseProfile>(b, federation, owner) {
+                Some((_, prof)) => p.profile = Some(prof),
+                None => invalid += 1,
+            }
+        }
+        for b in self.criteria.values() {
+            match open_bytes::<CriteriaVersion>(b, federation, owner) {
+                Some((_, cv)) => {
+                    let newer = p
+                        .criteria
+                        .as_ref()
+                        .is_none_or(|(c, _)| cv.criteria.version > c.version);
+                    if newer {
+                        let h = cv.criteria.hash();
+                        p.criteria = Some((cv.criteria, h));
+                    }
+                }
+                None => invalid += 1,
+            }
+        }
+        let mut revocations: HashMap<ContentId, Revocation> = HashMap::new();
+        for (k, b) in &self.revocations {
+            match open_bytes::<Revocation>(b, federation, owner) {
+                Some((_, r)) if r.accreditation.to_string() == *k => {
+                    revocations.insert(r.accreditation, r);
+                }
+                _ => invalid += 1,
+            }
+        }
+        for (k, b) in &self.accreditations {
+            match open_bytes::<Accreditation>(b, federation, owner) {
+                Some((id, a)) if id.to_string() == *k => {
+                    p.accreditations.push(PublishedAccreditation {
+                        id,
+                        revocation: revocations.remove(&id),
+                        accreditation: a,
+                    })
+                }
+                _ => invalid += 1,
+            }
+        }
+        for k in &self.recognised {
+            match k.parse::<CaisseId>() {
+                Ok(c) => p.recognised.push(c),
+                Err(_) => invalid += 1,
+            }
+        }
+        for (k, b) in &self.settlement {
+            let ok = if k.starts_with("statement/") {
+                open_bytes::<SettlementStatement>(b, federation, owner)
+                    .map(|(id, st)| p.statements.push((id, st)))
+                    .is_some()
+            } else if k.starts_with("answer/") {
+                open_bytes::<Acknowledgement>(b, federation, owner)
+                    .map(|(_, a)| p.acks.push(a.statement))
+                    .or_else(|| {
+                        open_bytes::<Dispute>(b, federation, owner).map(|(_, d)| p.disputes.push(d))
+                    })
+                    .is_some()
+            } else if k.starts_with("transfer/") {
+                open_bytes::<TransferSettled>(b, federation, owner)
+                    .map(|(id, t)| p.transfers.push((id, t)))
+                    .is_some()
+            } else {
+                false
+            };
+            if !ok {
+                invalid += 1;
+            }
+        }
+        for (k, b) in &self.claims {
+            match encoding::decode::<Vec<caisse_protocol::PurchaseId>>(b, MAX_RPC_SIZE) {
+                Ok(ids) => {
+                    p.claims.insert(k.clone(), ids);
+                }
+                Err(_) => invalid += 1,
+            }
+        }
+        p.invalid_statements = invalid;
+        p
     }
 }
 

@@ -1,0 +1,4 @@
+//! The testnet's library: the deterministic simulator ([`sim`]), used by
+//! `caisse-testnet sim` and by the tests.
+
+pub mod sim;

@@ -1,0 +1,1164 @@
+//! `caisse-testnet sim`: whole federations in one thread, under a seed.
+//!
+//! Every caisse is the real core ([`Caisse`], the same code `caisse node`
+//! runs in its writer) over an in-memory store; the simulator plays the
+//! node's I/O shell: a clock that jumps from event to event, a network that
+//! delays, loses, duplicates and reorders messages and cuts links, crashes
+//! that lose whatever was decided but not yet durable, and a workload drawn
+//! from the seed (enrolments, allocations, contributions, local and
+//! cross-caisse purchases, retries with the same id, one card at two hosts
+//! at once, settlement runs). Invariants are checked every simulated day
+//! and at quiescence; the same seed gives the same run, proved by a hash of
+//! the whole trace.
+//!
+//! What the simulator does not model yet: the automerge documents and their
+//! sync (a caisse's statements travel as [`Published`] bytes and are read
+//! with the same verification as a replica), Byzantine caisses, and the
+//! parliament.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::sync::Arc;
+
+use caisse_core::caisse::{Caisse, CaisseError, EnrollInput, PurchaseInput};
+use caisse_core::command::{Command, Reply};
+use caisse_core::federation_view::Published;
+use caisse_core::ledger::{Account, SubsidySource};
+use caisse_core::parliament::SplitMix64;
+use caisse_core::policy::{Policy, Recognition, RecognitionPolicy};
+use caisse_core::settlement::CrossStep;
+use caisse_core::store::{MemStore, Store, keys};
+use caisse_core::view::Reads;
+use caisse_protocol::messages::PurchaseLine;
+use caisse_protocol::{
+    Amount, CaisseId, CardId, Category, Day, Envelope, FederationId, MemberId, OutletId, Period,
+    PurchaseId, SecretKey,
+};
+use sha2::{Digest, Sha256};
+
+/// Milliseconds of simulated time.
+type Ms = u64;
+
+const DAY: Ms = 86_400_000;
+/// The simulated federation starts on 2027-01-01.
+const EPOCH_SECS: u64 = 1_798_761_600;
+/// How long a host waits for the home caisse before the offline floor.
+const HOME_DEADLINE: Ms = 10_000;
+
+/// Link behaviour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkProfile {
+    /// 0.2-2 ms.
+    Lan,
+    /// 10-150 ms with jitter.
+    Wan,
+}
+
+/// What can go wrong, by profile name.
+#[derive(Clone, Debug)]
+pub struct Faults {
+    /// Link latency.
+    pub link: LinkProfile,
+    /// Messages lost, per thousand.
+    pub loss_pm: u64,
+    /// Messages delivered twice, per thousand.
+    pub dup_pm: u64,
+    /// Chance per caisse and day of a crash, per thousand.
+    pub crash_pm: u64,
+    /// Chance per day that a caisse is cut off for a few hours, per thousand.
+    pub partition_pm: u64,
+}
+
+impl Faults {
+    /// `none`, `lan`, `wan`, `lossy` (WAN, 5% loss, 2% duplicates) or
+    /// `chaos` (lossy, plus crashes and partitions).
+    pub fn profile(name: &str) -> Option<Faults> {
+        let none = Faults {
+            link: LinkProfile::Lan,
+            loss_pm: 0,
+            dup_pm: 0,
+            crash_pm: 0,
+            partition_pm: 0,
+        };
+        Some(match name {
+            "none" | "lan" => none,
+            "wan" => Faults {
+                link: LinkProfile::Wan,
+                ..none
+            },
+            "lossy" => Faults {
+                link: LinkProfile::Wan,
+                loss_pm: 50,
+                dup_pm: 20,
+                ..none
+            },
+            "chaos" => Faults {
+                link: LinkProfile::Wan,
+                loss_pm: 50,
+                dup_pm: 20,
+                crash_pm: 60,
+                partition_pm: 60,
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// One simulated federation.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// Caisses.
+    pub caisses: usize,
+    /// Members enrolled per caisse (over the first days).
+    pub members: usize,
+    /// Simulated days.
+    pub days: u32,
+    /// The seed of every choice.
+    pub seed: u64,
+    /// Faults.
+    pub faults: Faults,
+}
+
+/// What a run exercised and found.
+#[derive(Clone, Debug, Default)]
+pub struct SimReport {
+    /// The seed.
+    pub seed: u64,
+    /// SHA-256 of the whole trace, hex.
+    pub trace_hash: String,
+    /// Events processed.
+    pub events: u64,
+    /// Messages sent, dropped, duplicated.
+    pub messages: u64,
+    /// Messages lost to loss, partitions or crashed receivers.
+    pub dropped: u64,
+    /// Messages duplicated.
+    pub duplicated: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Partitions.
+    pub partitions: u64,
+    /// Purchases acknowledged (local, cross-caisse, offline).
+    pub acknowledged: (u64, u64, u64),
+    /// Purchases declined.
+    pub declined: u64,
+    /// Cross-caisse sales resolved (answered, offline, given up).
+    pub sagas_resolved: u64,
+    /// Retries with the same purchase id.
+    pub retries: u64,
+    /// Settlement statements published.
+    pub statements: u64,
+    /// Invariant violations (empty: the run is sound).
+    pub violations: Vec<String>,
+    /// The last lines of the trace, for a failing run.
+    pub tail: Vec<String>,
+}
+
+/// A message between caisses.
+#[derive(Clone, Debug)]
+enum Msg {
+    /// Host → home: a signed purchase request.
+    Request {
+        purchase: PurchaseId,
+        request: Envelope,
+    },
+    /// Home → host: the signed receipt or decline.
+    Answer {
+        purchase: PurchaseId,
+        answer: Envelope,
+    },
+    /// A caisse's published statements (its federation document), with
+    /// the sequence of its signed heads: older ones are ignored.
+    Document(u64, Box<Published>),
+}
+
+#[derive(Clone, Debug)]
+enum Event {
+    /// The workload acts.
+    Tick,
+    /// A message arrives.
+    Deliver { from: usize, to: usize, msg: Msg },
+    /// A host gives up waiting for the home caisse.
+    Deadline { host: usize, purchase: PurchaseId },
+    /// A caisse restarts after a crash.
+    Restart { node: usize },
+    /// A cut-off caisse is reachable again.
+    Heal { node: usize },
+    /// Midnight: daily checks; allocations and settlement on the 1st.
+    Midnight,
+    /// Hosts forward the sales they accepted offline.
+    ForwardOffline,
+}
+
+/// A cross-caisse sale waiting for its home caisse.
+#[derive(Clone, Debug)]
+struct Saga {
+    input: PurchaseInput,
+    home: CaisseId,
+    request: Envelope,
+    allocation_part: Amount,
+}
+
+/// What the tills were told, to check against the ledgers.
+#[derive(Clone, Debug)]
+struct Ack {
+    host: usize,
+    home: usize,
+    purchase: PurchaseId,
+    offline: bool,
+}
+
+struct Node {
+    id: CaisseId,
+    key: [u8; 32],
+    store: Arc<MemStore>,
+    caisse: Option<Caisse>,
+    incarnation: u64,
+    outlet: OutletId,
+    members: Vec<(MemberId, CardId)>,
+    published_seen: u64,
+    cut_until: Ms,
+    /// Other caisses' documents as this caisse stored them (the node keeps
+    /// them under `f/` and reloads them at start).
+    documents: BTreeMap<usize, (u64, Published)>,
+    /// Sequence of the documents this caisse published (its signed heads').
+    sequence: u64,
+}
+
+/// The whole simulation.
+struct Sim {
+    opts: SimOptions,
+    federation: FederationId,
+    rng: SplitMix64,
+    now: Ms,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(Ms, u64)>>,
+    events: BTreeMap<u64, Event>,
+    nodes: Vec<Node>,
+    sagas: BTreeMap<(usize, PurchaseId), Saga>,
+    retry: VecDeque<(usize, PurchaseInput)>,
+    acks: Vec<Ack>,
+    next_purchase: u64,
+    hasher: Sha256,
+    tail: VecDeque<String>,
+    report: SimReport,
+    quiescent: bool,
+    print_trace: bool,
+}
+
+fn key_of(seed: u64, node: usize) -> [u8; 32] {
+    let mut r = SplitMix64(seed ^ 0x5EED_CA15 ^ (node as u64).wrapping_mul(0x9E37_79B9));
+    let mut k = [0u8; 32];
+    for c in k.chunks_mut(8) {
+        c.copy_from_slice(&r.next_u64().to_le_bytes());
+    }
+    k
+}
+
+fn bread() -> Category {
+    Category::new("bread").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn fresh() -> Category {
+    Category::new("fresh-produce").unwrap_or_else(|e| panic!("{e}"))
+}
+
+impl Sim {
+    fn new(opts: SimOptions) -> Sim {
+        let federation = FederationId::new("sim").unwrap_or_else(|e| panic!("{e}"));
+        let keys: Vec<[u8; 32]> = (0..opts.caisses).map(|i| key_of(opts.seed, i)).collect();
+        let ids: Vec<CaisseId> = keys
+            .iter()
+            .map(|k| SecretKey::from_bytes(*k).caisse_id())
+            .collect();
+        let mut rng = SplitMix64(opts.seed);
+        let mut nodes = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let store = Arc::new(MemStore::new());
+            let policy = Policy {
+                recognition: Recognition {
+                    policy: RecognitionPolicy::Listed,
+                    recognised: ids.iter().filter(|c| **c != ids[i]).copied().collect(),
+                },
+                // Some caisses accept sales offline at their own risk.
+                offline_floor: Amount::from_cents(if rng.below(2) == 0 { 0 } else { 15_00 }),
+                ..Policy::default()
+            };
+            caisse_core::caisse::write_initial_state(
+                &*store,
+                &SecretKey::from_bytes(*key),
+                &format!("Caisse {i}"),
+                &format!("Territoire {i}"),
+                &policy,
+                Day::from_unix(EPOCH_SECS),
+            )
+            .unwrap_or_else(|e| panic!("initial state: {e}"));
+            nodes.push(Node {
+                id: ids[i],
+                key: *key,
+                store,
+                caisse: None,
+                incarnation: 0,
+                outlet: OutletId::from_bytes([0; 16]),
+                members: Vec::new(),
+                published_seen: 0,
+                cut_until: 0,
+                documents: BTreeMap::new(),
+                sequence: 0,
+            });
+        }
+        let mut sim = Sim {
+            opts,
+            federation,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            nodes,
+            sagas: BTreeMap::new(),
+            retry: VecDeque::new(),
+            acks: Vec::new(),
+            next_purchase: 1,
+            hasher: Sha256::new(),
+            tail: VecDeque::new(),
+            report: SimReport::default(),
+            quiescent: false,
+            print_trace: std::env::var_os("CAISSE_SIM_TRACE").is_some(),
+        };
+        for i in 0..sim.nodes.len() {
+            sim.boot(i);
+            let r = sim.exec(
+                i,
+                Command::RegisterOutlet {
+                    name: format!("Épicerie {i}"),
+                    categories: vec![(bread(), 100), (fresh(), 80)],
+                },
+            );
+            if let Ok(Reply::Outlet(o)) = r {
+                sim.nodes[i].outlet = o.outlet;
+            }
+        }
+        sim
+    }
+
+    fn trace(&mut self, line: String) {
+        if self.print_trace {
+            eprintln!("t={}ms {line}", self.now);
+        }
+        self.hasher.update(line.as_bytes());
+        self.hasher.update(b"\n");
+        if self.tail.len() >= 60 {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(format!("t={}ms {line}", self.now));
+    }
+
+    fn schedule(&mut self, at: Ms, e: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq)));
+        self.events.insert(self.seq, e);
+    }
+
+    fn secs(&self) -> u64 {
+        EPOCH_SECS + self.now / 1000
+    }
+
+    fn today(&self) -> Day {
+        Day::from_unix(self.secs())
+    }
+
+    /// (Re)load a caisse from what is durable in its store.
+    fn boot(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.incarnation += 1;
+        let mut r = SplitMix64(self.opts.seed ^ ((i as u64) << 32) ^ (n.incarnation << 48));
+        let random = Box::new(move || {
+            let mut b = [0u8; 32];
+            for c in b.chunks_mut(8) {
+                c.copy_from_slice(&r.next_u64().to_le_bytes());
+            }
+            b
+        });
+        let store: Arc<dyn Store> = n.store.clone();
+        let caisse = Caisse::load(
+            store,
+            SecretKey::from_bytes(n.key),
+            self.federation.clone(),
+            random,
+        )
+        .unwrap_or_else(|e| panic!("caisse {i} does not load what it made durable: {e}"));
+        n.published_seen = 0;
+        n.caisse = Some(caisse);
+        // As the node does before serving: the stored documents to the writer.
+        let peers: Vec<_> = self.nodes[i]
+            .documents
+            .iter()
+            .map(|(j, (_, d))| d.read(&self.nodes[*j].id, &self.federation))
+            .collect();
+        if !peers.is_empty() {
+            let _ = self.exec(i, Command::PeerDocuments { peers });
+        }
+    }
+
+    /// Decide a command at caisse `i` and make its writes durable (the
+    /// writer's contract: answered only once synced).
+    fn exec(&mut self, i: usize, cmd: Command) -> Result<Reply, CaisseError> {
+        let now = self.secs();
+        let name = match &cmd {
+            Command::Purchase(p) | Command::PrepareCrossPurchase(p) => {
+                format!("{} {}", cmd.name(), p.id)
+            }
+            Command::AcceptOffline { input, .. } | Command::RecordCrossAnswer { input, .. } => {
+                format!("{} {}", cmd.name(), input.id)
+            }
+            Command::ResolveOffline { purchase, .. } => format!("{} {purchase}", cmd.name()),
+            Command::HomePurchase { request } => format!(
+                "{} {}",
+                cmd.name(),
+                request
+                    .open::<caisse_protocol::messages::PurchaseRequest>(&self.federation)
+                    .map(|v| v.message.id.to_string())
+                    .unwrap_or_default()
+            ),
+            _ => cmd.name().to_string(),
+        };
+        let Some(c) = self.nodes[i].caisse.as_mut() else {
+            return Err(CaisseError::Unavailable);
+        };
+        let r = c.execute(cmd, now);
+        let ops = c.take_batch().unwrap_or_default();
+        if !ops.is_empty() {
+            self.nodes[i]
+                .store
+                .apply(&ops)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let outcome = match &r {
+            Ok(reply) => reply.kind().to_string(),
+            Err(e) => e.code().to_string(),
+        };
+        self.trace(format!("{i} {name} -> {outcome}"));
+        self.gossip_if_changed(i);
+        r
+    }
+
+    fn up(&self, i: usize) -> bool {
+        self.nodes[i].caisse.is_some()
+    }
+
+    fn latency(&mut self) -> Ms {
+        match self.opts.faults.link {
+            LinkProfile::Lan => 1 + self.rng.below(2),
+            LinkProfile::Wan => 10 + self.rng.below(140),
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize, msg: Msg) {
+        self.report.messages += 1;
+        let cut = self.nodes[from].cut_until > self.now || self.nodes[to].cut_until > self.now;
+        if cut || self.rng.below(1000) < self.opts.faults.loss_pm {
+            self.report.dropped += 1;
+            self.trace(format!("drop {from}->{to}"));
+            return;
+        }
+        let at = self.now + self.latency();
+        if self.rng.below(1000) < self.opts.faults.dup_pm {
+            self.report.duplicated += 1;
+            let again = at + self.latency();
+            self.schedule(
+                again,
+                Event::Deliver {
+                    from,
+                    to,
+                    msg: msg.clone(),
+                },
+            );
+        }
+        self.schedule(at, Event::Deliver { from, to, msg });
+    }
+
+    /// Publish caisse `i`'s statements to every other caisse when they changed.
+    fn gossip_if_changed(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let Some(c) = node.caisse.as_ref() else {
+            return;
+        };
+        let v = c
+            .published_version()
+            .load(std::sync::atomic::Ordering::Acquire);
+        if v == node.published_seen {
+            return;
+        }
+        node.published_seen = v;
+        let secret = SecretKey::from_bytes(node.key);
+        let st = caisse_core::conventionnement::federation_statements(
+            c,
+            node.id,
+            &secret,
+            &self.federation,
+        );
+        let doc = st.published();
+        self.nodes[i].sequence += 1;
+        let sequence = self.nodes[i].sequence;
+        for j in 0..self.nodes.len() {
+            if j != i {
+                self.send(i, j, Msg::Document(sequence, Box::new(doc.clone())));
+            }
+        }
+    }
+
+    fn pick_member(&mut self, i: usize) -> Option<(MemberId, CardId)> {
+        let m = &self.nodes[i].members;
+        if m.is_empty() {
+            return None;
+        }
+        let k = self.rng.below(m.len() as u64) as usize;
+        Some(m[k])
+    }
+
+    fn new_purchase(&mut self, card: CardId, outlet: OutletId) -> PurchaseInput {
+        self.next_purchase += 1;
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&self.opts.seed.to_be_bytes());
+        id[8..].copy_from_slice(&self.next_purchase.to_be_bytes());
+        let cents = 50 + self.rng.below(600) as i64;
+        let mut lines = vec![PurchaseLine {
+            category: bread(),
+            producer: None,
+            amount: Amount::from_cents(cents),
+        }];
+        if self.rng.below(2) == 0 {
+            lines.push(PurchaseLine {
+                category: fresh(),
+                producer: None,
+                amount: Amount::from_cents(30 + self.rng.below(400) as i64),
+            });
+        }
+        PurchaseInput {
+            id: PurchaseId::from_bytes(id),
+            card,
+            outlet,
+            lines,
+            pin: None,
+        }
+    }
+
+    /// The workload: one action drawn from the seed.
+    fn tick(&mut self) {
+        let n = self.nodes.len();
+        let i = self.rng.below(n as u64) as usize;
+        let roll = self.rng.below(100);
+        if !self.up(i) {
+            return;
+        }
+        if self.nodes[i].members.len() < self.opts.members && roll < 25 {
+            let birth = 1950 + self.rng.below(50) as u16;
+            let income = Amount::from_cents(500_00 + self.rng.below(300_000) as i64);
+            let r = self.exec(
+                i,
+                Command::Enroll(EnrollInput {
+                    name: format!("Membre {}", self.seq),
+                    residence: "quelque part".into(),
+                    birth_year: Some(birth),
+                    income: Some(income),
+                    household: None,
+                    new_household: false,
+                    joined: None,
+                    pin: None,
+                }),
+            );
+            if let Ok(Reply::Enrolled(e)) = r {
+                self.nodes[i].members.push((e.member, e.card));
+                // A member enrolled mid-month gets this month's allocation pro rata.
+                self.allocate(i, self.today().period());
+            }
+            return;
+        }
+        match roll {
+            0..45 => {
+                // A local purchase.
+                let Some((_, card)) = self.pick_member(i) else {
+                    return;
+                };
+                let input = self.new_purchase(card, self.nodes[i].outlet);
+                self.local_sale(i, input);
+            }
+            45..80 => {
+                // A member of `i` buys at another caisse's outlet.
+                let Some((_, card)) = self.pick_member(i) else {
+                    return;
+                };
+                let host = (i + 1 + self.rng.below(n as u64 - 1) as usize) % n;
+                let input = self.new_purchase(card, self.nodes[host].outlet);
+                self.cross_sale(host, input.clone());
+                if roll < 50 {
+                    // The same card at a second host at once.
+                    let other = (host + 1) % n;
+                    if other != i {
+                        let input = self.new_purchase(card, self.nodes[other].outlet);
+                        self.cross_sale(other, input);
+                    }
+                }
+            }
+            80..88 => {
+                // A till retries a sale whose answer it never got.
+                if let Some((host, input)) = self.retry.pop_front() {
+                    self.report.retries += 1;
+                    if input.card.is_issued_by(&self.nodes[host].id) {
+                        self.local_sale(host, input);
+                    } else {
+                        self.cross_sale(host, input);
+                    }
+                }
+            }
+            88..94 => {
+                let Some((member, _)) = self.pick_member(i) else {
+                    return;
+                };
+                let period = self.today().period();
+                let _ = self.exec(
+                    i,
+                    Command::Contribution {
+                        member,
+                        period,
+                        amount: None,
+                    },
+                );
+            }
+            _ => {
+                let period = self.today().period();
+                let key = format!("virement-{}", self.rng.below(40));
+                let _ = self.exec(
+                    i,
+                    Command::Subsidy {
+                        source: SubsidySource::State,
+                        amount: Amount::from_cents(10_000_00),
+                        period,
+                        key,
+                    },
+                );
+            }
+        }
+    }
+
+    fn local_sale(&mut self, i: usize, input: PurchaseInput) {
+        let id = input.id;
+        match self.exec(i, Command::Purchase(input)) {
+            Ok(_) => self.acks.push(Ack {
+                host: i,
+                home: i,
+                purchase: id,
+                offline: false,
+            }),
+            Err(CaisseError::Unavailable) => {}
+            Err(_) => self.report.declined += 1,
+        }
+    }
+
+    fn cross_sale(&mut self, host: usize, input: PurchaseInput) {
+        if !self.up(host) {
+            return;
+        }
+        let id = input.id;
+        match self.exec(host, Command::PrepareCrossPurchase(input.clone())) {
+            Ok(Reply::Cross(step)) => match *step {
+                CrossStep::Done(_) => self.acks.push(Ack {
+                    host,
+                    home: self.home_index(&input.card).unwrap_or(host),
+                    purchase: id,
+                    offline: false,
+                }),
+                CrossStep::Forward {
+                    home,
+                    request,
+                    allocation_part,
+                } => {
+                    let Some(h) = self.index_of(&home) else {
+                        return;
+                    };
+                    self.sagas.insert(
+                        (host, id),
+                        Saga {
+                            input,
+                            home,
+                            request: request.clone(),
+                            allocation_part,
+                        },
+                    );
+                    self.send(
+                        host,
+                        h,
+                        Msg::Request {
+                            purchase: id,
+                            request,
+                        },
+                    );
+                    self.schedule(
+                        self.now + HOME_DEADLINE,
+                        Event::Deadline { host, purchase: id },
+                    );
+                }
+            },
+            _ => self.report.declined += 1,
+        }
+    }
+
+    fn index_of(&self, c: &CaisseId) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == *c)
+    }
+
+    fn home_index(&self, card: &CardId) -> Option<usize> {
+        self.nodes.iter().position(|n| card.is_issued_by(&n.id))
+    }
+
+    fn deliver(&mut self, from: usize, to: usize, msg: Msg) {
+        if !self.up(to) {
+            self.report.dropped += 1;
+            return;
+        }
+        match msg {
+            Msg::Request { purchase, request } => {
+                // The home decides; a crash before the decision is durable
+                // loses it and the answer.
+                if self.rng.below(1000) < self.opts.faults.crash_pm / 20 {
+                    self.crash_mid_decision(to, Command::HomePurchase { request });
+                    return;
+                }
+                if let Ok(Reply::Answer(answer)) = self.exec(to, Command::HomePurchase { request })
+                {
+                    self.send(
+                        to,
+                        from,
+                        Msg::Answer {
+                            purchase,
+                            answer: *answer,
+                        },
+                    );
+                }
+            }
+            Msg::Answer { purchase, answer } => {
+                let offline = self.nodes[to].caisse.as_ref().is_some_and(|c| {
+                    caisse_core::settlement::offline_pending(c)
+                        .is_ok_and(|p| p.iter().any(|(id, _, _)| *id == purchase))
+                });
+                if offline {
+                    if self
+                        .exec(to, Command::ResolveOffline { purchase, answer })
+                        .is_ok()
+                    {
+                        self.report.sagas_resolved += 1;
+                    }
+                    return;
+                }
+                let Some(saga) = self.sagas.remove(&(to, purchase)) else {
+                    return; // a duplicate, or an answer after the deadline
+                };
+                let cmd = Command::RecordCrossAnswer {
+                    input: saga.input.clone(),
+                    home: saga.home,
+                    request: saga.request.clone(),
+                    answer,
+                };
+                self.report.sagas_resolved += 1;
+                match self.exec(to, cmd) {
+                    Ok(_) => self.acks.push(Ack {
+                        host: to,
+                        home: from,
+                        purchase,
+                        offline: false,
+                    }),
+                    Err(CaisseError::Declined { .. }) => self.report.declined += 1,
+                    Err(_) => self.retry.push_back((to, saga.input)),
+                }
+            }
+            Msg::Document(sequence, doc) => {
+                if self.nodes[to]
+                    .documents
+                    .get(&from)
+                    .is_some_and(|(seen, _)| *seen >= sequence)
+                {
+                    return; // stale or replayed heads
+                }
+                let peer = doc.read(&self.nodes[from].id, &self.federation);
+                self.nodes[to]
+                    .documents
+                    .insert(from, (sequence, (*doc).clone()));
+                let me = self.nodes[to].id;
+                let periods: BTreeSet<Period> = peer
+                    .statements
+                    .iter()
+                    .filter(|(_, s)| s.debtor == me)
+                    .map(|(_, s)| s.period)
+                    .chain(
+                        peer.transfers
+                            .iter()
+                            .filter(|(_, t)| t.to == me)
+                            .map(|(_, t)| t.period),
+                    )
+                    .collect();
+                let _ = self.exec(to, Command::PeerDocuments { peers: vec![peer] });
+                if !periods.is_empty() {
+                    let _ = self.exec(
+                        to,
+                        Command::AnswerStatements {
+                            periods: periods.into_iter().collect(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// A crash after deciding `cmd` but before its writes were synced.
+    fn crash_mid_decision(&mut self, i: usize, cmd: Command) {
+        let now = self.secs();
+        if let Some(c) = self.nodes[i].caisse.as_mut() {
+            let _ = c.execute(cmd, now);
+            // The batch never reaches the disk.
+            let _ = c.take_batch();
+        }
+        self.trace(format!("{i} crash before sync"));
+        self.crash(i);
+    }
+
+    fn crash(&mut self, i: usize) {
+        if self.nodes[i].caisse.take().is_some() {
+            self.report.crashes += 1;
+            self.trace(format!("{i} crash"));
+            let back = self.now + 1_000 + self.rng.below(30_000);
+            self.schedule(back, Event::Restart { node: i });
+        }
+    }
+
+    fn deadline(&mut self, host: usize, purchase: PurchaseId) {
+        let Some(saga) = self.sagas.remove(&(host, purchase)) else {
+            return;
+        };
+        self.report.sagas_resolved += 1;
+        if !self.up(host) {
+            self.retry.push_back((host, saga.input));
+            return;
+        }
+        let home = self.index_of(&saga.home).unwrap_or(host);
+        match self.exec(
+            host,
+            Command::AcceptOffline {
+                input: saga.input.clone(),
+                home: saga.home,
+                request: saga.request,
+                allocation_part: saga.allocation_part,
+            },
+        ) {
+            Ok(_) => self.acks.push(Ack {
+                host,
+                home,
+                purchase,
+                offline: true,
+            }),
+            // Unreachable and no floor: the till was told nothing was charged.
+            Err(_) => self.retry.push_back((host, saga.input)),
+        }
+    }
+
+    fn forward_offline(&mut self) {
+        for i in 0..self.nodes.len() {
+            let pending = match self.nodes[i].caisse.as_ref() {
+                Some(c) => caisse_core::settlement::offline_pending(c).unwrap_or_default(),
+                None => continue,
+            };
+            for (id, home, request) in pending {
+                if let Some(h) = self.index_of(&home) {
+                    self.send(
+                        i,
+                        h,
+                        Msg::Request {
+                            purchase: id,
+                            request,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn allocate(&mut self, i: usize, period: Period) {
+        let now = self.secs();
+        let node = &mut self.nodes[i];
+        let Some(c) = node.caisse.as_mut() else {
+            return;
+        };
+        let mut job = c.allocation_job(period);
+        loop {
+            let r = c.allocation_step(&mut job, 64, now);
+            let ops = c.take_batch().unwrap_or_default();
+            node.store.apply(&ops).unwrap_or_else(|e| panic!("{e}"));
+            match r {
+                Ok(false) => {}
+                Ok(true) | Err(_) => break,
+            }
+        }
+        let issued = job.run.issued;
+        self.trace(format!("{i} allocation {period}: {issued}"));
+    }
+
+    fn midnight(&mut self) {
+        let today = self.today();
+        self.trace(format!("midnight {today}"));
+        for i in 0..self.nodes.len() {
+            if !self.up(i) {
+                continue;
+            }
+            if today.ymd().2 == 1 {
+                self.allocate(i, today.period());
+                // Settle last month.
+                if let Some(prev) = previous(today.period())
+                    && let Ok(Reply::Settlement(s)) =
+                        self.exec(i, Command::RunSettlement { period: prev })
+                {
+                    self.report.statements += s.statements_published;
+                }
+            }
+            // Faults of the day.
+            if !self.quiescent {
+                if self.rng.below(1000) < self.opts.faults.crash_pm {
+                    self.crash(i);
+                    continue;
+                }
+                if self.rng.below(1000) < self.opts.faults.partition_pm {
+                    self.report.partitions += 1;
+                    let until = self.now + 3_600_000 * (1 + self.rng.below(6));
+                    self.nodes[i].cut_until = until;
+                    self.trace(format!("{i} cut off"));
+                    self.schedule(until, Event::Heal { node: i });
+                }
+            }
+        }
+        self.check_daily();
+    }
+
+    fn violation(&mut self, v: String) {
+        if self.report.violations.len() < 20 {
+            self.report.violations.push(v);
+        }
+    }
+
+    /// Every caisse's ledger audits clean (from what is durable).
+    fn check_daily(&mut self) {
+        for i in 0..self.nodes.len() {
+            match caisse_core::ledger::check(&*self.nodes[i].store) {
+                Ok(r) if r.ok() => {}
+                Ok(r) => {
+                    let f = r
+                        .findings
+                        .iter()
+                        .take(3)
+                        .map(|f| format!("{}: {}", f.item, f.problem))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    self.violation(format!("day {}: caisse {i} ledger: {f}", self.today()));
+                }
+                Err(e) => self.violation(format!("caisse {i}: audit failed: {e}")),
+            }
+        }
+    }
+
+    /// After the faults stop and time passes: everything resolved and agreed.
+    fn check_quiescent(&mut self) {
+        self.check_daily();
+        if !self.sagas.is_empty() {
+            self.violation(format!(
+                "{} cross-caisse sales still unresolved at quiescence",
+                self.sagas.len()
+            ));
+        }
+        for i in 0..self.nodes.len() {
+            let pending = self.nodes[i]
+                .caisse
+                .as_ref()
+                .map(|c| caisse_core::settlement::offline_pending(c).unwrap_or_default())
+                .unwrap_or_default();
+            if !pending.is_empty() {
+                self.violation(format!(
+                    "caisse {i}: {} offline sales never resolved",
+                    pending.len()
+                ));
+            }
+        }
+        // Every acknowledged purchase is recorded exactly once where it must be.
+        let acks = self.acks.clone();
+        for a in &acks {
+            let has = |n: usize, prefix: &[u8]| {
+                self.nodes[n]
+                    .store
+                    .get(&keys::key(prefix, &[a.purchase.as_bytes()]))
+                    .ok()
+                    .flatten()
+                    .is_some()
+            };
+            if a.host == a.home {
+                if !has(a.host, keys::PURCHASE) {
+                    self.violation(format!(
+                        "local purchase {} acknowledged but lost",
+                        a.purchase
+                    ));
+                }
+                continue;
+            }
+            let issued = has(a.home, caisse_core::settlement::ISSUED);
+            let held = has(a.host, caisse_core::settlement::HELD);
+            let recorded = issued && held;
+            if !a.offline && !recorded {
+                self.violation(format!(
+                    "cross purchase {} acknowledged: receipt at home {issued}, at host {held}",
+                    a.purchase
+                ));
+            }
+            if a.offline && issued && !held {
+                self.violation(format!(
+                    "offline sale {} confirmed by its home but not recorded at the host",
+                    a.purchase
+                ));
+            }
+        }
+        // What each caisse owes another, both sides agree.
+        let n = self.nodes.len();
+        for a in 0..n {
+            for b in (a + 1)..n {
+                let (Some(ca), Some(cb)) =
+                    (self.nodes[a].caisse.as_ref(), self.nodes[b].caisse.as_ref())
+                else {
+                    continue;
+                };
+                let ab = ca.balance(&Account::Peer(self.nodes[b].id));
+                let ba = cb.balance(&Account::Peer(self.nodes[a].id));
+                if ab.checked_add(ba).ok() != Some(Amount::ZERO) {
+                    // Receipts at `n` under `prefix` whose counterpart is `other`.
+                    let ids = |n: usize, prefix: &[u8], other: usize| -> BTreeSet<PurchaseId> {
+                        self.nodes[n]
+                            .store
+                            .scan_prefix(prefix)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter_map(|(k, v)| {
+                                let r: caisse_core::settlement::ReceiptRecord =
+                                    caisse_core::store::decode_value(&k, &v).ok()?;
+                                let them = if prefix == caisse_core::settlement::ISSUED {
+                                    r.receipt.host
+                                } else {
+                                    r.receipt.home
+                                };
+                                (them == self.nodes[other].id).then_some(r.receipt.purchase)
+                            })
+                            .collect()
+                    };
+                    use caisse_core::settlement::{HELD, ISSUED};
+                    let (xa, hb) = (ids(a, ISSUED, b), ids(b, HELD, a));
+                    let (xb, ha) = (ids(b, ISSUED, a), ids(a, HELD, b));
+                    let show = |v: Vec<&PurchaseId>| {
+                        v.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    let only_issued = show(xa.difference(&hb).chain(xb.difference(&ha)).collect());
+                    let only_held = show(hb.difference(&xa).chain(ha.difference(&xb)).collect());
+                    self.violation(format!(
+                        "caisse {a} books {ab} with {b}, which books {ba} with {a} (receipts issued but not held: [{only_issued}]; held but not issued: [{only_held}])"
+                    ));
+                }
+            }
+        }
+    }
+
+    fn run(mut self) -> SimReport {
+        let days = u64::from(self.opts.days);
+        let end = days * DAY;
+        // The workload: an action every half hour of simulated time on average.
+        let mut t = 0;
+        while t < end {
+            t += 60_000 + self.rng.below(3_600_000);
+            self.schedule(t, Event::Tick);
+        }
+        for d in 1..=days + 3 {
+            self.schedule(d * DAY, Event::Midnight);
+        }
+        let mut f = 0;
+        while f < end + 3 * DAY {
+            f += 300_000;
+            self.schedule(f, Event::ForwardOffline);
+        }
+        while let Some(Reverse((at, seq))) = self.queue.pop() {
+            let Some(e) = self.events.remove(&seq) else {
+                continue;
+            };
+            self.now = at;
+            self.report.events += 1;
+            if at >= end && !self.quiescent {
+                // Faults stop; crashed caisses come back; links heal.
+                self.quiescent = true;
+                self.trace("quiescence".into());
+                for i in 0..self.nodes.len() {
+                    self.nodes[i].cut_until = 0;
+                    if !self.up(i) {
+                        self.boot(i);
+                    }
+                }
+                self.opts.faults.loss_pm = 0;
+                self.opts.faults.dup_pm = 0;
+                self.opts.faults.crash_pm = 0;
+                // Tills retry what they never got an answer to.
+                while let Some((host, input)) = self.retry.pop_front() {
+                    if input.card.is_issued_by(&self.nodes[host].id) {
+                        self.local_sale(host, input);
+                    } else {
+                        self.cross_sale(host, input);
+                    }
+                }
+            }
+            match e {
+                Event::Tick => self.tick(),
+                Event::Deliver { from, to, msg } => self.deliver(from, to, msg),
+                Event::Deadline { host, purchase } => self.deadline(host, purchase),
+                Event::Restart { node } => {
+                    if !self.up(node) {
+                        self.trace(format!("{node} restart"));
+                        self.boot(node);
+                        self.gossip_if_changed(node);
+                    }
+                }
+                Event::Heal { node } => self.trace(format!("{node} healed")),
+                Event::Midnight => self.midnight(),
+                Event::ForwardOffline => self.forward_offline(),
+            }
+        }
+        self.check_quiescent();
+        let hash = std::mem::take(&mut self.hasher).finalize();
+        self.report.seed = self.opts.seed;
+        self.report.trace_hash = hex::encode(hash);
+        self.report.tail = self.tail.iter().cloned().collect();
+        self.report.acknowledged = (
+            self.acks.iter().filter(|a| a.host == a.home).count() as u64,
+            self.acks
+                .iter()
+                .filter(|a| a.host != a.home && !a.offline)
+                .count() as u64,
+            self.acks.iter().filter(|a| a.offline).count() as u64,
+        );
+        self.report
+    }
+}
+
+fn previous(p: Period) -> Option<Period> {
+    let (y, m) = (p.year(), p.month());
+    if m == 1 {
+        Period::new(y.checked_sub(1)?, 12)
+    } else {
+        Period::new(y, m - 1)
+    }
+}
+
+/// Run one federation under `opts.seed`.
+pub fn run(opts: SimOptions) -> SimReport {
+    Sim::new(opts).run()
+}
