@@ -67,6 +67,10 @@ pub struct Faults {
     pub crash_pm: u64,
     /// Chance per day that a caisse is cut off for a few hours, per thousand.
     pub partition_pm: u64,
+    /// Caisse 0 is Byzantine: this often (per thousand answers) it signs a
+    /// receipt for a request that was never made (another request id, a
+    /// larger amount) instead of its real answer.
+    pub forged_receipts_pm: u64,
 }
 
 impl Faults {
@@ -79,6 +83,7 @@ impl Faults {
             dup_pm: 0,
             crash_pm: 0,
             partition_pm: 0,
+            forged_receipts_pm: 0,
         };
         Some(match name {
             "none" | "lan" => none,
@@ -98,6 +103,7 @@ impl Faults {
                 dup_pm: 20,
                 crash_pm: 60,
                 partition_pm: 60,
+                forged_receipts_pm: 100,
             },
             _ => return None,
         })
@@ -148,6 +154,8 @@ pub struct SimReport {
     pub retries: u64,
     /// Settlement statements published.
     pub statements: u64,
+    /// Forged receipts refused by their hosts.
+    pub forged_refused: u64,
     /// Invariant violations (empty: the run is sound).
     pub violations: Vec<String>,
     /// The last lines of the trace, for a failing run.
@@ -208,6 +216,9 @@ struct Ack {
     offline: bool,
 }
 
+/// Allocation accepted under a host's offline floor, per card and day.
+type OfflineUse = BTreeMap<(usize, CardId, Day), Amount>;
+
 struct Node {
     id: CaisseId,
     key: [u8; 32],
@@ -223,6 +234,8 @@ struct Node {
     documents: BTreeMap<usize, (u64, Published)>,
     /// Sequence of the documents this caisse published (its signed heads').
     sequence: u64,
+    /// This caisse's offline floor (per card and day).
+    floor: Amount,
 }
 
 /// The whole simulation.
@@ -238,6 +251,9 @@ struct Sim {
     sagas: BTreeMap<(usize, PurchaseId), Saga>,
     retry: VecDeque<(usize, PurchaseInput)>,
     acks: Vec<Ack>,
+    /// Hashes of the answers the Byzantine caisse forged.
+    forged: BTreeSet<[u8; 32]>,
+    offline_use: OfflineUse,
     next_purchase: u64,
     hasher: Sha256,
     tail: VecDeque<String>,
@@ -281,7 +297,7 @@ impl Sim {
                     recognised: ids.iter().filter(|c| **c != ids[i]).copied().collect(),
                 },
                 // Some caisses accept sales offline at their own risk.
-                offline_floor: Amount::from_cents(if rng.below(2) == 0 { 0 } else { 15_00 }),
+                offline_floor: Amount::from_cents(if rng.below(2) == 0 { 0 } else { 5_00 }),
                 ..Policy::default()
             };
             caisse_core::caisse::write_initial_state(
@@ -305,6 +321,7 @@ impl Sim {
                 cut_until: 0,
                 documents: BTreeMap::new(),
                 sequence: 0,
+                floor: policy.offline_floor,
             });
         }
         let mut sim = Sim {
@@ -319,6 +336,8 @@ impl Sim {
             sagas: BTreeMap::new(),
             retry: VecDeque::new(),
             acks: Vec::new(),
+            forged: BTreeSet::new(),
+            offline_use: BTreeMap::new(),
             next_purchase: 1,
             hasher: Sha256::new(),
             tail: VecDeque::new(),
@@ -644,13 +663,25 @@ impl Sim {
 
     fn local_sale(&mut self, i: usize, input: PurchaseInput) {
         let id = input.id;
-        match self.exec(i, Command::Purchase(input)) {
-            Ok(_) => self.acks.push(Ack {
-                host: i,
-                home: i,
-                purchase: id,
-                offline: false,
-            }),
+        if !self.quiescent && self.rng.below(1000) < self.opts.faults.crash_pm / 20 {
+            // The node dies before the sale is durable: the till retries.
+            self.crash_mid_decision(i, Command::Purchase(input.clone()));
+            self.retry.push_back((i, input));
+            return;
+        }
+        match self.exec(i, Command::Purchase(input.clone())) {
+            Ok(_) => {
+                self.acks.push(Ack {
+                    host: i,
+                    home: i,
+                    purchase: id,
+                    offline: false,
+                });
+                if self.rng.below(1000) < self.opts.faults.loss_pm {
+                    // The till never saw the answer: it sends the same sale again.
+                    self.retry.push_back((i, input));
+                }
+            }
             Err(CaisseError::Unavailable) => {}
             Err(_) => self.report.declined += 1,
         }
@@ -727,14 +758,10 @@ impl Sim {
                 }
                 if let Ok(Reply::Answer(answer)) = self.exec(to, Command::HomePurchase { request })
                 {
-                    self.send(
-                        to,
-                        from,
-                        Msg::Answer {
-                            purchase,
-                            answer: *answer,
-                        },
-                    );
+                    let forge =
+                        to == 0 && self.rng.below(1000) < self.opts.faults.forged_receipts_pm;
+                    let answer = if forge { self.forge(*answer) } else { *answer };
+                    self.send(to, from, Msg::Answer { purchase, answer });
                 }
             }
             Msg::Answer { purchase, answer } => {
@@ -754,6 +781,7 @@ impl Sim {
                 let Some(saga) = self.sagas.remove(&(to, purchase)) else {
                     return; // a duplicate, or an answer after the deadline
                 };
+                let forged = self.forged.contains(&envelope_hash(&answer));
                 let cmd = Command::RecordCrossAnswer {
                     input: saga.input.clone(),
                     home: saga.home,
@@ -762,6 +790,16 @@ impl Sim {
                 };
                 self.report.sagas_resolved += 1;
                 match self.exec(to, cmd) {
+                    Ok(_) if forged => {
+                        self.violation(format!(
+                            "caisse {to} accepted a receipt for {purchase} that caisse {from} forged"
+                        ));
+                    }
+                    Err(_) if forged => {
+                        // Refused, as it must be: the till tries again later.
+                        self.report.forged_refused += 1;
+                        self.retry.push_back((to, saga.input));
+                    }
                     Ok(_) => self.acks.push(Ack {
                         host: to,
                         home: from,
@@ -810,6 +848,28 @@ impl Sim {
         }
     }
 
+    /// Caisse 0 turns a real receipt into one for a request never made (a
+    /// different request id, a larger amount), validly signed by its key.
+    fn forge(&mut self, answer: Envelope) -> Envelope {
+        use caisse_protocol::messages::PurchaseReceipt;
+        let Ok(v) = answer.open::<PurchaseReceipt>(&self.federation) else {
+            return answer; // a decline: nothing to forge
+        };
+        let mut r = v.message;
+        r.request = caisse_protocol::ContentId::of(&self.rng.next_u64().to_le_bytes());
+        r.allocation_part = r
+            .allocation_part
+            .checked_add(Amount::from_cents(1_00))
+            .unwrap_or(r.allocation_part);
+        let key = SecretKey::from_bytes(self.nodes[0].key);
+        let Ok(forged) = Envelope::seal(&key, &self.federation, &r) else {
+            return answer;
+        };
+        self.forged.insert(envelope_hash(&forged));
+        self.trace(format!("0 forged a receipt for {}", r.purchase));
+        forged
+    }
+
     /// A crash after deciding `cmd` but before its writes were synced.
     fn crash_mid_decision(&mut self, i: usize, cmd: Command) {
         let now = self.secs();
@@ -841,6 +901,7 @@ impl Sim {
             return;
         }
         let home = self.index_of(&saga.home).unwrap_or(host);
+        let card = saga.input.card;
         match self.exec(
             host,
             Command::AcceptOffline {
@@ -850,6 +911,25 @@ impl Sim {
                 allocation_part: saga.allocation_part,
             },
         ) {
+            Ok(Reply::Receipt(r)) if !r.replayed => {
+                let used = self
+                    .offline_use
+                    .entry((host, card, self.today()))
+                    .or_insert(Amount::ZERO);
+                *used = used.checked_add(r.allocation_part).unwrap_or(Amount::MAX);
+                if *used > self.nodes[host].floor {
+                    let (u, f) = (*used, self.nodes[host].floor);
+                    self.violation(format!(
+                        "caisse {host} accepted {u} offline for one card in a day, above its floor of {f}"
+                    ));
+                }
+                self.acks.push(Ack {
+                    host,
+                    home,
+                    purchase,
+                    offline: true,
+                });
+            }
             Ok(_) => self.acks.push(Ack {
                 host,
                 home,
@@ -1107,6 +1187,7 @@ impl Sim {
                 self.opts.faults.loss_pm = 0;
                 self.opts.faults.dup_pm = 0;
                 self.opts.faults.crash_pm = 0;
+                self.opts.faults.forged_receipts_pm = 0;
                 // Tills retry what they never got an answer to.
                 while let Some((host, input)) = self.retry.pop_front() {
                     if input.card.is_issued_by(&self.nodes[host].id) {
@@ -1147,6 +1228,10 @@ impl Sim {
         );
         self.report
     }
+}
+
+fn envelope_hash(e: &Envelope) -> [u8; 32] {
+    Sha256::digest(e.to_bytes().unwrap_or_default()).into()
 }
 
 fn previous(p: Period) -> Option<Period> {
