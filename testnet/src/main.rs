@@ -232,6 +232,12 @@ fn sim_command(
         total.sagas_resolved += r.sagas_resolved;
         total.retries += r.retries;
         total.statements += r.statements;
+        total.bytes += r.bytes;
+        total.largest_document = total.largest_document.max(r.largest_document);
+        total
+            .convergence_ms
+            .extend(r.convergence_ms.iter().copied());
+        total.forged_refused += r.forged_refused;
         if !r.violations.is_empty() {
             eprintln!("seed {seed} FAILED:");
             for v in &r.violations {
@@ -268,6 +274,25 @@ fn sim_command(
         total.sagas_resolved,
         total.retries,
         total.statements
+    );
+    let mut conv = total.convergence_ms.clone();
+    conv.sort_unstable();
+    let pct = |q: f64| {
+        conv.get(((conv.len().saturating_sub(1)) as f64 * q).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    let caisse_days = (n as f64) * (caisses as f64) * f64::from(days.max(1));
+    println!(
+        "per caisse and day: {:.0} messages, {:.1} KiB sent; largest document {:.1} KiB; a change reached every caisse in p50 {} ms, p99 {} ms, max {} ms (simulated, {} changes); {} forged receipts refused",
+        total.messages as f64 / caisse_days,
+        total.bytes as f64 / caisse_days / 1024.0,
+        total.largest_document as f64 / 1024.0,
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
+        conv.len(),
+        total.forged_refused
     );
     Ok(if failed.is_empty() {
         ExitCode::SUCCESS

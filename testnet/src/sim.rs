@@ -156,6 +156,13 @@ pub struct SimReport {
     pub statements: u64,
     /// Forged receipts refused by their hosts.
     pub forged_refused: u64,
+    /// Bytes sent (signed envelopes and published documents).
+    pub bytes: u64,
+    /// The largest published document, in bytes.
+    pub largest_document: u64,
+    /// Time for a caisse's change to reach every other caisse (simulated
+    /// ms), one entry per change that reached all of them.
+    pub convergence_ms: Vec<u64>,
     /// Invariant violations (empty: the run is sound).
     pub violations: Vec<String>,
     /// The last lines of the trace, for a failing run.
@@ -196,6 +203,9 @@ enum Event {
     Midnight,
     /// Hosts forward the sales they accepted offline.
     ForwardOffline,
+    /// Caisses compare catalogs of signed heads and send what a peer lacks
+    /// (the node does this on connection and every few seconds).
+    CatchUp,
 }
 
 /// A cross-caisse sale waiting for its home caisse.
@@ -236,6 +246,8 @@ struct Node {
     sequence: u64,
     /// This caisse's offline floor (per card and day).
     floor: Amount,
+    /// What it published last (for catch-up).
+    latest: Option<Box<Published>>,
 }
 
 /// The whole simulation.
@@ -253,6 +265,8 @@ struct Sim {
     acks: Vec<Ack>,
     /// Hashes of the answers the Byzantine caisse forged.
     forged: BTreeSet<[u8; 32]>,
+    /// Each caisse's published changes not yet everywhere: (sequence, when).
+    changes: BTreeMap<usize, VecDeque<(u64, Ms)>>,
     offline_use: OfflineUse,
     next_purchase: u64,
     hasher: Sha256,
@@ -322,6 +336,7 @@ impl Sim {
                 documents: BTreeMap::new(),
                 sequence: 0,
                 floor: policy.offline_floor,
+                latest: None,
             });
         }
         let mut sim = Sim {
@@ -337,6 +352,7 @@ impl Sim {
             retry: VecDeque::new(),
             acks: Vec::new(),
             forged: BTreeSet::new(),
+            changes: BTreeMap::new(),
             offline_use: BTreeMap::new(),
             next_purchase: 1,
             hasher: Sha256::new(),
@@ -475,6 +491,11 @@ impl Sim {
 
     fn send(&mut self, from: usize, to: usize, msg: Msg) {
         self.report.messages += 1;
+        self.report.bytes += match &msg {
+            Msg::Request { request, .. } => request.to_bytes().map_or(0, |b| b.len() as u64),
+            Msg::Answer { answer, .. } => answer.to_bytes().map_or(0, |b| b.len() as u64),
+            Msg::Document(_, doc) => published_size(doc),
+        };
         let cut = self.nodes[from].cut_until > self.now || self.nodes[to].cut_until > self.now;
         if cut || self.rng.below(1000) < self.opts.faults.loss_pm {
             self.report.dropped += 1;
@@ -520,6 +541,12 @@ impl Sim {
         let doc = st.published();
         self.nodes[i].sequence += 1;
         let sequence = self.nodes[i].sequence;
+        self.report.largest_document = self.report.largest_document.max(published_size(&doc));
+        self.changes
+            .entry(i)
+            .or_default()
+            .push_back((sequence, self.now));
+        self.nodes[i].latest = Some(Box::new(doc.clone()));
         for j in 0..self.nodes.len() {
             if j != i {
                 self.send(i, j, Msg::Document(sequence, Box::new(doc.clone())));
@@ -682,13 +709,15 @@ impl Sim {
                     self.retry.push_back((i, input));
                 }
             }
-            Err(CaisseError::Unavailable) => {}
+            Err(CaisseError::Unavailable) => self.retry.push_back((i, input)),
             Err(_) => self.report.declined += 1,
         }
     }
 
     fn cross_sale(&mut self, host: usize, input: PurchaseInput) {
         if !self.up(host) {
+            // The till cannot reach its own node: it tries again later.
+            self.retry.push_back((host, input));
             return;
         }
         let id = input.id;
@@ -822,6 +851,7 @@ impl Sim {
                 self.nodes[to]
                     .documents
                     .insert(from, (sequence, (*doc).clone()));
+                self.converged(from);
                 let me = self.nodes[to].id;
                 let periods: BTreeSet<Period> = peer
                     .statements
@@ -868,6 +898,23 @@ impl Sim {
         self.forged.insert(envelope_hash(&forged));
         self.trace(format!("0 forged a receipt for {}", r.purchase));
         forged
+    }
+
+    /// Record the changes of caisse `i` that every other caisse now holds.
+    fn converged(&mut self, i: usize) {
+        let everywhere = (0..self.nodes.len())
+            .filter(|j| *j != i)
+            .map(|j| self.nodes[j].documents.get(&i).map_or(0, |(s, _)| *s))
+            .min()
+            .unwrap_or(0);
+        let now = self.now;
+        if let Some(q) = self.changes.get_mut(&i) {
+            while q.front().is_some_and(|(s, _)| *s <= everywhere) {
+                if let Some((_, at)) = q.pop_front() {
+                    self.report.convergence_ms.push(now - at);
+                }
+            }
+        }
     }
 
     /// A crash after deciding `cmd` but before its writes were synced.
@@ -938,6 +985,25 @@ impl Sim {
             }),
             // Unreachable and no floor: the till was told nothing was charged.
             Err(_) => self.retry.push_back((host, saga.input)),
+        }
+    }
+
+    fn catch_up(&mut self) {
+        let n = self.nodes.len();
+        for i in 0..n {
+            if !self.up(i) {
+                continue;
+            }
+            let Some(doc) = self.nodes[i].latest.clone() else {
+                continue;
+            };
+            let seq = self.nodes[i].sequence;
+            for j in 0..n {
+                let behind = self.nodes[j].documents.get(&i).map_or(0, |(s, _)| *s) < seq;
+                if j != i && behind && self.up(j) {
+                    self.send(i, j, Msg::Document(seq, doc.clone()));
+                }
+            }
         }
     }
 
@@ -1167,6 +1233,7 @@ impl Sim {
         while f < end + 3 * DAY {
             f += 300_000;
             self.schedule(f, Event::ForwardOffline);
+            self.schedule(f + 150_000, Event::CatchUp);
         }
         while let Some(Reverse((at, seq))) = self.queue.pop() {
             let Some(e) = self.events.remove(&seq) else {
@@ -1211,6 +1278,7 @@ impl Sim {
                 Event::Heal { node } => self.trace(format!("{node} healed")),
                 Event::Midnight => self.midnight(),
                 Event::ForwardOffline => self.forward_offline(),
+                Event::CatchUp => self.catch_up(),
             }
         }
         self.check_quiescent();
@@ -1228,6 +1296,23 @@ impl Sim {
         );
         self.report
     }
+}
+
+fn published_size(p: &Published) -> u64 {
+    let maps = [
+        &p.criteria,
+        &p.accreditations,
+        &p.revocations,
+        &p.settlement,
+        &p.claims,
+    ];
+    let entries: usize = maps
+        .iter()
+        .flat_map(|m| m.iter())
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    let recognised: usize = p.recognised.iter().map(String::len).sum();
+    (entries + recognised + p.profile.as_ref().map_or(0, Vec::len)) as u64
 }
 
 fn envelope_hash(e: &Envelope) -> [u8; 32] {
