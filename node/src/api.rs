@@ -351,19 +351,12 @@ async fn list_members(
     let out = s
         .handle
         .read(move |v, _| {
-            let mut out = Vec::new();
-            let mut err = None;
-            v.store.for_each_from(keys::MEMBER, &from, &mut |k, val| {
-                match decode_value::<MemberRecord>(k, val) {
-                    Ok(r) => out.push(r),
-                    Err(e) => err = Some(e),
-                }
-                out.len() < limit && err.is_none()
-            })?;
-            match err {
-                Some(e) => Err(e.into()),
-                None => Ok(out),
-            }
+            Ok(crate::store::page::<MemberRecord>(
+                &*v.store,
+                keys::MEMBER,
+                &from,
+                limit,
+            )?)
         })
         .await?;
     let views: Result<Vec<_>, _> = out.into_iter().map(|r| member_view(&s, r)).collect();
@@ -614,21 +607,8 @@ async fn journal(
     let out = s
         .handle
         .read(move |v, _| {
-            let mut out = Vec::new();
-            let mut err = None;
             let start = JournalEntry::key(from);
-            v.store
-                .for_each_from(keys::JOURNAL, &start, &mut |k, val| {
-                    match decode_value(k, val) {
-                        Ok(e) => out.push(e),
-                        Err(e) => err = Some(e),
-                    }
-                    out.len() < limit && err.is_none()
-                })?;
-            match err {
-                Some(e) => Err(e.into()),
-                None => Ok(out),
-            }
+            Ok(crate::store::page(&*v.store, keys::JOURNAL, &start, limit)?)
         })
         .await?;
     Ok(Json(out))

@@ -89,6 +89,29 @@ pub trait Store: Send + Sync + 'static {
     fn sync(&self) -> Result<(), StoreError>;
 }
 
+/// At most `limit` values under `prefix`, from key `start` on, decoded; the
+/// first value that does not decode is an error.
+pub fn page<T: DeserializeOwned>(
+    store: &dyn Store,
+    prefix: &[u8],
+    start: &[u8],
+    limit: usize,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    let mut err = None;
+    store.for_each_from(prefix, start, &mut |k, v| {
+        match decode_value(k, v) {
+            Ok(x) => out.push(x),
+            Err(e) => err = Some(e),
+        }
+        out.len() < limit && err.is_none()
+    })?;
+    match err {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
 /// Encode a value for storage: version byte, then postcard.
 pub fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
     let out = vec![VALUE_VERSION];
