@@ -273,8 +273,23 @@ enum OutletCmd {
         #[arg(long, value_delimiter = ',')]
         categories: Vec<Category>,
     },
-    /// List outlets and what the caisse owes each.
+    /// List outlets, what the caisse owes each, and suspended tills.
     List,
+    /// Suspend an outlet's tills (a lost tablet, a closed shop): its token
+    /// makes no sale until reinstated.
+    Suspend {
+        /// Outlet id.
+        outlet: OutletId,
+        /// Why, shown to the till.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Reinstate an outlet's tills (after a suspension, or after the node
+    /// suspended them for a burst of wrong PINs).
+    Reinstate {
+        /// Outlet id.
+        outlet: OutletId,
+    },
     /// Pay an outlet what the caisse owes it (once per period).
     Payout {
         /// Outlet id.
@@ -567,15 +582,26 @@ enum ReportCmd {
 
 #[derive(Subcommand)]
 enum TokenCmd {
-    /// Create a token: observer (the evaluation committee), admin, or seat
-    /// (a seat holder without a member card votes with it in the web console).
+    /// Create a token: observer (the evaluation committee: aggregates and
+    /// the anonymised export), auditor (the accountant: the ledger under
+    /// pseudonyms), admin, or seat (a seat holder without a member card
+    /// votes with it in the web console).
     Create {
-        /// observer, admin or seat.
+        /// observer, auditor, admin or seat.
         #[arg(long)]
         role: String,
         /// The seat, for --role seat (seat-3 or 3).
         #[arg(long)]
         seat: Option<String>,
+    },
+    /// List tokens by id (the start of their hash: the tokens themselves
+    /// are not kept) and role.
+    List,
+    /// Revoke a token: requests with it are refused at once, and console
+    /// sessions opened with it end.
+    Revoke {
+        /// The token's id as `token list` shows it (8 hex digits or more).
+        id: String,
     },
 }
 
@@ -790,15 +816,25 @@ impl Output {
     }
 }
 
+/// A JSON value as text for the terminal: strings without quotes, and
+/// never a control character (names may come from other caisses).
 fn s(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => caisse_protocol::text::printable(s),
         Value::Null => "-".into(),
         other => other.to_string(),
     }
 }
 
 fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|r| {
+            r.iter()
+                .map(|c| caisse_protocol::text::printable(c))
+                .collect()
+        })
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -1180,6 +1216,38 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
                 println!("{} token (shown once): {}", s(&v["role"]), s(&v["token"]));
             });
         }
+        Command::Token(TokenCmd::List) => {
+            let v: Value = c.get("/api/v1/tokens").await?;
+            out.value(&v, |v| {
+                let rows = v
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|t| {
+                                let role = match &t["role"] {
+                                    Value::Object(o) => o
+                                        .iter()
+                                        .map(|(k, v)| format!("{k} {}", s(v)))
+                                        .collect::<Vec<_>>()
+                                        .join(" "),
+                                    other => s(other),
+                                };
+                                vec![s(&t["id"]), role]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(&["id", "role"], rows);
+            });
+        }
+        Command::Token(TokenCmd::Revoke { id }) => {
+            let v: Value = c
+                .post(&format!("/api/v1/tokens/{id}/revoke"), &json!({}))
+                .await?;
+            out.value(&v, |_| {
+                println!("Token {id} revoked: it opens nothing from now on.");
+            });
+        }
         Command::Clock(ClockCmd::Set { today }) => {
             let v: Value = c.post("/api/v1/clock", &json!({ "today": today })).await?;
             out.value(&v, |v| println!("Node date set to {}", s(&v["today"])));
@@ -1329,13 +1397,41 @@ async fn outlet(c: &Client, out: &Output, o: &OutletCmd) -> Result<ExitCode> {
                                     .as_array()
                                     .map(|c| c.iter().map(|x| s(&x[0])).collect())
                                     .unwrap_or_default();
-                                vec![s(&o["id"]), s(&o["name"]), cats.join(","), s(&o["owed"])]
+                                let tills = if o["suspended"].is_null() {
+                                    "open".to_owned()
+                                } else {
+                                    format!("SUSPENDED: {}", s(&o["suspended"]["reason"]))
+                                };
+                                vec![
+                                    s(&o["id"]),
+                                    s(&o["name"]),
+                                    cats.join(","),
+                                    s(&o["owed"]),
+                                    tills,
+                                ]
                             })
                             .collect()
                     })
                     .unwrap_or_default();
-                table(&["id", "name", "categories", "owed"], rows);
+                table(&["id", "name", "categories", "owed", "tills"], rows);
             });
+        }
+        OutletCmd::Suspend { outlet, reason } => {
+            let v: Value = c
+                .post(
+                    &format!("/api/v1/outlets/{outlet}/suspend"),
+                    &json!({ "reason": reason }),
+                )
+                .await?;
+            out.value(&v, |_| {
+                println!("The tills of {outlet} are suspended: their sales are refused until `caisse outlet reinstate {outlet}`.");
+            });
+        }
+        OutletCmd::Reinstate { outlet } => {
+            let v: Value = c
+                .post(&format!("/api/v1/outlets/{outlet}/reinstate"), &json!({}))
+                .await?;
+            out.value(&v, |_| println!("The tills of {outlet} are open again."));
         }
         OutletCmd::Payout { outlet, period } => {
             let v: Value = c
@@ -1789,9 +1885,21 @@ async fn producer(c: &Client, out: &Output, p: &ProducerCmd) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_csv(path: &Path, rows: &[Value]) -> Result<usize> {
-    let text = caisse_node::report::to_csv(rows);
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+/// Write an export file readable by its owner only (it is for a
+/// researcher, not for every account on the machine).
+fn write_csv(path: &Path, header: &[&str], rows: &[Value]) -> Result<usize> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = caisse_node::report::to_csv(header, rows);
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(rows.len())
 }
 
@@ -1803,22 +1911,41 @@ async fn report(c: &Client, out: &Output, r: &ReportArgs) -> Result<ExitCode> {
             let v: Value = c
                 .get(&format!("/api/v1/report/export?period={period}"))
                 .await?;
-            std::fs::create_dir_all(dir)
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
             let p = write_csv(
                 &dir.join("purchases.csv"),
+                &caisse_node::report::PURCHASE_COLUMNS,
                 v["purchases"].as_array().map_or(&[][..], |a| a.as_slice()),
             )?;
             let m = write_csv(
                 &dir.join("members.csv"),
+                &caisse_node::report::MEMBER_COLUMNS,
                 v["members"].as_array().map_or(&[][..], |a| a.as_slice()),
             )?;
-            out.value(&json!({ "purchases": p, "members": m, "dir": dir }), |_| {
-                println!(
-                    "Wrote {p} purchase lines and {m} members (pseudonyms only) to {}",
-                    dir.display()
-                );
-            });
+            let withheld = (
+                v["withheld_purchases"].as_u64().unwrap_or(0),
+                v["withheld_members"].as_u64().unwrap_or(0),
+            );
+            out.value(
+                &json!({ "purchases": p, "members": m, "dir": dir,
+                         "withheld_purchases": withheld.0, "withheld_members": withheld.1,
+                         "model": v["model"] }),
+                |_| {
+                    println!(
+                        "Wrote {p} purchase lines and {m} members (pseudonyms only) to {}",
+                        dir.display()
+                    );
+                    println!(
+                        "Withheld to keep every row among at least {} alike: {} purchase lines, {} members.",
+                        v["k"], withheld.0, withheld.1
+                    );
+                },
+            );
         }
         None => {
             let period = r.period.ok_or_else(|| anyhow!("give --period YYYY-MM"))?;

@@ -72,7 +72,7 @@ fn a_caisse_runs_its_month() {
             "--joined",
             "2026-01-01",
             "--pin",
-            "4321",
+            "4829",
         ],
     );
     let (code, kid) = json(
@@ -281,12 +281,12 @@ fn a_caisse_runs_its_month() {
             ],
         )
     };
-    assert_eq!(s(&pin_buy("4321").1["balance_after"]), "98.00");
+    assert_eq!(s(&pin_buy("4829").1["balance_after"]), "98.00");
     assert_eq!(s(&pin_buy("0000").1["error"]), "wrong_pin");
     assert_eq!(s(&pin_buy("0000").1["error"]), "wrong_pin");
     let locked = pin_buy("0000").1;
     assert_eq!(s(&locked["error"]), "card_locked");
-    assert_eq!(s(&pin_buy("4321").1["error"]), "card_locked");
+    assert_eq!(s(&pin_buy("4829").1["error"]), "card_locked");
     ok(&dir, &["member", "pin", &s(&cy["member"]), "--pin", "2468"]);
     assert_eq!(s(&pin_buy("2468").1["balance_after"]), "96.00");
 

@@ -564,8 +564,10 @@ fn a_parliament_decides_what_the_allocation_buys() {
     );
     let purchases = std::fs::read_to_string(out_dir.join("purchases.csv")).unwrap();
     let members_csv = std::fs::read_to_string(out_dir.join("members.csv")).unwrap();
-    assert_eq!(members_csv.lines().count(), 7);
-    assert_eq!(purchases.lines().count(), 3);
+    // Six alike members hide among each other; two purchase lines are too
+    // few to hide in and are withheld (the header stays).
+    assert_eq!(members_csv.lines().count(), 7, "{members_csv}");
+    assert_eq!(purchases.lines().count(), 1, "{purchases}");
     for (m, c) in &members {
         for text in [&purchases, &members_csv] {
             assert!(!text.contains(m.as_str()) && !text.contains(c.as_str()));

@@ -62,6 +62,9 @@ impl ApiError {
     fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
     }
+    fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
     fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
@@ -83,6 +86,7 @@ impl From<CaisseError> for ApiError {
             CaisseError::NotFound { .. } => StatusCode::NOT_FOUND,
             CaisseError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             CaisseError::Conflict(_) => StatusCode::CONFLICT,
+            CaisseError::Suspended(_) => StatusCode::FORBIDDEN,
             CaisseError::Declined { reason, .. } => match reason {
                 DeclineReason::InsufficientBalance { .. } => StatusCode::PAYMENT_REQUIRED,
                 DeclineReason::UnknownCard => StatusCode::NOT_FOUND,
@@ -192,9 +196,27 @@ impl Auth {
     fn seat_token() -> ApiError {
         ApiError::forbidden("a seat token only opens the parliament page of the web console")
     }
+    /// Reads that name no person: aggregates, outlets, producers, the
+    /// federation.
     fn reader(&self) -> Result<(), ApiError> {
         match self.0 {
-            Role::Admin | Role::Observer => Ok(()),
+            Role::Admin | Role::Observer | Role::Auditor => Ok(()),
+            Role::Outlet { .. } => Err(ApiError::forbidden(
+                "an outlet token may only submit purchases",
+            )),
+            Role::Seat { .. } => Err(Auth::seat_token()),
+        }
+    }
+    /// Reads of member accounts (the journal, the audit): the admin as
+    /// stored, the auditor under pseudonyms; `Ok(true)` when the answer
+    /// must be pseudonymised.
+    fn ledger_reader(&self) -> Result<bool, ApiError> {
+        match self.0 {
+            Role::Admin => Ok(false),
+            Role::Auditor => Ok(true),
+            Role::Observer => Err(ApiError::forbidden(
+                "the journal names member accounts: the evaluation committee reads the report and the anonymised export; ask the treasurer for an auditor token to verify the ledger",
+            )),
             Role::Outlet { .. } => Err(ApiError::forbidden(
                 "an outlet token may only submit purchases",
             )),
@@ -229,7 +251,9 @@ pub fn routes() -> Router<App> {
         .route("/api/v1/ledger/journal", get(journal))
         .route("/api/v1/ledger/check", get(check))
         .route("/api/v1/jobs", get(jobs))
-        .route("/api/v1/tokens", post(new_token))
+        .route("/api/v1/tokens", post(new_token).get(list_tokens))
+        .route("/api/v1/tokens/{id}/revoke", post(revoke_token))
+        .route("/api/v1/outlets/{id}/{action}", post(outlet_action))
         .route("/api/v1/parliament", get(parliament_show))
         .route("/api/v1/parliament/seats", post(seat_add))
         .route("/api/v1/parliament/seats/{id}/remove", post(seat_remove))
@@ -511,6 +535,8 @@ struct OutletView {
     #[serde(flatten)]
     record: OutletRecord,
     owed: Amount,
+    /// Why its tills are suspended, if they are.
+    suspended: Option<crate::members::OutletBlock>,
 }
 
 async fn list_outlets(State(s): State<App>, auth: Auth) -> Result<Json<Vec<OutletView>>, ApiError> {
@@ -522,7 +548,16 @@ async fn list_outlets(State(s): State<App>, auth: Auth) -> Result<Json<Vec<Outle
             for (k, val) in v.store.scan_prefix(keys::OUTLET)? {
                 let record: OutletRecord = decode_value(&k, &val)?;
                 let owed = v.balance(&Account::Outlet(record.id));
-                out.push(OutletView { record, owed });
+                let bkey = crate::members::OutletBlock::key(&record.id);
+                let suspended = match v.store.get(&bkey)? {
+                    Some(b) => Some(decode_value(&bkey, &b)?),
+                    None => None,
+                };
+                out.push(OutletView {
+                    record,
+                    owed,
+                    suspended,
+                });
             }
             Ok(out)
         })
@@ -554,7 +589,11 @@ async fn purchase(
                 "this outlet token may only submit purchases for its own outlet",
             ));
         }
-        Role::Observer => return Err(ApiError::forbidden("an observer cannot make purchases")),
+        Role::Observer | Role::Auditor => {
+            return Err(ApiError::forbidden(
+                "an observer or auditor token cannot make purchases",
+            ));
+        }
         Role::Seat { .. } => return Err(Auth::seat_token()),
     }
     if !input.card.is_issued_by(&s.caisse_id) {
@@ -574,31 +613,49 @@ struct BalanceView {
     balance: Amount,
 }
 
-async fn balances(State(s): State<App>, auth: Auth) -> Result<Json<Vec<BalanceView>>, ApiError> {
+/// Every account's balance. The observer gets member accounts as one
+/// total (`members`), the auditor under pseudonyms.
+async fn balances(State(s): State<App>, auth: Auth) -> Result<Json<serde_json::Value>, ApiError> {
     auth.reader()?;
+    let per_member = !matches!(auth.0, Role::Observer);
     let out = s
         .handle
-        .read(|v, _| {
+        .read(move |v, _| {
             let mut out = Vec::new();
+            let mut members = Amount::ZERO;
             for (k, val) in v.store.scan_prefix(keys::BALANCE)? {
                 let balance: Amount = decode_value(&k, &val)?;
-                let account = Account::from_balance_key(&k)
-                    .map_or_else(|| keys::printable(&k), |a| a.to_string());
+                let account = Account::from_balance_key(&k);
+                if !per_member && matches!(account, Some(Account::Member(_))) {
+                    members = members.checked_add(balance).unwrap_or(Amount::MAX);
+                    continue;
+                }
+                let account = account.map_or_else(|| keys::printable(&k), |a| a.to_string());
                 out.push(BalanceView { account, balance });
+            }
+            if !per_member {
+                out.push(BalanceView {
+                    account: "members".into(),
+                    balance: members,
+                });
             }
             out.sort_by(|a, b| a.account.cmp(&b.account));
             Ok(out)
         })
         .await?;
-    Ok(Json(out))
+    let mut v = serde_json::to_value(out).map_err(|e| ApiError::internal(e.to_string()))?;
+    if matches!(auth.0, Role::Auditor | Role::Observer) {
+        s.pseudonyms.apply(&mut v);
+    }
+    Ok(Json(v))
 }
 
 async fn journal(
     State(s): State<App>,
     auth: Auth,
     Query(page): Query<Page>,
-) -> Result<Json<Vec<JournalEntry>>, ApiError> {
-    auth.reader()?;
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let pseudonymise = auth.ledger_reader()?;
     let from: u64 = match &page.from {
         Some(f) => parse("sequence number", f)?,
         None => 0,
@@ -608,19 +665,28 @@ async fn journal(
         .handle
         .read(move |v, _| {
             let start = JournalEntry::key(from);
-            Ok(crate::store::page(&*v.store, keys::JOURNAL, &start, limit)?)
+            Ok(crate::store::page::<JournalEntry>(
+                &*v.store,
+                keys::JOURNAL,
+                &start,
+                limit,
+            )?)
         })
         .await?;
-    Ok(Json(out))
+    let mut v = serde_json::to_value(out).map_err(|e| ApiError::internal(e.to_string()))?;
+    if pseudonymise {
+        s.pseudonyms.apply(&mut v);
+    }
+    Ok(Json(v))
 }
 
 async fn check(
     State(s): State<App>,
     auth: Auth,
 ) -> Result<Json<crate::ledger::CheckReport>, ApiError> {
-    // The audit reads every entry: the admin (treasurer) starts it, not
-    // any observer token.
-    auth.admin()?;
+    // The audit reads every entry: the admin (treasurer) or the auditor
+    // starts it, not the committee's observer token.
+    auth.ledger_reader()?;
     Ok(Json(s.handle.check().await?))
 }
 
@@ -648,6 +714,7 @@ async fn new_token(
     auth.admin()?;
     let role = match b.role.as_str() {
         "observer" => Role::Observer,
+        "auditor" => Role::Auditor,
         "admin" => Role::Admin,
         "seat" => {
             let seat = parse_seat(b.seat.as_deref().ok_or_else(|| {
@@ -668,7 +735,7 @@ async fn new_token(
         }
         other => {
             return Err(ApiError::bad_request(format!(
-                "role {other:?}: use observer, admin or seat (outlet tokens come with `outlet register`)"
+                "role {other:?}: use observer, auditor, admin or seat (outlet tokens come with `outlet register`)"
             )));
         }
     };
@@ -679,6 +746,86 @@ async fn new_token(
         _ => None,
     } }),
     ))
+}
+
+/// Every token by id (the start of its hash) and role.
+async fn list_tokens(
+    State(s): State<App>,
+    auth: Auth,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.admin()?;
+    let tokens = s
+        .handle
+        .read(|v, _| crate::caisse::tokens(&*v.store))
+        .await?;
+    Ok(Json(json!(
+        tokens
+            .into_iter()
+            .map(|(id, role)| json!({ "id": id, "role": role }))
+            .collect::<Vec<_>>()
+    )))
+}
+
+/// Revoke a token: the next request carrying it gets 401, and console
+/// sessions opened with it end.
+async fn revoke_token(
+    State(s): State<App>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.admin()?;
+    let role = reply!(
+        s.handle
+            .execute(Command::RevokeToken { id: id.clone() })
+            .await,
+        Reply::Revoked
+    )?;
+    Ok(Json(json!({ "revoked": id, "role": role })))
+}
+
+#[derive(Deserialize, Default)]
+struct ReasonBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `suspend` or `reinstate` an outlet's tills.
+async fn outlet_action(
+    State(s): State<App>,
+    auth: Auth,
+    Path((id, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.admin()?;
+    let outlet: OutletId = parse("outlet id", &id)?;
+    let suspended = match action.as_str() {
+        "suspend" => true,
+        "reinstate" => false,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no outlet action {other:?}: use suspend or reinstate"),
+            ));
+        }
+    };
+    let b: ReasonBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ReasonBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?
+    };
+    let suspended = reply!(
+        s.handle
+            .execute(Command::SuspendOutlet {
+                outlet,
+                suspended,
+                reason: b.reason,
+            })
+            .await,
+        Reply::Suspended
+    )?;
+    Ok(Json(json!({ "outlet": outlet, "suspended": suspended })))
 }
 
 #[derive(Deserialize)]
@@ -714,11 +861,25 @@ async fn parliament_show(
     auth: Auth,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     auth.reader()?;
+    let admin = matches!(auth.0, Role::Admin);
     let out = s
         .handle
-        .read(|c, _| {
+        .read(move |c, _| {
             let seats = c.seats()?;
             let problem = crate::parliament::composition_problem(&seats);
+            // Who holds a seat is the admin's to know: the others see the
+            // seats, their kinds and their votes.
+            let seats: Vec<serde_json::Value> = seats
+                .iter()
+                .map(|seat| {
+                    let mut v = json!(seat);
+                    if !admin && let Some(o) = v.as_object_mut() {
+                        o.remove("member");
+                        o.remove("holder");
+                    }
+                    v
+                })
+                .collect();
             let proposals = c.proposals()?;
             Ok(json!({
                 "seats": seats,
@@ -1138,12 +1299,7 @@ async fn report_export(
 ) -> Result<Json<crate::report::Export>, ApiError> {
     auth.reader()?;
     let period: Period = parse("period", &q.period)?;
-    let secret = crate::daemon::random32();
-    let store = s.store.clone();
-    let export =
-        tokio::task::spawn_blocking(move || crate::report::export_of(&*store, period, secret))
-            .await
-            .map_err(|_| CaisseError::Unavailable)??;
+    let export = crate::app::export(&s, period, crate::daemon::random32()).await?;
     Ok(Json(export))
 }
 

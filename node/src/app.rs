@@ -36,6 +36,11 @@ pub struct App {
     pub(crate) caisse_id: CaisseId,
     /// The federation task's handle.
     pub(crate) federation: crate::federation::Federation,
+    /// The auditor's pseudonyms for member and card ids.
+    pub(crate) pseudonyms: crate::redact::Pseudonyms,
+    /// One whole-journal read (a report, an export) at a time: more would
+    /// only share the disk and multiply the memory, and slow the tills.
+    pub(crate) heavy: Arc<tokio::sync::Semaphore>,
 }
 
 impl App {
@@ -46,6 +51,7 @@ impl App {
         config: Config,
         caisse_id: CaisseId,
         federation: crate::federation::Federation,
+        pseudonym_secret: &[u8; 32],
     ) -> App {
         App {
             handle,
@@ -53,6 +59,8 @@ impl App {
             config: Arc::new(config),
             caisse_id,
             federation,
+            pseudonyms: crate::redact::Pseudonyms::new(pseudonym_secret),
+            heavy: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 }
@@ -157,8 +165,31 @@ pub async fn cross_sale(app: &App, input: PurchaseInput) -> Result<Receipt, Sale
 /// The evaluation report of a period, computed on a blocking thread from
 /// the store, never in the writer.
 pub async fn report(app: &App, period: Period) -> Result<crate::report::Report, CaisseError> {
+    let _turn = app
+        .heavy
+        .acquire()
+        .await
+        .map_err(|_| CaisseError::Unavailable)?;
     let store = app.store.clone();
     tokio::task::spawn_blocking(move || crate::report::report_of(&*store, period))
+        .await
+        .map_err(|_| CaisseError::Unavailable)?
+}
+
+/// The anonymised export of a period, pseudonyms keyed by `secret`; one
+/// whole-journal read at a time, off the writer.
+pub async fn export(
+    app: &App,
+    period: Period,
+    secret: [u8; 32],
+) -> Result<crate::report::Export, CaisseError> {
+    let _turn = app
+        .heavy
+        .acquire()
+        .await
+        .map_err(|_| CaisseError::Unavailable)?;
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || crate::report::export_of(&*store, period, secret))
         .await
         .map_err(|_| CaisseError::Unavailable)?
 }

@@ -25,9 +25,70 @@ pub struct Config {
     /// libp2p addresses of other caisses to connect to at start.
     #[serde(default)]
     pub bootstrap: Vec<String>,
+    /// The HTTP server's bounds and the reverse proxy in front of it.
+    #[serde(default)]
+    pub http: Http,
     /// Settings for test networks only.
     #[serde(default)]
     pub testing: Testing,
+}
+
+/// `[http]`: bounds of the HTTP server, and the reverse proxy in front.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// Connections open at once, all clients together.
+    #[serde(default = "Http::default_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once from one client address.
+    #[serde(default = "Http::default_max_per_address")]
+    pub max_connections_per_address: usize,
+    /// Seconds a client has to send a request's headers (also the longest
+    /// a kept-alive connection may sit idle).
+    #[serde(default = "Http::default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// Addresses of the reverse proxies in front of the node: from these
+    /// only, the client's address is read from `X-Forwarded-For` (for the
+    /// sign-in limiter); from any other address the header is ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Mark the session cookie `Secure` (set it when a TLS proxy serves the
+    /// console over https, as it should).
+    #[serde(default)]
+    pub secure_cookies: bool,
+}
+
+impl Http {
+    fn default_max_connections() -> usize {
+        1024
+    }
+    fn default_max_per_address() -> usize {
+        64
+    }
+    fn default_header_timeout() -> u64 {
+        10
+    }
+
+    /// The listener's limits.
+    pub fn limits(&self) -> crate::http::HttpLimits {
+        crate::http::HttpLimits {
+            max_connections: self.max_connections.max(1),
+            max_per_address: self.max_connections_per_address.max(1),
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs.clamp(1, 300)),
+        }
+    }
+}
+
+impl Default for Http {
+    fn default() -> Http {
+        Http {
+            max_connections: Http::default_max_connections(),
+            max_connections_per_address: Http::default_max_per_address(),
+            header_timeout_secs: Http::default_header_timeout(),
+            trusted_proxies: Vec::new(),
+            secure_cookies: false,
+        }
+    }
 }
 
 /// Settings that only a test network should change.
@@ -120,6 +181,18 @@ impl Config {
              listen = {}\n\
              bootstrap = {}\n\
              \n\
+             [http]\n\
+             # Connections at once, in all and from one address; seconds a client\n\
+             # has to send its headers (and the longest idle keep-alive).\n\
+             max_connections = {}\n\
+             max_connections_per_address = {}\n\
+             header_timeout_secs = {}\n\
+             # The reverse proxies in front (their X-Forwarded-For is believed),\n\
+             # e.g. [\"127.0.0.1\"] behind a local Caddy or nginx.\n\
+             trusted_proxies = {}\n\
+             # true when the console is served over https by the proxy.\n\
+             secure_cookies = {}\n\
+             \n\
              [testing]\n\
              # Only for test networks: let the admin API set the node's clock.\n\
              manual_clock = {}\n",
@@ -129,6 +202,18 @@ impl Config {
             q(&self.api.to_string()),
             list(&self.listen),
             list(&self.bootstrap),
+            self.http.max_connections,
+            self.http.max_connections_per_address,
+            self.http.header_timeout_secs,
+            list(
+                &self
+                    .http
+                    .trusted_proxies
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            ),
+            self.http.secure_cookies,
             self.testing.manual_clock
         )
     }
@@ -147,6 +232,7 @@ mod tests {
             api: "127.0.0.1:0".parse().unwrap(),
             listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
             bootstrap: vec![],
+            http: Http::default(),
             testing: Testing::default(),
         };
         let text = c.to_commented_toml();

@@ -122,6 +122,38 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), NodeError> {
     f.sync_all().map_err(io(path))
 }
 
+/// Make the data directory private to its owner: the directory and every
+/// directory under it 0700, every file 0600 (it holds names, residences,
+/// incomes and the caisse's key). Returns the paths that were looser, so
+/// the caller can warn.
+pub fn make_private(dir: &Path) -> Result<Vec<PathBuf>, NodeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut loose = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(p) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&p).map_err(io(&p))?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            loose.push(p.clone());
+            std::fs::set_permissions(
+                &p,
+                std::fs::Permissions::from_mode(mode & !0o077 | want & 0o700),
+            )
+            .map_err(io(&p))?;
+        }
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p).map_err(io(&p))? {
+                todo.push(e.map_err(io(&p))?.path());
+            }
+        }
+    }
+    Ok(loose)
+}
+
 /// Create a caisse in `dir`: key, config, store, tokens. Refuses to
 /// overwrite an existing caisse.
 pub fn init(dir: &Path, opts: InitOptions) -> Result<Created, NodeError> {
@@ -129,6 +161,13 @@ pub fn init(dir: &Path, opts: InitOptions) -> Result<Created, NodeError> {
         return Err(NodeError::Invalid(
             "--name must be 1 to 200 characters".into(),
         ));
+    }
+    for (what, text) in [("--name", &opts.name), ("--territory", &opts.territory)] {
+        if text.chars().any(caisse_protocol::text::is_hostile) {
+            return Err(NodeError::Invalid(format!(
+                "{what} has control characters: use plain text (other caisses show it)"
+            )));
+        }
     }
     opts.policy
         .validate()
@@ -147,6 +186,7 @@ pub fn init(dir: &Path, opts: InitOptions) -> Result<Created, NodeError> {
         api: opts.api,
         listen: opts.listen,
         bootstrap: opts.bootstrap,
+        http: crate::config::Http::default(),
         testing: opts.testing,
     };
     let config_path = dir.join("config.toml");
@@ -161,6 +201,7 @@ pub fn init(dir: &Path, opts: InitOptions) -> Result<Created, NodeError> {
         &opts.policy,
         today,
     )?;
+    make_private(dir)?;
     let mut tokens = Vec::new();
     let mut files = Vec::new();
     for (role, file) in [
@@ -250,11 +291,15 @@ pub struct RunningNode {
 /// Start the node of the caisse in `dir`: returns once the API is bound
 /// and `node.json` is written.
 pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
+    let open_files = crate::http::raise_open_file_limit();
     let secret = load_key(dir)?;
     let config = Config::load(&dir.join("config.toml"))?;
     let caisse_id = secret.caisse_id();
     let span = tracing::info_span!("node", caisse = %caisse_id.short());
     let _enter = span.enter();
+    for p in make_private(dir)? {
+        tracing::warn!(target: "caisse::security", path = %p.display(), "readable by other accounts on this machine: made private to the caisse's user (0700 directories, 0600 files)");
+    }
     tracing::info!(name = %config.name, federation = %config.federation, "starting");
     let mut store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("store"))?);
     if let Some(faults) = config.testing.faults.clone() {
@@ -362,21 +407,18 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
     let api = listener
         .local_addr()
         .map_err(io(Path::new("api address")))?;
-    let (shutdown, mut stop) = tokio::sync::watch::channel(false);
-    let app = crate::app::App::new(handle.clone(), store, config.clone(), caisse_id, federation);
+    let (shutdown, stop) = tokio::sync::watch::channel(false);
+    let app = crate::app::App::new(
+        handle.clone(),
+        store,
+        config.clone(),
+        caisse_id,
+        federation,
+        &secret_bytes,
+    );
     let router = crate::server::router(app);
-    let api_task = tokio::spawn(async move {
-        let serve = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "API server failed");
-        }
-    });
+    let limits = config.http.limits().within(open_files);
+    let api_task = tokio::spawn(crate::http::serve(listener, router, limits, stop));
     let info = NodeInfo {
         caisse_id,
         api,

@@ -286,3 +286,97 @@ mod tests {
         assert_eq!(judge_fork(&mut old, &signed), SyncVerdict::Incomplete);
     }
 }
+
+/// Every key and every scalar value a saved document holds or ever held
+/// (its state at each of its changes), decoded: strings as UTF-8, byte
+/// values as they are (signed statements, uncompressed). What a privacy
+/// check must search: automerge compresses a saved document's larger
+/// columns with DEFLATE, so a name stored in one is not in the saved bytes.
+pub fn every_value(saved: &[u8]) -> Result<Vec<Vec<u8>>, automerge::AutomergeError> {
+    let mut doc = AutoCommit::load(saved)?;
+    let mut states = vec![doc.get_heads()];
+    states.extend(doc.get_changes(&[]).iter().map(|c| vec![c.hash()]));
+    let mut out = Vec::new();
+    for heads in states {
+        let state = doc.fork_at(&heads)?;
+        collect_values(&state, &ROOT, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn collect_values(
+    doc: &AutoCommit,
+    obj: &automerge::ObjId,
+    out: &mut Vec<Vec<u8>>,
+) -> Result<(), automerge::AutomergeError> {
+    let visit = |v: Value<'_>, id: automerge::ObjId, out: &mut Vec<Vec<u8>>| match v {
+        Value::Object(_) => collect_values(doc, &id, out),
+        Value::Scalar(s) => {
+            match s.as_ref() {
+                ScalarValue::Bytes(b) => out.push(b.clone()),
+                ScalarValue::Str(t) => out.push(t.as_bytes().to_vec()),
+                other => out.push(other.to_string().into_bytes()),
+            }
+            Ok(())
+        }
+    };
+    match doc.object_type(obj)? {
+        ObjType::Map | ObjType::Table => {
+            for key in doc.keys(obj) {
+                out.push(key.as_bytes().to_vec());
+                if let Some((v, id)) = doc.get(obj, key.as_str())? {
+                    visit(v, id, out)?;
+                }
+            }
+        }
+        ObjType::List => {
+            for i in 0..doc.length(obj) {
+                if let Some((v, id)) = doc.get(obj, i)? {
+                    visit(v, id, out)?;
+                }
+            }
+        }
+        ObjType::Text => out.push(doc.text(obj)?.into_bytes()),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod privacy_check_tests {
+    use super::*;
+
+    /// A name planted in a document is found in its decoded values even
+    /// where automerge compressed it out of sight of a byte search.
+    #[test]
+    fn a_planted_name_is_caught_in_decoded_values() {
+        let owner = CaisseId::from_bytes([3; 32]);
+        let mut doc = new_document(&owner);
+        let notes = doc.put_object(ROOT, "notes", ObjType::List).unwrap();
+        for i in 0..400 {
+            doc.insert(&notes, i, format!("note {i} about Awa Diallo of Cadenet"))
+                .unwrap();
+        }
+        let saved = doc.save();
+        let raw_has = saved.windows(10).any(|w| w == b"Awa Diallo");
+        assert!(
+            !raw_has,
+            "this document was meant to hide the name from a byte search"
+        );
+        let values = every_value(&saved).unwrap();
+        assert!(
+            values
+                .iter()
+                .any(|v| v.windows(10).any(|w| w == b"Awa Diallo"))
+        );
+        // And one deleted since: still in the history, still caught.
+        let mut doc = AutoCommit::load(&saved).unwrap();
+        doc.delete(ROOT, "notes").unwrap();
+        doc.put(ROOT, "profile", "Caisse A").unwrap();
+        let values = every_value(&doc.save()).unwrap();
+        assert!(
+            values
+                .iter()
+                .any(|v| v.windows(10).any(|w| w == b"Awa Diallo"))
+        );
+    }
+}

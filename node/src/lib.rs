@@ -12,6 +12,8 @@
 //! - [`app`]: the application layer both front ends share (state, the host
 //!   side of a cross-caisse sale, reports off the writer).
 //! - [`api`]: the HTTP JSON API.
+//! - [`redact`]: what each role sees of member and card ids.
+//! - [`http`]: the HTTP listener with connection bounds and timeouts.
 //! - [`server`]: the HTTP server: the API and the console side by side.
 //! - [`daemon`]: `caisse init` and running a node.
 //! - [`network`]: the libp2p swarm task.
@@ -34,7 +36,9 @@ pub mod console;
 pub mod daemon;
 pub mod documents;
 pub mod federation;
+pub mod http;
 pub mod network;
+pub mod redact;
 pub mod rogue;
 pub mod server;
 pub mod store;

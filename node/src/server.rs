@@ -20,6 +20,23 @@ pub fn router(app: App) -> Router {
         .merge(crate::console::routes().with_state(console))
         .fallback(move |req: Request| not_found(fallback_state.clone(), req))
         .layer(DefaultBodyLimit::max(crate::api::MAX_BODY))
+        .layer(axum::middleware::from_fn(time_limit))
+}
+
+/// The longest a request may take (a report of a million members takes
+/// about 20 s here); past it the client gets 503 and the work is dropped.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+async fn time_limit(req: Request, next: axum::middleware::Next) -> Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "the request took too long; a change it asked for is made whole or not at all: retry it with the same id\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn not_found(s: ConsoleState, req: Request) -> Response {

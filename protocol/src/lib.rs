@@ -30,6 +30,7 @@ pub mod messages;
 pub mod netting;
 pub mod rpc;
 pub mod signed;
+pub mod text;
 
 pub use amount::{Amount, AmountError};
 pub use ids::{

@@ -77,21 +77,28 @@ impl TestNode {
     // The child moves into the TestNode, whose Drop kills and waits for it.
     #[allow(clippy::zombie_processes)]
     pub fn start(dir: &Path) -> TestNode {
+        TestNode::start_with(dir, |_| {})
+    }
+
+    /// [`TestNode::start`], with a change to the command first (limits,
+    /// environment).
+    #[allow(clippy::zombie_processes)]
+    pub fn start_with(dir: &Path, change: impl FnOnce(&mut Command)) -> TestNode {
         let _ = std::fs::remove_file(dir.join("node.json"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("node.log"))
             .expect("log file");
-        let mut child = Command::new(bin())
-            .arg("--data-dir")
+        let mut cmd = Command::new(bin());
+        cmd.arg("--data-dir")
             .arg(dir)
             .arg("node")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn caisse node");
+            .stderr(log);
+        change(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn caisse node");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let info = std::fs::read_to_string(dir.join("node.json"))

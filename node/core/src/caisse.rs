@@ -24,7 +24,8 @@ use crate::ledger::{
     entry_hash,
 };
 use crate::members::{
-    CardRecord, MemberRecord, MemberStatus, OutletRecord, Role, pin_hash, token_key, valid_pin,
+    CardRecord, MemberRecord, MemberStatus, OutletBlock, OutletRecord, Role, pin_hash, token_key,
+    valid_pin, weak_pin,
 };
 use crate::policy::{Policy, days_active, pro_rata};
 use crate::view::Reads;
@@ -90,6 +91,10 @@ pub enum CaisseError {
     /// The node is shutting down or its writer stopped.
     #[error("the caisse node is shutting down; retry when it is back")]
     Unavailable,
+    /// The outlet's tills are suspended (by the admin, or after a burst of
+    /// wrong PINs); the message says why and who can lift it.
+    #[error("{0}")]
+    Suspended(String),
 }
 
 impl CaisseError {
@@ -111,6 +116,7 @@ impl CaisseError {
             },
             CaisseError::Storage(_) => "storage",
             CaisseError::Unavailable => "unavailable",
+            CaisseError::Suspended(_) => "till_suspended",
         }
     }
 
@@ -405,6 +411,7 @@ enum Undo {
     Member(MemberId, Option<MemberState>),
     Card(CardId, Option<CardRecord>),
     Outlet(OutletId, Option<OutletRecord>),
+    Block(OutletId, Option<OutletBlock>),
     Balance(Account, Option<Amount>, bool),
     Peer(CaisseId, Option<Box<crate::federation_view::PeerCaisse>>),
 }
@@ -450,6 +457,11 @@ pub struct Caisse {
     pub(crate) members: HashMap<MemberId, MemberState>,
     pub(crate) cards: HashMap<CardId, CardRecord>,
     pub(crate) outlets: HashMap<OutletId, OutletRecord>,
+    /// Outlets whose tills are suspended.
+    pub(crate) blocks: HashMap<OutletId, OutletBlock>,
+    /// Wrong PINs per outlet in the current window: (window start, count).
+    /// A rate counter, not state: it starts empty after a restart.
+    pub(crate) outlet_pin_failures: HashMap<OutletId, (u64, u32)>,
     pub(crate) balances: HashMap<Account, Amount>,
     pub(crate) dirty: HashSet<Account>,
     pub(crate) pending: WriteSet,
@@ -540,8 +552,18 @@ impl Caisse {
         })?;
         let mut cards = HashMap::new();
         for (k, v) in store.scan_prefix(keys::CARD)? {
-            let c: CardRecord = decode_value(&k, &v)?;
+            let c = crate::members::decode_card(&k, &v)?;
             cards.insert(c.card, c);
+        }
+        let mut blocks = HashMap::new();
+        for (k, v) in store.scan_prefix(keys::OUTLET_BLOCK)? {
+            let b: OutletBlock = decode_value(&k, &v)?;
+            if let Some(id) = k
+                .get(keys::OUTLET_BLOCK.len()..)
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            {
+                blocks.insert(OutletId::from_bytes(id), b);
+            }
         }
         let mut outlets = HashMap::new();
         for (k, v) in store.scan_prefix(keys::OUTLET)? {
@@ -603,6 +625,8 @@ impl Caisse {
             members,
             cards,
             outlets,
+            blocks,
+            outlet_pin_failures: HashMap::new(),
             balances,
             dirty: HashSet::new(),
             pending: WriteSet::default(),
@@ -697,6 +721,7 @@ impl Caisse {
                 Undo::Member(id, old) => restore(&mut self.members, id, old),
                 Undo::Card(id, old) => restore(&mut self.cards, id, old),
                 Undo::Outlet(id, old) => restore(&mut self.outlets, id, old),
+                Undo::Block(id, old) => restore(&mut self.blocks, id, old),
                 Undo::Peer(id, old) => match old {
                     Some(p) => {
                         self.peers.caisses.insert(id, *p);
@@ -1042,10 +1067,8 @@ impl Caisse {
         if input.income.is_some_and(|i| i.is_negative()) {
             return Err(CaisseError::Invalid("income cannot be negative".into()));
         }
-        if let Some(pin) = &input.pin
-            && !valid_pin(pin)
-        {
-            return Err(CaisseError::Invalid("a PIN is 4 to 8 digits".into()));
+        if let Some(pin) = &input.pin {
+            check_new_pin(pin)?;
         }
         let household = match (input.household, input.new_household) {
             (Some(_), true) => {
@@ -1093,6 +1116,7 @@ impl Caisse {
             salt,
             failed_attempts: 0,
             locked: false,
+            window_start: 0,
         };
         self.pending
             .put(MemberRecord::key(&id), encode_value(&record));
@@ -1156,9 +1180,7 @@ impl Caisse {
 
     /// Set or reset a member's PIN (also unlocks a locked card).
     pub fn set_pin(&mut self, id: MemberId, pin: &str) -> Result<CardId, CaisseError> {
-        if !valid_pin(pin) {
-            return Err(CaisseError::Invalid("a PIN is 4 to 8 digits".into()));
-        }
+        check_new_pin(pin)?;
         let record = self.member_record(&id)?;
         let salt = self.random16();
         let hash = pin_hash(&self.pepper, &salt, pin);
@@ -1174,6 +1196,7 @@ impl Caisse {
         card.pin_hash = Some(hash);
         card.failed_attempts = 0;
         card.locked = false;
+        card.window_start = 0;
         self.save_card(card);
         Ok(record.card)
     }
@@ -1540,6 +1563,46 @@ impl Caisse {
         token
     }
 
+    /// Revoke the token whose hash starts with `id` (8 hex digits at least,
+    /// naming one token only). The last admin token cannot be revoked.
+    pub fn revoke_token(&mut self, id: &str) -> Result<Role, CaisseError> {
+        if id.len() < 8 || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(CaisseError::Invalid(
+                "name the token by at least 8 hex digits of its id, as `caisse token list` shows"
+                    .into(),
+            ));
+        }
+        let id = id.to_ascii_lowercase();
+        let mut found = Vec::new();
+        let mut admins = 0;
+        for (k, v) in self.store.scan_prefix(keys::TOKEN)? {
+            let role: Role = decode_value(&k, &v)?;
+            if role == Role::Admin {
+                admins += 1;
+            }
+            if hex::encode(k.get(keys::TOKEN.len()..).unwrap_or_default()).starts_with(&id) {
+                found.push((k, role));
+            }
+        }
+        match found.len() {
+            0 => Err(CaisseError::NotFound { what: "token", id }),
+            1 => {
+                let (key, role) = found.remove(0);
+                if role == Role::Admin && admins <= 1 {
+                    return Err(CaisseError::Invalid(
+                        "this is the last admin token: create another admin token before revoking it".into(),
+                    ));
+                }
+                tracing::warn!(target: "caisse::security", token = %id, ?role, "token revoked");
+                self.pending.delete(key);
+                Ok(role)
+            }
+            n => Err(CaisseError::Invalid(format!(
+                "{n} tokens start with {id}: give more digits"
+            ))),
+        }
+    }
+
     /// Authorise, debit and record a purchase at one of this caisse's
     /// outlets by one of its members. A retry with the same id and content
     /// returns the same receipt and debits nothing.
@@ -1654,7 +1717,9 @@ impl Caisse {
             };
             coverage.push(cov);
         }
-        let member = self.unlock_card(&input.card, input.pin.as_deref())?;
+        self.check_outlet_open(&input.outlet)?;
+        let member =
+            self.unlock_card(&input.card, input.pin.as_deref(), now, Some(input.outlet))?;
         let overflow = |_| invalid("amount out of range".into());
         let (allocation_part, member_part) =
             caisse_protocol::messages::split_lines(&input.lines, &coverage).map_err(overflow)?;
@@ -1715,11 +1780,16 @@ impl Caisse {
 
     /// Check that `card` may pay: known, not locked, its member active, and
     /// the PIN right when the card has one. A wrong PIN counts against the
-    /// card (written with the batch) and locks it at the caisse's limit.
+    /// card (written with the batch) and locks it at the caisse's limit of
+    /// wrong PINs within [`crate::members::PIN_WINDOW_SECS`]; a right PIN
+    /// does not clear the count. A wrong PIN also counts against the
+    /// outlet whose till sent it (see [`Caisse::count_outlet_wrong_pin`]).
     pub(crate) fn unlock_card(
         &mut self,
         card_id: &CardId,
         pin: Option<&str>,
+        now: u64,
+        outlet: Option<OutletId>,
     ) -> Result<MemberId, CaisseError> {
         let Some(card) = self.cards.get(card_id) else {
             return Err(CaisseError::declined(
@@ -1744,25 +1814,13 @@ impl Caisse {
         let Some(expected) = card.pin_hash else {
             return Ok(member);
         };
-        let ok = pin.is_some_and(|p| pin_hash(&self.pepper, &card.salt, p) == expected);
-        let limit = self.policy.pin_attempts;
-        let mut card = self
-            .cards
-            .get(card_id)
-            .cloned()
-            .ok_or(CaisseError::Unavailable)?;
-        if ok {
-            if card.failed_attempts > 0 {
-                card.failed_attempts = 0;
-                self.save_card(card);
-                self.keep_so_far();
-            }
+        if pin.is_some_and(|p| pin_hash(&self.pepper, &card.salt, p) == expected) {
             return Ok(member);
         }
-        card.failed_attempts = card.failed_attempts.saturating_add(1);
-        card.locked = card.failed_attempts >= limit;
-        let (locked, left) = (card.locked, limit.saturating_sub(card.failed_attempts));
-        self.save_card(card);
+        let (locked, left) = self.count_wrong_pin(card_id, now);
+        if let Some(o) = outlet {
+            self.count_outlet_wrong_pin(o, now);
+        }
         // The wrong PIN counts even though the sale (or sign-in) is refused.
         self.keep_so_far();
         Err(if locked {
@@ -1783,15 +1841,150 @@ impl Caisse {
         })
     }
 
+    /// Count a wrong PIN against `card_id` (at a till here, at the member
+    /// page, or at another caisse's till): returns (now locked, attempts
+    /// left). The count starts again only when its window has passed.
+    pub(crate) fn count_wrong_pin(&mut self, card_id: &CardId, now: u64) -> (bool, u8) {
+        let limit = self.policy.pin_attempts;
+        let Some(mut card) = self.cards.get(card_id).cloned() else {
+            return (false, 0);
+        };
+        if card.failed_attempts == 0
+            || now
+                >= card
+                    .window_start
+                    .saturating_add(crate::members::PIN_WINDOW_SECS)
+        {
+            card.failed_attempts = 0;
+            card.window_start = now;
+        }
+        card.failed_attempts = card.failed_attempts.saturating_add(1);
+        card.locked = card.failed_attempts >= limit;
+        let (locked, left) = (card.locked, limit.saturating_sub(card.failed_attempts));
+        let tail = card_tail(card_id);
+        if locked {
+            tracing::warn!(target: "caisse::security", card = %tail, "card locked after wrong PINs");
+        } else {
+            tracing::info!(target: "caisse::security", card = %tail, left, "wrong PIN");
+        }
+        self.save_card(card);
+        (locked, left)
+    }
+
+    /// Count a wrong PIN sent by `outlet`'s tills; at
+    /// [`crate::members::OUTLET_PIN_LIMIT`] within the window, suspend the
+    /// outlet's tills until the admin reinstates them (someone is guessing
+    /// PINs with that outlet's token).
+    fn count_outlet_wrong_pin(&mut self, outlet: OutletId, now: u64) {
+        use crate::members::{OUTLET_PIN_LIMIT, OUTLET_PIN_WINDOW_SECS};
+        let e = self.outlet_pin_failures.entry(outlet).or_insert((now, 0));
+        if now >= e.0.saturating_add(OUTLET_PIN_WINDOW_SECS) {
+            *e = (now, 0);
+        }
+        e.1 = e.1.saturating_add(1);
+        tracing::info!(target: "caisse::security", %outlet, wrong_pins = e.1, "wrong PIN from this outlet's till");
+        if e.1 >= OUTLET_PIN_LIMIT && !self.blocks.contains_key(&outlet) {
+            let reason = format!(
+                "{OUTLET_PIN_LIMIT} wrong PINs within {} minutes from this outlet's tills: someone may be guessing PINs with its token",
+                OUTLET_PIN_WINDOW_SECS / 60
+            );
+            tracing::warn!(target: "caisse::security", %outlet, "outlet tills suspended: {reason}; the admin reinstates them with `caisse outlet reinstate`");
+            self.save_block(
+                outlet,
+                Some(OutletBlock {
+                    reason,
+                    since: now,
+                    automatic: true,
+                }),
+            );
+        }
+    }
+
+    /// Refuse a sale from a suspended outlet, before any card is touched.
+    pub(crate) fn check_outlet_open(&self, outlet: &OutletId) -> Result<(), CaisseError> {
+        match self.blocks.get(outlet) {
+            None => Ok(()),
+            Some(b) => Err(CaisseError::Suspended(format!(
+                "this outlet's tills are suspended ({}): the caisse's admin must reinstate them (`caisse outlet reinstate {outlet}`)",
+                b.reason
+            ))),
+        }
+    }
+
+    /// Suspend (`Some`) or reinstate (`None`) an outlet's tills.
+    pub(crate) fn save_block(&mut self, outlet: OutletId, block: Option<OutletBlock>) {
+        let old = self.blocks.get(&outlet).cloned();
+        self.record(Undo::Block(outlet, old));
+        let key = OutletBlock::key(&outlet);
+        match block {
+            Some(b) => {
+                self.pending.put(key, encode_value(&b));
+                self.blocks.insert(outlet, b);
+            }
+            None => {
+                self.pending.delete(key);
+                self.blocks.remove(&outlet);
+                self.outlet_pin_failures.remove(&outlet);
+            }
+        }
+    }
+
+    /// Suspend an outlet's tills (the admin's decision), or reinstate them.
+    pub fn set_outlet_suspended(
+        &mut self,
+        outlet: OutletId,
+        suspended: bool,
+        reason: Option<String>,
+        now: u64,
+    ) -> Result<(), CaisseError> {
+        if !self.outlets.contains_key(&outlet) {
+            return Err(CaisseError::NotFound {
+                what: "outlet",
+                id: outlet.to_string(),
+            });
+        }
+        if suspended {
+            let reason = reason.unwrap_or_else(|| "suspended by the admin".into());
+            if reason.chars().count() > 200 {
+                return Err(CaisseError::Invalid(
+                    "a reason is at most 200 characters".into(),
+                ));
+            }
+            tracing::warn!(target: "caisse::security", %outlet, %reason, "outlet tills suspended by the admin");
+            self.save_block(
+                outlet,
+                Some(OutletBlock {
+                    reason,
+                    since: now,
+                    automatic: false,
+                }),
+            );
+        } else {
+            tracing::info!(target: "caisse::security", %outlet, "outlet tills reinstated");
+            self.save_block(outlet, None);
+        }
+        Ok(())
+    }
+
+    /// Why an outlet's tills are suspended, if they are.
+    pub fn outlet_block(&self, outlet: &OutletId) -> Option<&OutletBlock> {
+        self.blocks.get(outlet)
+    }
+
     /// A member signing in to their page with card and PIN: only cards with
     /// a PIN can; wrong PINs count as they do at the till.
-    pub fn member_login(&mut self, card: &CardId, pin: &str) -> Result<MemberId, CaisseError> {
+    pub fn member_login(
+        &mut self,
+        card: &CardId,
+        pin: &str,
+        now: u64,
+    ) -> Result<MemberId, CaisseError> {
         if self.cards.get(card).is_some_and(|c| c.pin_hash.is_none()) {
             return Err(CaisseError::Invalid(
                 "this card has no PIN yet: ask the caisse to set one (`caisse member pin`)".into(),
             ));
         }
-        self.unlock_card(card, Some(pin))
+        self.unlock_card(card, Some(pin), now, None)
     }
 
     /// Coverage granted to `producer` by another caisse this caisse recognises.
@@ -1894,6 +2087,38 @@ pub fn purchase_hash(input: &PurchaseInput) -> ContentId {
         caisse_protocol::encoding::encode(&(&input.card, &input.outlet, &input.lines), usize::MAX)
             .unwrap_or_default();
     ContentId::of_parts(&[b"caisse-ssa/local-purchase/v1", &body])
+}
+
+/// Every API token: the start of its hash (its name in a listing; the
+/// token itself is never stored) and its role.
+pub fn tokens(store: &dyn Store) -> Result<Vec<(String, Role)>, CaisseError> {
+    let mut out = Vec::new();
+    for (k, v) in store.scan_prefix(keys::TOKEN)? {
+        let role: Role = decode_value(&k, &v)?;
+        let id = hex::encode(k.get(keys::TOKEN.len()..).unwrap_or_default());
+        out.push((id[..id.len().min(16)].to_owned(), role));
+    }
+    Ok(out)
+}
+
+/// Refuse a PIN that is not 4 to 8 digits or is too easy to guess.
+fn check_new_pin(pin: &str) -> Result<(), CaisseError> {
+    if !valid_pin(pin) {
+        return Err(CaisseError::Invalid("a PIN is 4 to 8 digits".into()));
+    }
+    if let Some(why) = weak_pin(pin) {
+        return Err(CaisseError::Invalid(format!(
+            "this PIN is too easy to guess ({why}): choose another, not a year, a run or a repeat"
+        )));
+    }
+    Ok(())
+}
+
+/// The last four hex digits of a card, for security logs (enough for the
+/// admin to find the card, not enough to use it).
+pub fn card_tail(card: &CardId) -> String {
+    let t = card.to_string();
+    format!("…{}", &t[t.len().saturating_sub(4)..])
 }
 
 /// The pepper mixed into PIN hashes, derived from the caisse's secret key.
@@ -2067,7 +2292,7 @@ pub(crate) mod tests {
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
         let mut c = new_caisse(store);
         let a = enroll(&mut c, "2026-01-01");
-        c.set_pin(a.member, "1234").unwrap();
+        c.set_pin(a.member, "3819").unwrap();
         let o = c
             .register_outlet(
                 "Marché",
@@ -2086,10 +2311,10 @@ pub(crate) mod tests {
         assert_eq!(c.purchase(p.clone(), 1).unwrap_err().code(), "wrong_pin");
         assert_eq!(c.purchase(p.clone(), 1).unwrap_err().code(), "wrong_pin");
         assert_eq!(c.purchase(p.clone(), 1).unwrap_err().code(), "card_locked");
-        p.pin = Some("1234".into());
+        p.pin = Some("3819".into());
         assert_eq!(c.purchase(p.clone(), 1).unwrap_err().code(), "card_locked");
-        c.set_pin(a.member, "5678").unwrap();
-        p.pin = Some("5678".into());
+        c.set_pin(a.member, "5927").unwrap();
+        p.pin = Some("5927".into());
         assert!(c.purchase(p, 1).is_ok());
     }
 

@@ -87,6 +87,20 @@ pub enum Command {
         /// The role.
         role: Role,
     },
+    /// Revoke an API token, named by the start of its hash (as listed).
+    RevokeToken {
+        /// At least 8 hex digits of the token's hash.
+        id: String,
+    },
+    /// Suspend an outlet's tills, or reinstate them.
+    SuspendOutlet {
+        /// The outlet.
+        outlet: OutletId,
+        /// True to suspend, false to reinstate.
+        suspended: bool,
+        /// Why (shown to the till and in the outlet list).
+        reason: Option<String>,
+    },
     /// A local purchase at one of this caisse's outlets.
     Purchase(PurchaseInput),
     /// Pay an outlet what it is owed for a period.
@@ -248,6 +262,10 @@ pub enum Reply {
     Outlet(OutletRegistered),
     /// [`Command::NewToken`].
     Token(String),
+    /// [`Command::RevokeToken`]: the role the token had.
+    Revoked(Role),
+    /// [`Command::SuspendOutlet`]: whether the tills are now suspended.
+    Suspended(bool),
     /// [`Command::Purchase`], [`Command::AcceptOffline`], [`Command::RecordCrossAnswer`].
     Receipt(Box<Receipt>),
     /// [`Command::Payout`].
@@ -291,6 +309,8 @@ impl Reply {
             Reply::Subsidy(_) => "subsidy",
             Reply::Outlet(_) => "outlet",
             Reply::Token(_) => "token",
+            Reply::Revoked(_) => "revoked",
+            Reply::Suspended(_) => "suspended",
             Reply::Receipt(_) => "receipt",
             Reply::Payout(_) => "payout",
             Reply::SignedIn(_) => "signed_in",
@@ -322,6 +342,8 @@ impl Command {
             Command::Subsidy { .. } => "subsidy",
             Command::RegisterOutlet { .. } => "register_outlet",
             Command::NewToken { .. } => "new_token",
+            Command::RevokeToken { .. } => "revoke_token",
+            Command::SuspendOutlet { .. } => "suspend_outlet",
             Command::Purchase(_) => "purchase",
             Command::Payout { .. } => "payout",
             Command::MemberLogin { .. } => "member_login",
@@ -408,7 +430,18 @@ impl Caisse {
             Command::NewToken { role } => Reply::Token(self.new_token(role)),
             Command::Purchase(input) => Reply::Receipt(Box::new(self.purchase(input, now)?)),
             Command::Payout { outlet, period } => Reply::Payout(self.payout(outlet, period, now)?),
-            Command::MemberLogin { card, pin } => Reply::SignedIn(self.member_login(&card, &pin)?),
+            Command::MemberLogin { card, pin } => {
+                Reply::SignedIn(self.member_login(&card, &pin, now)?)
+            }
+            Command::RevokeToken { id } => Reply::Revoked(self.revoke_token(&id)?),
+            Command::SuspendOutlet {
+                outlet,
+                suspended,
+                reason,
+            } => {
+                self.set_outlet_suspended(outlet, suspended, reason, now)?;
+                Reply::Suspended(suspended)
+            }
             Command::PrepareCrossPurchase(input) => {
                 Reply::Cross(Box::new(self.prepare_cross_purchase(&input, now)?))
             }

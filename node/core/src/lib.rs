@@ -19,10 +19,12 @@
 //! - [`view`]: reads (`Reads`) over the caisse or over a `View` off the
 //!   writer (committed store + published `Snapshot`).
 //! - [`report`]: the evaluation report and the anonymised export.
+//! - [`anonymise`]: the export's privacy model (k-anonymity, brackets).
 //! - [`federation_view`]: what is known of the other caisses, as read from
 //!   their owner-signed documents (the documents themselves are the node's:
 //!   automerge draws random actor ids from the OS).
 
+pub mod anonymise;
 pub mod caisse;
 pub mod command;
 pub mod conventionnement;

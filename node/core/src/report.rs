@@ -7,14 +7,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use caisse_protocol::{Amount, Category, MemberId, OutletId, Period};
+use caisse_protocol::{Amount, MemberId, OutletId, Period};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::anonymise::{ExportMember, ExportPurchase, MEMBER_COLUMNS, PURCHASE_COLUMNS};
+use crate::anonymise::{MemberFacts, PurchaseFacts};
 use crate::caisse::{Caisse, CaisseError, ContributionIndex};
 use crate::ledger::{Account, EntryKind, JournalEntry};
 use crate::members::{MemberRecord, MemberStatus};
-use crate::parliament::age_band;
 use crate::store::{Store, decode_value, keys};
 
 /// Categories counted as fresh fruit and vegetables.
@@ -478,7 +479,7 @@ pub fn export_of(
         }
     }
     let mut purchases = Vec::new();
-    let mut per_member: HashMap<MemberId, (Amount, Amount, Amount)> = HashMap::new();
+    let mut allocated: HashMap<MemberId, Amount> = HashMap::new();
     let mut err = None;
     store.for_each_prefix(keys::JOURNAL, &mut |k, v| {
         let entry: JournalEntry = match decode_value(k, v) {
@@ -499,24 +500,14 @@ pub fn export_of(
             } if *p == period => {
                 let member = cards.get(card).copied();
                 for (l, cov) in lines.iter().zip(coverage_pct) {
-                    let (a, m) = l
-                        .amount
-                        .split_coverage(*cov)
-                        .unwrap_or((Amount::ZERO, l.amount));
-                    if let Some(mid) = member {
-                        let e = per_member.entry(mid).or_default();
-                        e.1 = e.1.checked_add(l.amount).unwrap_or(e.1);
-                    }
-                    purchases.push(ExportPurchase {
+                    purchases.push(PurchaseFacts {
                         member: member.map_or_else(|| "unknown".into(), |m| pseudonym(&m)),
-                        day: caisse_protocol::Day::from_unix(entry.at).to_string(),
-                        outlet: *outlet,
-                        category: l.category.clone(),
+                        day_of_month: caisse_protocol::Day::from_unix(entry.at).ymd().2,
+                        outlet: outlet.to_string(),
+                        category: l.category.to_string(),
                         producer: l.producer.map(|p| p.to_string()),
                         amount: l.amount,
                         coverage_pct: *cov,
-                        allocation_part: a,
-                        member_part: m,
                     });
                 }
             }
@@ -526,14 +517,8 @@ pub fn export_of(
                 amount,
                 ..
             } if *p == period => {
-                let e = per_member.entry(*member).or_default();
-                e.0 = e.0.checked_add(*amount).unwrap_or(e.0);
-            }
-            EntryKind::Contribution { member, period: p } if *p == period => {
-                let e = per_member.entry(*member).or_default();
-                e.2 =
-                    e.2.checked_add(credit(&entry, Account::Treasury))
-                        .unwrap_or(e.2);
+                let e = allocated.entry(*member).or_default();
+                *e = e.checked_add(*amount).unwrap_or(*e);
             }
             _ => {}
         }
@@ -542,94 +527,61 @@ pub fn export_of(
     if let Some(e) = err {
         return Err(e.into());
     }
-    let mut members: Vec<ExportMember> = records
+    let scale_len = match &policy.contribution {
+        crate::policy::ContributionScale::Brackets { brackets } => brackets.len(),
+        crate::policy::ContributionScale::Linear { .. } => 10,
+    };
+    let full = policy
+        .monthly_allocation(true)
+        .min(policy.monthly_allocation(false));
+    let facts: Vec<MemberFacts> = records
         .iter()
-        .map(|m| {
-            let (alloc, spent, contrib) = per_member.get(&m.id).copied().unwrap_or_default();
-            ExportMember {
-                member: pseudonym(&m.id),
-                age_band: age_band(m.birth_year, period.year()),
-                income_bracket: policy.contribution_for(m.income).map_or_else(
-                    |_| "unknown".into(),
-                    |(_, b)| {
-                        if m.income.is_some() {
-                            b.to_string()
-                        } else {
-                            "unknown".into()
-                        }
-                    },
-                ),
-                household_size: m.household.map_or(1, |h| household_size[&h]),
-                status: m.status,
-                joined: m.joined.period(),
-                allocation: alloc,
-                spent,
-                contribution: contrib,
-            }
+        .map(|m| MemberFacts {
+            pseudonym: pseudonym(&m.id),
+            age: m.birth_year.map(|b| period.year().saturating_sub(b)),
+            scale: m.income.and_then(|i| {
+                policy
+                    .contribution_for(Some(i))
+                    .ok()
+                    .map(|(_, idx)| (idx, scale_len))
+            }),
+            household: m.household.map_or(1, |h| household_size[&h]),
+            status: format!("{:?}", m.status).to_lowercase(),
+            joined_this_period: m.joined.period() == period,
+            allocation: allocated.get(&m.id).copied().unwrap_or_default(),
+            full_allocation: full,
         })
         .collect();
-    members.sort_by(|a, b| a.member.cmp(&b.member));
-    purchases.sort_by(|a, b| a.day.cmp(&b.day).then(a.member.cmp(&b.member)));
+    let a = crate::anonymise::anonymise(&facts, &purchases);
     Ok(Export {
         period,
-        purchases,
-        members,
+        model: format!(
+            "k-anonymity over every member column (k = {}), money in brackets, purchase weeks not days, pseudonyms for this export only",
+            a.k
+        ),
+        k: a.k,
+        withheld_members: a.withheld_members,
+        withheld_purchases: a.withheld_purchases,
+        purchases: a.purchases,
+        members: a.members,
     })
 }
 
 impl Caisse {}
 
-/// One purchase line in an anonymised export.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExportPurchase {
-    /// The member's pseudonym for this export.
-    pub member: String,
-    /// Day of the purchase.
-    pub day: String,
-    /// The outlet (a business, not a person).
-    pub outlet: OutletId,
-    /// Category.
-    pub category: Category,
-    /// Producer, if known.
-    pub producer: Option<String>,
-    /// Line price.
-    pub amount: Amount,
-    /// Coverage applied.
-    pub coverage_pct: u8,
-    /// Paid by the allocation.
-    pub allocation_part: Amount,
-    /// Paid by the member.
-    pub member_part: Amount,
-}
-
-/// One member in an anonymised export.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExportMember {
-    /// Pseudonym for this export.
-    pub member: String,
-    /// Age band.
-    pub age_band: String,
-    /// Income bracket on the caisse's scale.
-    pub income_bracket: String,
-    /// Members in the household.
-    pub household_size: u32,
-    /// Status.
-    pub status: MemberStatus,
-    /// Month of enrolment.
-    pub joined: Period,
-    /// Allocation received in the period.
-    pub allocation: Amount,
-    /// Spent in the period (line prices).
-    pub spent: Amount,
-    /// Contribution in the period.
-    pub contribution: Amount,
-}
-
-/// An anonymised export.
+/// An anonymised export (see [`crate::anonymise`] for its privacy model).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Export {
     /// The period.
     pub period: Period,
+    /// The privacy model, in a sentence.
+    pub model: String,
+    /// Every member row shares its columns with at least this many others.
+    pub k: usize,
+    /// Member rows withheld to keep `k`.
+    pub withheld_members: usize,
+    /// Purchase lines withheld to keep `k`.
+    pub withheld_purchases: usize,
     /// Purchase lines.
     pub purchases: Vec<ExportPurchase>,
     /// Members.
@@ -764,33 +716,52 @@ pub fn to_markdown(r: &Report) -> String {
     s
 }
 
-/// Rows as CSV (RFC 4180 quoting), columns in the rows' field order (the
-/// first row's): what researchers open in a spreadsheet or R.
-pub fn to_csv(rows: &[serde_json::Value]) -> String {
+/// Rows as CSV (RFC 4180 quoting) under `header`, always written even with
+/// no rows: what researchers open in a spreadsheet or R. A cell that a
+/// spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@`, a
+/// tab or a carriage return, and not a plain number) is prefixed with `'`.
+pub fn to_csv(header: &[&str], rows: &[serde_json::Value]) -> String {
     fn field(v: &serde_json::Value) -> String {
-        let t = match v {
+        let mut t = match v {
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Null => String::new(),
             other => other.to_string(),
         };
+        let formula = t.starts_with(['=', '+', '-', '@', '\t', '\r']) && t.parse::<f64>().is_err();
+        if formula {
+            t.insert(0, '\'');
+        }
         if t.contains([',', '"', '\n', '\r']) {
             format!("\"{}\"", t.replace('"', "\"\""))
         } else {
             t
         }
     }
-    let mut text = String::new();
-    let Some(first) = rows.first().and_then(serde_json::Value::as_object) else {
-        return text;
-    };
-    let cols: Vec<&String> = first.keys().collect();
-    let header: Vec<&str> = cols.iter().map(|c| c.as_str()).collect();
-    text.push_str(&header.join(","));
+    let mut text = header.join(",");
     text.push('\n');
     for r in rows {
-        let line: Vec<String> = cols.iter().map(|c| field(&r[c.as_str()])).collect();
+        let line: Vec<String> = header.iter().map(|c| field(&r[*c])).collect();
         text.push_str(&line.join(","));
         text.push('\n');
     }
     text
+}
+
+#[cfg(test)]
+mod csv_tests {
+    use super::to_csv;
+
+    #[test]
+    fn formulas_are_neutralised_and_numbers_kept() {
+        let rows = vec![
+            serde_json::json!({"a": "=HYPERLINK(\"http://x\")", "b": "-12.50"}),
+            serde_json::json!({"a": "@SUM(A1)", "b": "+33"}),
+        ];
+        let t = to_csv(&["a", "b"], &rows);
+        assert_eq!(
+            t,
+            "a,b\n\"'=HYPERLINK(\"\"http://x\"\")\",-12.50\n'@SUM(A1),+33\n"
+        );
+        assert_eq!(to_csv(&["a"], &[]), "a\n");
+    }
 }

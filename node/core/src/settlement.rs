@@ -661,13 +661,17 @@ impl Caisse {
                 CardAuth::None => None,
             };
             if given.is_none_or(|p| pin_hash(&self.pepper, &card.salt, p) != expected) {
-                let limit = self.policy.pin_attempts;
-                if let Some(mut c) = self.cards.get(&req.card).cloned() {
-                    c.failed_attempts = c.failed_attempts.saturating_add(1);
-                    c.locked = c.failed_attempts >= limit;
-                    self.save_card(c);
-                }
-                return decline(self, DeclineReason::WrongPin);
+                // Counted as at a till here: the same window, no reset by
+                // a right PIN.
+                let (locked, _) = self.count_wrong_pin(&req.card, now);
+                return decline(
+                    self,
+                    if locked {
+                        DeclineReason::CardLocked
+                    } else {
+                        DeclineReason::WrongPin
+                    },
+                );
             }
         }
         let (allocation_part, member_part) =

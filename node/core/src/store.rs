@@ -189,6 +189,9 @@ pub mod keys {
     pub const OUTLET: &[u8] = b"o/";
     /// API tokens by hash.
     pub const TOKEN: &[u8] = b"t/";
+    /// Outlets whose tills are suspended (by the admin, or after a burst
+    /// of wrong PINs), by outlet id.
+    pub const OUTLET_BLOCK: &[u8] = b"ob/";
     /// A member's statement: journal entries touching their account, by
     /// member then sequence number (values empty).
     pub const STATEMENT: &[u8] = b"w/";

@@ -91,6 +91,9 @@ pub fn esc(text: impl std::fmt::Display) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
+            c if caisse_protocol::text::is_hostile(c) && !matches!(c, '\n' | '\t') => {
+                out.push('\u{FFFD}')
+            }
             c => out.push(c),
         }
     }
@@ -171,6 +174,9 @@ pub fn refusal(lang: Lang, e: &CaisseError) -> String {
         CaisseError::NotFound { what, id } => format!("Introuvable : {what} {id}"),
         CaisseError::Invalid(m) => format!("Refusé : {m}"),
         CaisseError::Conflict(m) => format!("Refusé : {m}"),
+        CaisseError::Suspended(_) => {
+            "Les caisses de ce point de vente sont suspendues (trop de codes erronés, ou décision de la caisse) : l'administrateur de la caisse doit les rétablir.".into()
+        }
         CaisseError::Storage(_) | CaisseError::Unavailable => {
             "La caisse ne peut pas enregistrer pour le moment : rien n'a été fait, réessayez dans un instant.".into()
         }

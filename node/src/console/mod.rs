@@ -120,6 +120,38 @@ pub struct Visitor {
     pub flash: Option<html::Flash>,
     /// The path and query asked for (to come back after switching language).
     pub path: String,
+    /// Cookies are marked `Secure` (the console is served over https).
+    pub secure: bool,
+}
+
+/// The client's address: the connection's peer, or, when the peer is one
+/// of the configured reverse proxies, the last address in
+/// `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_address(parts: &Parts, trusted: &[std::net::IpAddr]) -> String {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let Some(peer) = peer else {
+        return "local".to_owned();
+    };
+    if !trusted.contains(&peer) {
+        return peer.to_string();
+    }
+    let forwarded: Vec<std::net::IpAddr> = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|a| !trusted.contains(a))
+        .unwrap_or(peer)
+        .to_string()
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -150,15 +182,26 @@ impl FromRequestParts<ConsoleState> for Visitor {
                     .unwrap_or(""),
             ),
         };
-        let client = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or_else(|| "local".to_owned(), |c| c.0.ip().to_string());
+        let client = client_address(parts, &state.app.config.http.trusted_proxies);
         let sessions = &state.sessions;
-        let found = cookie(&parts.headers, SESSION_COOKIE).and_then(|id| sessions.get(id));
+        let found = cookie(&parts.headers, SESSION_COOKIE)
+            .and_then(|id| sessions.get(id))
+            .filter(|s| {
+                // A session whose credential was revoked, suspended or
+                // reset ends now, not when it would have expired.
+                let valid = s
+                    .credential
+                    .as_ref()
+                    .is_none_or(|c| still_valid(&*state.store, c));
+                if !valid {
+                    tracing::info!(target: "caisse::security", role = ?s.who.as_ref().map(Who::kind), "console session ended: its credential is no longer valid");
+                    sessions.remove(&s.id);
+                }
+                valid
+            });
         let (mut session, fresh) = match found {
             Some(s) => (s, false),
-            None => (sessions.create(None), true),
+            None => (sessions.visitor(), true),
         };
         let flash = session.flash.take();
         if flash.is_some() {
@@ -184,6 +227,7 @@ impl FromRequestParts<ConsoleState> for Visitor {
             client,
             flash,
             path,
+            secure: state.app.config.http.secure_cookies,
         })
     }
 }
@@ -196,7 +240,7 @@ impl Visitor {
 
     fn with_cookie(&self, mut r: Response) -> Response {
         if self.fresh {
-            set_session_cookie(&mut r, &self.session.id);
+            set_session_cookie(&mut r, &self.session.id, self.secure);
         }
         let h = r.headers_mut();
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -306,9 +350,10 @@ pub enum Kind {
     Member,
 }
 
-fn set_session_cookie(r: &mut Response, id: &str) {
+fn set_session_cookie(r: &mut Response, id: &str, secure: bool) {
+    let secure = if secure { "; Secure" } else { "" };
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict"
+        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict{secure}"
     )) {
         r.headers_mut().append(SET_COOKIE, v);
     }
@@ -405,7 +450,7 @@ async fn switch_lang(
     let lang = if lang == "fr" { "fr" } else { "en" };
     let back = q
         .back
-        .filter(|b| b.starts_with('/') && !b.starts_with("//") && !b.contains('\\'))
+        .filter(|b| is_local_path(b))
         .unwrap_or_else(|| "/".to_owned());
     let mut r = v.redirect(&s, &back, None);
     if let Ok(c) = HeaderValue::from_str(&format!(
@@ -414,6 +459,16 @@ async fn switch_lang(
         r.headers_mut().append(SET_COOKIE, c);
     }
     r
+}
+
+/// True for a path on this site only: it starts with one `/` and holds
+/// only visible ASCII other than `\\` (browsers drop tabs and newlines
+/// from a `Location`, so `/\t/evil.example` would become `//evil.example`).
+fn is_local_path(b: &str) -> bool {
+    b.starts_with('/')
+        && !b.starts_with("//")
+        && b.len() <= 2048
+        && b.bytes().all(|c| (0x21..0x7f).contains(&c) && c != b'\\')
 }
 
 /// Where each role lands after signing in.
@@ -519,14 +574,42 @@ fn rate_limited(v: &Visitor, s: &ConsoleState) -> Option<Response> {
     Some(r)
 }
 
+/// True while what a session was opened with still opens it: the token
+/// still exists with the same role; the card still has the PIN it was
+/// opened with, is not locked, and its member is active.
+fn still_valid(store: &dyn crate::store::Store, c: &session::Credential) -> bool {
+    match c {
+        session::Credential::Token(key) => matches!(store.get(key), Ok(Some(_))),
+        session::Credential::Card {
+            card,
+            member,
+            pin_hash,
+        } => {
+            let ckey = crate::members::CardRecord::key(card);
+            let card_ok = match store.get(&ckey) {
+                Ok(Some(b)) => crate::members::decode_card(&ckey, &b)
+                    .is_ok_and(|r| !r.locked && r.pin_hash == *pin_hash),
+                _ => false,
+            };
+            let mkey = crate::members::MemberRecord::key(member);
+            let member_ok = match store.get(&mkey) {
+                Ok(Some(b)) => decode_value::<crate::members::MemberRecord>(&mkey, &b)
+                    .is_ok_and(|m| m.status == crate::members::MemberStatus::Active),
+                _ => false,
+            };
+            card_ok && member_ok
+        }
+    }
+}
+
 /// Start a signed-in session (a new id, so a planted cookie is worthless).
-fn signed_in(v: &Visitor, s: &ConsoleState, who: Who) -> Response {
+fn signed_in(v: &Visitor, s: &ConsoleState, who: Who, credential: session::Credential) -> Response {
     s.sessions.remove(&v.session.id);
     let to = landing(&who);
     tracing::info!(target: "caisse::events::console", client = %v.client, role = ?who.kind(), "signed in");
-    let session = s.sessions.create(Some(who));
+    let session = s.sessions.create(who, credential);
     let mut r = (StatusCode::SEE_OTHER, [(LOCATION, to)]).into_response();
-    set_session_cookie(&mut r, &session.id);
+    set_session_cookie(&mut r, &session.id, v.secure);
     r
 }
 
@@ -536,10 +619,10 @@ async fn login_token(State(s): State<ConsoleState>, p: Posted) -> Response {
         return r;
     }
     let token = p.get("token");
+    let key = token_key(token);
     let role = if token.is_empty() || token.len() > 200 {
         None
     } else {
-        let key = token_key(token);
         match s.store.get(&key) {
             Ok(Some(b)) => decode_value::<Role>(&key, &b).ok(),
             _ => None,
@@ -547,7 +630,8 @@ async fn login_token(State(s): State<ConsoleState>, p: Posted) -> Response {
     };
     let who = match role {
         Some(Role::Admin) => Who::Admin,
-        Some(Role::Observer) => Who::Observer,
+        // The console shows the auditor what it shows the committee.
+        Some(Role::Observer | Role::Auditor) => Who::Observer,
         Some(Role::Outlet { outlet }) => Who::Outlet { outlet },
         Some(Role::Seat { seat }) => Who::Seat { seat },
         None => {
@@ -564,7 +648,7 @@ async fn login_token(State(s): State<ConsoleState>, p: Posted) -> Response {
             );
         }
     };
-    signed_in(v, &s, who)
+    signed_in(v, &s, who, session::Credential::Token(key))
 }
 
 async fn login_card(State(s): State<ConsoleState>, p: Posted) -> Response {
@@ -601,16 +685,34 @@ async fn login_card(State(s): State<ConsoleState>, p: Posted) -> Response {
     let pin = p.get("pin").to_owned();
     let login = Command::MemberLogin { card, pin };
     match reply!(s.handle.execute(login).await, Reply::SignedIn) {
-        Ok(member) => signed_in(v, &s, Who::Member { member, card }),
+        Ok(member) => {
+            let ckey = crate::members::CardRecord::key(&card);
+            let pin_hash = match s.store.get(&ckey) {
+                Ok(Some(b)) => crate::members::decode_card(&ckey, &b)
+                    .ok()
+                    .and_then(|r| r.pin_hash),
+                _ => None,
+            };
+            signed_in(
+                v,
+                &s,
+                Who::Member { member, card },
+                session::Credential::Card {
+                    card,
+                    member,
+                    pin_hash,
+                },
+            )
+        }
         Err(e) => fail(html::refusal(v.lang, &e)),
     }
 }
 
 async fn logout(State(s): State<ConsoleState>, p: Posted) -> Response {
     s.sessions.remove(&p.visitor.session.id);
-    let fresh = s.sessions.create(None);
+    let fresh = s.sessions.visitor();
     let mut r = (StatusCode::SEE_OTHER, [(LOCATION, "/")]).into_response();
-    set_session_cookie(&mut r, &fresh.id);
+    set_session_cookie(&mut r, &fresh.id, p.visitor.secure);
     r
 }
 
@@ -694,4 +796,23 @@ pub fn accredited_today(
     }
     out.sort_by(|a, b| (!a.own, &a.name).cmp(&(!b.own, &b.name)));
     out
+}
+
+#[cfg(test)]
+mod redirect_tests {
+    #[test]
+    fn only_local_paths_come_back() {
+        for bad in [
+            "//evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\\evil.example",
+            "https://evil.example",
+            "/ /evil",
+            "",
+        ] {
+            assert!(!super::is_local_path(bad), "{bad:?}");
+        }
+        assert!(super::is_local_path("/treasury?period=2027-03"));
+    }
 }

@@ -1,9 +1,15 @@
 //! Console sessions and the sign-in rate limiter, in memory.
 //!
-//! A session is created on the first visit (so that even the sign-in forms
-//! carry a CSRF token) and replaced by a new one at sign-in and sign-out.
-//! Sessions expire when idle; their number is bounded, the oldest going
-//! first. Nothing here is written to disk: a restart signs everyone out.
+//! A visitor who has not signed in holds only a random cookie: its CSRF
+//! token is a keyed hash of that cookie, so the sign-in forms are protected
+//! without any state on the server, and a flood of anonymous visits cannot
+//! push anyone's open form out. Signing in creates a server-side session
+//! under a new id; it ends when idle, at an absolute lifetime, at sign-out,
+//! or as soon as its credential stops being valid (a revoked token, a
+//! suspended member, a reset PIN: checked on every request). One
+//! credential holds at most [`MAX_PER_PRINCIPAL`] sessions, so signing in
+//! again and again with it only ends its own oldest sessions. Nothing here
+//! is written to disk: a restart signs everyone out.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -14,10 +20,15 @@ use caisse_protocol::{CardId, MemberId, OutletId};
 use super::Kind;
 use super::html::Flash;
 
-/// The most sessions kept; beyond, the least recently used go.
+/// The most signed-in sessions kept; beyond, the least recently used of
+/// the principals holding several go first.
 pub const MAX_SESSIONS: usize = 20_000;
+/// The most sessions one credential (a token, a card) holds at once.
+pub const MAX_PER_PRINCIPAL: usize = 16;
 /// Failed sign-ins allowed per client address within [`FAILURE_WINDOW`].
 pub const MAX_FAILURES: usize = 5;
+/// The most client addresses the sign-in limiter remembers.
+pub const MAX_LIMITED_CLIENTS: usize = 10_000;
 /// The window over which failed sign-ins are counted.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(5 * 60);
 
@@ -68,6 +79,39 @@ impl Who {
             Who::Member { .. } => Duration::from_secs(20 * 60),
         }
     }
+
+    /// How long the session may last at all, however busy.
+    fn lifetime(&self) -> Duration {
+        match self {
+            Who::Member { .. } => Duration::from_secs(2 * 3600),
+            _ => Duration::from_secs(16 * 3600),
+        }
+    }
+}
+
+/// What a session was opened with, checked again on every request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// A token, by its storage key (its hash).
+    Token(Vec<u8>),
+    /// A member's card, with the PIN hash it was opened with.
+    Card {
+        /// The card.
+        card: CardId,
+        /// The member.
+        member: MemberId,
+        /// The PIN hash at sign-in (a reset PIN ends the session).
+        pin_hash: Option<[u8; 32]>,
+    },
+}
+
+impl Credential {
+    fn principal(&self) -> Vec<u8> {
+        match self {
+            Credential::Token(k) => k.clone(),
+            Credential::Card { card, .. } => card.as_bytes().to_vec(),
+        }
+    }
 }
 
 /// One browser's session.
@@ -79,6 +123,8 @@ pub struct Session {
     pub csrf: String,
     /// Who signed in, if anyone.
     pub who: Option<Who>,
+    /// What they signed in with.
+    pub credential: Option<Credential>,
     /// A message for the next page shown.
     pub flash: Option<Flash>,
     /// The pseudonym key of this session's anonymised export, by period:
@@ -86,12 +132,24 @@ pub struct Session {
     /// share pseudonyms, forgotten with the session.
     export_keys: Vec<(caisse_protocol::Period, [u8; 32])>,
     last_seen: Instant,
+    created: Instant,
 }
 
 /// The sessions and the limiter, shared by every request.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Sessions {
     inner: Arc<Mutex<Inner>>,
+    /// Keys the CSRF tokens of anonymous visitors (drawn at start).
+    csrf_key: [u8; 32],
+}
+
+impl Default for Sessions {
+    fn default() -> Sessions {
+        Sessions {
+            inner: Arc::default(),
+            csrf_key: crate::daemon::random32(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -118,16 +176,23 @@ impl Sessions {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A live session by cookie value (touching it).
+    /// A live session by cookie value (touching it): the signed-in session
+    /// kept under that id, or else the anonymous visitor holding it.
     pub fn get(&self, id: &str) -> Option<Session> {
-        if id.len() != 64 {
+        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let mut g = self.lock();
         let now = Instant::now();
-        let s = g.sessions.get_mut(id)?;
-        let idle = s.who.as_ref().map_or(Duration::from_secs(3600), Who::idle);
-        if now.duration_since(s.last_seen) > idle {
+        let Some(s) = g.sessions.get_mut(id) else {
+            drop(g);
+            return Some(self.anonymous(id.to_owned()));
+        };
+        let expired = s.who.as_ref().is_some_and(|w| {
+            now.duration_since(s.last_seen) > w.idle()
+                || now.duration_since(s.created) > w.lifetime()
+        });
+        if expired {
             g.sessions.remove(id);
             return None;
         }
@@ -135,31 +200,86 @@ impl Sessions {
         Some(s.clone())
     }
 
-    /// A new session.
-    pub fn create(&self, who: Option<Who>) -> Session {
+    /// An anonymous visitor's session: nothing kept on the server, the CSRF
+    /// token derived from the cookie.
+    fn anonymous(&self, id: String) -> Session {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"caisse-console-anonymous-csrf/v1");
+        h.update(self.csrf_key);
+        h.update(id.as_bytes());
+        let now = Instant::now();
+        Session {
+            csrf: hex::encode(h.finalize()),
+            id,
+            who: None,
+            credential: None,
+            flash: None,
+            export_keys: Vec::new(),
+            last_seen: now,
+            created: now,
+        }
+    }
+
+    /// A new anonymous visitor (a new cookie; nothing kept).
+    pub fn visitor(&self) -> Session {
+        self.anonymous(random_hex())
+    }
+
+    /// A new signed-in session for `who`, opened with `credential`.
+    pub fn create(&self, who: Who, credential: Credential) -> Session {
+        let now = Instant::now();
         let s = Session {
             id: random_hex(),
             csrf: random_hex(),
-            who,
+            who: Some(who),
+            credential: Some(credential.clone()),
             flash: None,
             export_keys: Vec::new(),
-            last_seen: Instant::now(),
+            last_seen: now,
+            created: now,
         };
+        let principal = credential.principal();
         let mut g = self.lock();
+        // One credential, a bounded number of sessions: its oldest go.
+        let mut own: Vec<(Instant, String)> = g
+            .sessions
+            .values()
+            .filter(|x| x.credential.as_ref().map(Credential::principal) == Some(principal.clone()))
+            .map(|x| (x.last_seen, x.id.clone()))
+            .collect();
+        if own.len() >= MAX_PER_PRINCIPAL {
+            own.sort();
+            for (_, id) in own.iter().take(own.len() + 1 - MAX_PER_PRINCIPAL) {
+                g.sessions.remove(id);
+            }
+        }
         if g.sessions.len() >= MAX_SESSIONS {
-            let now = Instant::now();
             g.sessions.retain(|_, x| {
-                now.duration_since(x.last_seen)
-                    <= x.who.as_ref().map_or(Duration::from_secs(3600), Who::idle)
+                x.who.as_ref().is_some_and(|w| {
+                    now.duration_since(x.last_seen) <= w.idle()
+                        && now.duration_since(x.created) <= w.lifetime()
+                })
             });
-            // Still full: drop the least recently used tenth, anonymous
-            // sessions first, so a flood of visits cannot sign anyone out.
+            // Still full: the least recently used tenth goes, taken first
+            // from principals holding more than one session.
             if g.sessions.len() >= MAX_SESSIONS {
-                let mut order: Vec<(bool, Instant, String)> = g
-                    .sessions
-                    .values()
-                    .map(|x| (x.who.is_some(), x.last_seen, x.id.clone()))
-                    .collect();
+                let mut count: HashMap<Vec<u8>, usize> = HashMap::new();
+                for x in g.sessions.values() {
+                    if let Some(c) = &x.credential {
+                        *count.entry(c.principal()).or_default() += 1;
+                    }
+                }
+                let mut order: Vec<(bool, Instant, String)> =
+                    g.sessions
+                        .values()
+                        .map(|x| {
+                            let single = x.credential.as_ref().is_none_or(|c| {
+                                count.get(&c.principal()).copied().unwrap_or(0) <= 1
+                            });
+                            (single, x.last_seen, x.id.clone())
+                        })
+                        .collect();
                 order.sort();
                 for (_, _, id) in order.into_iter().take(MAX_SESSIONS / 10) {
                     g.sessions.remove(&id);
@@ -199,15 +319,32 @@ impl Sessions {
         k
     }
 
-    /// Count a failed sign-in from `client`.
+    /// Count a failed sign-in from `client`. The map of clients stays
+    /// under [`MAX_LIMITED_CLIENTS`]: past windows go first, then the
+    /// clients whose last failure is oldest.
     pub fn record_failure(&self, client: &str) {
         let mut g = self.lock();
-        if g.failures.len() > MAX_SESSIONS {
+        if g.failures.len() >= MAX_LIMITED_CLIENTS && !g.failures.contains_key(client) {
             let now = Instant::now();
             g.failures.retain(|_, q| {
                 q.back()
                     .is_some_and(|t| now.duration_since(*t) < FAILURE_WINDOW)
             });
+            if g.failures.len() >= MAX_LIMITED_CLIENTS {
+                let mut by_age: Vec<(Instant, String)> = g
+                    .failures
+                    .iter()
+                    .filter_map(|(k, q)| q.back().map(|t| (*t, k.clone())))
+                    .collect();
+                by_age.sort();
+                let excess = g.failures.len() + 1 - MAX_LIMITED_CLIENTS / 2;
+                for (_, k) in by_age.into_iter().take(excess) {
+                    g.failures.remove(&k);
+                }
+            }
+        }
+        if g.failures.len() % 1000 == 999 {
+            tracing::warn!(target: "caisse::security", clients = g.failures.len() + 1, "many clients failing to sign in");
         }
         let q = g.failures.entry(client.to_owned()).or_default();
         q.push_back(Instant::now());
@@ -259,15 +396,18 @@ mod tests {
     #[test]
     fn sessions_are_found_by_id_and_ids_are_unguessable() {
         let s = Sessions::default();
-        let a = s.create(None);
-        let b = s.create(Some(Who::Admin));
+        let a = s.visitor();
+        let b = s.create(Who::Admin, Credential::Token(vec![1]));
         assert_ne!(a.id, b.id);
         assert_ne!(a.csrf, a.id);
         assert_eq!(a.id.len(), 64);
         assert_eq!(s.get(&b.id).and_then(|x| x.who), Some(Who::Admin));
         assert!(s.get("not-a-session").is_none());
         s.remove(&b.id);
-        assert!(s.get(&b.id).is_none());
+        assert_eq!(s.get(&b.id).and_then(|x| x.who), None);
+        // An anonymous visitor's form token holds without server state.
+        assert_eq!(s.get(&a.id).unwrap().csrf, a.csrf);
+        assert!(s.is_empty());
     }
 
     #[test]
@@ -281,14 +421,16 @@ mod tests {
     #[test]
     fn the_number_of_sessions_is_bounded_and_anonymous_ones_go_first() {
         let s = Sessions::default();
-        let signed_in = s.create(Some(Who::Observer));
+        let signed_in = s.create(Who::Observer, Credential::Token(vec![1]));
         for _ in 0..MAX_SESSIONS + 10 {
-            s.create(None);
+            s.visitor();
+            s.create(Who::Admin, Credential::Token(vec![2]));
         }
-        assert!(s.len() <= MAX_SESSIONS);
-        assert!(
-            s.get(&signed_in.id).is_some(),
-            "a flood of visits signed someone out"
+        assert!(s.len() <= MAX_PER_PRINCIPAL + 1);
+        assert_eq!(
+            s.get(&signed_in.id).and_then(|x| x.who),
+            Some(Who::Observer),
+            "a flood of visits or sign-ins signed someone out"
         );
     }
 }

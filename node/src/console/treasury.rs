@@ -1000,13 +1000,14 @@ pub async fn export_csv(
     }
     let period = period_of(&q, s.handle.clock().today());
     let key = s.sessions.export_key(&v.session.id, period);
-    let store = s.store.clone();
-    let export =
-        tokio::task::spawn_blocking(move || crate::report::export_of(&*store, period, key)).await;
-    let export = match export {
-        Ok(Ok(e)) => e,
-        Ok(Err(e)) => return v.unavailable(&s, &e),
-        Err(_) => return v.unavailable(&s, &crate::caisse::CaisseError::Unavailable),
+    let export = match crate::app::export(&s, period, key).await {
+        Ok(e) => e,
+        Err(e) => return v.unavailable(&s, &e),
+    };
+    let header: &[&str] = if file == "purchases.csv" {
+        &caisse_core::anonymise::PURCHASE_COLUMNS
+    } else {
+        &caisse_core::anonymise::MEMBER_COLUMNS
     };
     let rows: Vec<serde_json::Value> = if file == "purchases.csv" {
         export
@@ -1035,7 +1036,7 @@ pub async fn export_csv(
             ),
             (axum::http::header::CACHE_CONTROL, "no-store".to_owned()),
         ],
-        crate::report::to_csv(&rows),
+        crate::report::to_csv(header, &rows),
     )
         .into_response()
 }
