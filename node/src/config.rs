@@ -50,6 +50,8 @@ pub struct Http {
     /// Addresses of the reverse proxies in front of the node: from these
     /// only, the client's address is read from `X-Forwarded-For` (for the
     /// sign-in limiter); from any other address the header is ignored.
+    /// Their connections count against `max_connections` only, not the
+    /// per-address bound.
     #[serde(default)]
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Mark the session cookie `Secure` (set it when a TLS proxy serves the
@@ -63,7 +65,7 @@ impl Http {
         1024
     }
     fn default_max_per_address() -> usize {
-        64
+        256
     }
     fn default_header_timeout() -> u64 {
         10
@@ -75,6 +77,7 @@ impl Http {
             max_connections: self.max_connections.max(1),
             max_per_address: self.max_connections_per_address.max(1),
             header_timeout: std::time::Duration::from_secs(self.header_timeout_secs.clamp(1, 300)),
+            unbounded_addresses: self.trusted_proxies.clone(),
         }
     }
 }

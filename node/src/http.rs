@@ -35,14 +35,18 @@ pub struct HttpLimits {
     /// Time a client has to send a request's headers, and the longest a
     /// kept-alive connection may sit idle.
     pub header_timeout: Duration,
+    /// Addresses held to the total bound only (the trusted reverse
+    /// proxies, through which every client comes).
+    pub unbounded_addresses: Vec<IpAddr>,
 }
 
 impl Default for HttpLimits {
     fn default() -> HttpLimits {
         HttpLimits {
             max_connections: 1024,
-            max_per_address: 64,
+            max_per_address: 256,
             header_timeout: Duration::from_secs(10),
+            unbounded_addresses: Vec::new(),
         }
     }
 }
@@ -155,7 +159,9 @@ pub async fn serve(
         let place = {
             let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
             let here = h.by_address.get(&peer.ip()).copied().unwrap_or(0);
-            if h.total >= limits.max_connections || here >= limits.max_per_address {
+            let per_address_full =
+                here >= limits.max_per_address && !limits.unbounded_addresses.contains(&peer.ip());
+            if h.total >= limits.max_connections || per_address_full {
                 h.refused += 1;
                 // One line per 1,000 refusals: a flood must not flood the log.
                 if h.refused % 1000 == 1 {

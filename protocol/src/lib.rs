@@ -28,6 +28,7 @@ pub mod encoding;
 pub mod ids;
 pub mod messages;
 pub mod netting;
+pub mod pin_seal;
 pub mod rpc;
 pub mod signed;
 pub mod text;

@@ -265,8 +265,12 @@ pub fn split_lines(
 pub enum CardAuth {
     /// No proof beyond the card id (contactless under the caisse's limits).
     None,
-    /// A PIN typed on the outlet's device, checked by the home caisse only.
+    /// A PIN typed on the outlet's device, in clear: what nodes before
+    /// sealed PINs sent; still accepted from them, never sent any more.
     Pin(String),
+    /// A PIN typed on the outlet's device, sealed to the home caisse's key
+    /// ([`crate::pin_seal`]): only the home caisse can read it.
+    SealedPin(Vec<u8>),
 }
 
 /// A host caisse forwarding a purchase at one of its outlets to the card's
@@ -320,10 +324,17 @@ impl Message for PurchaseRequest {
                 self.total, sum
             ));
         }
-        if let CardAuth::Pin(p) = &self.auth
-            && (p.is_empty() || p.len() > 12)
-        {
-            return Err("a PIN has 1 to 12 characters".into());
+        match &self.auth {
+            CardAuth::Pin(p) if p.is_empty() || p.len() > 12 => {
+                return Err("a PIN has 1 to 12 characters".into());
+            }
+            CardAuth::SealedPin(b) if b.is_empty() || b.len() > crate::pin_seal::MAX_SEALED_PIN => {
+                return Err(format!(
+                    "a sealed PIN has 1 to {} bytes",
+                    crate::pin_seal::MAX_SEALED_PIN
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }

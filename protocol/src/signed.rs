@@ -39,6 +39,11 @@ impl SecretKey {
     pub fn public(&self) -> PublicKey {
         PublicKey(self.0.verifying_key().to_bytes())
     }
+    /// The X25519 secret scalar of this key, which opens what is sealed to
+    /// the Montgomery form of its public key (see [`crate::pin_seal`]).
+    pub(crate) fn box_scalar(&self) -> [u8; 32] {
+        self.0.to_scalar_bytes()
+    }
     /// The caisse id of this key (for a caisse key).
     pub fn caisse_id(&self) -> CaisseId {
         CaisseId::from_bytes(self.0.verifying_key().to_bytes())

@@ -1875,7 +1875,7 @@ impl Caisse {
     /// [`crate::members::OUTLET_PIN_LIMIT`] within the window, suspend the
     /// outlet's tills until the admin reinstates them (someone is guessing
     /// PINs with that outlet's token).
-    fn count_outlet_wrong_pin(&mut self, outlet: OutletId, now: u64) {
+    pub(crate) fn count_outlet_wrong_pin(&mut self, outlet: OutletId, now: u64) {
         use crate::members::{OUTLET_PIN_LIMIT, OUTLET_PIN_WINDOW_SECS};
         let e = self.outlet_pin_failures.entry(outlet).or_insert((now, 0));
         if now >= e.0.saturating_add(OUTLET_PIN_WINDOW_SECS) {

@@ -144,6 +144,7 @@ impl Caisse {
         input: &PurchaseInput,
         now: u64,
     ) -> Result<CrossStep, CaisseError> {
+        self.check_outlet_open(&input.outlet)?;
         let request_hash = purchase_hash(input);
         if let Some(bytes) = self.get(&held_key(&input.id))? {
             let rec: ReceiptRecord = decode_value(&held_key(&input.id), &bytes)?;
@@ -200,7 +201,15 @@ impl Caisse {
             lines: input.lines.clone(),
             total,
             coverage_pct: coverage,
-            auth: input.pin.clone().map_or(CardAuth::None, CardAuth::Pin),
+            // Sealed to the home caisse: this caisse keeps and sends only
+            // bytes it cannot open.
+            auth: match &input.pin {
+                None => CardAuth::None,
+                Some(pin) => CardAuth::SealedPin(
+                    caisse_protocol::pin_seal::seal_pin(&home, pin, (self.random)())
+                        .map_err(|e| CaisseError::Invalid(format!("sealing the PIN: {e}")))?,
+                ),
+            },
             at: now,
         };
         let env = Envelope::seal(&self.secret, &self.federation, &request)
@@ -248,6 +257,17 @@ impl Caisse {
                 }
             };
             let msg = format!("declined by the card's home caisse: {why}");
+            // The forward is over: a retry with the same id (a corrected
+            // PIN, say) is a new request, sealed again, never this one.
+            self.pending
+                .delete(keys::key(FORWARDED, &[input.id.as_bytes()]));
+            if matches!(
+                d.message.reason,
+                DeclineReason::WrongPin | DeclineReason::CardLocked
+            ) {
+                self.count_outlet_wrong_pin(input.outlet, now);
+            }
+            self.keep_so_far();
             return Err(declined(d.message.reason, msg));
         }
         let v = answer.open::<PurchaseReceipt>(&self.federation).map_err(|e| {
@@ -657,10 +677,26 @@ impl Caisse {
         }
         if let Some(expected) = card.pin_hash {
             let given = match &req.auth {
-                CardAuth::Pin(p) => Some(p.as_str()),
+                CardAuth::Pin(p) => Some(p.clone()),
+                CardAuth::SealedPin(sealed) => {
+                    match caisse_protocol::pin_seal::open_pin(&self.secret, sealed) {
+                        Ok(p) => Some(p),
+                        // Not a wrong PIN (that would let a host lock cards
+                        // with noise): the request is refused as invalid.
+                        Err(e) => {
+                            tracing::warn!(target: "caisse::security", host = %req.host.short(), error = %e, "a sealed PIN did not open");
+                            return decline(
+                                self,
+                                DeclineReason::InvalidRequest {
+                                    detail: e.to_string(),
+                                },
+                            );
+                        }
+                    }
+                }
                 CardAuth::None => None,
             };
-            if given.is_none_or(|p| pin_hash(&self.pepper, &card.salt, p) != expected) {
+            if given.is_none_or(|p| pin_hash(&self.pepper, &card.salt, &p) != expected) {
                 // Counted as at a till here: the same window, no reset by
                 // a right PIN.
                 let (locked, _) = self.count_wrong_pin(&req.card, now);

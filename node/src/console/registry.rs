@@ -19,8 +19,8 @@ use super::Visitor;
 use super::html::esc;
 use crate::conventionnement::CriteriaRecord;
 
-/// The most rows shown at once.
-pub const MAX_ROWS: usize = 2000;
+/// Rows on one page of the registry.
+pub const MAX_ROWS: usize = 200;
 
 /// The registry's filters.
 #[derive(Deserialize, Default)]
@@ -29,6 +29,9 @@ pub struct Filter {
     category: Option<String>,
     #[serde(default)]
     caisse: Option<String>,
+    /// Page number, from 1.
+    #[serde(default)]
+    page: Option<usize>,
 }
 
 struct Row {
@@ -66,10 +69,12 @@ pub async fn page(v: Visitor, State(s): State<ConsoleState>, Query(f): Query<Fil
                     );
                 }
             }
-            Ok((rows, versions, Day::from_unix(now)))
+            let recognition = c.policy().recognition.clone();
+            let ours = c.conventions().criteria().map(|r| r.version.criteria.clone());
+            Ok((rows, versions, Day::from_unix(now), (recognition, ours)))
         })
         .await;
-    let (mut rows, mut versions, today) = match local {
+    let (mut rows, mut versions, today, (recognition, ours)) = match local {
         Ok(x) => x,
         Err(e) => {
             return v.unavailable(&s, &e);
@@ -127,8 +132,28 @@ pub async fn page(v: Visitor, State(s): State<ConsoleState>, Query(f): Query<Fil
         })
         .collect();
     let total = shown.len();
+    let pages = total.div_ceil(MAX_ROWS).max(1);
+    let page = f.page.unwrap_or(1).clamp(1, pages);
+    // Who accredited: the name a caisse gives itself (anyone may claim
+    // any name), its key's fingerprint, and whether this caisse recognises it.
+    let by = |id: &CaisseId| -> String {
+        let name = esc(names.get(id).cloned().unwrap_or_else(|| id.short()));
+        let trust = if *id == own_id {
+            v.t("this caisse", "cette caisse")
+        } else if view.recognises(id, &recognition, ours.as_ref()) {
+            v.t("recognised by this caisse", "reconnue par cette caisse")
+        } else {
+            v.t("not recognised by this caisse", "non reconnue par cette caisse")
+        };
+        format!(
+            "{name}<br><small><span class=\"mono\" title=\"{full}\">{short}</span> · {trust}</small>",
+            full = esc(id),
+            short = esc(id.short()),
+        )
+    };
     let body_rows: String = shown
         .iter()
+        .skip((page - 1) * MAX_ROWS)
         .take(MAX_ROWS)
         .map(|r| {
             let a = &r.accreditation;
@@ -159,7 +184,7 @@ pub async fn page(v: Visitor, State(s): State<ConsoleState>, Query(f): Query<Fil
                 "<tr><td data-label=\"{l_who}\">{}<br><small>{kind}</small></td><td data-label=\"{l_cats}\">{}</td><td data-label=\"{l_by}\">{}</td><td data-label=\"{l_crit}\">{criteria}</td><td data-label=\"{l_valid}\">{} – {}</td><td data-label=\"{l_status}\" class=\"{class}\">{status}</td></tr>",
                 esc(&a.subject_name),
                 esc(scope.join(", ")),
-                esc(names.get(&r.caisse).cloned().unwrap_or_else(|| r.caisse.short())),
+                by(&r.caisse),
                 a.valid_from,
                 a.valid_until,
                 l_who = v.t("Producer or outlet", "Producteur ou point de vente"),
@@ -193,14 +218,27 @@ pub async fn page(v: Visitor, State(s): State<ConsoleState>, Query(f): Query<Fil
             format!("<option value=\"{}\"{sel}>{}</option>", esc(id), esc(name))
         })
         .collect();
-    let more = if total > MAX_ROWS {
-        format!(
-            "<p>{} {MAX_ROWS} / {total}. {}</p>",
-            v.t("Showing", "Affichage de"),
-            v.t(
-                "Narrow the filters to see the rest.",
-                "Affinez les filtres pour voir la suite."
+    let more = if pages > 1 {
+        let link = |p: usize, label: &str| {
+            format!(
+                "<a href=\"/registry?category={}&amp;caisse={}&amp;page={p}\">{label}</a>",
+                esc(want_cat.as_deref().unwrap_or("")),
+                esc(want_caisse.as_deref().unwrap_or("")),
             )
+        };
+        let prev = if page > 1 {
+            link(page - 1, v.t("previous page", "page précédente"))
+        } else {
+            String::new()
+        };
+        let next = if page < pages {
+            link(page + 1, v.t("next page", "page suivante"))
+        } else {
+            String::new()
+        };
+        format!(
+            "<nav class=\"pages\"><p>{} {page} / {pages}</p><p>{prev} {next}</p></nav>",
+            v.t("Page", "Page"),
         )
     } else {
         String::new()
