@@ -1128,6 +1128,44 @@ fn a_hostile_caisse_name_prints_clean() {
         1,
         "the name forged a table row: {text}"
     );
+    // In A's public registry, B's accreditations carry B's key fingerprint
+    // and say A does not recognise it: a borrowed name fools no one.
+    ok(
+        &b,
+        &[
+            "outlet",
+            "register",
+            "--name",
+            "Étal",
+            "--categories",
+            "bread",
+        ],
+    );
+    let b_id = s(&common::node_json(&b)["caisse_id"]);
+    let api_a = s(&common::node_json(&a)["api"]);
+    let mut registry = String::new();
+    common::wait_until("B's outlet in A's registry", 60, || {
+        registry = String::from_utf8_lossy(
+            &http(
+                &api_a,
+                "GET",
+                "/registry",
+                &[("Accept-Language", "en")],
+                b"",
+            )
+            .2,
+        )
+        .into_owned();
+        registry.contains("Étal")
+    });
+    let row = registry
+        .split("<tr>")
+        .find(|r| r.contains("Étal"))
+        .unwrap()
+        .to_owned();
+    assert!(row.contains(&b_id[..8]), "no fingerprint: {row}");
+    assert!(row.contains("not recognised by this caisse"), "{row}");
+    assert!(!row.contains('\u{1b}'), "{row}");
     // Our own caisse cannot take such a name.
     let out = common::caisse(
         &tmp.path().join("bad"),

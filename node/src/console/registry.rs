@@ -70,7 +70,10 @@ pub async fn page(v: Visitor, State(s): State<ConsoleState>, Query(f): Query<Fil
                 }
             }
             let recognition = c.policy().recognition.clone();
-            let ours = c.conventions().criteria().map(|r| r.version.criteria.clone());
+            let ours = c
+                .conventions()
+                .criteria()
+                .map(|r| r.version.criteria.clone());
             Ok((rows, versions, Day::from_unix(now), (recognition, ours)))
         })
         .await;
@@ -143,7 +146,10 @@ pub async fn page(v: Visitor, State(s): State<ConsoleState>, Query(f): Query<Fil
         } else if view.recognises(id, &recognition, ours.as_ref()) {
             v.t("recognised by this caisse", "reconnue par cette caisse")
         } else {
-            v.t("not recognised by this caisse", "non reconnue par cette caisse")
+            v.t(
+                "not recognised by this caisse",
+                "non reconnue par cette caisse",
+            )
         };
         format!(
             "{name}<br><small><span class=\"mono\" title=\"{full}\">{short}</span> · {trust}</small>",
