@@ -686,7 +686,28 @@ fn revocation_takes_effect_at_once() {
     let after = ids(ok(&dir, &["token", "list"]));
     let new: Vec<&String> = after.iter().filter(|i| !before.contains(i)).collect();
     assert_eq!(new.len(), 1, "{after:?}");
-    ok(&dir, &["token", "revoke", &new[0][..8]]);
+    // The admin revokes it from the console's access page.
+    let admin_cookie = console_sign_in(&node.api, "/login/token", &[("token", &admin)]);
+    let (code, _, body) = http(
+        &node.api,
+        "GET",
+        "/access",
+        &[("Cookie", &format!("caisse_session={admin_cookie}"))],
+        b"",
+    );
+    assert_eq!(code, 200);
+    assert!(String::from_utf8_lossy(&body).contains(new[0].as_str()));
+    let (code, head, _) = http(
+        &node.api,
+        "POST",
+        "/access/revoke",
+        &[
+            ("Cookie", &format!("caisse_session={admin_cookie}")),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        format!("csrf={}&id={}", csrf_of(&body), new[0]).as_bytes(),
+    );
+    assert_eq!(code, 303, "{head}");
     let (code, v) = api(&node, &token, "GET", "/api/v1/report?period=2027-01", None);
     assert_eq!(code, 401, "a revoked token still opens the API: {v}");
     // The last admin token cannot be revoked (the caisse would lock itself out).
@@ -1374,4 +1395,84 @@ fn a_corrected_pin_at_another_caisse_goes_through_and_the_host_cannot_read_it() 
         requests, 1,
         "one forwarded request kept, the one that went through"
     );
+}
+
+/// Finding 3, per address: wrong PINs from one address across several
+/// outlets' tokens (each below its own limit) make that address wait.
+#[test]
+fn wrong_pins_from_one_address_across_outlets_are_limited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("caisse");
+    TestNode::init(&dir, "Caisse des adresses", &[]);
+    let node = TestNode::start(&dir);
+    let admin = node.admin_token();
+    let mut rng = Rng(common::seed());
+    let mut cards = Vec::new();
+    for i in 0..25 {
+        let e = must(
+            &node,
+            &admin,
+            "POST",
+            "/api/v1/members",
+            Some(json!({"name": format!("M{i}"), "residence": "Ici", "pin": strong_pin(&mut rng)})),
+        );
+        cards.push(s(&e["card"]));
+    }
+    let period = period_now(&node, &admin);
+    must(
+        &node,
+        &admin,
+        "POST",
+        "/api/v1/allocations",
+        Some(json!({"period": period})),
+    );
+    let outlets: Vec<(String, String)> = (0..3)
+        .map(|i| {
+            let r = must(
+                &node,
+                &admin,
+                "POST",
+                "/api/v1/outlets",
+                Some(json!({"name": format!("Boutique {i}"), "categories": ["vegetables"]})),
+            );
+            (s(&r["outlet"]), s(&r["token"]))
+        })
+        .collect();
+    let mut limited_at = None;
+    for g in 0..24 {
+        let (outlet, token) = &outlets[g % 3];
+        let (code, v) = buy(&node, token, outlet, &cards[g], "000000", &mut rng);
+        if code == 429 {
+            assert_eq!(s(&v["error"]), "too_many_wrong_pins", "{v}");
+            limited_at.get_or_insert(g);
+        } else {
+            assert!(limited_at.is_none(), "a guess went through the limit: {v}");
+            assert_eq!(code, 401, "{v}");
+        }
+    }
+    assert_eq!(limited_at, Some(20), "20 wrong PINs per address, then wait");
+    // A sale without a PIN from the same address still goes through.
+    let e = must(
+        &node,
+        &admin,
+        "POST",
+        "/api/v1/members",
+        Some(json!({"name": "Sans", "residence": "Ici"})),
+    );
+    must(
+        &node,
+        &admin,
+        "POST",
+        "/api/v1/allocations",
+        Some(json!({"period": period})),
+    );
+    let (code, v) = buy(
+        &node,
+        &outlets[0].1,
+        &outlets[0].0,
+        &s(&e["card"]),
+        "",
+        &mut rng,
+    );
+    assert_eq!(code, 200, "{v}");
 }

@@ -127,6 +127,11 @@ impl From<SaleError> for ApiError {
                 "refused_by_home",
                 e.to_string(),
             ),
+            SaleError::TooManyWrongPins(_) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_wrong_pins",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -155,6 +160,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
                 e.body_text()
             ))),
         }
+    }
+}
+
+/// The caller's address (through the trusted proxies, if any).
+pub struct ClientAddress(pub String);
+
+impl FromRequestParts<App> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, state: &App) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddress(crate::app::client_address(
+            parts,
+            &state.config.http.trusted_proxies,
+        )))
     }
 }
 
@@ -579,6 +597,7 @@ async fn payout(
 async fn purchase(
     State(s): State<App>,
     auth: Auth,
+    client: ClientAddress,
     Body(input): Body<PurchaseInput>,
 ) -> Result<Json<crate::caisse::Receipt>, ApiError> {
     match &auth.0 {
@@ -596,14 +615,11 @@ async fn purchase(
         }
         Role::Seat { .. } => return Err(Auth::seat_token()),
     }
-    if !input.card.is_issued_by(&s.caisse_id) {
-        return crate::app::cross_sale(&s, input)
-            .await
-            .map(Json)
-            .map_err(ApiError::from);
-    }
-    tracing::debug!(caisse = %s.caisse_id.short(), purchase = %input.id, "local purchase");
-    Ok(Json(s.handle.purchase(input).await?))
+    tracing::debug!(caisse = %s.caisse_id.short(), purchase = %input.id, "purchase");
+    crate::app::sell(&s, input, &client.0)
+        .await
+        .map(Json)
+        .map_err(ApiError::from)
 }
 
 /// One account's balance.

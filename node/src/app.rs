@@ -18,6 +18,7 @@ use caisse_protocol::rpc::{MAX_RPC_SIZE, RpcRequest, RpcResponse};
 use caisse_protocol::{CaisseId, Period};
 
 use crate::caisse::{CaisseError, PurchaseInput, Receipt};
+// (`app` names axum only for the request parts a client address is read from.)
 use crate::config::Config;
 use crate::settlement::CrossStep;
 use crate::store::Store;
@@ -41,7 +42,16 @@ pub struct App {
     /// One whole-journal read (a report, an export) at a time: more would
     /// only share the disk and multiply the memory, and slow the tills.
     pub(crate) heavy: Arc<tokio::sync::Semaphore>,
+    /// Wrong PINs per client address, over every till and every card.
+    pub(crate) pin_guesses: crate::limiter::FailureLimiter,
 }
+
+/// Wrong PINs one client address may send within [`PIN_GUESS_WINDOW`]
+/// before its sales with a PIN wait (a shop's tills behind one address
+/// see a few mistyped PINs an hour, not this).
+pub const PIN_GUESSES_PER_ADDRESS: usize = 20;
+/// The window of [`PIN_GUESSES_PER_ADDRESS`].
+pub const PIN_GUESS_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 impl App {
     /// The application over a running writer and its store.
@@ -61,6 +71,12 @@ impl App {
             federation,
             pseudonyms: crate::redact::Pseudonyms::new(pseudonym_secret),
             heavy: Arc::new(tokio::sync::Semaphore::new(1)),
+            pin_guesses: crate::limiter::FailureLimiter::new(
+                "wrong PINs",
+                PIN_GUESSES_PER_ADDRESS,
+                PIN_GUESS_WINDOW,
+                10_000,
+            ),
         }
     }
 }
@@ -81,6 +97,73 @@ pub enum SaleError {
     /// The home caisse refused the request itself (not a signed decline).
     #[error("the card's home caisse refused the request: {0}")]
     RefusedByHome(String),
+    /// Too many wrong PINs from this address lately: nothing was tried.
+    #[error(
+        "too many wrong PINs from this device lately: wait {} minute(s), or ask the caisse",
+        .0.as_secs().div_ceil(60).max(1)
+    )]
+    TooManyWrongPins(Duration),
+}
+
+/// A sale at one of our outlets from a till at `client` (its address):
+/// decided by this caisse for its own cards, forwarded to the home caisse
+/// for another's. Wrong PINs are counted per address, whatever the card:
+/// past [`PIN_GUESSES_PER_ADDRESS`] within the window, sales with a PIN
+/// from that address wait, without touching any card.
+pub async fn sell(app: &App, input: PurchaseInput, client: &str) -> Result<Receipt, SaleError> {
+    if input.pin.as_deref().is_some_and(|p| !p.is_empty())
+        && let Some(wait) = app.pin_guesses.wait(client)
+    {
+        tracing::info!(target: "caisse::security", %client, outlet = %input.outlet, "sale with a PIN refused: too many wrong PINs from this address");
+        return Err(SaleError::TooManyWrongPins(wait));
+    }
+    let (outlet, card) = (input.outlet, input.card);
+    let result = if input.card.is_issued_by(&app.caisse_id) {
+        app.handle.purchase(input).await.map_err(SaleError::from)
+    } else {
+        cross_sale(app, input).await
+    };
+    if let Err(SaleError::Caisse(CaisseError::Declined { reason, .. })) = &result
+        && matches!(
+            reason,
+            caisse_protocol::messages::DeclineReason::WrongPin
+                | caisse_protocol::messages::DeclineReason::CardLocked
+        )
+    {
+        tracing::info!(target: "caisse::security", %client, %outlet, card = %crate::caisse::card_tail(&card), "wrong PIN at a till");
+        app.pin_guesses.record_failure(client);
+    }
+    result
+}
+
+/// The client's address: the connection's peer, or, when the peer is one
+/// of the configured reverse proxies, the last address in
+/// `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_address(parts: &axum::http::request::Parts, trusted: &[std::net::IpAddr]) -> String {
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let Some(peer) = peer else {
+        return "local".to_owned();
+    };
+    if !trusted.contains(&peer) {
+        return peer.to_string();
+    }
+    let forwarded: Vec<std::net::IpAddr> = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|a| !trusted.contains(a))
+        .unwrap_or(peer)
+        .to_string()
 }
 
 /// How long the host waits for the home caisse's answer.

@@ -16,6 +16,7 @@
 // Handlers answer refusals with a ready page; boxing every one would only add noise.
 #![allow(clippy::result_large_err)]
 
+mod access;
 mod charts;
 pub mod html;
 mod member;
@@ -30,10 +31,8 @@ use caisse_core::command::{Command, Reply};
 use caisse_core::view::Reads;
 
 use crate::writer::reply;
-use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
 use axum::http::request::Parts;
@@ -97,6 +96,9 @@ pub fn routes() -> Router<ConsoleState> {
         .route("/parliament/propose", post(propose::propose))
         .route("/registry", get(registry::page))
         .route("/treasury", get(treasury::page))
+        .route("/access", get(access::page))
+        .route("/access/revoke", post(access::revoke))
+        .route("/access/outlet", post(access::outlet))
         .route("/treasury/allocations", post(treasury::allocate))
         .route("/treasury/members", post(treasury::enrol))
         .route("/treasury/contributions", post(treasury::contribution))
@@ -122,36 +124,6 @@ pub struct Visitor {
     pub path: String,
     /// Cookies are marked `Secure` (the console is served over https).
     pub secure: bool,
-}
-
-/// The client's address: the connection's peer, or, when the peer is one
-/// of the configured reverse proxies, the last address in
-/// `X-Forwarded-For` that is not itself a trusted proxy.
-pub fn client_address(parts: &Parts, trusted: &[std::net::IpAddr]) -> String {
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let Some(peer) = peer else {
-        return "local".to_owned();
-    };
-    if !trusted.contains(&peer) {
-        return peer.to_string();
-    }
-    let forwarded: Vec<std::net::IpAddr> = parts
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|a| a.trim().parse().ok())
-        .collect();
-    forwarded
-        .into_iter()
-        .rev()
-        .find(|a| !trusted.contains(a))
-        .unwrap_or(peer)
-        .to_string()
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -182,7 +154,7 @@ impl FromRequestParts<ConsoleState> for Visitor {
                     .unwrap_or(""),
             ),
         };
-        let client = client_address(parts, &state.app.config.http.trusted_proxies);
+        let client = crate::app::client_address(parts, &state.app.config.http.trusted_proxies);
         let sessions = &state.sessions;
         let found = cookie(&parts.headers, SESSION_COOKIE)
             .and_then(|id| sessions.get(id))

@@ -11,7 +11,7 @@
 //! again and again with it only ends its own oldest sessions. Nothing here
 //! is written to disk: a restart signs everyone out.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -141,6 +141,8 @@ pub struct Sessions {
     inner: Arc<Mutex<Inner>>,
     /// Keys the CSRF tokens of anonymous visitors (drawn at start).
     csrf_key: [u8; 32],
+    /// Failed sign-ins per client address.
+    limiter: crate::limiter::FailureLimiter,
 }
 
 impl Default for Sessions {
@@ -148,6 +150,12 @@ impl Default for Sessions {
         Sessions {
             inner: Arc::default(),
             csrf_key: crate::daemon::random32(),
+            limiter: crate::limiter::FailureLimiter::new(
+                "sign-in",
+                MAX_FAILURES,
+                FAILURE_WINDOW,
+                MAX_LIMITED_CLIENTS,
+            ),
         }
     }
 }
@@ -155,7 +163,6 @@ impl Default for Sessions {
 #[derive(Default)]
 struct Inner {
     sessions: HashMap<String, Session>,
-    failures: HashMap<String, VecDeque<Instant>>,
 }
 
 fn random_hex() -> String {
@@ -319,50 +326,14 @@ impl Sessions {
         k
     }
 
-    /// Count a failed sign-in from `client`. The map of clients stays
-    /// under [`MAX_LIMITED_CLIENTS`]: past windows go first, then the
-    /// clients whose last failure is oldest.
+    /// Count a failed sign-in from `client`.
     pub fn record_failure(&self, client: &str) {
-        let mut g = self.lock();
-        if g.failures.len() >= MAX_LIMITED_CLIENTS && !g.failures.contains_key(client) {
-            let now = Instant::now();
-            g.failures.retain(|_, q| {
-                q.back()
-                    .is_some_and(|t| now.duration_since(*t) < FAILURE_WINDOW)
-            });
-            if g.failures.len() >= MAX_LIMITED_CLIENTS {
-                let mut by_age: Vec<(Instant, String)> = g
-                    .failures
-                    .iter()
-                    .filter_map(|(k, q)| q.back().map(|t| (*t, k.clone())))
-                    .collect();
-                by_age.sort();
-                let excess = g.failures.len() + 1 - MAX_LIMITED_CLIENTS / 2;
-                for (_, k) in by_age.into_iter().take(excess) {
-                    g.failures.remove(&k);
-                }
-            }
-        }
-        if g.failures.len() % 1000 == 999 {
-            tracing::warn!(target: "caisse::security", clients = g.failures.len() + 1, "many clients failing to sign in");
-        }
-        let q = g.failures.entry(client.to_owned()).or_default();
-        q.push_back(Instant::now());
-        while q.len() > MAX_FAILURES {
-            q.pop_front();
-        }
+        self.limiter.record_failure(client);
     }
 
     /// How long `client` must wait before trying again, if it must.
     pub fn limiter_wait(&self, client: &str) -> Option<Duration> {
-        let g = self.lock();
-        let q = g.failures.get(client)?;
-        if q.len() < MAX_FAILURES {
-            return None;
-        }
-        let first = q.front()?;
-        let elapsed = Instant::now().duration_since(*first);
-        FAILURE_WINDOW.checked_sub(elapsed).filter(|d| !d.is_zero())
+        self.limiter.wait(client)
     }
 
     /// Sessions held (for tests and status).

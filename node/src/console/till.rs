@@ -356,42 +356,28 @@ pub async fn sell(State(s): State<ConsoleState>, p: Posted) -> Response {
     };
     use tracing::Instrument;
     let span = tracing::info_span!("till", caisse = %s.caisse_id.short(), purchase = %sale);
-    let result: Result<Receipt, (StatusCode, String)> = if card.is_issued_by(&s.caisse_id) {
-        s.handle
-            .purchase(input)
-            .instrument(span)
-            .await
-            .map_err(|e| {
-                let st = match e {
+    let result: Result<Receipt, (StatusCode, String)> = crate::app::sell(&s, input, &v.client)
+        .instrument(span)
+        .await
+        .map_err(|e| match e {
+            crate::app::SaleError::Caisse(c) => {
+                let st = match c {
                     crate::caisse::CaisseError::Storage(_)
                     | crate::caisse::CaisseError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
                     _ => StatusCode::UNPROCESSABLE_ENTITY,
                 };
-                (st, super::html::refusal(v.lang, &e))
-            })
-    } else {
-        crate::app::cross_sale(&s, input)
-            .instrument(span)
-            .await
-            .map_err(|e| match e {
-                crate::app::SaleError::Caisse(c) => {
-                    let st = match c {
-                        crate::caisse::CaisseError::Storage(_)
-                        | crate::caisse::CaisseError::Unavailable => {
-                            StatusCode::SERVICE_UNAVAILABLE
-                        }
-                        _ => StatusCode::UNPROCESSABLE_ENTITY,
-                    };
-                    (st, super::html::refusal(v.lang, &c))
-                }
-                crate::app::SaleError::HomeUnreachable(_) => {
-                    (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-                }
-                crate::app::SaleError::RefusedByHome(_) => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
-                }
-            })
-    };
+                (st, super::html::refusal(v.lang, &c))
+            }
+            crate::app::SaleError::HomeUnreachable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            crate::app::SaleError::RefusedByHome(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            }
+            crate::app::SaleError::TooManyWrongPins(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, e.to_string())
+            }
+        });
     match result {
         Ok(r) => {
             let done = Form {

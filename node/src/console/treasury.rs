@@ -427,7 +427,18 @@ pub async fn page(
 <div class="table-wrap"><table><thead><tr><th scope="col">{outlet_h}</th><th scope="col" class="num">{turnover_h} {period}</th><th scope="col" class="num">{owed_h}</th><th scope="col">{payout_h}</th></tr></thead><tbody>{outlets}</tbody></table></div>
 <h2>{settle_h}</h2>
 {settlement_html}
-<p><a href="/report?period={period}">{report_a}</a></p>"#,
+<p><a href="/report?period={period}">{report_a}</a></p>{access_a}"#,
+        access_a = if admin {
+            format!(
+                "<p><a href=\"/access\">{}</a></p>",
+                v.t(
+                    "Access: tokens and tills (revoke, suspend)",
+                    "Accès : jetons et caisses (révoquer, suspendre)"
+                )
+            )
+        } else {
+            String::new()
+        },
         members_l = v.t("Active members", "Membres actifs"),
         active = r.members.active,
         susp = r.members.suspended,
