@@ -21,7 +21,14 @@ pub fn router(app: App) -> Router {
         .fallback(move |req: Request| not_found(fallback_state.clone(), req))
         .layer(DefaultBodyLimit::max(crate::api::MAX_BODY))
         .layer(axum::middleware::from_fn(time_limit))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            MAX_CONCURRENT_REQUESTS,
+        ))
 }
+
+/// Requests handled at once; more wait their turn (their connections are
+/// bounded by the listener, `crate::http`).
+pub const MAX_CONCURRENT_REQUESTS: usize = 512;
 
 /// The longest a request may take (a report of a million members takes
 /// about 20 s here); past it the client gets 503 and the work is dropped.

@@ -60,6 +60,8 @@ pub struct ConsoleState {
     pub app: App,
     /// Signed-in visitors, CSRF tokens, the sign-in limiter.
     pub sessions: session::Sessions,
+    /// Rendered registry pages, for a few seconds.
+    pub registry_cache: registry::Cache,
 }
 
 impl ConsoleState {
@@ -68,6 +70,7 @@ impl ConsoleState {
         ConsoleState {
             app,
             sessions: Default::default(),
+            registry_cache: Default::default(),
         }
     }
 }

@@ -22,6 +22,43 @@ use crate::conventionnement::CriteriaRecord;
 /// Rows on one page of the registry.
 pub const MAX_ROWS: usize = 200;
 
+/// How long a rendered registry page is served again without being
+/// rebuilt: a flood of registry requests then costs a lookup each, not a
+/// walk over every accreditation of the federation.
+pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+/// The most rendered pages kept.
+pub const CACHE_ENTRIES: usize = 64;
+
+/// Rendered registry pages by language, filters and page number. A small
+/// hand-written map (one use, bounded, a time to live): a caching crate
+/// would bring more than it saves here.
+#[derive(Clone, Default)]
+pub struct Cache(
+    std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, String)>>,
+    >,
+);
+
+impl Cache {
+    fn get(&self, key: &str) -> Option<String> {
+        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.get(key)
+            .filter(|(at, _)| at.elapsed() < CACHE_TTL)
+            .map(|(_, body)| body.clone())
+    }
+
+    fn put(&self, key: String, body: String) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() >= CACHE_ENTRIES {
+            g.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
+            if g.len() >= CACHE_ENTRIES {
+                g.clear();
+            }
+        }
+        g.insert(key, (std::time::Instant::now(), body));
+    }
+}
+
 /// The registry's filters.
 #[derive(Deserialize, Default)]
 pub struct Filter {
@@ -42,6 +79,16 @@ struct Row {
 
 /// `GET /registry`
 pub async fn page(v: Visitor, State(s): State<ConsoleState>, Query(f): Query<Filter>) -> Response {
+    let key = format!(
+        "{}|{}|{}|{}",
+        v.t("en", "fr"),
+        f.category.as_deref().unwrap_or(""),
+        f.caisse.as_deref().unwrap_or(""),
+        f.page.unwrap_or(1)
+    );
+    if let Some(body) = s.registry_cache.get(&key) {
+        return v.page(&s, StatusCode::OK, v.t("Registry", "Registre"), &body);
+    }
     let view = s.federation.snapshot();
     let own_id = s.caisse_id;
     let local = s
@@ -289,5 +336,6 @@ pub async fn page(v: Visitor, State(s): State<ConsoleState>, Query(f): Query<Fil
         count = total,
         count_l = v.t("accreditations", "conventionnements"),
     );
+    s.registry_cache.put(key, body.clone());
     v.page(&s, StatusCode::OK, v.t("Registry", "Registre"), &body)
 }
