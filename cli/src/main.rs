@@ -616,6 +616,12 @@ enum ClockCmd {
 }
 
 fn main() -> ExitCode {
+    // Like every Unix tool: `caisse … | head` ends quietly when `head` has
+    // read enough (Rust ignores SIGPIPE, so a write would panic instead).
+    // SAFETY: restoring the default action of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

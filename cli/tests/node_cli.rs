@@ -466,3 +466,88 @@ fn clear_errors_without_a_node() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("caisse init"), "{err}");
 }
+
+/// A node started with a relative `--data-dir` is reachable by the CLI from
+/// any other directory, and `caisse … | head` ends quietly, without a panic.
+#[test]
+fn relative_data_dirs_and_closed_pipes() {
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(common::bin())
+        .current_dir(tmp.path())
+        .args([
+            "--data-dir",
+            "caisse",
+            "init",
+            "--name",
+            "Relative",
+            "--api",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tmp.path().join("caisse");
+    let mut node = TestNode::start_with(&dir, |cmd| {
+        cmd.current_dir(tmp.path());
+    });
+    // start_with passes the absolute directory; start a second way too:
+    // stop it, and run the node exactly as a user in that directory would.
+    node.stop();
+    let _ = std::fs::remove_file(dir.join("node.json"));
+    let mut child = Command::new(common::bin())
+        .current_dir(tmp.path())
+        .args(["--data-dir", "caisse", "node"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::wait_until("the node to start", 30, || dir.join("node.json").exists());
+    let elsewhere = Command::new(common::bin())
+        .current_dir("/")
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--json", "status"])
+        .output()
+        .unwrap();
+    assert!(
+        elsewhere.status.success(),
+        "the CLI could not reach the node from another directory: {}",
+        String::from_utf8_lossy(&elsewhere.stderr)
+    );
+    // A reader that stops reading at once.
+    for _ in 0..30 {
+        ok(
+            &dir,
+            &[
+                "member",
+                "enroll",
+                "--name",
+                "Lecteur",
+                "--residence",
+                "Ici",
+            ],
+        );
+    }
+    let mut lister = Command::new(common::bin())
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["member", "list"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(lister.stdout.take());
+    let out = lister.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked"),
+        "the CLI panicked on a closed pipe: {err}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -96,6 +96,14 @@ impl Client {
             TokenFile::Admin => &info.admin_token_file,
             TokenFile::Observer => &info.observer_token_file,
         };
+        // A node.json written by an older node may name the token file
+        // relative to that node's working directory: it is in `dir`.
+        let in_dir = file.file_name().map(|n| dir.join(n));
+        let file = match in_dir {
+            Some(f) if file.is_relative() => f,
+            _ => file.clone(),
+        };
+        let file = &file;
         let token = std::fs::read_to_string(file)
             .map_err(|e| ClientError::Setup(format!("cannot read {}: {e}", file.display())))?;
         Ok(Client::new(info.api, token))

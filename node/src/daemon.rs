@@ -419,12 +419,14 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
     let router = crate::server::router(app);
     let limits = config.http.limits().within(open_files);
     let api_task = tokio::spawn(crate::http::serve(listener, router, limits, stop));
+    // Absolute paths: the CLI reads them from any working directory.
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
     let info = NodeInfo {
         caisse_id,
         api,
         listen: listen_addrs,
-        admin_token_file: dir.join("admin.token"),
-        observer_token_file: dir.join("observer.token"),
+        admin_token_file: abs.join("admin.token"),
+        observer_token_file: abs.join("observer.token"),
         pid: std::process::id(),
         federation: config.federation,
     };

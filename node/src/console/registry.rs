@@ -79,8 +79,14 @@ struct Row {
 
 /// `GET /registry`
 pub async fn page(v: Visitor, State(s): State<ConsoleState>, Query(f): Query<Filter>) -> Response {
+    // This caisse's own changes (an accreditation, a revocation) show at
+    // once: its published version is part of the key. Other caisses'
+    // show within the cache's few seconds.
     let key = format!(
-        "{}|{}|{}|{}",
+        "{}|{}|{}|{}|{}",
+        s.handle
+            .published_version()
+            .load(std::sync::atomic::Ordering::Relaxed),
         v.t("en", "fr"),
         f.category.as_deref().unwrap_or(""),
         f.caisse.as_deref().unwrap_or(""),
