@@ -111,6 +111,13 @@ enum Command {
         /// forged-heads, bad-signature, replay, oversized, malformed, forged-change (repeatable; default all).
         #[arg(long = "attack")]
         attacks: Vec<String>,
+        /// Send the attacks this many times over, back to back.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        /// The rogue's key as 64 hex digits (default: a new one), so a
+        /// second run is the same peer.
+        #[arg(long)]
+        seed: Option<String>,
     },
     /// The node's clock (test networks only).
     #[command(subcommand)]
@@ -688,6 +695,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             target,
             federation,
             attacks,
+            repeat,
+            seed,
         } => {
             let target: caisse_protocol::CaisseId =
                 target.parse().map_err(|e| anyhow!("--target: {e}"))?;
@@ -701,15 +710,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     .map(|a| a.parse().map_err(|e: String| anyhow!(e)))
                     .collect::<Result<_>>()?
             };
-            let reports = caisse_node::rogue::run(
-                target_addr,
-                target,
-                federation,
-                &attacks,
-                daemon::random32(),
-            )
-            .await
-            .map_err(|e| anyhow!("rogue: {e}"))?;
+            let seed = match seed {
+                None => daemon::random32(),
+                Some(h) => {
+                    let mut b = [0u8; 32];
+                    let v: Vec<u8> = (0..h.len() / 2)
+                        .filter_map(|i| u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok())
+                        .collect();
+                    if v.len() != 32 {
+                        return Err(anyhow!("--seed: give 64 hex digits"));
+                    }
+                    b.copy_from_slice(&v);
+                    b
+                }
+            };
+            let reports =
+                caisse_node::rogue::run(target_addr, target, federation, &attacks, seed, *repeat)
+                    .await
+                    .map_err(|e| anyhow!("rogue: {e}"))?;
             println!("{}", serde_json::to_string_pretty(&reports)?);
             return Ok(ExitCode::SUCCESS);
         }

@@ -45,6 +45,8 @@ pub struct FederationStats {
     pub rpc_malformed: AtomicU64,
     /// Sync results refused because they held changes the owner did not sign.
     pub sync_rejected: AtomicU64,
+    /// Peers banned for misbehaviour (in all, since start).
+    pub peers_banned: AtomicU64,
     /// Documents accepted after a sync.
     pub sync_accepted: AtomicU64,
 }
@@ -214,6 +216,7 @@ pub fn start(
         started: Instant::now(),
         to_writer,
         clock: handle_clock,
+        conduct: Conduct::default(),
     };
     for c in task.replicas.keys().copied().collect::<Vec<_>>() {
         task.refresh_view(c, false);
@@ -296,9 +299,92 @@ struct FederationTask {
     to_writer: mpsc::UnboundedSender<ToWriter>,
     /// The node's clock (a test network's manual clock included).
     clock: Arc<crate::writer::Clock>,
+    /// Misbehaviour per peer, and the peers banned for it.
+    conduct: Conduct,
+}
+
+/// Strikes within [`STRIKE_WINDOW`] that ban a peer.
+pub const STRIKES_TO_BAN: u32 = 20;
+/// The window strikes are counted over.
+pub const STRIKE_WINDOW: Duration = Duration::from_secs(60);
+/// How long a ban lasts (the peer id is refused on every reconnection).
+pub const BAN: Duration = Duration::from_secs(10 * 60);
+/// Strikes per window written to the log one by one; the rest are counted
+/// and summed up when the peer is banned.
+pub const LOGGED_STRIKES: u32 = 5;
+/// Peers whose conduct is remembered at most.
+const MAX_CONDUCT: usize = 10_000;
+
+/// What the federation task remembers of each peer's misbehaviour: a
+/// malformed request or gossip message, heads with a bad signature. (A sync
+/// refused for changes the owner did not sign is not counted: a lost
+/// response can make an honest peer look like that.)
+#[derive(Default)]
+struct Conduct {
+    strikes: HashMap<PeerId, (Instant, u32)>,
+    banned: HashMap<PeerId, Instant>,
+}
+
+impl Conduct {
+    /// Count a strike; returns (log this one, ban now).
+    fn strike(&mut self, peer: PeerId) -> (bool, bool) {
+        if self.banned.contains_key(&peer) {
+            return (false, false);
+        }
+        let now = Instant::now();
+        if self.strikes.len() >= MAX_CONDUCT && !self.strikes.contains_key(&peer) {
+            self.strikes
+                .retain(|_, (t, _)| now.duration_since(*t) < STRIKE_WINDOW);
+            if self.strikes.len() >= MAX_CONDUCT {
+                self.strikes.clear();
+            }
+        }
+        let e = self.strikes.entry(peer).or_insert((now, 0));
+        if now.duration_since(e.0) >= STRIKE_WINDOW {
+            *e = (now, 0);
+        }
+        e.1 = e.1.saturating_add(1);
+        let n = e.1;
+        if n >= STRIKES_TO_BAN {
+            self.strikes.remove(&peer);
+            self.banned.insert(peer, now + BAN);
+            return (false, true);
+        }
+        (n <= LOGGED_STRIKES, false)
+    }
+
+    /// Bans that have run out.
+    fn expired(&mut self) -> Vec<PeerId> {
+        let now = Instant::now();
+        let out: Vec<PeerId> = self
+            .banned
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in &out {
+            self.banned.remove(p);
+        }
+        out
+    }
 }
 
 impl FederationTask {
+    /// Count a peer's misbehaviour (`what`, `error`): logged while it is
+    /// rare, then only counted; at [`STRIKES_TO_BAN`] within the window the
+    /// peer is banned for [`BAN`], on every reconnection too.
+    async fn misbehaved(&mut self, peer: PeerId, what: &'static str, error: &str) {
+        let (log, ban) = self.conduct.strike(peer);
+        if log {
+            tracing::warn!(target: "caisse::events::federation", %peer, error, "{what}");
+        }
+        if ban {
+            self.stats.peers_banned.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target: "caisse::security", %peer, strikes = STRIKES_TO_BAN, last = what, minutes = BAN.as_secs() / 60, "peer banned for misbehaviour");
+            self.network.block(peer, true).await;
+        }
+    }
+
     async fn run(
         mut self,
         mut events: mpsc::Receiver<NetEvent>,
@@ -351,6 +437,10 @@ impl FederationTask {
                     }
                     let cutoff = Instant::now() - Duration::from_secs(120);
                     self.responders.retain(|_, (_, t)| *t > cutoff);
+                    for peer in self.conduct.expired() {
+                        tracing::info!(target: "caisse::security", %peer, "ban over");
+                        self.network.block(peer, false).await;
+                    }
                 }
             }
         }
@@ -481,7 +571,8 @@ impl FederationTask {
         let v = match env.open::<DocumentHeads>(&self.federation) {
             Ok(v) => v,
             Err(e) => {
-                tracing::warn!(target: "caisse::events::federation", error = %e, peer = ?source, "rejected document heads");
+                // Logged and counted by the caller, against the peer.
+                tracing::debug!(target: "caisse::events::federation", error = %e, peer = ?source, "rejected document heads");
                 return MessageAcceptance::Reject;
             }
         };
@@ -686,9 +777,21 @@ impl FederationTask {
             NetEvent::Disconnected(peer) => self.set_connected(peer, false),
             NetEvent::Gossip { source, id, data } => {
                 let acceptance = match Envelope::from_bytes(&data) {
-                    Ok(env) => self.consider_heads(&env, Some(source)),
+                    Ok(env) => {
+                        let a = self.consider_heads(&env, Some(source));
+                        if a == MessageAcceptance::Reject {
+                            self.misbehaved(
+                                source,
+                                "rejected document heads",
+                                "bad signature or not heads",
+                            )
+                            .await;
+                        }
+                        a
+                    }
                     Err(e) => {
-                        tracing::warn!(target: "caisse::events::federation", %source, error = %e, "rejected malformed gossip");
+                        self.misbehaved(source, "rejected malformed gossip", &e.to_string())
+                            .await;
                         MessageAcceptance::Reject
                     }
                 };
@@ -729,7 +832,8 @@ impl FederationTask {
                     Ok(req) => self.request(peer, req).await,
                     Err(e) => {
                         self.stats.rpc_malformed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(target: "caisse::events::federation", %peer, error = %e, "refused a malformed request");
+                        self.misbehaved(peer, "refused a malformed request", &e.to_string())
+                            .await;
                         RpcResponse::Refused(format!("malformed request: {e}"))
                     }
                 };

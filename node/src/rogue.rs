@@ -92,6 +92,7 @@ pub async fn run(
     federation: FederationId,
     attacks: &[Attack],
     seed: [u8; 32],
+    repeat: usize,
 ) -> Result<Vec<AttackReport>, String> {
     let key = SecretKey::from_bytes(seed);
     let (net, mut events, task) = network::start(NetworkConfig {
@@ -116,7 +117,9 @@ pub async fn run(
     // Let gossipsub exchange subscriptions before publishing.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut reports = Vec::new();
-    for attack in attacks {
+    let rounds = repeat.max(1);
+    let plan: Vec<Attack> = (0..rounds).flat_map(|_| attacks.iter().copied()).collect();
+    for attack in &plan {
         let detail = match attack {
             Attack::ForgedHeads => {
                 let m = DocumentHeads {
@@ -245,7 +248,9 @@ pub async fn run(
             attack: *attack,
             detail,
         });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if rounds == 1 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     drain.abort();
