@@ -85,3 +85,56 @@ fn a_peer_sending_garbage_is_banned_and_stays_banned() {
     // And the node still serves.
     ok(&dir, &["status"]);
 }
+
+/// Three caisses restarted together find each other again within seconds
+/// (issue 15, finding 6), not at the next half-minute bootstrap.
+#[test]
+fn three_nodes_restarted_together_reconnect_within_five_seconds() {
+    const FED3: &str = "fed-restart";
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = ["a", "b", "c"].iter().map(|n| tmp.path().join(n)).collect();
+    TestNode::init(
+        &dirs[0],
+        "A",
+        &["--listen", "/ip4/127.0.0.1/tcp/0", "--federation", FED3],
+    );
+    let mut nodes = vec![TestNode::start(&dirs[0])];
+    let first = s(&node_json(&dirs[0])["listen"][0]);
+    for (i, d) in dirs.iter().enumerate().skip(1) {
+        TestNode::init(
+            d,
+            ["A", "B", "C"][i],
+            &[
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--federation",
+                FED3,
+                "--bootstrap",
+                &first,
+            ],
+        );
+        nodes.push(TestNode::start(d));
+    }
+    let all_connected = |dirs: &[std::path::PathBuf]| {
+        dirs.iter().all(|d| {
+            ok(d, &["network", "show"])["connected"]
+                .as_array()
+                .is_some_and(|a| a.len() >= 2)
+        })
+    };
+    common::wait_until("the three to meet", 30, || all_connected(&dirs));
+    // A clean stop of all three (the closing side's sockets stay in
+    // TIME_WAIT on the ports they restart on).
+    for n in &mut nodes {
+        n.stop();
+    }
+    let mut nodes: Vec<TestNode> = dirs.iter().map(|d| TestNode::start(d)).collect();
+    let took = common::wait_until("the three to meet again", 60, || all_connected(&dirs));
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "they met again only after {took:?}"
+    );
+    for n in &mut nodes {
+        n.stop();
+    }
+}
