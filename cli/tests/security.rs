@@ -1487,3 +1487,84 @@ fn wrong_pins_from_one_address_across_outlets_are_limited() {
     );
     assert_eq!(code, 200, "{v}");
 }
+
+/// The operator's metrics (issue 17): Prometheus text behind a token,
+/// counting sales by outcome, with no member, card or name in any label.
+#[test]
+fn metrics_count_sales_and_name_no_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("caisse");
+    TestNode::init(&dir, "Caisse mesurée", &[]);
+    let node = TestNode::start(&dir);
+    let admin = node.admin_token();
+    let mut rng = Rng(common::seed());
+    let e = must(
+        &node,
+        &admin,
+        "POST",
+        "/api/v1/members",
+        Some(json!({"name": "Awa Diallo", "residence": "Cadenet", "pin": "602817"})),
+    );
+    let period = period_now(&node, &admin);
+    must(
+        &node,
+        &admin,
+        "POST",
+        "/api/v1/allocations",
+        Some(json!({"period": period})),
+    );
+    let o = must(
+        &node,
+        &admin,
+        "POST",
+        "/api/v1/outlets",
+        Some(json!({"name": "Halle", "categories": ["vegetables"]})),
+    );
+    let (outlet, token, card) = (s(&o["outlet"]), s(&o["token"]), s(&e["card"]));
+    assert_eq!(
+        buy(&node, &token, &outlet, &card, "602817", &mut rng).0,
+        200
+    );
+    assert_eq!(
+        buy(&node, &token, &outlet, &card, "602817", &mut rng).0,
+        200
+    );
+    assert_eq!(
+        buy(&node, &token, &outlet, &card, "111111", &mut rng).0,
+        401
+    );
+    let (code, _, _) = http(&node.api, "GET", "/metrics", &[], b"");
+    assert_eq!(code, 401, "metrics without a token");
+    let observer = token_file(&dir, "observer.token");
+    let (code, head, body) = http(
+        &node.api,
+        "GET",
+        "/metrics",
+        &[("Authorization", &format!("Bearer {observer}"))],
+        b"",
+    );
+    assert_eq!(code, 200, "{head}");
+    let text = String::from_utf8(body).unwrap();
+    let line = |name: &str, labels: &[&str]| -> Option<String> {
+        text.lines()
+            .find(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+            .map(str::to_owned)
+    };
+    let accepted = line(
+        "caisse_purchases_total{",
+        &["path=\"local\"", "outcome=\"accepted\""],
+    )
+    .unwrap_or_else(|| panic!("no accepted sales counted:\n{text}"));
+    assert!(accepted.ends_with(" 2"), "{accepted}");
+    let wrong = line("caisse_purchases_total{", &["outcome=\"wrong_pin\""]).expect("wrong PINs");
+    assert!(wrong.ends_with(" 1"), "{wrong}");
+    assert!(
+        line("caisse_members ", &[]).is_some_and(|l| l.ends_with(" 1")),
+        "{text}"
+    );
+    assert!(line("caisse_commit_seconds_count", &[]).is_some(), "{text}");
+    assert!(line("caisse_purchase_seconds_bucket", &["path=\"local\""]).is_some());
+    for secret in ["mem_", "card_", "Awa", "Cadenet", card.as_str()] {
+        assert!(!text.contains(secret), "{secret} in the metrics");
+    }
+}

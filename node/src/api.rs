@@ -255,6 +255,7 @@ where
 pub fn routes() -> Router<App> {
     Router::new()
         .route("/api/v1/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/api/v1/policy", get(policy))
         .route("/api/v1/members", post(enroll).get(list_members))
         .route("/api/v1/members/{id}", get(show_member))
@@ -329,6 +330,20 @@ async fn status(State(s): State<App>, _auth: Auth) -> Result<Json<serde_json::Va
         "writer_queue": s.handle.queued(),
         "today": s.handle.clock().today(),
     })))
+}
+
+/// Prometheus metrics (any reading token: they name no one).
+async fn metrics(State(s): State<App>, auth: Auth) -> Result<Response, ApiError> {
+    auth.reader()?;
+    let text = crate::metrics::render(&s).await;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 async fn policy(State(s): State<App>, _auth: Auth) -> Result<Json<serde_json::Value>, ApiError> {

@@ -118,11 +118,25 @@ pub async fn sell(app: &App, input: PurchaseInput, client: &str) -> Result<Recei
         return Err(SaleError::TooManyWrongPins(wait));
     }
     let (outlet, card) = (input.outlet, input.card);
-    let result = if input.card.is_issued_by(&app.caisse_id) {
+    let started = std::time::Instant::now();
+    let local = input.card.is_issued_by(&app.caisse_id);
+    let result = if local {
         app.handle.purchase(input).await.map_err(SaleError::from)
     } else {
         cross_sale(app, input).await
     };
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(SaleError::Caisse(e)) => e.code(),
+        Err(SaleError::HomeUnreachable(_)) => "home_unreachable",
+        Err(SaleError::RefusedByHome(_)) => "refused_by_home",
+        Err(SaleError::TooManyWrongPins(_)) => "too_many_wrong_pins",
+    };
+    crate::metrics::sale(
+        if local { "local" } else { "cross" },
+        outcome,
+        started.elapsed().as_secs_f64(),
+    );
     if let Err(SaleError::Caisse(CaisseError::Declined { reason, .. })) = &result
         && matches!(
             reason,

@@ -292,6 +292,7 @@ pub struct RunningNode {
 /// and `node.json` is written.
 pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
     let open_files = crate::http::raise_open_file_limit();
+    crate::metrics::install();
     let secret = load_key(dir)?;
     let config = Config::load(&dir.join("config.toml"))?;
     let caisse_id = secret.caisse_id();

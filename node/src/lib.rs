@@ -13,6 +13,7 @@
 //!   side of a cross-caisse sale, reports off the writer).
 //! - [`api`]: the HTTP JSON API.
 //! - [`redact`]: what each role sees of member and card ids.
+//! - [`metrics`]: Prometheus metrics at `GET /metrics` (no personal data).
 //! - [`limiter`]: failures per client address (sign-ins, wrong PINs).
 //! - [`http`]: the HTTP listener with connection bounds and timeouts.
 //! - [`server`]: the HTTP server: the API and the console side by side.
@@ -39,6 +40,7 @@ pub mod documents;
 pub mod federation;
 pub mod http;
 pub mod limiter;
+pub mod metrics;
 pub mod network;
 pub mod redact;
 pub mod rogue;

@@ -412,7 +412,9 @@ impl Writer {
                 self.jobs.push_front(job);
             }
         }
+        let commit_started = Instant::now();
         let failure = self.commit().err();
+        crate::metrics::commit(tills + admin, commit_started.elapsed().as_secs_f64());
         if stepped {
             // The step's cost is its decisions and the commit of its writes:
             // what the tills of the next group wait for.

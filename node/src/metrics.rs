@@ -1,0 +1,99 @@
+//! Prometheus metrics: what an operator watches, never who.
+//!
+//! Through the well-kept `metrics` facade and `metrics-exporter-prometheus`
+//! (without its HTTP listener: the node serves the text itself at
+//! `GET /metrics`, behind a bearer token like the rest of the API). Labels
+//! are outcomes, paths and reasons, never a member, card or name. One
+//! recorder per process: a process running several nodes (a bench) sums
+//! their counters.
+//!
+//! Recorded where things happen: sales (`app::sell`: outcome and latency,
+//! local or cross-caisse), commits (`writer`: group size, apply + fsync
+//! time). Read at scrape time: members, journal entries, writer queue,
+//! jobs, peers connected and blocked, gossip and request counters, the
+//! federation's documents.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process's recorder, installed on first use (`None` if another
+/// recorder was installed first).
+fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+                    10.0,
+                ])
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// Install the recorder (call once at start).
+pub fn install() {
+    let _ = handle();
+}
+
+/// A sale decided: `path` is `local` or `cross`, `outcome` `accepted` or
+/// the refusal's code.
+pub fn sale(path: &'static str, outcome: &'static str, seconds: f64) {
+    metrics::counter!("caisse_purchases_total", "path" => path, "outcome" => outcome).increment(1);
+    metrics::histogram!("caisse_purchase_seconds", "path" => path).record(seconds);
+}
+
+/// A commit of the writer: commands in the group, seconds to apply and sync.
+pub fn commit(commands: usize, seconds: f64) {
+    metrics::histogram!("caisse_commit_seconds").record(seconds);
+    metrics::histogram!("caisse_commit_group_size").record(commands as f64);
+}
+
+/// The metrics as Prometheus text, with the gauges read now from `app`.
+pub async fn render(app: &crate::app::App) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (members, entries) = app.handle.counts();
+    metrics::gauge!("caisse_members").set(members as f64);
+    metrics::gauge!("caisse_journal_entries").set(entries as f64);
+    metrics::gauge!("caisse_writer_queue").set(app.handle.queued() as f64);
+    let jobs = app.handle.jobs();
+    metrics::gauge!("caisse_jobs_running").set(jobs.iter().filter(|j| !j.finished).count() as f64);
+    let info = app.federation.network.info().await;
+    metrics::gauge!("caisse_peers_connected").set(info.connected.len() as f64);
+    metrics::gauge!("caisse_peers_blocked").set(info.blocked.len() as f64);
+    metrics::counter!("caisse_frames_refused_total").absolute(info.frame_failures);
+    let st = &app.federation.stats;
+    for (outcome, v) in [
+        ("accepted", &st.gossip_accepted),
+        ("rejected", &st.gossip_rejected),
+        ("ignored", &st.gossip_ignored),
+    ] {
+        metrics::counter!("caisse_gossip_total", "outcome" => outcome).absolute(v.load(Relaxed));
+    }
+    metrics::counter!("caisse_requests_malformed_total").absolute(st.rpc_malformed.load(Relaxed));
+    for (outcome, v) in [
+        ("accepted", &st.sync_accepted),
+        ("rejected", &st.sync_rejected),
+    ] {
+        metrics::counter!("caisse_syncs_total", "outcome" => outcome).absolute(v.load(Relaxed));
+    }
+    metrics::counter!("caisse_peers_banned_total").absolute(st.peers_banned.load(Relaxed));
+    let view = app
+        .federation
+        .view
+        .read()
+        .map(|v| v.caisses.len())
+        .unwrap_or(0);
+    metrics::gauge!("caisse_federation_caisses").set(view as f64);
+    handle().map_or_else(
+        || "# metrics unavailable: another recorder is installed in this process\n".to_owned(),
+        PrometheusHandle::render,
+    )
+}
