@@ -351,6 +351,17 @@ enum LedgerCmd {
     },
     /// Audit the ledger; exits with status 3 if anything is wrong.
     Check,
+    /// The accountant's file of a month: every entry as debits and credits
+    /// on the associations' chart of accounts, in the FEC layout (`|`
+    /// separated, decimal comma); members never itemised.
+    Accounting {
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        period: Period,
+        /// Where to write it (readable by you only).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1482,6 +1493,25 @@ async fn outlet(c: &Client, out: &Output, o: &OutletCmd) -> Result<ExitCode> {
 
 async fn ledger(c: &Client, out: &Output, l: &LedgerCmd) -> Result<ExitCode> {
     match l {
+        LedgerCmd::Accounting { period, out: file } => {
+            let v: Value = c
+                .get(&format!("/api/v1/ledger/accounting?period={period}"))
+                .await?;
+            write_private(file, v["fec"].as_str().unwrap_or_default().as_bytes())?;
+            out.value(
+                &json!({ "file": file, "lines": v["lines"], "debit": v["debit"], "credit": v["credit"] }),
+                |_| {
+                    println!(
+                        "Wrote {} lines for {period} to {} (debits {} = credits {} EUR)",
+                        s(&v["lines"]),
+                        file.display(),
+                        s(&v["debit"]),
+                        s(&v["credit"])
+                    );
+                },
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         LedgerCmd::Balances => {
             let v: Value = c.get("/api/v1/ledger/balances").await?;
             out.value(&v, |v| {
@@ -1912,9 +1942,15 @@ async fn producer(c: &Client, out: &Output, p: &ProducerCmd) -> Result<ExitCode>
 /// Write an export file readable by its owner only (it is for a
 /// researcher, not for every account on the machine).
 fn write_csv(path: &Path, header: &[&str], rows: &[Value]) -> Result<usize> {
+    let text = caisse_node::report::to_csv(header, rows);
+    write_private(path, text.as_bytes())?;
+    Ok(rows.len())
+}
+
+/// Write `bytes` to `path`, replacing it, readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let text = caisse_node::report::to_csv(header, rows);
     let _ = std::fs::remove_file(path);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -1922,9 +1958,8 @@ fn write_csv(path: &Path, header: &[&str], rows: &[Value]) -> Result<usize> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(rows.len())
+    f.write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 async fn report(c: &Client, out: &Output, r: &ReportArgs) -> Result<ExitCode> {

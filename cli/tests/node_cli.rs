@@ -551,3 +551,160 @@ fn relative_data_dirs_and_closed_pipes() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The accountant's file of a month (issue 17): every entry balanced, the
+/// bank and the outlets' accounts agreeing with the ledger's balances, and
+/// no member in it.
+#[test]
+fn the_accountants_file_balances_and_names_no_member() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("caisse");
+    TestNode::init(&dir, "Caisse comptable", &["--manual-clock"]);
+    let _node = TestNode::start(&dir);
+    ok(&dir, &["clock", "set", "--today", "2027-03-01"]);
+    let mut cards = Vec::new();
+    for (name, income) in [("Awa Diallo", "900"), ("Jean Martin", "2600")] {
+        let m = ok(
+            &dir,
+            &[
+                "member",
+                "enroll",
+                "--name",
+                name,
+                "--residence",
+                "Cadenet",
+                "--income",
+                income,
+            ],
+        );
+        ok(
+            &dir,
+            &[
+                "contribution",
+                "record",
+                "--member",
+                &s(&m["member"]),
+                "--period",
+                "2027-03",
+            ],
+        );
+        cards.push(s(&m["card"]));
+    }
+    ok(&dir, &["allocation", "issue", "--period", "2027-03"]);
+    ok(
+        &dir,
+        &[
+            "subsidy", "record", "--source", "state", "--amount", "500", "--period", "2027-03",
+            "--key", "ref-1",
+        ],
+    );
+    let shop = s(&ok(
+        &dir,
+        &[
+            "outlet",
+            "register",
+            "--name",
+            "Épicerie",
+            "--categories",
+            "bread",
+        ],
+    )["outlet"]);
+    for (card, amount) in [
+        (&cards[0], "12.50"),
+        (&cards[1], "30.00"),
+        (&cards[0], "7.25"),
+    ] {
+        ok(
+            &dir,
+            &[
+                "purchase",
+                "--card",
+                card,
+                "--outlet",
+                &shop,
+                "--amount",
+                amount,
+                "--category",
+                "bread",
+            ],
+        );
+    }
+    ok(
+        &dir,
+        &["outlet", "payout", "--outlet", &shop, "--period", "2027-03"],
+    );
+    ok(
+        &dir,
+        &[
+            "purchase",
+            "--card",
+            &cards[1],
+            "--outlet",
+            &shop,
+            "--amount",
+            "4.00",
+            "--category",
+            "bread",
+        ],
+    );
+    let file = tmp.path().join("fec.txt");
+    let v = ok(
+        &dir,
+        &[
+            "ledger",
+            "accounting",
+            "--period",
+            "2027-03",
+            "--out",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(v["debit"], v["credit"], "{v}");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = std::fs::read_to_string(&file).unwrap();
+    for secret in ["Awa", "Diallo", "Martin", "Cadenet", "mem_", "card_"] {
+        assert!(!text.contains(secret), "{secret} in the accountant's file");
+    }
+    let cents = |t: &str| -> i64 {
+        let (e, c) = t.split_once(',').unwrap();
+        e.parse::<i64>().unwrap() * 100 + c.parse::<i64>().unwrap()
+    };
+    let mut per_entry: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+    let mut net: std::collections::BTreeMap<String, i64> = Default::default();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split('|').collect();
+        assert_eq!(f.len(), 18, "{line}");
+        let (d, c) = (cents(f[11]), cents(f[12]));
+        let e = per_entry.entry(f[2].to_owned()).or_default();
+        e.0 += d;
+        e.1 += c;
+        *net.entry(f[4].to_owned()).or_default() += d - c;
+    }
+    for (n, (d, c)) in &per_entry {
+        assert_eq!(d, c, "entry {n} is not balanced");
+    }
+    // Contributions (on the scale) + 500 − the payout: the ledger's treasury.
+    let balances = ok(&dir, &["ledger", "balances"]);
+    let balance = |name: &str| -> i64 {
+        let b = balances
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| s(&b["account"]) == name)
+            .map(|b| s(&b["balance"]))
+            .unwrap();
+        let (e, c) = b.split_once('.').unwrap();
+        e.parse::<i64>().unwrap() * 100 + c.parse::<i64>().unwrap()
+    };
+    assert_eq!(
+        net.get("512000").copied(),
+        Some(balance("treasury")),
+        "{text}"
+    );
+    // What the caisse still owes the outlet: the sale after the payout.
+    assert_eq!(-net["401000"], 400);
+    // Allocations spent: 12.50 + 30.00 + 7.25 + 4.00.
+    assert_eq!(net["657000"], 5375);
+}

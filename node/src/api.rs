@@ -269,6 +269,7 @@ pub fn routes() -> Router<App> {
         .route("/api/v1/ledger/balances", get(balances))
         .route("/api/v1/ledger/journal", get(journal))
         .route("/api/v1/ledger/check", get(check))
+        .route("/api/v1/ledger/accounting", get(accounting))
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/tokens", post(new_token).get(list_tokens))
         .route("/api/v1/tokens/{id}/revoke", post(revoke_token))
@@ -719,6 +720,27 @@ async fn check(
     // starts it, not the committee's observer token.
     auth.ledger_reader()?;
     Ok(Json(s.handle.check().await?))
+}
+
+/// The accountant's file of a period (FEC layout), with its totals.
+async fn accounting(
+    State(s): State<App>,
+    auth: Auth,
+    Query(q): Query<ReportQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.ledger_reader()?;
+    let period: Period = parse("period", &q.period)?;
+    let lines = crate::app::accounting(&s, period).await?;
+    let total = |f: fn(&crate::accounting::Line) -> Amount| {
+        Amount::checked_sum(lines.iter().map(f)).unwrap_or(Amount::MAX)
+    };
+    Ok(Json(json!({
+        "period": period,
+        "lines": lines.len(),
+        "debit": total(|l| l.debit),
+        "credit": total(|l| l.credit),
+        "fec": crate::accounting::to_fec(&lines),
+    })))
 }
 
 /// Background jobs (allocation runs, audits), running and recent.

@@ -273,6 +273,23 @@ pub async fn report(app: &App, period: Period) -> Result<crate::report::Report, 
         .map_err(|_| CaisseError::Unavailable)?
 }
 
+/// The accountant's lines of a period; one whole-journal read at a time,
+/// off the writer.
+pub async fn accounting(
+    app: &App,
+    period: Period,
+) -> Result<Vec<crate::accounting::Line>, CaisseError> {
+    let _turn = app
+        .heavy
+        .acquire()
+        .await
+        .map_err(|_| CaisseError::Unavailable)?;
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || crate::accounting::accounting_of(&*store, period))
+        .await
+        .map_err(|_| CaisseError::Unavailable)?
+}
+
 /// The anonymised export of a period, pseudonyms keyed by `secret`; one
 /// whole-journal read at a time, off the writer.
 pub async fn export(

@@ -26,8 +26,8 @@
 //! - [`config`]: the config file.
 
 pub use caisse_core::{
-    caisse, conventionnement, federation_view, ledger, members, parliament, policy, report,
-    settlement,
+    accounting, caisse, conventionnement, federation_view, ledger, members, parliament, policy,
+    report, settlement,
 };
 
 pub mod api;

@@ -19,11 +19,13 @@
 //! - [`view`]: reads (`Reads`) over the caisse or over a `View` off the
 //!   writer (committed store + published `Snapshot`).
 //! - [`report`]: the evaluation report and the anonymised export.
+//! - [`accounting`]: the accountant's file of a period (FEC layout).
 //! - [`anonymise`]: the export's privacy model (k-anonymity, brackets).
 //! - [`federation_view`]: what is known of the other caisses, as read from
 //!   their owner-signed documents (the documents themselves are the node's:
 //!   automerge draws random actor ids from the OS).
 
+pub mod accounting;
 pub mod anonymise;
 pub mod caisse;
 pub mod command;
