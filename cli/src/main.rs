@@ -66,6 +66,9 @@ enum Command {
     Outlet(OutletCmd),
     /// Make a purchase at an outlet with a member's card.
     Purchase(PurchaseArgs),
+    /// Member cards: a page to print (name, number, QR code, barcode).
+    #[command(subcommand)]
+    Card(CardCmd),
     /// The ledger: balances, journal, audit.
     #[command(subcommand)]
     Ledger(LedgerCmd),
@@ -620,6 +623,27 @@ enum TokenCmd {
     Revoke {
         /// The token's id as `token list` shows it (8 hex digits or more).
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CardCmd {
+    /// Write a page of member cards to print (A4, credit-card size): the
+    /// caisse's name and contact, the member's name, the card number, a QR
+    /// code and a barcode of it, as a till's scanner reads it.
+    Print {
+        /// Members, comma-separated (or --all).
+        #[arg(long, value_delimiter = ',', required_unless_present = "all")]
+        members: Vec<MemberId>,
+        /// Every active member (the first 1,000).
+        #[arg(long)]
+        all: bool,
+        /// How to reach the caisse (default: its territory).
+        #[arg(long)]
+        contact: Option<String>,
+        /// The HTML file to write (readable by you only: it holds names).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -1281,6 +1305,27 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
                 .await?;
             out.value(&v, |_| {
                 println!("Token {id} revoked: it opens nothing from now on.");
+            });
+        }
+        Command::Card(CardCmd::Print {
+            members,
+            all,
+            contact,
+            out: file,
+        }) => {
+            let v: Value = c
+                .post(
+                    "/api/v1/cards/print",
+                    &json!({ "members": members, "all": all, "contact": contact }),
+                )
+                .await?;
+            write_private(file, v["html"].as_str().unwrap_or_default().as_bytes())?;
+            out.value(&json!({ "cards": v["cards"], "file": file }), |_| {
+                println!(
+                    "Wrote {} cards to {}: open it in a browser and print (A4, actual size).",
+                    s(&v["cards"]),
+                    file.display()
+                );
             });
         }
         Command::Clock(ClockCmd::Set { today }) => {

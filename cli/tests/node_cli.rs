@@ -708,3 +708,124 @@ fn the_accountants_file_balances_and_names_no_member() {
     // Allocations spent: 12.50 + 30.00 + 7.25 + 4.00.
     assert_eq!(net["657000"], 5375);
 }
+
+/// Member cards to print (issue 17): the page holds each active member's
+/// name and card number with a QR code and a barcode, is private to its
+/// writer, and what a scanner types back (the number) pays at the till.
+#[test]
+fn member_cards_print_and_their_number_pays() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("caisse");
+    TestNode::init(&dir, "Caisse <imprimée>", &[]);
+    let _node = TestNode::start(&dir);
+    let a = ok(
+        &dir,
+        &[
+            "member",
+            "enroll",
+            "--name",
+            "Awa <Diallo>",
+            "--residence",
+            "Ici",
+        ],
+    );
+    let b = ok(
+        &dir,
+        &[
+            "member",
+            "enroll",
+            "--name",
+            "Jean Martin",
+            "--residence",
+            "Ici",
+        ],
+    );
+    let gone = ok(
+        &dir,
+        &["member", "enroll", "--name", "Parti", "--residence", "Ici"],
+    );
+    ok(&dir, &["member", "leave", &s(&gone["member"])]);
+    let file = tmp.path().join("cards.html");
+    let v = ok(
+        &dir,
+        &[
+            "card",
+            "print",
+            "--all",
+            "--contact",
+            "04 00 00 00 00",
+            "--out",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(v["cards"], 2, "the active members only: {v}");
+    let page = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    for m in [&a, &b] {
+        assert!(page.contains(&s(&m["card"])), "no card number");
+    }
+    assert!(page.contains("Awa &lt;Diallo&gt;") && page.contains("Caisse &lt;imprimée&gt;"));
+    assert!(!page.contains("Parti"));
+    assert_eq!(
+        page.matches("<svg").count(),
+        4,
+        "a QR code and a barcode per card"
+    );
+    // One card by name too.
+    let one = tmp.path().join("one.html");
+    ok(
+        &dir,
+        &[
+            "card",
+            "print",
+            "--members",
+            &s(&a["member"]),
+            "--out",
+            one.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        std::fs::read_to_string(&one)
+            .unwrap()
+            .contains(&s(&a["card"]))
+    );
+    // The number as a scanner types it pays.
+    ok(
+        &dir,
+        &[
+            "allocation",
+            "issue",
+            "--period",
+            &s(&ok(&dir, &["status"])["today"])[..7],
+        ],
+    );
+    let shop = s(&ok(
+        &dir,
+        &[
+            "outlet",
+            "register",
+            "--name",
+            "Halle",
+            "--categories",
+            "bread",
+        ],
+    )["outlet"]);
+    ok(
+        &dir,
+        &[
+            "purchase",
+            "--card",
+            &s(&a["card"]),
+            "--outlet",
+            &shop,
+            "--amount",
+            "2.00",
+            "--category",
+            "bread",
+        ],
+    );
+}

@@ -259,6 +259,7 @@ pub fn routes() -> Router<App> {
         .route("/api/v1/policy", get(policy))
         .route("/api/v1/members", post(enroll).get(list_members))
         .route("/api/v1/members/{id}", get(show_member))
+        .route("/api/v1/cards/print", post(print_cards))
         .route("/api/v1/members/{id}/{action}", post(member_action))
         .route("/api/v1/allocations", post(issue_allocations))
         .route("/api/v1/contributions", post(record_contribution))
@@ -442,6 +443,73 @@ async fn show_member(
     let id: MemberId = parse("member id", &id)?;
     let record = read_member(&s, &id)?;
     Ok(Json(member_view(&s, record)?))
+}
+
+#[derive(Deserialize)]
+struct PrintBody {
+    /// The members whose cards to print (at most 1,000), or none with `all`.
+    #[serde(default)]
+    members: Vec<MemberId>,
+    /// Every member (the first 1,000).
+    #[serde(default)]
+    all: bool,
+    /// How to reach the caisse, printed on each card.
+    #[serde(default)]
+    contact: Option<String>,
+}
+
+/// A printable page of member cards (admin: it holds names).
+async fn print_cards(
+    State(s): State<App>,
+    auth: Auth,
+    Body(b): Body<PrintBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.admin()?;
+    const MAX: usize = 1000;
+    if b.members.len() > MAX {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX} cards at once: print in several pages"
+        )));
+    }
+    let records: Vec<MemberRecord> = if b.all {
+        s.handle
+            .read(|v, _| {
+                Ok(crate::store::page::<MemberRecord>(
+                    &*v.store,
+                    keys::MEMBER,
+                    keys::MEMBER,
+                    MAX,
+                )?)
+            })
+            .await?
+    } else if b.members.is_empty() {
+        return Err(ApiError::bad_request(
+            "name the members (\"members\": [...]) or ask for \"all\": true",
+        ));
+    } else {
+        b.members
+            .iter()
+            .map(|m| read_member(&s, m))
+            .collect::<Result<_, _>>()?
+    };
+    let cards: Vec<crate::cards::CardToPrint> = records
+        .into_iter()
+        .filter(|r| r.status == crate::members::MemberStatus::Active)
+        .map(|r| crate::cards::CardToPrint {
+            name: r.name,
+            card: r.card,
+        })
+        .collect();
+    let contact = b.contact.unwrap_or_else(|| s.config.territory.clone());
+    if contact.chars().count() > 200 {
+        return Err(ApiError::bad_request(
+            "the contact is at most 200 characters",
+        ));
+    }
+    Ok(Json(json!({
+        "cards": cards.len(),
+        "html": crate::cards::sheet(&s.config.name, &contact, &cards),
+    })))
 }
 
 #[derive(Deserialize, Default)]
