@@ -1568,3 +1568,59 @@ fn metrics_count_sales_and_name_no_one() {
         assert!(!text.contains(secret), "{secret} in the metrics");
     }
 }
+
+/// Finding 5, behind a reverse proxy: with the proxy listed in
+/// `trusted_proxies`, the sign-in limiter counts each client's own address
+/// (one attacker does not lock every till out), and the session cookie is
+/// `Secure` when the console is served over https.
+#[test]
+fn behind_a_proxy_each_client_has_its_own_limit_and_cookies_are_secure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("caisse");
+    TestNode::init(&dir, "Caisse derrière un proxy", &[]);
+    let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    let config = config
+        .replace("trusted_proxies = []", "trusted_proxies = [\"127.0.0.1\"]")
+        .replace("secure_cookies = false", "secure_cookies = true");
+    assert!(config.contains("secure_cookies = true"), "{config}");
+    std::fs::write(dir.join("config.toml"), config).unwrap();
+    let node = TestNode::start(&dir);
+    let (_, head, body) = http(&node.api, "GET", "/", &[], b"");
+    let set_cookie = head
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: caisse_session=")
+        })
+        .unwrap()
+        .to_owned();
+    assert!(set_cookie.contains("; Secure"), "{set_cookie}");
+    let cookie = session_cookie(&head).unwrap();
+    let csrf = csrf_of(&body);
+    let sign_in = |client: &str| {
+        http(
+            &node.api,
+            "POST",
+            "/login/token",
+            &[
+                ("Cookie", &format!("caisse_session={cookie}")),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("X-Forwarded-For", client),
+            ],
+            format!("csrf={csrf}&token=cst_wrong").as_bytes(),
+        )
+        .0
+    };
+    for _ in 0..5 {
+        assert_eq!(sign_in("203.0.113.7"), 401);
+    }
+    assert_eq!(sign_in("203.0.113.7"), 429, "the attacker is limited");
+    assert_eq!(
+        sign_in("198.51.100.20"),
+        401,
+        "another client behind the same proxy was limited too"
+    );
+    // A header naming only the proxy itself falls back to the proxy's own
+    // address: a bucket of its own, not the attacker's.
+    assert_eq!(sign_in("127.0.0.1"), 401);
+}
