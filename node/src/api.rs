@@ -512,6 +512,14 @@ async fn print_cards(
     })))
 }
 
+/// A JSON body that may be left out (empty or blank: the defaults).
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
+}
+
 #[derive(Deserialize, Default)]
 struct MemberActionBody {
     #[serde(default)]
@@ -528,12 +536,7 @@ async fn member_action(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     auth.admin()?;
     let id: MemberId = parse("member id", &id)?;
-    let body: MemberActionBody = if body.iter().all(u8::is_ascii_whitespace) {
-        MemberActionBody::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?
-    };
+    let body: MemberActionBody = optional_body(&body)?;
     let change = match action.as_str() {
         "suspend" => StatusChange::Suspend,
         "reinstate" => StatusChange::Reinstate,
@@ -930,12 +933,7 @@ async fn outlet_action(
             ));
         }
     };
-    let b: ReasonBody = if body.iter().all(u8::is_ascii_whitespace) {
-        ReasonBody::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?
-    };
+    let b: ReasonBody = optional_body(&body)?;
     let suspended = reply!(
         s.handle
             .execute(Command::SuspendOutlet {

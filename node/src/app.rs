@@ -259,53 +259,49 @@ pub async fn cross_sale(app: &App, input: PurchaseInput) -> Result<Receipt, Sale
     }
 }
 
-/// The evaluation report of a period, computed on a blocking thread from
-/// the store, never in the writer.
-pub async fn report(app: &App, period: Period) -> Result<crate::report::Report, CaisseError> {
+/// Run `read` over the store on a blocking thread, never in the writer,
+/// one whole-journal read (a report, an export, the accounts) at a time.
+async fn heavy_read<T: Send + 'static>(
+    app: &App,
+    read: impl FnOnce(&dyn Store) -> Result<T, CaisseError> + Send + 'static,
+) -> Result<T, CaisseError> {
     let _turn = app
         .heavy
         .acquire()
         .await
         .map_err(|_| CaisseError::Unavailable)?;
     let store = app.store.clone();
-    tokio::task::spawn_blocking(move || crate::report::report_of(&*store, period))
+    tokio::task::spawn_blocking(move || read(&*store))
         .await
         .map_err(|_| CaisseError::Unavailable)?
 }
 
-/// The accountant's lines of a period; one whole-journal read at a time,
-/// off the writer.
+/// The evaluation report of a period.
+pub async fn report(app: &App, period: Period) -> Result<crate::report::Report, CaisseError> {
+    heavy_read(app, move |store| crate::report::report_of(store, period)).await
+}
+
+/// The accountant's lines of a period.
 pub async fn accounting(
     app: &App,
     period: Period,
 ) -> Result<Vec<crate::accounting::Line>, CaisseError> {
-    let _turn = app
-        .heavy
-        .acquire()
-        .await
-        .map_err(|_| CaisseError::Unavailable)?;
-    let store = app.store.clone();
-    tokio::task::spawn_blocking(move || crate::accounting::accounting_of(&*store, period))
-        .await
-        .map_err(|_| CaisseError::Unavailable)?
+    heavy_read(app, move |store| {
+        crate::accounting::accounting_of(store, period)
+    })
+    .await
 }
 
-/// The anonymised export of a period, pseudonyms keyed by `secret`; one
-/// whole-journal read at a time, off the writer.
+/// The anonymised export of a period, pseudonyms keyed by `secret`.
 pub async fn export(
     app: &App,
     period: Period,
     secret: [u8; 32],
 ) -> Result<crate::report::Export, CaisseError> {
-    let _turn = app
-        .heavy
-        .acquire()
-        .await
-        .map_err(|_| CaisseError::Unavailable)?;
-    let store = app.store.clone();
-    tokio::task::spawn_blocking(move || crate::report::export_of(&*store, period, secret))
-        .await
-        .map_err(|_| CaisseError::Unavailable)?
+    heavy_read(app, move |store| {
+        crate::report::export_of(store, period, secret)
+    })
+    .await
 }
 
 /// A seat as people write it: `seat-3` or `3`.
