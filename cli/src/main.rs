@@ -66,6 +66,9 @@ enum Command {
     Outlet(OutletCmd),
     /// Make a purchase at an outlet with a member's card.
     Purchase(PurchaseArgs),
+    /// Check a data directory (file modes, config, key, store, peers,
+    /// clock) and say what to fix; exits with status 1 if anything fails.
+    Doctor,
     /// Member cards: a page to print (name, number, QR code, barcode).
     #[command(subcommand)]
     Card(CardCmd),
@@ -725,6 +728,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Init(args) => return init(&cli, args),
         Command::Node => return node(&cli.data_dir).await,
+        Command::Doctor => {
+            let checks = caisse_node::doctor::diagnose(&cli.data_dir).await;
+            let failed = checks
+                .iter()
+                .any(|c| c.status == caisse_node::doctor::Status::Fail);
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                for c in &checks {
+                    let mark = match c.status {
+                        caisse_node::doctor::Status::Ok => "ok  ",
+                        caisse_node::doctor::Status::Warn => "warn",
+                        caisse_node::doctor::Status::Fail => "FAIL",
+                    };
+                    println!(
+                        "{mark}  {:<12} {}",
+                        c.what,
+                        caisse_protocol::text::printable(&c.detail)
+                    );
+                }
+            }
+            return Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
         Command::Rogue {
             target_addr,
             target,
@@ -943,7 +973,9 @@ fn parse_line(text: &str) -> Result<PurchaseLine> {
 
 async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
     match &cli.command {
-        Command::Init(_) | Command::Node | Command::Rogue { .. } => unreachable_command(),
+        Command::Init(_) | Command::Node | Command::Doctor | Command::Rogue { .. } => {
+            unreachable_command()
+        }
         Command::Status => {
             let v: Value = c.get("/api/v1/status").await?;
             out.value(&v, |v| {

@@ -829,3 +829,48 @@ fn member_cards_print_and_their_number_pays() {
         ],
     );
 }
+
+/// `caisse doctor` (issue 17) on a healthy caisse, running and stopped,
+/// then on one with a loosened store, a broken config and a wrong key:
+/// each problem named with what to do, and a failing exit status.
+#[test]
+fn doctor_says_what_is_wrong() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("caisse");
+    TestNode::init(&dir, "Caisse examinée", &[]);
+    let mut node = TestNode::start(&dir);
+    let (code, v) = json(&dir, &["doctor"]);
+    assert_eq!(code, 0, "{v}");
+    let status = |v: &serde_json::Value, what: &str| -> String {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["what"] == what)
+            .map(|c| format!("{} {}", s(&c["status"]), s(&c["detail"])))
+            .unwrap_or_default()
+    };
+    assert!(status(&v, "store").contains("running node"), "{v}");
+    node.stop();
+    let (code, v) = json(&dir, &["doctor"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(status(&v, "store").starts_with("ok opens"), "{v}");
+    assert!(status(&v, "node").starts_with("warn"), "{v}");
+    // Break three things.
+    std::fs::set_permissions(dir.join("store"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    std::fs::write(dir.join("config.toml"), format!("{config}\nnonsense = \n")).unwrap();
+    let key = dir.join("caisse.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&key, format!("{}\n", "11".repeat(32))).unwrap();
+    let (code, v) = json(&dir, &["doctor"]);
+    assert_eq!(code, 1, "{v}");
+    assert!(status(&v, "file modes").contains("chmod -R go-rwx"), "{v}");
+    assert!(status(&v, "config").starts_with("fail"), "{v}");
+    assert!(status(&v, "store").contains("another caisse"), "{v}");
+    let text = String::from_utf8_lossy(&caisse(&dir, &["doctor"]).stdout).to_string();
+    assert!(
+        text.contains("FAIL") && text.contains("file modes"),
+        "{text}"
+    );
+}

@@ -122,6 +122,15 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), NodeError> {
     f.sync_all().map_err(io(path))
 }
 
+/// Every file and directory this process creates from now on is private
+/// to its user (sled's snapshots, node.json, exports): umask 077.
+pub fn private_umask() {
+    // SAFETY: umask only changes this process's file creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 /// Make the data directory private to its owner: the directory and every
 /// directory under it 0700, every file 0600 (it holds names, residences,
 /// incomes and the caisse's key). Returns the paths that were looser, so
@@ -201,6 +210,7 @@ pub fn init(dir: &Path, opts: InitOptions) -> Result<Created, NodeError> {
         &opts.policy,
         today,
     )?;
+    private_umask();
     make_private(dir)?;
     let mut tokens = Vec::new();
     let mut files = Vec::new();
@@ -293,6 +303,7 @@ pub struct RunningNode {
 pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
     let open_files = crate::http::raise_open_file_limit();
     crate::metrics::install();
+    private_umask();
     let secret = load_key(dir)?;
     let config = Config::load(&dir.join("config.toml"))?;
     let caisse_id = secret.caisse_id();

@@ -20,6 +20,7 @@
 //! - [`server`]: the HTTP server: the API and the console side by side.
 //! - [`daemon`]: `caisse init` and running a node.
 //! - [`network`]: the libp2p swarm task.
+//! - [`doctor`]: `caisse doctor`, what is wrong with a data directory.
 //! - [`documents`]: the owner-signed automerge federation documents.
 //! - [`federation`]: the federation task (gossip, sync, persistence).
 //! - [`rogue`]: a misbehaving peer for tests and test networks.
@@ -38,6 +39,7 @@ pub mod client;
 pub mod config;
 pub mod console;
 pub mod daemon;
+pub mod doctor;
 pub mod documents;
 pub mod federation;
 pub mod http;
