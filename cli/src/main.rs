@@ -69,6 +69,21 @@ enum Command {
     /// Check a data directory (file modes, config, key, store, peers,
     /// clock) and say what to fix; exits with status 1 if anything fails.
     Doctor,
+    /// Write an online, consistent backup of the running node's store
+    /// (members, ledger, tokens, federation documents; not caisse.key nor
+    /// config.toml) while purchases go on.
+    Backup {
+        /// The file to write (must not exist; readable by you only).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into the (new) data directory given by --data-dir;
+    /// refuses to overwrite a store. Put caisse.key, config.toml and the
+    /// token files back beside it, then start the node.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+    },
     /// Member cards: a page to print (name, number, QR code, barcode).
     #[command(subcommand)]
     Card(CardCmd),
@@ -728,6 +743,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Init(args) => return init(&cli, args),
         Command::Node => return node(&cli.data_dir).await,
+        Command::Restore { file } => {
+            let done = caisse_node::backup::restore(file, &cli.data_dir)
+                .map_err(|e| anyhow!("restore: {e}"))?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&done)?);
+            } else {
+                println!(
+                    "Restored {} records ({} journal entries) into {}/store.",
+                    done.records,
+                    done.entries,
+                    cli.data_dir.display()
+                );
+                println!(
+                    "Put caisse.key, config.toml and the token files back in {}, start the node, and run `caisse ledger check`.",
+                    cli.data_dir.display()
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Doctor => {
             let checks = caisse_node::doctor::diagnose(&cli.data_dir).await;
             let failed = checks
@@ -973,9 +1007,11 @@ fn parse_line(text: &str) -> Result<PurchaseLine> {
 
 async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
     match &cli.command {
-        Command::Init(_) | Command::Node | Command::Doctor | Command::Rogue { .. } => {
-            unreachable_command()
-        }
+        Command::Init(_)
+        | Command::Node
+        | Command::Doctor
+        | Command::Restore { .. }
+        | Command::Rogue { .. } => unreachable_command(),
         Command::Status => {
             let v: Value = c.get("/api/v1/status").await?;
             out.value(&v, |v| {
@@ -1337,6 +1373,20 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
                 .await?;
             out.value(&v, |_| {
                 println!("Token {id} revoked: it opens nothing from now on.");
+            });
+        }
+        Command::Backup { out: file } => {
+            let path = std::path::absolute(file)
+                .with_context(|| format!("bad path {}", file.display()))?;
+            let v: Value = c.post("/api/v1/backup", &json!({ "out": path })).await?;
+            out.value(&v, |v| {
+                println!(
+                    "Backup written to {}: {} records, {} journal entries, {} bytes. Keep caisse.key apart.",
+                    s(&v["path"]),
+                    s(&v["records"]),
+                    s(&v["entries"]),
+                    s(&v["bytes"])
+                );
             });
         }
         Command::Card(CardCmd::Print {

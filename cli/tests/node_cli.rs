@@ -874,3 +874,143 @@ fn doctor_says_what_is_wrong() {
         "{text}"
     );
 }
+
+/// An online backup (issue 17) taken while purchases go on gives back a
+/// store that passes `ledger check`, holds every purchase acknowledged
+/// before the backup ended, and resumes; a restore never overwrites.
+#[test]
+fn an_online_backup_restores_a_caisse_that_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("caisse");
+    TestNode::init(&dir, "Caisse sauvegardée", &[]);
+    let mut node = TestNode::start(&dir);
+    let client = std::sync::Arc::new(dir.clone());
+    // Enough keys for the copy to take several steps.
+    let mut cards = Vec::new();
+    for i in 0..600 {
+        let m = ok(
+            &dir,
+            &[
+                "member",
+                "enroll",
+                "--name",
+                &format!("M{i}"),
+                "--residence",
+                "Ici",
+            ],
+        );
+        if i < 20 {
+            cards.push(s(&m["card"]));
+        }
+    }
+    let period = s(&ok(&dir, &["status"])["today"])[..7].to_owned();
+    ok(&dir, &["allocation", "issue", "--period", &period]);
+    let shop = s(&ok(
+        &dir,
+        &[
+            "outlet",
+            "register",
+            "--name",
+            "Halle",
+            "--categories",
+            "bread",
+        ],
+    )["outlet"]);
+    // Purchases from another thread, all along.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let buyer = {
+        let (stop, dir, shop, cards) = (stop.clone(), client.clone(), shop.clone(), cards.clone());
+        std::thread::spawn(move || {
+            let mut acknowledged = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let card = &cards[i % cards.len()];
+                let (code, v) = json(
+                    &dir,
+                    &[
+                        "purchase",
+                        "--card",
+                        card,
+                        "--outlet",
+                        &shop,
+                        "--amount",
+                        "0.10",
+                        "--category",
+                        "bread",
+                    ],
+                );
+                if code == 0 {
+                    acknowledged.push((s(&v["purchase"]), v["seq"].as_u64().unwrap()));
+                }
+                i += 1;
+            }
+            acknowledged
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let file = tmp.path().join("caisse.backup");
+    let done = ok(&dir, &["backup", "--out", file.to_str().unwrap()]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acknowledged = buyer.join().unwrap();
+    let entries = done["entries"].as_u64().unwrap();
+    assert!(!acknowledged.is_empty());
+    assert!(
+        acknowledged.iter().any(|(_, seq)| *seq >= entries),
+        "no purchase went on during or after the backup: {done}"
+    );
+    node.stop();
+    // Restore next to it, as after losing the machine.
+    let again = tmp.path().join("restored");
+    let out = caisse(&again, &["restore", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refused = caisse(&again, &["restore", file.to_str().unwrap()]);
+    assert!(!refused.status.success(), "a restore overwrote a store");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("already holds a store"));
+    for f in ["caisse.key", "config.toml", "admin.token", "observer.token"] {
+        std::fs::copy(dir.join(f), again.join(f)).unwrap();
+    }
+    let _restored = TestNode::start(&again);
+    let status = ok(&again, &["status"]);
+    assert_eq!(
+        status["journal_entries"].as_u64(),
+        Some(entries),
+        "{status}"
+    );
+    let (code, check) = json(&again, &["ledger", "check"]);
+    assert_eq!(code, 0, "{check}");
+    // Every purchase acknowledged inside the backup is there, once.
+    let journal = ok(
+        &again,
+        &["ledger", "journal", "--from", "0", "--limit", "100000"],
+    );
+    let text = journal.to_string();
+    for (id, seq) in &acknowledged {
+        if *seq < entries {
+            assert_eq!(
+                text.matches(id.as_str()).count(),
+                1,
+                "purchase {id} (entry {seq})"
+            );
+        }
+    }
+    // And the caisse resumes.
+    ok(
+        &again,
+        &[
+            "purchase",
+            "--card",
+            &cards[0],
+            "--outlet",
+            &shop,
+            "--amount",
+            "0.10",
+            "--category",
+            "bread",
+        ],
+    );
+}

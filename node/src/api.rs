@@ -272,6 +272,7 @@ pub fn routes() -> Router<App> {
         .route("/api/v1/ledger/check", get(check))
         .route("/api/v1/ledger/accounting", get(accounting))
         .route("/api/v1/jobs", get(jobs))
+        .route("/api/v1/backup", post(backup))
         .route("/api/v1/tokens", post(new_token).get(list_tokens))
         .route("/api/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/api/v1/outlets/{id}/{action}", post(outlet_action))
@@ -812,6 +813,28 @@ async fn accounting(
         "credit": total(|l| l.credit),
         "fec": crate::accounting::to_fec(&lines),
     })))
+}
+
+#[derive(Deserialize)]
+struct BackupBody {
+    /// Where the node writes the file (absolute; must not exist).
+    out: std::path::PathBuf,
+}
+
+/// An online, consistent backup of the store (admin): answered when the
+/// file is complete and durable; purchases go on meanwhile.
+async fn backup(
+    State(s): State<App>,
+    auth: Auth,
+    Body(b): Body<BackupBody>,
+) -> Result<Json<crate::backup::BackupDone>, ApiError> {
+    auth.admin()?;
+    if !b.out.is_absolute() {
+        return Err(ApiError::bad_request(
+            "give the backup file as an absolute path (the node writes it)",
+        ));
+    }
+    Ok(Json(s.handle.backup(b.out).await?))
 }
 
 /// Background jobs (allocation runs, audits), running and recent.

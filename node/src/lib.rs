@@ -13,6 +13,7 @@
 //!   side of a cross-caisse sale, reports off the writer).
 //! - [`api`]: the HTTP JSON API.
 //! - [`redact`]: what each role sees of member and card ids.
+//! - [`backup`]: online, consistent backups (copied by the writer between commits) and restore.
 //! - [`cards`]: member cards to print (QR code and barcode of the card number).
 //! - [`metrics`]: Prometheus metrics at `GET /metrics` (no personal data).
 //! - [`limiter`]: failures per client address (sign-ins, wrong PINs).
@@ -34,6 +35,7 @@ pub use caisse_core::{
 
 pub mod api;
 pub mod app;
+pub mod backup;
 pub mod cards;
 pub mod client;
 pub mod config;

@@ -110,8 +110,20 @@ enum Request {
         result: Result<(CheckReport, crate::ledger::Suspects), crate::store::StoreError>,
         reply: oneshot::Sender<Result<CheckReport, CaisseError>>,
     },
+    /// Write an online, consistent backup of the store to a new file.
+    Backup(
+        std::path::PathBuf,
+        oneshot::Sender<Result<crate::backup::BackupDone, CaisseError>>,
+    ),
     /// Decide what is queued, then stop (running jobs are abandoned).
     Stop,
+}
+
+/// A backup the writer is copying, step by step between commits.
+struct RunningBackup {
+    id: u64,
+    file: crate::backup::BackupWriter,
+    reply: oneshot::Sender<Result<crate::backup::BackupDone, CaisseError>>,
 }
 
 /// A background job's visible state.
@@ -187,6 +199,7 @@ pub fn spawn(caisse: Caisse, clock: Arc<Clock>) -> (CaisseHandle, std::thread::J
                 published: 0,
                 stopping: false,
                 back,
+                backup: None,
             };
             if let Err(reason) = w.run(rx) {
                 tracing::error!(target: "caisse::events::storage", error = %reason, "the writer stopped: storage failed");
@@ -256,6 +269,8 @@ struct Writer {
     /// The writer's own inbox, for its helper threads (weak: it must not
     /// keep the writer alive).
     back: mpsc::WeakSender<Request>,
+    /// The backup being copied, if any (one at a time).
+    backup: Option<RunningBackup>,
 }
 
 impl Writer {
@@ -275,9 +290,16 @@ impl Writer {
                         }
                     }
                 }
+                if let Some(b) = self.backup.take() {
+                    b.file.abandon();
+                    let _ = b.reply.send(Err(CaisseError::Unavailable));
+                }
                 return Ok(());
             }
-            let idle = self.tills.is_empty() && self.admin.is_empty() && self.jobs.is_empty();
+            let idle = self.tills.is_empty()
+                && self.admin.is_empty()
+                && self.jobs.is_empty()
+                && self.backup.is_none();
             if idle {
                 if !open {
                     return Ok(());
@@ -354,7 +376,93 @@ impl Writer {
                     let _ = reply.send(Err(e.into()));
                 }
             },
+            Request::Backup(path, reply) => {
+                if self.backup.is_some() {
+                    let _ = reply.send(Err(CaisseError::Conflict(
+                        "a backup is already running: wait for it (`caisse job list`)".into(),
+                    )));
+                    return;
+                }
+                match crate::backup::BackupWriter::create(&path) {
+                    Ok(file) => {
+                        let id = self.new_job(format!("backup to {}", path.display()), 0);
+                        self.backup = Some(RunningBackup { id, file, reply });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(CaisseError::Invalid(format!(
+                            "cannot create {}: {e} (it must not exist yet)",
+                            path.display()
+                        ))));
+                    }
+                }
+            }
             Request::Stop => self.stopping = true,
+        }
+    }
+
+    /// Copy the backup's next keys (before this group's commit).
+    fn backup_step(&mut self) {
+        let Some(b) = self.backup.as_mut() else {
+            return;
+        };
+        let store = self.caisse.store().clone();
+        if let Err(e) = b.file.step(&*store) {
+            self.backup_failed(&e);
+        } else if let Some(b) = &self.backup {
+            let records = b.file.records();
+            self.set_job(b.id, |s| s.done = records);
+        }
+    }
+
+    /// After a commit: the backup logs what it touched behind the cursor,
+    /// and ends once every key was copied.
+    fn backup_after_commit(&mut self, ops: &[crate::store::Op]) {
+        let Some(b) = self.backup.as_mut() else {
+            return;
+        };
+        if let Err(e) = b.file.log(ops) {
+            self.backup_failed(&e);
+            return;
+        }
+        if self.backup.as_ref().is_some_and(|b| b.file.copied_all)
+            && let Some(b) = self.backup.take()
+        {
+            let entries = self.caisse.head().next_seq;
+            let id = b.id;
+            match b.file.finish(entries) {
+                Ok(done) => {
+                    tracing::info!(path = %done.path.display(), records = done.records, entries, "backup written");
+                    self.set_job(id, |s| {
+                        s.done = done.records;
+                        s.total = done.records;
+                        s.finished = true;
+                    });
+                    let _ = b.reply.send(Ok(done));
+                }
+                Err(e) => {
+                    self.set_job(id, |s| {
+                        s.finished = true;
+                        s.error = Some(e.to_string());
+                    });
+                    let _ = b.reply.send(Err(CaisseError::Invalid(format!(
+                        "the backup could not be written: {e}"
+                    ))));
+                }
+            }
+        }
+    }
+
+    fn backup_failed(&mut self, e: &std::io::Error) {
+        if let Some(b) = self.backup.take() {
+            tracing::warn!(error = %e, "backup abandoned");
+            self.set_job(b.id, |s| {
+                s.finished = true;
+                s.error = Some(e.to_string());
+            });
+            b.file.abandon();
+            let _ = b.reply.send(Err(CaisseError::Invalid(format!(
+                "the backup could not be written: {e}; nothing else was affected"
+            ))));
         }
     }
 
@@ -412,6 +520,7 @@ impl Writer {
                 self.jobs.push_front(job);
             }
         }
+        self.backup_step();
         let commit_started = Instant::now();
         let failure = self.commit().err();
         crate::metrics::commit(tills + admin, commit_started.elapsed().as_secs_f64());
@@ -444,14 +553,15 @@ impl Writer {
         let Some(ops) = self.caisse.take_batch() else {
             return Err("internal error: a savepoint was left open".into());
         };
-        if ops.is_empty() {
-            return Ok(());
+        if !ops.is_empty() {
+            let store = self.caisse.store().clone();
+            store
+                .apply(&ops)
+                .and_then(|()| store.sync())
+                .map_err(|e| e.to_string())?;
         }
-        let store = self.caisse.store().clone();
-        store
-            .apply(&ops)
-            .and_then(|()| store.sync())
-            .map_err(|e| e.to_string())
+        self.backup_after_commit(&ops);
+        Ok(())
     }
 
     fn publish(&mut self) {
@@ -765,6 +875,14 @@ impl CaisseHandle {
                 .await,
             Reply::Outlet
         )
+    }
+    /// Write an online, consistent backup of the store to `path` (a new
+    /// file); answered when it is complete and durable.
+    pub async fn backup(
+        &self,
+        path: std::path::PathBuf,
+    ) -> Result<crate::backup::BackupDone, CaisseError> {
+        self.ask(|reply| Request::Backup(path, reply)).await
     }
     /// Create an API token.
     pub async fn new_token(&self, role: Role) -> Result<String, CaisseError> {
