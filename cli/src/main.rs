@@ -87,6 +87,9 @@ enum Command {
     /// Member cards: a page to print (name, number, QR code, barcode).
     #[command(subcommand)]
     Card(CardCmd),
+    /// Bank accounts (the caisse's, the outlets') and the SEPA file of payouts.
+    #[command(subcommand)]
+    Bank(BankCmd),
     /// The ledger: balances, journal, audit.
     #[command(subcommand)]
     Ledger(LedgerCmd),
@@ -641,6 +644,38 @@ enum TokenCmd {
     Revoke {
         /// The token's id as `token list` shows it (8 hex digits or more).
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BankCmd {
+    /// Set the bank account of the caisse, or of an outlet (--outlet).
+    Set {
+        /// The outlet (default: the caisse itself).
+        #[arg(long)]
+        outlet: Option<OutletId>,
+        /// The account holder's name, as the bank knows it.
+        #[arg(long)]
+        holder: String,
+        /// The IBAN (spaces allowed; its check digits are verified).
+        #[arg(long)]
+        iban: String,
+        /// The BIC.
+        #[arg(long)]
+        bic: Option<String>,
+    },
+    /// Write the SEPA credit transfer file (pain.001.001.09) of a month's
+    /// outlet payouts, to import into the caisse's online banking.
+    Payouts {
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        period: Period,
+        /// Requested execution date, YYYY-MM-DD (default: tomorrow).
+        #[arg(long)]
+        on: Option<Day>,
+        /// The XML file to write (readable by you only).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -1373,6 +1408,41 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
                 .await?;
             out.value(&v, |_| {
                 println!("Token {id} revoked: it opens nothing from now on.");
+            });
+        }
+        Command::Bank(BankCmd::Set {
+            outlet,
+            holder,
+            iban,
+            bic,
+        }) => {
+            let v: Value = c
+                .post(
+                    "/api/v1/bank",
+                    &json!({ "outlet": outlet, "holder": holder, "iban": iban, "bic": bic }),
+                )
+                .await?;
+            out.value(&v, |v| {
+                println!("Bank account set: {} {}", s(&v["holder"]), s(&v["iban"]));
+            });
+        }
+        Command::Bank(BankCmd::Payouts {
+            period,
+            on,
+            out: file,
+        }) => {
+            let mut path = format!("/api/v1/payouts/sepa?period={period}");
+            if let Some(d) = on {
+                path.push_str(&format!("&on={d}"));
+            }
+            let v: Value = c.get(&path).await?;
+            write_private(file, v["xml"].as_str().unwrap_or_default().as_bytes())?;
+            out.value(&json!({ "file": file, "execution": v["execution"] }), |_| {
+                println!(
+                    "Wrote the transfers of {period}'s payouts to {} (execution {}): import it in the caisse's online banking.",
+                    file.display(),
+                    s(&v["execution"])
+                );
             });
         }
         Command::Backup { out: file } => {

@@ -1014,3 +1014,179 @@ fn an_online_backup_restores_a_caisse_that_resumes() {
         ],
     );
 }
+
+/// The SEPA file of a month's payouts (issue 17): IBANs checked, one
+/// transfer per payout tied to its journal entry, counts and control sums,
+/// the pain.001.001.09 structure a bank imports.
+#[test]
+fn payouts_become_a_sepa_transfer_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("caisse");
+    TestNode::init(&dir, "Caisse & banque", &["--manual-clock"]);
+    let _node = TestNode::start(&dir);
+    ok(&dir, &["clock", "set", "--today", "2027-03-01"]);
+    let m = ok(
+        &dir,
+        &["member", "enroll", "--name", "Awa", "--residence", "Ici"],
+    );
+    ok(&dir, &["allocation", "issue", "--period", "2027-03"]);
+    // A mistyped IBAN is refused and changes nothing.
+    let (code, v) = json(
+        &dir,
+        &[
+            "bank",
+            "set",
+            "--holder",
+            "Caisse",
+            "--iban",
+            "FR76 3000 6000 0112 3456 7890 188",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(s(&v["message"]).contains("check digits"), "{v}");
+    ok(
+        &dir,
+        &[
+            "bank",
+            "set",
+            "--holder",
+            "Caisse alimentaire",
+            "--iban",
+            "FR76 3000 6000 0112 3456 7890 189",
+            "--bic",
+            "BNPAFRPP",
+        ],
+    );
+    let mut shops = Vec::new();
+    for (name, amount) in [("Épicerie <bio>", "12.50"), ("Marché", "7.30")] {
+        let shop = s(&ok(
+            &dir,
+            &[
+                "outlet",
+                "register",
+                "--name",
+                name,
+                "--categories",
+                "bread",
+            ],
+        )["outlet"]);
+        ok(
+            &dir,
+            &[
+                "purchase",
+                "--card",
+                &s(&m["card"]),
+                "--outlet",
+                &shop,
+                "--amount",
+                amount,
+                "--category",
+                "bread",
+            ],
+        );
+        ok(
+            &dir,
+            &["outlet", "payout", "--outlet", &shop, "--period", "2027-03"],
+        );
+        shops.push(shop);
+    }
+    let file = tmp.path().join("payouts.xml");
+    let (code, v) = json(
+        &dir,
+        &[
+            "bank",
+            "payouts",
+            "--period",
+            "2027-03",
+            "--out",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(code, 0, "a file without the outlets' accounts: {v}");
+    assert!(s(&v["message"]).contains("no bank account"), "{v}");
+    ok(
+        &dir,
+        &[
+            "bank",
+            "set",
+            "--outlet",
+            &shops[0],
+            "--holder",
+            "SCOP Épicerie bio",
+            "--iban",
+            "DE89 3704 0044 0532 0130 00",
+        ],
+    );
+    ok(
+        &dir,
+        &[
+            "bank",
+            "set",
+            "--outlet",
+            &shops[1],
+            "--holder",
+            "Marché SARL",
+            "--iban",
+            "FR1420041010050500013M02606",
+            "--bic",
+            "PSSTFRPPXXX",
+        ],
+    );
+    ok(
+        &dir,
+        &[
+            "bank",
+            "payouts",
+            "--period",
+            "2027-03",
+            "--on",
+            "2027-04-02",
+            "--out",
+            file.to_str().unwrap(),
+        ],
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    let doc = roxmltree::Document::parse(&text).expect("well-formed XML");
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "Document");
+    assert_eq!(
+        root.tag_name().namespace(),
+        Some("urn:iso:std:iso:20022:tech:xsd:pain.001.001.09")
+    );
+    let text_of = |name: &str| -> Vec<String> {
+        doc.descendants()
+            .filter(|n| n.has_tag_name(name))
+            .map(|n| n.text().unwrap_or("").to_owned())
+            .collect()
+    };
+    assert_eq!(text_of("NbOfTxs"), ["2", "2"]);
+    assert_eq!(text_of("CtrlSum"), ["19.80", "19.80"]);
+    let amounts = text_of("InstdAmt");
+    assert_eq!(amounts, ["12.50", "7.30"]);
+    assert!(
+        doc.descendants()
+            .filter(|n| n.has_tag_name("InstdAmt"))
+            .all(|n| n.attribute("Ccy") == Some("EUR"))
+    );
+    let ids = text_of("EndToEndId");
+    assert!(
+        ids.iter().all(|i| i.starts_with("PAYOUT-2027-03-J")),
+        "{ids:?}"
+    );
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(
+        text_of("IBAN"),
+        [
+            "FR7630006000011234567890189",
+            "DE89370400440532013000",
+            "FR1420041010050500013M02606"
+        ]
+    );
+    assert_eq!(text_of("Dt"), ["2027-04-02"]);
+    assert!(text_of("Nm").contains(&"Caisse & banque".to_owned()));
+    assert!(
+        text_of("Ustrd")[0].contains("Épicerie <bio>"),
+        "escaped and read back"
+    );
+    assert!(!text.contains("Awa"), "no member in a bank file");
+}

@@ -273,6 +273,8 @@ pub fn routes() -> Router<App> {
         .route("/api/v1/ledger/accounting", get(accounting))
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/backup", post(backup))
+        .route("/api/v1/bank", post(set_bank))
+        .route("/api/v1/payouts/sepa", get(payouts_sepa))
         .route("/api/v1/tokens", post(new_token).get(list_tokens))
         .route("/api/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/api/v1/outlets/{id}/{action}", post(outlet_action))
@@ -813,6 +815,70 @@ async fn accounting(
         "credit": total(|l| l.credit),
         "fec": crate::accounting::to_fec(&lines),
     })))
+}
+
+#[derive(Deserialize)]
+struct BankBody {
+    #[serde(default)]
+    outlet: Option<OutletId>,
+    holder: String,
+    iban: String,
+    #[serde(default)]
+    bic: Option<String>,
+}
+
+/// Set the bank account of an outlet, or of the caisse (admin).
+async fn set_bank(
+    State(s): State<App>,
+    auth: Auth,
+    Body(b): Body<BankBody>,
+) -> Result<Json<crate::sepa::BankAccount>, ApiError> {
+    auth.admin()?;
+    Ok(Json(reply!(
+        s.handle
+            .execute(Command::SetBank {
+                outlet: b.outlet,
+                holder: b.holder,
+                iban: b.iban,
+                bic: b.bic,
+            })
+            .await,
+        Reply::Bank
+    )?))
+}
+
+#[derive(Deserialize)]
+struct SepaQuery {
+    period: String,
+    /// Requested execution day (default: tomorrow).
+    #[serde(default)]
+    on: Option<String>,
+}
+
+/// The SEPA credit transfer file (pain.001.001.09) of a period's payouts
+/// (admin: it holds bank accounts).
+async fn payouts_sepa(
+    State(s): State<App>,
+    auth: Auth,
+    Query(q): Query<SepaQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.admin()?;
+    let period: Period = parse("period", &q.period)?;
+    let now = s.handle.clock().now();
+    let on: Day = match &q.on {
+        Some(d) => parse("day", d)?,
+        None => Day::from_unix(now).plus(1),
+    };
+    let name = s.config.name.clone();
+    let store = s.store.clone();
+    let xml = tokio::task::spawn_blocking(move || {
+        crate::sepa::payouts_pain001(&*store, &name, period, on, now)
+    })
+    .await
+    .map_err(|_| CaisseError::Unavailable)??;
+    Ok(Json(
+        json!({ "period": period, "execution": on, "xml": xml }),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -30,7 +30,7 @@
 
 pub use caisse_core::{
     accounting, caisse, conventionnement, federation_view, ledger, members, parliament, policy,
-    report, settlement,
+    report, sepa, settlement,
 };
 
 pub mod api;

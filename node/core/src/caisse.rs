@@ -315,9 +315,9 @@ pub struct PayoutDone {
 
 /// What the payout index keeps.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct PayoutIndex {
-    seq: Option<u64>,
-    amount: Amount,
+pub(crate) struct PayoutIndex {
+    pub(crate) seq: Option<u64>,
+    pub(crate) amount: Amount,
 }
 
 /// What the subsidy index keeps.

@@ -92,6 +92,17 @@ pub enum Command {
         /// At least 8 hex digits of the token's hash.
         id: String,
     },
+    /// Set the bank account of an outlet, or of the caisse (`outlet: None`).
+    SetBank {
+        /// The outlet, or none for the caisse itself.
+        outlet: Option<OutletId>,
+        /// The holder's name.
+        holder: String,
+        /// The IBAN (checked).
+        iban: String,
+        /// The BIC, if known.
+        bic: Option<String>,
+    },
     /// Suspend an outlet's tills, or reinstate them.
     SuspendOutlet {
         /// The outlet.
@@ -266,6 +277,8 @@ pub enum Reply {
     Revoked(Role),
     /// [`Command::SuspendOutlet`]: whether the tills are now suspended.
     Suspended(bool),
+    /// [`Command::SetBank`]: the account as stored.
+    Bank(crate::sepa::BankAccount),
     /// [`Command::Purchase`], [`Command::AcceptOffline`], [`Command::RecordCrossAnswer`].
     Receipt(Box<Receipt>),
     /// [`Command::Payout`].
@@ -311,6 +324,7 @@ impl Reply {
             Reply::Token(_) => "token",
             Reply::Revoked(_) => "revoked",
             Reply::Suspended(_) => "suspended",
+            Reply::Bank(_) => "bank",
             Reply::Receipt(_) => "receipt",
             Reply::Payout(_) => "payout",
             Reply::SignedIn(_) => "signed_in",
@@ -344,6 +358,7 @@ impl Command {
             Command::NewToken { .. } => "new_token",
             Command::RevokeToken { .. } => "revoke_token",
             Command::SuspendOutlet { .. } => "suspend_outlet",
+            Command::SetBank { .. } => "set_bank",
             Command::Purchase(_) => "purchase",
             Command::Payout { .. } => "payout",
             Command::MemberLogin { .. } => "member_login",
@@ -434,6 +449,28 @@ impl Caisse {
                 Reply::SignedIn(self.member_login(&card, &pin, now)?)
             }
             Command::RevokeToken { id } => Reply::Revoked(self.revoke_token(&id)?),
+            Command::SetBank {
+                outlet,
+                holder,
+                iban,
+                bic,
+            } => {
+                if let Some(o) = &outlet
+                    && !self.outlets.contains_key(o)
+                {
+                    return Err(CaisseError::NotFound {
+                        what: "outlet",
+                        id: o.to_string(),
+                    });
+                }
+                let account = crate::sepa::bank_account(&holder, &iban, bic.as_deref())
+                    .map_err(CaisseError::Invalid)?;
+                self.pending.put(
+                    crate::sepa::bank_key(outlet.as_ref()),
+                    crate::store::encode_value(&account),
+                );
+                Reply::Bank(account)
+            }
             Command::SuspendOutlet {
                 outlet,
                 suspended,

@@ -15,6 +15,7 @@
 //! - [`command`]: commands and replies as data; `Caisse::execute`.
 //! - [`parliament`]: seats, proposals, votes, signed decisions.
 //! - [`conventionnement`]: producers, criteria versions, accreditations.
+//! - [`sepa`]: bank details (IBAN checked) and the pain.001 file of payouts.
 //! - [`settlement`]: cross-caisse purchases, receipts, statements, netting.
 //! - [`view`]: reads (`Reads`) over the caisse or over a `View` off the
 //!   writer (committed store + published `Snapshot`).
@@ -36,6 +37,7 @@ pub mod members;
 pub mod parliament;
 pub mod policy;
 pub mod report;
+pub mod sepa;
 pub mod settlement;
 pub mod store;
 pub mod view;
