@@ -131,11 +131,9 @@ pub fn private_umask() {
     }
 }
 
-/// Make the data directory private to its owner: the directory and every
-/// directory under it 0700, every file 0600 (it holds names, residences,
-/// incomes and the caisse's key). Returns the paths that were looser, so
-/// the caller can warn.
-pub fn make_private(dir: &Path) -> Result<Vec<PathBuf>, NodeError> {
+/// Paths under `dir` (itself included) that other accounts may read or
+/// write: any group or other permission bit. Symlinks are not followed.
+pub fn loose_paths(dir: &Path) -> Result<Vec<PathBuf>, NodeError> {
     use std::os::unix::fs::PermissionsExt;
     let mut loose = Vec::new();
     let mut todo = vec![dir.to_owned()];
@@ -144,21 +142,31 @@ pub fn make_private(dir: &Path) -> Result<Vec<PathBuf>, NodeError> {
         if meta.file_type().is_symlink() {
             continue;
         }
-        let want = if meta.is_dir() { 0o700 } else { 0o600 };
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        if meta.permissions().mode() & 0o077 != 0 {
             loose.push(p.clone());
-            std::fs::set_permissions(
-                &p,
-                std::fs::Permissions::from_mode(mode & !0o077 | want & 0o700),
-            )
-            .map_err(io(&p))?;
         }
         if meta.is_dir() {
             for e in std::fs::read_dir(&p).map_err(io(&p))? {
                 todo.push(e.map_err(io(&p))?.path());
             }
         }
+    }
+    Ok(loose)
+}
+
+/// Make the data directory private to its owner: the directory and every
+/// directory under it 0700, every file 0600 (it holds names, residences,
+/// incomes and the caisse's key). Returns the paths that were looser, so
+/// the caller can warn.
+pub fn make_private(dir: &Path) -> Result<Vec<PathBuf>, NodeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let loose = loose_paths(dir)?;
+    for p in &loose {
+        let meta = std::fs::symlink_metadata(p).map_err(io(p))?;
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        let mode = meta.permissions().mode() & 0o777;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode & 0o700 | want))
+            .map_err(io(p))?;
     }
     Ok(loose)
 }

@@ -5,7 +5,6 @@
 //! through the API when it runs, since sled locks its files), the key
 //! matching the store's profile, peers connected, the clock.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use serde::Serialize;
@@ -46,34 +45,13 @@ fn check(what: &'static str, status: Status, detail: impl Into<String>) -> Check
     }
 }
 
-/// Paths under `dir` that other accounts may read (mode beyond 0700/0600).
-fn loose_paths(dir: &Path) -> Vec<String> {
-    let mut loose = Vec::new();
-    let mut todo = vec![dir.to_owned()];
-    while let Some(p) = todo.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        if meta.file_type().is_symlink() {
-            continue;
-        }
-        if meta.permissions().mode() & 0o077 != 0 {
-            loose.push(p.display().to_string());
-        }
-        if meta.is_dir()
-            && let Ok(entries) = std::fs::read_dir(&p)
-        {
-            todo.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
-        }
-    }
-    loose
-}
-
 fn running(dir: &Path) -> Option<NodeInfo> {
     let info = NodeInfo::read(dir).ok()?;
     let pid = i32::try_from(info.pid).ok()?;
-    // SAFETY: signal 0 only asks whether the process exists.
-    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    // SAFETY: signal 0 only asks whether the process exists; EPERM means
+    // it exists under another user (the service's).
+    let alive = unsafe { libc::kill(pid, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
     alive.then_some(info)
 }
 
@@ -91,7 +69,11 @@ pub async fn diagnose(dir: &Path) -> Vec<Check> {
         ));
         return out;
     }
-    let loose = loose_paths(dir);
+    let loose: Vec<String> = crate::daemon::loose_paths(dir)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     out.push(if loose.is_empty() {
         check(
             "file modes",

@@ -1882,7 +1882,6 @@ impl Caisse {
             *e = (now, 0);
         }
         e.1 = e.1.saturating_add(1);
-        tracing::info!(target: "caisse::security", %outlet, wrong_pins = e.1, "wrong PIN from this outlet's till");
         if e.1 >= OUTLET_PIN_LIMIT && !self.blocks.contains_key(&outlet) {
             let reason = format!(
                 "{OUTLET_PIN_LIMIT} wrong PINs within {} minutes from this outlet's tills: someone may be guessing PINs with its token",
