@@ -334,6 +334,7 @@ async fn status(State(s): State<App>, _auth: Auth) -> Result<Json<serde_json::Va
         "jobs_running": s.handle.jobs().iter().filter(|j| !j.finished).count(),
         "writer_queue": s.handle.queued(),
         "today": s.handle.clock().today(),
+        "document_sequence": s.federation.sequence_of(&s.caisse_id),
     })))
 }
 

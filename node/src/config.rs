@@ -120,6 +120,11 @@ pub struct StoreFaults {
     /// Every batch applied after this many fails (the disk is gone).
     #[serde(default)]
     pub apply_after: Option<u32>,
+    /// Syncs do nothing: what the node acknowledges may still sit in a
+    /// volatile cache. Only for the power-cut harness's negative control,
+    /// which must then find acknowledged purchases lost.
+    #[serde(default)]
+    pub skip_sync: bool,
 }
 
 /// Why the configuration could not be used.

@@ -207,7 +207,8 @@ pub fn init(dir: &Path, opts: InitOptions) -> Result<Created, NodeError> {
         testing: opts.testing,
     };
     let config_path = dir.join("config.toml");
-    std::fs::write(&config_path, config.to_commented_toml()).map_err(io(&config_path))?;
+    crate::durable::save(&config_path, config.to_commented_toml().as_bytes())
+        .map_err(io(&config_path))?;
     let store = SledStore::open(&dir.join("store"))?;
     let today = Clock::system().today();
     caisse_core::caisse::write_initial_state(
@@ -419,7 +420,9 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
             .iter()
             .map(|a| a.split("/p2p/").next().unwrap_or(a).to_owned())
             .collect();
-        let _ = std::fs::write(&saved_listen, plain.join("\n"));
+        if let Err(e) = crate::durable::save(&saved_listen, plain.join("\n").as_bytes()) {
+            tracing::warn!(error = %e, "cannot save the listening port for the next start");
+        }
     }
     let listener = tokio::net::TcpListener::bind(config.api)
         .await

@@ -86,6 +86,16 @@ impl Federation {
         self.view.read().map(|v| v.clone()).unwrap_or_default()
     }
 
+    /// The sequence of the signed heads this node holds for `caisse` (its
+    /// own: the last version it published); 0 if none.
+    pub fn sequence_of(&self, caisse: &CaisseId) -> u64 {
+        self.view
+            .read()
+            .ok()
+            .and_then(|v| v.caisses.get(caisse).map(|p| p.sequence))
+            .unwrap_or(0)
+    }
+
     /// The saved bytes of a caisse's document, as replicated here.
     pub async fn document(&self, caisse: CaisseId) -> Option<Vec<u8>> {
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -22,6 +22,7 @@
 //! - [`daemon`]: `caisse init` and running a node.
 //! - [`network`]: the libp2p swarm task.
 //! - [`doctor`]: `caisse doctor`, what is wrong with a data directory.
+//! - [`durable`]: small files saved so that a power cut leaves them whole.
 //! - [`documents`]: the owner-signed automerge federation documents.
 //! - [`federation`]: the federation task (gossip, sync, persistence).
 //! - [`rogue`]: a misbehaving peer for tests and test networks.
@@ -43,6 +44,7 @@ pub mod console;
 pub mod daemon;
 pub mod doctor;
 pub mod documents;
+pub mod durable;
 pub mod federation;
 pub mod http;
 pub mod limiter;

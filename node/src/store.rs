@@ -227,6 +227,9 @@ impl Store for FaultyStore {
         self.inner.apply(ops)
     }
     fn sync(&self) -> Result<(), StoreError> {
+        if self.faults.skip_sync {
+            return Ok(());
+        }
         self.inner.sync()
     }
 }

@@ -88,7 +88,7 @@ impl Clock {
     pub fn set(&self, secs: u64) {
         self.manual.store(secs, Ordering::Relaxed);
         if let Some(f) = &self.file
-            && let Err(e) = std::fs::write(f, secs.to_string())
+            && let Err(e) = crate::durable::save(f, secs.to_string().as_bytes())
         {
             tracing::warn!(error = %e, "cannot save the test clock");
         }

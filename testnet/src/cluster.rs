@@ -28,6 +28,8 @@ pub struct Node {
     pub client: Client,
     /// Its libp2p address.
     pub addr: String,
+    /// Where its log goes.
+    pub log: PathBuf,
     child: Option<Child>,
 }
 
@@ -39,6 +41,29 @@ impl Node {
         name: &str,
         bootstrap: Vec<String>,
         policy: Policy,
+    ) -> Result<Node> {
+        Node::create_with(
+            index,
+            dir,
+            name,
+            bootstrap,
+            policy,
+            None,
+            dir.join("node.log"),
+        )
+        .await
+    }
+
+    /// [`Node::create`] with storage faults injected and the log written
+    /// to `log` (outside a data directory that a power cut may take away).
+    pub async fn create_with(
+        index: usize,
+        dir: &Path,
+        name: &str,
+        bootstrap: Vec<String>,
+        policy: Policy,
+        faults: Option<caisse_node::config::StoreFaults>,
+        log: PathBuf,
     ) -> Result<Node> {
         daemon::init(
             dir,
@@ -53,17 +78,18 @@ impl Node {
                 secret: None,
                 testing: caisse_node::config::Testing {
                     manual_clock: true,
-                    faults: None,
+                    faults,
                 },
             },
         )
         .with_context(|| format!("creating caisse {index}"))?;
-        let (child, info) = spawn(dir).await?;
+        let (child, info) = spawn(dir, &log).await?;
         Ok(Node {
             dir: dir.to_owned(),
             id: info.caisse_id,
             client: Client::from_data_dir(dir, TokenFile::Admin)?,
             addr: info.listen.first().cloned().unwrap_or_default(),
+            log,
             child: Some(child),
         })
     }
@@ -79,7 +105,7 @@ impl Node {
     /// Start the process again on the same data directory.
     pub async fn restart(&mut self) -> Result<()> {
         self.kill();
-        let (child, info) = spawn(&self.dir).await?;
+        let (child, info) = spawn(&self.dir, &self.log).await?;
         self.child = Some(child);
         self.client = Client::from_data_dir(&self.dir, TokenFile::Admin)?;
         self.addr = info.listen.first().cloned().unwrap_or_default();
@@ -125,12 +151,12 @@ impl Drop for Node {
     }
 }
 
-async fn spawn(dir: &Path) -> Result<(Child, NodeInfo)> {
+async fn spawn(dir: &Path, log_path: &Path) -> Result<(Child, NodeInfo)> {
     let _ = std::fs::remove_file(dir.join("node.json"));
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("node.log"))?;
+        .open(log_path)?;
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .arg("node")
@@ -154,7 +180,7 @@ async fn spawn(dir: &Path) -> Result<(Child, NodeInfo)> {
             bail!(
                 "node in {} exited with {status} before it was ready; see {}",
                 dir.display(),
-                dir.join("node.log").display()
+                log_path.display()
             );
         }
         if Instant::now() > deadline {

@@ -29,15 +29,15 @@ pub struct RunOptions {
     pub keep: bool,
 }
 
-type Shared = Arc<RwLock<Client>>;
+pub(crate) type Shared = Arc<RwLock<Client>>;
 
-fn client(c: &Shared) -> Client {
+pub(crate) fn client(c: &Shared) -> Client {
     c.read()
         .map(|c| c.clone())
         .unwrap_or_else(|p| p.into_inner().clone())
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), str::to_owned)
 }
 
@@ -45,31 +45,31 @@ fn cents(v: &Value) -> i64 {
     Amount::parse_signed(&s(v)).map_or(0, |a| a.cents())
 }
 
-fn progress(msg: impl AsRef<str>) {
+pub(crate) fn progress(msg: impl AsRef<str>) {
     eprintln!("[testnet] {}", msg.as_ref());
 }
 
-async fn post(c: &Shared, path: &str, body: Value) -> Result<Value> {
+pub(crate) async fn post(c: &Shared, path: &str, body: Value) -> Result<Value> {
     client(c)
         .post(path, &body)
         .await
         .map_err(|e| anyhow!("POST {path}: {e}"))
 }
 
-async fn get(c: &Shared, path: &str) -> Result<Value> {
+pub(crate) async fn get(c: &Shared, path: &str) -> Result<Value> {
     client(c)
         .get(path)
         .await
         .map_err(|e| anyhow!("GET {path}: {e}"))
 }
 
-async fn set_day(c: &Shared, day: Day) -> Result<()> {
+pub(crate) async fn set_day(c: &Shared, day: Day) -> Result<()> {
     post(c, "/api/v1/clock", json!({ "today": day }))
         .await
         .map(|_| ())
 }
 
-async fn pass(c: &Shared, title: &str, kind: Value) -> Result<Value> {
+pub(crate) async fn pass(c: &Shared, title: &str, kind: Value) -> Result<Value> {
     let p = post(
         c,
         "/api/v1/parliament/proposals",
@@ -98,13 +98,13 @@ async fn pass(c: &Shared, title: &str, kind: Value) -> Result<Value> {
 }
 
 /// What one caisse was set up with.
-struct Setup {
-    members: Vec<(String, String)>,
-    producers: Vec<String>,
-    outlets: Vec<String>,
+pub(crate) struct Setup {
+    pub(crate) members: Vec<(String, String)>,
+    pub(crate) producers: Vec<String>,
+    pub(crate) outlets: Vec<String>,
 }
 
-async fn setup_caisse(
+pub(crate) async fn setup_caisse(
     idx: usize,
     c: Shared,
     sc: Scenario,

@@ -1,0 +1,706 @@
+//! `caisse-testnet powercut`: power cuts under load, on a real node.
+//!
+//! Two real caisse node processes: caisse 0 keeps its data directory on a
+//! [`LazyFs`](crate::lazyfs) mount, which holds every write not yet synced
+//! in a volatile cache; caisse 1 is its federation peer on an ordinary
+//! directory. Each round moves the clocks a day, starts caisse 0's
+//! allocation run, a parliament vote that accredits a producer (a new
+//! signed document version gossiped to caisse 1), and purchases from
+//! several concurrent tills: local ones, members of caisse 1 buying at
+//! caisse 0 and members of caisse 0 buying at caisse 1. At a random moment
+//! the power is cut: the filesystem fails every operation and keeps none,
+//! a random prefix, or a torn prefix of the unsynced writes; the node is
+//! SIGKILLed; the power comes back and the node restarts on what survived.
+//!
+//! Then, as a till would, every purchase whose answer was lost is retried
+//! with the same id, and the harness checks: the node starts (or the run
+//! fails, with its log); every acknowledged purchase is in the home's
+//! journal exactly once (cross-caisse ones in the host's as well); no
+//! declined purchase is in a journal; `ledger check` is clean on both
+//! nodes; caisse 0's signed document never goes back to an older version
+//! than caisse 1 already holds, and caisse 1 ends holding exactly caisse
+//! 0's current version without ever counting one of its statements as
+//! invalid.
+//!
+//! `--skip-sync` is the negative control: the node's store syncs nothing,
+//! and the harness must then find acknowledged purchases lost.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use caisse_core::parliament::SplitMix64;
+use caisse_node::config::StoreFaults;
+use caisse_node::policy::{AllocationPolicy, Policy};
+use caisse_protocol::{Amount, Day, Period, PurchaseId};
+use serde_json::{Value, json};
+
+use crate::cluster::Node;
+use crate::lazyfs::{self, CutMode};
+use crate::run::{self, Setup, Shared, get, post, progress, s, set_day};
+use crate::scenario::{CategoryMix, Scenario};
+
+/// How to run the harness.
+pub struct Options {
+    /// Power cuts to make.
+    pub cuts: u32,
+    /// Seed of every random choice (traffic, cut moments, modes, prefixes).
+    pub seed: u64,
+    /// One mode for every cut, or a random one per cut.
+    pub mode: Option<CutMode>,
+    /// Where the report (`powercut.json`) and the nodes' logs go.
+    pub out: PathBuf,
+    /// The negative control: the node's store never syncs.
+    pub skip_sync: bool,
+    /// Tills sending purchases at once.
+    pub tills: usize,
+}
+
+/// A purchase sent, with where it goes.
+#[derive(Clone)]
+struct Attempt {
+    id: PurchaseId,
+    home: usize,
+    host: usize,
+    body: Value,
+}
+
+#[derive(Default)]
+struct Outcomes {
+    acked: Vec<Attempt>,
+    /// No answer, or an answer that does not say whether it was recorded
+    /// (the node died, its disk failed, the home was unreachable).
+    uncertain: Vec<Attempt>,
+    /// Definitely refused: must be in no journal.
+    declined: Vec<(Attempt, String)>,
+}
+
+/// What happened to one purchase sent once.
+enum Answer {
+    Acked,
+    Uncertain,
+    Declined(String),
+}
+
+async fn send(c: &Shared, body: &Value, within: Duration) -> Answer {
+    match tokio::time::timeout(
+        within,
+        run::client(c).post::<_, Value>("/api/v1/purchases", body),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Answer::Acked,
+        Ok(Err(e)) => match e.code() {
+            Some(code)
+                if !["unavailable", "storage", "home_unreachable", "internal"].contains(&code) =>
+            {
+                Answer::Declined(code.to_owned())
+            }
+            _ => Answer::Uncertain,
+        },
+        Err(_) => Answer::Uncertain,
+    }
+}
+
+/// One till: purchases until told to stop.
+#[allow(clippy::too_many_arguments)]
+async fn till(
+    w: usize,
+    seed: u64,
+    round: u32,
+    clients: Arc<Vec<Shared>>,
+    setups: Arc<Vec<Arc<Setup>>>,
+    stop: Arc<AtomicBool>,
+    out: Arc<Mutex<Outcomes>>,
+) {
+    let mut rng = SplitMix64(seed ^ (w as u64) << 32 ^ u64::from(round) << 48 ^ 0x7711);
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        // 70% local at caisse 0, 15% caisse 1's members at caisse 0, 15%
+        // caisse 0's members at caisse 1.
+        let r = rng.below(100);
+        let (home, host) = if r < 70 {
+            (0, 0)
+        } else if r < 85 {
+            (1, 0)
+        } else {
+            (0, 1)
+        };
+        let members = &setups[home].members;
+        let (_, card) = &members[rng.below(members.len() as u64) as usize];
+        let hs = &setups[host];
+        let producer = &hs.producers[rng.below(hs.producers.len() as u64) as usize];
+        let outlet = &hs.outlets[rng.below(hs.outlets.len() as u64) as usize];
+        let mut idb = [0u8; 16];
+        idb[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
+        idb[8..].copy_from_slice(&(u64::from(round) << 40 | (w as u64) << 32 | n).to_le_bytes());
+        n += 1;
+        let id = PurchaseId::from_bytes(idb);
+        let amount = Amount::from_cents(50 + rng.below(150) as i64);
+        let body = json!({ "id": id, "card": card, "outlet": outlet,
+            "lines": [ { "category": "groceries", "producer": producer, "amount": amount } ] });
+        let a = Attempt {
+            id,
+            home,
+            host,
+            body,
+        };
+        let answer = send(&clients[host], &a.body, Duration::from_secs(10)).await;
+        let pause = {
+            let mut o = out
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match answer {
+                Answer::Acked => o.acked.push(a),
+                Answer::Uncertain => o.uncertain.push(a),
+                Answer::Declined(code) => o.declined.push((a, code)),
+            }
+            o.uncertain.last().is_some_and(|u| u.id == id)
+        };
+        if pause {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Occurrences of purchase ids in one node's journal: (local, as home of a
+/// cross-caisse purchase, as its host).
+type Seen = (
+    HashMap<PurchaseId, u32>,
+    HashMap<PurchaseId, u32>,
+    HashMap<PurchaseId, u32>,
+);
+
+async fn journal(c: &Shared) -> Result<Seen> {
+    let mut seen: Seen = Default::default();
+    let mut from = 0u64;
+    loop {
+        let page = get(c, &format!("/api/v1/ledger/journal?from={from}&limit=1000")).await?;
+        let Some(entries) = page.as_array().filter(|a| !a.is_empty()) else {
+            break;
+        };
+        for e in entries {
+            let id_of = |kind: &str| {
+                e["kind"][kind]["id"]
+                    .as_str()
+                    .and_then(|x| x.parse::<PurchaseId>().ok())
+            };
+            if let Some(id) = id_of("purchase") {
+                *seen.0.entry(id).or_default() += 1;
+            }
+            if let Some(id) = id_of("cross-purchase") {
+                *seen.1.entry(id).or_default() += 1;
+            }
+            if let Some(id) = id_of("cross-sale") {
+                *seen.2.entry(id).or_default() += 1;
+            }
+            from = e["seq"].as_u64().unwrap_or(from) + 1;
+        }
+    }
+    Ok(seen)
+}
+
+/// How the journals stand against what was acknowledged and declined.
+#[derive(Default, Debug)]
+struct Tally {
+    lost: Vec<String>,
+    twice: usize,
+    declined_recorded: usize,
+}
+
+async fn tally(clients: &[Shared], o: &Outcomes) -> Result<Tally> {
+    let mut journals = Vec::new();
+    for c in clients {
+        journals.push(journal(c).await?);
+    }
+    let count = |a: &Attempt| -> (u32, u32) {
+        if a.home == a.host {
+            (journals[a.home].0.get(&a.id).copied().unwrap_or(0), 1)
+        } else {
+            (
+                journals[a.home].1.get(&a.id).copied().unwrap_or(0),
+                journals[a.host].2.get(&a.id).copied().unwrap_or(0),
+            )
+        }
+    };
+    let mut t = Tally::default();
+    for a in &o.acked {
+        let (home, host) = count(a);
+        if home == 0 || host == 0 {
+            t.lost.push(format!(
+                "{} (home {}, host {}: {home} in the home's journal, {host} in the host's)",
+                a.id, a.home, a.host
+            ));
+        }
+    }
+    for (a, _) in &o.declined {
+        let (home, host) = count(a);
+        if home > 0 || (a.home != a.host && host > 0) {
+            t.declined_recorded += 1;
+        }
+    }
+    t.twice = journals
+        .iter()
+        .flat_map(|j| j.0.values().chain(j.1.values()).chain(j.2.values()))
+        .filter(|n| **n > 1)
+        .count();
+    Ok(t)
+}
+
+/// caisse 0's own document sequence, and caisse 1's view of it.
+async fn documents(clients: &[Shared], id0: &str) -> Result<(u64, u64, u64)> {
+    let own = get(&clients[0], "/api/v1/status").await?["document_sequence"]
+        .as_u64()
+        .unwrap_or(0);
+    let peers = get(&clients[1], "/api/v1/peers").await?;
+    let row = peers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| s(&p["caisse"]) == id0)
+        .cloned()
+        .unwrap_or(Value::Null);
+    Ok((
+        own,
+        row["sequence"].as_u64().unwrap_or(0),
+        row["invalid_statements"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// Accredit one more producer at caisse 0 by a vote: a new version of its
+/// signed document, gossiped to caisse 1.
+async fn accredit_one(c: Shared, n: u32, today: Day) -> Result<()> {
+    let r = post(
+        &c,
+        "/api/v1/producers",
+        json!({ "name": format!("Ferme coupure {n}"), "attributes": { "labels": ["organic"], "distance_km": 20 } }),
+    )
+    .await?;
+    let id = s(&r["id"]);
+    let kind = json!({ "accredit": { "subject": { "producer": id },
+        "scope": [ { "category": "groceries", "coverage_pct": 100 } ],
+        "valid_from": today, "valid_until": today.plus(365) } });
+    run::pass(&c, &format!("producteur {n}"), kind).await?;
+    Ok(())
+}
+
+fn scenario() -> Scenario {
+    Scenario {
+        name: "powercut".into(),
+        caisses: 2,
+        members_per_caisse: 40,
+        months: 12,
+        start: Period::new(2027, 1).unwrap_or_else(|| unreachable!("a valid month")),
+        purchases_per_member: 0,
+        allocation: Amount::from_cents(300_00),
+        income_min: Amount::from_cents(800_00),
+        income_max: Amount::from_cents(3_000_00),
+        subsidy_per_member: Amount::from_cents(0),
+        producers_per_caisse: 2,
+        outlets_per_caisse: 2,
+        organic_share_pct: 100,
+        cross_caisse_pct: 0,
+        categories: vec![CategoryMix {
+            name: "groceries".into(),
+            weight: 1,
+            coverage_pct: 100,
+        }],
+        faults: Vec::new(),
+    }
+}
+
+/// Run the harness; the report, and whether it passed.
+pub async fn powercut(opts: Options) -> Result<(Value, bool)> {
+    lazyfs::available()
+        .map_err(|why| anyhow!("the power-cut filesystem cannot run here: {why}"))?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    let out = std::path::absolute(&opts.out)?;
+    let tmp = std::env::temp_dir().join(format!(
+        "caisse-powercut-{}-{}",
+        std::process::id(),
+        opts.seed
+    ));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    let mounted = lazyfs::mount(&tmp.join("backing"), &tmp.join("mnt"))
+        .context("mounting the power-cut filesystem")?;
+    let result = harness(&opts, &out, &tmp, &mounted).await;
+    drop(mounted);
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+async fn harness(
+    opts: &Options,
+    out: &std::path::Path,
+    tmp: &std::path::Path,
+    fs: &lazyfs::Mounted,
+) -> Result<(Value, bool)> {
+    let sc = scenario();
+    let policy = Policy {
+        allocation: AllocationPolicy::PerPerson {
+            amount: sc.allocation,
+        },
+        ..Policy::default()
+    };
+    let faults = opts.skip_sync.then(|| StoreFaults {
+        skip_sync: true,
+        ..StoreFaults::default()
+    });
+    let mut node0 = Node::create_with(
+        0,
+        &fs.path().join("caisse-00"),
+        "Caisse 0",
+        Vec::new(),
+        policy.clone(),
+        faults,
+        out.join("caisse-00.log"),
+    )
+    .await?;
+    let mut node1 = Node::create_with(
+        1,
+        &tmp.join("caisse-01"),
+        "Caisse 1",
+        vec![node0.addr.clone()],
+        policy,
+        None,
+        out.join("caisse-01.log"),
+    )
+    .await?;
+    let clients: Arc<Vec<Shared>> = Arc::new(vec![
+        Arc::new(RwLock::new(node0.client.clone())),
+        Arc::new(RwLock::new(node1.client.clone())),
+    ]);
+    let id0 = node0.id.to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for c in clients.iter() {
+        while get(c, "/api/v1/peers")
+            .await?
+            .as_array()
+            .map_or(0, Vec::len)
+            < 1
+        {
+            if Instant::now() > deadline {
+                bail!("the two caisses did not find each other within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let start = sc.start.first_day();
+    let mut setups = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        setups.push(Arc::new(
+            run::setup_caisse(i, c.clone(), sc.clone(), opts.seed, start, Arc::default()).await?,
+        ));
+    }
+    let setups = Arc::new(setups);
+    progress(format!(
+        "powercut (seed {}): two caisses set up, caisse 0 on the power-cut filesystem; {} cuts",
+        opts.seed, opts.cuts
+    ));
+
+    let mut rng = SplitMix64(opts.seed ^ 0xC0FF_EE00);
+    let all = Arc::new(Mutex::new(Outcomes::default()));
+    let mut cuts = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
+    let mut total_lost = 0usize;
+    let mut pending_total = 0usize;
+    for round in 1..=opts.cuts {
+        let today = start.plus(round);
+        for c in clients.iter() {
+            set_day(c, today).await?;
+        }
+        post(
+            &clients[1],
+            "/api/v1/allocations",
+            json!({ "period": today.period() }),
+        )
+        .await?;
+        let (_, seen_before, _) = documents(&clients, &id0).await?;
+        // One cut in four lands on a quiet node just after it published a
+        // new version of its document and caisse 1 received it: the
+        // moment a publication not yet durable would be lost after being
+        // seen. The others land at a random moment under load: an
+        // allocation run, a vote, and the tills.
+        let quiet = rng.below(4) == 0;
+        let stop = Arc::new(AtomicBool::new(false));
+        let round_out = Arc::new(Mutex::new(Outcomes::default()));
+        let mut tasks = Vec::new();
+        for w in 0..if quiet { 0 } else { opts.tills } {
+            tasks.push(tokio::spawn(till(
+                w,
+                opts.seed,
+                round,
+                clients.clone(),
+                setups.clone(),
+                stop.clone(),
+                round_out.clone(),
+            )));
+        }
+        let alloc = {
+            let c = clients[0].clone();
+            let period = today.period();
+            tokio::spawn(async move {
+                post(&c, "/api/v1/allocations", json!({ "period": period })).await
+            })
+        };
+        let vote = tokio::spawn(accredit_one(clients[0].clone(), round, today));
+        let after = if quiet {
+            let began = Instant::now();
+            let _ = alloc.is_finished();
+            while !vote.is_finished() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let own = documents(&clients, &id0).await?.0;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while documents(&clients, &id0).await?.1 < own && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            began.elapsed()
+        } else {
+            let after = Duration::from_millis(200 + rng.below(1800));
+            tokio::time::sleep(after).await;
+            after
+        };
+        let mode = opts.mode.unwrap_or(match rng.below(3) {
+            0 => CutMode::Drop,
+            1 => CutMode::Prefix,
+            _ => CutMode::Torn,
+        });
+        let (writes_before, syncs_before) = fs.counters();
+        let report = fs.cut(mode, &mut rng);
+        node0.kill();
+        stop.store(true, Ordering::SeqCst);
+        for t in tasks {
+            let _ = t.await;
+        }
+        let _ = alloc.await;
+        let _ = vote.await;
+        fs.restore();
+        pending_total += report.pending;
+        let restarted = Instant::now();
+        if let Err(e) = node0.restart().await {
+            let detail = format!("cut {round}: caisse 0 did not start after the cut: {e:#}");
+            failures.push(detail.clone());
+            progress(&detail);
+            cuts.push(
+                json!({ "cut": round, "mode": mode.name(), "restart": "failed", "detail": detail }),
+            );
+            // Count what was acknowledged as lost: nothing can be read back.
+            let o = all
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            total_lost = o.acked.len()
+                + round_out
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .acked
+                    .len();
+            drop(o);
+            break;
+        }
+        let restart_ms = restarted.elapsed().as_millis() as u64;
+        if let Ok(mut c) = clients[0].write() {
+            *c = node0.client.clone();
+        }
+        set_day(&clients[0], today).await?;
+        let r = std::mem::take(
+            &mut *round_out
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let (acked_now, uncertain_now) = (r.acked.len(), r.uncertain.len());
+        let mut o = std::mem::take(
+            &mut *all
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        o.acked.extend(r.acked);
+        o.declined.extend(r.declined);
+        // Retry, as a till would, every purchase whose answer was lost, all
+        // at once, while the two caisses find each other again.
+        let mut retries = Vec::new();
+        for a in std::mem::take(&mut o.uncertain)
+            .into_iter()
+            .chain(r.uncertain)
+        {
+            let c = clients[a.host].clone();
+            retries.push(tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    match send(&c, &a.body, Duration::from_secs(20)).await {
+                        Answer::Uncertain if Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        answer => return (a, answer),
+                    }
+                }
+            }));
+        }
+        let mut retried_acked = 0;
+        for t in retries {
+            let (a, answer) = t.await?;
+            match answer {
+                Answer::Acked => {
+                    retried_acked += 1;
+                    o.acked.push(a);
+                }
+                Answer::Declined(code) => o.declined.push((a, code)),
+                Answer::Uncertain => o.uncertain.push(a),
+            }
+        }
+        // The journals, with time for forwarded cross-caisse purchases.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let t = loop {
+            let t = tally(&clients, &o).await?;
+            if t.lost.is_empty() || Instant::now() > deadline {
+                break t;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        let mut clean = true;
+        for c in clients.iter() {
+            let check = get(c, "/api/v1/ledger/check").await?;
+            if !check["findings"].as_array().is_some_and(Vec::is_empty) {
+                clean = false;
+                failures.push(format!("cut {round}: ledger check: {}", check["findings"]));
+            }
+        }
+        // Documents: never behind what the peer already holds; converged.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (own, seen, invalid) = loop {
+            let d = documents(&clients, &id0).await?;
+            if (d.0 == d.1 && d.0 >= seen_before) || Instant::now() > deadline {
+                break d;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let docs_ok = own >= seen_before && own == seen && invalid == 0;
+        if !docs_ok {
+            failures.push(format!(
+                "cut {round}: caisse 0's document at sequence {own} after restart; caisse 1 had {seen_before} before the cut and holds {seen}, with {invalid} invalid statements"
+            ));
+        }
+        if !t.lost.is_empty() {
+            failures.push(format!(
+                "cut {round}: {} acknowledged purchases lost, e.g. {}",
+                t.lost.len(),
+                t.lost[0]
+            ));
+        }
+        if t.twice > 0 || t.declined_recorded > 0 {
+            failures.push(format!(
+                "cut {round}: {} purchases recorded twice, {} declined ones recorded",
+                t.twice, t.declined_recorded
+            ));
+        }
+        total_lost = t.lost.len();
+        progress(format!(
+            "cut {round}/{} ({}{}, after {} ms, {} unsynced writes pending, {} kept{}): {} acknowledged, {} unanswered then retried ({} recorded), restart {} ms; lost {}, twice {}, ledgers {}, documents {}",
+            opts.cuts,
+            mode.name(),
+            if quiet {
+                ", quiet, just after a publication"
+            } else {
+                ""
+            },
+            after.as_millis(),
+            report.pending,
+            report.applied,
+            if report.torn_bytes > 0 {
+                format!(", one torn at {} bytes", report.torn_bytes)
+            } else {
+                String::new()
+            },
+            acked_now,
+            uncertain_now,
+            retried_acked,
+            restart_ms,
+            t.lost.len(),
+            t.twice,
+            if clean { "clean" } else { "NOT clean" },
+            if docs_ok {
+                format!("at {own}")
+            } else {
+                "WRONG".into()
+            },
+        ));
+        cuts.push(json!({
+            "cut": round, "mode": mode.name(), "quiet": quiet, "after_ms": after.as_millis() as u64,
+            "pending_writes": report.pending, "kept_writes": report.applied, "torn_bytes": report.torn_bytes,
+            "fs_writes": writes_before, "fs_syncs": syncs_before,
+            "acknowledged": acked_now, "unanswered": uncertain_now, "retried_recorded": retried_acked,
+            "restart_ms": restart_ms, "lost": t.lost.len(), "twice": t.twice,
+            "declined_recorded": t.declined_recorded, "ledgers_clean": clean,
+            "document_sequence": own, "peer_had_before": seen_before, "peer_holds": seen,
+        }));
+        *all.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = o;
+        if opts.skip_sync && total_lost > 0 {
+            break;
+        }
+    }
+    node0.stop();
+    node1.stop();
+    let o = all
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut declined: BTreeMap<String, u64> = BTreeMap::new();
+    for (_, code) in &o.declined {
+        *declined.entry(code.clone()).or_default() += 1;
+    }
+    let passed = if opts.skip_sync {
+        total_lost > 0
+    } else {
+        failures.is_empty()
+    };
+    let report = json!({
+        "seed": opts.seed,
+        "mode": opts.mode.map_or("mixed", CutMode::name),
+        "skip_sync": opts.skip_sync,
+        "cuts": cuts.len(),
+        "acknowledged": o.acked.len(),
+        "still_unanswered": o.uncertain.len(),
+        "declined": declined,
+        "lost": total_lost,
+        "unsynced_writes_thrown_away_or_cut": pending_total,
+        "failures": failures,
+        "passed": passed,
+        "per_cut": cuts,
+    });
+    std::fs::write(
+        out.join("powercut.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
+    if opts.skip_sync {
+        progress(format!(
+            "negative control (store syncs nothing): {} acknowledged purchases lost after {} cuts: {}",
+            total_lost,
+            cuts.len(),
+            if passed {
+                "detected, as it must be"
+            } else {
+                "NOT detected: the harness is blind"
+            }
+        ));
+    } else {
+        progress(format!(
+            "{} cuts, {} purchases acknowledged, {} lost, {} failures: {}",
+            cuts.len(),
+            o.acked.len(),
+            total_lost,
+            failures.len(),
+            if passed { "passed" } else { "FAILED" }
+        ));
+        for f in &failures {
+            progress(format!("  {f}"));
+        }
+    }
+    Ok((report, passed))
+}
