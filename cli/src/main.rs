@@ -84,6 +84,9 @@ enum Command {
         /// The backup file.
         file: PathBuf,
     },
+    /// The store's engine, with the node stopped.
+    #[command(subcommand)]
+    Store(StoreCmd),
     /// Member cards: a page to print (name, number, QR code, barcode).
     #[command(subcommand)]
     Card(CardCmd),
@@ -175,6 +178,23 @@ struct InitArgs {
     /// Allow the admin API to set the node's clock (test networks only).
     #[arg(long)]
     manual_clock: bool,
+    /// Storage engine: redb (the default), or sled (earlier versions' engine,
+    /// which loses acknowledged writes at a power cut; kept for comparison).
+    #[arg(long, default_value = "redb", value_parser = ["redb", "sled"])]
+    store_engine: String,
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Copy the store into another engine, check every key, and keep the
+    /// old store aside (store.old); the node must be stopped.
+    Convert {
+        /// The engine to convert to: redb or sled.
+        #[arg(long, value_parser = ["redb", "sled"])]
+        to: String,
+    },
+    /// Which engine the store uses.
+    Engine,
 }
 
 #[derive(Subcommand)]
@@ -785,7 +805,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&done)?);
             } else {
                 println!(
-                    "Restored {} records ({} journal entries) into {}/store.",
+                    "Restored {} records ({} journal entries) into {}/store.redb.",
                     done.records,
                     done.entries,
                     cli.data_dir.display()
@@ -794,6 +814,48 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     "Put caisse.key, config.toml and the token files back in {}, start the node, and run `caisse ledger check`.",
                     cli.data_dir.display()
                 );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Store(cmd) => {
+            use caisse_node::store::Engine;
+            match cmd {
+                StoreCmd::Engine => {
+                    let engine = Engine::of(&cli.data_dir)
+                        .ok_or_else(|| anyhow!("{} holds no store", cli.data_dir.display()))?;
+                    if cli.json {
+                        println!(
+                            "{}",
+                            json!({ "engine": engine.name(), "path": engine.path(&cli.data_dir) })
+                        );
+                    } else {
+                        println!(
+                            "{} ({})",
+                            engine.name(),
+                            engine.path(&cli.data_dir).display()
+                        );
+                    }
+                }
+                StoreCmd::Convert { to } => {
+                    let to = Engine::parse(to).ok_or_else(|| anyhow!("--to: use redb or sled"))?;
+                    if let Some(info) = caisse_node::doctor::running(&cli.data_dir) {
+                        anyhow::bail!(
+                            "the node is running (pid {}): stop it first (nothing was changed)",
+                            info.pid
+                        );
+                    }
+                    let keys = caisse_node::store::convert(&cli.data_dir, to)
+                        .map_err(|e| anyhow!("store convert: {e}"))?;
+                    if cli.json {
+                        println!("{}", json!({ "engine": to.name(), "keys": keys }));
+                    } else {
+                        println!(
+                            "Converted {keys} keys to {} ({}); each was checked. The old store is kept beside it with the extension .old: remove it once the node runs well.",
+                            to.name(),
+                            to.path(&cli.data_dir).display()
+                        );
+                    }
+                }
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -920,6 +982,8 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<ExitCode> {
                 manual_clock: a.manual_clock,
                 faults: None,
             },
+            engine: caisse_node::store::Engine::parse(&a.store_engine)
+                .ok_or_else(|| anyhow!("--store-engine: use redb or sled"))?,
         },
     )?;
     if cli.json {
@@ -1046,6 +1110,7 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
         | Command::Node
         | Command::Doctor
         | Command::Restore { .. }
+        | Command::Store(_)
         | Command::Rogue { .. } => unreachable_command(),
         Command::Status => {
             let v: Value = c.get("/api/v1/status").await?;

@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use caisse_node::settlement::ReceiptRecord;
-use caisse_node::store::{Op, SledStore, Store, encode_value};
+use caisse_node::store::{Op, encode_value};
 use caisse_protocol::messages::PurchaseReceipt;
 use caisse_protocol::{
     Amount, CaisseId, CardId, ContentId, Envelope, FederationId, OutletId, PurchaseId, SecretKey,
@@ -348,7 +348,7 @@ fn purchases_across_caisses_and_settlement() {
     let fake = PurchaseId::from_bytes([0x66; 16]);
     assert_eq!(nodes[1].stop(), Some(0));
     {
-        let store = SledStore::open(&b.dir.join("store")).unwrap();
+        let store = caisse_node::store::open_existing(&b.dir).unwrap();
         let b_key = SecretKey::from_bytes({
             let mut k = [0u8; 32];
             let text = std::fs::read_to_string(b.dir.join("caisse.key")).unwrap();

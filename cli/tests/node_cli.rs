@@ -857,7 +857,11 @@ fn doctor_says_what_is_wrong() {
     assert!(status(&v, "store").starts_with("ok opens"), "{v}");
     assert!(status(&v, "node").starts_with("warn"), "{v}");
     // Break three things.
-    std::fs::set_permissions(dir.join("store"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        dir.join("store.redb"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
     std::fs::write(dir.join("config.toml"), format!("{config}\nnonsense = \n")).unwrap();
     let key = dir.join("caisse.key");

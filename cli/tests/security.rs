@@ -1032,8 +1032,7 @@ fn files_are_private_to_the_caisse() {
         ],
     );
     assert_eq!(mode(&dir), 0o700, "data directory");
-    assert_eq!(mode(&dir.join("store")), 0o700, "store directory");
-    assert_eq!(mode(&dir.join("store/db")), 0o600, "store file");
+    assert_eq!(mode(&dir.join("store.redb")), 0o600, "store file");
     assert_eq!(mode(&dir.join("admin.token")), 0o600);
     assert_eq!(mode(&dir.join("caisse.key")), 0o600);
     let out = tmp.path().join("export");
@@ -1053,11 +1052,13 @@ fn files_are_private_to_the_caisse() {
     assert_eq!(mode(&out.join("members.csv")), 0o600, "exported file");
     // Someone loosens the store: the node tightens it at start and warns.
     node.stop();
-    std::fs::set_permissions(dir.join("store"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(dir.join("store/db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        dir.join("store.redb"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let _node = TestNode::start(&dir);
-    assert_eq!(mode(&dir.join("store")), 0o700);
-    assert_eq!(mode(&dir.join("store/db")), 0o600);
+    assert_eq!(mode(&dir.join("store.redb")), 0o600);
     let log = std::fs::read_to_string(dir.join("node.log")).unwrap();
     assert!(
         log.contains("readable by other accounts"),
@@ -1128,8 +1129,7 @@ fn a_hostile_caisse_name_prints_clean() {
     // The hostile caisse writes its profile by hand, as any program may.
     let hostile = "Caisse A\u{1b}[2J\u{1b}[H\nFAKE  yes  yes\u{7}\u{202e}";
     {
-        let store = caisse_node::store::SledStore::open(&b.join("store")).unwrap();
-        use caisse_node::store::Store;
+        let store = caisse_node::store::open_existing(&b).unwrap();
         let key = caisse_node::store::keys::PROFILE;
         let mut p: caisse_node::caisse::Profile =
             caisse_node::store::decode_value(key, &store.get(key).unwrap().unwrap()).unwrap();
@@ -1369,7 +1369,7 @@ fn a_corrected_pin_at_another_caisse_goes_through_and_the_host_cannot_read_it() 
     assert!(s(&v["message"]).contains("1 attempts left"), "{v}");
     // The host's store: no PIN, in any file, in any form it could read.
     nb.stop();
-    let mut files = vec![b.join("store")];
+    let mut files = vec![b.join("store.redb")];
     while let Some(p) = files.pop() {
         if p.is_dir() {
             files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
@@ -1384,8 +1384,7 @@ fn a_corrected_pin_at_another_caisse_goes_through_and_the_host_cannot_read_it() 
             }
         }
     }
-    let store = caisse_node::store::SledStore::open(&b.join("store")).unwrap();
-    use caisse_node::store::Store;
+    let store = caisse_node::store::open_existing(&b).unwrap();
     let mut requests = 0;
     for (k, v) in store.scan_prefix(b"n/").unwrap() {
         let (_, env): (caisse_protocol::ContentId, caisse_protocol::Envelope) =

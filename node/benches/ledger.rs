@@ -25,7 +25,7 @@ use caisse_node::caisse::{Caisse, EnrollInput, PurchaseInput};
 use caisse_node::client::{Client, TokenFile};
 use caisse_node::daemon::{self, InitOptions, random32};
 use caisse_node::policy::Policy;
-use caisse_node::store::{Op, SledStore, Store};
+use caisse_node::store::{Engine, Op, Store};
 use caisse_node::writer::{self, Clock};
 use caisse_protocol::messages::PurchaseLine;
 use caisse_protocol::{Amount, CardId, Category, Day, FederationId, Period, PurchaseId};
@@ -80,13 +80,22 @@ fn init_dir(dir: &std::path::Path) {
             policy: Policy::default(),
             secret: None,
             testing: Default::default(),
+            engine: bench_engine(),
         },
     )
     .expect("init");
 }
 
+/// The engine measured: `CAISSE_BENCH_ENGINE=sled` for the old one.
+fn bench_engine() -> Engine {
+    std::env::var("CAISSE_BENCH_ENGINE")
+        .ok()
+        .and_then(|e| Engine::parse(&e))
+        .unwrap_or(Engine::Redb)
+}
+
 fn open(dir: &std::path::Path) -> (Arc<dyn Store>, Caisse) {
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("store")).expect("store"));
+    let store: Arc<dyn Store> = caisse_node::store::open_existing(dir).expect("store");
     let key = daemon::load_key(dir).expect("key");
     let caisse = Caisse::load(
         store.clone(),
@@ -162,7 +171,9 @@ async fn throughput() {
 
     // The cost of one durable sync on this disk.
     {
-        let store = SledStore::open(&tmp.path().join("sync-probe")).expect("store");
+        std::fs::create_dir_all(tmp.path().join("sync-probe")).expect("probe directory");
+        let store = caisse_node::store::open(&tmp.path().join("sync-probe"), bench_engine())
+            .expect("store");
         let mut times = Vec::new();
         for i in 0..200u32 {
             store
@@ -346,7 +357,7 @@ fn scale(n: usize) {
         .output()
         .expect("load process");
     print!("{}", String::from_utf8_lossy(&out.stdout));
-    let size: u64 = walk_size(&dir.join("store"));
+    let size: u64 = walk_size(&bench_engine().path(&dir));
     println!("scale {n}: store on disk {} MiB", size / (1024 * 1024));
 }
 

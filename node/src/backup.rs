@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::store::{Op, SledStore, Store};
+use crate::store::{Engine, Op, Store};
 
 const MAGIC: &[u8] = b"caisse-backup/1\n";
 const PUT: u8 = 1;
@@ -247,20 +247,20 @@ fn read_backup(file: &Path) -> std::io::Result<(Vec<Op>, u64)> {
     }
 }
 
-/// Restore the backup `file` into `dir/store` (which must not exist).
+/// Restore the backup `file` into a new store (redb) in the data directory
+/// `dir`, which must hold none.
 pub fn restore(file: &Path, dir: &Path) -> Result<Restored, String> {
-    let store_dir = dir.join("store");
-    if store_dir.exists() {
+    if let Some(engine) = Engine::of(dir) {
         return Err(format!(
             "{} already holds a store: restore into an empty directory (nothing was changed)",
-            dir.display()
+            engine.path(dir).display()
         ));
     }
     let (ops, entries) =
         read_backup(file).map_err(|e| format!("cannot use {}: {e}", file.display()))?;
     crate::daemon::private_umask();
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let store = SledStore::open(&store_dir).map_err(|e| e.to_string())?;
+    let store = crate::store::open(dir, Engine::Redb).map_err(|e| e.to_string())?;
     for batch in ops.chunks(10_000) {
         store.apply(batch).map_err(|e| e.to_string())?;
     }

@@ -223,7 +223,15 @@ impl Config {
             ),
             self.http.secure_cookies,
             self.testing.manual_clock
-        )
+        ) + &self
+            .testing
+            .faults
+            .as_ref()
+            .and_then(|f| toml::to_string(f).ok())
+            .map(|f| {
+                format!("\n[testing.faults]\n# Storage faults injected on purpose: this node belongs to a test.\n{f}")
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -245,6 +253,15 @@ mod tests {
         };
         let text = c.to_commented_toml();
         assert_eq!(toml::from_str::<Config>(&text).unwrap(), c);
+        // Faults given at init reach the file (they were dropped once).
+        let mut faulty = c.clone();
+        faulty.testing.faults = Some(StoreFaults {
+            skip_sync: true,
+            apply_after: Some(3),
+            ..StoreFaults::default()
+        });
+        let text = faulty.to_commented_toml();
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), faulty);
     }
 
     #[test]

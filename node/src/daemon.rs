@@ -26,7 +26,7 @@ use crate::caisse::Caisse;
 use crate::config::{Config, Testing};
 use crate::members::{Role, token_key};
 use crate::policy::Policy;
-use crate::store::{Op, SledStore, Store, StoreError, encode_value};
+use crate::store::{Op, Store, StoreError, encode_value};
 use crate::writer::{self, Clock};
 
 /// Why a node could not be created or run.
@@ -86,6 +86,8 @@ pub struct InitOptions {
     pub secret: Option<[u8; 32]>,
     /// Testing settings.
     pub testing: Testing,
+    /// The storage engine of the new store (redb unless sled is asked).
+    pub engine: crate::store::Engine,
 }
 
 /// What `caisse init` created.
@@ -190,7 +192,7 @@ pub fn init(dir: &Path, opts: InitOptions) -> Result<Created, NodeError> {
         .validate()
         .map_err(|e| NodeError::Invalid(format!("policy: {e}")))?;
     let key_path = dir.join("caisse.key");
-    if key_path.exists() || dir.join("store").exists() {
+    if key_path.exists() || crate::store::Engine::of(dir).is_some() {
         return Err(NodeError::Exists(dir.to_owned()));
     }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -209,10 +211,10 @@ pub fn init(dir: &Path, opts: InitOptions) -> Result<Created, NodeError> {
     let config_path = dir.join("config.toml");
     crate::durable::save(&config_path, config.to_commented_toml().as_bytes())
         .map_err(io(&config_path))?;
-    let store = SledStore::open(&dir.join("store"))?;
+    let store = crate::store::open(dir, opts.engine)?;
     let today = Clock::system().today();
     caisse_core::caisse::write_initial_state(
-        &store,
+        store.as_ref(),
         &secret,
         &config.name,
         &config.territory,
@@ -322,7 +324,18 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
         tracing::warn!(target: "caisse::security", path = %p.display(), "readable by other accounts on this machine: made private to the caisse's user (0700 directories, 0600 files)");
     }
     tracing::info!(name = %config.name, federation = %config.federation, "starting");
-    let mut store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("store"))?);
+    let engine = crate::store::Engine::of(dir).ok_or_else(|| {
+        NodeError::Invalid(format!(
+            "{} holds no store (store.redb or store/): create the caisse with `caisse init`, or restore a backup into it",
+            dir.display()
+        ))
+    })?;
+    if engine == crate::store::Engine::Sled {
+        tracing::warn!(
+            "this store uses sled, which loses acknowledged writes at a power cut: stop the node and run `caisse store convert --to redb`"
+        );
+    }
+    let mut store: Arc<dyn Store> = crate::store::open(dir, engine)?;
     if let Some(faults) = config.testing.faults.clone() {
         tracing::warn!(
             ?faults,

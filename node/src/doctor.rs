@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::client::{Client, TokenFile};
 use crate::config::Config;
 use crate::daemon::{NodeInfo, load_key};
-use crate::store::{SledStore, Store, decode_value, keys};
+use crate::store::{Engine, decode_value, keys};
 
 /// How a check came out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -45,7 +45,8 @@ fn check(what: &'static str, status: Status, detail: impl Into<String>) -> Check
     }
 }
 
-fn running(dir: &Path) -> Option<NodeInfo> {
+/// The node running on the data directory `dir`, if one is.
+pub fn running(dir: &Path) -> Option<NodeInfo> {
     let info = NodeInfo::read(dir).ok()?;
     let pid = i32::try_from(info.pid).ok()?;
     // SAFETY: signal 0 only asks whether the process exists; EPERM means
@@ -178,7 +179,7 @@ pub async fn diagnose(dir: &Path) -> Vec<Check> {
                 )),
             }
         }
-        None => match SledStore::open(&dir.join("store")) {
+        None => match crate::store::open_existing(dir) {
             Ok(store) => {
                 let profile =
                     store.get(keys::PROFILE).ok().flatten().and_then(|b| {
@@ -200,6 +201,13 @@ pub async fn diagnose(dir: &Path) -> Vec<Check> {
                         Status::Fail,
                         "the store opens but has no profile: restore it from a backup",
                     )),
+                }
+                if Engine::of(dir) == Some(Engine::Sled) {
+                    out.push(check(
+                        "store engine",
+                        Status::Warn,
+                        "sled, which lost acknowledged purchases in power-cut tests: run `caisse store convert --to redb` while the node is stopped",
+                    ));
                 }
                 out.push(check(
                     "node",

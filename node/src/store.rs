@@ -1,8 +1,18 @@
-//! The sled engine behind the core's [`Store`] trait.
+//! The storage engines behind the core's [`Store`] trait.
 //!
 //! The trait, the key layout and the value encoding live in
-//! `caisse_core::store`; this module is the only place that names sled. If
-//! sled ever loses acknowledged data, another engine replaces it here only.
+//! `caisse_core::store`; this module is the only place that names an
+//! engine. Two are here:
+//!
+//! - [`RedbStore`], the default: one file, `store.redb`, in the data
+//!   directory; ACID transactions with read snapshots and a stable file
+//!   format. It passes the power-cut harness (`caisse-testnet powercut`).
+//! - [`SledStore`], the engine of earlier versions: a directory, `store/`.
+//!   It is still opened where it is found, but the power-cut harness showed
+//!   it losing acknowledged purchases and corrupting its files (see
+//!   BENCHMARKS.md): convert with `caisse store convert --to redb`.
+//!
+//! [`open`] picks the engine a data directory holds.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -10,6 +20,336 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use caisse_core::store::*;
+
+/// A storage engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// redb: `store.redb`.
+    Redb,
+    /// sled 0.34: `store/` (loses acknowledged writes at a power cut).
+    Sled,
+}
+
+impl Engine {
+    /// `redb` or `sled`.
+    pub fn parse(s: &str) -> Option<Engine> {
+        match s {
+            "redb" => Some(Engine::Redb),
+            "sled" => Some(Engine::Sled),
+            _ => None,
+        }
+    }
+    /// The name [`Engine::parse`] takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Redb => "redb",
+            Engine::Sled => "sled",
+        }
+    }
+    /// Where this engine keeps the store of the data directory `dir`.
+    pub fn path(self, dir: &Path) -> PathBuf {
+        match self {
+            Engine::Redb => dir.join("store.redb"),
+            Engine::Sled => dir.join("store"),
+        }
+    }
+    /// The engine whose store the data directory `dir` holds, if any.
+    pub fn of(dir: &Path) -> Option<Engine> {
+        [Engine::Redb, Engine::Sled]
+            .into_iter()
+            .find(|e| e.path(dir).exists())
+    }
+}
+
+/// Open (or create, with `engine`) the store of the data directory `dir`.
+/// An existing store is opened with the engine that wrote it, whatever
+/// `engine` says.
+pub fn open(dir: &Path, engine: Engine) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match Engine::of(dir).unwrap_or(engine) {
+        Engine::Redb => Arc::new(RedbStore::open(&Engine::Redb.path(dir))?),
+        Engine::Sled => Arc::new(SledStore::open(&Engine::Sled.path(dir))?),
+    })
+}
+
+/// Open the existing store of the data directory `dir`.
+pub fn open_existing(dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    match Engine::of(dir) {
+        Some(e) => open(dir, e),
+        None => Err(StoreError::Engine(format!(
+            "{} holds no store (neither store.redb nor store/): is it a caisse data directory?",
+            dir.display()
+        ))),
+    }
+}
+
+/// Copy every key of the store in `dir` into a new store of engine `to`,
+/// check the copy key by key, then move the old store aside (renamed with
+/// `.old`). The node must be stopped. Returns the keys copied.
+pub fn convert(dir: &Path, to: Engine) -> Result<u64, StoreError> {
+    let from = Engine::of(dir).ok_or_else(|| {
+        StoreError::Engine(format!("{} holds no store to convert", dir.display()))
+    })?;
+    if from == to {
+        return Err(StoreError::Engine(format!(
+            "the store in {} already uses {}: nothing to convert",
+            dir.display(),
+            to.name()
+        )));
+    }
+    let old_path = from.path(dir);
+    let aside = old_path.with_extension("old");
+    if aside.exists() {
+        return Err(StoreError::Engine(format!(
+            "{} exists from an earlier conversion: move it away first (nothing was changed)",
+            aside.display()
+        )));
+    }
+    let target = to.path(dir);
+    let new_tmp = dir.join(format!("{}.converting", to.name()));
+    let _ = std::fs::remove_dir_all(&new_tmp);
+    let _ = std::fs::remove_file(&new_tmp);
+    let copied = {
+        let src = open(dir, from)?;
+        let dst: Arc<dyn Store> = match to {
+            Engine::Redb => Arc::new(RedbStore::open(&new_tmp)?),
+            Engine::Sled => Arc::new(SledStore::open(&new_tmp)?),
+        };
+        let mut batch = Vec::new();
+        let mut copied = 0u64;
+        let mut failed = None;
+        src.for_each_prefix(b"", &mut |k, v| {
+            batch.push(Op::Put(k.to_vec(), v.to_vec()));
+            copied += 1;
+            if batch.len() >= 10_000 {
+                if let Err(e) = dst.apply(&batch) {
+                    failed = Some(e);
+                    return false;
+                }
+                batch.clear();
+            }
+            true
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        dst.apply(&batch)?;
+        dst.sync()?;
+        // Check: the same pairs, in the same order.
+        let mut mismatch = None;
+        let mut seen = 0u64;
+        src.for_each_prefix(b"", &mut |k, v| {
+            seen += 1;
+            match dst.get(k) {
+                Ok(Some(w)) if w == v => true,
+                _ => {
+                    mismatch = Some(String::from_utf8_lossy(k).into_owned());
+                    false
+                }
+            }
+        })?;
+        if let Some(k) = mismatch {
+            return Err(StoreError::Engine(format!(
+                "the converted store differs at key {k}: nothing was changed"
+            )));
+        }
+        let mut extra = 0u64;
+        dst.for_each_prefix(b"", &mut |_, _| {
+            extra += 1;
+            true
+        })?;
+        if extra != seen {
+            return Err(StoreError::Engine(format!(
+                "the converted store has {extra} keys, the original {seen}: nothing was changed"
+            )));
+        }
+        copied
+    };
+    std::fs::rename(&old_path, &aside).map_err(|source| StoreError::Io {
+        path: old_path.clone(),
+        source,
+    })?;
+    std::fs::rename(&new_tmp, &target).map_err(|source| StoreError::Io {
+        path: target.clone(),
+        source,
+    })?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(copied)
+}
+
+const TABLE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("caisse");
+
+/// The redb engine: one file, ACID, read snapshots.
+///
+/// Each [`Store::apply`] is one write transaction committed without a
+/// flush (`Durability::None`); [`Store::sync`] commits an empty transaction
+/// with `Durability::Immediate`, which makes it and every earlier commit
+/// durable with the file's checksummed commit (redb syncs the file before
+/// it answers).
+pub struct RedbStore {
+    db: redb::Database,
+    path: PathBuf,
+}
+
+fn redb_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Engine(e.to_string())
+}
+
+impl RedbStore {
+    /// Open (or create) the store file `path`.
+    pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
+        let db = redb::Database::builder()
+            .set_cache_size(256 * 1024 * 1024)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Engine(format!(
+                    "{} is in use by another process (is a caisse node already running on this data directory?)",
+                    path.display()
+                )),
+                e => StoreError::Engine(format!("{}: {e}", path.display())),
+            })?;
+        // The table exists from the start, so reads never find it missing.
+        let txn = db.begin_write().map_err(redb_err)?;
+        txn.open_table(TABLE).map_err(redb_err)?;
+        txn.commit().map_err(redb_err)?;
+        Ok(RedbStore {
+            db,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Bytes of the store file.
+    pub fn size_on_disk(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    fn visit(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        reverse: bool,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        use redb::ReadableDatabase;
+        let txn = self.db.begin_read().map_err(redb_err)?;
+        let table = txn.open_table(TABLE).map_err(redb_err)?;
+        let from = start.max(prefix);
+        let range = table.range::<&[u8]>(from..).map_err(redb_err)?;
+        if reverse {
+            for r in range.rev() {
+                let (k, v) = r.map_err(redb_err)?;
+                if k.value().starts_with(prefix) && !visit(k.value(), v.value()) {
+                    break;
+                }
+            }
+        } else {
+            for r in range {
+                let (k, v) = r.map_err(redb_err)?;
+                if !k.value().starts_with(prefix) || !visit(k.value(), v.value()) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Store for RedbStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        use redb::ReadableDatabase;
+        let txn = self.db.begin_read().map_err(redb_err)?;
+        let table = txn.open_table(TABLE).map_err(redb_err)?;
+        Ok(table
+            .get(key)
+            .map_err(redb_err)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Pair>, StoreError> {
+        let mut out = Vec::new();
+        self.visit(prefix, prefix, false, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            true
+        })?;
+        Ok(out)
+    }
+
+    fn for_each_prefix(
+        &self,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        self.visit(prefix, prefix, false, visit)
+    }
+
+    fn for_each_from(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        self.visit(prefix, start, false, visit)
+    }
+
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Pair>, StoreError> {
+        use redb::ReadableDatabase;
+        let txn = self.db.begin_read().map_err(redb_err)?;
+        let table = txn.open_table(TABLE).map_err(redb_err)?;
+        // The keys under `prefix` end before the prefix's successor.
+        let last = match prefix_end(prefix) {
+            Some(end) => table.range::<&[u8]>(prefix..end.as_slice()),
+            None => table.range::<&[u8]>(prefix..),
+        }
+        .map_err(redb_err)?
+        .next_back()
+        .transpose()
+        .map_err(redb_err)?;
+        Ok(last.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+    }
+
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(redb_err)?;
+        txn.set_durability(redb::Durability::None)
+            .map_err(redb_err)?;
+        {
+            let mut table = txn.open_table(TABLE).map_err(redb_err)?;
+            for op in ops {
+                match op {
+                    Op::Put(k, v) => {
+                        table.insert(k.as_slice(), v.as_slice()).map_err(redb_err)?;
+                    }
+                    Op::Delete(k) => {
+                        table.remove(k.as_slice()).map_err(redb_err)?;
+                    }
+                }
+            }
+        }
+        // Dropping an uncommitted transaction aborts it: all or nothing.
+        txn.commit().map_err(redb_err)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(redb_err)?;
+        txn.set_durability(redb::Durability::Immediate)
+            .map_err(redb_err)?;
+        txn.commit().map_err(redb_err)
+    }
+}
+
+/// The smallest key above every key that starts with `prefix` (none if
+/// the prefix is all 0xff).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
 
 /// The sled engine, with real durability.
 ///
@@ -237,6 +577,47 @@ impl Store for FaultyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redb_store_passes_the_suite_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        {
+            let s = RedbStore::open(&path).unwrap();
+            suite::run(&s);
+        }
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(s.get(b"x/2").unwrap().as_deref(), Some(&b"deux"[..]));
+    }
+
+    #[test]
+    fn a_store_converts_both_ways_and_keeps_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path(), Engine::Sled).unwrap();
+            let ops: Vec<Op> = (0..25_000u32)
+                .map(|i| Op::Put(format!("k/{i:06}").into_bytes(), vec![(i % 251) as u8; 40]))
+                .collect();
+            s.apply(&ops).unwrap();
+            s.sync().unwrap();
+        }
+        assert_eq!(Engine::of(dir.path()), Some(Engine::Sled));
+        assert_eq!(convert(dir.path(), Engine::Redb).unwrap(), 25_000);
+        assert_eq!(Engine::of(dir.path()), Some(Engine::Redb));
+        assert!(dir.path().join("store.old").exists());
+        let s = open_existing(dir.path()).unwrap();
+        assert_eq!(s.scan_prefix(b"k/").unwrap().len(), 25_000);
+        assert_eq!(
+            s.get(b"k/000300").unwrap(),
+            Some(vec![(300 % 251) as u8; 40])
+        );
+        drop(s);
+        // Converting again with the old store still aside is refused.
+        std::fs::rename(dir.path().join("store.old"), dir.path().join("elsewhere")).unwrap();
+        assert!(convert(dir.path(), Engine::Redb).is_err(), "already redb");
+        assert_eq!(convert(dir.path(), Engine::Sled).unwrap(), 25_000);
+        assert_eq!(Engine::of(dir.path()), Some(Engine::Sled));
+    }
 
     #[test]
     fn sled_store_passes_the_suite_and_persists() {

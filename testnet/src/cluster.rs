@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use caisse_node::client::{Client, TokenFile};
 use caisse_node::daemon::{self, InitOptions, NodeInfo};
 use caisse_node::policy::Policy;
+use caisse_node::store::Engine;
 use caisse_protocol::{CaisseId, FederationId};
 
 /// The federation id of test networks.
@@ -50,12 +51,15 @@ impl Node {
             policy,
             None,
             dir.join("node.log"),
+            Engine::Redb,
         )
         .await
     }
 
-    /// [`Node::create`] with storage faults injected and the log written
-    /// to `log` (outside a data directory that a power cut may take away).
+    /// [`Node::create`] with storage faults injected, the log written to
+    /// `log` (outside a data directory that a power cut may take away) and
+    /// a chosen storage engine.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_with(
         index: usize,
         dir: &Path,
@@ -64,6 +68,7 @@ impl Node {
         policy: Policy,
         faults: Option<caisse_node::config::StoreFaults>,
         log: PathBuf,
+        engine: Engine,
     ) -> Result<Node> {
         daemon::init(
             dir,
@@ -80,6 +85,7 @@ impl Node {
                     manual_clock: true,
                     faults,
                 },
+                engine,
             },
         )
         .with_context(|| format!("creating caisse {index}"))?;

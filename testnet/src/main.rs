@@ -100,6 +100,10 @@ enum Cmd {
         /// must then find acknowledged purchases lost (and exits 0 if so).
         #[arg(long)]
         skip_sync: bool,
+        /// Storage engine of the node that loses power: redb (the
+        /// default) or sled (to reproduce its losses).
+        #[arg(long, default_value = "redb", value_parser = ["redb", "sled"])]
+        store_engine: String,
     },
     /// (internal) Run one caisse node: what `run` spawns for each caisse.
     #[command(hide = true)]
@@ -148,6 +152,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             tills,
             out,
             skip_sync,
+            store_engine,
         } => {
             let mode = match mode.as_str() {
                 "mixed" => None,
@@ -165,6 +170,8 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 out: out.clone(),
                 skip_sync,
                 tills,
+                engine: caisse_node::store::Engine::parse(&store_engine)
+                    .ok_or_else(|| anyhow::anyhow!("--store-engine: redb or sled"))?,
             })
             .await?;
             println!("Report: {}", out.join("powercut.json").display());

@@ -35,6 +35,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use caisse_core::parliament::SplitMix64;
 use caisse_node::config::StoreFaults;
 use caisse_node::policy::{AllocationPolicy, Policy};
+use caisse_node::store::Engine;
 use caisse_protocol::{Amount, Day, Period, PurchaseId};
 use serde_json::{Value, json};
 
@@ -57,6 +58,8 @@ pub struct Options {
     pub skip_sync: bool,
     /// Tills sending purchases at once.
     pub tills: usize,
+    /// caisse 0's storage engine.
+    pub engine: Engine,
 }
 
 /// A purchase sent, with where it goes.
@@ -139,7 +142,7 @@ async fn till(
         idb[8..].copy_from_slice(&(u64::from(round) << 40 | (w as u64) << 32 | n).to_le_bytes());
         n += 1;
         let id = PurchaseId::from_bytes(idb);
-        let amount = Amount::from_cents(50 + rng.below(150) as i64);
+        let amount = Amount::from_cents(10 + rng.below(40) as i64);
         let body = json!({ "id": id, "card": card, "outlet": outlet,
             "lines": [ { "category": "groceries", "producer": producer, "amount": amount } ] });
         let a = Attempt {
@@ -248,6 +251,18 @@ async fn tally(clients: &[Shared], o: &Outcomes) -> Result<Tally> {
         .filter(|n| **n > 1)
         .count();
     Ok(t)
+}
+
+/// The sequence of caisse `id`'s document that the node behind `c` holds.
+async fn documents_seen(c: &Shared, id: &str) -> Result<u64> {
+    let peers = get(c, "/api/v1/peers").await?;
+    Ok(peers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| s(&p["caisse"]) == id)
+        .and_then(|p| p["sequence"].as_u64())
+        .unwrap_or(0))
 }
 
 /// caisse 0's own document sequence, and caisse 1's view of it.
@@ -361,6 +376,7 @@ async fn harness(
         policy.clone(),
         faults,
         out.join("caisse-00.log"),
+        opts.engine,
     )
     .await?;
     let mut node1 = Node::create_with(
@@ -371,6 +387,7 @@ async fn harness(
         policy,
         None,
         out.join("caisse-01.log"),
+        Engine::Redb,
     )
     .await?;
     let clients: Arc<Vec<Shared>> = Arc::new(vec![
@@ -422,13 +439,13 @@ async fn harness(
             json!({ "period": today.period() }),
         )
         .await?;
-        let (_, seen_before, _) = documents(&clients, &id0).await?;
+        let own_before = documents(&clients, &id0).await?.0;
         // One cut in four lands on a quiet node just after it published a
         // new version of its document and caisse 1 received it: the
         // moment a publication not yet durable would be lost after being
         // seen. The others land at a random moment under load: an
         // allocation run, a vote, and the tills.
-        let quiet = rng.below(4) == 0;
+        let quiet = rng.below(4) == 0 && round > 1;
         let stop = Arc::new(AtomicBool::new(false));
         let round_out = Arc::new(Mutex::new(Outcomes::default()));
         let mut tasks = Vec::new();
@@ -457,8 +474,13 @@ async fn harness(
             while !vote.is_finished() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let own = documents(&clients, &id0).await?.0;
+            // The vote's new version is published, and caisse 1 holds it.
             let deadline = Instant::now() + Duration::from_secs(10);
+            let mut own = documents(&clients, &id0).await?.0;
+            while own <= own_before && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                own = documents(&clients, &id0).await?.0;
+            }
             while documents(&clients, &id0).await?.1 < own && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -474,8 +496,11 @@ async fn harness(
             _ => CutMode::Torn,
         });
         let (writes_before, syncs_before) = fs.counters();
-        let report = fs.cut(mode, &mut rng);
+        // The process stops and the volatile cache is lost at one instant:
+        // nothing the node does can come between.
         node0.kill();
+        let report = fs.cut(mode, &mut rng);
+        let seen_at_cut = documents_seen(&clients[1], &id0).await?;
         stop.store(true, Ordering::SeqCst);
         for t in tasks {
             let _ = t.await;
@@ -564,6 +589,16 @@ async fn harness(
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         };
+        // Every member enrolled during set-up is still there.
+        let members = get(&clients[0], "/api/v1/status").await?["members"]
+            .as_u64()
+            .unwrap_or(0);
+        let enrolled = setups[0].members.len() as u64 + 2;
+        if members < enrolled {
+            failures.push(format!(
+                "cut {round}: caisse 0 holds {members} members after restart; {enrolled} were enrolled and acknowledged"
+            ));
+        }
         let mut clean = true;
         for c in clients.iter() {
             let check = get(c, "/api/v1/ledger/check").await?;
@@ -576,15 +611,15 @@ async fn harness(
         let deadline = Instant::now() + Duration::from_secs(30);
         let (own, seen, invalid) = loop {
             let d = documents(&clients, &id0).await?;
-            if (d.0 == d.1 && d.0 >= seen_before) || Instant::now() > deadline {
+            if (d.0 == d.1 && d.0 >= seen_at_cut) || Instant::now() > deadline {
                 break d;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let docs_ok = own >= seen_before && own == seen && invalid == 0;
+        let docs_ok = own >= seen_at_cut && own == seen && invalid == 0;
         if !docs_ok {
             failures.push(format!(
-                "cut {round}: caisse 0's document at sequence {own} after restart; caisse 1 had {seen_before} before the cut and holds {seen}, with {invalid} invalid statements"
+                "cut {round}: caisse 0's document at sequence {own} after restart; caisse 1 had {seen_at_cut} at the cut and holds {seen}, with {invalid} invalid statements"
             ));
         }
         if !t.lost.is_empty() {
@@ -638,7 +673,7 @@ async fn harness(
             "acknowledged": acked_now, "unanswered": uncertain_now, "retried_recorded": retried_acked,
             "restart_ms": restart_ms, "lost": t.lost.len(), "twice": t.twice,
             "declined_recorded": t.declined_recorded, "ledgers_clean": clean,
-            "document_sequence": own, "peer_had_before": seen_before, "peer_holds": seen,
+            "document_sequence": own, "peer_had_at_cut": seen_at_cut, "peer_holds": seen,
         }));
         *all.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = o;
@@ -664,6 +699,7 @@ async fn harness(
         "seed": opts.seed,
         "mode": opts.mode.map_or("mixed", CutMode::name),
         "skip_sync": opts.skip_sync,
+        "engine": opts.engine.name(),
         "cuts": cuts.len(),
         "acknowledged": o.acked.len(),
         "still_unanswered": o.uncertain.len(),
