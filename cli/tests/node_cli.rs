@@ -1194,3 +1194,101 @@ fn payouts_become_a_sepa_transfer_file() {
     );
     assert!(!text.contains("Awa"), "no member in a bank file");
 }
+
+/// A caisse created on sled (earlier versions' engine) runs, is flagged by
+/// `doctor`, refuses conversion while running, and converts to redb with
+/// every purchase and balance intact.
+#[test]
+fn a_sled_store_converts_to_redb_with_nothing_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("caisse");
+    TestNode::init(&dir, "Caisse ancienne", &["--store-engine", "sled"]);
+    assert_eq!(s(&ok(&dir, &["store", "engine"])["engine"]), "sled");
+    let mut node = TestNode::start(&dir);
+    let ana = ok(
+        &dir,
+        &[
+            "member",
+            "enroll",
+            "--name",
+            "Ana",
+            "--residence",
+            "Cadenet",
+            "--joined",
+            "2026-01-01",
+        ],
+    );
+    let shop = ok(
+        &dir,
+        &[
+            "outlet",
+            "register",
+            "--name",
+            "Épicerie",
+            "--categories",
+            "bread",
+        ],
+    );
+    ok(&dir, &["allocation", "issue", "--period", "2026-03"]);
+    let card = s(&ana["card"]);
+    let outlet = s(&shop["outlet"]);
+    for i in 0..5 {
+        let id = format!("00000000-0000-4000-8000-00000000000{i}");
+        ok(
+            &dir,
+            &[
+                "purchase",
+                "--card",
+                &card,
+                "--outlet",
+                &outlet,
+                "--amount",
+                "3.10",
+                "--category",
+                "bread",
+                "--id",
+                &id,
+            ],
+        );
+    }
+    let before = balance(&dir, &s(&ana["member"]));
+    let refused = caisse(&dir, &["store", "convert", "--to", "redb"]);
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("stop it first"), "{why}");
+    assert_eq!(node.stop(), Some(0));
+    let (code, v) = json(&dir, &["doctor"]);
+    assert!(
+        v.to_string().contains("store convert --to redb"),
+        "doctor must point at the conversion ({code}): {v}"
+    );
+    let done = ok(&dir, &["store", "convert", "--to", "redb"]);
+    assert!(done["keys"].as_u64().unwrap() > 10, "{done}");
+    assert!(
+        dir.join("store.old").is_dir(),
+        "the sled store is kept aside"
+    );
+    assert_eq!(s(&ok(&dir, &["store", "engine"])["engine"]), "redb");
+    let _node = TestNode::start(&dir);
+    assert_eq!(balance(&dir, &s(&ana["member"])), before);
+    let check = ok(&dir, &["ledger", "check"]);
+    assert!(check["findings"].as_array().unwrap().is_empty(), "{check}");
+    // A retried purchase is still recognised: no second debit.
+    ok(
+        &dir,
+        &[
+            "purchase",
+            "--card",
+            &card,
+            "--outlet",
+            &outlet,
+            "--amount",
+            "3.10",
+            "--category",
+            "bread",
+            "--id",
+            "00000000-0000-4000-8000-000000000003",
+        ],
+    );
+    assert_eq!(balance(&dir, &s(&ana["member"])), before);
+}

@@ -7,7 +7,8 @@
 //! ```
 //!
 //! - `throughput`: durable purchases per second through the single writer
-//!   (library, sled on disk, group commit with flush + fsync), and through
+//!   (library, the store on disk: redb, or sled with
+//!   `CAISSE_BENCH_ENGINE=sled`; group commit with one durable commit), and through
 //!   the real HTTP API over loopback TCP; plus the cost of one sync.
 //! - `scale N`: N members enrolled through the library, then the time of a
 //!   monthly allocation run, of `ledger check`, of a restart (state load, in

@@ -379,13 +379,24 @@ pub async fn start(
             Err(_) => break,
         }
     }
+    let mut redial = Vec::new();
     for addr in bootstrap {
-        if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+        let peer = match addr.iter().last() {
+            Some(libp2p::multiaddr::Protocol::P2p(peer)) => Some(peer),
+            _ => None,
+        };
+        if let Some(peer) = peer {
             swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
         }
         if let Err(e) = swarm.dial(addr.clone()) {
             tracing::warn!(target: "caisse::events::network", %addr, error = %e, "cannot dial bootstrap peer");
         }
+        redial.push(Redial {
+            addr,
+            peer,
+            next: tokio::time::Instant::now() + REDIAL_FIRST,
+            backoff: REDIAL_FIRST,
+        });
     }
     let task = SwarmTask {
         swarm,
@@ -396,6 +407,7 @@ pub async fn start(
         listening,
         failures,
         blocked: Vec::new(),
+        redial,
     };
     let handle = tokio::spawn(task.run());
     Ok((Network { tx, local }, ev_rx, handle))
@@ -410,11 +422,50 @@ struct SwarmTask {
     listening: Vec<Multiaddr>,
     failures: Arc<AtomicU64>,
     blocked: Vec<PeerId>,
+    redial: Vec<Redial>,
+}
+
+/// The first wait before dialling a lost bootstrap peer again; it doubles
+/// after each failed attempt up to [`REDIAL_MAX`].
+const REDIAL_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two dials of a lost bootstrap peer.
+const REDIAL_MAX: Duration = Duration::from_secs(30);
+
+/// A configured bootstrap peer, dialled again with exponential backoff
+/// while it is not connected: a caisse back from a power cut is found
+/// within seconds, and one that stays away costs a dial every 30 s.
+struct Redial {
+    addr: Multiaddr,
+    peer: Option<PeerId>,
+    next: tokio::time::Instant,
+    backoff: Duration,
 }
 
 impl SwarmTask {
+    /// Dial the bootstrap peers that are due and not connected.
+    fn redial_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        for r in &mut self.redial {
+            let connected = r.peer.is_some_and(|p| self.swarm.is_connected(&p));
+            let blocked = r.peer.is_some_and(|p| self.blocked.contains(&p));
+            if connected || blocked || r.peer.is_none() {
+                r.backoff = REDIAL_FIRST;
+                r.next = now + REDIAL_FIRST;
+                continue;
+            }
+            if now >= r.next {
+                tracing::debug!(target: "caisse::events::network", addr = %r.addr, "dialling a lost bootstrap peer again");
+                let _ = self.swarm.dial(r.addr.clone());
+                r.next = now + r.backoff;
+                r.backoff = (r.backoff * 2).min(REDIAL_MAX);
+            }
+        }
+    }
+
     async fn run(mut self) {
         let mut bootstrap_timer = tokio::time::interval(Duration::from_secs(30));
+        let mut redial_timer = tokio::time::interval(REDIAL_FIRST);
+        redial_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 cmd = self.commands.recv() => match cmd {
@@ -425,6 +476,7 @@ impl SwarmTask {
                 _ = bootstrap_timer.tick() => {
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }
+                _ = redial_timer.tick() => self.redial_due(),
             }
         }
         tracing::info!("network stopped");

@@ -229,27 +229,18 @@ impl RedbStore {
         &self,
         prefix: &[u8],
         start: &[u8],
-        reverse: bool,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
         use redb::ReadableDatabase;
         let txn = self.db.begin_read().map_err(redb_err)?;
         let table = txn.open_table(TABLE).map_err(redb_err)?;
-        let from = start.max(prefix);
-        let range = table.range::<&[u8]>(from..).map_err(redb_err)?;
-        if reverse {
-            for r in range.rev() {
-                let (k, v) = r.map_err(redb_err)?;
-                if k.value().starts_with(prefix) && !visit(k.value(), v.value()) {
-                    break;
-                }
-            }
-        } else {
-            for r in range {
-                let (k, v) = r.map_err(redb_err)?;
-                if !k.value().starts_with(prefix) || !visit(k.value(), v.value()) {
-                    break;
-                }
+        for r in table
+            .range::<&[u8]>(start.max(prefix)..)
+            .map_err(redb_err)?
+        {
+            let (k, v) = r.map_err(redb_err)?;
+            if !k.value().starts_with(prefix) || !visit(k.value(), v.value()) {
+                break;
             }
         }
         Ok(())
@@ -269,7 +260,7 @@ impl Store for RedbStore {
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Pair>, StoreError> {
         let mut out = Vec::new();
-        self.visit(prefix, prefix, false, &mut |k, v| {
+        self.visit(prefix, prefix, &mut |k, v| {
             out.push((k.to_vec(), v.to_vec()));
             true
         })?;
@@ -281,7 +272,7 @@ impl Store for RedbStore {
         prefix: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        self.visit(prefix, prefix, false, visit)
+        self.visit(prefix, prefix, visit)
     }
 
     fn for_each_from(
@@ -290,7 +281,7 @@ impl Store for RedbStore {
         start: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        self.visit(prefix, start, false, visit)
+        self.visit(prefix, start, visit)
     }
 
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Pair>, StoreError> {
