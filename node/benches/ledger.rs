@@ -186,7 +186,8 @@ async fn throughput() {
         }
         times.sort();
         println!(
-            "sync (sled flush + fsync of its data file): p50 {:?}, p99 {:?}",
+            "sync ({}: one durable commit): p50 {:?}, p99 {:?}",
+            bench_engine().name(),
             percentile(&times, 0.5),
             percentile(&times, 0.99)
         );
@@ -248,7 +249,8 @@ async fn throughput() {
         let took = started.elapsed();
         lat.sort();
         println!(
-            "ledger (writer, sled, durable): {inflight:>3} in flight: {:>8.0} purchases/s ({} in {:.2?}), latency p50 {:?} p99 {:?}",
+            "ledger (writer, {}, durable): {inflight:>3} in flight: {:>8.0} purchases/s ({} in {:.2?}), latency p50 {:?} p99 {:?}",
+            bench_engine().name(),
             lat.len() as f64 / took.as_secs_f64(),
             lat.len(),
             took,

@@ -334,7 +334,8 @@ async fn status(State(s): State<App>, _auth: Auth) -> Result<Json<serde_json::Va
         "jobs_running": s.handle.jobs().iter().filter(|j| !j.finished).count(),
         "writer_queue": s.handle.queued(),
         "today": s.handle.clock().today(),
-        "document_sequence": s.federation.sequence_of(&s.caisse_id),
+        "document_sequence": s.federation.sequence_of(&s.caisse_id).0,
+        "document_heads": s.federation.sequence_of(&s.caisse_id).1,
     })))
 }
 
@@ -1539,6 +1540,7 @@ async fn peers(State(s): State<App>, auth: Auth) -> Result<Json<serde_json::Valu
                 "connected": p.connected,
                 "last_changed": p.last_changed,
                 "sequence": p.sequence,
+                "heads": p.heads,
                 "accreditations": p.accreditations.len(),
                 "criteria_version": p.criteria.as_ref().map(|(cr, _)| cr.version),
                 "invalid_statements": p.invalid_statements,

@@ -87,13 +87,14 @@ impl Federation {
     }
 
     /// The sequence of the signed heads this node holds for `caisse` (its
-    /// own: the last version it published); 0 if none.
-    pub fn sequence_of(&self, caisse: &CaisseId) -> u64 {
+    /// own: the last version it published), 0 if none, and their
+    /// fingerprint.
+    pub fn sequence_of(&self, caisse: &CaisseId) -> (u64, String) {
         self.view
             .read()
             .ok()
-            .and_then(|v| v.caisses.get(caisse).map(|p| p.sequence))
-            .unwrap_or(0)
+            .and_then(|v| v.caisses.get(caisse).map(|p| (p.sequence, p.heads.clone())))
+            .unwrap_or_default()
     }
 
     /// The saved bytes of a caisse's document, as replicated here.
@@ -557,6 +558,15 @@ impl FederationTask {
         };
         let mut p = read_document(&r.doc, &owner, &self.federation);
         p.sequence = r.sequence;
+        p.heads = r
+            .heads
+            .as_ref()
+            .and_then(|e| e.to_bytes().ok())
+            .map(|b| {
+                use sha2::Digest;
+                hex::encode(&sha2::Sha256::digest(b)[..8])
+            })
+            .unwrap_or_default();
         let connected = peer_id_of(&owner).is_some_and(|pid| self.connected.contains(&pid));
         if let Ok(mut v) = self.view.write() {
             let last = v.caisses.get(&owner).map_or(0, |x| x.last_changed);

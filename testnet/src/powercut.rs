@@ -253,23 +253,31 @@ async fn tally(clients: &[Shared], o: &Outcomes) -> Result<Tally> {
     Ok(t)
 }
 
-/// The sequence of caisse `id`'s document that the node behind `c` holds.
-async fn documents_seen(c: &Shared, id: &str) -> Result<u64> {
+/// The version of caisse `id`'s document that the node behind `c` holds:
+/// sequence and heads fingerprint.
+async fn documents_seen(c: &Shared, id: &str) -> Result<(u64, String)> {
     let peers = get(c, "/api/v1/peers").await?;
-    Ok(peers
+    let row = peers
         .as_array()
         .into_iter()
         .flatten()
         .find(|p| s(&p["caisse"]) == id)
-        .and_then(|p| p["sequence"].as_u64())
-        .unwrap_or(0))
+        .cloned()
+        .unwrap_or(Value::Null);
+    Ok((row["sequence"].as_u64().unwrap_or(0), s(&row["heads"])))
 }
 
-/// caisse 0's own document sequence, and caisse 1's view of it.
-async fn documents(clients: &[Shared], id0: &str) -> Result<(u64, u64, u64)> {
-    let own = get(&clients[0], "/api/v1/status").await?["document_sequence"]
-        .as_u64()
-        .unwrap_or(0);
+/// caisse 0's own document version, and caisse 1's view of it.
+struct Docs {
+    own: u64,
+    own_heads: String,
+    seen: u64,
+    seen_heads: String,
+    invalid: u64,
+}
+
+async fn documents(clients: &[Shared], id0: &str) -> Result<Docs> {
+    let status = get(&clients[0], "/api/v1/status").await?;
     let peers = get(&clients[1], "/api/v1/peers").await?;
     let row = peers
         .as_array()
@@ -278,11 +286,13 @@ async fn documents(clients: &[Shared], id0: &str) -> Result<(u64, u64, u64)> {
         .find(|p| s(&p["caisse"]) == id0)
         .cloned()
         .unwrap_or(Value::Null);
-    Ok((
-        own,
-        row["sequence"].as_u64().unwrap_or(0),
-        row["invalid_statements"].as_u64().unwrap_or(0),
-    ))
+    Ok(Docs {
+        own: status["document_sequence"].as_u64().unwrap_or(0),
+        own_heads: s(&status["document_heads"]),
+        seen: row["sequence"].as_u64().unwrap_or(0),
+        seen_heads: s(&row["heads"]),
+        invalid: row["invalid_statements"].as_u64().unwrap_or(0),
+    })
 }
 
 /// Accredit one more producer at caisse 0 by a vote: a new version of its
@@ -439,7 +449,7 @@ async fn harness(
             json!({ "period": today.period() }),
         )
         .await?;
-        let own_before = documents(&clients, &id0).await?.0;
+        let own_before = documents(&clients, &id0).await?.own;
         // One cut in four lands on a quiet node just after it published a
         // new version of its document and caisse 1 received it: the
         // moment a publication not yet durable would be lost after being
@@ -476,12 +486,12 @@ async fn harness(
             }
             // The vote's new version is published, and caisse 1 holds it.
             let deadline = Instant::now() + Duration::from_secs(10);
-            let mut own = documents(&clients, &id0).await?.0;
+            let mut own = documents(&clients, &id0).await?.own;
             while own <= own_before && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                own = documents(&clients, &id0).await?.0;
+                own = documents(&clients, &id0).await?.own;
             }
-            while documents(&clients, &id0).await?.1 < own && Instant::now() < deadline {
+            while documents(&clients, &id0).await?.seen < own && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             began.elapsed()
@@ -609,17 +619,28 @@ async fn harness(
         }
         // Documents: never behind what the peer already holds; converged.
         let deadline = Instant::now() + Duration::from_secs(30);
-        let (own, seen, invalid) = loop {
+        let (at_cut, heads_at_cut) = seen_at_cut;
+        let d = loop {
             let d = documents(&clients, &id0).await?;
-            if (d.0 == d.1 && d.0 >= seen_at_cut) || Instant::now() > deadline {
+            let converged = d.own == d.seen && d.own_heads == d.seen_heads && d.own >= at_cut;
+            if converged || Instant::now() > deadline {
                 break d;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let docs_ok = own >= seen_at_cut && own == seen && invalid == 0;
+        // Signed again under the sequence the peer held, differently: the
+        // owner lost a version it had gossiped.
+        let resigned = d.own == at_cut && d.own_heads != heads_at_cut;
+        let docs_ok = d.own >= at_cut
+            && d.own == d.seen
+            && d.own_heads == d.seen_heads
+            && !resigned
+            && d.invalid == 0;
+        let (own, seen, invalid) = (d.own, d.seen, d.invalid);
         if !docs_ok {
             failures.push(format!(
-                "cut {round}: caisse 0's document at sequence {own} after restart; caisse 1 had {seen_at_cut} at the cut and holds {seen}, with {invalid} invalid statements"
+                "cut {round}: caisse 0's document at sequence {own} (heads {}) after restart; caisse 1 had {at_cut} (heads {heads_at_cut}) at the cut and holds {seen} (heads {}), with {invalid} invalid statements",
+                d.own_heads, d.seen_heads
             ));
         }
         if !t.lost.is_empty() {
@@ -673,7 +694,7 @@ async fn harness(
             "acknowledged": acked_now, "unanswered": uncertain_now, "retried_recorded": retried_acked,
             "restart_ms": restart_ms, "lost": t.lost.len(), "twice": t.twice,
             "declined_recorded": t.declined_recorded, "ledgers_clean": clean,
-            "document_sequence": own, "peer_had_at_cut": seen_at_cut, "peer_holds": seen,
+            "document_sequence": own, "peer_had_at_cut": at_cut, "peer_holds": seen,
         }));
         *all.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = o;

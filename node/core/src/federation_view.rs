@@ -59,6 +59,10 @@ pub struct PeerCaisse {
     pub recognised: Vec<CaisseId>,
     /// Sequence of the signed heads accepted.
     pub sequence: u64,
+    /// A fingerprint of those signed heads (hex, 16 digits): two nodes
+    /// holding the same sequence with different fingerprints hold two
+    /// versions the owner signed under one sequence.
+    pub heads: String,
     /// When its document last changed here (Unix seconds).
     pub last_changed: u64,
     /// Whether a connection to it is open.
