@@ -187,7 +187,8 @@ const TABLE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("c
 /// flush (`Durability::None`); [`Store::sync`] commits an empty transaction
 /// with `Durability::Immediate`, which makes it and every earlier commit
 /// durable with the file's checksummed commit (redb syncs the file before
-/// it answers).
+/// it answers). The writer's commit, [`Store::apply_durably`], is one
+/// transaction committed with `Durability::Immediate`.
 pub struct RedbStore {
     db: redb::Database,
     path: PathBuf,
@@ -223,6 +224,28 @@ impl RedbStore {
     /// Bytes of the store file.
     pub fn size_on_disk(&self) -> u64 {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    /// One write transaction holding every operation, committed with
+    /// `durability`: all or nothing (an uncommitted transaction is aborted
+    /// when dropped).
+    fn write(&self, ops: &[Op], durability: redb::Durability) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(redb_err)?;
+        txn.set_durability(durability).map_err(redb_err)?;
+        {
+            let mut table = txn.open_table(TABLE).map_err(redb_err)?;
+            for op in ops {
+                match op {
+                    Op::Put(k, v) => {
+                        table.insert(k.as_slice(), v.as_slice()).map_err(redb_err)?;
+                    }
+                    Op::Delete(k) => {
+                        table.remove(k.as_slice()).map_err(redb_err)?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(redb_err)
     }
 
     fn visit(
@@ -301,24 +324,7 @@ impl Store for RedbStore {
     }
 
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(redb_err)?;
-        txn.set_durability(redb::Durability::None)
-            .map_err(redb_err)?;
-        {
-            let mut table = txn.open_table(TABLE).map_err(redb_err)?;
-            for op in ops {
-                match op {
-                    Op::Put(k, v) => {
-                        table.insert(k.as_slice(), v.as_slice()).map_err(redb_err)?;
-                    }
-                    Op::Delete(k) => {
-                        table.remove(k.as_slice()).map_err(redb_err)?;
-                    }
-                }
-            }
-        }
-        // Dropping an uncommitted transaction aborts it: all or nothing.
-        txn.commit().map_err(redb_err)
+        self.write(ops, redb::Durability::None)
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -326,6 +332,10 @@ impl Store for RedbStore {
         txn.set_durability(redb::Durability::Immediate)
             .map_err(redb_err)?;
         txn.commit().map_err(redb_err)
+    }
+
+    fn apply_durably(&self, ops: &[Op]) -> Result<(), StoreError> {
+        self.write(ops, redb::Durability::Immediate)
     }
 }
 
@@ -576,9 +586,15 @@ mod tests {
         {
             let s = RedbStore::open(&path).unwrap();
             suite::run(&s);
+            s.apply_durably(&[
+                Op::Put(b"d/1".to_vec(), b"un".to_vec()),
+                Op::Delete(b"x/2".to_vec()),
+            ])
+            .unwrap();
         }
         let s = RedbStore::open(&path).unwrap();
-        assert_eq!(s.get(b"x/2").unwrap().as_deref(), Some(&b"deux"[..]));
+        assert_eq!(s.get(b"d/1").unwrap().as_deref(), Some(&b"un"[..]));
+        assert_eq!(s.get(b"x/2").unwrap(), None);
     }
 
     #[test]

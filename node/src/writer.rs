@@ -555,10 +555,7 @@ impl Writer {
         };
         if !ops.is_empty() {
             let store = self.caisse.store().clone();
-            store
-                .apply(&ops)
-                .and_then(|()| store.sync())
-                .map_err(|e| e.to_string())?;
+            store.apply_durably(&ops).map_err(|e| e.to_string())?;
         }
         self.backup_after_commit(&ops);
         Ok(())

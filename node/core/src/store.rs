@@ -87,6 +87,13 @@ pub trait Store: Send + Sync + 'static {
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError>;
     /// Make every applied batch durable (survives power loss).
     fn sync(&self) -> Result<(), StoreError>;
+    /// Apply every operation, all or none, and make it and every earlier
+    /// batch durable: what the writer's commit does. Engines that can do
+    /// both in one step (one durable transaction) override it.
+    fn apply_durably(&self, ops: &[Op]) -> Result<(), StoreError> {
+        self.apply(ops)?;
+        self.sync()
+    }
 }
 
 /// At most `limit` values under `prefix`, from key `start` on, decoded; the
