@@ -108,7 +108,16 @@ pub async fn run(
     let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
     let peer = peer_id_of(&target).ok_or("bad target caisse id")?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !net.info().await.connected.contains(&peer) {
+    // Connected means a connection that lasts: a node that has banned us
+    // lets the handshake finish, then closes at once (and the network
+    // dials its bootstrap peers again every few seconds).
+    loop {
+        if net.info().await.connected.contains(&peer) {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            if net.info().await.connected.contains(&peer) {
+                break;
+            }
+        }
         if tokio::time::Instant::now() > deadline {
             return Err("could not connect to the target".into());
         }
