@@ -324,6 +324,7 @@ pub fn not_found() -> Response {
 async fn status(State(s): State<App>, _auth: Auth) -> Result<Json<serde_json::Value>, ApiError> {
     // Counters the writer keeps: nothing here reads the store.
     let (members, entries) = s.handle.counts();
+    let (document_sequence, document_heads) = s.federation.sequence_of(&s.caisse_id);
     Ok(Json(json!({
         "caisse_id": s.caisse_id,
         "name": s.config.name,
@@ -334,8 +335,8 @@ async fn status(State(s): State<App>, _auth: Auth) -> Result<Json<serde_json::Va
         "jobs_running": s.handle.jobs().iter().filter(|j| !j.finished).count(),
         "writer_queue": s.handle.queued(),
         "today": s.handle.clock().today(),
-        "document_sequence": s.federation.sequence_of(&s.caisse_id).0,
-        "document_heads": s.federation.sequence_of(&s.caisse_id).1,
+        "document_sequence": document_sequence,
+        "document_heads": document_heads,
     })))
 }
 

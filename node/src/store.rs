@@ -248,15 +248,20 @@ impl RedbStore {
         txn.commit().map_err(redb_err)
     }
 
+    /// The table in a read snapshot of the last commit.
+    fn read(&self) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError> {
+        use redb::ReadableDatabase;
+        let txn = self.db.begin_read().map_err(redb_err)?;
+        txn.open_table(TABLE).map_err(redb_err)
+    }
+
     fn visit(
         &self,
         prefix: &[u8],
         start: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        use redb::ReadableDatabase;
-        let txn = self.db.begin_read().map_err(redb_err)?;
-        let table = txn.open_table(TABLE).map_err(redb_err)?;
+        let table = self.read()?;
         for r in table
             .range::<&[u8]>(start.max(prefix)..)
             .map_err(redb_err)?
@@ -272,10 +277,8 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        use redb::ReadableDatabase;
-        let txn = self.db.begin_read().map_err(redb_err)?;
-        let table = txn.open_table(TABLE).map_err(redb_err)?;
-        Ok(table
+        Ok(self
+            .read()?
             .get(key)
             .map_err(redb_err)?
             .map(|v| v.value().to_vec()))
@@ -308,9 +311,7 @@ impl Store for RedbStore {
     }
 
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Pair>, StoreError> {
-        use redb::ReadableDatabase;
-        let txn = self.db.begin_read().map_err(redb_err)?;
-        let table = txn.open_table(TABLE).map_err(redb_err)?;
+        let table = self.read()?;
         // The keys under `prefix` end before the prefix's successor.
         let last = match prefix_end(prefix) {
             Some(end) => table.range::<&[u8]>(prefix..end.as_slice()),

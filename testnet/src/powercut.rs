@@ -25,7 +25,7 @@
 //! `--skip-sync` is the negative control: the node's store syncs nothing,
 //! and the harness must then find acknowledged purchases lost.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -169,43 +169,6 @@ async fn till(
     }
 }
 
-/// Occurrences of purchase ids in one node's journal: (local, as home of a
-/// cross-caisse purchase, as its host).
-type Seen = (
-    HashMap<PurchaseId, u32>,
-    HashMap<PurchaseId, u32>,
-    HashMap<PurchaseId, u32>,
-);
-
-async fn journal(c: &Shared) -> Result<Seen> {
-    let mut seen: Seen = Default::default();
-    let mut from = 0u64;
-    loop {
-        let page = get(c, &format!("/api/v1/ledger/journal?from={from}&limit=1000")).await?;
-        let Some(entries) = page.as_array().filter(|a| !a.is_empty()) else {
-            break;
-        };
-        for e in entries {
-            let id_of = |kind: &str| {
-                e["kind"][kind]["id"]
-                    .as_str()
-                    .and_then(|x| x.parse::<PurchaseId>().ok())
-            };
-            if let Some(id) = id_of("purchase") {
-                *seen.0.entry(id).or_default() += 1;
-            }
-            if let Some(id) = id_of("cross-purchase") {
-                *seen.1.entry(id).or_default() += 1;
-            }
-            if let Some(id) = id_of("cross-sale") {
-                *seen.2.entry(id).or_default() += 1;
-            }
-            from = e["seq"].as_u64().unwrap_or(from) + 1;
-        }
-    }
-    Ok(seen)
-}
-
 /// How the journals stand against what was acknowledged and declined.
 #[derive(Default, Debug)]
 struct Tally {
@@ -217,15 +180,15 @@ struct Tally {
 async fn tally(clients: &[Shared], o: &Outcomes) -> Result<Tally> {
     let mut journals = Vec::new();
     for c in clients {
-        journals.push(journal(c).await?);
+        journals.push(run::journal_purchases(c).await?);
     }
     let count = |a: &Attempt| -> (u32, u32) {
         if a.home == a.host {
-            (journals[a.home].0.get(&a.id).copied().unwrap_or(0), 1)
+            (journals[a.home].local.get(&a.id).copied().unwrap_or(0), 1)
         } else {
             (
-                journals[a.home].1.get(&a.id).copied().unwrap_or(0),
-                journals[a.host].2.get(&a.id).copied().unwrap_or(0),
+                journals[a.home].home.get(&a.id).copied().unwrap_or(0),
+                journals[a.host].host.get(&a.id).copied().unwrap_or(0),
             )
         }
     };
@@ -247,23 +210,34 @@ async fn tally(clients: &[Shared], o: &Outcomes) -> Result<Tally> {
     }
     t.twice = journals
         .iter()
-        .flat_map(|j| j.0.values().chain(j.1.values()).chain(j.2.values()))
+        .flat_map(|j| {
+            j.local
+                .values()
+                .chain(j.home.values())
+                .chain(j.host.values())
+        })
         .filter(|n| **n > 1)
         .count();
     Ok(t)
 }
 
-/// The version of caisse `id`'s document that the node behind `c` holds:
-/// sequence and heads fingerprint.
-async fn documents_seen(c: &Shared, id: &str) -> Result<(u64, String)> {
+/// The `/api/v1/peers` row of caisse `id` at the node behind `c` (null if
+/// it does not know it).
+async fn peer_row(c: &Shared, id: &str) -> Result<Value> {
     let peers = get(c, "/api/v1/peers").await?;
-    let row = peers
+    Ok(peers
         .as_array()
         .into_iter()
         .flatten()
         .find(|p| s(&p["caisse"]) == id)
         .cloned()
-        .unwrap_or(Value::Null);
+        .unwrap_or(Value::Null))
+}
+
+/// The version of caisse `id`'s document that the node behind `c` holds:
+/// sequence and heads fingerprint.
+async fn documents_seen(c: &Shared, id: &str) -> Result<(u64, String)> {
+    let row = peer_row(c, id).await?;
     Ok((row["sequence"].as_u64().unwrap_or(0), s(&row["heads"])))
 }
 
@@ -278,14 +252,7 @@ struct Docs {
 
 async fn documents(clients: &[Shared], id0: &str) -> Result<Docs> {
     let status = get(&clients[0], "/api/v1/status").await?;
-    let peers = get(&clients[1], "/api/v1/peers").await?;
-    let row = peers
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| s(&p["caisse"]) == id0)
-        .cloned()
-        .unwrap_or(Value::Null);
+    let row = peer_row(&clients[1], id0).await?;
     Ok(Docs {
         own: status["document_sequence"].as_u64().unwrap_or(0),
         own_heads: s(&status["document_heads"]),

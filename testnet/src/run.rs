@@ -97,6 +97,48 @@ pub(crate) async fn pass(c: &Shared, title: &str, kind: Value) -> Result<Value> 
     Ok(closed)
 }
 
+/// How often each purchase id appears in one node's journal.
+#[derive(Default)]
+pub(crate) struct PurchaseCounts {
+    /// As a local purchase.
+    pub(crate) local: HashMap<PurchaseId, u32>,
+    /// As the home of a cross-caisse purchase.
+    pub(crate) home: HashMap<PurchaseId, u32>,
+    /// As the host of a cross-caisse sale.
+    pub(crate) host: HashMap<PurchaseId, u32>,
+}
+
+/// Read the whole journal of the node behind `c`, page by page, and count
+/// the purchase ids in it.
+pub(crate) async fn journal_purchases(c: &Shared) -> Result<PurchaseCounts> {
+    let mut counts = PurchaseCounts::default();
+    let mut from = 0u64;
+    loop {
+        let page = get(c, &format!("/api/v1/ledger/journal?from={from}&limit=1000")).await?;
+        let Some(entries) = page.as_array().filter(|a| !a.is_empty()) else {
+            break;
+        };
+        for e in entries {
+            let id_of = |kind: &str| {
+                e["kind"][kind]["id"]
+                    .as_str()
+                    .and_then(|x| x.parse::<PurchaseId>().ok())
+            };
+            if let Some(id) = id_of("purchase") {
+                *counts.local.entry(id).or_default() += 1;
+            }
+            if let Some(id) = id_of("cross-purchase") {
+                *counts.home.entry(id).or_default() += 1;
+            }
+            if let Some(id) = id_of("cross-sale") {
+                *counts.host.entry(id).or_default() += 1;
+            }
+            from = e["seq"].as_u64().unwrap_or(from) + 1;
+        }
+    }
+    Ok(counts)
+}
+
 /// What one caisse was set up with.
 pub(crate) struct Setup {
     pub(crate) members: Vec<(String, String)>,
@@ -622,33 +664,10 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
     let mut seen_home: HashMap<(usize, PurchaseId), u32> = HashMap::new();
     let mut seen_host: HashMap<(usize, PurchaseId), u32> = HashMap::new();
     for (i, c) in clients.iter().enumerate() {
-        let mut from = 0u64;
-        loop {
-            let page = get(c, &format!("/api/v1/ledger/journal?from={from}&limit=1000")).await?;
-            let Some(entries) = page.as_array().filter(|a| !a.is_empty()) else {
-                break;
-            };
-            for e in entries {
-                if let Some(id) = e["kind"]["purchase"]["id"]
-                    .as_str()
-                    .and_then(|x| x.parse::<PurchaseId>().ok())
-                {
-                    *seen.entry((i, id)).or_default() += 1;
-                }
-                let id_of = |kind: &str| {
-                    e["kind"][kind]["id"]
-                        .as_str()
-                        .and_then(|x| x.parse::<PurchaseId>().ok())
-                };
-                if let Some(id) = id_of("cross-purchase") {
-                    *seen_home.entry((i, id)).or_default() += 1;
-                }
-                if let Some(id) = id_of("cross-sale") {
-                    *seen_host.entry((i, id)).or_default() += 1;
-                }
-                from = e["seq"].as_u64().unwrap_or(from) + 1;
-            }
-        }
+        let j = journal_purchases(c).await?;
+        seen.extend(j.local.into_iter().map(|(id, n)| ((i, id), n)));
+        seen_home.extend(j.home.into_iter().map(|(id, n)| ((i, id), n)));
+        seen_host.extend(j.host.into_iter().map(|(id, n)| ((i, id), n)));
     }
     let once = |m: &HashMap<(usize, PurchaseId), u32>, k: (usize, PurchaseId)| {
         m.get(&k).copied().unwrap_or(0) == 1
