@@ -7,7 +7,9 @@ mod lazyfs;
 mod powercut;
 mod run;
 mod scenario;
-mod svg;
+
+use caisse_testnet::research;
+use caisse_testnet::svg;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -105,6 +107,45 @@ enum Cmd {
         #[arg(long, default_value = "redb", value_parser = ["redb", "sled"])]
         store_engine: String,
     },
+    /// Run one research pilot (montpellier, nantes, cadenet, dieulefit or a
+    /// pilot TOML file) on the real caisse core in one thread: a population
+    /// drawn from the territory's published income statistics, members
+    /// shopping by behavioural rules, and a report comparing the outcomes
+    /// with the pilot's published figures (report.md, report.json,
+    /// measures.csv, population.csv, export/).
+    Pilot {
+        /// Built-in pilot name or pilot file.
+        #[arg(long, default_value = "montpellier")]
+        pilot: String,
+        /// Seed of the population and of every choice.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where the files go.
+        #[arg(long, default_value = "pilot-report")]
+        out: PathBuf,
+    },
+    /// Run a pilot over a grid of parameters and seeds: one tidy CSV (a row
+    /// per run and measure), a summary, plots of each measure against each
+    /// parameter with the spread across seeds, and every run's files.
+    Sweep {
+        /// Built-in pilot name or pilot file.
+        #[arg(long, alias = "scenario", default_value = "montpellier")]
+        pilot: String,
+        /// NAME=V1,V2,… (repeat for a grid): allocation, scale, scale_min,
+        /// scale_ceiling, subsidy, households, coverage, use_low, use_high,
+        /// organic_pct, organic_preference, price_sensitivity.
+        #[arg(long, required = true)]
+        vary: Vec<String>,
+        /// FIRST..LAST (inclusive) or a list: 1,2,5.
+        #[arg(long, default_value = "1..10")]
+        seeds: String,
+        /// Where the files go.
+        #[arg(long, default_value = "sweep")]
+        out: PathBuf,
+        /// Runs at once (default: the machine's cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// (internal) Run one caisse node: what `run` spawns for each caisse.
     #[command(hide = true)]
     Node {
@@ -137,6 +178,42 @@ fn main() -> ExitCode {
 
 async fn main_async(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Cmd::Pilot { pilot, seed, out } => {
+            let p = research::pilot::Pilot::load(&pilot)?;
+            research::progress(format!("pilot {} (seed {seed})", p.name));
+            let o = research::engine::run(&p, seed)?;
+            research::sweep::write_run(&out, &p, &Default::default(), &o)?;
+            println!("{}", research::sweep::markdown(&p, &o));
+            println!("files in {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Sweep {
+            pilot,
+            vary,
+            seeds,
+            out,
+            threads,
+        } => {
+            let opts = research::sweep::SweepOptions {
+                pilot: research::pilot::Pilot::load(&pilot)?,
+                vary: vary
+                    .iter()
+                    .map(|v| research::sweep::Vary::parse(v))
+                    .collect::<Result<_>>()?,
+                seeds: research::sweep::parse_seeds(&seeds)?,
+                out: out.clone(),
+                threads: threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+            };
+            let started = std::time::Instant::now();
+            let n = research::sweep::sweep(&opts)?;
+            println!(
+                "{n} runs in {:.1} s: {}/sweep.csv, summary.csv, plots/, runs/",
+                started.elapsed().as_secs_f64(),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Sim {
             caisses,
             members,

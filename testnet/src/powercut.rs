@@ -288,6 +288,7 @@ fn scenario() -> Scenario {
         start: Period::new(2027, 1).unwrap_or_else(|| unreachable!("a valid month")),
         purchases_per_member: 0,
         allocation: Amount::from_cents(300_00),
+        territory: None,
         income_min: Amount::from_cents(800_00),
         income_max: Amount::from_cents(3_000_00),
         subsidy_per_member: Amount::from_cents(0),

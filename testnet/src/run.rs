@@ -158,9 +158,23 @@ pub(crate) async fn setup_caisse(
     set_day(&c, start).await?;
     let mut members = Vec::new();
     let span = sc.income_max.cents() - sc.income_min.cents();
+    // Monthly income per consumption unit drawn from the territory's
+    // published deciles, when the scenario names one.
+    let drawn: Vec<i64> = match &sc.territory {
+        Some(t) => caisse_testnet::research::territory::Territory::load(t, None)?
+            .draw(sc.members_per_caisse + 2, seed ^ idx as u64)
+            .iter()
+            .map(|h| (h.niveau_de_vie / 12.0 * 100.0).round() as i64)
+            .collect(),
+        None => Vec::new(),
+    };
     for m in 0..sc.members_per_caisse + 2 {
-        let income =
-            Amount::from_cents(sc.income_min.cents() + rng.below(span.max(1) as u64) as i64);
+        let income = match drawn.get(m) {
+            Some(c) => Amount::from_cents(*c),
+            None => {
+                Amount::from_cents(sc.income_min.cents() + rng.below(span.max(1) as u64) as i64)
+            }
+        };
         let birth = 1940 + rng.below(66) as u16;
         let e = post(
             &c,

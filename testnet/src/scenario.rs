@@ -55,6 +55,11 @@ pub struct Scenario {
     pub purchases_per_member: u32,
     /// Monthly allocation per member.
     pub allocation: Amount,
+    /// Draw incomes from a territory's published statistics (a key of
+    /// `scenarios/data/territories.toml` or a territory file) instead of
+    /// uniformly between `income_min` and `income_max`.
+    #[serde(default)]
+    pub territory: Option<String>,
     /// Lowest monthly income (uniformly distributed up to `income_max`).
     pub income_min: Amount,
     /// Highest monthly income.
@@ -117,6 +122,9 @@ impl Scenario {
         }
         if self.income_max < self.income_min {
             bail!("income_max is below income_min");
+        }
+        if let Some(t) = &self.territory {
+            caisse_testnet::research::territory::Territory::load(t, None)?;
         }
         for f in &self.faults {
             if f.caisse >= self.caisses || f.month == 0 || f.month > self.months {
