@@ -3,6 +3,8 @@
 //! Thin over `caisse-node`: `init` and `node` call its daemon module; every
 //! other command calls the running node's HTTP API through its client.
 
+mod dossier;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -45,6 +47,13 @@ enum Command {
     Init(InitArgs),
     /// Run the caisse's node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
     Node,
+    /// Set the centre of the caisse's territory (LAT,LON in degrees; empty
+    /// to clear): producers' distances are computed from it and their
+    /// dossiers' communes.
+    TerritoryCentre {
+        /// `43.6109,3.8772`
+        centre: String,
+    },
     /// Show the running node's identity and counts.
     Status,
     /// Show the caisse's policy (allocation, rollover, contributions).
@@ -549,10 +558,105 @@ enum ProducerCmd {
         /// Producer id.
         id: String,
     },
-    /// Judge a producer against the current criteria, rule by rule.
+    /// Judge a producer against the current criteria, rule by rule (a
+    /// producer known only from another caisse is judged on its dossier).
     Evaluate {
         /// Producer id.
         id: String,
+    },
+    /// (Producer, offline) Make a producer key: the file holds the secret
+    /// (mode 0600, never overwritten); keep it as you keep a bank card.
+    Keygen {
+        /// Where to write the key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// (Producer, offline) Sign a dossier (TOML) with your key: business
+    /// data only; evidence files are hashed here and never sent.
+    Sign {
+        /// Your producer key.
+        #[arg(long)]
+        key: PathBuf,
+        /// The dossier (TOML; see README, "A producer's side").
+        #[arg(long)]
+        dossier: PathBuf,
+        /// Where to write the signed dossier (hex).
+        #[arg(long)]
+        out: PathBuf,
+        /// The federation the dossier is for (as the caisses' config says).
+        #[arg(long, default_value = "caisse-federation")]
+        federation: String,
+    },
+    /// Publish a signed dossier into the federation through this caisse
+    /// (with the admin token, or your producer token: --token-file).
+    Publish {
+        /// A dossier signed with `producer sign`.
+        #[arg(long, conflicts_with_all = ["key", "dossier"])]
+        signed: Option<PathBuf>,
+        /// Or sign now with this key…
+        #[arg(long, requires = "dossier")]
+        key: Option<PathBuf>,
+        /// …this dossier (TOML).
+        #[arg(long, requires = "key")]
+        dossier: Option<PathBuf>,
+        /// The federation (when signing now).
+        #[arg(long, default_value = "caisse-federation")]
+        federation: String,
+    },
+    /// Give a producer registered before producers had keys an identity:
+    /// a key this caisse holds until the producer claims it (`handover`), a
+    /// first signed dossier, its accreditations issued again for the new id.
+    Adopt {
+        /// The old producer id.
+        id: String,
+        /// SIRET (or SIREN).
+        #[arg(long)]
+        siret: String,
+        /// Commune of the farm.
+        #[arg(long)]
+        commune: String,
+        /// Its postcode.
+        #[arg(long)]
+        postcode: String,
+        /// The commune's centre, LAT,LON.
+        #[arg(long)]
+        location: String,
+    },
+    /// Hand the key this caisse holds for a producer over to it (once: the
+    /// caisse deletes its copy). Written like `keygen` writes one.
+    Handover {
+        /// The producer id (the adopted identity).
+        id: String,
+        /// Where to write the key for the producer.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A producer's newest dossier known here.
+    Dossier {
+        /// Producer id.
+        id: String,
+    },
+    /// A producer's page: accreditations in every caisse, what each
+    /// caisse's criteria require, sales per caisse and month, warnings.
+    /// Without an id: your own page (with your producer token).
+    Page {
+        /// Producer id (staff view).
+        id: Option<String>,
+    },
+    /// Producers of the federation and who accredits them.
+    Registry {
+        /// Sells in this category.
+        #[arg(long)]
+        category: Option<String>,
+        /// Holds this label today.
+        #[arg(long)]
+        label: Option<String>,
+        /// At most this many km from this caisse's territory.
+        #[arg(long)]
+        max_km: Option<u32>,
+        /// Accredited by this caisse (id).
+        #[arg(long)]
+        caisse: Option<String>,
     },
 }
 
@@ -563,6 +667,12 @@ enum AccreditationCmd {
         /// Every caisse's accreditations, as replicated from the federation.
         #[arg(long)]
         federation: bool,
+    },
+    /// Accreditations of this caisse ending soon, and why (a certificate).
+    Lapsing {
+        /// Within this many days.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
     },
 }
 
@@ -655,6 +765,9 @@ enum TokenCmd {
         /// The seat, for --role seat (seat-3 or 3).
         #[arg(long)]
         seat: Option<String>,
+        /// The producer, for --role producer (its page and its own dossier only).
+        #[arg(long)]
+        producer: Option<String>,
     },
     /// List tokens by id (the start of their hash: the tokens themselves
     /// are not kept) and role.
@@ -797,6 +910,53 @@ fn client(cli: &Cli) -> Result<Client> {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Init(args) => return init(&cli, args),
+        Command::Producer(ProducerCmd::Keygen { out }) => {
+            let (id, public) = dossier::keygen(out)?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({ "producer": id, "public_key": public, "key_file": out })
+                );
+            } else {
+                println!(
+                    "Producer key written to {} (keep it safe: whoever holds it speaks for your farm).",
+                    out.display()
+                );
+                println!("  producer id  {id}");
+                println!("  public key   {public}");
+                println!(
+                    "Give the producer id to your caisse; sign your dossier with `caisse producer sign --key {}`.",
+                    out.display()
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Producer(ProducerCmd::Sign {
+            key,
+            dossier: file,
+            out,
+            federation,
+        }) => {
+            let fed = FederationId::new(federation).map_err(|e| anyhow!("--federation: {e}"))?;
+            let (d, bytes) = dossier::sign(&dossier::read_key(key)?, file, &fed)?;
+            std::fs::write(out, hex::encode(&bytes))
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({ "producer": d.id(), "version": d.version, "out": out })
+                );
+            } else {
+                println!(
+                    "Dossier version {} of {} ({}) signed: {}",
+                    d.version,
+                    d.name,
+                    d.id(),
+                    out.display()
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Node => return node(&cli.data_dir).await,
         Command::Restore { file } => {
             let done = caisse_node::backup::restore(file, &cli.data_dir)
@@ -1290,6 +1450,40 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
         Command::Ledger(l) => return ledger(c, out, l).await,
         Command::Parliament(p) => return parliament(c, out, p).await,
         Command::Producer(p) => return producer(c, out, p).await,
+        Command::Accreditation(AccreditationCmd::Lapsing { days }) => {
+            let v: Value = c
+                .get(&format!("/api/v1/accreditations/lapsing?days={days}"))
+                .await?;
+            out.value(&v, |v| {
+                let rows = v
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|r| {
+                                vec![
+                                    s(&r["name"]),
+                                    s(&r["valid_until"]),
+                                    s(&r["days_left"]),
+                                    r["lapses_with"].as_str().unwrap_or("").to_owned(),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(&["name", "valid until", "days left", "ends with"], rows);
+            });
+        }
+        Command::TerritoryCentre { centre } => {
+            let v: Value = c
+                .post("/api/v1/territory-centre", &json!({ "centre": centre }))
+                .await?;
+            out.value(&v, |v| match v["territory_centre"].as_object() {
+                Some(_) => {
+                    println!("Territory centre set: producers' distances are computed from it.")
+                }
+                None => println!("Territory centre cleared: distances are unknown."),
+            });
+        }
         Command::Accreditation(AccreditationCmd::List { federation }) => {
             let v: Value = c
                 .get(&format!("/api/v1/accreditations?federation={federation}"))
@@ -1435,9 +1629,16 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             });
         }
         Command::Report(r) => return report(c, out, r).await,
-        Command::Token(TokenCmd::Create { role, seat }) => {
+        Command::Token(TokenCmd::Create {
+            role,
+            seat,
+            producer,
+        }) => {
             let v: Value = c
-                .post("/api/v1/tokens", &json!({ "role": role, "seat": seat }))
+                .post(
+                    "/api/v1/tokens",
+                    &json!({ "role": role, "seat": seat, "producer": producer }),
+                )
                 .await?;
             out.value(&v, |v| {
                 println!("{} token (shown once): {}", s(&v["role"]), s(&v["token"]));
@@ -1984,6 +2185,92 @@ fn print_proposal(p: &Value) {
         );
         println!("  decision {} signed by the caisse", s(&o["decision"]));
     }
+    let elsewhere = p["elsewhere"].as_array().map_or(&[][..], |a| a.as_slice());
+    if !elsewhere.is_empty() {
+        println!("  Other caisses' decisions about this producer:");
+        for e in elsewhere {
+            let scope: Vec<String> = e["scope"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| format!("{} {}%", s(&x["category"]), s(&x["coverage_pct"])))
+                .collect();
+            println!(
+                "    {}: {} from {} to {}{} — their criteria {} version {}: {}",
+                s(&e["caisse_name"]),
+                scope.join(", "),
+                s(&e["valid_from"]),
+                s(&e["valid_until"]),
+                if e["revoked"] == true {
+                    " (revoked)"
+                } else {
+                    ""
+                },
+                s(&e["their_criteria"]["name"]),
+                s(&e["their_criteria"]["version"]),
+                e["their_criteria"]["rule"]
+            );
+        }
+    }
+}
+
+/// A producer's page, as `producer page` prints it.
+fn print_producer_page(v: &Value) {
+    println!("{} ({})", s(&v["name"]), s(&v["producer"]));
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        println!("  WARNING: {}", s(w));
+    }
+    if let Some(d) = v["dossier"].as_object() {
+        println!(
+            "Dossier version {}, {} ({})",
+            s(&d["version"]),
+            s(&d["commune"]),
+            s(&d["postcode"])
+        );
+    }
+    println!("Accreditations:");
+    for a in v["accreditations"].as_array().into_iter().flatten() {
+        println!(
+            "  {}: {} from {} to {}{}",
+            s(&a["caisse_name"]),
+            s(&a["status"]),
+            s(&a["valid_from"]),
+            s(&a["valid_until"]),
+            a["lapses_with"]
+                .as_str()
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default()
+        );
+    }
+    println!("What each caisse's criteria require:");
+    for r in v["requirements"].as_array().into_iter().flatten() {
+        let verdict = if r["passed"] == true {
+            "met".to_owned()
+        } else {
+            let m: Vec<String> = r["missing"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(s)
+                .collect();
+            format!("missing: {}", m.join("; "))
+        };
+        println!(
+            "  {} — {}: {verdict}",
+            s(&r["caisse_name"]),
+            s(&r["criteria"])
+        );
+    }
+    println!("Sales through the allocation:");
+    for x in v["sales"].as_array().into_iter().flatten() {
+        println!(
+            "  {} {}: {} EUR in {} lines",
+            s(&x["period"]),
+            s(&x["caisse_name"]),
+            s(&x["amount"]),
+            s(&x["lines"])
+        );
+    }
 }
 
 async fn parliament(c: &Client, out: &Output, p: &ParliamentCmd) -> Result<ExitCode> {
@@ -2174,9 +2461,165 @@ async fn producer(c: &Client, out: &Output, p: &ProducerCmd) -> Result<ExitCode>
                 }
             });
         }
+        ProducerCmd::Keygen { .. } | ProducerCmd::Sign { .. } => {
+            unreachable!("handled offline before connecting")
+        }
+        ProducerCmd::Publish {
+            signed,
+            key,
+            dossier: file,
+            federation,
+        } => {
+            let hex_text = match (signed, key, file) {
+                (Some(p), _, _) => std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?
+                    .trim()
+                    .to_owned(),
+                (None, Some(k), Some(f)) => {
+                    let fed =
+                        FederationId::new(federation).map_err(|e| anyhow!("--federation: {e}"))?;
+                    hex::encode(dossier::sign(&dossier::read_key(k)?, f, &fed)?.1)
+                }
+                _ => bail!("give --signed FILE, or --key and --dossier to sign now"),
+            };
+            let v: Value = c
+                .post(
+                    "/api/v1/producers/dossiers",
+                    &json!({ "dossier": hex_text }),
+                )
+                .await?;
+            out.value(&v, |v| {
+                println!(
+                    "Dossier version {} of {} ({}) published: every caisse of the federation will see it.",
+                    s(&v["version"]),
+                    s(&v["name"]),
+                    s(&v["producer"])
+                );
+                if let Some(r) = v["review"].as_str() {
+                    println!("  {r}");
+                }
+            });
+        }
+        ProducerCmd::Adopt {
+            id,
+            siret,
+            commune,
+            postcode,
+            location,
+        } => {
+            let v: Value = c
+                .post(
+                    &format!("/api/v1/producers/{id}/adopt"),
+                    &json!({ "siret": siret, "commune": commune, "postcode": postcode, "location": location }),
+                )
+                .await?;
+            out.value(&v, |v| {
+                println!(
+                    "{} now has its own identity {} (key held by this caisse until `producer handover`); its accreditations were issued again for it.",
+                    s(&v["name"]),
+                    s(&v["producer"])
+                );
+            });
+        }
+        ProducerCmd::Handover { id, out: file } => {
+            let v: Value = c
+                .post(&format!("/api/v1/producers/{id}/handover"), &json!({}))
+                .await?;
+            dossier::write_key(file, &s(&v["key"]))?;
+            out.value(&json!({ "producer": v["producer"], "key_file": file }), |_| {
+                println!(
+                    "Key of {} written to {}: give it to the producer; this caisse no longer holds it.",
+                    s(&v["producer"]),
+                    file.display()
+                );
+            });
+        }
+        ProducerCmd::Dossier { id } => {
+            let v: Value = c.get(&format!("/api/v1/producers/{id}/dossier")).await?;
+            out.value(&v, |v| {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v["dossier"]).unwrap_or_default()
+                );
+            });
+        }
+        ProducerCmd::Page { id } => {
+            let path = match id {
+                Some(id) => format!("/api/v1/producers/{id}/page"),
+                None => "/api/v1/producer".to_owned(),
+            };
+            let v: Value = c.get(&path).await?;
+            out.value(&v, print_producer_page);
+        }
+        ProducerCmd::Registry {
+            category,
+            label,
+            max_km,
+            caisse,
+        } => {
+            let mut q = Vec::new();
+            for (k, v) in [("category", category), ("label", label), ("caisse", caisse)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={v}"));
+                }
+            }
+            if let Some(m) = max_km {
+                q.push(format!("max_km={m}"));
+            }
+            let v: Value = c
+                .get(&format!("/api/v1/registry/producers?{}", q.join("&")))
+                .await?;
+            out.value(&v, |v| {
+                let rows = v
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|p| {
+                                let by: Vec<String> = p["accredited_by"]
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .filter(|a| a["status"] == "active")
+                                    .map(|a| {
+                                        format!(
+                                            "{} until {}",
+                                            s(&a["caisse_name"]),
+                                            s(&a["valid_until"])
+                                        )
+                                    })
+                                    .collect();
+                                vec![
+                                    s(&p["producer"]),
+                                    s(&p["name"]),
+                                    s(&p["commune"]),
+                                    p["distance_km"]
+                                        .as_u64()
+                                        .map_or("—".into(), |d| format!("{d} km")),
+                                    by.join("; "),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(
+                    &["producer", "name", "commune", "distance", "accredited by"],
+                    rows,
+                );
+            });
+        }
         ProducerCmd::Evaluate { id } => {
             let v: Value = c.get(&format!("/api/v1/producers/{id}/evaluation")).await?;
             out.value(&v, |v| {
+                if let Some(src) = v["source"].as_str() {
+                    println!(
+                        "Producer {} ({src}{}):",
+                        s(&v["producer"]),
+                        v["distance_km"]
+                            .as_u64()
+                            .map(|d| format!(", {d} km from our territory"))
+                            .unwrap_or_default()
+                    );
+                }
                 let e = &v["evaluation"];
                 println!(
                     "Against criteria {} version {}:",
@@ -2189,6 +2632,14 @@ async fn producer(c: &Client, out: &Output, p: &ProducerCmd) -> Result<ExitCode>
                 }
                 if e["passed"] == true {
                     println!("Meets the criteria.");
+                    if let Some(l) = v["would_lapse_with"].as_object() {
+                        println!(
+                            "  An accreditation would end on {}, with certificate {} ({}).",
+                            s(&l["day"]),
+                            s(&l["certificate"]),
+                            s(&l["label"])
+                        );
+                    }
                 } else {
                     println!("Does not meet the criteria:");
                     for f in e["failures"].as_array().into_iter().flatten() {

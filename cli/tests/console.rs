@@ -403,6 +403,36 @@ fn the_console_in_a_real_browser() {
     }
     sign_out(&b);
 
+    // A producer signs in with the token its caisse issued and sees its own
+    // page: where it is accredited and until when; nothing else opens.
+    let gaec = ok(&d.dir, &["producer", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| s(&p["name"]) == "GAEC des Collines")
+        .map(|p| s(&p["id"]))
+        .expect("the demo's producer");
+    let producer_token = s(&ok(
+        &d.dir,
+        &["token", "create", "--role", "producer", "--producer", &gaec],
+    )["token"]);
+    sign_in_token(&b, base, &producer_token);
+    b.wait_text("Where I am accredited");
+    let page = b.body_text();
+    assert!(page.contains("GAEC des Collines"), "{page}");
+    assert!(page.contains("active"), "{page}");
+    let producer_cookie = b.cookie("caisse_session").expect("cookie");
+    for page in ["/treasury", "/member", "/till", "/parliament"] {
+        let (status, _) = http(
+            "GET",
+            &format!("{base}{page}"),
+            Some(&producer_cookie),
+            None,
+        );
+        assert_eq!(status, 403, "producer token on {page}");
+    }
+    sign_out(&b);
+
     // The public registry lists the accreditation voted through the CLI.
     b.goto(&format!("{base}/registry"));
     b.wait_text("GAEC des Collines");

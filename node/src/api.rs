@@ -223,7 +223,13 @@ impl Auth {
                 "an outlet token may only submit purchases",
             )),
             Role::Seat { .. } => Err(Auth::seat_token()),
+            Role::Producer { .. } => Err(Auth::producer_token()),
         }
+    }
+    fn producer_token() -> ApiError {
+        ApiError::forbidden(
+            "a producer token opens the producer's own page (GET /api/v1/producer) and publishes its own dossier, nothing else",
+        )
     }
     /// Reads of member accounts (the journal, the audit): the admin as
     /// stored, the auditor under pseudonyms; `Ok(true)` when the answer
@@ -239,6 +245,7 @@ impl Auth {
                 "an outlet token may only submit purchases",
             )),
             Role::Seat { .. } => Err(Auth::seat_token()),
+            Role::Producer { .. } => Err(Auth::producer_token()),
         }
     }
 }
@@ -294,6 +301,21 @@ pub fn routes() -> Router<App> {
         )
         .route("/api/v1/producers/{id}", get(show_producer))
         .route("/api/v1/producers/{id}/evaluation", get(evaluate_producer))
+        .route("/api/v1/producers/dossiers", post(submit_dossier))
+        .route("/api/v1/producers/{id}/dossier", get(show_dossier))
+        .route("/api/v1/producers/{id}/page", get(producer_page_of))
+        .route("/api/v1/producers/{id}/adopt", post(adopt_producer))
+        .route(
+            "/api/v1/producers/{id}/handover",
+            post(hand_over_producer_key),
+        )
+        .route("/api/v1/producer", get(own_producer_page))
+        .route("/api/v1/registry/producers", get(producer_registry))
+        .route(
+            "/api/v1/accreditations/lapsing",
+            get(lapsing_accreditations),
+        )
+        .route("/api/v1/territory-centre", post(set_territory_centre))
         .route("/api/v1/accreditations", get(list_accreditations))
         .route("/api/v1/criteria", get(show_criteria))
         .route("/api/v1/report", get(report))
@@ -707,6 +729,7 @@ async fn purchase(
             ));
         }
         Role::Seat { .. } => return Err(Auth::seat_token()),
+        Role::Producer { .. } => return Err(Auth::producer_token()),
     }
     tracing::debug!(caisse = %s.caisse_id.short(), purchase = %input.id, "purchase");
     crate::app::sell(&s, input, &client.0)
@@ -920,6 +943,8 @@ struct TokenBody {
     role: String,
     #[serde(default)]
     seat: Option<String>,
+    #[serde(default)]
+    producer: Option<String>,
 }
 
 async fn new_token(
@@ -932,6 +957,17 @@ async fn new_token(
         "observer" => Role::Observer,
         "auditor" => Role::Auditor,
         "admin" => Role::Admin,
+        "producer" => {
+            let producer: caisse_protocol::ProducerId = parse(
+                "producer id",
+                b.producer.as_deref().ok_or_else(|| {
+                    ApiError::bad_request(
+                        "a producer token names its producer: give \"producer\": \"prod_…\"",
+                    )
+                })?,
+            )?;
+            Role::Producer { producer }
+        }
         "seat" => {
             let seat = parse_seat(b.seat.as_deref().ok_or_else(|| {
                 ApiError::bad_request("a seat token names its seat: give \"seat\": \"seat-3\"")
@@ -951,7 +987,7 @@ async fn new_token(
         }
         other => {
             return Err(ApiError::bad_request(format!(
-                "role {other:?}: use observer, auditor, admin or seat (outlet tokens come with `outlet register`)"
+                "role {other:?}: use observer, auditor, admin, seat or producer (outlet tokens come with `outlet register`)"
             )));
         }
     };
@@ -959,6 +995,9 @@ async fn new_token(
     Ok(Json(
         json!({ "role": b.role, "token": token, "seat": match role {
         Role::Seat { seat } => Some(format!("seat-{seat}")),
+        _ => None,
+    }, "producer": match role {
+        Role::Producer { producer } => Some(producer.to_string()),
         _ => None,
     } }),
     ))
@@ -1398,17 +1437,337 @@ async fn evaluate_producer(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     auth.reader()?;
     let id: caisse_protocol::ProducerId = parse("producer id", &id)?;
+    // A producer not registered here is judged on its dossier from the federation.
+    let carried = s.federation.snapshot().dossier(&id).cloned();
     let out = s
         .handle
-        .read(move |c, _| {
-            let e = c.evaluate_producer(&id)?;
+        .read(move |c, now| {
+            let today = Day::from_unix(now);
+            let centre = c.policy().territory_centre;
             let crit = c.conventions().criteria().map(|r| {
                 json!({ "name": r.version.criteria.name, "version": r.version.criteria.version, "hash": r.hash })
             });
-            Ok(json!({ "producer": id, "criteria": crit, "evaluation": e }))
+            let (e, source, dossier) = match (c.conventions().producer(&id), carried) {
+                (Some(p), _) => (
+                    c.evaluate_producer(&id, today)?,
+                    "registered here",
+                    p.dossier.as_ref().map(|h| h.dossier.clone()),
+                ),
+                (None, Some(d)) => {
+                    let criteria = c.conventions().criteria().ok_or_else(|| {
+                        CaisseError::Conflict(
+                            "no criteria adopted yet: the parliament must first pass a criteria proposal".into(),
+                        )
+                    })?;
+                    (
+                        criteria
+                            .version
+                            .criteria
+                            .evaluate(&d.dossier.attributes_on(today, centre.as_ref())),
+                        "dossier from the federation",
+                        Some(d.dossier),
+                    )
+                }
+                (None, None) => {
+                    return Err(CaisseError::NotFound {
+                        what: "producer",
+                        id: id.to_string(),
+                    });
+                }
+            };
+            let lapse = match (&dossier, c.conventions().criteria()) {
+                (Some(d), Some(cr)) => d
+                    .relies_until(&cr.version.criteria, today, centre.as_ref())
+                    .map(|(day, cert)| json!({ "day": day, "certificate": cert.number, "label": cert.label })),
+                _ => None,
+            };
+            Ok(json!({
+                "producer": id, "criteria": crit, "evaluation": e, "source": source,
+                "dossier_version": dossier.as_ref().map(|d| d.version),
+                "distance_km": dossier.as_ref().and_then(|d| centre.map(|c| d.location.distance_km(&c))),
+                "would_lapse_with": lapse,
+            }))
         })
         .await?;
     Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+struct DossierBody {
+    /// The producer's signed dossier: its envelope's bytes, hex.
+    dossier: String,
+}
+
+/// A producer's signed dossier, from the producer (its token) or the desk
+/// (admin): verified against the producer's key, then carried in this
+/// caisse's federation document.
+async fn submit_dossier(
+    State(s): State<App>,
+    auth: Auth,
+    Body(b): Body<DossierBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let bytes = hex::decode(b.dossier.trim()).map_err(|_| {
+        ApiError::bad_request("\"dossier\" is the signed dossier's bytes in hex (as `caisse producer sign` writes them)")
+    })?;
+    let envelope = caisse_protocol::Envelope::from_bytes(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("not a signed statement: {e}")))?;
+    let opened = envelope.open::<caisse_protocol::producer::ProducerDossier>(&s.config.federation);
+    let dossier = match opened {
+        Ok(v) => v.message,
+        Err(e) => {
+            tracing::warn!(target: "caisse::security", caisse = %s.caisse_id.short(), error = %e, "refused a producer dossier");
+            return Err(ApiError::bad_request(format!(
+                "producer dossier refused: {e} (a dossier is signed by the producer's own key: `caisse producer sign --key`)"
+            )));
+        }
+    };
+    match &auth.0 {
+        Role::Admin => {}
+        Role::Producer { producer } if *producer == dossier.id() => {}
+        Role::Producer { .. } => {
+            return Err(ApiError::forbidden(
+                "this producer token may only publish its own producer's dossier",
+            ));
+        }
+        _ => {
+            return Err(ApiError::forbidden(
+                "publishing a dossier needs the admin token or the producer's own token",
+            ));
+        }
+    }
+    let rec = reply!(
+        s.handle.execute(Command::RecordDossier { envelope }).await,
+        Reply::Producer
+    )?;
+    Ok(Json(json!({
+        "producer": rec.id, "name": rec.name,
+        "version": rec.dossier.as_ref().map(|h| h.dossier.version),
+        "review": rec.dossier.as_ref().and_then(|h| h.review.clone()),
+    })))
+}
+
+/// The newest dossier of a producer known here (held, or carried by another caisse).
+async fn show_dossier(
+    State(s): State<App>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id: caisse_protocol::ProducerId = parse("producer id", &id)?;
+    match &auth.0 {
+        Role::Producer { producer } if *producer == id => {}
+        _ => auth.reader()?,
+    }
+    let carried = s.federation.snapshot().dossier(&id).cloned();
+    let held = s
+        .handle
+        .read(move |c, _| {
+            Ok(c.conventions()
+                .producer(&id)
+                .and_then(|r| r.dossier.clone()))
+        })
+        .await?;
+    let best = match (held, carried) {
+        (Some(h), Some(d)) if d.dossier.version > h.dossier.version => Some(d.dossier),
+        (Some(h), _) => Some(h.dossier),
+        (None, Some(d)) => Some(d.dossier),
+        (None, None) => None,
+    };
+    match best {
+        Some(d) => Ok(Json(json!({ "producer": id, "dossier": d }))),
+        None => Err(CaisseError::NotFound {
+            what: "producer dossier",
+            id: id.to_string(),
+        }
+        .into()),
+    }
+}
+
+async fn producer_page(
+    s: &App,
+    producer: caisse_protocol::ProducerId,
+) -> Result<crate::producers::ProducerPage, ApiError> {
+    let view = s.federation.snapshot();
+    let (local, today) = s
+        .handle
+        .read(move |c, now| {
+            Ok((
+                crate::producers::local_side(c, producer)?,
+                Day::from_unix(now),
+            ))
+        })
+        .await?;
+    Ok(crate::producers::page(&view, &local, producer, today))
+}
+
+/// The producer's own page: open with its producer token.
+async fn own_producer_page(
+    State(s): State<App>,
+    auth: Auth,
+) -> Result<Json<crate::producers::ProducerPage>, ApiError> {
+    let Role::Producer { producer } = auth.0 else {
+        return Err(ApiError::forbidden(
+            "this is the producer's own page: sign in with the producer token the caisse issued (`caisse token new --role producer --producer prod_…`)",
+        ));
+    };
+    Ok(Json(producer_page(&s, producer).await?))
+}
+
+/// A producer's page as the caisse's staff and committee see it.
+async fn producer_page_of(
+    State(s): State<App>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<crate::producers::ProducerPage>, ApiError> {
+    auth.reader()?;
+    let id: caisse_protocol::ProducerId = parse("producer id", &id)?;
+    Ok(Json(producer_page(&s, id).await?))
+}
+
+/// Producers of the federation: by producer, who accredits it under what;
+/// filters by category, label, distance and accrediting caisse.
+async fn producer_registry(
+    State(s): State<App>,
+    auth: Auth,
+    Query(f): Query<crate::producers::RegistryFilter>,
+) -> Result<Json<Vec<crate::producers::RegistryRow>>, ApiError> {
+    auth.reader()?;
+    let view = s.federation.snapshot();
+    let (local, today) = s
+        .handle
+        .read(move |c, now| {
+            let profile: caisse_core::caisse::Profile = caisse_core::store::decode_value(
+                caisse_core::store::keys::PROFILE,
+                &c.read(caisse_core::store::keys::PROFILE)?
+                    .unwrap_or_default(),
+            )?;
+            Ok((
+                crate::producers::Local {
+                    id: c.caisse_id(),
+                    name: profile.name,
+                    criteria: None,
+                    centre: c.policy().territory_centre,
+                    record: None,
+                    accreditations: Vec::new(),
+                    sales: Vec::new(),
+                },
+                Day::from_unix(now),
+            ))
+        })
+        .await?;
+    Ok(Json(crate::producers::registry(&view, &local, today, &f)))
+}
+
+#[derive(Deserialize)]
+struct LapsingQuery {
+    #[serde(default = "default_warn_days")]
+    days: u32,
+}
+
+fn default_warn_days() -> u32 {
+    crate::producers::WARN_DAYS
+}
+
+/// This caisse's accreditations ending within `days` (default 30), and why.
+async fn lapsing_accreditations(
+    State(s): State<App>,
+    auth: Auth,
+    Query(q): Query<LapsingQuery>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    auth.reader()?;
+    let days = q.days.min(3660);
+    let out = s
+        .handle
+        .read(move |c, now| {
+            Ok(crate::producers::lapsing(
+                &c.conventions().all(),
+                Day::from_unix(now),
+                days,
+            ))
+        })
+        .await?;
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+struct AdoptBody {
+    siret: String,
+    commune: String,
+    postcode: String,
+    /// `LAT,LON` of the commune's centre.
+    location: String,
+}
+
+/// Give a producer registered before producers had keys an identity held
+/// by the caisse until the producer claims it.
+async fn adopt_producer(
+    State(s): State<App>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Body(b): Body<AdoptBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.admin()?;
+    let producer: caisse_protocol::ProducerId = parse("producer id", &id)?;
+    let adoption = crate::conventionnement::Adoption {
+        siret: b.siret,
+        commune: b.commune,
+        postcode: b.postcode,
+        location: caisse_protocol::producer::GeoPoint::parse(&b.location)
+            .map_err(ApiError::bad_request)?,
+    };
+    let rec = reply!(
+        s.handle
+            .execute(Command::AdoptProducer { producer, adoption })
+            .await,
+        Reply::Producer
+    )?;
+    Ok(Json(
+        json!({ "producer": rec.id, "legacy_id": rec.legacy_id, "name": rec.name }),
+    ))
+}
+
+/// Hand the held key over to its producer, once.
+async fn hand_over_producer_key(
+    State(s): State<App>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.admin()?;
+    let producer: caisse_protocol::ProducerId = parse("producer id", &id)?;
+    let key = reply!(
+        s.handle
+            .execute(Command::HandOverProducerKey { producer })
+            .await,
+        Reply::Token
+    )?;
+    tracing::info!(target: "caisse::security", caisse = %s.caisse_id.short(), producer = %producer, "producer key handed over");
+    Ok(Json(json!({ "producer": producer, "key": key })))
+}
+
+#[derive(Deserialize)]
+struct CentreBody {
+    /// `LAT,LON` in degrees, or empty to clear.
+    centre: String,
+}
+
+/// Set the point producers' distances are computed from.
+async fn set_territory_centre(
+    State(s): State<App>,
+    auth: Auth,
+    Body(b): Body<CentreBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.admin()?;
+    let centre = if b.centre.trim().is_empty() {
+        None
+    } else {
+        Some(caisse_protocol::producer::GeoPoint::parse(&b.centre).map_err(ApiError::bad_request)?)
+    };
+    reply!(
+        s.handle
+            .execute(Command::SetTerritoryCentre { centre })
+            .await,
+        Reply::Count
+    )?;
+    Ok(Json(json!({ "territory_centre": centre })))
 }
 
 #[derive(Deserialize, Default)]

@@ -41,6 +41,9 @@ pub const K_REVOCATIONS: &str = "revocations";
 pub const K_RECOGNISED: &str = "recognised";
 pub const K_SETTLEMENT: &str = "settlement";
 pub const K_CLAIMS: &str = "claims";
+pub const K_DOSSIERS: &str = "dossiers";
+pub const K_SALES: &str = "sales";
+pub const K_LOCATION: &str = "location";
 
 /// Rounds of one sync session before giving up.
 pub const MAX_SYNC_ROUNDS: usize = 32;
@@ -58,6 +61,13 @@ pub fn ensure_map(
         Some((Value::Object(ObjType::Map), id)) => Ok(id),
         _ => doc.put_object(ROOT, key, ObjType::Map),
     }
+}
+
+fn map_absent(doc: &AutoCommit, key: &str) -> bool {
+    !matches!(
+        doc.get(ROOT, key),
+        Ok(Some((Value::Object(ObjType::Map), _)))
+    )
 }
 
 pub fn bytes_at(doc: &AutoCommit, obj: &automerge::ObjId, key: &str) -> Option<Vec<u8>> {
@@ -87,13 +97,25 @@ pub fn apply_statements(
             changed = true;
         }
     }
+    if let Some(bytes) = &published.location
+        && bytes_at(doc, &ROOT, K_LOCATION).as_deref() != Some(&bytes[..])
+    {
+        doc.put(ROOT, K_LOCATION, ScalarValue::Bytes(bytes.clone()))?;
+        changed = true;
+    }
     for (name, entries) in [
         (K_CRITERIA, &published.criteria),
         (K_ACCREDITATIONS, &published.accreditations),
         (K_REVOCATIONS, &published.revocations),
         (K_SETTLEMENT, &published.settlement),
         (K_CLAIMS, &published.claims),
+        (K_DOSSIERS, &published.dossiers),
+        (K_SALES, &published.sales),
     ] {
+        if entries.is_empty() && [K_DOSSIERS, K_SALES].contains(&name) && map_absent(doc, name) {
+            // Documents without dossiers or sales keep the shape they had.
+            continue;
+        }
         let obj = ensure_map(doc, name)?;
         for (key, bytes) in entries {
             if bytes_at(doc, &obj, key).as_deref() != Some(&bytes[..]) {
@@ -123,6 +145,7 @@ pub fn published_in(doc: &AutoCommit) -> Published {
     if let Ok(Some((Value::Scalar(s), _))) = doc.get(ROOT, K_PROFILE) {
         p.profile = s.as_bytes().map(<[u8]>::to_vec);
     }
+    p.location = bytes_at(doc, &ROOT, K_LOCATION);
     let map = |key: &str| match doc.get(ROOT, key) {
         Ok(Some((Value::Object(ObjType::Map), id))) => Some(id),
         _ => None,
@@ -133,6 +156,8 @@ pub fn published_in(doc: &AutoCommit) -> Published {
         (K_REVOCATIONS, &mut p.revocations),
         (K_SETTLEMENT, &mut p.settlement),
         (K_CLAIMS, &mut p.claims),
+        (K_DOSSIERS, &mut p.dossiers),
+        (K_SALES, &mut p.sales),
     ] {
         if let Some(obj) = map(name) {
             for k in doc.keys(&obj) {
@@ -266,6 +291,74 @@ mod tests {
         let view = read_document(&doc, &id, &fed());
         assert_eq!(view.accreditations.len(), 1);
         assert_eq!(view.invalid_statements, 1);
+    }
+
+    #[test]
+    fn a_dossier_not_signed_by_its_producer_is_ignored_in_any_document() {
+        use caisse_protocol::producer::{GeoPoint, ProducerDossier, Product};
+        let owner = SecretKey::from_bytes([1; 32]);
+        let id = owner.caisse_id();
+        let farmer = SecretKey::from_bytes([7; 32]);
+        let thief = SecretKey::from_bytes([8; 32]);
+        let d = ProducerDossier {
+            producer: farmer.public(),
+            version: 1,
+            name: "Ferme".into(),
+            siret: "73282932000074".into(),
+            commune: "Ganges".into(),
+            postcode: "34190".into(),
+            location: GeoPoint::parse("43.9340,3.7080").unwrap(),
+            products: vec![Product {
+                name: "Oignons".into(),
+                category: Category::new("fresh-produce").unwrap(),
+            }],
+            certificates: vec![],
+            practices: Default::default(),
+            price_fairness_pct: None,
+            origin: None,
+            evidence: vec![],
+            issued_at: 1,
+        };
+        let mut st = Statements::default();
+        st.dossiers
+            .insert(d.id(), Envelope::seal(&farmer, &fed(), &d).unwrap());
+        let mut doc = new_document(&id);
+        assert!(apply_statements(&mut doc, &st).unwrap());
+        let view = read_document(&doc, &id, &fed());
+        assert_eq!(
+            view.dossiers.len(),
+            1,
+            "carried by the caisse, signed by the farmer"
+        );
+        assert_eq!(view.invalid_statements, 0);
+        // A newer version signed by someone else, under the farmer's id.
+        let mut forged = d.clone();
+        forged.version = 2;
+        let fenv = Envelope::seal(&thief, &fed(), &forged).unwrap();
+        let obj = ensure_map(&mut doc, K_DOSSIERS).unwrap();
+        doc.put(
+            &obj,
+            d.id().to_string(),
+            ScalarValue::Bytes(fenv.to_bytes().unwrap()),
+        )
+        .unwrap();
+        let view = read_document(&doc, &id, &fed());
+        assert!(view.dossiers.is_empty(), "the forged version is not read");
+        assert_eq!(view.invalid_statements, 1);
+        // A genuine dossier filed under another producer's id is refused too.
+        let obj = ensure_map(&mut doc, K_DOSSIERS).unwrap();
+        doc.put(
+            &obj,
+            ProducerId::from_bytes([1; 16]).to_string(),
+            ScalarValue::Bytes(
+                Envelope::seal(&farmer, &fed(), &d)
+                    .unwrap()
+                    .to_bytes()
+                    .unwrap(),
+            ),
+        )
+        .unwrap();
+        assert_eq!(read_document(&doc, &id, &fed()).invalid_statements, 2);
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod ids;
 pub mod messages;
 pub mod netting;
 pub mod pin_seal;
+pub mod producer;
 pub mod rpc;
 pub mod signed;
 pub mod text;

@@ -210,6 +210,12 @@ pub enum MessageKind {
     Decision,
     /// [`crate::messages::DocumentHeads`]
     DocumentHeads,
+    /// [`crate::producer::ProducerDossier`]
+    ProducerDossier,
+    /// [`crate::producer::ProducerSales`]
+    ProducerSales,
+    /// [`crate::producer::CaisseLocation`]
+    CaisseLocation,
 }
 
 impl MessageKind {
@@ -229,6 +235,9 @@ impl MessageKind {
             MessageKind::TransferSettled => "transfer-settled",
             MessageKind::Decision => "decision",
             MessageKind::DocumentHeads => "document-heads",
+            MessageKind::ProducerDossier => "producer-dossier",
+            MessageKind::ProducerSales => "producer-sales",
+            MessageKind::CaisseLocation => "caisse-location",
         }
     }
 }

@@ -1004,6 +1004,15 @@ impl Caisse {
                 )));
             }
         }
+        // Sales at our outlets that name producers count towards the
+        // producers' monthly totals.
+        match &kind {
+            EntryKind::Purchase { lines, period, .. }
+            | EntryKind::CrossSale { lines, period, .. } => {
+                self.record_sales(*period, lines)?;
+            }
+            _ => {}
+        }
         let seq = self.head.next_seq;
         let entry = JournalEntry {
             seq,

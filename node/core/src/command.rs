@@ -10,7 +10,7 @@
 use caisse_protocol::criteria::Attributes;
 use caisse_protocol::{
     Amount, CaisseId, CardId, Category, ContentId, Day, Envelope, MemberId, OutletId, Period,
-    ProposalId, PurchaseId,
+    ProducerId, ProposalId, PurchaseId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -217,6 +217,31 @@ pub enum Command {
         /// Declared attributes.
         attributes: Attributes,
     },
+    /// Take in a producer's signed dossier (verified against the producer's
+    /// key; newer than the version held) and carry it in our document.
+    RecordDossier {
+        /// The producer's signed [`caisse_protocol::producer::ProducerDossier`].
+        envelope: Envelope,
+    },
+    /// Give a producer registered before producers had keys an identity
+    /// (a key the caisse holds until the producer claims it).
+    AdoptProducer {
+        /// The old record.
+        producer: ProducerId,
+        /// Its business details.
+        adoption: crate::conventionnement::Adoption,
+    },
+    /// Hand the held key over to its producer (once).
+    HandOverProducerKey {
+        /// The producer identity.
+        producer: ProducerId,
+    },
+    /// Set the centre of the caisse's territory, from which producers'
+    /// distances are computed.
+    SetTerritoryCentre {
+        /// The centre (none: distances unknown).
+        centre: Option<caisse_protocol::producer::GeoPoint>,
+    },
     /// Sign this period's settlement statements and answer the others'.
     RunSettlement {
         /// The period.
@@ -299,7 +324,7 @@ pub enum Reply {
     Proposal(Box<Proposal>),
     /// [`Command::Vote`].
     Vote(VoteRecorded),
-    /// [`Command::RegisterProducer`].
+    /// [`Command::RegisterProducer`], [`Command::RecordDossier`].
     Producer(Box<ProducerRecord>),
     /// [`Command::RunSettlement`].
     Settlement(SettlementRun),
@@ -374,6 +399,10 @@ impl Command {
             Command::Vote { .. } => "vote",
             Command::CloseProposal { .. } => "close_proposal",
             Command::RegisterProducer { .. } => "register_producer",
+            Command::RecordDossier { .. } => "record_dossier",
+            Command::AdoptProducer { .. } => "adopt_producer",
+            Command::HandOverProducerKey { .. } => "hand_over_producer_key",
+            Command::SetTerritoryCentre { .. } => "set_territory_centre",
             Command::RunSettlement { .. } => "run_settlement",
             Command::RecordResent { .. } => "record_resent",
             Command::RecordTransfer { .. } => "record_transfer",
@@ -539,6 +568,21 @@ impl Caisse {
             }
             Command::RegisterProducer { name, attributes } => {
                 Reply::Producer(Box::new(self.register_producer(&name, attributes, today)?))
+            }
+            Command::RecordDossier { envelope } => {
+                Reply::Producer(Box::new(self.record_dossier(envelope, today)?))
+            }
+            Command::AdoptProducer { producer, adoption } => Reply::Producer(Box::new(
+                self.adopt_producer(producer, adoption, today, now)?,
+            )),
+            Command::HandOverProducerKey { producer } => {
+                Reply::Token(self.hand_over_producer_key(producer)?)
+            }
+            Command::SetTerritoryCentre { centre } => {
+                let mut policy = self.policy.clone();
+                policy.territory_centre = centre;
+                self.set_policy(policy)?;
+                Reply::Count(u64::from(centre.is_some()))
             }
             Command::RunSettlement { period } => {
                 Reply::Settlement(self.run_settlement(period, now)?)

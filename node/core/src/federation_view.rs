@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use caisse_protocol::criteria::{Criteria, Rule};
 use caisse_protocol::encoding;
 use caisse_protocol::messages::{Accreditation, CaisseProfile, Revocation, Subject};
+use caisse_protocol::producer::{ProducerDossier, ProducerSales};
 use caisse_protocol::rpc::MAX_RPC_SIZE;
 use caisse_protocol::{CaisseId, Category, ContentId, Day, Envelope, FederationId, ProducerId};
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,22 @@ pub struct Statements {
     pub settlement: BTreeMap<String, Envelope>,
     /// Purchase ids of the receipts held as host, per period.
     pub claims: BTreeMap<String, Vec<caisse_protocol::PurchaseId>>,
+    /// Producers' own signed dossiers this caisse carries, by producer.
+    pub dossiers: BTreeMap<ProducerId, Envelope>,
+    /// Signed monthly sales totals of producers at this caisse's outlets.
+    pub sales: BTreeMap<caisse_protocol::Period, Envelope>,
+    /// Its signed territory centre.
+    pub location: Option<Envelope>,
+}
+
+/// A producer's dossier as carried in some caisse's document: verified
+/// against the producer's own key, whoever carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedDossier {
+    /// The dossier.
+    pub dossier: ProducerDossier,
+    /// The producer's signed statement, as published.
+    pub envelope: Envelope,
 }
 
 /// An accreditation published by some caisse, as seen here.
@@ -79,6 +96,15 @@ pub struct PeerCaisse {
     pub transfers: Vec<(ContentId, caisse_protocol::messages::TransferSettled)>,
     /// Purchase ids of the receipts it holds, per period.
     pub claims: BTreeMap<String, Vec<caisse_protocol::PurchaseId>>,
+    /// Producers' dossiers it carries (each signed by its producer).
+    #[serde(default)]
+    pub dossiers: Vec<CarriedDossier>,
+    /// Its monthly sales totals of producers at its outlets.
+    #[serde(default)]
+    pub sales: Vec<ProducerSales>,
+    /// Its territory's centre.
+    #[serde(default)]
+    pub location: Option<caisse_protocol::producer::GeoPoint>,
 }
 
 /// Everything known of the federation, shared read-mostly.
@@ -158,6 +184,15 @@ impl FederationView {
             .max()
     }
 
+    /// The newest dossier of `producer` any caisse carries.
+    pub fn dossier(&self, producer: &ProducerId) -> Option<&CarriedDossier> {
+        self.caisses
+            .values()
+            .flat_map(|p| p.dossiers.iter())
+            .filter(|d| d.dossier.id() == *producer)
+            .max_by_key(|d| d.dossier.version)
+    }
+
     /// Every accreditation of the federation, with its issuer.
     pub fn all_accreditations(&self) -> Vec<&PublishedAccreditation> {
         self.caisses
@@ -188,6 +223,12 @@ pub struct Published {
     pub settlement: BTreeMap<String, Vec<u8>>,
     /// Encoded purchase-id lists of the receipts held, by period.
     pub claims: BTreeMap<String, Vec<u8>>,
+    /// Producers' signed dossiers, by producer id.
+    pub dossiers: BTreeMap<String, Vec<u8>>,
+    /// Signed monthly sales totals, by period.
+    pub sales: BTreeMap<String, Vec<u8>>,
+    /// The signed territory centre.
+    pub location: Option<Vec<u8>>,
 }
 
 impl Statements {
@@ -227,6 +268,17 @@ impl Statements {
                     )
                 })
                 .collect(),
+            dossiers: self
+                .dossiers
+                .iter()
+                .map(|(id, e)| (id.to_string(), bytes(e)))
+                .collect(),
+            sales: self
+                .sales
+                .iter()
+                .map(|(p, e)| (p.to_string(), bytes(e)))
+                .collect(),
+            location: self.location.as_ref().map(bytes),
         }
     }
 }
@@ -330,6 +382,33 @@ impl Published {
                     p.claims.insert(k.clone(), ids);
                 }
                 Err(_) => invalid += 1,
+            }
+        }
+        for (k, b) in &self.dossiers {
+            // Signed by the producer, not by the caisse carrying it.
+            let opened = Envelope::from_bytes(b)
+                .ok()
+                .and_then(|e| Some((e.open::<ProducerDossier>(federation).ok()?, e)));
+            match opened {
+                Some((v, envelope)) if v.message.id().to_string() == *k => {
+                    p.dossiers.push(CarriedDossier {
+                        dossier: v.message,
+                        envelope,
+                    })
+                }
+                _ => invalid += 1,
+            }
+        }
+        if let Some(b) = &self.location {
+            match open_bytes::<caisse_protocol::producer::CaisseLocation>(b, federation, owner) {
+                Some((_, l)) => p.location = Some(l.centre),
+                None => invalid += 1,
+            }
+        }
+        for (k, b) in &self.sales {
+            match open_bytes::<ProducerSales>(b, federation, owner) {
+                Some((_, s)) if s.period.to_string() == *k => p.sales.push(s),
+                _ => invalid += 1,
             }
         }
         p.invalid_statements = invalid;

@@ -15,6 +15,8 @@
 //! - [`command`]: commands and replies as data; `Caisse::execute`.
 //! - [`parliament`]: seats, proposals, votes, signed decisions.
 //! - [`conventionnement`]: producers, criteria versions, accreditations.
+//! - [`sales`]: producers' monthly sales totals at our outlets, signed for
+//!   the federation.
 //! - [`sepa`]: bank details (IBAN checked) and the pain.001 file of payouts.
 //! - [`settlement`]: cross-caisse purchases, receipts, statements, netting.
 //! - [`view`]: reads (`Reads`) over the caisse or over a `View` off the
@@ -37,6 +39,7 @@ pub mod members;
 pub mod parliament;
 pub mod policy;
 pub mod report;
+pub mod sales;
 pub mod sepa;
 pub mod settlement;
 pub mod store;
@@ -44,3 +47,5 @@ pub mod view;
 
 #[cfg(test)]
 mod atomicity_tests;
+#[cfg(test)]
+mod producer_tests;

@@ -249,6 +249,13 @@ pub enum Role {
     /// The treasurer's accountant: verifies the ledger and sees member
     /// accounts under stable pseudonyms, never names, cards or incomes.
     Auditor,
+    /// A producer: its own page (accreditations across the federation,
+    /// what each caisse's criteria require, its sales per caisse and
+    /// month) and publishing its own signed dossier; nothing else.
+    Producer {
+        /// The producer.
+        producer: caisse_protocol::ProducerId,
+    },
 }
 
 /// The storage key of a token (by its hash; the token itself is never stored).

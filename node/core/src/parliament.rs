@@ -207,6 +207,34 @@ pub struct Proposal {
     pub votes: BTreeMap<u32, Choice>,
     /// Set once closed.
     pub outcome: Option<Outcome>,
+    /// For a producer's accreditation: what the other caisses decided about
+    /// the same producer, with their criteria, when the proposal was made.
+    #[serde(default)]
+    pub elsewhere: Vec<Elsewhere>,
+}
+
+/// Another caisse's accreditation of the producer a proposal is about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Elsewhere {
+    /// The caisse.
+    pub caisse: caisse_protocol::CaisseId,
+    /// Its name.
+    pub caisse_name: String,
+    /// The accreditation.
+    pub accreditation: caisse_protocol::ContentId,
+    /// Categories and coverage rates.
+    pub scope: Vec<caisse_protocol::messages::ScopeItem>,
+    /// First day of validity.
+    pub valid_from: Day,
+    /// Last day of validity.
+    pub valid_until: Day,
+    /// Whether it has been revoked.
+    pub revoked: bool,
+    /// The hash of the criteria version it was judged against.
+    pub criteria: caisse_protocol::ContentId,
+    /// That caisse's current criteria (name, version, rule), to compare
+    /// with ours side by side.
+    pub their_criteria: Option<caisse_protocol::criteria::Criteria>,
 }
 
 /// What a vote did.
@@ -348,7 +376,25 @@ impl Caisse {
                 "a proposal title is 1 to 200 characters".into(),
             ));
         }
-        self.check_proposal(&kind)?;
+        let today = Day::from_unix(now);
+        let mut elsewhere = Vec::new();
+        if let ProposalKind::Accredit {
+            subject: Subject::Producer(p),
+            ..
+        } = &kind
+        {
+            // A producer known here only from the federation (its dossier in
+            // another caisse's document): take its dossier in, so one
+            // proposal accredits it.
+            if self.conventions.producer(p).is_none()
+                && let Some(d) = self.peers.dossier(p)
+            {
+                let envelope = d.envelope.clone();
+                self.record_dossier(envelope, today)?;
+            }
+            elsewhere = self.elsewhere(p);
+        }
+        self.check_proposal(&kind, today)?;
         let window = window_minutes.unwrap_or(self.policy.parliament.window_minutes);
         let proposal = Proposal {
             id: ProposalId::from_bytes(self.random16()),
@@ -358,14 +404,45 @@ impl Caisse {
             closes: now.saturating_add(u64::from(window).saturating_mul(60)),
             votes: BTreeMap::new(),
             outcome: None,
+            elsewhere,
         };
         self.pending
             .put(proposal_key(&proposal.id), encode_json_value(&proposal));
         Ok(proposal)
     }
 
+    /// Every other caisse's accreditation of `producer`, from the federation.
+    pub fn elsewhere(&self, producer: &caisse_protocol::ProducerId) -> Vec<Elsewhere> {
+        let subject = Subject::Producer(*producer);
+        self.peers
+            .caisses
+            .iter()
+            .filter(|(c, _)| **c != self.id)
+            .flat_map(|(c, peer)| {
+                peer.accreditations
+                    .iter()
+                    .filter(|a| a.accreditation.subject == subject)
+                    .map(move |a| Elsewhere {
+                        caisse: *c,
+                        caisse_name: peer
+                            .profile
+                            .as_ref()
+                            .map(|p| p.name.clone())
+                            .unwrap_or_default(),
+                        accreditation: a.id,
+                        scope: a.accreditation.scope.clone(),
+                        valid_from: a.accreditation.valid_from,
+                        valid_until: a.accreditation.valid_until,
+                        revoked: a.revocation.is_some(),
+                        criteria: a.accreditation.criteria,
+                        their_criteria: peer.criteria.as_ref().map(|(c, _)| c.clone()),
+                    })
+            })
+            .collect()
+    }
+
     /// Check that a proposal could take effect if it passed.
-    fn check_proposal(&self, kind: &ProposalKind) -> Result<(), CaisseError> {
+    fn check_proposal(&self, kind: &ProposalKind, today: Day) -> Result<(), CaisseError> {
         let invalid = |m: String| Err(CaisseError::Invalid(m));
         match kind {
             ProposalKind::Criteria(c) => {
@@ -414,7 +491,11 @@ impl Caisse {
                                     what: "producer",
                                     id: p.to_string(),
                                 })?;
-                        let e = criteria.version.criteria.evaluate(&producer.attributes);
+                        let attributes = producer.attributes_on(
+                            (*valid_from).max(today),
+                            self.policy.territory_centre.as_ref(),
+                        );
+                        let e = criteria.version.criteria.evaluate(&attributes);
                         if !e.passed {
                             return Err(CaisseError::Conflict(format!(
                                 "{} does not meet criteria version {}: {}",
@@ -628,7 +709,7 @@ impl Caisse {
                 valid_from,
                 valid_until,
             } => {
-                self.check_proposal(&p.kind)?;
+                self.check_proposal(&p.kind, today)?;
                 self.accredit(
                     *subject,
                     scope.clone(),

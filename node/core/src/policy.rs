@@ -99,6 +99,10 @@ pub struct Policy {
     /// outlets, at its own risk, and forwards the purchases later. Zero: off.
     #[serde(default)]
     pub offline_floor: Amount,
+    /// The centre of the caisse's territory, from which producers'
+    /// distances are computed (their dossier gives their commune's centre).
+    #[serde(default)]
+    pub territory_centre: Option<caisse_protocol::producer::GeoPoint>,
 }
 
 /// How the food parliament decides: caisse parameters.
@@ -163,6 +167,7 @@ impl Default for Policy {
             parliament: ParliamentRules::default(),
             recognition: Recognition::default(),
             offline_floor: Amount::ZERO,
+            territory_centre: None,
         }
     }
 }

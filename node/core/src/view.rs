@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use caisse_protocol::messages::Subject;
-use caisse_protocol::{Amount, CaisseId, MemberId, OutletId, Period, ProducerId, ProposalId};
+use caisse_protocol::{Amount, CaisseId, Day, MemberId, OutletId, Period, ProducerId, ProposalId};
 
 use crate::caisse::{Caisse, CaisseError, ContributionIndex};
 use caisse_protocol::criteria::Evaluation;
@@ -181,7 +181,7 @@ pub trait Reads {
         }
     }
     /// Judge a producer against the current criteria, rule by rule.
-    fn evaluate_producer(&self, id: &ProducerId) -> Result<Evaluation, CaisseError> {
+    fn evaluate_producer(&self, id: &ProducerId, today: Day) -> Result<Evaluation, CaisseError> {
         let producer = self
             .conventions()
             .producer(id)
@@ -195,7 +195,10 @@ pub trait Reads {
                     .into(),
             )
         })?;
-        Ok(criteria.version.criteria.evaluate(&producer.attributes))
+        Ok(criteria
+            .version
+            .criteria
+            .evaluate(&producer.attributes_on(today, self.policy().territory_centre.as_ref())))
     }
 }
 

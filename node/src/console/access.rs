@@ -62,6 +62,9 @@ pub async fn page(v: Visitor, State(s): State<ConsoleState>) -> Response {
                     names.get(outlet).cloned().unwrap_or_else(|| outlet.to_string())
                 ),
                 Role::Seat { seat } => format!("{} seat-{seat}", v.t("seat", "siège")),
+                Role::Producer { producer } => {
+                    format!("{} {producer}", v.t("producer", "producteur"))
+                }
             };
             format!(
                 r#"<tr><td class="mono">{id}</td><td>{what}</td><td><form method="post" action="/access/revoke">{csrf}<input type="hidden" name="id" value="{id}"><button type="submit" class="secondary" aria-label="{btn} {id}">{btn}</button></form></td></tr>"#,

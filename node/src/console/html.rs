@@ -197,6 +197,7 @@ pub fn layout(state: &ConsoleState, v: &Visitor, title: &str, body: &str) -> Str
         }
         Some(Who::Outlet { .. }) => links.push(("/till", l.t("Till", "Encaisser"))),
         Some(Who::Seat { .. }) => links.push(("/parliament", l.t("Parliament", "Parlement"))),
+        Some(Who::Producer { .. }) => links.push(("/producer", l.t("My farm", "Ma ferme"))),
         Some(Who::Member { .. }) => {
             links.push(("/member", l.t("My account", "Mon compte")));
             links.push(("/parliament", l.t("Parliament", "Parlement")));
@@ -213,6 +214,7 @@ pub fn layout(state: &ConsoleState, v: &Visitor, title: &str, body: &str) -> Str
         Some(Who::Observer) => l.t("observer", "observation"),
         Some(Who::Outlet { .. }) => l.t("outlet", "point de vente"),
         Some(Who::Seat { .. }) => l.t("parliament seat", "siège au parlement"),
+        Some(Who::Producer { .. }) => l.t("producer", "producteur"),
         Some(Who::Member { .. }) => l.t("member", "membre"),
         None => "",
     };

@@ -21,6 +21,7 @@ mod charts;
 pub mod html;
 mod member;
 mod parliament;
+mod producer;
 mod propose;
 mod registry;
 pub mod session;
@@ -93,6 +94,7 @@ pub fn routes() -> Router<ConsoleState> {
         .route("/logout", post(logout))
         .route("/till", get(till::page).post(till::sell))
         .route("/member", get(member::page))
+        .route("/producer", get(producer::page))
         .route("/parliament", get(parliament::page))
         .route("/parliament/vote", post(parliament::vote))
         .route("/parliament/close", post(parliament::close))
@@ -323,6 +325,8 @@ pub enum Kind {
     Seat,
     /// A member.
     Member,
+    /// A producer (its own page).
+    Producer,
 }
 
 fn set_session_cookie(r: &mut Response, id: &str, secure: bool) {
@@ -453,6 +457,7 @@ fn landing(who: &Who) -> &'static str {
         Who::Outlet { .. } => "/till",
         Who::Seat { .. } => "/parliament",
         Who::Member { .. } => "/member",
+        Who::Producer { .. } => "/producer",
     }
 }
 
@@ -609,6 +614,7 @@ async fn login_token(State(s): State<ConsoleState>, p: Posted) -> Response {
         Some(Role::Observer | Role::Auditor) => Who::Observer,
         Some(Role::Outlet { outlet }) => Who::Outlet { outlet },
         Some(Role::Seat { seat }) => Who::Seat { seat },
+        Some(Role::Producer { producer }) => Who::Producer { producer },
         None => {
             s.sessions.record_failure(&v.client);
             return sign_in_page(

@@ -49,6 +49,12 @@ pub enum Who {
         /// The seat number.
         seat: u32,
     },
+    /// A producer, signed in with the producer token a caisse issued:
+    /// sees its own page.
+    Producer {
+        /// The producer.
+        producer: caisse_protocol::ProducerId,
+    },
     /// A member, signed in with card and PIN.
     Member {
         /// The member.
@@ -66,6 +72,7 @@ impl Who {
             Who::Observer => Kind::Observer,
             Who::Outlet { .. } => Kind::Outlet,
             Who::Seat { .. } => Kind::Seat,
+            Who::Producer { .. } => Kind::Producer,
             Who::Member { .. } => Kind::Member,
         }
     }
@@ -75,7 +82,9 @@ impl Who {
     fn idle(&self) -> Duration {
         match self {
             Who::Outlet { .. } => Duration::from_secs(14 * 3600),
-            Who::Admin | Who::Observer | Who::Seat { .. } => Duration::from_secs(8 * 3600),
+            Who::Admin | Who::Observer | Who::Seat { .. } | Who::Producer { .. } => {
+                Duration::from_secs(8 * 3600)
+            }
             Who::Member { .. } => Duration::from_secs(20 * 60),
         }
     }

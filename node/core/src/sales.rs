@@ -1,0 +1,121 @@
+//! Producers' sales through the allocation at this caisse's outlets: a
+//! running total per month and producer, kept with each purchase line that
+//! names a producer, and published as a signed [`ProducerSales`] statement
+//! per month so a producer can see its demand in every caisse. Only
+//! producer, month, amount and line count: nothing about members.
+
+use caisse_protocol::messages::PurchaseLine;
+use caisse_protocol::producer::{ProducerSales, SalesLine};
+use caisse_protocol::{Amount, CaisseId, Envelope, FederationId, Period, ProducerId, SecretKey};
+use serde::{Deserialize, Serialize};
+
+use crate::caisse::{Caisse, CaisseError};
+use crate::store::{StoreError, decode_value, encode_value, keys};
+use crate::view::Reads;
+
+/// Totals by month and producer: `ps/<period index BE><producer>`.
+pub const SALES: &[u8] = b"ps/";
+
+/// One producer's total for one month.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SalesTotal {
+    /// Sum of the line prices.
+    pub amount: Amount,
+    /// Purchase lines.
+    pub lines: u32,
+}
+
+fn period_prefix(period: Period) -> Vec<u8> {
+    keys::key(SALES, &[&period.index().to_be_bytes()])
+}
+
+fn sales_key(period: Period, producer: &ProducerId) -> Vec<u8> {
+    keys::key(SALES, &[&period.index().to_be_bytes(), producer.as_bytes()])
+}
+
+impl Caisse {
+    /// Add the lines of a sale at one of our outlets to the month's totals.
+    /// The first sale of a month republishes the caisse's statements, so
+    /// the month before is published with its final totals.
+    pub(crate) fn record_sales(
+        &mut self,
+        period: Period,
+        lines: &[PurchaseLine],
+    ) -> Result<(), CaisseError> {
+        let mut first_of_month = false;
+        for l in lines {
+            let Some(p) = l.producer else { continue };
+            let key = sales_key(period, &p);
+            let mut t: SalesTotal = match self.get(&key)? {
+                Some(b) => decode_value(&key, &b)?,
+                None => {
+                    first_of_month =
+                        first_of_month || self.scan(&period_prefix(period))?.is_empty();
+                    SalesTotal::default()
+                }
+            };
+            t.amount = t
+                .amount
+                .checked_add(l.amount)
+                .map_err(|_| CaisseError::Invalid("sales total out of range".into()))?;
+            t.lines = t.lines.saturating_add(1);
+            self.pending.put(key, encode_value(&t));
+        }
+        if first_of_month {
+            self.mark_published_changed();
+        }
+        Ok(())
+    }
+}
+
+/// The totals of `period`, by producer.
+pub fn totals(r: &impl Reads, period: Period) -> Result<Vec<SalesLine>, StoreError> {
+    let prefix = period_prefix(period);
+    let mut out = Vec::new();
+    for (k, v) in r.read_prefix(&prefix)? {
+        let Some(id) = k
+            .get(prefix.len()..)
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        else {
+            continue;
+        };
+        let t: SalesTotal = decode_value(&k, &v)?;
+        out.push(SalesLine {
+            producer: ProducerId::from_bytes(id),
+            amount: t.amount,
+            lines: t.lines,
+        });
+    }
+    Ok(out)
+}
+
+/// Every month's totals, signed, for the federation document.
+pub fn publications(
+    r: &impl Reads,
+    caisse: CaisseId,
+    secret: &SecretKey,
+    federation: &FederationId,
+) -> std::collections::BTreeMap<Period, Envelope> {
+    let mut periods: Vec<Period> = r
+        .read_prefix(SALES)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, _)| {
+            let b: [u8; 4] = k.get(SALES.len()..SALES.len() + 4)?.try_into().ok()?;
+            Period::from_index(u32::from_be_bytes(b))
+        })
+        .collect();
+    periods.dedup();
+    periods
+        .into_iter()
+        .filter_map(|period| {
+            let totals = totals(r, period).ok()?;
+            let s = ProducerSales {
+                caisse,
+                period,
+                totals,
+            };
+            Some((period, Envelope::seal(secret, federation, &s).ok()?))
+        })
+        .collect()
+}
