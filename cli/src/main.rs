@@ -563,6 +563,10 @@ enum ProducerCmd {
     Evaluate {
         /// Producer id.
         id: String,
+        /// Judge its dossier against this other caisse's published criteria
+        /// (and from its territory) instead of ours.
+        #[arg(long)]
+        against: Option<String>,
     },
     /// (Producer, offline) Make a producer key: the file holds the secret
     /// (mode 0600, never overwritten); keep it as you keep a bank card.
@@ -2607,8 +2611,14 @@ async fn producer(c: &Client, out: &Output, p: &ProducerCmd) -> Result<ExitCode>
                 );
             });
         }
-        ProducerCmd::Evaluate { id } => {
-            let v: Value = c.get(&format!("/api/v1/producers/{id}/evaluation")).await?;
+        ProducerCmd::Evaluate { id, against } => {
+            let q = against
+                .as_ref()
+                .map(|c| format!("?caisse={c}"))
+                .unwrap_or_default();
+            let v: Value = c
+                .get(&format!("/api/v1/producers/{id}/evaluation{q}"))
+                .await?;
             out.value(&v, |v| {
                 if let Some(src) = v["source"].as_str() {
                     println!(

@@ -284,6 +284,11 @@ file = "contrat.pdf"
             .any(|o| s(&o["explanation"]).contains("km is within 60 km")),
         "{e}"
     );
+    // And, in one command, against A's criteria from A's territory.
+    let e = ok(&b, &["producer", "evaluate", &producer, "--against", &a_id]);
+    assert_eq!(s(&e["criteria"]["name"]), "Critères A", "{e}");
+    assert_eq!(e["distance_km"], 18, "{e}");
+    assert_eq!(e["evaluation"]["passed"], true, "{e}");
     // Wait for A's accreditation to reach B, then one proposal accredits it and shows A's decision.
     wait_until("A's accreditation at B", 20, || {
         ok(&b, &["accreditation", "list", "--federation"])

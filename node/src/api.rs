@@ -1430,15 +1430,27 @@ async fn show_producer(
     }
 }
 
+#[derive(Deserialize, Default)]
+struct EvaluationQuery {
+    /// Judge against this other caisse's published criteria and territory.
+    #[serde(default)]
+    caisse: Option<String>,
+}
+
 async fn evaluate_producer(
     State(s): State<App>,
     auth: Auth,
     Path(id): Path<String>,
+    Query(q): Query<EvaluationQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     auth.reader()?;
     let id: caisse_protocol::ProducerId = parse("producer id", &id)?;
+    let view = s.federation.snapshot();
+    if let Some(other) = q.caisse.filter(|c| *c != s.caisse_id.to_string()) {
+        return Ok(Json(evaluate_against(&s, &view, id, &other).await?));
+    }
     // A producer not registered here is judged on its dossier from the federation.
-    let carried = s.federation.snapshot().dossier(&id).cloned();
+    let carried = view.dossier(&id).cloned();
     let out = s
         .handle
         .read(move |c, now| {
@@ -1490,6 +1502,64 @@ async fn evaluate_producer(
         })
         .await?;
     Ok(Json(out))
+}
+
+/// A producer's dossier judged against another caisse's published criteria,
+/// from that caisse's territory centre.
+async fn evaluate_against(
+    s: &App,
+    view: &crate::documents::FederationView,
+    id: caisse_protocol::ProducerId,
+    other: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let caisse: CaisseId = parse("caisse id", other)?;
+    let peer = view.caisses.get(&caisse).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("caisse {caisse} is not known here: see `caisse peers`"),
+        )
+    })?;
+    let (criteria, hash) = peer.criteria.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("caisse {caisse} has published no criteria yet"),
+        )
+    })?;
+    let (held, now) = s
+        .handle
+        .read(move |c, now| {
+            Ok((
+                c.conventions()
+                    .producer(&id)
+                    .and_then(|r| r.dossier.clone()),
+                now,
+            ))
+        })
+        .await?;
+    let held = held.map(|h| h.dossier);
+    let dossier = held
+        .into_iter()
+        .chain(view.dossier(&id).map(|d| d.dossier.clone()))
+        .max_by_key(|d| d.version)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no dossier of {id} is known here: the producer publishes one with `caisse producer publish`"),
+            )
+        })?;
+    let today = Day::from_unix(now);
+    let e = criteria.evaluate(&dossier.attributes_on(today, peer.location.as_ref()));
+    Ok(json!({
+        "producer": id, "caisse": caisse,
+        "caisse_name": peer.profile.as_ref().map(|p| p.name.clone()),
+        "criteria": { "name": criteria.name, "version": criteria.version, "hash": hash },
+        "evaluation": e, "source": "dossier, against that caisse's criteria",
+        "dossier_version": dossier.version,
+        "distance_km": peer.location.map(|l| dossier.location.distance_km(&l)),
+    }))
 }
 
 #[derive(Deserialize)]
