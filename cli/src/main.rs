@@ -4,6 +4,7 @@
 //! other command calls the running node's HTTP API through its client.
 
 mod dossier;
+mod keybackup;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -85,6 +86,13 @@ enum Command {
         /// The file to write (must not exist; readable by you only).
         #[arg(long)]
         out: PathBuf,
+        /// Also seal caisse.key and config.toml under a passphrase, in
+        /// OUT.key beside the backup (run on the node's machine).
+        #[arg(long)]
+        with_key: bool,
+        /// The passphrase's file (else CAISSE_BACKUP_PASSPHRASE).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
     },
     /// Restore a backup into the (new) data directory given by --data-dir;
     /// refuses to overwrite a store. Put caisse.key, config.toml and the
@@ -92,6 +100,13 @@ enum Command {
     Restore {
         /// The backup file.
         file: PathBuf,
+        /// Also restore caisse.key and config.toml from FILE.key (made by
+        /// `backup --with-key`), with the passphrase.
+        #[arg(long)]
+        with_key: bool,
+        /// The passphrase's file (else CAISSE_BACKUP_PASSPHRASE).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
     },
     /// The store's engine, with the node stopped.
     #[command(subcommand)]
@@ -962,9 +977,39 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Node => return node(&cli.data_dir).await,
-        Command::Restore { file } => {
+        Command::Restore {
+            file,
+            with_key,
+            passphrase_file,
+        } => {
+            // The key bundle is opened (and the target checked) before
+            // anything is written: a wrong passphrase changes nothing.
+            let keys = if *with_key {
+                let pass = keybackup::passphrase(passphrase_file.as_deref())?;
+                let u = keybackup::unseal(&keybackup::bundle_path(file), &pass)?;
+                for f in ["caisse.key", "config.toml"] {
+                    if cli.data_dir.join(f).exists() {
+                        bail!(
+                            "{} exists: restoring the key never overwrites one",
+                            cli.data_dir.join(f).display()
+                        );
+                    }
+                }
+                Some(u)
+            } else {
+                None
+            };
             let done = caisse_node::backup::restore(file, &cli.data_dir)
                 .map_err(|e| anyhow!("restore: {e}"))?;
+            if let Some(u) = &keys {
+                let restored = keybackup::write(u, &cli.data_dir)?;
+                if !cli.json {
+                    println!(
+                        "Restored {} from the sealed key bundle.",
+                        restored.join(" and ")
+                    );
+                }
+            }
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&done)?);
             } else {
@@ -1715,18 +1760,39 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
                 );
             });
         }
-        Command::Backup { out: file } => {
+        Command::Backup {
+            out: file,
+            with_key,
+            passphrase_file,
+        } => {
+            // Ask for the passphrase before anything is written.
+            let pass = if *with_key {
+                Some(keybackup::passphrase(passphrase_file.as_deref())?)
+            } else {
+                None
+            };
             let path = std::path::absolute(file)
                 .with_context(|| format!("bad path {}", file.display()))?;
-            let v: Value = c.post("/api/v1/backup", &json!({ "out": path })).await?;
+            let mut v: Value = c.post("/api/v1/backup", &json!({ "out": path })).await?;
+            if let Some(pass) = &pass {
+                let bundle = keybackup::bundle_path(&path);
+                keybackup::seal(&cli.data_dir, &bundle, pass)?;
+                v["key_bundle"] = json!(bundle);
+            }
             out.value(&v, |v| {
                 println!(
-                    "Backup written to {}: {} records, {} journal entries, {} bytes. Keep caisse.key apart.",
+                    "Backup written to {}: {} records, {} journal entries, {} bytes.",
                     s(&v["path"]),
                     s(&v["records"]),
                     s(&v["entries"]),
                     s(&v["bytes"])
                 );
+                match v["key_bundle"].as_str() {
+                    Some(b) => println!(
+                        "caisse.key and config.toml sealed under your passphrase in {b}: without the passphrase it is useless, so keep the passphrase apart."
+                    ),
+                    None => println!("Keep caisse.key apart (or use --with-key)."),
+                }
             });
         }
         Command::Card(CardCmd::Print {

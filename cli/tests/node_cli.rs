@@ -953,7 +953,28 @@ fn an_online_backup_restores_a_caisse_that_resumes() {
     };
     std::thread::sleep(std::time::Duration::from_millis(300));
     let file = tmp.path().join("caisse.backup");
-    let done = ok(&dir, &["backup", "--out", file.to_str().unwrap()]);
+    let pass_file = tmp.path().join("passphrase");
+    std::fs::write(&pass_file, "un passe-temps de trésorière\n").unwrap();
+    let done = ok(
+        &dir,
+        &[
+            "backup",
+            "--out",
+            file.to_str().unwrap(),
+            "--with-key",
+            "--passphrase-file",
+            pass_file.to_str().unwrap(),
+        ],
+    );
+    // The key travels only sealed: its bytes are nowhere in the bundle.
+    let bundle = std::fs::read(tmp.path().join("caisse.backup.key")).unwrap();
+    let key_text = std::fs::read(dir.join("caisse.key")).unwrap();
+    assert!(
+        !bundle
+            .windows(16)
+            .any(|w| key_text.windows(16).any(|k| k == w)),
+        "caisse.key in clear in the bundle"
+    );
     std::thread::sleep(std::time::Duration::from_millis(200));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acknowledged = buyer.join().unwrap();
@@ -966,16 +987,48 @@ fn an_online_backup_restores_a_caisse_that_resumes() {
     node.stop();
     // Restore next to it, as after losing the machine.
     let again = tmp.path().join("restored");
-    let out = caisse(&again, &["restore", file.to_str().unwrap()]);
+    let wrong = tmp.path().join("wrong");
+    std::fs::write(&wrong, "pas la bonne phrase du tout").unwrap();
+    let out = caisse(
+        &again,
+        &[
+            "restore",
+            file.to_str().unwrap(),
+            "--with-key",
+            "--passphrase-file",
+            wrong.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success(), "a wrong passphrase opened the key");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"));
+    assert!(
+        !again.join("store.redb").exists(),
+        "a refused restore wrote nothing"
+    );
+    let out = caisse(
+        &again,
+        &[
+            "restore",
+            file.to_str().unwrap(),
+            "--with-key",
+            "--passphrase-file",
+            pass_file.to_str().unwrap(),
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(
+        std::fs::read(again.join("caisse.key")).unwrap(),
+        key_text,
+        "the key comes back from the sealed bundle"
+    );
     let refused = caisse(&again, &["restore", file.to_str().unwrap()]);
     assert!(!refused.status.success(), "a restore overwrote a store");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("already holds a store"));
-    for f in ["caisse.key", "config.toml", "admin.token", "observer.token"] {
+    for f in ["admin.token", "observer.token"] {
         std::fs::copy(dir.join(f), again.join(f)).unwrap();
     }
     let _restored = TestNode::start(&again);
