@@ -815,6 +815,45 @@ enum BankCmd {
         /// The BIC.
         #[arg(long)]
         bic: Option<String>,
+        /// The caisse's SEPA creditor identifier (ICS, from its bank), to
+        /// collect contributions by direct debit.
+        #[arg(long)]
+        creditor_id: Option<String>,
+    },
+    /// Record a member's SEPA direct debit mandate (the signed form's
+    /// reference and date, the account to debit). Kept at home only.
+    Mandate {
+        /// The member.
+        #[arg(long)]
+        member: MemberId,
+        /// The unique mandate reference (UMR) on the signed form.
+        #[arg(long)]
+        reference: String,
+        /// The day the mandate was signed, YYYY-MM-DD.
+        #[arg(long)]
+        signed_on: Day,
+        /// The account holder.
+        #[arg(long)]
+        holder: String,
+        /// The IBAN to debit.
+        #[arg(long)]
+        iban: String,
+        /// Its BIC.
+        #[arg(long)]
+        bic: Option<String>,
+    },
+    /// Write the SEPA direct debit file (pain.008.001.02) collecting a
+    /// month's recorded contributions from members with a mandate.
+    Contributions {
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        period: Period,
+        /// Requested collection date, YYYY-MM-DD (default: in two days).
+        #[arg(long)]
+        on: Option<Day>,
+        /// The XML file to write (readable by you only).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Write the SEPA credit transfer file (pain.001.001.09) of a month's
     /// outlet payouts, to import into the caisse's online banking.
@@ -1730,15 +1769,69 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             holder,
             iban,
             bic,
+            creditor_id,
         }) => {
             let v: Value = c
                 .post(
                     "/api/v1/bank",
-                    &json!({ "outlet": outlet, "holder": holder, "iban": iban, "bic": bic }),
+                    &json!({ "outlet": outlet, "holder": holder, "iban": iban, "bic": bic, "creditor_id": creditor_id }),
                 )
                 .await?;
             out.value(&v, |v| {
                 println!("Bank account set: {} {}", s(&v["holder"]), s(&v["iban"]));
+            });
+        }
+        Command::Bank(BankCmd::Mandate {
+            member,
+            reference,
+            signed_on,
+            holder,
+            iban,
+            bic,
+        }) => {
+            let v: Value = c
+                .post(
+                    "/api/v1/mandates",
+                    &json!({ "member": member, "reference": reference, "signed_on": signed_on,
+                             "holder": holder, "iban": iban, "bic": bic }),
+                )
+                .await?;
+            out.value(&v, |v| {
+                println!(
+                    "Mandate {} (signed {}) recorded for {}",
+                    s(&v["reference"]),
+                    s(&v["signed_on"]),
+                    s(&v["member"])
+                );
+            });
+        }
+        Command::Bank(BankCmd::Contributions {
+            period,
+            on,
+            out: file,
+        }) => {
+            let mut path = format!("/api/v1/contributions/sepa?period={period}");
+            if let Some(d) = on {
+                path.push_str(&format!("&on={d}"));
+            }
+            let v: Value = c.get(&path).await?;
+            write_private(file, v["xml"].as_str().unwrap_or_default().as_bytes())?;
+            let summary = json!({ "file": file, "collection": v["collection"], "count": v["count"],
+                                  "total": v["total"], "without_mandate": v["without_mandate"] });
+            out.value(&summary, |_| {
+                println!(
+                    "Wrote {} direct debits of {period}'s contributions ({} EUR, collection {}) to {}.",
+                    s(&v["count"]),
+                    s(&v["total"]),
+                    s(&v["collection"]),
+                    file.display()
+                );
+                if v["without_mandate"].as_u64().unwrap_or(0) > 0 {
+                    println!(
+                        "  {} members have no mandate: collect theirs another way.",
+                        s(&v["without_mandate"])
+                    );
+                }
             });
         }
         Command::Bank(BankCmd::Payouts {

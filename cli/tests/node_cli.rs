@@ -1246,6 +1246,211 @@ fn payouts_become_a_sepa_transfer_file() {
         "escaped and read back"
     );
     assert!(!text.contains("Awa"), "no member in a bank file");
+
+    // Contributions collected by direct debit: mandates at home, one
+    // pain.008 whose total is the period's recorded contributions.
+    let mut members = vec![s(&m["member"])];
+    for (name, income) in [("Bea", "1600"), ("Chloé", "3100")] {
+        let x = ok(
+            &dir,
+            &[
+                "member",
+                "enroll",
+                "--name",
+                name,
+                "--residence",
+                "Ici",
+                "--income",
+                income,
+            ],
+        );
+        members.push(s(&x["member"]));
+    }
+    for mm in &members {
+        ok(
+            &dir,
+            &[
+                "contribution",
+                "record",
+                "--member",
+                mm,
+                "--period",
+                "2027-03",
+            ],
+        );
+    }
+    let dd = tmp.path().join("contributions.xml");
+    let args = [
+        "bank",
+        "contributions",
+        "--period",
+        "2027-03",
+        "--on",
+        "2027-03-05",
+        "--out",
+        dd.to_str().unwrap(),
+    ];
+    let (code, v) = json(&dir, &args);
+    assert_ne!(code, 0);
+    assert!(s(&v["message"]).contains("creditor identifier"), "{v}");
+    let (code, v) = json(
+        &dir,
+        &[
+            "bank",
+            "set",
+            "--holder",
+            "Caisse alimentaire",
+            "--iban",
+            "FR76 3000 6000 0112 3456 7890 189",
+            "--bic",
+            "BNPAFRPP",
+            "--creditor-id",
+            "FR73ZZZ123456",
+        ],
+    );
+    assert_ne!(code, 0, "a mistyped creditor id is refused: {v}");
+    ok(
+        &dir,
+        &[
+            "bank",
+            "set",
+            "--holder",
+            "Caisse alimentaire",
+            "--iban",
+            "FR76 3000 6000 0112 3456 7890 189",
+            "--bic",
+            "BNPAFRPP",
+            "--creditor-id",
+            "FR72ZZZ123456",
+        ],
+    );
+    for (i, mm) in members.iter().enumerate().skip(1) {
+        ok(
+            &dir,
+            &[
+                "bank",
+                "mandate",
+                "--member",
+                mm,
+                "--reference",
+                &format!("RUM-2027-{i:04}"),
+                "--signed-on",
+                "2027-02-20",
+                "--holder",
+                &format!("Titulaire {i}"),
+                "--iban",
+                "FR1420041010050500013M02606",
+            ],
+        );
+    }
+    let v = ok(&dir, &args);
+    assert_eq!(v["without_mandate"], 1, "Awa has no mandate: {v}");
+    assert_eq!(v["count"], 2);
+    // Then Awa signs one too: the file's total is the month's contributions.
+    ok(
+        &dir,
+        &[
+            "bank",
+            "mandate",
+            "--member",
+            &members[0],
+            "--reference",
+            "RUM-2027-0000",
+            "--signed-on",
+            "2027-03-01",
+            "--holder",
+            "Awa",
+            "--iban",
+            "DE89 3704 0044 0532 0130 00",
+        ],
+    );
+    std::fs::remove_file(&dd).unwrap();
+    let v = ok(&dir, &args);
+    assert_eq!(v["without_mandate"], 0);
+    let report = ok(&dir, &["report", "--period", "2027-03", "--format", "json"]);
+    assert_eq!(
+        s(&v["total"]),
+        s(&report["contributions"]["total"]),
+        "{v} {report}"
+    );
+    let text = std::fs::read_to_string(&dd).unwrap();
+    let doc = roxmltree::Document::parse(&text).expect("well-formed XML");
+    assert_eq!(
+        doc.root_element().tag_name().namespace(),
+        Some("urn:iso:std:iso:20022:tech:xsd:pain.008.001.02")
+    );
+    let text_of = |name: &str| -> Vec<String> {
+        doc.descendants()
+            .filter(|n| n.has_tag_name(name))
+            .map(|n| n.text().unwrap_or("").to_owned())
+            .collect()
+    };
+    assert_eq!(text_of("NbOfTxs")[0], "3");
+    assert_eq!(text_of("CtrlSum")[0], s(&report["contributions"]["total"]));
+    let sum: i64 = text_of("InstdAmt")
+        .iter()
+        .map(|a| a.replace('.', "").parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(
+        format!("{}.{:02}", sum / 100, sum % 100),
+        s(&report["contributions"]["total"])
+    );
+    assert_eq!(
+        text_of("SeqTp"),
+        ["FRST"],
+        "first collections under new mandates"
+    );
+    assert_eq!(text_of("MndtId").len(), 3);
+    assert!(
+        text_of("EndToEndId")
+            .iter()
+            .all(|i| i.starts_with("CONTRIB-2027-03-J"))
+    );
+    assert_eq!(
+        doc.descendants()
+            .filter(|n| n.has_tag_name("CdtrSchmeId"))
+            .flat_map(|n| n.descendants())
+            .filter(|n| n.has_tag_name("Id"))
+            .filter_map(|n| n.text())
+            .collect::<Vec<_>>(),
+        ["FR72ZZZ123456"]
+    );
+    assert_eq!(text_of("ReqdColltnDt"), ["2027-03-05"]);
+    // The next month, the same mandates collect as recurring debits.
+    ok(&dir, &["clock", "set", "--today", "2027-04-01"]);
+    for mm in &members {
+        ok(
+            &dir,
+            &[
+                "contribution",
+                "record",
+                "--member",
+                mm,
+                "--period",
+                "2027-04",
+            ],
+        );
+    }
+    let april = tmp.path().join("april.xml");
+    ok(
+        &dir,
+        &[
+            "bank",
+            "contributions",
+            "--period",
+            "2027-04",
+            "--out",
+            april.to_str().unwrap(),
+        ],
+    );
+    let text = std::fs::read_to_string(&april).unwrap();
+    let doc = roxmltree::Document::parse(&text).expect("well-formed XML");
+    let seq: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("SeqTp"))
+        .filter_map(|n| n.text())
+        .collect();
+    assert_eq!(seq, ["RCUR"]);
 }
 
 /// A caisse created on sled (earlier versions' engine) runs, is flagged by

@@ -102,6 +102,24 @@ pub enum Command {
         iban: String,
         /// The BIC, if known.
         bic: Option<String>,
+        /// The caisse's SEPA creditor identifier (its own account only).
+        #[serde(default)]
+        creditor_id: Option<String>,
+    },
+    /// Record (or replace) a member's SEPA direct debit mandate.
+    SetMandate {
+        /// The member.
+        member: MemberId,
+        /// The unique mandate reference.
+        reference: String,
+        /// The day it was signed.
+        signed_on: Day,
+        /// The account holder.
+        holder: String,
+        /// The IBAN (checked).
+        iban: String,
+        /// The BIC, if known.
+        bic: Option<String>,
     },
     /// Suspend an outlet's tills, or reinstate them.
     SuspendOutlet {
@@ -384,6 +402,7 @@ impl Command {
             Command::RevokeToken { .. } => "revoke_token",
             Command::SuspendOutlet { .. } => "suspend_outlet",
             Command::SetBank { .. } => "set_bank",
+            Command::SetMandate { .. } => "set_mandate",
             Command::Purchase(_) => "purchase",
             Command::Payout { .. } => "payout",
             Command::MemberLogin { .. } => "member_login",
@@ -478,11 +497,34 @@ impl Caisse {
                 Reply::SignedIn(self.member_login(&card, &pin, now)?)
             }
             Command::RevokeToken { id } => Reply::Revoked(self.revoke_token(&id)?),
+            Command::SetMandate {
+                member,
+                reference,
+                signed_on,
+                holder,
+                iban,
+                bic,
+            } => {
+                if !self.members.contains_key(&member) {
+                    return Err(CaisseError::NotFound {
+                        what: "member",
+                        id: member.to_string(),
+                    });
+                }
+                let m = crate::sepa::mandate(&reference, signed_on, &holder, &iban, bic.as_deref())
+                    .map_err(CaisseError::Invalid)?;
+                self.pending.put(
+                    crate::sepa::mandate_key(&member),
+                    crate::store::encode_value(&m),
+                );
+                Reply::Count(1)
+            }
             Command::SetBank {
                 outlet,
                 holder,
                 iban,
                 bic,
+                creditor_id,
             } => {
                 if let Some(o) = &outlet
                     && !self.outlets.contains_key(o)
@@ -492,8 +534,18 @@ impl Caisse {
                         id: o.to_string(),
                     });
                 }
-                let account = crate::sepa::bank_account(&holder, &iban, bic.as_deref())
+                let mut account = crate::sepa::bank_account(&holder, &iban, bic.as_deref())
                     .map_err(CaisseError::Invalid)?;
+                if let Some(ics) = creditor_id {
+                    if outlet.is_some() {
+                        return Err(CaisseError::Invalid(
+                            "a creditor identifier is the caisse's own: set it without --outlet"
+                                .into(),
+                        ));
+                    }
+                    account.creditor_id =
+                        Some(crate::sepa::check_creditor_id(&ics).map_err(CaisseError::Invalid)?);
+                }
                 self.pending.put(
                     crate::sepa::bank_key(outlet.as_ref()),
                     crate::store::encode_value(&account),
