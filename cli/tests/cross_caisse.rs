@@ -281,6 +281,25 @@ fn purchases_across_caisses_and_settlement() {
         );
     }
 
+    // Each caisse's bank account, published so that its debtors can pay it.
+    let ibans = [
+        "FR7630006000011234567890189",
+        "DE89370400440532013000",
+        "FR1420041010050500013M02606",
+    ];
+    for (x, iban) in caisses.iter().zip(ibans) {
+        ok(
+            &x.dir,
+            &[
+                "bank",
+                "set",
+                "--holder",
+                &format!("Caisse {}", &x.id[..8]),
+                "--iban",
+                iban,
+            ],
+        );
+    }
     // Settle the period: statements, countersignatures, identical netting everywhere.
     for x in &caisses {
         ok(&x.dir, &["settlement", "run", "--period", "2027-03"]);
@@ -317,6 +336,76 @@ fn purchases_across_caisses_and_settlement() {
     // The payer records a transfer made outside the system.
     if let Some(t) = shows[0]["transfers"].as_array().unwrap().first() {
         let payer = caisses.iter().find(|x| x.id == s(&t["from"])).unwrap();
+        // Its bank file holds the transfer, to the creditor's published
+        // account, with the reference the payer then records.
+        let (creditor_idx, creditor) = caisses
+            .iter()
+            .enumerate()
+            .find(|(_, x)| x.id == s(&t["to"]))
+            .unwrap();
+        let file = tmp.path().join("settle.xml");
+        let mut owed = Vec::new();
+        wait_until("the creditor's bank account at the payer", 20, || {
+            let _ = std::fs::remove_file(&file);
+            let (code, v) = json(
+                &payer.dir,
+                &[
+                    "bank",
+                    "payouts",
+                    "--period",
+                    "2027-03",
+                    "--out",
+                    file.to_str().unwrap(),
+                ],
+            );
+            owed.push(v);
+            code == 0
+        });
+        let xml = std::fs::read_to_string(&file).unwrap();
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        let block = doc
+            .descendants()
+            .find(|n| n.has_tag_name("PmtInf"))
+            .expect("a payment block");
+        let text_in = |name: &str| -> Vec<String> {
+            block
+                .descendants()
+                .filter(|n| n.has_tag_name(name))
+                .map(|n| n.text().unwrap_or("").to_owned())
+                .collect()
+        };
+        assert_eq!(text_in("PmtInfId"), ["SETTLEMENT-2027-03"]);
+        // One transaction per transfer the payer owes, and this one among them.
+        let owed_here: Vec<&Value> = shows[0]["transfers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| s(&x["from"]) == payer.id)
+            .collect();
+        let txs: Vec<roxmltree::Node> = block
+            .descendants()
+            .filter(|n| n.has_tag_name("CdtTrfTxInf"))
+            .collect();
+        assert_eq!(txs.len(), owed_here.len(), "{xml}");
+        let field = |tx: &roxmltree::Node, name: &str| -> String {
+            tx.descendants()
+                .find(|n| n.has_tag_name(name))
+                .and_then(|n| n.text())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let tx = txs
+            .iter()
+            .find(|tx| field(tx, "IBAN") == ibans[creditor_idx])
+            .expect("a transfer to the creditor's published account");
+        assert_eq!(field(tx, "InstdAmt"), s(&t["amount"]));
+        let reference = field(tx, "EndToEndId");
+        assert!(reference.starts_with("SETTLE-2027-03-"), "{reference}");
+        assert!(
+            creditor
+                .id
+                .starts_with(&reference["SETTLE-2027-03-".len()..])
+        );
         ok(
             &payer.dir,
             &[
@@ -327,7 +416,7 @@ fn purchases_across_caisses_and_settlement() {
                 "--transfer",
                 &s(&t["transfer"]),
                 "--reference",
-                "VIR-2027-03-01",
+                &reference,
             ],
         );
         wait_until("the transfer to be seen as paid", 20, || {

@@ -902,8 +902,41 @@ async fn payouts_sepa(
     };
     let name = s.config.name.clone();
     let store = s.store.clone();
+    // What we owe other caisses after the period's settlement (and have
+    // not declared paid yet), to their published accounts.
+    let view = s.federation.snapshot();
+    let settled = crate::settlement::settlement_view(&view, period);
+    let debts: Vec<crate::sepa::SettlementDebt> = settled
+        .transfers
+        .iter()
+        .filter(|t| t.from == s.caisse_id)
+        .filter(|t| {
+            !settled
+                .paid
+                .iter()
+                .any(|(p, _)| p.from == t.from && p.to == t.to)
+        })
+        .map(|t| {
+            let peer = view.caisses.get(&t.to);
+            crate::sepa::SettlementDebt {
+                to: t.to,
+                name: peer
+                    .and_then(|p| p.profile.as_ref())
+                    .map_or_else(|| t.to.short(), |p| p.name.clone()),
+                amount: t.amount,
+                account: peer
+                    .and_then(|p| p.bank.as_ref())
+                    .map(|b| crate::sepa::BankAccount {
+                        holder: b.holder.clone(),
+                        iban: b.iban.clone(),
+                        bic: b.bic.clone(),
+                        creditor_id: None,
+                    }),
+            }
+        })
+        .collect();
     let xml = tokio::task::spawn_blocking(move || {
-        crate::sepa::payouts_pain001(&*store, &name, period, on, now)
+        crate::sepa::payouts_pain001(&*store, &name, period, on, now, &debts)
     })
     .await
     .map_err(|_| CaisseError::Unavailable)??;

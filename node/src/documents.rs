@@ -44,6 +44,7 @@ pub const K_CLAIMS: &str = "claims";
 pub const K_DOSSIERS: &str = "dossiers";
 pub const K_SALES: &str = "sales";
 pub const K_LOCATION: &str = "location";
+pub const K_BANK: &str = "bank";
 
 /// Rounds of one sync session before giving up.
 pub const MAX_SYNC_ROUNDS: usize = 32;
@@ -97,11 +98,13 @@ pub fn apply_statements(
             changed = true;
         }
     }
-    if let Some(bytes) = &published.location
-        && bytes_at(doc, &ROOT, K_LOCATION).as_deref() != Some(&bytes[..])
-    {
-        doc.put(ROOT, K_LOCATION, ScalarValue::Bytes(bytes.clone()))?;
-        changed = true;
+    for (key, value) in [(K_LOCATION, &published.location), (K_BANK, &published.bank)] {
+        if let Some(bytes) = value
+            && bytes_at(doc, &ROOT, key).as_deref() != Some(&bytes[..])
+        {
+            doc.put(ROOT, key, ScalarValue::Bytes(bytes.clone()))?;
+            changed = true;
+        }
     }
     for (name, entries) in [
         (K_CRITERIA, &published.criteria),
@@ -146,6 +149,7 @@ pub fn published_in(doc: &AutoCommit) -> Published {
         p.profile = s.as_bytes().map(<[u8]>::to_vec);
     }
     p.location = bytes_at(doc, &ROOT, K_LOCATION);
+    p.bank = bytes_at(doc, &ROOT, K_BANK);
     let map = |key: &str| match doc.get(ROOT, key) {
         Ok(Some((Value::Object(ObjType::Map), id))) => Some(id),
         _ => None,

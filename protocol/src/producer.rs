@@ -375,6 +375,39 @@ impl Message for CaisseLocation {
     }
 }
 
+/// A caisse's bank account, published so that the caisses that owe it after
+/// a settlement can pay it (an association's business account, not a
+/// person's). The receiving node checks the IBAN's digits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaisseBank {
+    /// The caisse.
+    pub caisse: CaisseId,
+    /// The account holder.
+    pub holder: String,
+    /// The IBAN, electronic form.
+    pub iban: String,
+    /// The BIC, if known.
+    pub bic: Option<String>,
+}
+
+impl Message for CaisseBank {
+    const KIND: MessageKind = MessageKind::CaisseBank;
+    const MAX_SIZE: usize = 512;
+    fn author(&self) -> PublicKey {
+        self.caisse.into()
+    }
+    fn validate(&self) -> Result<(), String> {
+        text_ok("the account holder", &self.holder, 140)?;
+        let alnum = |s: &str, min: usize, max: usize| {
+            (min..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric())
+        };
+        if !alnum(&self.iban, 15, 34) || self.bic.as_deref().is_some_and(|b| !alnum(b, 8, 11)) {
+            return Err("not an IBAN (15 to 34 letters and digits) or BIC (8 or 11)".into());
+        }
+        Ok(())
+    }
+}
+
 /// One producer's sales through the allocation at one caisse's outlets.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SalesLine {

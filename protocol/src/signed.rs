@@ -216,6 +216,8 @@ pub enum MessageKind {
     ProducerSales,
     /// [`crate::producer::CaisseLocation`]
     CaisseLocation,
+    /// [`crate::producer::CaisseBank`]
+    CaisseBank,
 }
 
 impl MessageKind {
@@ -238,6 +240,7 @@ impl MessageKind {
             MessageKind::ProducerDossier => "producer-dossier",
             MessageKind::ProducerSales => "producer-sales",
             MessageKind::CaisseLocation => "caisse-location",
+            MessageKind::CaisseBank => "caisse-bank",
         }
     }
 }

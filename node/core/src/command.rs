@@ -550,6 +550,10 @@ impl Caisse {
                     crate::sepa::bank_key(outlet.as_ref()),
                     crate::store::encode_value(&account),
                 );
+                if outlet.is_none() {
+                    // Our own account is published, for the caisses that owe us.
+                    self.mark_published_changed();
+                }
                 Reply::Bank(account)
             }
             Command::SuspendOutlet {

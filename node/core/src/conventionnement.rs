@@ -686,6 +686,18 @@ pub fn federation_statements(
         }
     }
     st.sales = crate::sales::publications(r, id, secret, federation);
+    if let Ok(Some(b)) = r.read(&crate::sepa::bank_key(None))
+        && let Ok(account) =
+            decode_value::<crate::sepa::BankAccount>(&crate::sepa::bank_key(None), &b)
+    {
+        let bank = caisse_protocol::producer::CaisseBank {
+            caisse: id,
+            holder: account.holder,
+            iban: account.iban,
+            bic: account.bic,
+        };
+        st.bank = Envelope::seal(secret, federation, &bank).ok();
+    }
     if let Some(centre) = r.policy().territory_centre {
         let l = caisse_protocol::producer::CaisseLocation { caisse: id, centre };
         st.location = Envelope::seal(secret, federation, &l).ok();

@@ -38,6 +38,8 @@ pub struct Statements {
     pub sales: BTreeMap<caisse_protocol::Period, Envelope>,
     /// Its signed territory centre.
     pub location: Option<Envelope>,
+    /// Its signed bank account.
+    pub bank: Option<Envelope>,
 }
 
 /// A producer's dossier as carried in some caisse's document: verified
@@ -105,6 +107,9 @@ pub struct PeerCaisse {
     /// Its territory's centre.
     #[serde(default)]
     pub location: Option<caisse_protocol::producer::GeoPoint>,
+    /// Its bank account (for settlement transfers).
+    #[serde(default)]
+    pub bank: Option<caisse_protocol::producer::CaisseBank>,
 }
 
 /// Everything known of the federation, shared read-mostly.
@@ -229,6 +234,8 @@ pub struct Published {
     pub sales: BTreeMap<String, Vec<u8>>,
     /// The signed territory centre.
     pub location: Option<Vec<u8>>,
+    /// The signed bank account.
+    pub bank: Option<Vec<u8>>,
 }
 
 impl Statements {
@@ -279,6 +286,7 @@ impl Statements {
                 .map(|(p, e)| (p.to_string(), bytes(e)))
                 .collect(),
             location: self.location.as_ref().map(bytes),
+            bank: self.bank.as_ref().map(bytes),
         }
     }
 }
@@ -403,6 +411,14 @@ impl Published {
             match open_bytes::<caisse_protocol::producer::CaisseLocation>(b, federation, owner) {
                 Some((_, l)) => p.location = Some(l.centre),
                 None => invalid += 1,
+            }
+        }
+        if let Some(b) = &self.bank {
+            match open_bytes::<caisse_protocol::producer::CaisseBank>(b, federation, owner) {
+                Some((_, bank)) if crate::sepa::check_iban(&bank.iban).is_ok() => {
+                    p.bank = Some(bank);
+                }
+                _ => invalid += 1,
             }
         }
         for (k, b) in &self.sales {

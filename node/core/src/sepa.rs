@@ -218,22 +218,40 @@ fn agent(bic: &Option<String>) -> String {
     }
 }
 
-/// One payout to send.
+/// One transfer to send.
 struct Transfer {
-    seq: u64,
+    end_to_end: String,
     amount: Amount,
-    name: String,
     account: BankAccount,
+    remittance: String,
 }
 
-/// The `pain.001.001.09` file of `period`'s outlet payouts, to be executed
-/// on `execution`; `created` is the file's creation time (unix seconds).
+/// What this caisse owes another after a period's settlement.
+#[derive(Clone, Debug)]
+pub struct SettlementDebt {
+    /// The caisse owed.
+    pub to: caisse_protocol::CaisseId,
+    /// Its name.
+    pub name: String,
+    /// How much.
+    pub amount: Amount,
+    /// Its published bank account, if it published one.
+    pub account: Option<BankAccount>,
+}
+
+/// The `pain.001.001.09` file of `period`'s outlet payouts and of the
+/// settlement transfers this caisse owes (`debts`), to be executed on
+/// `execution`; `created` is the file's creation time (unix seconds).
+/// Payouts and transfers are two payment blocks; each transfer's end-to-end
+/// id ties it back: `PAYOUT-<period>-J<journal entry>`,
+/// `SETTLE-<period>-<creditor>` (the reference to give `settlement paid`).
 pub fn payouts_pain001(
     store: &dyn Store,
     caisse_name: &str,
     period: Period,
     execution: Day,
     created: u64,
+    debts: &[SettlementDebt],
 ) -> Result<String, CaisseError> {
     let invalid = CaisseError::Invalid;
     let debtor: BankAccount = match store.get(&bank_key(None))? {
@@ -245,7 +263,7 @@ pub fn payouts_pain001(
             ));
         }
     };
-    let mut transfers = Vec::new();
+    let mut payouts: Vec<(u64, Transfer)> = Vec::new();
     let mut missing = Vec::new();
     let prefix = keys::key(keys::PAYOUT, &[&period.index().to_be_bytes()]);
     for (k, v) in store.scan_prefix(&prefix)? {
@@ -264,12 +282,15 @@ pub fn payouts_pain001(
             None => id.to_string(),
         };
         match store.get(&bank_key(Some(&id)))? {
-            Some(b) => transfers.push(Transfer {
+            Some(b) => payouts.push((
                 seq,
-                amount: idx.amount,
-                name,
-                account: decode_value(&bank_key(Some(&id)), &b)?,
-            }),
+                Transfer {
+                    end_to_end: format!("PAYOUT-{period}-J{seq}"),
+                    amount: idx.amount,
+                    account: decode_value(&bank_key(Some(&id)), &b)?,
+                    remittance: format!("Allocation alimentaire {period} {name}"),
+                },
+            )),
             None => missing.push(name),
         }
     }
@@ -280,15 +301,35 @@ pub fn payouts_pain001(
         )));
     }
     // In the order the payouts were recorded.
-    transfers.sort_by_key(|t| t.seq);
-    if transfers.is_empty() {
+    payouts.sort_by_key(|(seq, _)| *seq);
+    let payouts: Vec<Transfer> = payouts.into_iter().map(|(_, t)| t).collect();
+    let mut settle = Vec::new();
+    let mut unpublished = Vec::new();
+    for d in debts.iter().filter(|d| d.amount > Amount::ZERO) {
+        match &d.account {
+            Some(a) => settle.push(Transfer {
+                end_to_end: settlement_reference(period, &d.to),
+                amount: d.amount,
+                account: a.clone(),
+                remittance: format!("Compensation {period} {caisse_name} -> {}", d.name),
+            }),
+            None => unpublished.push(d.name.clone()),
+        }
+    }
+    if !unpublished.is_empty() {
         return Err(invalid(format!(
-            "no payout recorded for {period}: nothing to transfer"
+            "{} published no bank account: ask them to run `caisse bank set` (it is published to the federation)",
+            unpublished.join(", ")
         )));
     }
-    let total = Amount::checked_sum(transfers.iter().map(|t| t.amount))
-        .map_err(|e| invalid(e.to_string()))?;
-    let n = transfers.len();
+    if payouts.is_empty() && settle.is_empty() {
+        return Err(invalid(format!(
+            "no payout recorded and nothing owed to another caisse for {period}: nothing to transfer"
+        )));
+    }
+    let all = || payouts.iter().chain(settle.iter());
+    let total = Amount::checked_sum(all().map(|t| t.amount)).map_err(|e| invalid(e.to_string()))?;
+    let n = all().count();
     let (y, m, d) = Day::from_unix(created).ymd();
     let secs = created % 86_400;
     let stamp = format!(
@@ -298,30 +339,42 @@ pub fn payouts_pain001(
         secs % 60
     );
     let msg_id = format!("CAISSE-{period}-{created}");
-    let mut txs = String::new();
-    for t in &transfers {
-        txs.push_str(&format!(
-            "<CdtTrfTxInf><PmtId><EndToEndId>PAYOUT-{period}-J{seq}</EndToEndId></PmtId><Amt><InstdAmt Ccy=\"EUR\">{amount}</InstdAmt></Amt><CdtrAgt>{agent}</CdtrAgt><Cdtr><Nm>{holder}</Nm></Cdtr><CdtrAcct><Id><IBAN>{iban}</IBAN></Id></CdtrAcct><RmtInf><Ustrd>{ustrd}</Ustrd></RmtInf></CdtTrfTxInf>",
-            seq = t.seq,
-            amount = t.amount,
-            agent = agent(&t.account.bic),
-            holder = xml(&t.account.holder),
-            iban = xml(&t.account.iban),
-            ustrd = xml(
-                &format!("Allocation alimentaire {period} {}", t.name)
-                    .chars()
-                    .take(140)
-                    .collect::<String>()
-            ),
+    let mut blocks = String::new();
+    for (id, part) in [("PAYOUTS", &payouts), ("SETTLEMENT", &settle)] {
+        if part.is_empty() {
+            continue;
+        }
+        let sum = Amount::checked_sum(part.iter().map(|t| t.amount))
+            .map_err(|e| invalid(e.to_string()))?;
+        let mut txs = String::new();
+        for t in part {
+            txs.push_str(&format!(
+                "<CdtTrfTxInf><PmtId><EndToEndId>{e2e}</EndToEndId></PmtId><Amt><InstdAmt Ccy=\"EUR\">{amount}</InstdAmt></Amt><CdtrAgt>{agent}</CdtrAgt><Cdtr><Nm>{holder}</Nm></Cdtr><CdtrAcct><Id><IBAN>{iban}</IBAN></Id></CdtrAcct><RmtInf><Ustrd>{ustrd}</Ustrd></RmtInf></CdtTrfTxInf>",
+                e2e = xml(&t.end_to_end),
+                amount = t.amount,
+                agent = agent(&t.account.bic),
+                holder = xml(&t.account.holder),
+                iban = xml(&t.account.iban),
+                ustrd = xml(&t.remittance.chars().take(140).collect::<String>()),
+            ));
+        }
+        blocks.push_str(&format!(
+            "<PmtInf><PmtInfId>{id}-{period}</PmtInfId><PmtMtd>TRF</PmtMtd><NbOfTxs>{k}</NbOfTxs><CtrlSum>{sum}</CtrlSum><PmtTpInf><SvcLvl><Cd>SEPA</Cd></SvcLvl></PmtTpInf><ReqdExctnDt><Dt>{execution}</Dt></ReqdExctnDt><Dbtr><Nm>{dholder}</Nm></Dbtr><DbtrAcct><Id><IBAN>{diban}</IBAN></Id></DbtrAcct><DbtrAgt>{dagent}</DbtrAgt><ChrgBr>SLEV</ChrgBr>{txs}</PmtInf>",
+            k = part.len(),
+            dholder = xml(&debtor.holder),
+            diban = xml(&debtor.iban),
+            dagent = agent(&debtor.bic),
         ));
     }
     Ok(format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Document xmlns=\"urn:iso:std:iso:20022:tech:xsd:pain.001.001.09\"><CstmrCdtTrfInitn><GrpHdr><MsgId>{msg_id}</MsgId><CreDtTm>{stamp}</CreDtTm><NbOfTxs>{n}</NbOfTxs><CtrlSum>{total}</CtrlSum><InitgPty><Nm>{caisse}</Nm></InitgPty></GrpHdr><PmtInf><PmtInfId>PAYOUTS-{period}</PmtInfId><PmtMtd>TRF</PmtMtd><NbOfTxs>{n}</NbOfTxs><CtrlSum>{total}</CtrlSum><PmtTpInf><SvcLvl><Cd>SEPA</Cd></SvcLvl></PmtTpInf><ReqdExctnDt><Dt>{execution}</Dt></ReqdExctnDt><Dbtr><Nm>{dholder}</Nm></Dbtr><DbtrAcct><Id><IBAN>{diban}</IBAN></Id></DbtrAcct><DbtrAgt>{dagent}</DbtrAgt><ChrgBr>SLEV</ChrgBr>{txs}</PmtInf></CstmrCdtTrfInitn></Document>\n",
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Document xmlns=\"urn:iso:std:iso:20022:tech:xsd:pain.001.001.09\"><CstmrCdtTrfInitn><GrpHdr><MsgId>{msg_id}</MsgId><CreDtTm>{stamp}</CreDtTm><NbOfTxs>{n}</NbOfTxs><CtrlSum>{total}</CtrlSum><InitgPty><Nm>{caisse}</Nm></InitgPty></GrpHdr>{blocks}</CstmrCdtTrfInitn></Document>\n",
         caisse = xml(caisse_name),
-        dholder = xml(&debtor.holder),
-        diban = xml(&debtor.iban),
-        dagent = agent(&debtor.bic),
     ))
+}
+
+/// The bank reference of the settlement transfer of `period` to `creditor`.
+pub fn settlement_reference(period: Period, creditor: &caisse_protocol::CaisseId) -> String {
+    format!("SETTLE-{period}-{}", &creditor.to_string()[..12])
 }
 
 /// What a direct debit file holds.
