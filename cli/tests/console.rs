@@ -548,6 +548,54 @@ fn the_console_in_a_real_browser() {
         "{}",
         b.body_text()
     );
+    // The proposals once only in the CLI have their forms too.
+    b.click("details:has(input[value=household]) summary");
+    b.fill("#hh-title", "Allocation par foyer");
+    b.fill("#hh-base", "100");
+    b.fill("#hh-extra", "50,00");
+    b.click("details:has(input[value=household]) button");
+    b.wait_text("Vote opened");
+    assert!(
+        b.body_text()
+            .contains("An allocation of €100.00 per household and €50.00 per extra member"),
+        "{}",
+        b.body_text()
+    );
+    b.click("details:has(input[value=scale]) summary");
+    b.fill("#scale-title", "Barème 2027");
+    b.fill("#scale-min", "1");
+    b.fill("#scale-max", "250");
+    b.fill("#scale-floor", "800");
+    b.fill("#scale-ceiling", "5000");
+    b.click("details:has(input[value=scale]) button");
+    b.wait_text("Vote opened");
+    b.click("details:has(input[value=rollover]) summary");
+    b.fill("#roll-title", "Report plafonné");
+    b.click("details:has(input[value=rollover]) input[value=cap]");
+    b.fill("#roll-cap", "200");
+    b.click("details:has(input[value=rollover]) button");
+    b.wait_text("Carry over, capped at €200.00");
+    b.click("details:has(input[value=recognition]) summary");
+    b.fill("#rec-title", "Reconnaissance");
+    b.click("details:has(input[value=recognition]) input[value=listed]");
+    b.click("details:has(input[value=recognition]) button");
+    b.wait_text("Vote opened");
+    let kinds: Vec<serde_json::Value> = ok(&d.dir, &["parliament", "show"])["proposals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].clone())
+        .collect();
+    let text = serde_json::to_string(&kinds).unwrap();
+    for needle in [
+        "per-household",
+        "\"max\":\"250.00\"",
+        "\"income_ceiling\":\"5000.00\"",
+        "\"cap\"",
+        "listed",
+    ] {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
     // …and a revocation, which the parliament passes (votes through the CLI):
     // the public registry then shows it with its day and reason.
     b.click("details:has(input[value=revoke]) summary");
@@ -692,6 +740,8 @@ fn screenshots() {
     b.goto(&format!("{base}/registry"));
     shoot("06-registry");
     sign_in_token(&b, base, &d.admin_token);
+    // The sign-in must land before the next page is asked for.
+    b.wait_text("Trésorerie");
     b.goto(&format!("{base}/treasury?period={}", d.period));
     shoot("07-treasury");
     b.goto(&format!("{base}/report?period={}", d.period));
@@ -703,6 +753,21 @@ fn screenshots() {
          forms[0].closest('details').scrollIntoView();",
     );
     shoot("09-parliament-admin");
+    let gaec = ok(&d.dir, &["producer", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| s(&p["name"]) == "GAEC des Collines")
+        .map(|p| s(&p["id"]))
+        .expect("the demo's producer");
+    let producer_token = s(&ok(
+        &d.dir,
+        &["token", "create", "--role", "producer", "--producer", &gaec],
+    )["token"]);
+    sign_out(&b);
+    sign_in_token(&b, base, &producer_token);
+    b.wait_text("Où je suis conventionné");
+    shoot("10-producer");
     eprintln!("screenshots written to {}", out.display());
 }
 

@@ -106,7 +106,12 @@ fn render(v: &Visitor, p: &ProducerPage) -> String {
                 esc(scope.join(", ")),
                 a.valid_from,
                 a.valid_until,
-                esc(a.status),
+                esc(match a.status {
+                    "active" => v.t("active", "en cours"),
+                    "lapsed" => v.t("lapsed", "échu"),
+                    "revoked" => v.t("revoked", "révoqué"),
+                    _ => v.t("not yet valid", "pas encore valable"),
+                }),
                 esc(a.lapses_with.as_deref().unwrap_or(""))
             )
         })
@@ -142,6 +147,17 @@ fn render(v: &Visitor, p: &ProducerPage) -> String {
             )
         })
         .collect();
+    let sales = if sales.is_empty() {
+        format!(
+            "<tr><td colspan=\"4\">{}</td></tr>",
+            v.t(
+                "No sale naming this producer yet.",
+                "Aucune vente nommant ce producteur pour l'instant."
+            )
+        )
+    } else {
+        sales
+    };
     format!(
         "<h1>{name}</h1><p class=\"mono\">{id}</p>{warnings}\
          <section><h2>{h_dossier}</h2>{dossier}</section>\

@@ -1,7 +1,9 @@
 //! Putting a proposal to the parliament's vote from the console (admin,
 //! as the parliament's secretary): a new criteria version, the allocation
-//! per person, the accreditation of a registered producer or outlet, or
-//! the revocation of an accreditation. The caisse checks each one as it
+//! per person or per household, the contribution scale, the rollover of
+//! unspent balances, the recognition of other caisses, the accreditation
+//! of a registered producer or outlet, or the revocation of an
+//! accreditation. The caisse checks each one as it
 //! does from the CLI (criteria well-formed and newer, producer meeting the
 //! criteria, parliament able to vote) before it opens the vote.
 
@@ -19,7 +21,7 @@ use super::ConsoleState;
 use super::html::{Flash, Lang, csrf_field, esc};
 use super::{Kind, Posted, Visitor};
 use crate::parliament::ProposalKind;
-use crate::policy::AllocationPolicy;
+use crate::policy::{AllocationPolicy, ContributionScale, RecognitionPolicy, Rollover};
 
 /// What the forms offer to choose from.
 pub struct Choices {
@@ -142,6 +144,37 @@ pub fn forms(v: &Visitor, c: &Choices) -> String {
 {alloc_title}
 <label for="alloc-amount">{amount_l}</label><input id="alloc-amount" name="amount" inputmode="decimal" required pattern="[0-9]+([.,][0-9]{{1,2}})?">
 <button type="submit">{open}</button></form></details>
+<details><summary>{hh_s}</summary>
+<form method="post" action="/parliament/propose">{csrf}<input type="hidden" name="kind" value="household">
+{hh_title}
+<label for="hh-base">{hh_base_l}</label><input id="hh-base" name="base" inputmode="decimal" required pattern="[0-9]+([.,][0-9]{{1,2}})?">
+<label for="hh-extra">{hh_extra_l}</label><input id="hh-extra" name="extra" inputmode="decimal" required pattern="[0-9]+([.,][0-9]{{1,2}})?">
+<button type="submit">{open}</button></form></details>
+<details><summary>{scale_s}</summary>
+<form method="post" action="/parliament/propose">{csrf}<input type="hidden" name="kind" value="scale">
+{scale_title}
+<label for="scale-min">{min_l}</label><input id="scale-min" name="min" inputmode="decimal" required pattern="[0-9]+([.,][0-9]{{1,2}})?">
+<label for="scale-max">{max_l}</label><input id="scale-max" name="max" inputmode="decimal" required pattern="[0-9]+([.,][0-9]{{1,2}})?">
+<label for="scale-floor">{floor_l}</label><input id="scale-floor" name="floor" inputmode="decimal" required pattern="[0-9]+([.,][0-9]{{1,2}})?">
+<label for="scale-ceiling">{ceiling_l}</label><input id="scale-ceiling" name="ceiling" inputmode="decimal" required pattern="[0-9]+([.,][0-9]{{1,2}})?">
+<button type="submit">{open}</button></form></details>
+<details><summary>{roll_s}</summary>
+<form method="post" action="/parliament/propose">{csrf}<input type="hidden" name="kind" value="rollover">
+{roll_title}
+<fieldset><legend>{roll_l}</legend>
+<label><input type="radio" name="rollover" value="carry-over" checked> {carry}</label>
+<label><input type="radio" name="rollover" value="expire"> {expire}</label>
+<label><input type="radio" name="rollover" value="cap"> {cap}</label></fieldset>
+<label for="roll-cap">{cap_l}</label><input id="roll-cap" name="cap" inputmode="decimal" pattern="[0-9]+([.,][0-9]{{1,2}})?">
+<button type="submit">{open}</button></form></details>
+<details><summary>{rec_s}</summary>
+<form method="post" action="/parliament/propose">{csrf}<input type="hidden" name="kind" value="recognition">
+{rec_title}
+<fieldset><legend>{rec_l}</legend>
+<label><input type="radio" name="policy" value="none" checked> {rec_none}</label>
+<label><input type="radio" name="policy" value="listed"> {rec_listed}</label>
+<label><input type="radio" name="policy" value="compatible-criteria"> {rec_compat}</label></fieldset>
+<button type="submit">{open}</button></form></details>
 <details><summary>{crit_s}</summary>
 <form method="post" action="/parliament/propose">{csrf}<input type="hidden" name="kind" value="criteria">
 {crit_title}
@@ -168,12 +201,44 @@ pub fn forms(v: &Visitor, c: &Choices) -> String {
         alloc_s = v.t("Change the monthly allocation", "Changer l'allocation mensuelle"),
         alloc_title = title_field("alloc"),
         amount_l = v.t("Amount per person per month", "Montant par personne et par mois"),
+        hh_s = v.t("Allocate per household", "Allouer par foyer"),
+        hh_title = title_field("hh"),
+        hh_base_l = v.t("For the household's first member, per month", "Pour le premier membre du foyer, par mois"),
+        hh_extra_l = v.t("For each other member, per month", "Pour chaque autre membre, par mois"),
+        scale_s = v.t("Change the contribution scale", "Changer le barème des cotisations"),
+        scale_title = title_field("scale"),
+        min_l = v.t("Smallest contribution, per month", "Plus petite cotisation, par mois"),
+        max_l = v.t("Largest contribution, per month", "Plus grande cotisation, par mois"),
+        floor_l = v.t("Monthly income at or below which the smallest applies", "Revenu mensuel jusqu'auquel s'applique la plus petite"),
+        ceiling_l = v.t("Monthly income from which the largest applies", "Revenu mensuel à partir duquel s'applique la plus grande"),
+        roll_s = v.t("Decide what happens to unspent balances", "Décider du sort des soldes non dépensés"),
+        roll_title = title_field("roll"),
+        roll_l = v.t("Unspent allocation", "Allocation non dépensée"),
+        carry = v.t("carries over", "reportée"),
+        expire = v.t("expires at the next allocation", "perdue à l'allocation suivante"),
+        cap = v.t("carries over up to a cap", "reportée jusqu'à un plafond"),
+        cap_l = v.t("Cap (for the last choice)", "Plafond (pour le dernier choix)"),
+        rec_s = v.t("Recognise other caisses' accreditations", "Reconnaître les conventionnements des autres caisses"),
+        rec_title = title_field("rec"),
+        rec_l = v.t("Accreditations that count here", "Conventionnements valables ici"),
+        rec_none = v.t("only ours", "les nôtres seulement"),
+        rec_listed = v.t("ours and those of the caisses recognised by vote", "les nôtres et ceux des caisses reconnues par vote"),
+        rec_compat = v.t("ours and those of caisses whose criteria include ours", "les nôtres et ceux des caisses dont les critères incluent les nôtres"),
         crit_s = v.t("Adopt a new criteria version", "Adopter une nouvelle version des critères"),
         crit_title = title_field("crit"),
         crit_l = v.t("Criteria (TOML), starting from those in force", "Critères (TOML), à partir de ceux en vigueur"),
         crit = esc(&c.criteria_toml),
         open = v.t("Open the vote", "Ouvrir le vote"),
     )
+}
+
+/// An amount typed in a form (decimal point or comma).
+fn money_field(p: &Posted, name: &str) -> Result<Amount, String> {
+    p.get(name)
+        .trim()
+        .replace(',', ".")
+        .parse()
+        .map_err(|e| format!("{name}: {e}"))
 }
 
 fn read_kind(p: &Posted, today: Day) -> Result<ProposalKind, String> {
@@ -220,6 +285,30 @@ fn read_kind(p: &Posted, today: Day) -> Result<ProposalKind, String> {
                 amount,
             }))
         }
+        "household" => Ok(ProposalKind::Allocation(AllocationPolicy::PerHousehold {
+            base: money_field(p, "base")?,
+            per_extra_member: money_field(p, "extra")?,
+        })),
+        "scale" => Ok(ProposalKind::ContributionScale(ContributionScale::Linear {
+            min: money_field(p, "min")?,
+            max: money_field(p, "max")?,
+            income_floor: money_field(p, "floor")?,
+            income_ceiling: money_field(p, "ceiling")?,
+        })),
+        "rollover" => Ok(ProposalKind::Rollover(match p.get("rollover") {
+            "carry-over" => Rollover::CarryOver,
+            "expire" => Rollover::Expire,
+            "cap" => Rollover::Cap {
+                max: money_field(p, "cap")?,
+            },
+            _ => return Err("choose what happens to unspent balances".into()),
+        })),
+        "recognition" => Ok(ProposalKind::RecognitionPolicy(match p.get("policy") {
+            "none" => RecognitionPolicy::None,
+            "listed" => RecognitionPolicy::Listed,
+            "compatible-criteria" => RecognitionPolicy::CompatibleCriteria,
+            _ => return Err("choose a recognition policy".into()),
+        })),
         "criteria" => {
             let c: Criteria =
                 toml::from_str(p.get("criteria")).map_err(|e| format!("criteria: {e}"))?;
