@@ -1033,7 +1033,7 @@ fn write_outputs(
     )?;
     std::fs::write(
         out.join("accreditation_propagation.svg"),
-        svg::histogram(
+        svg::cdf(
             "Accreditation propagation: decision to visible at another node",
             "ms",
             prop,
@@ -1041,7 +1041,7 @@ fn write_outputs(
     )?;
     std::fs::write(
         out.join("purchase_latency.svg"),
-        svg::histogram("Local purchase latency (acknowledged = durable)", "ms", lat),
+        svg::cdf("Local purchase latency (acknowledged = durable)", "ms", lat),
     )?;
     let mut md = String::new();
     use std::fmt::Write;

@@ -123,34 +123,6 @@ fn legend<'a>(s: &mut String, names: impl Iterator<Item = &'a str>) {
     }
 }
 
-/// A histogram of values (e.g. latencies in ms).
-pub fn histogram(title: &str, x_label: &str, values: &[f64]) -> String {
-    let bins = 20usize;
-    let max = values.iter().copied().fold(0.0_f64, f64::max).max(1e-9);
-    let mut counts = vec![0.0; bins];
-    for v in values {
-        let i = ((v / max) * (bins as f64 - 1.0)).round() as usize;
-        counts[i.min(bins - 1)] += 1.0;
-    }
-    let labels: Vec<String> = (0..bins)
-        .map(|i| {
-            if i % 4 == 0 {
-                fmt_num(max * i as f64 / (bins as f64 - 1.0))
-            } else {
-                String::new()
-            }
-        })
-        .collect();
-    let mut s = bars(title, "count", &labels, &[(x_label.to_owned(), counts)]);
-    if values.is_empty() {
-        s = s.replace(
-            "</svg>",
-            r#"<text x="360" y="180" text-anchor="middle">no data</text></svg>"#,
-        );
-    }
-    s
-}
-
 /// One line of a [`spread`] chart: its name and, at each x, the mean and
 /// the lowest and highest value across seeds.
 pub type SpreadSeries = (String, Vec<(f64, f64, f64, f64)>);
@@ -249,10 +221,146 @@ pub fn spread(title: &str, x_label: &str, y_label: &str, series: &[SpreadSeries]
     s
 }
 
+/// A round tick value without needless decimals (0.2, 1, 50, 1000).
+fn tick(x: f64) -> String {
+    if (x - x.round()).abs() < 1e-9 {
+        format!("{}", x.round() as i64)
+    } else {
+        let t = format!("{x:.3}");
+        t.trim_end_matches('0').trim_end_matches('.').to_owned()
+    }
+}
+
 fn fmt_signed(v: f64) -> String {
     if v < 0.0 {
         format!("-{}", fmt_num(-v))
     } else {
         fmt_num(v)
+    }
+}
+
+/// The share of `values` at or below each value (a CDF), on a logarithmic
+/// x axis with round ticks (1, 2, 5 × 10ⁿ), the median and the 99th
+/// percentile marked: latencies spread over orders of magnitude stay
+/// readable (a linear histogram puts them all in its first bar).
+pub fn cdf(title: &str, x_label: &str, values: &[f64]) -> String {
+    let mut v: Vec<f64> = values
+        .iter()
+        .copied()
+        .filter(|x| x.is_finite() && *x > 0.0)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12"><rect width="{W}" height="{H}" fill="white"/><text x="{}" y="22" font-size="15" text-anchor="middle">{}</text>"#,
+        W / 2.0,
+        esc(title)
+    );
+    if v.is_empty() {
+        s.push_str(r#"<text x="360" y="180" text-anchor="middle">no data</text></svg>"#);
+        return s;
+    }
+    let lo = 10f64.powf(v[0].log10().floor());
+    let hi = 10f64.powf(v[v.len() - 1].log10().ceil()).max(lo * 10.0);
+    let px = |x: f64| ML + (W - ML - 30.0) * (x.log10() - lo.log10()) / (hi.log10() - lo.log10());
+    let py = |p: f64| H - M - (H - 2.0 * M) * p;
+    let _ = write!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">{} (log scale)</text><text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">share at or below</text>"#,
+        (ML + W - 30.0) / 2.0,
+        H - M + 32.0,
+        esc(x_label),
+        H / 2.0,
+        H / 2.0
+    );
+    for i in 0..=4 {
+        let p = f64::from(i) / 4.0;
+        let _ = write!(
+            s,
+            r##"<line x1="{ML}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}%</text>"##,
+            W - 30.0,
+            ML - 4.0,
+            py(p) + 4.0,
+            i * 25,
+            y = py(p)
+        );
+    }
+    let mut decade = lo;
+    while decade <= hi * 1.0001 {
+        for m in [1.0, 2.0, 5.0] {
+            let x = decade * m;
+            if x < lo * 0.9999 || x > hi * 1.0001 {
+                continue;
+            }
+            let _ = write!(
+                s,
+                r##"<line x1="{X:.1}" y1="{}" x2="{X:.1}" y2="{}" stroke="#eee"/><text x="{X:.1}" y="{}" text-anchor="middle">{}</text>"##,
+                M,
+                H - M,
+                H - M + 16.0,
+                tick(x),
+                X = px(x)
+            );
+        }
+        decade *= 10.0;
+    }
+    let n = v.len() as f64;
+    let points: Vec<String> = v
+        .iter()
+        .enumerate()
+        .map(|(i, x)| format!("{:.1},{:.1}", px(*x), py((i as f64 + 1.0) / n)))
+        .collect();
+    let _ = write!(
+        s,
+        r##"<polyline fill="none" stroke="#2166ac" stroke-width="2" points="{}"/>"##,
+        points.join(" ")
+    );
+    let at = |q: f64| v[((q * n).ceil() as usize).clamp(1, v.len()) - 1];
+    for (label, q, colour) in [("p50", 0.5, "#1b7837"), ("p99", 0.99, "#b2182b")] {
+        let x = at(q);
+        let _ = write!(
+            s,
+            r#"<line x1="{X:.1}" y1="{}" x2="{X:.1}" y2="{}" stroke="{colour}" stroke-dasharray="4 3"/><text x="{:.1}" y="{}" fill="{colour}">{label} {}</text>"#,
+            M,
+            H - M,
+            px(x) + 4.0,
+            M + if q < 0.9 { 14.0 } else { 30.0 },
+            fmt_num(x),
+            X = px(x)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cdf_spreads_latencies_over_decades_and_marks_p50_and_p99() {
+        // 98 fast answers and 2 slow ones: a linear histogram would show one bar.
+        let mut v: Vec<f64> = (0..98).map(|i| 2.0 + f64::from(i) / 100.0).collect();
+        v.extend([450.0, 900.0]);
+        let svg = cdf("latency", "ms", &v);
+        for tick in [">1<", ">10<", ">100<", ">1000<", ">2<", ">5<"] {
+            assert!(svg.contains(tick), "tick {tick} in {svg}");
+        }
+        assert!(svg.contains("p50 2.5"), "{svg}");
+        assert!(svg.contains("p99 450"), "{svg}");
+        assert!(cdf("x", "ms", &[]).contains("no data"));
+    }
+
+    #[test]
+    fn spread_charts_span_negative_values() {
+        let svg = spread(
+            "balance",
+            "scale",
+            "EUR",
+            &[("a".into(), vec![(1.0, -10.0, -12.0, -8.0), (2.0, 5.0, 4.0, 6.0)])],
+        );
+        assert!(svg.contains(">-1"), "{svg}");
+        assert_eq!(svg.matches("<polyline").count(), 1);
     }
 }
