@@ -441,7 +441,7 @@ fn the_console_in_a_real_browser() {
     );
     let row = s(&row);
     assert!(row.contains("Cadenet 2026 v1"), "{row}");
-    assert!(row.contains("fresh-produce 100"), "{row}");
+    assert!(row.contains("Fresh fruit and vegetables 100"), "{row}");
     assert!(row.contains("active"), "{row}");
     b.click("#f-category option[value='bread']");
     b.click("form.filters button");
@@ -543,8 +543,9 @@ fn the_console_in_a_real_browser() {
     b.click("details:has(input[value=accredit]) button");
     b.wait_text("Vote opened");
     assert!(
-        b.body_text()
-            .contains("Accredit Marché de Cadenet for bread 50 %, fresh-produce 100 %"),
+        b.body_text().contains(
+            "Accredit Marché de Cadenet for Bread 50 %, Fresh fruit and vegetables 100 %"
+        ),
         "{}",
         b.body_text()
     );
@@ -725,6 +726,7 @@ fn screenshots() {
     b.fill("#pin", &d.pin);
     b.click("#cat1 option[value='fresh-produce']");
     b.fill("#amount1", "18,40");
+    b.click("details.more-line summary");
     b.click("#cat2 option[value='bread']");
     b.fill("#amount2", "3,20");
     b.click("form[action='/till'] button[type=submit]");

@@ -358,7 +358,10 @@ mod tests {
             "balance",
             "scale",
             "EUR",
-            &[("a".into(), vec![(1.0, -10.0, -12.0, -8.0), (2.0, 5.0, 4.0, 6.0)])],
+            &[(
+                "a".into(),
+                vec![(1.0, -10.0, -12.0, -8.0), (2.0, 5.0, 4.0, 6.0)],
+            )],
         );
         assert!(svg.contains(">-1"), "{svg}");
         assert_eq!(svg.matches("<polyline").count(), 1);

@@ -169,7 +169,13 @@ fn render(v: &Visitor, d: &MemberPage, member: MemberId) -> String {
                 let scope: Vec<String> = a
                     .scope
                     .iter()
-                    .map(|x| format!("{} {}\u{a0}%", x.category, x.coverage_pct))
+                    .map(|x| {
+                        format!(
+                            "{} {}\u{a0}%",
+                            super::html::category_label(l, x.category.as_str()),
+                            x.coverage_pct
+                        )
+                    })
                     .collect();
                 format!(
                     "<tr><td data-label=\"{}\">{}</td><td data-label=\"{}\">{}</td><td data-label=\"{}\">{}</td><td data-label=\"{}\">{}</td></tr>",

@@ -215,7 +215,13 @@ fn describe(l: Lang, kind: &ProposalKind, subject: Option<&String>) -> String {
         } => {
             let cats: Vec<String> = scope
                 .iter()
-                .map(|x| format!("{} {}\u{a0}%", x.category, x.coverage_pct))
+                .map(|x| {
+                    format!(
+                        "{} {}\u{a0}%",
+                        super::html::category_label(l, x.category.as_str()),
+                        x.coverage_pct
+                    )
+                })
                 .collect();
             let who = subject.cloned().unwrap_or_default();
             match l {

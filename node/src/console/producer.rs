@@ -98,7 +98,13 @@ fn render(v: &Visitor, p: &ProducerPage) -> String {
             let scope: Vec<String> = a
                 .scope
                 .iter()
-                .map(|s| format!("{} {}%", s.category, s.coverage_pct))
+                .map(|s| {
+                    format!(
+                        "{} {}%",
+                        super::html::category_label(l, s.category.as_str()),
+                        s.coverage_pct
+                    )
+                })
                 .collect();
             format!(
                 "<tr><td>{}</td><td>{}</td><td>{} → {}</td><td>{}</td><td>{}</td></tr>",

@@ -223,7 +223,13 @@ pub async fn page(v: Visitor, State(s): State<ConsoleState>, Query(f): Query<Fil
             let scope: Vec<String> = a
                 .scope
                 .iter()
-                .map(|x| format!("{} {}\u{a0}%", x.category, x.coverage_pct))
+                .map(|x| {
+                    format!(
+                        "{} {}\u{a0}%",
+                        super::html::category_label(v.lang, x.category.as_str()),
+                        x.coverage_pct
+                    )
+                })
                 .collect();
             let criteria = match (versions.get(&a.criteria), a.decided_by) {
                 (Some(name), _) => esc(name),
@@ -263,7 +269,11 @@ pub async fn page(v: Visitor, State(s): State<ConsoleState>, Query(f): Query<Fil
             } else {
                 ""
             };
-            format!("<option value=\"{0}\"{sel}>{0}</option>", esc(c))
+            format!(
+                "<option value=\"{}\"{sel}>{}</option>",
+                esc(c),
+                esc(super::html::category_label(v.lang, c))
+            )
         })
         .collect();
     let caisse_opts: String = names

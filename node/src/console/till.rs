@@ -124,7 +124,12 @@ async fn render(
     let cats: String = offer
         .categories
         .iter()
-        .map(|(c, p)| format!("{} {p}\u{a0}%", esc(c)))
+        .map(|(c, p)| {
+            format!(
+                "{} {p}\u{a0}%",
+                esc(super::html::category_label(v.lang, c.as_str()))
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let intro = if offer.categories.is_empty() {
@@ -146,13 +151,31 @@ async fn render(
         )
     };
     let mut rows = String::new();
+    // One line shows; each further one opens on demand ("Add a line"), or
+    // already open when the form comes back with it (or a later one) filled.
+    let last_filled = form
+        .rows
+        .iter()
+        .rposition(|(c, p, a)| !c.is_empty() || !p.is_empty() || !a.is_empty())
+        .unwrap_or(0);
     for i in 0..ROWS {
         let (cat, prod, amount) = form.rows.get(i).cloned().unwrap_or_default();
         let n = i + 1;
+        if i > 0 {
+            rows.push_str(&format!(
+                "<details class=\"more-line\"{}><summary>{}</summary>",
+                if i <= last_filled { " open" } else { "" },
+                v.t("+ Add a line", "+ Ajouter une ligne")
+            ));
+        }
         let mut cat_opts = format!("<option value=\"\">{}</option>", v.t("—", "—"));
         for (c, _) in &offer.categories {
             let sel = if c.as_str() == cat { " selected" } else { "" };
-            cat_opts.push_str(&format!("<option value=\"{0}\"{sel}>{0}</option>", esc(c)));
+            cat_opts.push_str(&format!(
+                "<option value=\"{}\"{sel}>{}</option>",
+                esc(c),
+                esc(super::html::category_label(v.lang, c.as_str()))
+            ));
         }
         let mut prod_opts = format!(
             "<option value=\"\">{}</option>",
@@ -183,6 +206,7 @@ async fn render(
             amount = esc(&amount),
         ));
     }
+    rows.push_str(&"</details>".repeat(ROWS.saturating_sub(1)));
     let body = format!(
         r#"{before}
 <p>{outlet_l} <strong>{name}</strong></p>
@@ -428,7 +452,7 @@ fn receipt(v: &Visitor, r: &Receipt, lines: &[PurchaseLine]) -> String {
         .map(|x| {
             format!(
                 "<tr><td>{}</td><td class=\"num\">{}</td></tr>",
-                esc(&x.category),
+                esc(super::html::category_label(l, x.category.as_str())),
                 money(l, x.amount)
             )
         })
