@@ -357,6 +357,40 @@ summary { cursor: pointer; font-weight: 700; padding: .5rem 0; color: var(--acce
 .sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); }
 "#;
 
+/// A product category as people read it, in the visitor's language: the
+/// usual ones by name, any other from its identifier (`herbal-tea` →
+/// `Herbal tea`).
+pub fn category_label(l: Lang, category: &str) -> String {
+    let known: &[(&str, &str, &str)] = &[
+        (
+            "fresh-produce",
+            "Fresh fruit and vegetables",
+            "Fruits et légumes frais",
+        ),
+        ("bread", "Bread", "Pain"),
+        ("dairy", "Dairy", "Produits laitiers"),
+        ("groceries", "Groceries", "Épicerie"),
+        ("meat", "Meat", "Viande"),
+        ("meat-fish", "Meat and fish", "Viande et poisson"),
+        ("fish", "Fish", "Poisson"),
+        ("eggs", "Eggs", "Œufs"),
+        ("cheese", "Cheese", "Fromage"),
+        ("drinks", "Drinks", "Boissons"),
+        ("legumes", "Pulses", "Légumineuses"),
+        ("cereals", "Cereals", "Céréales"),
+        ("prepared-meals", "Prepared meals", "Plats préparés"),
+    ];
+    if let Some((_, en, fr)) = known.iter().find(|(k, _, _)| *k == category) {
+        return l.t(en, fr).to_owned();
+    }
+    let mut words = category.replace(['-', '_'], " ");
+    if let Some(first) = words.get(..1) {
+        let up = first.to_uppercase();
+        words.replace_range(..1, &up);
+    }
+    words
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,38 +444,4 @@ mod tests {
         assert_eq!(money(Lang::Fr, a), "1234,50\u{a0}€");
         assert_eq!(money(Lang::En, a), "€1234.50");
     }
-}
-
-/// A product category as people read it, in the visitor's language: the
-/// usual ones by name, any other from its identifier (`herbal-tea` →
-/// `Herbal tea`).
-pub fn category_label(l: Lang, category: &str) -> String {
-    let known: &[(&str, &str, &str)] = &[
-        (
-            "fresh-produce",
-            "Fresh fruit and vegetables",
-            "Fruits et légumes frais",
-        ),
-        ("bread", "Bread", "Pain"),
-        ("dairy", "Dairy", "Produits laitiers"),
-        ("groceries", "Groceries", "Épicerie"),
-        ("meat", "Meat", "Viande"),
-        ("meat-fish", "Meat and fish", "Viande et poisson"),
-        ("fish", "Fish", "Poisson"),
-        ("eggs", "Eggs", "Œufs"),
-        ("cheese", "Cheese", "Fromage"),
-        ("drinks", "Drinks", "Boissons"),
-        ("legumes", "Pulses", "Légumineuses"),
-        ("cereals", "Cereals", "Céréales"),
-        ("prepared-meals", "Prepared meals", "Plats préparés"),
-    ];
-    if let Some((_, en, fr)) = known.iter().find(|(k, _, _)| *k == category) {
-        return l.t(en, fr).to_owned();
-    }
-    let mut words = category.replace(['-', '_'], " ");
-    if let Some(first) = words.get(..1) {
-        let up = first.to_uppercase();
-        words.replace_range(..1, &up);
-    }
-    words
 }
