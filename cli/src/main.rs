@@ -710,6 +710,16 @@ enum SettlementCmd {
         #[arg(long)]
         period: Period,
     },
+    /// Withdraw the claims a debtor disputed as unknown to it (written
+    /// off); a revised statement is published and the netting follows.
+    Withdraw {
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        period: Period,
+        /// The debtor caisse's id.
+        #[arg(long)]
+        debtor: String,
+    },
     /// Record a transfer we made outside the system (by its number in `settlement show`).
     Paid {
         /// The month, YYYY-MM.
@@ -1662,6 +1672,20 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
                 println!("(net positions sum to {})\n", s(&v["net_sum"]));
                 let rows = v["transfers"].as_array().map(|a| a.iter().map(|t| vec![s(&t["transfer"]), short(&t["from"]), short(&t["to"]), s(&t["amount"]), if t["confirmed_by_receiver"] == true { "paid, confirmed".into() } else if t["paid"] == true { "paid, awaiting confirmation".into() } else { "to pay".into() }]).collect()).unwrap_or_default();
                 table(&["transfer", "from", "to", "amount", "status"], rows);
+            });
+        }
+        Command::Settlement(SettlementCmd::Withdraw { period, debtor }) => {
+            let v: Value = c
+                .post(
+                    "/api/v1/settlement/withdraw",
+                    &json!({ "period": period, "debtor": debtor }),
+                )
+                .await?;
+            out.value(&v, |v| {
+                println!(
+                    "Withdrew {} disputed claims of {period}: a revised statement is published; the netting follows once the debtor acknowledges it.",
+                    s(&v["withdrawn"])
+                );
             });
         }
         Command::Settlement(SettlementCmd::Paid {

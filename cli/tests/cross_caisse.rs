@@ -506,5 +506,56 @@ fn purchases_across_caisses_and_settlement() {
     );
     // A disputed statement does not enter the netting.
     assert_eq!(v["positions"].as_array().unwrap().len(), 0);
+    // B withdraws the claim A disputed: a revised statement without it,
+    // acknowledged by A, and the netting follows.
+    let w = ok(
+        &b.dir,
+        &[
+            "settlement",
+            "withdraw",
+            "--period",
+            "2027-04",
+            "--debtor",
+            &a.id,
+        ],
+    );
+    assert_eq!(w["withdrawn"], 1, "{w}");
+    wait_until("the revised statement acknowledged", 20, || {
+        let v = ok(&a.dir, &["settlement", "show", "--period", "2027-04"]);
+        let st = v["statements"].as_array().unwrap();
+        st.iter().all(|x| x["acknowledged"] == true)
+            && !v["positions"].as_array().unwrap().is_empty()
+    });
+    let v = ok(&a.dir, &["settlement", "show", "--period", "2027-04"]);
+    let st = v["statements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| s(&x["creditor"]) == b.id)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        s(&st["amount"]),
+        "1.00",
+        "only the real sale is claimed: {v}"
+    );
+    let (code, again) = json(
+        &b.dir,
+        &[
+            "settlement",
+            "withdraw",
+            "--period",
+            "2027-04",
+            "--debtor",
+            &a.id,
+        ],
+    );
+    assert_ne!(code, 0, "nothing left to withdraw: {again}");
+    let out = common::caisse(&a.dir, &["ledger", "check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let _ = nodes;
 }

@@ -326,6 +326,7 @@ pub fn routes() -> Router<App> {
         .route("/api/v1/settlement", get(settlement_show))
         .route("/api/v1/settlement/run", post(settlement_run))
         .route("/api/v1/settlement/paid", post(settlement_paid))
+        .route("/api/v1/settlement/withdraw", post(settlement_withdraw))
         .route("/api/v1/network", get(network_info))
         .route("/api/v1/network/block", post(network_block))
         .route(
@@ -2219,6 +2220,35 @@ struct PaidBody {
     period: Period,
     transfer: usize,
     reference: String,
+}
+
+#[derive(Deserialize)]
+struct WithdrawBody {
+    period: Period,
+    debtor: CaisseId,
+}
+
+/// Creditor side: withdraw the claims a debtor disputed as unknown to it
+/// (admin); the revised statement follows and so does the netting.
+async fn settlement_withdraw(
+    State(s): State<App>,
+    auth: Auth,
+    Body(b): Body<WithdrawBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.admin()?;
+    let n = reply!(
+        s.handle
+            .execute(Command::WithdrawClaims {
+                debtor: b.debtor,
+                period: b.period,
+            })
+            .await,
+        Reply::Count
+    )?;
+    tracing::info!(target: "caisse::events::settlement", debtor = %b.debtor.short(), period = %b.period, withdrawn = n, "disputed claims withdrawn");
+    Ok(Json(
+        json!({ "period": b.period, "debtor": b.debtor, "withdrawn": n }),
+    ))
 }
 
 async fn settlement_paid(

@@ -274,6 +274,14 @@ pub enum Command {
         /// The receipts.
         receipts: Vec<Envelope>,
     },
+    /// Withdraw the claims a debtor disputed as unknown to it, and publish
+    /// a revised statement without them.
+    WithdrawClaims {
+        /// The debtor.
+        debtor: CaisseId,
+        /// The period.
+        period: Period,
+    },
     /// Declare a net transfer paid.
     RecordTransfer {
         /// The period.
@@ -425,6 +433,7 @@ impl Command {
             Command::RunSettlement { .. } => "run_settlement",
             Command::RecordResent { .. } => "record_resent",
             Command::RecordTransfer { .. } => "record_transfer",
+            Command::WithdrawClaims { .. } => "withdraw_claims",
             Command::AnswerStatements { .. } => "answer_statements",
             Command::PeerDocuments { .. } => "peer_documents",
         }
@@ -639,6 +648,9 @@ impl Caisse {
                 policy.territory_centre = centre;
                 self.set_policy(policy)?;
                 Reply::Count(u64::from(centre.is_some()))
+            }
+            Command::WithdrawClaims { debtor, period } => {
+                Reply::Count(self.withdraw_claims(debtor, period, now)?)
             }
             Command::RunSettlement { period } => {
                 Reply::Settlement(self.run_settlement(period, now)?)

@@ -39,6 +39,8 @@ use crate::view::Reads;
 pub const ISSUED: &[u8] = b"x/";
 /// Receipts this caisse holds as host, by purchase id.
 pub const HELD: &[u8] = b"h/";
+/// Receipts whose claim was withdrawn after a dispute, kept aside.
+pub const WITHDRAWN: &[u8] = b"hw/";
 /// Statements, acknowledgements, disputes and transfers this caisse published, by key.
 pub const PUBLISHED: &[u8] = b"u/";
 /// Purchase requests this caisse signed as host and has not yet had answered, by purchase id.
@@ -1022,42 +1024,132 @@ impl Caisse {
             recorded += 1;
         }
         if recorded > 0 {
-            let receipts = self
-                .receipts(HELD, period)?
-                .remove(&debtor)
-                .unwrap_or_default();
-            let ids: Vec<PurchaseId> = receipts.iter().map(|r| r.purchase).collect();
-            let st = SettlementStatement {
-                creditor: self.id,
-                debtor,
-                period,
-                amount: Amount::checked_sum(receipts.iter().map(|r| r.allocation_part))
-                    .map_err(|e| CaisseError::Invalid(e.to_string()))?,
-                count: receipts.len() as u64,
-                receipts: receipts_hash(&ids),
-                at: now,
-            };
-            let base = format!("statement/{period}/{debtor}");
-            let earlier = self.scan(&keys::key(PUBLISHED, &[base.as_bytes()]))?;
-            let revision = earlier.len();
-            // The revision must read as later than every earlier statement, even
-            // when the clock has not moved (test networks): nodes keep the latest.
-            let latest_at = earlier
-                .iter()
-                .filter_map(|(k, v)| decode_value::<Envelope>(k, v).ok())
-                .filter_map(|e| e.open::<SettlementStatement>(&self.federation).ok())
-                .map(|v| v.message.at)
-                .max()
-                .unwrap_or(0);
-            let st = SettlementStatement {
-                at: now.max(latest_at.saturating_add(1)),
-                ..st
-            };
-            let env = Envelope::seal(&self.secret, &self.federation, &st)
-                .map_err(|e| CaisseError::Invalid(e.to_string()))?;
-            self.publish(format!("{base}/r{revision:04}"), env);
+            self.publish_revised_statement(debtor, period, now)?;
         }
         Ok(recorded)
+    }
+
+    /// Publish a revised statement of `period` for `debtor` from the
+    /// receipts held now.
+    fn publish_revised_statement(
+        &mut self,
+        debtor: CaisseId,
+        period: Period,
+        now: u64,
+    ) -> Result<(), CaisseError> {
+        let receipts = self
+            .receipts(HELD, period)?
+            .remove(&debtor)
+            .unwrap_or_default();
+        let ids: Vec<PurchaseId> = receipts.iter().map(|r| r.purchase).collect();
+        let st = SettlementStatement {
+            creditor: self.id,
+            debtor,
+            period,
+            amount: Amount::checked_sum(receipts.iter().map(|r| r.allocation_part))
+                .map_err(|e| CaisseError::Invalid(e.to_string()))?,
+            count: receipts.len() as u64,
+            receipts: receipts_hash(&ids),
+            at: now,
+        };
+        let base = format!("statement/{period}/{debtor}");
+        let earlier = self.scan(&keys::key(PUBLISHED, &[base.as_bytes()]))?;
+        let revision = earlier.len();
+        // The revision must read as later than every earlier statement, even
+        // when the clock has not moved (test networks): nodes keep the latest.
+        let latest_at = earlier
+            .iter()
+            .filter_map(|(k, v)| decode_value::<Envelope>(k, v).ok())
+            .filter_map(|e| e.open::<SettlementStatement>(&self.federation).ok())
+            .map(|v| v.message.at)
+            .max()
+            .unwrap_or(0);
+        let st = SettlementStatement {
+            at: now.max(latest_at.saturating_add(1)),
+            ..st
+        };
+        let env = Envelope::seal(&self.secret, &self.federation, &st)
+            .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+        self.publish(format!("{base}/r{revision:04}"), env);
+        Ok(())
+    }
+
+    /// Creditor side: withdraw the claims `debtor` disputed for `period` as
+    /// unknown to it (receipts it has no record of signing). Each is written
+    /// off (the receivable from the debtor against our losses, as for a sale
+    /// the home caisse refused), its receipt set aside, and a revised
+    /// statement published without them: the debtor acknowledges it and the
+    /// netting follows. Returns how many were withdrawn.
+    pub fn withdraw_claims(
+        &mut self,
+        debtor: CaisseId,
+        period: Period,
+        now: u64,
+    ) -> Result<u64, CaisseError> {
+        let base = format!("statement/{period}/{debtor}");
+        let ours: BTreeSet<ContentId> = self
+            .scan(&keys::key(PUBLISHED, &[base.as_bytes()]))?
+            .iter()
+            .filter_map(|(k, v)| decode_value::<Envelope>(k, v).ok())
+            .map(|e| e.content_id(&self.federation, 1))
+            .collect();
+        let disputed: BTreeSet<PurchaseId> = self
+            .peers
+            .caisses
+            .get(&debtor)
+            .map(|p| {
+                p.disputes
+                    .iter()
+                    .filter(|d| ours.contains(&d.statement))
+                    .flat_map(|d| d.unknown_to_debtor.iter().copied())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut withdrawn = 0u64;
+        for id in disputed {
+            let Some(bytes) = self.get(&held_key(&id))? else {
+                continue;
+            };
+            let rec: ReceiptRecord = decode_value(&held_key(&id), &bytes)?;
+            if rec.receipt.home != debtor || rec.receipt.period != period {
+                continue;
+            }
+            let amount = rec.receipt.allocation_part;
+            let neg = amount
+                .checked_neg()
+                .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+            self.append(
+                now,
+                EntryKind::OfflineLoss {
+                    id,
+                    home: debtor,
+                    reason: "claim withdrawn after the home caisse disputed it".into(),
+                    period,
+                },
+                vec![
+                    Posting {
+                        account: Account::Peer(debtor),
+                        amount,
+                    },
+                    Posting {
+                        account: Account::OfflineLosses,
+                        amount: neg,
+                    },
+                ],
+            )?;
+            self.pending.delete(held_key(&id));
+            self.pending
+                .put(keys::key(WITHDRAWN, &[id.as_bytes()]), bytes);
+            withdrawn += 1;
+        }
+        if withdrawn == 0 {
+            return Err(CaisseError::Conflict(format!(
+                "no claim of {period} disputed by {} to withdraw (see `settlement show`)",
+                debtor.short()
+            )));
+        }
+        self.publish_revised_statement(debtor, period, now)?;
+        Ok(withdrawn)
     }
 
     /// Purchase ids a creditor lists in its published receipt list for a period.

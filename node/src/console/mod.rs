@@ -109,6 +109,7 @@ pub fn routes() -> Router<ConsoleState> {
         .route("/treasury/contributions", post(treasury::contribution))
         .route("/treasury/subsidies", post(treasury::subsidy))
         .route("/treasury/payout", post(treasury::payout))
+        .route("/treasury/withdraw", post(treasury::withdraw))
         .route("/report", get(treasury::report_page))
         .route("/report/export/{file}", get(treasury::export_csv))
 }

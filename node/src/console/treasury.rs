@@ -346,6 +346,16 @@ pub async fn page(
                 ),
                 (false, None) => v.t("awaiting acknowledgement", "en attente de reconnaissance").to_owned(),
             };
+            // Our claims a debtor disputed as unknown to it can be withdrawn.
+            let state = match dispute {
+                Some(d) if admin && !acked && st.creditor == s.caisse_id && !d.unknown_to_debtor.is_empty() => format!(
+                    r#"{state} <form method="post" action="/treasury/withdraw" class="inline">{csrf}<input type="hidden" name="debtor" value="{debtor}"><input type="hidden" name="period" value="{period}"><button type="submit" class="secondary">{btn}</button></form>"#,
+                    csrf = csrf_field(&v.session),
+                    debtor = st.debtor,
+                    btn = v.t("Withdraw the disputed claims", "Retirer les créances contestées"),
+                ),
+                _ => state,
+            };
             format!(
                 "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{state}</td><td class=\"mono\">{}</td></tr>",
                 esc(name_of(&st.creditor)),
@@ -770,6 +780,43 @@ pub async fn payout(State(s): State<ConsoleState>, p: Posted) -> Response {
                 "{} {}",
                 v.t("Paid out:", "Payé :"),
                 money(v.lang, done.amount)
+            ),
+        },
+        Err(e) => Flash::refused(v.lang, &e),
+    };
+    v.redirect(&s, &format!("/treasury?period={period}"), Some(flash))
+}
+
+/// `POST /treasury/withdraw`: withdraw the claims a debtor disputed.
+pub async fn withdraw(State(s): State<ConsoleState>, p: Posted) -> Response {
+    let v = &p.visitor;
+    if let Err(r) = admin_only(v, &s) {
+        return r;
+    }
+    let (Ok(debtor), Ok(period)) = (
+        p.get("debtor").parse::<CaisseId>(),
+        p.get("period").parse::<Period>(),
+    ) else {
+        return v.error(
+            &s,
+            StatusCode::BAD_REQUEST,
+            v.t("Unknown caisse or period.", "Caisse ou période inconnue."),
+        );
+    };
+    let flash = match crate::writer::reply!(
+        s.handle
+            .execute(caisse_core::command::Command::WithdrawClaims { debtor, period })
+            .await,
+        caisse_core::command::Reply::Count
+    ) {
+        Ok(n) => Flash {
+            ok: true,
+            text: format!(
+                "{} {n}",
+                v.t(
+                    "Disputed claims withdrawn, revised statement published:",
+                    "Créances contestées retirées, relevé révisé publié :"
+                )
             ),
         },
         Err(e) => Flash::refused(v.lang, &e),
