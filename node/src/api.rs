@@ -259,8 +259,14 @@ where
 }
 
 /// Build the API router.
+/// The API's description (no token: it names routes, not data).
+async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
+}
+
 pub fn routes() -> Router<App> {
     Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/status", get(status))
         .route("/metrics", get(metrics))
         .route("/api/v1/policy", get(policy))

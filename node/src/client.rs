@@ -89,6 +89,19 @@ impl Client {
         }
     }
 
+    /// The same client keeping up to `idle` connections open between
+    /// requests (a load generator with that many requests in flight; the
+    /// default keeps 64).
+    pub fn with_idle_connections(mut self, idle: usize) -> Client {
+        self.http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(900))
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(idle)
+            .build()
+            .unwrap_or_default();
+        self
+    }
+
     /// A client of the node running on data directory `dir`.
     pub fn from_data_dir(dir: &Path, which: TokenFile) -> Result<Client, ClientError> {
         let info = NodeInfo::read(dir).map_err(|e| ClientError::Setup(e.to_string()))?;
@@ -123,14 +136,21 @@ impl Client {
         req: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<T, ClientError> {
-        let resp =
-            req.bearer_auth(&self.token)
-                .send()
-                .await
-                .map_err(|e| ClientError::Unreachable {
-                    url: url.to_owned(),
-                    detail: e.to_string(),
-                })?;
+        let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
+            // The causes too: "connection refused" and "reset by peer"
+            // call for different remedies.
+            let mut detail = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                detail.push_str(": ");
+                detail.push_str(&s.to_string());
+                source = s.source();
+            }
+            ClientError::Unreachable {
+                url: url.to_owned(),
+                detail,
+            }
+        })?;
         let status = resp.status();
         let bytes = resp
             .bytes()

@@ -50,6 +50,7 @@ pub mod http;
 pub mod limiter;
 pub mod metrics;
 pub mod network;
+pub mod openapi;
 pub mod producers;
 pub mod redact;
 pub mod rogue;
