@@ -216,6 +216,49 @@ async fn throughput() {
     caisse.commit().expect("commit");
     let (handle, join) = writer::spawn(caisse, Clock::system());
 
+    // A long journal first, when asked (`CAISSE_BENCH_PAST=10000000`):
+    // past purchases through the same writer, 512 in flight.
+    let past: usize = std::env::var("CAISSE_BENCH_PAST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if past > 0 {
+        let started = Instant::now();
+        let chunk = 1_000_000usize.min(past);
+        let mut done = 0usize;
+        while done + 512 <= past {
+            let n = chunk.min(past - done);
+            let per_task = n / 512;
+            let mut tasks = Vec::new();
+            for t in 0..512usize {
+                let h = handle.clone();
+                let cards = cards.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..per_task {
+                        h.purchase(PurchaseInput {
+                            id: PurchaseId::from_bytes(random16()),
+                            card: cards[(t * 7 + i) % cards.len()],
+                            outlet,
+                            lines: line(1),
+                            pin: None,
+                        })
+                        .await
+                        .expect("past purchase");
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.expect("task");
+            }
+            done += per_task * 512;
+            println!(
+                "journal: {done} past purchases in {:.0?} ({:.0}/s)",
+                started.elapsed(),
+                done as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
     for &inflight in &[1usize, 64, 512] {
         let total = if inflight == 1 { 2_000 } else { 100_000 };
         let started = Instant::now();
@@ -261,6 +304,20 @@ async fn throughput() {
     drop(handle);
     let _ = tokio::task::spawn_blocking(move || join.join()).await;
     drop(store);
+    let bytes: u64 = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("store"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    println!(
+        "store after {} past purchases and the library levels: {} MiB",
+        past,
+        bytes / 1_048_576
+    );
 
     // Through the real HTTP API over loopback, the node in this process.
     let node = daemon::start(&dir).await.expect("start node");
