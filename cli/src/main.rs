@@ -1834,12 +1834,7 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             on,
             out: file,
         }) => {
-            let mut path = format!("/api/v1/contributions/sepa?period={period}");
-            if let Some(d) = on {
-                path.push_str(&format!("&on={d}"));
-            }
-            let v: Value = c.get(&path).await?;
-            write_private(file, v["xml"].as_str().unwrap_or_default().as_bytes())?;
+            let v = bank_file(c, "contributions", *period, *on, file).await?;
             let summary = json!({ "file": file, "collection": v["collection"], "count": v["count"],
                                   "total": v["total"], "without_mandate": v["without_mandate"] });
             out.value(&summary, |_| {
@@ -1863,12 +1858,7 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             on,
             out: file,
         }) => {
-            let mut path = format!("/api/v1/payouts/sepa?period={period}");
-            if let Some(d) = on {
-                path.push_str(&format!("&on={d}"));
-            }
-            let v: Value = c.get(&path).await?;
-            write_private(file, v["xml"].as_str().unwrap_or_default().as_bytes())?;
+            let v = bank_file(c, "payouts", *period, *on, file).await?;
             out.value(&json!({ "file": file, "execution": v["execution"] }), |_| {
                 println!(
                     "Wrote the transfers of {period}'s payouts to {} (execution {}): import it in the caisse's online banking.",
@@ -2843,6 +2833,24 @@ async fn producer(c: &Client, out: &Output, p: &ProducerCmd) -> Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Fetch a SEPA file (`payouts` or `contributions`) of `period` and write
+/// its XML to `file`, readable by its owner only; returns the node's answer.
+async fn bank_file(
+    c: &Client,
+    kind: &str,
+    period: Period,
+    on: Option<Day>,
+    file: &Path,
+) -> Result<Value> {
+    let mut path = format!("/api/v1/{kind}/sepa?period={period}");
+    if let Some(d) = on {
+        path.push_str(&format!("&on={d}"));
+    }
+    let v: Value = c.get(&path).await?;
+    write_private(file, v["xml"].as_str().unwrap_or_default().as_bytes())?;
+    Ok(v)
 }
 
 /// Write an export file readable by its owner only (it is for a

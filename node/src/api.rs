@@ -895,18 +895,25 @@ struct SepaQuery {
 
 /// The SEPA credit transfer file (pain.001.001.09) of a period's payouts
 /// (admin: it holds bank accounts).
+/// A bank file's period, the time now, and the day asked for (default:
+/// `days_ahead` days from today).
+fn sepa_dates(s: &App, q: &SepaQuery, days_ahead: u32) -> Result<(Period, u64, Day), ApiError> {
+    let period: Period = parse("period", &q.period)?;
+    let now = s.handle.clock().now();
+    let on: Day = match &q.on {
+        Some(d) => parse("day", d)?,
+        None => Day::from_unix(now).plus(days_ahead),
+    };
+    Ok((period, now, on))
+}
+
 async fn payouts_sepa(
     State(s): State<App>,
     auth: Auth,
     Query(q): Query<SepaQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     auth.admin()?;
-    let period: Period = parse("period", &q.period)?;
-    let now = s.handle.clock().now();
-    let on: Day = match &q.on {
-        Some(d) => parse("day", d)?,
-        None => Day::from_unix(now).plus(1),
-    };
+    let (period, now, on) = sepa_dates(&s, &q, 1)?;
     let name = s.config.name.clone();
     let store = s.store.clone();
     // What we owe other caisses after the period's settlement (and have
@@ -961,13 +968,8 @@ async fn contributions_sepa(
     Query(q): Query<SepaQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     auth.admin()?;
-    let period: Period = parse("period", &q.period)?;
-    let now = s.handle.clock().now();
     // Core direct debits are collected at the earliest a day after the file.
-    let on: Day = match &q.on {
-        Some(d) => parse("day", d)?,
-        None => Day::from_unix(now).plus(2),
-    };
+    let (period, now, on) = sepa_dates(&s, &q, 2)?;
     let name = s.config.name.clone();
     let store = s.store.clone();
     let dd = tokio::task::spawn_blocking(move || {
