@@ -1650,11 +1650,7 @@ async fn evaluate_against(
             ))
         })
         .await?;
-    let held = held.map(|h| h.dossier);
-    let dossier = held
-        .into_iter()
-        .chain(view.dossier(&id).map(|d| d.dossier.clone()))
-        .max_by_key(|d| d.version)
+    let dossier = crate::producers::newest_dossier(view, id, held.map(|h| h.dossier))
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -1739,7 +1735,6 @@ async fn show_dossier(
         Role::Producer { producer } if *producer == id => {}
         _ => auth.reader()?,
     }
-    let carried = s.federation.snapshot().dossier(&id).cloned();
     let held = s
         .handle
         .read(move |c, _| {
@@ -1748,13 +1743,7 @@ async fn show_dossier(
                 .and_then(|r| r.dossier.clone()))
         })
         .await?;
-    let best = match (held, carried) {
-        (Some(h), Some(d)) if d.dossier.version > h.dossier.version => Some(d.dossier),
-        (Some(h), _) => Some(h.dossier),
-        (None, Some(d)) => Some(d.dossier),
-        (None, None) => None,
-    };
-    match best {
+    match crate::producers::newest_dossier(&s.federation.snapshot(), id, held.map(|h| h.dossier)) {
         Some(d) => Ok(Json(json!({ "producer": id, "dossier": d }))),
         None => Err(CaisseError::NotFound {
             what: "producer dossier",

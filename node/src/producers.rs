@@ -128,6 +128,17 @@ fn days_between(a: Day, b: Day) -> u32 {
     b.days().saturating_sub(a.days())
 }
 
+/// The newest of the dossier held here (`held`) and those other caisses carry.
+pub fn newest_dossier(
+    view: &FederationView,
+    producer: ProducerId,
+    held: Option<ProducerDossier>,
+) -> Option<ProducerDossier> {
+    held.into_iter()
+        .chain(view.dossier(&producer).map(|d| d.dossier.clone()))
+        .max_by_key(|d| d.version)
+}
+
 /// The page of `producer` as this caisse sees the federation on `today`.
 pub fn page(
     view: &FederationView,
@@ -136,14 +147,15 @@ pub fn page(
     today: Day,
 ) -> ProducerPage {
     let subject = Subject::Producer(producer);
-    let dossier = local
-        .record
-        .as_ref()
-        .and_then(|r| r.dossier.as_ref())
-        .map(|h| h.dossier.clone())
-        .into_iter()
-        .chain(view.dossier(&producer).map(|d| d.dossier.clone()))
-        .max_by_key(|d| d.version);
+    let dossier = newest_dossier(
+        view,
+        producer,
+        local
+            .record
+            .as_ref()
+            .and_then(|r| r.dossier.as_ref())
+            .map(|h| h.dossier.clone()),
+    );
     let name_of = |c: &CaisseId| -> String {
         if *c == local.id {
             return local.name.clone();
@@ -429,26 +441,7 @@ pub fn local_side(
             .unwrap_or_default(),
     )?;
     let subject = caisse_protocol::messages::Subject::Producer(producer);
-    let mut sales = Vec::new();
-    for (k, _) in c.read_prefix(caisse_core::sales::SALES)? {
-        let Some(b) = k
-            .get(caisse_core::sales::SALES.len()..caisse_core::sales::SALES.len() + 4)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        else {
-            continue;
-        };
-        let Some(period) = caisse_protocol::Period::from_index(u32::from_be_bytes(b)) else {
-            continue;
-        };
-        if sales.iter().any(|(p, _)| *p == period) {
-            continue;
-        }
-        for l in caisse_core::sales::totals(c, period)? {
-            if l.producer == producer {
-                sales.push((period, l));
-            }
-        }
-    }
+    let sales = caisse_core::sales::producer_totals(c, &producer)?;
     Ok(Local {
         id: c.caisse_id(),
         name: profile.name,

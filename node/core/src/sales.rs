@@ -89,16 +89,10 @@ pub fn totals(r: &impl Reads, period: Period) -> Result<Vec<SalesLine>, StoreErr
     Ok(out)
 }
 
-/// Every month's totals, signed, for the federation document.
-pub fn publications(
-    r: &impl Reads,
-    caisse: CaisseId,
-    secret: &SecretKey,
-    federation: &FederationId,
-) -> std::collections::BTreeMap<Period, Envelope> {
+/// The months that have totals, in order.
+pub fn periods(r: &impl Reads) -> Result<Vec<Period>, StoreError> {
     let mut periods: Vec<Period> = r
-        .read_prefix(SALES)
-        .unwrap_or_default()
+        .read_prefix(SALES)?
         .into_iter()
         .filter_map(|(k, _)| {
             let b: [u8; 4] = k.get(SALES.len()..SALES.len() + 4)?.try_into().ok()?;
@@ -106,7 +100,41 @@ pub fn publications(
         })
         .collect();
     periods.dedup();
-    periods
+    Ok(periods)
+}
+
+/// One producer's totals, month by month (one read per month).
+pub fn producer_totals(
+    r: &impl Reads,
+    producer: &ProducerId,
+) -> Result<Vec<(Period, SalesLine)>, StoreError> {
+    let mut out = Vec::new();
+    for period in periods(r)? {
+        let key = sales_key(period, producer);
+        if let Some(v) = r.read(&key)? {
+            let t: SalesTotal = decode_value(&key, &v)?;
+            out.push((
+                period,
+                SalesLine {
+                    producer: *producer,
+                    amount: t.amount,
+                    lines: t.lines,
+                },
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Every month's totals, signed, for the federation document.
+pub fn publications(
+    r: &impl Reads,
+    caisse: CaisseId,
+    secret: &SecretKey,
+    federation: &FederationId,
+) -> std::collections::BTreeMap<Period, Envelope> {
+    periods(r)
+        .unwrap_or_default()
         .into_iter()
         .filter_map(|period| {
             let totals = totals(r, period).ok()?;
