@@ -284,8 +284,13 @@ file = "contrat.pdf"
             .any(|o| s(&o["explanation"]).contains("km is within 60 km")),
         "{e}"
     );
-    // And, in one command, against A's criteria from A's territory.
-    let e = ok(&b, &["producer", "evaluate", &producer, "--against", &a_id]);
+    // And, in one command, against A's criteria from A's territory (once
+    // A's criteria document has reached B).
+    let e = wait_until_ok(
+        &b,
+        &["producer", "evaluate", &producer, "--against", &a_id],
+        20,
+    );
     assert_eq!(s(&e["criteria"]["name"]), "Critères A", "{e}");
     assert_eq!(e["distance_km"], 18, "{e}");
     assert_eq!(e["evaluation"]["passed"], true, "{e}");
