@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{TestNode, bin, caisse, json, ok, pass, s, wait_until};
+use common::{TestNode, bin, caisse, json, ok, pass, s, seat_parliament, wait_until};
 use serde_json::Value;
 
 const FED: &str = "testfed";
@@ -33,37 +33,6 @@ fn init(dir: &Path, name: &str, bootstrap: Option<&str>) {
         extra.extend_from_slice(&["--bootstrap", b]);
     }
     TestNode::init(dir, name, &extra);
-}
-
-/// Two citizen seats, so that `pass` can carry proposals quickly.
-fn seat_parliament(dir: &Path) {
-    for i in 0..2 {
-        let m = ok(
-            dir,
-            &[
-                "member",
-                "enroll",
-                "--name",
-                &format!("Élue {i}"),
-                "--residence",
-                "Ici",
-                "--joined",
-                "2026-01-01",
-            ],
-        );
-        ok(
-            dir,
-            &[
-                "parliament",
-                "seat",
-                "add",
-                "--kind",
-                "citizen",
-                "--member",
-                &s(&m["member"]),
-            ],
-        );
-    }
 }
 
 fn federation_accreditations(dir: &Path) -> Vec<Value> {
@@ -138,7 +107,7 @@ fn federation_of_three_caisses() {
     );
 
     // A adopts criteria and accredits a farm by vote.
-    seat_parliament(&a);
+    seat_parliament(&a, "2026-01-01");
     let crit = tmp.path().join("criteria.toml");
     std::fs::write(&crit, "name = \"A 2026\"\nversion = 1\n[rule]\nall = [{ label = \"organic\" }, { max_distance_km = 200 }]\n").unwrap();
     pass(&a, &["--criteria", crit.to_str().unwrap()]);
@@ -180,7 +149,7 @@ fn federation_of_three_caisses() {
     );
 
     // B's outlet sells A's producer only once B's parliament recognises A.
-    seat_parliament(&b);
+    seat_parliament(&b, "2026-01-01");
     let shop = ok(
         &b,
         &[

@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{TestNode, caisse, node_json, ok, s};
 
 const FED: &str = "fed-misbehaviour";
@@ -137,4 +139,220 @@ fn three_nodes_restarted_together_reconnect_within_five_seconds() {
     for n in &mut nodes {
         n.stop();
     }
+}
+
+/// A sync answer lost on the way (issue 15, finding 2): a replica holding
+/// an older version asks for the newer one, the answer is lost, and its
+/// retry (a fresh session from the same peer) must get what was lost rather
+/// than nothing ("already sent"), so a replica cannot stay stuck until the
+/// owner restarts.
+#[test]
+fn a_dropped_sync_response_is_followed_by_a_full_resync() {
+    const FED2: &str = "fed-lost-sync";
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    TestNode::init(
+        &dir,
+        "Caisse au lien perdu",
+        &["--listen", "/ip4/127.0.0.1/tcp/0", "--federation", FED2],
+    );
+    let _node = TestNode::start(&dir);
+    let info = node_json(&dir);
+    let rogue = std::process::Command::new(common::bin())
+        .arg("--data-dir")
+        .arg(&dir)
+        .args([
+            "rogue",
+            "--target-addr",
+            &s(&info["listen"][0]),
+            "--target",
+            &s(&info["caisse_id"]),
+            "--federation",
+            FED2,
+            "--attack",
+            "lost-sync",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the rogue holds the first version (it waits for the owner's
+    // first heads), the owner signs a new one.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    ok(
+        &dir,
+        &[
+            "bank",
+            "set",
+            "--holder",
+            "Caisse au lien perdu",
+            "--iban",
+            "FR7630006000011234567890189",
+        ],
+    );
+    let out = rogue.wait_with_output().unwrap();
+    let last = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(last.contains("resync complete"), "{last}");
+    ok(&dir, &["status"]);
+}
+
+fn peer_row(dir: &std::path::Path, caisse_id: &str) -> Option<serde_json::Value> {
+    ok(dir, &["peers"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| s(&p["caisse"]) == caisse_id)
+        .cloned()
+}
+
+fn federation_stat(dir: &std::path::Path, what: &str) -> u64 {
+    ok(dir, &["network", "show"])["federation"][what]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// A change B makes, and how long until A holds it.
+fn propagation(a: &std::path::Path, b: &std::path::Path, b_id: &str, iban: &str) -> Duration {
+    let before = peer_row(a, b_id).map_or(0, |p| p["sequence"].as_u64().unwrap_or(0));
+    ok(b, &["bank", "set", "--holder", "Caisse B", "--iban", iban]);
+    common::wait_until("B's change at A", 30, || {
+        peer_row(a, b_id).is_some_and(|p| p["sequence"].as_u64().unwrap_or(0) > before)
+    })
+}
+
+fn spawn_throwaway(dir: &std::path::Path, repeat: &str, seed: &str) -> std::process::Child {
+    let info = node_json(dir);
+    std::process::Command::new(common::bin())
+        .arg("--data-dir")
+        .arg(dir)
+        .args([
+            "rogue",
+            "--target-addr",
+            &s(&info["listen"][0]),
+            "--target",
+            &s(&info["caisse_id"]),
+            "--federation",
+            "fed-throwaway",
+            "--attack",
+            "throwaway",
+            "--repeat",
+            repeat,
+            "--seed",
+            seed,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Throwaway keys (issue 15, finding 1): 2,000 documents announced under
+/// fresh keys neither evict the document of a caisse A recognises, nor keep
+/// A syncing once the stranger has left, nor slow B's changes reaching A
+/// beyond 20% (plus a second of polling noise); and a new caisse that B
+/// recognises is followed by A even while strangers churn the slots for
+/// documents nobody vouches for.
+#[test]
+fn throwaway_keys_neither_evict_nor_keep_a_node_syncing() {
+    const FED3: &str = "fed-throwaway";
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, d) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("d"),
+    );
+    TestNode::init(
+        &a,
+        "Caisse A",
+        &["--listen", "/ip4/127.0.0.1/tcp/0", "--federation", FED3],
+    );
+    let _na = TestNode::start(&a);
+    let first = s(&node_json(&a)["listen"][0]);
+    let join = [
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--federation",
+        FED3,
+        "--bootstrap",
+        &first,
+    ];
+    TestNode::init(&b, "Caisse B", &join);
+    let _nb = TestNode::start(&b);
+    let (a_id, b_id) = (
+        s(&node_json(&a)["caisse_id"]),
+        s(&node_json(&b)["caisse_id"]),
+    );
+    // A recognises B; B recognises A.
+    for (dir, other) in [(&a, &b_id), (&b, &a_id)] {
+        common::seat_parliament(dir, "2026-01-01");
+        common::pass(dir, &["--recognise", other]);
+        common::pass(dir, &["--recognition", "listed"]);
+    }
+    common::wait_until("A to follow B's document", 30, || {
+        peer_row(&a, &b_id).is_some_and(|p| p["recognised"] == true)
+    });
+    let quiet = propagation(&a, &b, &b_id, "FR7630006000011234567890189");
+
+    // 2,000 throwaway keys at A; B changes meanwhile.
+    let rogue = spawn_throwaway(&a, "2000", SEED);
+    std::thread::sleep(Duration::from_secs(3));
+    let attacked = propagation(&a, &b, &b_id, "DE89370400440532013000");
+    let out = rogue.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        attacked <= quiet.mul_f64(1.2) + Duration::from_secs(1),
+        "B's change took {attacked:?} under attack, {quiet:?} before"
+    );
+    let evicted = federation_stat(&a, "documents_evicted");
+    assert!(evicted >= 1000, "only {evicted} stranger documents evicted");
+    let peers = ok(&a, &["peers"]).as_array().unwrap().len();
+    assert!(peers <= 64 + 2, "A follows {peers} documents");
+    let row = peer_row(&a, &b_id).expect("B's document evicted");
+    assert_eq!(row["recognised"], true, "{row}");
+
+    // The stranger has left: within the backoff, A stops trying.
+    std::thread::sleep(Duration::from_secs(12));
+    let failed = federation_stat(&a, "sync_failed");
+    std::thread::sleep(Duration::from_secs(5));
+    let later = federation_stat(&a, "sync_failed");
+    assert_eq!(failed, later, "A still syncing strangers' documents");
+
+    // A new caisse D that B recognises: A follows it although A's slots
+    // for documents nobody vouches for are full of strangers, and keeps it
+    // through another wave of them.
+    TestNode::init(&d, "Caisse D", &join);
+    let _nd = TestNode::start(&d);
+    let d_id = s(&node_json(&d)["caisse_id"]);
+    common::pass(&b, &["--recognise", &d_id]);
+    common::wait_until("A to follow D", 30, || {
+        peer_row(&a, &d_id).is_some_and(|p| p["name"] == "Caisse D")
+    });
+    let wave = spawn_throwaway(
+        &a,
+        "300",
+        "7777777777777777777777777777777777777777777777777777777777777777",
+    );
+    let out = wave.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        federation_stat(&a, "documents_evicted") >= evicted + 200,
+        "the second wave evicted nothing"
+    );
+    assert!(
+        peer_row(&a, &d_id).is_some(),
+        "D, vouched for by B, was evicted at A"
+    );
+    assert!(peer_row(&a, &b_id).is_some(), "B was evicted at A");
 }

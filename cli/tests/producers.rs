@@ -15,40 +15,10 @@ use std::path::Path;
 
 use caisse_protocol::producer::ProducerDossier;
 use caisse_protocol::{Envelope, FederationId, SecretKey};
-use common::{TestNode, caisse, json, node_json, ok, pass, s, wait_until};
+use common::{TestNode, caisse, json, node_json, ok, pass, s, seat_parliament, wait_until};
 use serde_json::Value;
 
 const FED: &str = "farmfed";
-
-fn seat_parliament(dir: &Path) {
-    for i in 0..2 {
-        let m = ok(
-            dir,
-            &[
-                "member",
-                "enroll",
-                "--name",
-                &format!("Élue {i}"),
-                "--residence",
-                "Ici",
-                "--joined",
-                "2027-01-01",
-            ],
-        );
-        ok(
-            dir,
-            &[
-                "parliament",
-                "seat",
-                "add",
-                "--kind",
-                "citizen",
-                "--member",
-                &s(&m["member"]),
-            ],
-        );
-    }
-}
 
 fn criteria(dir: &Path, tmp: &Path, name: &str, rule: &str) {
     let f = tmp.join(format!("{name}.toml"));
@@ -234,7 +204,7 @@ file = "contrat.pdf"
 
     // A: criteria, then accreditation by vote. The pass needs the organic
     // certificate, so the accreditation ends with it.
-    seat_parliament(&a);
+    seat_parliament(&a, "2027-01-01");
     criteria(
         &a,
         t,
@@ -266,7 +236,7 @@ file = "contrat.pdf"
     assert_eq!(s(&mine["valid_until"]), "2027-03-20", "{mine}");
 
     // B judges the same dossier, from the federation, against its own criteria.
-    seat_parliament(&b);
+    seat_parliament(&b, "2027-01-01");
     criteria(
         &b,
         t,
@@ -330,7 +300,7 @@ file = "contrat.pdf"
     );
 
     // C recognises A; a sale of the farm's apples at C's outlet counts.
-    seat_parliament(&c);
+    seat_parliament(&c, "2027-01-01");
     criteria(
         &c,
         t,

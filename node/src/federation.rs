@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use automerge::sync::SyncDoc;
-use automerge::{ActorId, AutoCommit, ChangeHash};
+use automerge::{ActorId, AutoCommit};
 use caisse_protocol::encoding;
 use caisse_protocol::messages::DocumentHeads;
 use caisse_protocol::rpc::{MAX_CATALOG, MAX_RPC_SIZE, RpcRequest, RpcResponse};
@@ -49,6 +49,10 @@ pub struct FederationStats {
     pub peers_banned: AtomicU64,
     /// Documents accepted after a sync.
     pub sync_accepted: AtomicU64,
+    /// Documents nobody here vouches for, dropped to make room.
+    pub documents_evicted: AtomicU64,
+    /// Sync sessions that failed or ended short of the signed heads.
+    pub sync_failed: AtomicU64,
 }
 
 struct Replica {
@@ -60,7 +64,57 @@ struct Replica {
     /// A peer known to have the wanted heads.
     source: Option<PeerId>,
     syncing: bool,
+    /// Sync attempts that failed since the last success.
+    failures: u32,
+    /// No sync before this (exponential backoff after failures).
+    next_try: Option<Instant>,
+    /// When this node started following the document (eviction order).
+    added: Instant,
 }
+
+impl Replica {
+    fn new(doc: AutoCommit, heads: Option<Envelope>, sequence: u64) -> Self {
+        Replica {
+            doc,
+            heads,
+            sequence,
+            wanted: None,
+            source: None,
+            syncing: false,
+            failures: 0,
+            next_try: None,
+            added: Instant::now(),
+        }
+    }
+
+    /// A failed or incomplete sync: wait longer before the next, and give
+    /// up on a document nobody here vouches for after a few.
+    fn failed(&mut self, vouched: bool, stats: &FederationStats) {
+        stats.sync_failed.fetch_add(1, Ordering::Relaxed);
+        self.failures = self.failures.saturating_add(1);
+        let wait = SYNC_BACKOFF_FIRST
+            .saturating_mul(1u32 << self.failures.min(16))
+            .min(SYNC_BACKOFF_MAX);
+        self.next_try = Some(Instant::now() + wait);
+        if !vouched && self.failures >= UNVOUCHED_ATTEMPTS {
+            // Wait for newer signed heads before trying again.
+            self.wanted = None;
+        }
+    }
+}
+
+/// The first wait after a failed sync; it doubles with each failure.
+pub const SYNC_BACKOFF_FIRST: Duration = Duration::from_millis(250);
+/// The longest wait between sync attempts for one document.
+pub const SYNC_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Failed syncs after which a document nobody here vouches for is given up
+/// until its owner signs a newer version.
+pub const UNVOUCHED_ATTEMPTS: u32 = 4;
+/// Documents followed at most whose owner this caisse does not vouch for
+/// (neither recognises, nor sees recognised by a caisse it recognises, nor
+/// settles with): a stranger minting keys can fill only these, and a new
+/// one evicts the oldest.
+pub const MAX_UNVOUCHED: usize = 64;
 
 /// Commands to the federation task.
 enum FedCommand {
@@ -182,27 +236,12 @@ pub fn start(
             if owner == me {
                 doc.set_actor(ActorId::from(&me.as_bytes()[..]));
             }
-            replicas.insert(
-                owner,
-                Replica {
-                    doc,
-                    heads,
-                    sequence: seq,
-                    wanted: None,
-                    source: None,
-                    syncing: false,
-                },
-            );
+            replicas.insert(owner, Replica::new(doc, heads, seq));
         }
     }
-    replicas.entry(me).or_insert_with(|| Replica {
-        doc: new_document(&me),
-        heads: None,
-        sequence: 0,
-        wanted: None,
-        source: None,
-        syncing: false,
-    });
+    replicas
+        .entry(me)
+        .or_insert_with(|| Replica::new(new_document(&me), None, 0));
     let fed = Federation {
         tx,
         view: view.clone(),
@@ -299,7 +338,9 @@ struct FederationTask {
     view: Arc<RwLock<FederationView>>,
     stats: Arc<FederationStats>,
     replicas: HashMap<CaisseId, Replica>,
-    responders: HashMap<(PeerId, CaisseId), (automerge::sync::State, Instant)>,
+    /// The answering side of sync sessions: one state per peer and
+    /// document, for the requester's current session only.
+    responders: HashMap<(PeerId, CaisseId), Responder>,
     connected: HashSet<PeerId>,
     local_version: Arc<AtomicU64>,
     published_version: u64,
@@ -447,7 +488,7 @@ impl FederationTask {
                         self.ask_catalog(peers[i]);
                     }
                     let cutoff = Instant::now() - Duration::from_secs(120);
-                    self.responders.retain(|_, (_, t)| *t > cutoff);
+                    self.responders.retain(|_, r| r.seen > cutoff);
                     for peer in self.conduct.expired() {
                         tracing::info!(target: "caisse::security", %peer, "ban over");
                         self.network.block(peer, false).await;
@@ -582,6 +623,12 @@ impl FederationTask {
     fn set_connected(&mut self, peer: PeerId, on: bool) {
         if on {
             self.connected.insert(peer);
+            // An owner back online: its document is worth a try at once.
+            for (c, r) in self.replicas.iter_mut() {
+                if peer_id_of(c) == Some(peer) {
+                    r.next_try = None;
+                }
+            }
         } else {
             self.connected.remove(&peer);
         }
@@ -608,18 +655,22 @@ impl FederationTask {
         if owner == self.me {
             return MessageAcceptance::Ignore;
         }
-        if !self.replicas.contains_key(&owner) && self.replicas.len() >= MAX_CATALOG {
+        let vouched = self.vouched(&owner);
+        if !self.replicas.contains_key(&owner) && !self.make_room(vouched) {
             tracing::warn!(target: "caisse::events::federation", caisse = %owner.short(), "ignored a new document: this node already follows the most it will");
             return MessageAcceptance::Ignore;
         }
-        let replica = self.replicas.entry(owner).or_insert_with(|| Replica {
-            doc: AutoCommit::new(),
-            heads: None,
-            sequence: 0,
-            wanted: None,
-            source: None,
-            syncing: false,
-        });
+        // Heads of a document nobody here vouches for are kept (so a new
+        // caisse can be seen and recognised) but not forwarded.
+        let acceptance = if vouched {
+            MessageAcceptance::Accept
+        } else {
+            MessageAcceptance::Ignore
+        };
+        let replica = self
+            .replicas
+            .entry(owner)
+            .or_insert_with(|| Replica::new(AutoCommit::new(), None, 0));
         let known = replica
             .wanted
             .as_ref()
@@ -637,15 +688,85 @@ impl FederationTask {
         if source.is_some() {
             replica.source = source;
         }
-        MessageAcceptance::Accept
+        acceptance
+    }
+
+    /// Whether this caisse vouches for `owner`'s document: it recognises
+    /// the owner, or a caisse it recognises does, or the owner's document
+    /// carries a settlement statement with this caisse.
+    fn vouched(&self, owner: &CaisseId) -> bool {
+        let Ok(v) = self.view.read() else {
+            return false;
+        };
+        let Some(mine) = v.caisses.get(&self.me) else {
+            return false;
+        };
+        mine.recognised.contains(owner)
+            || mine.recognised.iter().any(|r| {
+                v.caisses
+                    .get(r)
+                    .is_some_and(|p| p.recognised.contains(owner))
+            })
+            || v.caisses.get(owner).is_some_and(|p| {
+                p.statements
+                    .iter()
+                    .any(|(_, s)| s.debtor == self.me || s.creditor == self.me)
+            })
+    }
+
+    /// Make room for one more document: a vouched one may take the place of
+    /// an unvouched one when the catalog is full; an unvouched one takes the
+    /// place of the oldest unvouched (never-synced first) when their quota
+    /// is full. False when there is no room.
+    fn make_room(&mut self, vouched: bool) -> bool {
+        let unvouched: Vec<(CaisseId, bool, Instant)> = self
+            .replicas
+            .iter()
+            .filter(|(c, _)| **c != self.me)
+            .map(|(c, r)| (*c, r.heads.is_some(), r.added))
+            .filter(|(c, _, _)| !self.vouched(c))
+            .collect();
+        let full = self.replicas.len() >= MAX_CATALOG;
+        if vouched && !full {
+            return true;
+        }
+        if !vouched && !full && unvouched.len() < MAX_UNVOUCHED {
+            return true;
+        }
+        let Some((victim, _, _)) = unvouched
+            .into_iter()
+            .min_by_key(|(_, synced, added)| (*synced, *added))
+        else {
+            return false;
+        };
+        self.evict(victim);
+        true
+    }
+
+    /// Stop following `owner`'s document: dropped from memory, disk and view.
+    fn evict(&mut self, owner: CaisseId) {
+        self.replicas.remove(&owner);
+        self.responders.retain(|(_, c), _| *c != owner);
+        if let Err(e) = self
+            .store
+            .apply(&[Op::Delete(doc_key(&owner)), Op::Delete(heads_key(&owner))])
+        {
+            tracing::error!(error = %e, "cannot drop an evicted federation document");
+        }
+        if let Ok(mut v) = self.view.write() {
+            v.caisses.remove(&owner);
+        }
+        self.stats.documents_evicted.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(target: "caisse::events::federation", caisse = %owner.short(), "stopped following a document nobody here vouches for");
     }
 
     fn start_pending_syncs(&mut self) {
         let me = self.me;
         let connected = self.connected.clone();
         let mut starts = Vec::new();
+        let now = Instant::now();
         for (owner, r) in self.replicas.iter_mut() {
-            if *owner == me || r.syncing {
+            if *owner == me || r.syncing || r.next_try.is_some_and(|t| t > now) {
                 continue;
             }
             let Some((seq, _, _)) = &r.wanted else {
@@ -698,6 +819,7 @@ impl FederationTask {
                 result,
             } => (caisse, peer, result),
         };
+        let vouched = self.vouched(&caisse);
         let Some(r) = self.replicas.get_mut(&caisse) else {
             return;
         };
@@ -707,6 +829,7 @@ impl FederationTask {
             Err(e) => {
                 tracing::debug!(caisse = %caisse.short(), %peer, error = %e, "sync failed; will retry");
                 r.source = None;
+                r.failed(vouched, &self.stats);
                 return;
             }
         };
@@ -717,28 +840,32 @@ impl FederationTask {
         let Some(r) = self.replicas.get_mut(&caisse) else {
             return;
         };
-        let have = sorted_heads(&mut fork);
         let Some((seq, env, want)) = r.wanted.clone() else {
             return;
         };
-        if have != want {
-            // Either incomplete (retry) or holding changes the owner never signed.
-            let covered =
-                fork.get_changes(&want.iter().map(|h| ChangeHash(*h)).collect::<Vec<_>>());
-            let extra = have.iter().any(|h| !want.contains(h)) && !covered.is_empty();
-            if extra {
+        match judge_fork(&mut fork, &want) {
+            SyncVerdict::Accept => {}
+            // Retried after a backoff, in a new session.
+            SyncVerdict::Incomplete => {
+                r.failed(vouched, &self.stats);
+                return;
+            }
+            SyncVerdict::Forged => {
+                r.failed(vouched, &self.stats);
                 self.stats.sync_rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(target: "caisse::events::federation", caisse = %caisse.short(), %peer, "rejected a sync holding changes the owner did not sign");
                 if r.source == Some(peer) {
                     r.source = None;
                 }
+                return;
             }
-            return;
         }
         r.doc = fork;
         r.sequence = seq;
         r.heads = Some(env.clone());
         r.wanted = None;
+        r.failures = 0;
+        r.next_try = None;
         let bytes = r.doc.save();
         self.persist(caisse, bytes, &env);
         self.refresh_view(caisse, true);
@@ -889,18 +1016,29 @@ impl FederationTask {
                     .collect();
                 RpcResponse::Catalog(envs)
             }
-            RpcRequest::Sync { caisse, message } => {
+            RpcRequest::Sync {
+                caisse,
+                session,
+                message,
+            } => {
                 let Some(r) = self.replicas.get_mut(&caisse) else {
                     return RpcResponse::Refused("no such document here".into());
                 };
                 if r.heads.is_none() {
                     return RpcResponse::Refused("no signed heads for that document yet".into());
                 }
-                let (state, seen) = self
+                let responder = self
                     .responders
                     .entry((peer, caisse))
-                    .or_insert_with(|| (automerge::sync::State::new_read_only(), Instant::now()));
-                *seen = Instant::now();
+                    .or_insert_with(|| Responder::new(session));
+                if responder.session != session {
+                    // A new session (a retry after a lost answer, or the
+                    // requester restarted): what this side believes it sent
+                    // may never have arrived.
+                    *responder = Responder::new(session);
+                }
+                responder.seen = Instant::now();
+                let state = &mut responder.state;
                 if let Some(m) = message {
                     let decoded = match automerge::sync::Message::decode(&m) {
                         Ok(d) => d,
@@ -990,14 +1128,40 @@ async fn forward_offline(handle: &CaisseHandle, net: &Network) {
     }
 }
 
+/// The responder's side of one peer's sync session for one document.
+struct Responder {
+    /// The requester's session this state belongs to.
+    session: u64,
+    /// Read-only: changes the requester sends are never applied.
+    state: automerge::sync::State,
+    /// Last request, for expiry.
+    seen: Instant,
+}
+
+impl Responder {
+    fn new(session: u64) -> Self {
+        Responder {
+            session,
+            state: automerge::sync::State::new_read_only(),
+            seen: Instant::now(),
+        }
+    }
+}
+
 /// Pull `owner`'s document from `peer` into `fork` with automerge's sync
-/// protocol. The caller decides whether to accept the result.
-async fn sync_session(
+/// protocol, in a session of its own. The caller decides whether to accept
+/// the result.
+pub async fn sync_session(
     net: &Network,
     peer: PeerId,
     owner: CaisseId,
     mut fork: AutoCommit,
 ) -> Result<(AutoCommit, Option<Envelope>), String> {
+    let session = u64::from_le_bytes(
+        crate::daemon::random32()[..8]
+            .try_into()
+            .expect("eight bytes"),
+    );
     let mut state = automerge::sync::State::new();
     let mut offered = None;
     for round in 0..MAX_SYNC_ROUNDS {
@@ -1012,6 +1176,7 @@ async fn sync_session(
         let req = encoding::encode(
             &RpcRequest::Sync {
                 caisse: owner,
+                session,
                 message: ours,
             },
             MAX_RPC_SIZE,

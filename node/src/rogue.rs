@@ -36,6 +36,14 @@ pub enum Attack {
     /// A change to the target's document, made with the rogue's actor and
     /// sent to the target through the sync protocol.
     ForgedChange,
+    /// Not misbehaviour but a lossy link: one sync round whose answer the
+    /// rogue drops, then a fresh session as a node's retry would start. The
+    /// report says whether the retry got the whole signed document.
+    LostSync,
+    /// Heads of a document of its own, each time under a new key minted
+    /// for the purpose, pointing at changes nobody can serve: a stranger
+    /// trying to fill the documents a node follows.
+    Throwaway,
 }
 
 impl Attack {
@@ -60,9 +68,11 @@ impl std::str::FromStr for Attack {
             "oversized" => Attack::Oversized,
             "malformed" => Attack::Malformed,
             "forged-change" => Attack::ForgedChange,
+            "lost-sync" => Attack::LostSync,
+            "throwaway" => Attack::Throwaway,
             _ => {
                 return Err(format!(
-                    "unknown attack {s:?}: forged-heads, bad-signature, replay, oversized, malformed, forged-change"
+                    "unknown attack {s:?}: forged-heads, bad-signature, replay, oversized, malformed, forged-change, lost-sync, throwaway"
                 ));
             }
         })
@@ -126,6 +136,7 @@ pub async fn run(
     // Let gossipsub exchange subscriptions before publishing.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut reports = Vec::new();
+    let mut minted = 0u64;
     let rounds = repeat.max(1);
     let plan: Vec<Attack> = (0..rounds).flat_map(|_| attacks.iter().copied()).collect();
     for attack in &plan {
@@ -206,6 +217,7 @@ pub async fn run(
                         peer,
                         &RpcRequest::Sync {
                             caisse: target,
+                            session: 1,
                             message: msg,
                         },
                     )
@@ -237,6 +249,7 @@ pub async fn run(
                         peer,
                         &RpcRequest::Sync {
                             caisse: target,
+                            session: 1,
                             message: Some(m.encode()),
                         },
                     )
@@ -250,6 +263,30 @@ pub async fn run(
                     }
                 }
                 format!("pushed a forged change to the target's document in {pushed} sync messages")
+            }
+            Attack::LostSync => lost_sync(&net, peer, target, &federation).await?,
+            Attack::Throwaway => {
+                minted += 1;
+                let mut k = seed;
+                k[24..].copy_from_slice(&minted.to_le_bytes());
+                let throwaway = SecretKey::from_bytes(k);
+                let mut fake = [0u8; 32];
+                fake[..8].copy_from_slice(&minted.to_le_bytes());
+                let m = DocumentHeads {
+                    caisse: throwaway.caisse_id(),
+                    heads: vec![fake],
+                    sequence: 1,
+                };
+                let env = Envelope::seal(&throwaway, &federation, &m).map_err(|e| e.to_string())?;
+                let r = net
+                    .publish(env.to_bytes().map_err(|e| e.to_string())?)
+                    .await;
+                // Paced so that the target's queues, not ours, decide
+                // what arrives.
+                if minted.is_multiple_of(25) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                format!("heads of a document under throwaway key {minted}: {r:?}")
             }
         };
         tracing::info!(attack = ?attack, %detail, "rogue attack sent");
@@ -265,4 +302,93 @@ pub async fn run(
     drain.abort();
     task.abort();
     Ok(reports)
+}
+
+/// A replica's retry after a lost answer: the rogue syncs the target's
+/// document as it is, waits (up to 60 s) for the owner to sign a newer
+/// version, sends one round from the older version and drops the answer,
+/// then starts a fresh session from the older version, as a node's retry
+/// would. The report says whether the retry reached the newest signed heads.
+async fn lost_sync(
+    net: &Network,
+    peer: PeerId,
+    target: CaisseId,
+    federation: &FederationId,
+) -> Result<String, String> {
+    let signed_heads = |offered: Option<Envelope>| -> Result<DocumentHeads, String> {
+        Ok(offered
+            .ok_or("the owner offered no signed heads")?
+            .open::<DocumentHeads>(federation)
+            .map_err(|e| e.to_string())?
+            .message)
+    };
+    // The owner signs its first heads a moment after it starts.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (old, first) = loop {
+        let (doc, offered) =
+            crate::federation::sync_session(net, peer, target, automerge::AutoCommit::new())
+                .await
+                .unwrap_or_else(|_| (automerge::AutoCommit::new(), None));
+        if offered.is_some() {
+            break (doc, signed_heads(offered)?);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err("the owner signed no heads within 20 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(RpcResponse::Catalog(envs)) = request(net, peer, &RpcRequest::Catalog).await
+            && envs.iter().any(|e| {
+                e.open::<DocumentHeads>(federation).is_ok_and(|h| {
+                    h.message.caisse == target && h.message.sequence > first.sequence
+                })
+            })
+        {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!(
+                "the owner signed nothing newer than sequence {} within 60 s",
+                first.sequence
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut older = old.clone();
+    let mut state = automerge::sync::State::new();
+    let round = older
+        .sync()
+        .generate_sync_message(&mut state)
+        .map(|m| m.encode());
+    let dropped = request(
+        net,
+        peer,
+        &RpcRequest::Sync {
+            caisse: target,
+            session: 2,
+            message: round,
+        },
+    )
+    .await?;
+    drop(dropped);
+    let (mut fork, offered) = crate::federation::sync_session(net, peer, target, old).await?;
+    let signed = signed_heads(offered)?;
+    let have = crate::documents::sorted_heads(&mut fork);
+    let want = crate::documents::sorted(signed.heads);
+    Ok(if have == want {
+        format!(
+            "resync complete: after a dropped answer, a fresh session from sequence {} reached the owner's signed heads at sequence {}",
+            first.sequence, signed.sequence
+        )
+    } else {
+        format!(
+            "resync incomplete: after a dropped answer, a fresh session from sequence {} ended with {} heads, not the {} the owner signed at sequence {}",
+            first.sequence,
+            have.len(),
+            want.len(),
+            signed.sequence
+        )
+    })
 }

@@ -25,6 +25,11 @@ pub enum RpcRequest {
     Sync {
         /// The document's owner.
         caisse: CaisseId,
+        /// The requester's session, new for each session it starts: a
+        /// responder keeps one sync state per peer and document and starts
+        /// it afresh when the session changes, so a retry after a lost
+        /// answer gets what was lost instead of nothing ("already sent").
+        session: u64,
         /// The requester's sync message (automerge encoding), if it has one.
         message: Option<Vec<u8>>,
     },

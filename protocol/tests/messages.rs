@@ -318,7 +318,7 @@ proptest! {
         use caisse_protocol::rpc::*;
         let env = Envelope::seal(&author_key(), &fed(), &Acknowledgement { statement: s, by: author(), at }).unwrap();
         let req = match pick {
-            0 => RpcRequest::Sync { caisse: author(), message: msg.clone() },
+            0 => RpcRequest::Sync { caisse: author(), session: at, message: msg.clone() },
             1 => RpcRequest::Receipts(vec![PurchaseId::from_bytes([pick; 16])]),
             2 => RpcRequest::Catalog,
             _ => RpcRequest::Purchase(env.clone()),

@@ -266,3 +266,35 @@ pub fn pass(dir: &Path, args: &[&str]) -> Value {
 pub fn node_json(dir: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("node.json")).unwrap()).unwrap()
 }
+
+/// Seat two citizens (members who joined on `joined`) in the parliament, so
+/// [`pass`] can carry proposals.
+pub fn seat_parliament(dir: &Path, joined: &str) {
+    for i in 0..2 {
+        let m = ok(
+            dir,
+            &[
+                "member",
+                "enroll",
+                "--name",
+                &format!("Élue {i}"),
+                "--residence",
+                "Ici",
+                "--joined",
+                joined,
+            ],
+        );
+        ok(
+            dir,
+            &[
+                "parliament",
+                "seat",
+                "add",
+                "--kind",
+                "citizen",
+                "--member",
+                &s(&m["member"]),
+            ],
+        );
+    }
+}
