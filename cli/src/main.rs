@@ -159,7 +159,7 @@ enum Command {
         /// The federation.
         #[arg(long, default_value = "caisse-federation")]
         federation: String,
-        /// forged-heads, bad-signature, replay, oversized, malformed, forged-change (repeatable; default all).
+        /// forged-heads, bad-signature, replay, oversized, malformed, forged-change (repeatable; default all), and lost-sync, throwaway, crowd, providers, large (only when named).
         #[arg(long = "attack")]
         attacks: Vec<String>,
         /// Send the attacks this many times over, back to back.
@@ -169,6 +169,10 @@ enum Command {
         /// second run is the same peer.
         #[arg(long)]
         seed: Option<String>,
+        /// Announce this address as the rogue's own (repeatable): a third
+        /// party's, to check the target does not dial it.
+        #[arg(long = "claim-addr")]
+        claim: Vec<String>,
     },
     /// The node's clock (test networks only).
     #[command(subcommand)]
@@ -1151,6 +1155,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             attacks,
             repeat,
             seed,
+            claim,
         } => {
             let target: caisse_protocol::CaisseId =
                 target.parse().map_err(|e| anyhow!("--target: {e}"))?;
@@ -1178,10 +1183,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     b
                 }
             };
-            let reports =
-                caisse_node::rogue::run(target_addr, target, federation, &attacks, seed, *repeat)
-                    .await
-                    .map_err(|e| anyhow!("rogue: {e}"))?;
+            let reports = caisse_node::rogue::run(
+                target_addr,
+                target,
+                federation,
+                &attacks,
+                seed,
+                *repeat,
+                claim,
+            )
+            .await
+            .map_err(|e| anyhow!("rogue: {e}"))?;
             println!("{}", serde_json::to_string_pretty(&reports)?);
             return Ok(ExitCode::SUCCESS);
         }

@@ -136,6 +136,7 @@ fn lost_receipt_is_resent_and_the_dispute_resolves() {
                 listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
                 bootstrap: vec![a_addr.clone()],
                 limits: None,
+                announce: Vec::new(),
             })
             .await
             .unwrap();

@@ -356,3 +356,227 @@ fn throwaway_keys_neither_evict_nor_keep_a_node_syncing() {
     );
     assert!(peer_row(&a, &b_id).is_some(), "B was evicted at A");
 }
+
+/// A peer announcing a third party's address as its own (issue 15): the
+/// node never dials it, neither while the peer is connected nor after it
+/// has left, when the node looks for it again.
+#[test]
+fn a_peer_claiming_a_third_partys_address_causes_no_dial() {
+    const FED4: &str = "fed-claims";
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    TestNode::init(
+        &dir,
+        "Caisse prudente",
+        &["--listen", "/ip4/127.0.0.1/tcp/0", "--federation", FED4],
+    );
+    let _node = TestNode::start(&dir);
+    let victim = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    victim.set_nonblocking(true).unwrap();
+    let claim = format!("/ip4/127.0.0.1/tcp/{}", victim.local_addr().unwrap().port());
+    let info = node_json(&dir);
+    let out = caisse(
+        &dir,
+        &[
+            "rogue",
+            "--target-addr",
+            &s(&info["listen"][0]),
+            "--target",
+            &s(&info["caisse_id"]),
+            "--federation",
+            FED4,
+            "--attack",
+            "replay",
+            "--claim-addr",
+            &claim,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Past the node's periodic peer discovery (every 30 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while std::time::Instant::now() < deadline {
+        match victim.accept() {
+            Ok((_, from)) => panic!("the node dialled the claimed address (from {from})"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(&dir, &["status"]);
+}
+
+/// A crowd of strangers (issue 15, finding 3): 500 connections from new
+/// peer ids leave a caisse A recognises able to connect to A, and A keeps
+/// only a few of them open.
+#[test]
+fn a_crowd_of_strangers_leaves_a_recognised_caisse_able_to_connect() {
+    const FED5: &str = "fed-crowd";
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    TestNode::init(
+        &a,
+        "Caisse A",
+        &["--listen", "/ip4/127.0.0.1/tcp/0", "--federation", FED5],
+    );
+    let _na = TestNode::start(&a);
+    let first = s(&node_json(&a)["listen"][0]);
+    TestNode::init(
+        &b,
+        "Caisse B",
+        &[
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--federation",
+            FED5,
+            "--bootstrap",
+            &first,
+        ],
+    );
+    let mut nb = TestNode::start(&b);
+    let b_id = s(&node_json(&b)["caisse_id"]);
+    let b_peer = s(&ok(&b, &["network", "show"])["peer_id"]);
+    common::seat_parliament(&a, "2026-01-01");
+    common::pass(&a, &["--recognise", &b_id]);
+    common::pass(&a, &["--recognition", "listed"]);
+    let connected = |dir: &std::path::Path, peer: &str| {
+        ok(dir, &["network", "show"])["connected"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|p| s(p) == peer))
+    };
+    common::wait_until("A to follow B", 30, || {
+        peer_row(&a, &b_id).is_some_and(|p| p["recognised"] == true)
+    });
+    nb.stop();
+    let info = node_json(&a);
+    let rogue = std::process::Command::new(common::bin())
+        .arg("--data-dir")
+        .arg(&a)
+        .args([
+            "rogue",
+            "--target-addr",
+            &s(&info["listen"][0]),
+            "--target",
+            &s(&info["caisse_id"]),
+            "--federation",
+            FED5,
+            "--attack",
+            "crowd",
+            "--repeat",
+            "500",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    let _nb = TestNode::start(&b);
+    let took = common::wait_until("B to connect to A through the crowd", 20, || {
+        connected(&a, &b_peer)
+    });
+    let out = rogue.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let detail = s(&v[0]["detail"]);
+    let open: u64 = detail
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" still open after 25 s")?.parse().ok())
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(open <= 128, "{report}");
+    assert!(took < Duration::from_secs(15), "B connected after {took:?}");
+    ok(&a, &["status"]);
+}
+
+/// Resident memory of a process, from /proc (Linux).
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().strip_suffix("kB"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Memory under hostile load (issue 15, finding 4): ten peers announcing
+/// Kademlia provider records and sending 4 MiB requests leave the node
+/// under 100 MB above its baseline, and it keeps serving.
+#[test]
+fn provider_records_and_large_requests_leave_memory_bounded() {
+    const FED6: &str = "fed-memory";
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    TestNode::init(
+        &dir,
+        "Caisse sobre",
+        &["--listen", "/ip4/127.0.0.1/tcp/0", "--federation", FED6],
+    );
+    let node = TestNode::start(&dir);
+    let pid = node.child.as_ref().unwrap().id();
+    std::thread::sleep(Duration::from_secs(3));
+    let baseline = rss_bytes(pid);
+    assert!(baseline > 0, "no RSS for the node");
+    let info = node_json(&dir);
+    let rogues: Vec<std::process::Child> = (0..10)
+        .map(|i| {
+            std::process::Command::new(common::bin())
+                .arg("--data-dir")
+                .arg(&dir)
+                .args([
+                    "rogue",
+                    "--target-addr",
+                    &s(&info["listen"][0]),
+                    "--target",
+                    &s(&info["caisse_id"]),
+                    "--federation",
+                    FED6,
+                    "--attack",
+                    "providers",
+                    "--attack",
+                    "large",
+                    "--repeat",
+                    "3",
+                    "--seed",
+                    &format!("{i:02}").repeat(32),
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut peak = baseline;
+    let mut rogues = rogues;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while rogues.iter_mut().any(|r| r.try_wait().unwrap().is_none()) {
+        peak = peak.max(rss_bytes(pid));
+        assert!(std::time::Instant::now() < deadline, "rogues still running");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // And what stays after (records kept, buffers not returned).
+    std::thread::sleep(Duration::from_secs(2));
+    peak = peak.max(rss_bytes(pid));
+    let grew = peak.saturating_sub(baseline);
+    assert!(
+        grew < 100 * 1024 * 1024,
+        "the node grew by {} MB (baseline {} MB)",
+        grew / (1024 * 1024),
+        baseline / (1024 * 1024)
+    );
+    eprintln!(
+        "baseline {} MB, peak {} MB",
+        baseline / (1024 * 1024),
+        peak / (1024 * 1024)
+    );
+    ok(&dir, &["status"]);
+}

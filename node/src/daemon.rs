@@ -386,6 +386,7 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
         listen,
         bootstrap: config.bootstrap.clone(),
         limits: None,
+        announce: Vec::new(),
     };
     let started_net = match reuse {
         Some(addrs) => match crate::network::start(net_config(addrs)).await {

@@ -45,6 +45,7 @@ pub const K_DOSSIERS: &str = "dossiers";
 pub const K_SALES: &str = "sales";
 pub const K_LOCATION: &str = "location";
 pub const K_BANK: &str = "bank";
+pub const K_ADDRESSES: &str = "addresses";
 
 /// Rounds of one sync session before giving up.
 pub const MAX_SYNC_ROUNDS: usize = 32;
@@ -98,7 +99,11 @@ pub fn apply_statements(
             changed = true;
         }
     }
-    for (key, value) in [(K_LOCATION, &published.location), (K_BANK, &published.bank)] {
+    for (key, value) in [
+        (K_LOCATION, &published.location),
+        (K_BANK, &published.bank),
+        (K_ADDRESSES, &published.addresses),
+    ] {
         if let Some(bytes) = value
             && bytes_at(doc, &ROOT, key).as_deref() != Some(&bytes[..])
         {
@@ -150,6 +155,7 @@ pub fn published_in(doc: &AutoCommit) -> Published {
     }
     p.location = bytes_at(doc, &ROOT, K_LOCATION);
     p.bank = bytes_at(doc, &ROOT, K_BANK);
+    p.addresses = bytes_at(doc, &ROOT, K_ADDRESSES);
     let map = |key: &str| match doc.get(ROOT, key) {
         Ok(Some((Value::Object(ObjType::Map), id))) => Some(id),
         _ => None,

@@ -267,6 +267,7 @@ pub fn start(
         to_writer,
         clock: handle_clock,
         conduct: Conduct::default(),
+        addresses: None,
     };
     for c in task.replicas.keys().copied().collect::<Vec<_>>() {
         task.refresh_view(c, false);
@@ -353,6 +354,8 @@ struct FederationTask {
     clock: Arc<crate::writer::Clock>,
     /// Misbehaviour per peer, and the peers banned for it.
     conduct: Conduct,
+    /// This node's signed addresses, published in its document.
+    addresses: Option<Envelope>,
 }
 
 /// Strikes within [`STRIKE_WINDOW`] that ban a peer.
@@ -487,6 +490,8 @@ impl FederationTask {
                         let i = (self.started.elapsed().as_millis() as usize) % peers.len();
                         self.ask_catalog(peers[i]);
                     }
+                    self.share_known();
+                    self.dial_vouched();
                     let cutoff = Instant::now() - Duration::from_secs(120);
                     self.responders.retain(|_, r| r.seen > cutoff);
                     for peer in self.conduct.expired() {
@@ -510,7 +515,7 @@ impl FederationTask {
             SecretKey::from_bytes(self.secret.to_bytes()),
             self.federation.clone(),
         );
-        let statements = match self
+        let mut statements = match self
             .handle
             .read(move |c, _| {
                 Ok(caisse_core::conventionnement::federation_statements(
@@ -528,6 +533,7 @@ impl FederationTask {
                 return;
             }
         };
+        statements.addresses = self.signed_addresses().await;
         self.published_version = version;
         let me = self.me;
         let Some(replica) = self.replicas.get_mut(&me) else {
@@ -583,6 +589,56 @@ impl FederationTask {
         }
     }
 
+    /// This node's addresses (listened on and announced), signed once.
+    async fn signed_addresses(&mut self) -> Option<Envelope> {
+        if self.addresses.is_none() {
+            let info = self.network.info().await;
+            let addresses: Vec<String> = info
+                .listen
+                .iter()
+                .take(caisse_protocol::messages::MAX_ADDRESSES)
+                .map(ToString::to_string)
+                .collect();
+            if addresses.is_empty() {
+                return None;
+            }
+            let m = caisse_protocol::messages::CaisseAddresses {
+                caisse: self.me,
+                addresses,
+            };
+            self.addresses = Envelope::seal(&self.secret, &self.federation, &m).ok();
+        }
+        self.addresses.clone()
+    }
+
+    /// Tell the network which peers are not strangers: owners of the
+    /// documents this node holds, and those it vouches for.
+    fn share_known(&self) {
+        let known = self
+            .replicas
+            .iter()
+            .filter(|(c, r)| r.heads.is_some() || self.vouched(c))
+            .filter_map(|(c, _)| peer_id_of(c))
+            .collect();
+        self.network.set_known(known);
+    }
+
+    /// Dial the caisses this node vouches for that are not connected, at
+    /// the addresses they signed.
+    fn dial_vouched(&self) {
+        for c in self.replicas.keys() {
+            if *c == self.me {
+                continue;
+            }
+            if let Some(p) = peer_id_of(c)
+                && !self.connected.contains(&p)
+                && self.vouched(c)
+            {
+                self.network.dial_peer(p);
+            }
+        }
+    }
+
     fn persist(&self, owner: CaisseId, doc: Vec<u8>, heads: &Envelope) {
         let ops = [
             Op::Put(doc_key(&owner), doc),
@@ -609,6 +665,23 @@ impl FederationTask {
             })
             .unwrap_or_default();
         let connected = peer_id_of(&owner).is_some_and(|pid| self.connected.contains(&pid));
+        if owner != self.me
+            && let Some(pid) = peer_id_of(&owner)
+        {
+            // Only addresses ending in the owner's own peer id, if any.
+            let addrs: Vec<libp2p::Multiaddr> = p
+                .addresses
+                .iter()
+                .filter_map(|a| a.parse::<libp2p::Multiaddr>().ok())
+                .filter(|a| match a.iter().last() {
+                    Some(libp2p::multiaddr::Protocol::P2p(x)) => x == pid,
+                    _ => true,
+                })
+                .collect();
+            if !addrs.is_empty() {
+                self.network.add_addresses(pid, addrs);
+            }
+        }
         if let Ok(mut v) = self.view.write() {
             let last = v.caisses.get(&owner).map_or(0, |x| x.last_changed);
             p.last_changed = if changed { self.clock.now() } else { last };
@@ -757,6 +830,7 @@ impl FederationTask {
             v.caisses.remove(&owner);
         }
         self.stats.documents_evicted.fetch_add(1, Ordering::Relaxed);
+        self.share_known();
         tracing::info!(target: "caisse::events::federation", caisse = %owner.short(), "stopped following a document nobody here vouches for");
     }
 
@@ -869,6 +943,13 @@ impl FederationTask {
         let bytes = r.doc.save();
         self.persist(caisse, bytes, &env);
         self.refresh_view(caisse, true);
+        self.share_known();
+        if let Some(p) = peer_id_of(&caisse)
+            && !self.connected.contains(&p)
+            && self.vouched(&caisse)
+        {
+            self.network.dial_peer(p);
+        }
         self.stats.sync_accepted.fetch_add(1, Ordering::Relaxed);
         tracing::info!(target: "caisse::events::federation", caisse = %caisse.short(), sequence = seq, "document updated");
         let me = self.me;

@@ -1,11 +1,16 @@
 //! The libp2p network of a caisse: one task owns the `Swarm`.
 //!
-//! Transport TCP + Noise + Yamux; identify; Kademlia (bootstrap addresses
-//! from the config); gossipsub with explicit validation (messages are
-//! reported Accept/Reject/Ignore by the federation before gossipsub
-//! forwards them; message ids are content hashes); one request-response
-//! protocol carrying length-prefixed byte frames; connection limits and a
-//! block list (used by test networks to cut a node off).
+//! Transport TCP + Noise + Yamux; identify; Kademlia as an address book
+//! only (client mode, no records stored, no queries, entries added by hand:
+//! bootstrap addresses from the config and the addresses caisses sign in
+//! their documents; an address a peer merely claims is never dialled);
+//! gossipsub with explicit validation (messages are reported
+//! Accept/Reject/Ignore by the federation before gossipsub forwards them;
+//! message ids are content hashes); one request-response protocol carrying
+//! length-prefixed byte frames (requests at most [`MAX_REQUEST`]);
+//! connection limits, with few slots for strangers (peers that are not
+//! caisses this node follows), per address and in all, reaped after
+//! [`STRANGER_GRACE`]; and a block list.
 //!
 //! Nothing here decodes application bytes: frames go to the federation as
 //! they are, so every malformed frame reaches code that counts and logs it.
@@ -34,8 +39,20 @@ use tokio::sync::{mpsc, oneshot};
 pub const RPC_PROTOCOL: &str = "/caisse/rpc/1.0.0";
 /// The Kademlia protocol of caisses.
 pub const KAD_PROTOCOL: &str = "/caisse/kad/1.0.0";
-/// Largest request or response frame.
+/// Largest response frame.
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+/// Largest request frame (a sync round, a purchase, a list of receipt ids).
+pub const MAX_REQUEST: usize = 1024 * 1024;
+/// Request or response streams open at once on one connection.
+pub const MAX_STREAMS: usize = 16;
+/// Connections of strangers (peers this node does not know as caisses it
+/// follows, nor as bootstrap peers) open at once.
+pub const MAX_STRANGERS: usize = 128;
+/// Strangers' connections from one IP address (loopback excepted, where
+/// test networks live).
+pub const MAX_STRANGERS_PER_IP: usize = 4;
+/// How long a stranger may stay connected without becoming known.
+pub const STRANGER_GRACE: Duration = Duration::from_secs(30);
 /// Largest gossip message: gossip only announces heads; bodies travel by sync.
 pub const MAX_GOSSIP: usize = 8 * 1024;
 
@@ -70,6 +87,7 @@ pub fn peer_id_of(caisse: &CaisseId) -> Option<PeerId> {
 pub struct FrameCodec {
     failures: Arc<AtomicU64>,
     max: usize,
+    max_request: usize,
 }
 
 impl Default for FrameCodec {
@@ -77,6 +95,7 @@ impl Default for FrameCodec {
         FrameCodec {
             failures: Arc::default(),
             max: MAX_FRAME,
+            max_request: MAX_REQUEST,
         }
     }
 }
@@ -128,7 +147,7 @@ impl request_response::Codec for FrameCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Vec<u8>> {
-        read_frame(io, &self.failures, self.max).await
+        read_frame(io, &self.failures, self.max_request).await
     }
 
     async fn read_response<T: futures::AsyncRead + Unpin + Send>(
@@ -145,7 +164,7 @@ impl request_response::Codec for FrameCodec {
         io: &mut T,
         req: Vec<u8>,
     ) -> std::io::Result<()> {
-        write_frame(io, req, self.max).await
+        write_frame(io, req, self.max_request).await
     }
 
     async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
@@ -201,6 +220,10 @@ enum Command {
     Respond(ResponseChannel<Vec<u8>>, Vec<u8>),
     Validate(MessageId, PeerId, MessageAcceptance),
     Dial(Multiaddr),
+    DialPeer(PeerId),
+    Addresses(PeerId, Vec<Multiaddr>),
+    Known(std::collections::HashSet<PeerId>),
+    Provide(Vec<u8>),
     Block(PeerId, bool),
     Info(oneshot::Sender<NetInfo>),
 }
@@ -239,6 +262,9 @@ pub struct NetworkConfig {
     pub bootstrap: Vec<String>,
     /// Limits other than the protocol's, for test peers that misbehave on purpose.
     pub limits: Option<(usize, usize)>,
+    /// Addresses to announce besides the ones listened on (a node behind a
+    /// NAT or a proxy names its public address here).
+    pub announce: Vec<String>,
 }
 
 fn parse_addr(a: &str) -> Result<Multiaddr, NetworkError> {
@@ -274,6 +300,13 @@ pub async fn start(
     let codec = FrameCodec {
         failures: Arc::default(),
         max: max_frame,
+        // A test peer that misbehaves on purpose may send requests as
+        // large as its own limit.
+        max_request: if cfg.limits.is_some() {
+            max_frame
+        } else {
+            MAX_REQUEST
+        },
     };
     let failures = codec.failures.clone();
     let topic_hash = topic.hash();
@@ -311,16 +344,29 @@ pub async fn start(
                 },
             );
             gossip.with_peer_score(params, gossipsub::PeerScoreThresholds::default())?;
+            // An address book, not a DHT: no records or provider records
+            // stored for anyone, no answers to queries, entries by hand.
+            let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+            kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+            kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
             let mut kad = kad::Behaviour::with_config(
                 key.public().to_peer_id(),
-                kad::store::MemoryStore::new(key.public().to_peer_id()),
-                kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
+                kad::store::MemoryStore::with_config(
+                    key.public().to_peer_id(),
+                    kad::store::MemoryStoreConfig {
+                        max_records: 0,
+                        max_value_bytes: 0,
+                        max_providers_per_key: 0,
+                        max_provided_keys: 0,
+                    },
+                ),
+                kad_config,
             );
-            kad.set_mode(Some(kad::Mode::Server));
+            kad.set_mode(Some(kad::Mode::Client));
             Ok(Behaviour {
                 limits: connection_limits::Behaviour::new(
                     connection_limits::ConnectionLimits::default()
-                        .with_max_established(Some(256))
+                        .with_max_established(Some(1024))
                         .with_max_established_per_peer(Some(2))
                         .with_max_pending_incoming(Some(64)),
                 ),
@@ -338,7 +384,8 @@ pub async fn start(
                         request_response::ProtocolSupport::Full,
                     )],
                     request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(10)),
+                        .with_request_timeout(Duration::from_secs(10))
+                        .with_max_concurrent_streams(MAX_STREAMS),
                 ),
             })
         })
@@ -362,6 +409,9 @@ pub async fn start(
                 addr: a.clone(),
                 detail: e.to_string(),
             })?;
+    }
+    for a in &cfg.announce {
+        swarm.add_external_address(parse_addr(a)?);
     }
     let mut bootstrap = Vec::new();
     for a in &cfg.bootstrap {
@@ -407,6 +457,10 @@ pub async fn start(
         listening,
         failures,
         blocked: Vec::new(),
+        known: redial.iter().filter_map(|r| r.peer).collect(),
+        bootstrap_peers: redial.iter().filter_map(|r| r.peer).collect(),
+        strangers: HashMap::new(),
+        strangers_refused: 0,
         redial,
     };
     let handle = tokio::spawn(task.run());
@@ -423,6 +477,17 @@ struct SwarmTask {
     failures: Arc<AtomicU64>,
     blocked: Vec<PeerId>,
     redial: Vec<Redial>,
+    /// Peers that are not strangers: caisses the federation follows, and
+    /// the bootstrap peers.
+    known: std::collections::HashSet<PeerId>,
+    bootstrap_peers: Vec<PeerId>,
+    /// Open connections of strangers: peer, remote IP, since when.
+    strangers: HashMap<
+        libp2p::swarm::ConnectionId,
+        (PeerId, Option<std::net::IpAddr>, tokio::time::Instant),
+    >,
+    /// Strangers' connections closed, for the log's summary.
+    strangers_refused: u64,
 }
 
 /// The first wait before dialling a lost bootstrap peer again; it doubles
@@ -462,8 +527,62 @@ impl SwarmTask {
         }
     }
 
+    /// A connection from a peer this node does not know: kept only while
+    /// there are few of them (in all, and from its IP address).
+    fn admit_stranger(
+        &mut self,
+        peer: PeerId,
+        connection: libp2p::swarm::ConnectionId,
+        ip: Option<std::net::IpAddr>,
+    ) {
+        let same_ip = self
+            .strangers
+            .values()
+            .filter(|(_, i, _)| ip.is_some() && *i == ip)
+            .count();
+        let crowded_ip = ip.is_some_and(|i| !i.is_loopback()) && same_ip >= MAX_STRANGERS_PER_IP;
+        if self.strangers.len() >= MAX_STRANGERS || crowded_ip {
+            self.refuse_stranger(connection, peer, "too many strangers connected");
+            return;
+        }
+        self.strangers
+            .insert(connection, (peer, ip, tokio::time::Instant::now()));
+    }
+
+    fn refuse_stranger(
+        &mut self,
+        connection: libp2p::swarm::ConnectionId,
+        peer: PeerId,
+        why: &'static str,
+    ) {
+        self.strangers.remove(&connection);
+        self.swarm.close_connection(connection);
+        self.strangers_refused += 1;
+        // A few lines, then one in a thousand: a crowd must not flood the log.
+        if self.strangers_refused <= 5 || self.strangers_refused.is_multiple_of(1000) {
+            tracing::info!(target: "caisse::security", %peer, why, refused = self.strangers_refused, "closed a stranger's connection");
+        }
+    }
+
+    /// Close strangers' connections older than [`STRANGER_GRACE`], and
+    /// stop counting peers that became known.
+    fn reap_strangers(&mut self) {
+        let known = &self.known;
+        self.strangers.retain(|_, (p, _, _)| !known.contains(p));
+        let now = tokio::time::Instant::now();
+        let old: Vec<(libp2p::swarm::ConnectionId, PeerId)> = self
+            .strangers
+            .iter()
+            .filter(|(_, (_, _, since))| now.duration_since(*since) > STRANGER_GRACE)
+            .map(|(c, (p, _, _))| (*c, *p))
+            .collect();
+        for (c, p) in old {
+            self.refuse_stranger(c, p, "connected too long without becoming known");
+        }
+    }
+
     async fn run(mut self) {
-        let mut bootstrap_timer = tokio::time::interval(Duration::from_secs(30));
+        let mut reap_timer = tokio::time::interval(Duration::from_secs(2));
         let mut redial_timer = tokio::time::interval(REDIAL_FIRST);
         redial_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -473,9 +592,7 @@ impl SwarmTask {
                     None => break,
                 },
                 ev = self.swarm.select_next_some() => self.event(ev),
-                _ = bootstrap_timer.tick() => {
-                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
-                }
+                _ = reap_timer.tick() => self.reap_strangers(),
                 _ = redial_timer.tick() => self.redial_due(),
             }
         }
@@ -516,6 +633,23 @@ impl SwarmTask {
                 }
                 let _ = self.swarm.dial(addr);
             }
+            Command::DialPeer(peer) => {
+                if !self.swarm.is_connected(&peer) && !self.blocked.contains(&peer) {
+                    let _ = self.swarm.dial(peer);
+                }
+            }
+            Command::Addresses(peer, addrs) => {
+                for a in addrs {
+                    b.kad.add_address(&peer, a);
+                }
+            }
+            Command::Provide(key) => {
+                let _ = b.kad.start_providing(kad::RecordKey::new(&key));
+            }
+            Command::Known(mut known) => {
+                known.extend(self.bootstrap_peers.iter().copied());
+                self.known = known;
+            }
             Command::Block(peer, block) => {
                 if block {
                     b.blocked.block_peer(peer);
@@ -532,6 +666,7 @@ impl SwarmTask {
                 let listen = self
                     .listening
                     .iter()
+                    .chain(self.swarm.external_addresses())
                     .map(|a| a.clone().with(libp2p::multiaddr::Protocol::P2p(local)))
                     .collect();
                 let _ = reply.send(NetInfo {
@@ -552,35 +687,42 @@ impl SwarmTask {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 num_established,
                 endpoint,
                 ..
-            } if num_established.get() == 1 => {
-                tracing::debug!(target: "caisse::events::network", peer = %peer_id, "connected");
-                self.swarm
-                    .behaviour_mut()
-                    .kad
-                    .add_address(&peer_id, endpoint.get_remote_address().clone());
-                self.emit(NetEvent::Connected(peer_id));
+            } => {
+                if !self.known.contains(&peer_id) {
+                    let ip = endpoint.get_remote_address().iter().find_map(|p| match p {
+                        libp2p::multiaddr::Protocol::Ip4(a) => Some(std::net::IpAddr::V4(a)),
+                        libp2p::multiaddr::Protocol::Ip6(a) => Some(std::net::IpAddr::V6(a)),
+                        _ => None,
+                    });
+                    self.admit_stranger(peer_id, connection_id, ip);
+                }
+                if num_established.get() == 1 {
+                    tracing::debug!(target: "caisse::events::network", peer = %peer_id, "connected");
+                    // Only an address this node dialled itself is worth
+                    // keeping; a listener sees the peer's ephemeral port.
+                    if endpoint.is_dialer() {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, endpoint.get_remote_address().clone());
+                    }
+                    self.emit(NetEvent::Connected(peer_id));
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
-            } => self.emit(NetEvent::Disconnected(peer_id)),
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
-                peer_id,
-                info,
-                ..
-            })) => {
-                for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+            } => {
+                self.strangers.remove(&connection_id);
+                if num_established == 0 {
+                    self.emit(NetEvent::Disconnected(peer_id));
                 }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
-                peer, ..
-            })) if !self.swarm.is_connected(&peer) && !self.blocked.contains(&peer) => {
-                let _ = self.swarm.dial(peer);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
                 propagation_source,
@@ -677,6 +819,30 @@ impl Network {
     /// Dial an address.
     pub async fn dial(&self, addr: Multiaddr) {
         let _ = self.tx.send(Command::Dial(addr)).await;
+    }
+
+    /// Dial a peer at the addresses known for it, unless connected. Never
+    /// waits: dropped when the network's queue is full.
+    pub fn dial_peer(&self, peer: PeerId) {
+        let _ = self.tx.try_send(Command::DialPeer(peer));
+    }
+
+    /// Record where a peer can be reached (addresses its caisse signed).
+    /// Never waits: dropped when the network's queue is full.
+    pub fn add_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let _ = self.tx.try_send(Command::Addresses(peer, addrs));
+    }
+
+    /// Announce a Kademlia provider record for `key` to the peers this
+    /// node knows (test peers only: a node never does; it stores none).
+    pub async fn provide(&self, key: Vec<u8>) {
+        let _ = self.tx.send(Command::Provide(key)).await;
+    }
+
+    /// The peers that are not strangers (besides the bootstrap peers).
+    /// Never waits: dropped when the network's queue is full.
+    pub fn set_known(&self, known: std::collections::HashSet<PeerId>) {
+        let _ = self.tx.try_send(Command::Known(known));
     }
 
     /// Block or unblock a peer (test networks use this to cut a node off).

@@ -44,7 +44,18 @@ pub enum Attack {
     /// for the purpose, pointing at changes nobody can serve: a stranger
     /// trying to fill the documents a node follows.
     Throwaway,
+    /// A crowd: as many connections as `--repeat` says, each from a new
+    /// peer id, held open for [`CROWD_HOLD`], to take every slot.
+    Crowd,
+    /// A Kademlia provider record for a new key, announced to the target.
+    Providers,
+    /// 32 requests at once, each just under the response limit (4 MiB),
+    /// to make the target buffer them.
+    Large,
 }
+
+/// How long a crowd holds its connections.
+pub const CROWD_HOLD: Duration = Duration::from_secs(25);
 
 impl Attack {
     /// Every attack.
@@ -70,9 +81,12 @@ impl std::str::FromStr for Attack {
             "forged-change" => Attack::ForgedChange,
             "lost-sync" => Attack::LostSync,
             "throwaway" => Attack::Throwaway,
+            "crowd" => Attack::Crowd,
+            "providers" => Attack::Providers,
+            "large" => Attack::Large,
             _ => {
                 return Err(format!(
-                    "unknown attack {s:?}: forged-heads, bad-signature, replay, oversized, malformed, forged-change, lost-sync, throwaway"
+                    "unknown attack {s:?}: forged-heads, bad-signature, replay, oversized, malformed, forged-change, lost-sync, throwaway, crowd, providers, large"
                 ));
             }
         })
@@ -95,7 +109,8 @@ async fn request(net: &Network, peer: PeerId, req: &RpcRequest) -> Result<RpcRes
 }
 
 /// Connect to `target_addr` (with `/p2p/…`) as a new peer and run `attacks`
-/// against the caisse `target`.
+/// against the caisse `target`, announcing the addresses in `claim` as its
+/// own (a third party's, to see whether the target dials them).
 pub async fn run(
     target_addr: &str,
     target: CaisseId,
@@ -103,6 +118,7 @@ pub async fn run(
     attacks: &[Attack],
     seed: [u8; 32],
     repeat: usize,
+    claim: &[String],
 ) -> Result<Vec<AttackReport>, String> {
     let key = SecretKey::from_bytes(seed);
     let (net, mut events, task) = network::start(NetworkConfig {
@@ -111,6 +127,7 @@ pub async fn run(
         listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
         bootstrap: vec![target_addr.to_owned()],
         limits: Some((64 * 1024 * 1024, 1024 * 1024)),
+        announce: claim.to_vec(),
     })
     .await
     .map_err(|e| e.to_string())?;
@@ -138,7 +155,18 @@ pub async fn run(
     let mut reports = Vec::new();
     let mut minted = 0u64;
     let rounds = repeat.max(1);
-    let plan: Vec<Attack> = (0..rounds).flat_map(|_| attacks.iter().copied()).collect();
+    if attacks.contains(&Attack::Crowd) {
+        let detail = crowd(target_addr, rounds).await?;
+        tracing::info!(%detail, "rogue crowd done");
+        reports.push(AttackReport {
+            attack: Attack::Crowd,
+            detail,
+        });
+    }
+    let plan: Vec<Attack> = (0..rounds)
+        .flat_map(|_| attacks.iter().copied())
+        .filter(|a| *a != Attack::Crowd)
+        .collect();
     for attack in &plan {
         let detail = match attack {
             Attack::ForgedHeads => {
@@ -265,6 +293,21 @@ pub async fn run(
                 format!("pushed a forged change to the target's document in {pushed} sync messages")
             }
             Attack::LostSync => lost_sync(&net, peer, target, &federation).await?,
+            // Run once, before the plan.
+            Attack::Crowd => continue,
+            Attack::Large => {
+                let sends = (0..32).map(|_| net.request(peer, vec![0x55; network::MAX_FRAME - 64]));
+                let answers = futures::future::join_all(sends).await;
+                let refused = answers.iter().filter(|a| a.is_err()).count();
+                format!("32 requests of 4 MiB at once: {refused} refused")
+            }
+            Attack::Providers => {
+                minted += 1;
+                let mut key = seed.to_vec();
+                key.extend_from_slice(&minted.to_le_bytes());
+                net.provide(key).await;
+                format!("announced provider record {minted}")
+            }
             Attack::Throwaway => {
                 minted += 1;
                 let mut k = seed;
@@ -391,4 +434,60 @@ async fn lost_sync(
             signed.sequence
         )
     })
+}
+
+/// `count` connections to `target_addr`, each from a new peer id with
+/// nothing to say, held for [`CROWD_HOLD`]. Reports how many were
+/// established and how many the target left open.
+async fn crowd(target_addr: &str, count: usize) -> Result<String, String> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+    let addr: libp2p::Multiaddr = target_addr.parse().map_err(|e| format!("{e}"))?;
+    let open = Arc::new(AtomicI64::new(0));
+    let ever = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..count {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default(),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )
+            .map_err(|e| e.to_string())?
+            .with_behaviour(|_| libp2p::swarm::dummy::Behaviour)
+            .map_err(|e| e.to_string())?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+            .build();
+        swarm.dial(addr.clone()).map_err(|e| e.to_string())?;
+        let (open, ever) = (open.clone(), ever.clone());
+        tasks.push(tokio::spawn(async move {
+            use futures::StreamExt;
+            loop {
+                match swarm.select_next_some().await {
+                    libp2p::swarm::SwarmEvent::ConnectionEstablished { .. } => {
+                        open.fetch_add(1, Ordering::Relaxed);
+                        ever.fetch_add(1, Ordering::Relaxed);
+                    }
+                    libp2p::swarm::SwarmEvent::ConnectionClosed { .. } => {
+                        open.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+        }));
+        // A crowd, not a single burst the listener's backlog would cut.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(CROWD_HOLD).await;
+    let report = format!(
+        "crowd of {count}: {} connections established, {} still open after {} s",
+        ever.load(Ordering::Relaxed),
+        open.load(Ordering::Relaxed),
+        CROWD_HOLD.as_secs()
+    );
+    for t in tasks {
+        t.abort();
+    }
+    Ok(report)
 }

@@ -68,6 +68,39 @@ pub struct CaisseProfile {
     pub issued_at: u64,
 }
 
+/// Where a caisse's node can be reached, signed by the caisse: the only
+/// addresses other nodes dial for it (an address a peer merely claims, in
+/// identify or in a routing answer, is never dialled).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaisseAddresses {
+    /// The caisse.
+    pub caisse: CaisseId,
+    /// libp2p multiaddresses, as text (at most [`MAX_ADDRESSES`]).
+    pub addresses: Vec<String>,
+}
+
+/// Addresses a caisse publishes at most.
+pub const MAX_ADDRESSES: usize = 8;
+
+impl Message for CaisseAddresses {
+    const KIND: MessageKind = MessageKind::CaisseAddresses;
+    const MAX_SIZE: usize = 2048;
+    fn author(&self) -> PublicKey {
+        self.caisse.into()
+    }
+    fn validate(&self) -> Result<(), String> {
+        if self.addresses.len() > MAX_ADDRESSES {
+            return Err(format!("more than {MAX_ADDRESSES} addresses"));
+        }
+        for a in &self.addresses {
+            if !a.starts_with('/') || a.len() > 200 || !a.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!("not a multiaddress: {a:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Message for CaisseProfile {
     const KIND: MessageKind = MessageKind::CaisseProfile;
     const MAX_SIZE: usize = 1024;

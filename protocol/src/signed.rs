@@ -218,6 +218,8 @@ pub enum MessageKind {
     CaisseLocation,
     /// [`crate::producer::CaisseBank`]
     CaisseBank,
+    /// [`crate::messages::CaisseAddresses`]
+    CaisseAddresses,
 }
 
 impl MessageKind {
@@ -241,6 +243,7 @@ impl MessageKind {
             MessageKind::ProducerSales => "producer-sales",
             MessageKind::CaisseLocation => "caisse-location",
             MessageKind::CaisseBank => "caisse-bank",
+            MessageKind::CaisseAddresses => "caisse-addresses",
         }
     }
 }

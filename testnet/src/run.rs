@@ -572,6 +572,7 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
                         &caisse_node::rogue::Attack::ALL,
                         [opts.seed as u8 ^ 0x5a; 32],
                         1,
+                        &[],
                     )
                     .await
                     .map_err(|e| anyhow!("rogue: {e}"))?;

@@ -40,6 +40,8 @@ pub struct Statements {
     pub location: Option<Envelope>,
     /// Its signed bank account.
     pub bank: Option<Envelope>,
+    /// Where its node can be reached, signed.
+    pub addresses: Option<Envelope>,
 }
 
 /// A producer's dossier as carried in some caisse's document: verified
@@ -110,6 +112,9 @@ pub struct PeerCaisse {
     /// Its bank account (for settlement transfers).
     #[serde(default)]
     pub bank: Option<caisse_protocol::producer::CaisseBank>,
+    /// The addresses its node signed (the only ones dialled for it).
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 /// Everything known of the federation, shared read-mostly.
@@ -236,6 +241,8 @@ pub struct Published {
     pub location: Option<Vec<u8>>,
     /// The signed bank account.
     pub bank: Option<Vec<u8>>,
+    /// The signed addresses.
+    pub addresses: Option<Vec<u8>>,
 }
 
 impl Statements {
@@ -287,6 +294,7 @@ impl Statements {
                 .collect(),
             location: self.location.as_ref().map(bytes),
             bank: self.bank.as_ref().map(bytes),
+            addresses: self.addresses.as_ref().map(bytes),
         }
     }
 }
@@ -419,6 +427,12 @@ impl Published {
                     p.bank = Some(bank);
                 }
                 _ => invalid += 1,
+            }
+        }
+        if let Some(b) = &self.addresses {
+            match open_bytes::<caisse_protocol::messages::CaisseAddresses>(b, federation, owner) {
+                Some((_, a)) => p.addresses = a.addresses,
+                None => invalid += 1,
             }
         }
         for (k, b) in &self.sales {
