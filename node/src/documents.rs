@@ -19,11 +19,13 @@
 //! ([`crate::federation`]) does the I/O. automerge lives here, not in the
 //! core, because it draws random actor ids from the OS.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ChangeHash, ObjType, ROOT, ReadDoc, ScalarValue, Value};
-use caisse_protocol::{CaisseId, FederationId};
+use caisse_protocol::encoding;
+use caisse_protocol::rpc::MAX_RPC_SIZE;
+use caisse_protocol::{CaisseId, FederationId, PurchaseId};
 
 pub use caisse_core::federation_view::*;
 
@@ -53,6 +55,41 @@ pub const MAX_SYNC_ROUNDS: usize = 32;
 /// A new, empty document owned by `owner`.
 pub fn new_document(owner: &CaisseId) -> AutoCommit {
     AutoCommit::new().with_actor(ActorId::from(&owner.as_bytes()[..]))
+}
+
+/// Maps whose entries the owner removes once it stops publishing them
+/// (see `caisse_core::settlement::prune_publications`).
+const PRUNED: [&str; 2] = [K_SETTLEMENT, K_SALES];
+
+/// Past this saved size the owner starts a new epoch of its document: a
+/// new document holding only what it publishes now. History (every value
+/// ever published) is what grows with age; what is published now is
+/// bounded by the pruning, so the saved size stays under about twice this.
+pub const COMPACT_AT: usize = 512 * 1024;
+
+/// The owner publishing `statements` into its document: apply them, and
+/// when the saved document would pass [`COMPACT_AT`], replace it by a new
+/// one holding only them (the caller signs the next epoch). `None` when
+/// nothing changed (unless `force`); else the saved bytes and whether the
+/// document was compacted.
+pub fn publish_own(
+    doc: &mut AutoCommit,
+    owner: &CaisseId,
+    statements: &Statements,
+    force: bool,
+) -> Result<Option<(Vec<u8>, bool)>, automerge::AutomergeError> {
+    let changed = apply_statements(doc, statements)?;
+    if !changed && !force {
+        return Ok(None);
+    }
+    let bytes = doc.save();
+    if bytes.len() <= COMPACT_AT {
+        return Ok(Some((bytes, false)));
+    }
+    let mut fresh = new_document(owner);
+    apply_statements(&mut fresh, statements)?;
+    *doc = fresh;
+    Ok(Some((doc.save(), true)))
 }
 
 pub fn ensure_map(
@@ -116,7 +153,6 @@ pub fn apply_statements(
         (K_ACCREDITATIONS, &published.accreditations),
         (K_REVOCATIONS, &published.revocations),
         (K_SETTLEMENT, &published.settlement),
-        (K_CLAIMS, &published.claims),
         (K_DOSSIERS, &published.dossiers),
         (K_SALES, &published.sales),
     ] {
@@ -131,7 +167,20 @@ pub fn apply_statements(
                 changed = true;
             }
         }
+        if PRUNED.contains(&name) {
+            // What the owner no longer publishes (settled, or past the
+            // retention) leaves the document.
+            let gone: Vec<String> = doc
+                .keys(&obj)
+                .filter(|k| !entries.contains_key(k))
+                .collect();
+            for k in gone {
+                doc.delete(&obj, k.as_str())?;
+                changed = true;
+            }
+        }
     }
+    changed |= apply_claims(doc, &published.claims)?;
     let rec = ensure_map(doc, K_RECOGNISED)?;
     let present: HashSet<String> = doc.keys(&rec).collect();
     let wanted: HashSet<String> = published.recognised.iter().cloned().collect();
@@ -144,6 +193,70 @@ pub fn apply_statements(
         changed = true;
     }
     Ok(changed)
+}
+
+/// The receipt ids a creditor claims, per period: one key per purchase id
+/// under `claims/<period>/`, so a new receipt adds one small entry to the
+/// document's history instead of rewriting the period's whole list; a
+/// settled period's map goes.
+fn apply_claims(
+    doc: &mut AutoCommit,
+    claims: &BTreeMap<String, Vec<u8>>,
+) -> Result<bool, automerge::AutomergeError> {
+    if claims.is_empty() && map_absent(doc, K_CLAIMS) {
+        return Ok(false);
+    }
+    let mut changed = false;
+    let obj = ensure_map(doc, K_CLAIMS)?;
+    let present: Vec<String> = doc.keys(&obj).collect();
+    for period in present.iter().filter(|p| !claims.contains_key(*p)) {
+        doc.delete(&obj, period.as_str())?;
+        changed = true;
+    }
+    for (period, bytes) in claims {
+        let ids: Vec<PurchaseId> = encoding::decode(bytes, MAX_RPC_SIZE).unwrap_or_default();
+        let wanted: HashSet<String> = ids.iter().map(ToString::to_string).collect();
+        let sub = match doc.get(&obj, period.as_str())? {
+            Some((Value::Object(ObjType::Map), id)) => id,
+            _ => {
+                changed = true;
+                doc.put_object(&obj, period.as_str(), ObjType::Map)?
+            }
+        };
+        let have: HashSet<String> = doc.keys(&sub).collect();
+        for k in wanted.difference(&have) {
+            doc.put(&sub, k.as_str(), true)?;
+            changed = true;
+        }
+        for k in have.difference(&wanted) {
+            doc.delete(&sub, k.as_str())?;
+            changed = true;
+        }
+    }
+    Ok(changed)
+}
+
+/// The claims a document holds, as [`Published::claims`] has them (each
+/// period's ids encoded as one list).
+fn claims_in(doc: &AutoCommit) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get(ROOT, K_CLAIMS) else {
+        return out;
+    };
+    for period in doc.keys(&obj) {
+        let bytes = match doc.get(&obj, period.as_str()) {
+            Ok(Some((Value::Object(ObjType::Map), sub))) => {
+                let mut ids: Vec<PurchaseId> =
+                    doc.keys(&sub).filter_map(|k| k.parse().ok()).collect();
+                ids.sort();
+                encoding::encode(&ids, MAX_RPC_SIZE).unwrap_or_default()
+            }
+            // A value of another shape fails verification and counts as invalid.
+            _ => Vec::new(),
+        };
+        out.insert(period, bytes);
+    }
+    out
 }
 
 /// The statements' bytes a document holds, keyed as published (not yet
@@ -165,7 +278,6 @@ pub fn published_in(doc: &AutoCommit) -> Published {
         (K_ACCREDITATIONS, &mut p.accreditations),
         (K_REVOCATIONS, &mut p.revocations),
         (K_SETTLEMENT, &mut p.settlement),
-        (K_CLAIMS, &mut p.claims),
         (K_DOSSIERS, &mut p.dossiers),
         (K_SALES, &mut p.sales),
     ] {
@@ -181,6 +293,7 @@ pub fn published_in(doc: &AutoCommit) -> Published {
     if let Some(obj) = map(K_RECOGNISED) {
         p.recognised = doc.keys(&obj).collect();
     }
+    p.claims = claims_in(doc);
     p
 }
 

@@ -59,8 +59,11 @@ struct Replica {
     doc: AutoCommit,
     heads: Option<Envelope>,
     sequence: u64,
-    /// Newest signed heads seen (may be ahead of the document).
-    wanted: Option<(u64, Envelope, Vec<[u8; 32]>)>,
+    /// The document's epoch (see [`DocumentHeads::epoch`]).
+    epoch: u32,
+    /// Newest signed heads seen (may be ahead of the document): sequence,
+    /// envelope, sorted heads, epoch.
+    wanted: Option<(u64, Envelope, Vec<[u8; 32]>, u32)>,
     /// A peer known to have the wanted heads.
     source: Option<PeerId>,
     syncing: bool,
@@ -73,11 +76,12 @@ struct Replica {
 }
 
 impl Replica {
-    fn new(doc: AutoCommit, heads: Option<Envelope>, sequence: u64) -> Self {
+    fn new(doc: AutoCommit, heads: Option<Envelope>, sequence: u64, epoch: u32) -> Self {
         Replica {
             doc,
             heads,
             sequence,
+            epoch,
             wanted: None,
             source: None,
             syncing: false,
@@ -222,12 +226,13 @@ pub fn start(
                 .as_ref()
                 .and_then(|e| e.open::<DocumentHeads>(&federation).ok())
                 .filter(|v| v.message.caisse == owner);
-            let (ok, seq) = match &signed {
+            let (ok, seq, epoch) = match &signed {
                 Some(v) => (
                     sorted_heads(&mut doc) == sorted(v.message.heads.clone()),
                     v.message.sequence,
+                    v.message.epoch,
                 ),
-                None => (owner == me, 0),
+                None => (owner == me, 0, 0),
             };
             if !ok {
                 tracing::warn!(caisse = %owner.short(), "stored document does not match its signed heads; will sync it again");
@@ -236,12 +241,12 @@ pub fn start(
             if owner == me {
                 doc.set_actor(ActorId::from(&me.as_bytes()[..]));
             }
-            replicas.insert(owner, Replica::new(doc, heads, seq));
+            replicas.insert(owner, Replica::new(doc, heads, seq, epoch));
         }
     }
     replicas
         .entry(me)
-        .or_insert_with(|| Replica::new(new_document(&me), None, 0));
+        .or_insert_with(|| Replica::new(new_document(&me), None, 0, 0));
     let fed = Federation {
         tx,
         view: view.clone(),
@@ -534,20 +539,32 @@ impl FederationTask {
             }
         };
         statements.addresses = self.signed_addresses().await;
+        if let Ok(view) = self.view.read() {
+            caisse_core::settlement::prune_publications(
+                &mut statements,
+                &view,
+                self.me,
+                &self.federation,
+                self.clock.now(),
+            );
+        }
         self.published_version = version;
         let me = self.me;
         let Some(replica) = self.replicas.get_mut(&me) else {
             return;
         };
-        let changed = match apply_statements(&mut replica.doc, &statements) {
-            Ok(c) => c,
+        let force = replica.heads.is_none();
+        let (bytes, compacted) = match publish_own(&mut replica.doc, &me, &statements, force) {
+            Ok(Some(x)) => x,
+            Ok(None) => return,
             Err(e) => {
                 tracing::error!(error = %e, "cannot update the federation document");
                 return;
             }
         };
-        if !changed && replica.heads.is_some() {
-            return;
+        if compacted {
+            replica.epoch = replica.epoch.saturating_add(1);
+            tracing::info!(target: "caisse::events::federation", epoch = replica.epoch, bytes = bytes.len(), "document compacted into a new epoch");
         }
         let heads = sorted_heads(&mut replica.doc);
         // Increasing, and ahead of anything signed before a wipe: the
@@ -560,6 +577,7 @@ impl FederationTask {
             caisse: me,
             heads,
             sequence,
+            epoch: replica.epoch,
         };
         let env = match Envelope::seal(&self.secret, &self.federation, &message) {
             Ok(e) => e,
@@ -570,7 +588,6 @@ impl FederationTask {
         };
         replica.sequence = sequence;
         replica.heads = Some(env.clone());
-        let bytes = replica.doc.save();
         self.persist(me, bytes, &env);
         // Durable before anyone sees it: a version gossiped then lost in a
         // power cut would be signed again, differently, under the same
@@ -743,7 +760,7 @@ impl FederationTask {
         let replica = self
             .replicas
             .entry(owner)
-            .or_insert_with(|| Replica::new(AutoCommit::new(), None, 0));
+            .or_insert_with(|| Replica::new(AutoCommit::new(), None, 0, 0));
         let known = replica
             .wanted
             .as_ref()
@@ -757,7 +774,12 @@ impl FederationTask {
             }
             return MessageAcceptance::Ignore;
         }
-        replica.wanted = Some((v.message.sequence, env.clone(), sorted(v.message.heads)));
+        replica.wanted = Some((
+            v.message.sequence,
+            env.clone(),
+            sorted(v.message.heads),
+            v.message.epoch,
+        ));
         if source.is_some() {
             replica.source = source;
         }
@@ -843,7 +865,7 @@ impl FederationTask {
             if *owner == me || r.syncing || r.next_try.is_some_and(|t| t > now) {
                 continue;
             }
-            let Some((seq, _, _)) = &r.wanted else {
+            let Some((seq, _, _, epoch)) = &r.wanted else {
                 continue;
             };
             if *seq <= r.sequence {
@@ -857,7 +879,13 @@ impl FederationTask {
                 .or_else(|| connected.iter().next().copied());
             if let Some(peer) = peer {
                 r.syncing = true;
-                starts.push((*owner, peer, r.doc.fork()));
+                // A new epoch shares no history with the old one.
+                let base = if *epoch == r.epoch {
+                    r.doc.fork()
+                } else {
+                    AutoCommit::new()
+                };
+                starts.push((*owner, peer, base));
             }
         }
         for (owner, peer, fork) in starts {
@@ -914,7 +942,7 @@ impl FederationTask {
         let Some(r) = self.replicas.get_mut(&caisse) else {
             return;
         };
-        let Some((seq, env, want)) = r.wanted.clone() else {
+        let Some((seq, env, want, epoch)) = r.wanted.clone() else {
             return;
         };
         match judge_fork(&mut fork, &want) {
@@ -936,6 +964,7 @@ impl FederationTask {
         }
         r.doc = fork;
         r.sequence = seq;
+        r.epoch = epoch;
         r.heads = Some(env.clone());
         r.wanted = None;
         r.failures = 0;

@@ -174,6 +174,7 @@ pub async fn run(
                     caisse: target,
                     heads: vec![[7; 32]],
                     sequence: u64::MAX / 2,
+                    epoch: 0,
                 };
                 // Sealed by the rogue but claiming the target's document.
                 let env = Envelope::seal(&key, &federation, &m).map_err(|e| e.to_string())?;
@@ -187,6 +188,7 @@ pub async fn run(
                     caisse: key.caisse_id(),
                     heads: vec![[8; 32]],
                     sequence: 1,
+                    epoch: 0,
                 };
                 let mut env = Envelope::seal(&key, &federation, &m).map_err(|e| e.to_string())?;
                 let mut sig = *env.signature.as_bytes();
@@ -319,6 +321,7 @@ pub async fn run(
                     caisse: throwaway.caisse_id(),
                     heads: vec![fake],
                     sequence: 1,
+                    epoch: 0,
                 };
                 let env = Envelope::seal(&throwaway, &federation, &m).map_err(|e| e.to_string())?;
                 let r = net

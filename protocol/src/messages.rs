@@ -646,11 +646,15 @@ pub struct DocumentHeads {
     pub heads: Vec<[u8; 32]>,
     /// A per-caisse counter, increasing with each announcement.
     pub sequence: u64,
+    /// The document's epoch: the owner compacts its document (a new one
+    /// holding only what it publishes now, without the history) and counts
+    /// up; a replica of an older epoch syncs the new one from scratch.
+    pub epoch: u32,
 }
 
 impl Message for DocumentHeads {
     const KIND: MessageKind = MessageKind::DocumentHeads;
-    const MAX_SIZE: usize = 64 + MAX_HEADS * 33;
+    const MAX_SIZE: usize = 72 + MAX_HEADS * 33;
     fn author(&self) -> PublicKey {
         self.caisse.into()
     }

@@ -249,7 +249,7 @@ proptest! {
 
     #[test]
     fn document_heads(heads in prop::collection::vec(b32(), 1..5), seq in any::<u64>(), i in any::<usize>(), b in any::<u8>()) {
-        check_message(DocumentHeads { caisse: author(), heads, sequence: seq }, &author_key(), i, b)?;
+        check_message(DocumentHeads { caisse: author(), heads, sequence: seq, epoch: (seq % 7) as u32 }, &author_key(), i, b)?;
     }
 
     #[test]

@@ -1346,6 +1346,69 @@ pub fn settlement_publications(r: &impl Reads) -> BTreeMap<String, Envelope> {
     out
 }
 
+/// How long settlement entries (statements, answers, transfers) and sales
+/// totals stay in the federation document: 13 months, so a year's
+/// settlement can still be compared with the same month a year before.
+/// Older ones stay in the caisse's own store.
+pub const DOCUMENT_RETENTION_SECS: u64 = 396 * 86_400;
+
+/// The signing time of a settlement entry, whatever its kind.
+fn settlement_entry_at(env: &Envelope, federation: &caisse_protocol::FederationId) -> Option<u64> {
+    use caisse_protocol::messages::{Acknowledgement, Dispute, TransferSettled};
+    use caisse_protocol::signed::MessageKind;
+    match env.kind {
+        MessageKind::SettlementStatement => env
+            .open::<SettlementStatement>(federation)
+            .ok()
+            .map(|v| v.message.at),
+        MessageKind::Acknowledgement => env
+            .open::<Acknowledgement>(federation)
+            .ok()
+            .map(|v| v.message.at),
+        MessageKind::Dispute => env.open::<Dispute>(federation).ok().map(|v| v.message.at),
+        MessageKind::TransferSettled => env
+            .open::<TransferSettled>(federation)
+            .ok()
+            .map(|v| v.message.at),
+        _ => None,
+    }
+}
+
+/// Keep the federation document of caisse `me` bounded whatever its age:
+/// drop settlement entries and sales totals older than
+/// [`DOCUMENT_RETENTION_SECS`], and the receipt lists (claims) of periods
+/// whose every statement of ours the debtor has acknowledged (a list is
+/// only needed while a debtor may still dispute). Pure: the same inputs
+/// give the same document.
+pub fn prune_publications(
+    st: &mut crate::federation_view::Statements,
+    view: &crate::federation_view::FederationView,
+    me: CaisseId,
+    federation: &caisse_protocol::FederationId,
+    now: u64,
+) {
+    let cutoff = now.saturating_sub(DOCUMENT_RETENTION_SECS);
+    st.settlement
+        .retain(|_, env| settlement_entry_at(env, federation).is_none_or(|at| at >= cutoff));
+    let oldest = Day::from_unix(cutoff).period();
+    st.sales.retain(|period, _| *period >= oldest);
+    st.claims.retain(|period, _| {
+        let Ok(p) = period.parse::<Period>() else {
+            return true;
+        };
+        if p < oldest {
+            return false;
+        }
+        let v = settlement_view(view, p);
+        let ours: Vec<_> = v
+            .statements
+            .iter()
+            .filter(|(_, s, _, _)| s.creditor == me)
+            .collect();
+        ours.is_empty() || ours.iter().any(|(_, _, acked, _)| !acked)
+    });
+}
+
 /// Purchase ids of receipts held per period, published beside our statements.
 pub fn claims(r: &impl Reads) -> BTreeMap<String, Vec<PurchaseId>> {
     let mut out: BTreeMap<String, Vec<PurchaseId>> = BTreeMap::new();
