@@ -80,6 +80,41 @@ impl PublicKey {
     }
 }
 
+/// Signatures already verified in this process, by the hash of what was
+/// verified (key, signature and signed bytes): a federation document is
+/// read again after every change, and every statement in it was checked the
+/// time before. A hit means these exact bytes passed `verify_strict`; SHA-256
+/// makes a false hit infeasible. Bounded: emptied when full.
+static VERIFIED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<[u8; 32]>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Signatures remembered at most by [`VERIFIED`].
+const MAX_VERIFIED: usize = 1 << 18;
+
+fn verify_memoised(
+    signer: &PublicKey,
+    signed: &[u8],
+    signature: &Signature,
+) -> Result<(), VerifyError> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(signer.0);
+    h.update(signature.0);
+    h.update(signed);
+    let key: [u8; 32] = h.finalize().into();
+    if VERIFIED.lock().is_ok_and(|v| v.contains(&key)) {
+        return Ok(());
+    }
+    signer.verify_raw(signed, signature)?;
+    if let Ok(mut v) = VERIFIED.lock() {
+        if v.len() >= MAX_VERIFIED {
+            v.clear();
+        }
+        v.insert(key);
+    }
+    Ok(())
+}
+
 impl From<CaisseId> for PublicKey {
     fn from(c: CaisseId) -> PublicKey {
         PublicKey(*c.as_bytes())
@@ -363,7 +398,7 @@ impl Envelope {
         }
         let mut signed = domain(T::KIND, T::VERSION, federation);
         signed.extend_from_slice(&self.body);
-        self.signer.verify_raw(&signed, &self.signature)?;
+        verify_memoised(&self.signer, &signed, &self.signature)?;
         let message: T = encoding::decode(&self.body, T::MAX_SIZE)?;
         let author = message.author();
         if author != self.signer {

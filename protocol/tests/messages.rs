@@ -82,6 +82,9 @@ fn check_message<T: Message + Clone + PartialEq + std::fmt::Debug>(
     let opened = received.open::<T>(&fed()).unwrap();
     prop_assert_eq!(&opened.message, &msg);
     prop_assert_eq!(opened.id, received.content_id(&fed(), T::VERSION));
+    // Opened again, from the memo of verified signatures: the same; the
+    // tampered copies below come after it and must still be refused.
+    prop_assert_eq!(&received.open::<T>(&fed()).unwrap().message, &msg);
 
     // Another federation's signature is worthless here.
     let other = FederationId::new("other-federation").unwrap();

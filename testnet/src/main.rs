@@ -383,6 +383,7 @@ fn sim_command(
         total
             .convergence_ms
             .extend(r.convergence_ms.iter().copied());
+        total.settlement_ms.extend(r.settlement_ms.iter().copied());
         total.forged_refused += r.forged_refused;
         if !r.violations.is_empty() {
             eprintln!("seed {seed} FAILED:");
@@ -423,11 +424,14 @@ fn sim_command(
     );
     let mut conv = total.convergence_ms.clone();
     conv.sort_unstable();
-    let pct = |q: f64| {
-        conv.get(((conv.len().saturating_sub(1)) as f64 * q).round() as usize)
+    let mut settled = total.settlement_ms.clone();
+    settled.sort_unstable();
+    let at = |v: &[u64], q: f64| {
+        v.get(((v.len().saturating_sub(1)) as f64 * q).round() as usize)
             .copied()
             .unwrap_or(0)
     };
+    let pct = |q: f64| at(&conv, q);
     let caisse_days = (n as f64) * (caisses as f64) * f64::from(days.max(1));
     println!(
         "per caisse and day: {:.0} messages, {:.1} KiB sent; largest document {:.1} KiB; a change reached every caisse in p50 {} ms, p99 {} ms, max {} ms (simulated, {} changes); {} forged receipts refused",
@@ -439,6 +443,13 @@ fn sim_command(
         pct(1.0),
         conv.len(),
         total.forged_refused
+    );
+    println!(
+        "settlement: every statement of a month answered {} ms after the month's end at p50, {} ms at p99, {} ms at most (simulated, {} months)",
+        at(&settled, 0.5),
+        at(&settled, 0.99),
+        at(&settled, 1.0),
+        settled.len()
     );
     Ok(if failed.is_empty() {
         ExitCode::SUCCESS

@@ -163,6 +163,10 @@ pub struct SimReport {
     /// Time for a caisse's change to reach every other caisse (simulated
     /// ms), one entry per change that reached all of them.
     pub convergence_ms: Vec<u64>,
+    /// Time from a month's end until every settlement statement of that
+    /// month has its debtor's signed answer published (simulated ms), one
+    /// entry per month that completed.
+    pub settlement_ms: Vec<u64>,
     /// Invariant violations (empty: the run is sound).
     pub violations: Vec<String>,
     /// The last lines of the trace, for a failing run.
@@ -184,7 +188,7 @@ enum Msg {
     },
     /// A caisse's published statements (its federation document), with
     /// the sequence of its signed heads: older ones are ignored.
-    Document(u64, Box<Published>),
+    Document(u64, Arc<Published>),
 }
 
 #[derive(Clone, Debug)]
@@ -241,13 +245,13 @@ struct Node {
     cut_until: Ms,
     /// Other caisses' documents as this caisse stored them (the node keeps
     /// them under `f/` and reloads them at start).
-    documents: BTreeMap<usize, (u64, Published)>,
+    documents: BTreeMap<usize, (u64, Arc<Published>)>,
     /// Sequence of the documents this caisse published (its signed heads').
     sequence: u64,
     /// This caisse's offline floor (per card and day).
     floor: Amount,
     /// What it published last (for catch-up).
-    latest: Option<Box<Published>>,
+    latest: Option<Arc<Published>>,
 }
 
 /// The whole simulation.
@@ -267,6 +271,14 @@ struct Sim {
     forged: BTreeSet<[u8; 32]>,
     /// Each caisse's published changes not yet everywhere: (sequence, when).
     changes: BTreeMap<usize, VecDeque<(u64, Ms)>>,
+    /// Months being settled: (period, when the settlement runs started,
+    /// statements published, statements answered).
+    settling: Vec<(
+        Period,
+        Ms,
+        BTreeSet<caisse_protocol::ContentId>,
+        BTreeSet<caisse_protocol::ContentId>,
+    )>,
     offline_use: OfflineUse,
     next_purchase: u64,
     hasher: Sha256,
@@ -353,6 +365,7 @@ impl Sim {
             acks: Vec::new(),
             forged: BTreeSet::new(),
             changes: BTreeMap::new(),
+            settling: Vec::new(),
             offline_use: BTreeMap::new(),
             next_purchase: 1,
             hasher: Sha256::new(),
@@ -538,7 +551,8 @@ impl Sim {
             &secret,
             &self.federation,
         );
-        let doc = st.published();
+        self.note_settlement(&st);
+        let doc = Arc::new(st.published());
         self.nodes[i].sequence += 1;
         let sequence = self.nodes[i].sequence;
         self.report.largest_document = self.report.largest_document.max(published_size(&doc));
@@ -546,12 +560,51 @@ impl Sim {
             .entry(i)
             .or_default()
             .push_back((sequence, self.now));
-        self.nodes[i].latest = Some(Box::new(doc.clone()));
+        self.nodes[i].latest = Some(doc.clone());
         for j in 0..self.nodes.len() {
             if j != i {
-                self.send(i, j, Msg::Document(sequence, Box::new(doc.clone())));
+                self.send(i, j, Msg::Document(sequence, doc.clone()));
             }
         }
+    }
+
+    /// Follow the months being settled through what caisses publish: the
+    /// statements of the month, and the answers (acknowledgement or
+    /// dispute) that name them. A month completes when every statement
+    /// published for it has an answer.
+    fn note_settlement(&mut self, st: &caisse_core::federation_view::Statements) {
+        use caisse_protocol::messages::{Acknowledgement, Dispute, SettlementStatement};
+        if self.settling.is_empty() {
+            return;
+        }
+        let fed = self.federation.clone();
+        for env in st.settlement.values() {
+            if let Ok(v) = env.open::<SettlementStatement>(&fed) {
+                for s in self.settling.iter_mut().filter(|s| s.0 == v.message.period) {
+                    s.2.insert(v.id);
+                }
+                continue;
+            }
+            let answered = env
+                .open::<Acknowledgement>(&fed)
+                .map(|v| v.message.statement)
+                .or_else(|_| env.open::<Dispute>(&fed).map(|v| v.message.statement));
+            if let Ok(id) = answered {
+                for s in self.settling.iter_mut() {
+                    s.3.insert(id);
+                }
+            }
+        }
+        let now = self.now;
+        let mut done = Vec::new();
+        self.settling.retain(|(_, started, statements, answers)| {
+            let complete = !statements.is_empty() && statements.is_subset(answers);
+            if complete {
+                done.push(now - started);
+            }
+            !complete
+        });
+        self.report.settlement_ms.extend(done);
     }
 
     fn pick_member(&mut self, i: usize) -> Option<(MemberId, CardId)> {
@@ -848,9 +901,7 @@ impl Sim {
                     return; // stale or replayed heads
                 }
                 let peer = doc.read(&self.nodes[from].id, &self.federation);
-                self.nodes[to]
-                    .documents
-                    .insert(from, (sequence, (*doc).clone()));
+                self.nodes[to].documents.insert(from, (sequence, doc));
                 self.converged(from);
                 let me = self.nodes[to].id;
                 let periods: BTreeSet<Period> = peer
@@ -1051,6 +1102,13 @@ impl Sim {
     fn midnight(&mut self) {
         let today = self.today();
         self.trace(format!("midnight {today}"));
+        if today.ymd().2 == 1
+            && let Some(prev) = previous(today.period())
+        {
+            let now = self.now;
+            self.settling
+                .push((prev, now, BTreeSet::new(), BTreeSet::new()));
+        }
         for i in 0..self.nodes.len() {
             if !self.up(i) {
                 continue;
