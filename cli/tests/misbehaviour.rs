@@ -314,7 +314,7 @@ fn throwaway_keys_neither_evict_nor_keep_a_node_syncing() {
     let evicted = federation_stat(&a, "documents_evicted");
     assert!(evicted >= 1000, "only {evicted} stranger documents evicted");
     let peers = ok(&a, &["peers"]).as_array().unwrap().len();
-    assert!(peers <= 64 + 2, "A follows {peers} documents");
+    assert!(peers <= 128 + 2, "A follows {peers} documents");
     let row = peer_row(&a, &b_id).expect("B's document evicted");
     assert_eq!(row["recognised"], true, "{row}");
 

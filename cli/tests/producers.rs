@@ -342,11 +342,12 @@ file = "contrat.pdf"
 
     // The farmer's page at A: A and B with validity, what C still asks,
     // sales per caisse and month, and the warning before the lapse.
+    // (Once C's document with both sales has reached A.)
     let page = wait_until_value(&a, &token, 30, |p| {
-        p["sales"]
-            .as_array()
-            .is_some_and(|v| v.iter().any(|x| s(&x["caisse_name"]) == "Caisse C"))
-            && p["accreditations"].as_array().is_some_and(|v| v.len() >= 2)
+        p["sales"].as_array().is_some_and(|v| {
+            v.iter()
+                .any(|x| s(&x["caisse_name"]) == "Caisse C" && s(&x["amount"]) == "25.00")
+        }) && p["accreditations"].as_array().is_some_and(|v| v.len() >= 2)
     });
     let accs = page["accreditations"].as_array().unwrap();
     for name in ["Caisse A", "Caisse B"] {

@@ -96,9 +96,16 @@ impl Replica {
     fn failed(&mut self, vouched: bool, stats: &FederationStats) {
         stats.sync_failed.fetch_add(1, Ordering::Relaxed);
         self.failures = self.failures.saturating_add(1);
+        // A vouched document is tried again soon (another peer may have
+        // it); a stranger's waits longer and longer.
+        let max = if vouched {
+            SYNC_BACKOFF_VOUCHED_MAX
+        } else {
+            SYNC_BACKOFF_MAX
+        };
         let wait = SYNC_BACKOFF_FIRST
             .saturating_mul(1u32 << self.failures.min(16))
-            .min(SYNC_BACKOFF_MAX);
+            .min(max);
         self.next_try = Some(Instant::now() + wait);
         if !vouched && self.failures >= UNVOUCHED_ATTEMPTS {
             // Wait for newer signed heads before trying again.
@@ -111,6 +118,8 @@ impl Replica {
 pub const SYNC_BACKOFF_FIRST: Duration = Duration::from_millis(250);
 /// The longest wait between sync attempts for one document.
 pub const SYNC_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The longest wait for a document this caisse vouches for.
+pub const SYNC_BACKOFF_VOUCHED_MAX: Duration = Duration::from_secs(2);
 /// Failed syncs after which a document nobody here vouches for is given up
 /// until its owner signs a newer version.
 pub const UNVOUCHED_ATTEMPTS: u32 = 4;
@@ -118,7 +127,7 @@ pub const UNVOUCHED_ATTEMPTS: u32 = 4;
 /// (neither recognises, nor sees recognised by a caisse it recognises, nor
 /// settles with): a stranger minting keys can fill only these, and a new
 /// one evicts the oldest.
-pub const MAX_UNVOUCHED: usize = 64;
+pub const MAX_UNVOUCHED: usize = 128;
 
 /// Commands to the federation task.
 enum FedCommand {
@@ -273,6 +282,7 @@ pub fn start(
         clock: handle_clock,
         conduct: Conduct::default(),
         addresses: None,
+        recognition: Default::default(),
     };
     for c in task.replicas.keys().copied().collect::<Vec<_>>() {
         task.refresh_view(c, false);
@@ -361,6 +371,8 @@ struct FederationTask {
     conduct: Conduct,
     /// This node's signed addresses, published in its document.
     addresses: Option<Envelope>,
+    /// This caisse's recognition policy (from the core), for vouching.
+    recognition: caisse_core::policy::Recognition,
 }
 
 /// Strikes within [`STRIKE_WINDOW`] that ban a peer.
@@ -495,6 +507,7 @@ impl FederationTask {
                         let i = (self.started.elapsed().as_millis() as usize) % peers.len();
                         self.ask_catalog(peers[i]);
                     }
+                    self.refresh_recognition().await;
                     self.share_known();
                     self.dial_vouched();
                     let cutoff = Instant::now() - Duration::from_secs(120);
@@ -520,14 +533,18 @@ impl FederationTask {
             SecretKey::from_bytes(self.secret.to_bytes()),
             self.federation.clone(),
         );
-        let mut statements = match self
+        let (mut statements, recognition) = match self
             .handle
             .read(move |c, _| {
-                Ok(caisse_core::conventionnement::federation_statements(
-                    c,
-                    me,
-                    &secret,
-                    &federation,
+                use caisse_core::view::Reads;
+                Ok((
+                    caisse_core::conventionnement::federation_statements(
+                        c,
+                        me,
+                        &secret,
+                        &federation,
+                    ),
+                    c.policy().recognition.clone(),
                 ))
             })
             .await
@@ -538,6 +555,7 @@ impl FederationTask {
                 return;
             }
         };
+        self.recognition = recognition;
         statements.addresses = self.signed_addresses().await;
         if let Ok(view) = self.view.read() {
             caisse_core::settlement::prune_publications(
@@ -603,6 +621,20 @@ impl FederationTask {
             && let Err(e) = self.network.publish(data).await
         {
             tracing::debug!(error = %e, "heads not gossiped (no peers yet?)");
+        }
+    }
+
+    /// Read this caisse's recognition policy again (it changes by vote).
+    async fn refresh_recognition(&mut self) {
+        if let Ok(r) = self
+            .handle
+            .read(|c, _| {
+                use caisse_core::view::Reads;
+                Ok(c.policy().recognition.clone())
+            })
+            .await
+        {
+            self.recognition = r;
         }
     }
 
@@ -783,12 +815,20 @@ impl FederationTask {
         if source.is_some() {
             replica.source = source;
         }
+        if vouched {
+            // A newer version of a document this caisse vouches for: worth a
+            // try at once (a caisse back from a restart is found again in
+            // seconds, not after the backoff a stranger's document earns).
+            replica.next_try = None;
+            replica.failures = 0;
+        }
         acceptance
     }
 
     /// Whether this caisse vouches for `owner`'s document: it recognises
-    /// the owner, or a caisse it recognises does, or the owner's document
-    /// carries a settlement statement with this caisse.
+    /// the owner (by name, or by its policy: compatible criteria), or a
+    /// caisse it recognises by name does, or the owner's document carries a
+    /// settlement statement with this caisse.
     fn vouched(&self, owner: &CaisseId) -> bool {
         let Ok(v) = self.view.read() else {
             return false;
@@ -796,7 +836,9 @@ impl FederationTask {
         let Some(mine) = v.caisses.get(&self.me) else {
             return false;
         };
-        mine.recognised.contains(owner)
+        let ours = mine.criteria.as_ref().map(|(c, _)| c);
+        v.recognises(owner, &self.recognition, ours)
+            || mine.recognised.contains(owner)
             || mine.recognised.iter().any(|r| {
                 v.caisses
                     .get(r)
@@ -872,11 +914,17 @@ impl FederationTask {
                 r.wanted = None;
                 continue;
             }
-            // Prefer the owner itself, then whoever announced the heads.
+            // Prefer the owner itself, then whoever announced the heads,
+            // then each connected peer in turn (one that lacked the version
+            // last time is not asked again first).
             let peer = peer_id_of(owner)
                 .filter(|p| connected.contains(p))
                 .or(r.source.filter(|p| connected.contains(p)))
-                .or_else(|| connected.iter().next().copied());
+                .or_else(|| {
+                    let mut all: Vec<&PeerId> = connected.iter().collect();
+                    all.sort();
+                    all.get(r.failures as usize % all.len().max(1)).map(|p| **p)
+                });
             if let Some(peer) = peer {
                 r.syncing = true;
                 // A new epoch shares no history with the old one.
@@ -947,8 +995,12 @@ impl FederationTask {
         };
         match judge_fork(&mut fork, &want) {
             SyncVerdict::Accept => {}
-            // Retried after a backoff, in a new session.
+            // Retried after a backoff, in a new session, from another peer
+            // unless this one is the owner.
             SyncVerdict::Incomplete => {
+                if r.source == Some(peer) {
+                    r.source = None;
+                }
                 r.failed(vouched, &self.stats);
                 return;
             }
