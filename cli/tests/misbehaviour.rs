@@ -28,6 +28,8 @@ fn rogue(dir: &std::path::Path, repeat: &str) -> std::process::Output {
             "malformed",
             "--attack",
             "bad-signature",
+            "--attack",
+            "forged-heads",
             "--repeat",
             repeat,
             "--seed",
@@ -46,7 +48,8 @@ fn a_peer_sending_garbage_is_banned_and_stays_banned() {
         &["--listen", "/ip4/127.0.0.1/tcp/0", "--federation", FED],
     );
     let _node = TestNode::start(&dir);
-    // 300 rounds: 900 malformed or forged messages.
+    // 300 rounds: 1,200 malformed or forged messages (garbage, a flipped
+    // signature bit, heads of the target's document signed by the rogue).
     let out = rogue(&dir, "300");
     assert!(
         out.status.success(),

@@ -214,7 +214,14 @@ fn apply_claims(
         changed = true;
     }
     for (period, bytes) in claims {
-        let ids: Vec<PurchaseId> = encoding::decode(bytes, MAX_RPC_SIZE).unwrap_or_default();
+        let ids: Vec<PurchaseId> = match encoding::decode(bytes, MAX_RPC_SIZE) {
+            Ok(ids) => ids,
+            Err(e) => {
+                // Never silently empty: the period's entries stay as they were.
+                tracing::error!(period = %period, error = %e, "claims not published: undecodable list");
+                continue;
+            }
+        };
         let wanted: HashSet<String> = ids.iter().map(ToString::to_string).collect();
         let sub = match doc.get(&obj, period.as_str())? {
             Some((Value::Object(ObjType::Map), id)) => id,

@@ -1141,8 +1141,7 @@ impl FederationTask {
                                     RpcResponse::Refused(e.to_string())
                                 }
                             };
-                            let bytes = encoding::encode(&answer, MAX_RPC_SIZE).unwrap_or_default();
-                            net.respond(channel, bytes).await;
+                            net.respond(channel, encode_response(&answer)).await;
                         });
                         return;
                     }
@@ -1154,15 +1153,9 @@ impl FederationTask {
                         RpcResponse::Refused(format!("malformed request: {e}"))
                     }
                 };
-                let bytes = encoding::encode(&response, MAX_RPC_SIZE)
-                    .or_else(|_| {
-                        encoding::encode(
-                            &RpcResponse::Refused("response too large".into()),
-                            MAX_RPC_SIZE,
-                        )
-                    })
-                    .unwrap_or_default();
-                self.network.respond(channel, bytes).await;
+                self.network
+                    .respond(channel, encode_response(&response))
+                    .await;
             }
         }
     }
@@ -1286,6 +1279,20 @@ async fn forward_offline(handle: &CaisseHandle, net: &Network) {
                     tracing::warn!(target: "caisse::events::purchase", purchase = %id, error = %e, "offline sale answer refused")
                 }
             }
+        }
+    }
+}
+
+/// A response's wire bytes; one too large to encode becomes a refusal that
+/// says so (logged), never empty bytes.
+fn encode_response(response: &RpcResponse) -> Vec<u8> {
+    match encoding::encode(response, MAX_RPC_SIZE) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(target: "caisse::events::federation", error = %e, "a response could not be encoded; refused instead");
+            let refused = RpcResponse::Refused(format!("response not sent: {e}"));
+            encoding::encode(&refused, MAX_RPC_SIZE)
+                .expect("a short refusal always encodes")
         }
     }
 }
