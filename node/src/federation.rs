@@ -1291,8 +1291,7 @@ fn encode_response(response: &RpcResponse) -> Vec<u8> {
         Err(e) => {
             tracing::error!(target: "caisse::events::federation", error = %e, "a response could not be encoded; refused instead");
             let refused = RpcResponse::Refused(format!("response not sent: {e}"));
-            encoding::encode(&refused, MAX_RPC_SIZE)
-                .expect("a short refusal always encodes")
+            encoding::encode(&refused, MAX_RPC_SIZE).expect("a short refusal always encodes")
         }
     }
 }
