@@ -199,6 +199,10 @@ struct InitArgs {
     /// libp2p address of another caisse to connect to (repeatable).
     #[arg(long)]
     bootstrap: Vec<String>,
+    /// Public libp2p address of this node, if others reach it through a
+    /// NAT or a port forward (repeatable); signed in its document.
+    #[arg(long)]
+    announce: Vec<String>,
     /// Initial policy as a TOML file (default: EUR 100 per person, carry over,
     /// contributions EUR 1 to 150 linear in income from EUR 800 to 4000).
     #[arg(long)]
@@ -1246,6 +1250,7 @@ fn init(cli: &Cli, a: &InitArgs) -> Result<ExitCode> {
             api: a.api,
             listen: a.listen.clone(),
             bootstrap: a.bootstrap.clone(),
+            announce: a.announce.clone(),
             policy,
             secret: None,
             testing: caisse_node::config::Testing {

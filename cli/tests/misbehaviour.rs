@@ -437,6 +437,8 @@ fn a_crowd_of_strangers_leaves_a_recognised_caisse_able_to_connect() {
             FED5,
             "--bootstrap",
             &first,
+            "--announce",
+            "/dns4/caisse-b.example.org/tcp/7400",
         ],
     );
     let mut nb = TestNode::start(&b);
@@ -453,6 +455,18 @@ fn a_crowd_of_strangers_leaves_a_recognised_caisse_able_to_connect() {
     common::wait_until("A to follow B", 30, || {
         peer_row(&a, &b_id).is_some_and(|p| p["recognised"] == true)
     });
+    // What A will dial B at: the addresses B signed, its listen address and
+    // the one it announces.
+    let row = peer_row(&a, &b_id).unwrap();
+    let signed: Vec<String> = row["addresses"].as_array().unwrap().iter().map(s).collect();
+    let b_listen = s(&node_json(&b)["listen"][0]);
+    assert!(signed.contains(&b_listen), "{row}");
+    assert!(
+        signed
+            .iter()
+            .any(|x| x.starts_with("/dns4/caisse-b.example.org/tcp/7400")),
+        "{row}"
+    );
     nb.stop();
     let info = node_json(&a);
     let rogue = std::process::Command::new(common::bin())

@@ -78,6 +78,7 @@ fn init_dir(dir: &std::path::Path) {
             api: "127.0.0.1:0".parse().unwrap(),
             listen: vec![],
             bootstrap: vec![],
+            announce: vec![],
             policy: Policy::default(),
             secret: None,
             testing: Default::default(),

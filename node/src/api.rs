@@ -2075,6 +2075,7 @@ async fn peers(State(s): State<App>, auth: Auth) -> Result<Json<serde_json::Valu
                 "accreditations": p.accreditations.len(),
                 "criteria_version": p.criteria.as_ref().map(|(cr, _)| cr.version),
                 "invalid_statements": p.invalid_statements,
+                "addresses": p.addresses,
             })
         })
         .collect();

@@ -25,6 +25,11 @@ pub struct Config {
     /// libp2p addresses of other caisses to connect to at start.
     #[serde(default)]
     pub bootstrap: Vec<String>,
+    /// Public libp2p addresses of this node (behind a NAT or a port
+    /// forward), signed in its federation document with the ones it
+    /// listens on: other caisses dial only addresses a caisse signed.
+    #[serde(default)]
+    pub announce: Vec<String>,
     /// The HTTP server's bounds and the reverse proxy in front of it.
     #[serde(default)]
     pub http: Http,
@@ -188,6 +193,10 @@ impl Config {
              # libp2p addresses to listen on, and other caisses to dial at start.\n\
              listen = {}\n\
              bootstrap = {}\n\
+             # Public addresses of this node, if others reach it through a NAT or\n\
+             # a port forward (e.g. \"/dns4/caisse.example.org/tcp/7400\"): other\n\
+             # caisses dial only the addresses a caisse signs, these and `listen`.\n\
+             announce = {}\n\
              \n\
              [http]\n\
              # Connections at once, in all and from one address; seconds a client\n\
@@ -210,6 +219,7 @@ impl Config {
             q(&self.api.to_string()),
             list(&self.listen),
             list(&self.bootstrap),
+            list(&self.announce),
             self.http.max_connections,
             self.http.max_connections_per_address,
             self.http.header_timeout_secs,
@@ -248,6 +258,7 @@ mod tests {
             api: "127.0.0.1:0".parse().unwrap(),
             listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
             bootstrap: vec![],
+            announce: vec!["/dns4/caisse.example.org/tcp/7400".into()],
             http: Http::default(),
             testing: Testing::default(),
         };

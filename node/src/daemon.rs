@@ -80,6 +80,8 @@ pub struct InitOptions {
     pub listen: Vec<String>,
     /// Bootstrap peers.
     pub bootstrap: Vec<String>,
+    /// Public addresses to announce (behind a NAT).
+    pub announce: Vec<String>,
     /// Initial policy.
     pub policy: Policy,
     /// Secret key bytes (random unless a test fixes them).
@@ -205,6 +207,7 @@ pub fn init(dir: &Path, opts: InitOptions) -> Result<Created, NodeError> {
         api: opts.api,
         listen: opts.listen,
         bootstrap: opts.bootstrap,
+        announce: opts.announce,
         http: crate::config::Http::default(),
         testing: opts.testing,
     };
@@ -386,7 +389,7 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
         listen,
         bootstrap: config.bootstrap.clone(),
         limits: None,
-        announce: Vec::new(),
+        announce: config.announce.clone(),
     };
     let started_net = match reuse {
         Some(addrs) => match crate::network::start(net_config(addrs)).await {

@@ -79,6 +79,7 @@ impl Node {
                 api: "127.0.0.1:0".parse()?,
                 listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
                 bootstrap,
+                announce: Vec::new(),
                 policy,
                 secret: None,
                 testing: caisse_node::config::Testing {
