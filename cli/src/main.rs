@@ -159,7 +159,7 @@ enum Command {
         /// The federation.
         #[arg(long, default_value = "caisse-federation")]
         federation: String,
-        /// forged-heads, bad-signature, replay, oversized, malformed, forged-change (repeatable; default all), and lost-sync, throwaway, crowd, providers, large (only when named).
+        /// forged-heads, bad-signature, replay, oversized, malformed, forged-change (repeatable; default all), and lost-sync, throwaway, crowd, providers, large, flood (only when named).
         #[arg(long = "attack")]
         attacks: Vec<String>,
         /// Send the attacks this many times over, back to back.

@@ -597,3 +597,48 @@ fn provider_records_and_large_requests_leave_memory_bounded() {
     );
     ok(&dir, &["status"]);
 }
+
+/// Token buckets per peer (issue 15): a peer flooding the node with
+/// requests is refused past its share ("rate limited"), counted in
+/// `network show`, and the node keeps serving.
+#[test]
+fn a_peer_flooding_requests_is_rate_limited() {
+    const FED7: &str = "fed-flood";
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    TestNode::init(
+        &dir,
+        "Caisse assaillie",
+        &["--listen", "/ip4/127.0.0.1/tcp/0", "--federation", FED7],
+    );
+    let _node = TestNode::start(&dir);
+    let info = node_json(&dir);
+    let out = caisse(
+        &dir,
+        &[
+            "rogue",
+            "--target-addr",
+            &s(&info["listen"][0]),
+            "--target",
+            &s(&info["caisse_id"]),
+            "--federation",
+            FED7,
+            "--attack",
+            "flood",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let detail = s(&v[0]["detail"]);
+    let limited: u64 = detail
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" rate limited")?.parse().ok())
+        .unwrap_or_else(|| panic!("{detail}"));
+    assert!(limited > 0, "{detail}");
+    assert!(federation_stat(&dir, "rate_limited") >= limited, "{detail}");
+    ok(&dir, &["status"]);
+}

@@ -53,6 +53,8 @@ pub struct FederationStats {
     pub documents_evicted: AtomicU64,
     /// Sync sessions that failed or ended short of the signed heads.
     pub sync_failed: AtomicU64,
+    /// Requests refused and gossip ignored because a peer sent too many.
+    pub rate_limited: AtomicU64,
 }
 
 struct Replica {
@@ -283,6 +285,7 @@ pub fn start(
         conduct: Conduct::default(),
         addresses: None,
         recognition: Default::default(),
+        buckets: PeerBuckets::default(),
     };
     for c in task.replicas.keys().copied().collect::<Vec<_>>() {
         task.refresh_view(c, false);
@@ -373,6 +376,8 @@ struct FederationTask {
     addresses: Option<Envelope>,
     /// This caisse's recognition policy (from the core), for vouching.
     recognition: caisse_core::policy::Recognition,
+    /// Token buckets per peer.
+    buckets: PeerBuckets,
 }
 
 /// Strikes within [`STRIKE_WINDOW`] that ban a peer.
@@ -386,6 +391,35 @@ pub const BAN: Duration = Duration::from_secs(10 * 60);
 pub const LOGGED_STRIKES: u32 = 5;
 /// Peers whose conduct is remembered at most.
 const MAX_CONDUCT: usize = 10_000;
+/// Requests one peer may make per second, after a burst of [`RPC_BURST`]
+/// (a caisse catching up on a hundred documents makes a few hundred).
+pub const RPC_PER_SECOND: u32 = 200;
+/// See [`RPC_PER_SECOND`].
+pub const RPC_BURST: u32 = 1_000;
+/// Gossip messages taken from one peer per second, after a burst of
+/// [`GOSSIP_BURST`]; the rest are ignored (not forwarded).
+pub const GOSSIP_PER_SECOND: u32 = 200;
+/// See [`GOSSIP_PER_SECOND`].
+pub const GOSSIP_BURST: u32 = 1_000;
+
+/// Token buckets per peer, on requests and on gossip (`governor`).
+struct PeerBuckets {
+    rpc: governor::DefaultKeyedRateLimiter<PeerId>,
+    gossip: governor::DefaultKeyedRateLimiter<PeerId>,
+}
+
+impl Default for PeerBuckets {
+    fn default() -> Self {
+        let quota = |rate: u32, burst: u32| {
+            governor::Quota::per_second(std::num::NonZeroU32::new(rate).expect("non-zero"))
+                .allow_burst(std::num::NonZeroU32::new(burst).expect("non-zero"))
+        };
+        PeerBuckets {
+            rpc: governor::RateLimiter::keyed(quota(RPC_PER_SECOND, RPC_BURST)),
+            gossip: governor::RateLimiter::keyed(quota(GOSSIP_PER_SECOND, GOSSIP_BURST)),
+        }
+    }
+}
 
 /// What the federation task remembers of each peer's misbehaviour: a
 /// malformed request or gossip message, heads with a bad signature. (A sync
@@ -512,6 +546,8 @@ impl FederationTask {
                     self.dial_vouched();
                     let cutoff = Instant::now() - Duration::from_secs(120);
                     self.responders.retain(|_, r| r.seen > cutoff);
+                    self.buckets.rpc.retain_recent();
+                    self.buckets.gossip.retain_recent();
                     for peer in self.conduct.expired() {
                         tracing::info!(target: "caisse::security", %peer, "ban over");
                         self.network.block(peer, false).await;
@@ -1093,6 +1129,15 @@ impl FederationTask {
             }
             NetEvent::Disconnected(peer) => self.set_connected(peer, false),
             NetEvent::Gossip { source, id, data } => {
+                if self.buckets.gossip.check_key(&source).is_err() {
+                    // Over its share: neither read nor forwarded.
+                    self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    self.stats.gossip_ignored.fetch_add(1, Ordering::Relaxed);
+                    self.network
+                        .validate(id, source, MessageAcceptance::Ignore)
+                        .await;
+                    return;
+                }
                 let acceptance = match Envelope::from_bytes(&data) {
                     Ok(env) => {
                         let a = self.consider_heads(&env, Some(source));
@@ -1126,6 +1171,15 @@ impl FederationTask {
                 data,
                 channel,
             } => {
+                if self.buckets.rpc.check_key(&peer).is_err() {
+                    self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    let refused =
+                        RpcResponse::Refused("rate limited: too many requests, slow down".into());
+                    self.network
+                        .respond(channel, encode_response(&refused))
+                        .await;
+                    return;
+                }
                 let response = match encoding::decode::<RpcRequest>(&data, MAX_RPC_SIZE) {
                     Ok(RpcRequest::Purchase(env)) => {
                         // Decided by the writer, off this task: answer when it is durable.

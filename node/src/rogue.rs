@@ -52,6 +52,8 @@ pub enum Attack {
     /// 32 requests at once, each just under the response limit (4 MiB),
     /// to make the target buffer them.
     Large,
+    /// 3,000 catalog requests, 16 at a time, as fast as they are answered.
+    Flood,
 }
 
 /// How long a crowd holds its connections.
@@ -84,9 +86,10 @@ impl std::str::FromStr for Attack {
             "crowd" => Attack::Crowd,
             "providers" => Attack::Providers,
             "large" => Attack::Large,
+            "flood" => Attack::Flood,
             _ => {
                 return Err(format!(
-                    "unknown attack {s:?}: forged-heads, bad-signature, replay, oversized, malformed, forged-change, lost-sync, throwaway, crowd, providers, large"
+                    "unknown attack {s:?}: forged-heads, bad-signature, replay, oversized, malformed, forged-change, lost-sync, throwaway, crowd, providers, large, flood"
                 ));
             }
         })
@@ -302,6 +305,24 @@ pub async fn run(
                 let answers = futures::future::join_all(sends).await;
                 let refused = answers.iter().filter(|a| a.is_err()).count();
                 format!("32 requests of 4 MiB at once: {refused} refused")
+            }
+            Attack::Flood => {
+                let (mut answered, mut limited, mut failed) = (0, 0, 0);
+                for _ in 0..3000 / 16 {
+                    let sends = (0..16).map(|_| request(&net, peer, &RpcRequest::Catalog));
+                    for r in futures::future::join_all(sends).await {
+                        match r {
+                            Ok(RpcResponse::Refused(m)) if m.contains("rate limited") => {
+                                limited += 1
+                            }
+                            Ok(_) => answered += 1,
+                            Err(_) => failed += 1,
+                        }
+                    }
+                }
+                format!(
+                    "flood of catalog requests: {answered} answered, {limited} rate limited, {failed} failed"
+                )
             }
             Attack::Providers => {
                 minted += 1;
