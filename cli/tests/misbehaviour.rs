@@ -7,23 +7,48 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestNode, caisse, node_json, ok, s};
+use common::{TestNode, node_json, ok, s};
 
 const FED: &str = "fed-misbehaviour";
 const SEED: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 
-fn rogue(dir: &std::path::Path, repeat: &str) -> std::process::Output {
+/// `caisse rogue` aimed at the node in `dir` (its address and caisse id
+/// from node.json) in federation `fed`, with `args` after them.
+fn rogue_cmd(dir: &std::path::Path, fed: &str, args: &[&str]) -> std::process::Command {
     let info = node_json(dir);
-    caisse(
+    let mut c = std::process::Command::new(common::bin());
+    c.arg("--data-dir").arg(dir).args([
+        "rogue",
+        "--target-addr",
+        &s(&info["listen"][0]),
+        "--target",
+        &s(&info["caisse_id"]),
+        "--federation",
+        fed,
+    ]);
+    c.args(args);
+    c
+}
+
+/// One node of its own federation `fed`, listening on loopback: its
+/// temporary folder (kept alive by the caller), data directory and process.
+fn lone_node(fed: &str, name: &str) -> (tempfile::TempDir, std::path::PathBuf, TestNode) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    TestNode::init(
+        &dir,
+        name,
+        &["--listen", "/ip4/127.0.0.1/tcp/0", "--federation", fed],
+    );
+    let node = TestNode::start(&dir);
+    (tmp, dir, node)
+}
+
+fn rogue(dir: &std::path::Path, repeat: &str) -> std::process::Output {
+    rogue_cmd(
         dir,
+        FED,
         &[
-            "rogue",
-            "--target-addr",
-            &s(&info["listen"][0]),
-            "--target",
-            &s(&info["caisse_id"]),
-            "--federation",
-            FED,
             "--attack",
             "malformed",
             "--attack",
@@ -36,18 +61,13 @@ fn rogue(dir: &std::path::Path, repeat: &str) -> std::process::Output {
             SEED,
         ],
     )
+    .output()
+    .unwrap()
 }
 
 #[test]
 fn a_peer_sending_garbage_is_banned_and_stays_banned() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("a");
-    TestNode::init(
-        &dir,
-        "Caisse visée",
-        &["--listen", "/ip4/127.0.0.1/tcp/0", "--federation", FED],
-    );
-    let _node = TestNode::start(&dir);
+    let (_tmp, dir, _node) = lone_node(FED, "Caisse visée");
     // 300 rounds: 1,200 malformed or forged messages (garbage, a flipped
     // signature bit, heads of the target's document signed by the rogue).
     let out = rogue(&dir, "300");
@@ -152,29 +172,8 @@ fn three_nodes_restarted_together_reconnect_within_five_seconds() {
 #[test]
 fn a_dropped_sync_response_is_followed_by_a_full_resync() {
     const FED2: &str = "fed-lost-sync";
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("a");
-    TestNode::init(
-        &dir,
-        "Caisse au lien perdu",
-        &["--listen", "/ip4/127.0.0.1/tcp/0", "--federation", FED2],
-    );
-    let _node = TestNode::start(&dir);
-    let info = node_json(&dir);
-    let rogue = std::process::Command::new(common::bin())
-        .arg("--data-dir")
-        .arg(&dir)
-        .args([
-            "rogue",
-            "--target-addr",
-            &s(&info["listen"][0]),
-            "--target",
-            &s(&info["caisse_id"]),
-            "--federation",
-            FED2,
-            "--attack",
-            "lost-sync",
-        ])
+    let (_tmp, dir, _node) = lone_node(FED2, "Caisse au lien perdu");
+    let rogue = rogue_cmd(&dir, FED2, &["--attack", "lost-sync"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -228,29 +227,15 @@ fn propagation(a: &std::path::Path, b: &std::path::Path, b_id: &str, iban: &str)
 }
 
 fn spawn_throwaway(dir: &std::path::Path, repeat: &str, seed: &str) -> std::process::Child {
-    let info = node_json(dir);
-    std::process::Command::new(common::bin())
-        .arg("--data-dir")
-        .arg(dir)
-        .args([
-            "rogue",
-            "--target-addr",
-            &s(&info["listen"][0]),
-            "--target",
-            &s(&info["caisse_id"]),
-            "--federation",
-            "fed-throwaway",
-            "--attack",
-            "throwaway",
-            "--repeat",
-            repeat,
-            "--seed",
-            seed,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+    rogue_cmd(
+        dir,
+        "fed-throwaway",
+        &["--attack", "throwaway", "--repeat", repeat, "--seed", seed],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap()
 }
 
 /// Throwaway keys (issue 15, finding 1): 2,000 documents announced under
@@ -366,34 +351,13 @@ fn throwaway_keys_neither_evict_nor_keep_a_node_syncing() {
 #[test]
 fn a_peer_claiming_a_third_partys_address_causes_no_dial() {
     const FED4: &str = "fed-claims";
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("a");
-    TestNode::init(
-        &dir,
-        "Caisse prudente",
-        &["--listen", "/ip4/127.0.0.1/tcp/0", "--federation", FED4],
-    );
-    let _node = TestNode::start(&dir);
+    let (_tmp, dir, _node) = lone_node(FED4, "Caisse prudente");
     let victim = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     victim.set_nonblocking(true).unwrap();
     let claim = format!("/ip4/127.0.0.1/tcp/{}", victim.local_addr().unwrap().port());
-    let info = node_json(&dir);
-    let out = caisse(
-        &dir,
-        &[
-            "rogue",
-            "--target-addr",
-            &s(&info["listen"][0]),
-            "--target",
-            &s(&info["caisse_id"]),
-            "--federation",
-            FED4,
-            "--attack",
-            "replay",
-            "--claim-addr",
-            &claim,
-        ],
-    );
+    let out = rogue_cmd(&dir, FED4, &["--attack", "replay", "--claim-addr", &claim])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -468,23 +432,7 @@ fn a_crowd_of_strangers_leaves_a_recognised_caisse_able_to_connect() {
         "{row}"
     );
     nb.stop();
-    let info = node_json(&a);
-    let rogue = std::process::Command::new(common::bin())
-        .arg("--data-dir")
-        .arg(&a)
-        .args([
-            "rogue",
-            "--target-addr",
-            &s(&info["listen"][0]),
-            "--target",
-            &s(&info["caisse_id"]),
-            "--federation",
-            FED5,
-            "--attack",
-            "crowd",
-            "--repeat",
-            "500",
-        ])
+    let rogue = rogue_cmd(&a, FED5, &["--attack", "crowd", "--repeat", "500"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -531,32 +479,17 @@ fn rss_bytes(pid: u32) -> u64 {
 #[test]
 fn provider_records_and_large_requests_leave_memory_bounded() {
     const FED6: &str = "fed-memory";
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("a");
-    TestNode::init(
-        &dir,
-        "Caisse sobre",
-        &["--listen", "/ip4/127.0.0.1/tcp/0", "--federation", FED6],
-    );
-    let node = TestNode::start(&dir);
+    let (_tmp, dir, node) = lone_node(FED6, "Caisse sobre");
     let pid = node.child.as_ref().unwrap().id();
     std::thread::sleep(Duration::from_secs(3));
     let baseline = rss_bytes(pid);
     assert!(baseline > 0, "no RSS for the node");
-    let info = node_json(&dir);
     let rogues: Vec<std::process::Child> = (0..10)
         .map(|i| {
-            std::process::Command::new(common::bin())
-                .arg("--data-dir")
-                .arg(&dir)
-                .args([
-                    "rogue",
-                    "--target-addr",
-                    &s(&info["listen"][0]),
-                    "--target",
-                    &s(&info["caisse_id"]),
-                    "--federation",
-                    FED6,
+            rogue_cmd(
+                &dir,
+                FED6,
+                &[
                     "--attack",
                     "providers",
                     "--attack",
@@ -565,11 +498,12 @@ fn provider_records_and_large_requests_leave_memory_bounded() {
                     "3",
                     "--seed",
                     &format!("{i:02}").repeat(32),
-                ])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
+                ],
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
         })
         .collect();
     let mut peak = baseline;
@@ -604,29 +538,10 @@ fn provider_records_and_large_requests_leave_memory_bounded() {
 #[test]
 fn a_peer_flooding_requests_is_rate_limited() {
     const FED7: &str = "fed-flood";
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("a");
-    TestNode::init(
-        &dir,
-        "Caisse assaillie",
-        &["--listen", "/ip4/127.0.0.1/tcp/0", "--federation", FED7],
-    );
-    let _node = TestNode::start(&dir);
-    let info = node_json(&dir);
-    let out = caisse(
-        &dir,
-        &[
-            "rogue",
-            "--target-addr",
-            &s(&info["listen"][0]),
-            "--target",
-            &s(&info["caisse_id"]),
-            "--federation",
-            FED7,
-            "--attack",
-            "flood",
-        ],
-    );
+    let (_tmp, dir, _node) = lone_node(FED7, "Caisse assaillie");
+    let out = rogue_cmd(&dir, FED7, &["--attack", "flood"])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
