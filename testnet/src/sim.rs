@@ -1273,6 +1273,55 @@ impl Sim {
                 }
             }
         }
+        self.check_netting();
+    }
+
+    /// For every period settled: the netting every caisse computes (the
+    /// same code over the same signed documents) realises the positions
+    /// that follow from the acknowledged statements, recomputed here on
+    /// their own: positions sum to zero, each caisse's transfers in minus
+    /// out equal its position, and there are at most n - 1 transfers.
+    fn check_netting(&mut self) {
+        let mut view = caisse_core::federation_view::FederationView::default();
+        for n in &self.nodes {
+            if let Some(doc) = &n.latest {
+                view.caisses.insert(n.id, doc.read(&n.id, &self.federation));
+            }
+        }
+        let periods: BTreeSet<Period> = view
+            .caisses
+            .values()
+            .flat_map(|p| p.statements.iter().map(|(_, s)| s.period))
+            .collect();
+        for period in periods {
+            let v = caisse_core::settlement::settlement_view(&view, period);
+            let mut expected: BTreeMap<CaisseId, i64> = BTreeMap::new();
+            for (_, st, acked, _) in &v.statements {
+                if *acked {
+                    *expected.entry(st.creditor).or_default() += st.amount.cents();
+                    *expected.entry(st.debtor).or_default() -= st.amount.cents();
+                }
+            }
+            let mut realised: BTreeMap<CaisseId, i64> = BTreeMap::new();
+            for t in &v.transfers {
+                *realised.entry(t.to).or_default() += t.amount.cents();
+                *realised.entry(t.from).or_default() -= t.amount.cents();
+            }
+            expected.retain(|_, c| *c != 0);
+            realised.retain(|_, c| *c != 0);
+            if expected != realised {
+                self.violation(format!(
+                    "netting of {period}: transfers realise {realised:?}, the acknowledged statements give {expected:?}"
+                ));
+            }
+            if v.transfers.len() > self.nodes.len().saturating_sub(1) {
+                self.violation(format!(
+                    "netting of {period}: {} transfers for {} caisses",
+                    v.transfers.len(),
+                    self.nodes.len()
+                ));
+            }
+        }
     }
 
     fn run(mut self) -> SimReport {
