@@ -851,8 +851,10 @@ impl FederationTask {
         if source.is_some() {
             replica.source = source;
         }
-        if vouched {
-            // A newer version of a document this caisse vouches for: worth a
+        let from_owner = source.is_some() && source == peer_id_of(&owner);
+        if vouched || from_owner {
+            // A newer version of a document this caisse vouches for, or one
+            // its owner announces itself over its own connection: worth a
             // try at once (a caisse back from a restart is found again in
             // seconds, not after the backoff a stranger's document earns).
             replica.next_try = None;
@@ -1005,7 +1007,10 @@ impl FederationTask {
                 result,
             } => (caisse, peer, result),
         };
-        let vouched = self.vouched(&caisse);
+        // A connected owner is a caisse, not a key minted for an attack:
+        // its document is retried like a vouched one.
+        let vouched = self.vouched(&caisse)
+            || peer_id_of(&caisse).is_some_and(|p| self.connected.contains(&p));
         let Some(r) = self.replicas.get_mut(&caisse) else {
             return;
         };
