@@ -61,7 +61,9 @@ impl Caisse {
             t.lines = t.lines.saturating_add(1);
             self.pending.put(key, encode_value(&t));
         }
-        if first_of_month {
+        if first_of_month || lines.iter().any(|l| l.producer.is_some()) {
+            // The month's totals are published: every sale of a producer's
+            // goods changes them (the federation task coalesces publishes).
             self.mark_published_changed();
         }
         Ok(())
