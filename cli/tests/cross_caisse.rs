@@ -506,20 +506,42 @@ fn purchases_across_caisses_and_settlement() {
     );
     // A disputed statement does not enter the netting.
     assert_eq!(v["positions"].as_array().unwrap().len(), 0);
-    // B withdraws the claim A disputed: a revised statement without it,
-    // acknowledged by A, and the netting follows.
-    let w = ok(
-        &b.dir,
-        &[
-            "settlement",
-            "withdraw",
-            "--period",
-            "2027-04",
-            "--debtor",
-            &a.id,
-        ],
+    // B's treasurer withdraws the claim A disputed from the console's
+    // treasury page: a revised statement without it, acknowledged by A, and
+    // the netting follows.
+    let api_b = s(&common::node_json(&b.dir)["api"]);
+    let admin_b = std::fs::read_to_string(b.dir.join("admin.token")).unwrap();
+    let cookie = common::console_sign_in(&api_b, "/login/token", &[("token", admin_b.trim())]);
+    let with_cookie = [("Cookie", format!("caisse_session={cookie}"))];
+    let with_cookie: Vec<(&str, &str)> =
+        with_cookie.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, _, page) =
+        common::http(&api_b, "GET", "/treasury?period=2027-04", &with_cookie, b"");
+    assert_eq!(code, 200);
+    let page = String::from_utf8_lossy(&page).into_owned();
+    let at = page
+        .find("action=\"/treasury/withdraw\"")
+        .expect("a withdraw button on the disputed statement");
+    assert!(page[at..].contains(&a.id), "the button names the debtor");
+    let csrf = common::csrf_of(&page.as_bytes()[at..]);
+    let form = format!("csrf={csrf}&debtor={}&period=2027-04", a.id);
+    let mut headers = with_cookie.clone();
+    headers.push(("Content-Type", "application/x-www-form-urlencoded"));
+    let (code, head, _) = common::http(
+        &api_b,
+        "POST",
+        "/treasury/withdraw",
+        &headers,
+        form.as_bytes(),
     );
-    assert_eq!(w["withdrawn"], 1, "{w}");
+    assert_eq!(code, 303, "{head}");
+    let (_, _, page) = common::http(&api_b, "GET", "/treasury?period=2027-04", &with_cookie, b"");
+    assert!(
+        String::from_utf8_lossy(&page)
+            .contains("Créances contestées retirées, relevé révisé publié : 1"),
+        "the page says what was done: {}",
+        String::from_utf8_lossy(&page)
+    );
     wait_until("the revised statement acknowledged", 20, || {
         let v = ok(&a.dir, &["settlement", "show", "--period", "2027-04"]);
         let st = v["statements"].as_array().unwrap();

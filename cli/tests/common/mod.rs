@@ -1,6 +1,8 @@
 //! Helpers to run the real `caisse` binary on temporary data directories.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -297,4 +299,104 @@ pub fn seat_parliament(dir: &Path, joined: &str) {
             ],
         );
     }
+}
+
+/// One HTTP/1.1 request over a fresh connection: (status, headers, body).
+pub fn http(
+    api: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let addr: std::net::SocketAddr = api.parse().expect("an address");
+    let mut c =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the node");
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    c.write_all(req.as_bytes()).unwrap();
+    c.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    let _ = c.read_to_end(&mut raw);
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut body = raw[(split + 4).min(raw.len())..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, head, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if n == 0 || b.len() < eol + 2 + n {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 2 + n + 2..];
+    }
+}
+
+/// Sign in to the console at `path` with a form's `fields`: the session cookie.
+pub fn console_sign_in(api: &str, path: &str, fields: &[(&str, &str)]) -> String {
+    let (_, head, body) = http(api, "GET", "/", &[], b"");
+    let cookie = session_cookie(&head).expect("a visitor's cookie");
+    let csrf = csrf_of(&body);
+    let mut form = format!("csrf={csrf}");
+    for (k, v) in fields {
+        form.push_str(&format!("&{k}={v}"));
+    }
+    let (code, head, _) = http(
+        api,
+        "POST",
+        path,
+        &[
+            ("Cookie", &format!("caisse_session={cookie}")),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        form.as_bytes(),
+    );
+    assert_eq!(code, 303, "sign-in refused: {head}");
+    session_cookie(&head).expect("a session cookie")
+}
+
+/// The session cookie a response sets.
+pub fn session_cookie(head: &str) -> Option<String> {
+    head.lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .find_map(|l| l.split_once("caisse_session=").map(|(_, v)| v))
+        .map(|v| v.split(';').next().unwrap_or("").to_owned())
+}
+
+/// The CSRF token of the first form on a page.
+pub fn csrf_of(body: &[u8]) -> String {
+    let page = String::from_utf8_lossy(body);
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
+    page[at..at + 64].to_owned()
 }
