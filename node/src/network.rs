@@ -334,6 +334,15 @@ pub async fn start(
                 gossip_config,
             )?;
             let mut params = gossipsub::PeerScoreParams::default();
+            // No penalty for peers sharing an address. gossipsub's default
+            // (-5 × (peers on one IP - 10)²) graylisted every peer of a
+            // federation with more than about a dozen caisses on one host
+            // (a testnet, a host serving several caisses): all their gossip
+            // was dropped and changes travelled only by the 10-second
+            // catalog (tests/propagation.rs in the testnet). Who takes part
+            // is decided by signed recognition, and strangers are already
+            // limited per address when they connect.
+            params.ip_colocation_factor_weight = 0.0;
             params.topics.insert(
                 topic_hash.clone(),
                 gossipsub::TopicScoreParams {
