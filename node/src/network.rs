@@ -468,6 +468,10 @@ pub async fn start(
         blocked: Vec::new(),
         known: redial.iter().filter_map(|r| r.peer).collect(),
         bootstrap_peers: redial.iter().filter_map(|r| r.peer).collect(),
+        book: redial
+            .iter()
+            .filter_map(|r| r.peer.map(|p| (p, vec![r.addr.clone()])))
+            .collect(),
         strangers: HashMap::new(),
         strangers_refused: 0,
         redial,
@@ -497,7 +501,18 @@ struct SwarmTask {
     >,
     /// Strangers' connections closed, for the log's summary.
     strangers_refused: u64,
+    /// Where to dial each caisse: the addresses it signed (and bootstrap
+    /// addresses). Kept here because Kademlia's table holds at most 20 peers
+    /// per distance bucket and about half of all peers share the farthest
+    /// one: past about 40 caisses it silently forgot some, and purchases
+    /// for their cards failed with "Failed to dial the requested peer".
+    book: HashMap<PeerId, Vec<Multiaddr>>,
 }
+
+/// Peers the address book holds at most (above the followed documents' cap).
+pub const MAX_BOOK_PEERS: usize = 4096;
+/// Addresses kept per peer (its newest).
+pub const MAX_BOOK_ADDRESSES: usize = 8;
 
 /// The first wait before dialling a lost bootstrap peer again; it doubles
 /// after each failed attempt up to [`REDIAL_MAX`].
@@ -556,6 +571,42 @@ impl SwarmTask {
         }
         self.strangers
             .insert(connection, (peer, ip, tokio::time::Instant::now()));
+    }
+
+    /// Remember an address to dial `peer` at (in Kademlia's table too).
+    fn remember(&mut self, peer: PeerId, addr: Multiaddr) {
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .add_address(&peer, addr.clone());
+        if !self.book.contains_key(&peer) && self.book.len() >= MAX_BOOK_PEERS {
+            tracing::debug!(target: "caisse::events::network", %peer, "address book full");
+            return;
+        }
+        let addrs = self.book.entry(peer).or_default();
+        if let Some(i) = addrs.iter().position(|a| *a == addr) {
+            addrs.remove(i);
+        }
+        addrs.push(addr);
+        if addrs.len() > MAX_BOOK_ADDRESSES {
+            addrs.remove(0);
+        }
+    }
+
+    /// Dial `peer` at the addresses the book holds for it, unless it is
+    /// connected, being dialled, or blocked.
+    fn dial_known(&mut self, peer: PeerId) {
+        if self.swarm.is_connected(&peer) || self.blocked.contains(&peer) {
+            return;
+        }
+        let addrs = self.book.get(&peer).cloned().unwrap_or_default();
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(target: "caisse::events::network", %peer, error = %e, "cannot dial");
+        }
     }
 
     fn refuse_stranger(
@@ -626,7 +677,10 @@ impl SwarmTask {
                 let _ = reply.send(r);
             }
             Command::Request(peer, data, reply) => {
-                let id = b.rpc.send_request(&peer, data);
+                // Dialled here with the book's addresses; the request waits
+                // for the connection.
+                self.dial_known(peer);
+                let id = self.swarm.behaviour_mut().rpc.send_request(&peer, data);
                 self.pending.insert(id, reply);
             }
             Command::Respond(channel, data) => {
@@ -638,18 +692,14 @@ impl SwarmTask {
             }
             Command::Dial(addr) => {
                 if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
-                    b.kad.add_address(&peer, addr.clone());
+                    self.remember(peer, addr.clone());
                 }
                 let _ = self.swarm.dial(addr);
             }
-            Command::DialPeer(peer) => {
-                if !self.swarm.is_connected(&peer) && !self.blocked.contains(&peer) {
-                    let _ = self.swarm.dial(peer);
-                }
-            }
+            Command::DialPeer(peer) => self.dial_known(peer),
             Command::Addresses(peer, addrs) => {
                 for a in addrs {
-                    b.kad.add_address(&peer, a);
+                    self.remember(peer, a);
                 }
             }
             Command::Provide(key) => {
@@ -714,10 +764,7 @@ impl SwarmTask {
                     // Only an address this node dialled itself is worth
                     // keeping; a listener sees the peer's ephemeral port.
                     if endpoint.is_dialer() {
-                        self.swarm
-                            .behaviour_mut()
-                            .kad
-                            .add_address(&peer_id, endpoint.get_remote_address().clone());
+                        self.remember(peer_id, endpoint.get_remote_address().clone());
                     }
                     self.emit(NetEvent::Connected(peer_id));
                 }

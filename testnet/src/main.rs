@@ -30,7 +30,7 @@ enum Cmd {
     /// Run a scenario: N node processes on 127.0.0.1, M simulated months,
     /// faults, invariants, a report (report.json, report.md, SVG plots).
     Run {
-        /// A built-in scenario (demo, montpellier, federation-30) or a TOML file.
+        /// A built-in scenario (demo, montpellier, federation-30, federation-100) or a TOML file.
         #[arg(long, default_value = "demo")]
         scenario: String,
         /// Where to write the report.

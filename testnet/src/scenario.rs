@@ -94,8 +94,9 @@ impl Scenario {
             "demo" => include_str!("../../scenarios/demo.toml").to_owned(),
             "montpellier" => include_str!("../../scenarios/montpellier.toml").to_owned(),
             "federation-30" => include_str!("../../scenarios/federation-30.toml").to_owned(),
+            "federation-100" => include_str!("../../scenarios/federation-100.toml").to_owned(),
             path => std::fs::read_to_string(Path::new(path)).with_context(|| {
-                format!("{path:?} is neither a built-in scenario (demo, montpellier, federation-30) nor a readable file")
+                format!("{path:?} is neither a built-in scenario (demo, montpellier, federation-30, federation-100) nor a readable file")
             })?,
         };
         let s: Scenario =
@@ -105,8 +106,8 @@ impl Scenario {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.caisses == 0 || self.caisses > 64 {
-            bail!("caisses must be 1 to 64");
+        if self.caisses == 0 || self.caisses > 128 {
+            bail!("caisses must be 1 to 128");
         }
         if self.members_per_caisse == 0 || self.members_per_caisse > 20_000 {
             bail!("members_per_caisse must be 1 to 20,000");
