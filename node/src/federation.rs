@@ -116,6 +116,13 @@ impl Replica {
     }
 }
 
+/// Sync sessions this node runs at once with one peer. A connection carries
+/// at most 16 request streams ([`crate::network::MAX_STREAMS`]) for both
+/// directions, purchases and catalogs included; past it, requests failed
+/// with "max sub-streams reached" and the documents waited for a retry (a
+/// node catching up on 29 documents from one peer started 29 at once).
+pub const SYNCS_PER_PEER: usize = 6;
+
 /// The first wait after a failed sync; it doubles with each failure.
 pub const SYNC_BACKOFF_FIRST: Duration = Duration::from_millis(250);
 /// The longest wait between sync attempts for one document.
@@ -276,6 +283,7 @@ pub fn start(
         replicas,
         responders: HashMap::new(),
         connected: HashSet::new(),
+        syncs_with: HashMap::new(),
         local_version,
         published_version: u64::MAX,
         internal: itx,
@@ -361,6 +369,8 @@ struct FederationTask {
     /// document, for the requester's current session only.
     responders: HashMap<(PeerId, CaisseId), Responder>,
     connected: HashSet<PeerId>,
+    /// Sync sessions running with each peer (at most [`SYNCS_PER_PEER`]).
+    syncs_with: HashMap<PeerId, usize>,
     local_version: Arc<AtomicU64>,
     published_version: u64,
     internal: mpsc::Sender<Internal>,
@@ -656,7 +666,7 @@ impl FederationTask {
         if let Ok(data) = env.to_bytes()
             && let Err(e) = self.network.publish(data).await
         {
-            tracing::debug!(error = %e, "heads not gossiped (no peers yet?)");
+            tracing::info!(target: "caisse::events::federation", error = %e, sequence, "heads not gossiped (no peers yet?)");
         }
     }
 
@@ -954,7 +964,8 @@ impl FederationTask {
             }
             // Prefer the owner itself, then whoever announced the heads,
             // then each connected peer in turn (one that lacked the version
-            // last time is not asked again first).
+            // last time is not asked again first). A peer already running
+            // its share of sessions with this node is waited for.
             let peer = peer_id_of(owner)
                 .filter(|p| connected.contains(p))
                 .or(r.source.filter(|p| connected.contains(p)))
@@ -964,6 +975,11 @@ impl FederationTask {
                     all.get(r.failures as usize % all.len().max(1)).map(|p| **p)
                 });
             if let Some(peer) = peer {
+                let running = self.syncs_with.entry(peer).or_default();
+                if *running >= SYNCS_PER_PEER {
+                    continue;
+                }
+                *running += 1;
                 r.syncing = true;
                 // A new epoch shares no history with the old one.
                 let base = if *epoch == r.epoch {
@@ -1011,6 +1027,12 @@ impl FederationTask {
         // its document is retried like a vouched one.
         let vouched = self.vouched(&caisse)
             || peer_id_of(&caisse).is_some_and(|p| self.connected.contains(&p));
+        if let Some(n) = self.syncs_with.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.syncs_with.remove(&peer);
+            }
+        }
         let Some(r) = self.replicas.get_mut(&caisse) else {
             return;
         };
