@@ -369,6 +369,7 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
     };
     let (handle, writer_thread) = writer::spawn(caisse, clock);
     let published = handle.published_version();
+    let sales = handle.sales_version();
     // Listening on port 0 picks a free port; keep the one picked, so that
     // after a restart peers find this caisse where they last saw it.
     let saved_listen = dir.join("listen.addrs");
@@ -412,6 +413,7 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
         handle.clone(),
         view,
         published,
+        sales,
     );
     // Decisions see other caisses only through the writer's copy: give it
     // the documents loaded from disk before any till is served.

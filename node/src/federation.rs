@@ -215,6 +215,7 @@ pub fn start(
     handle: CaisseHandle,
     view: Arc<RwLock<FederationView>>,
     local_version: Arc<AtomicU64>,
+    sales_version: Arc<AtomicU64>,
 ) -> (Federation, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
     let (to_writer, from_task) = mpsc::unbounded_channel();
@@ -285,6 +286,9 @@ pub fn start(
         connected: HashSet::new(),
         syncs_with: HashMap::new(),
         local_version,
+        sales_version,
+        published_sales: 0,
+        last_publish: Instant::now(),
         published_version: u64::MAX,
         internal: itx,
         started: Instant::now(),
@@ -372,6 +376,11 @@ struct FederationTask {
     /// Sync sessions running with each peer (at most [`SYNCS_PER_PEER`]).
     syncs_with: HashMap<PeerId, usize>,
     local_version: Arc<AtomicU64>,
+    /// Changes to the sales totals alone: published at most every
+    /// [`caisse_core::sales::SALES_PUBLISH_EVERY_MS`].
+    sales_version: Arc<AtomicU64>,
+    published_sales: u64,
+    last_publish: Instant,
     published_version: u64,
     internal: mpsc::Sender<Internal>,
     started: Instant,
@@ -571,7 +580,11 @@ impl FederationTask {
     /// Project this caisse's statements into its own document when they change.
     async fn publish_if_changed(&mut self) {
         let version = self.local_version.load(Ordering::Acquire);
-        if version == self.published_version {
+        let sales = self.sales_version.load(Ordering::Acquire);
+        let sales_due = sales != self.published_sales
+            && self.last_publish.elapsed()
+                >= Duration::from_millis(caisse_core::sales::SALES_PUBLISH_EVERY_MS);
+        if version == self.published_version && !sales_due {
             return;
         }
         let (me, secret, federation) = (
@@ -613,6 +626,8 @@ impl FederationTask {
             );
         }
         self.published_version = version;
+        self.published_sales = sales;
+        self.last_publish = Instant::now();
         let me = self.me;
         let Some(replica) = self.replicas.get_mut(&me) else {
             return;

@@ -153,6 +153,8 @@ struct Shared {
     entries: AtomicU64,
     /// The caisse's published-statements counter as of the last commit.
     published: Arc<AtomicU64>,
+    /// Its sales-totals counter as of the last commit.
+    sales: Arc<AtomicU64>,
 }
 
 /// A cloneable handle to the writer.
@@ -178,6 +180,9 @@ pub fn spawn(caisse: Caisse, clock: Arc<Clock>) -> (CaisseHandle, std::thread::J
         entries: AtomicU64::new(caisse.head().next_seq),
         published: Arc::new(AtomicU64::new(
             caisse.published_version().load(Ordering::Acquire),
+        )),
+        sales: Arc::new(AtomicU64::new(
+            caisse.sales_version().load(Ordering::Acquire),
         )),
     });
     let store = caisse.store().clone();
@@ -563,6 +568,7 @@ impl Writer {
 
     fn publish(&mut self) {
         let statements = self.caisse.published_version().load(Ordering::Acquire);
+        let sales = self.caisse.sales_version().load(Ordering::Acquire);
         let v = self.caisse.state_version();
         if v != self.published {
             self.published = v;
@@ -580,6 +586,7 @@ impl Writer {
         // Only now, with the writes durable and the snapshot out, may the
         // federation read what changed.
         self.shared.published.store(statements, Ordering::Release);
+        self.shared.sales.store(sales, Ordering::Release);
     }
 
     /// Run one step of `job`; the job back if it is not finished.
@@ -757,6 +764,12 @@ impl CaisseHandle {
     /// caisse publishes to the federation changed.
     pub fn published_version(&self) -> Arc<AtomicU64> {
         self.shared.published.clone()
+    }
+
+    /// Changes to the sales totals alone, as of the last commit (published
+    /// lazily by the federation task).
+    pub fn sales_version(&self) -> Arc<AtomicU64> {
+        self.shared.sales.clone()
     }
 
     /// Members enrolled and journal entries, as of the last commit.

@@ -475,6 +475,10 @@ pub struct Caisse {
     pub(crate) conventions: crate::conventionnement::Conventions,
     /// Bumped whenever something published to the federation changes.
     pub(crate) published: Arc<std::sync::atomic::AtomicU64>,
+    /// Bumped when only the producers' sales totals changed: published
+    /// within seconds, not at once (a busy outlet would otherwise send a
+    /// new version of the document to every caisse at each sale).
+    pub(crate) sales_published: Arc<std::sync::atomic::AtomicU64>,
     /// What other caisses publish, kept by the federation task.
     /// What other caisses publish, as of the last `Command::PeerDocuments`:
     /// owned by the caisse, so a decision never depends on when another
@@ -618,6 +622,7 @@ impl Caisse {
             federation,
             conventions,
             published: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            sales_published: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             peers: crate::federation_view::FederationView::default(),
             pepper,
             policy,
@@ -662,6 +667,17 @@ impl Caisse {
     pub(crate) fn mark_published_changed(&self) {
         self.published
             .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    pub(crate) fn mark_sales_changed(&self) {
+        self.sales_published
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The counter of changes to the sales totals alone (see
+    /// [`Caisse::published_version`]); the federation publishes them lazily.
+    pub fn sales_version(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.sales_published.clone()
     }
 
     /// The caisse id.

@@ -33,10 +33,14 @@ fn sales_key(period: Period, producer: &ProducerId) -> Vec<u8> {
     keys::key(SALES, &[&period.index().to_be_bytes(), producer.as_bytes()])
 }
 
+/// Changes to the sales totals alone are published at most this often.
+pub const SALES_PUBLISH_EVERY_MS: u64 = 2_000;
+
 impl Caisse {
     /// Add the lines of a sale at one of our outlets to the month's totals.
-    /// The first sale of a month republishes the caisse's statements, so
-    /// the month before is published with its final totals.
+    /// The first sale of a month republishes the caisse's statements at
+    /// once, so the month before is published with its final totals; other
+    /// sales are published within [`SALES_PUBLISH_EVERY_MS`].
     pub(crate) fn record_sales(
         &mut self,
         period: Period,
@@ -61,10 +65,12 @@ impl Caisse {
             t.lines = t.lines.saturating_add(1);
             self.pending.put(key, encode_value(&t));
         }
-        if first_of_month || lines.iter().any(|l| l.producer.is_some()) {
-            // The month's totals are published: every sale of a producer's
-            // goods changes them (the federation task coalesces publishes).
+        if first_of_month {
             self.mark_published_changed();
+        } else if lines.iter().any(|l| l.producer.is_some()) {
+            // The month's totals are published: every sale of a producer's
+            // goods changes them, published within seconds with the next.
+            self.mark_sales_changed();
         }
         Ok(())
     }
