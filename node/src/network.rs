@@ -333,23 +333,25 @@ pub async fn start(
                 gossipsub::MessageAuthenticity::Signed(key.clone()),
                 gossip_config,
             )?;
-            let mut params = gossipsub::PeerScoreParams::default();
-            // No penalty for peers sharing an address. gossipsub's default
-            // (-5 × (peers on one IP - 10)²) graylisted every peer of a
-            // federation with more than about a dozen caisses on one host
-            // (a testnet, a host serving several caisses): all their gossip
-            // was dropped and changes travelled only by the 10-second
-            // catalog (tests/propagation.rs in the testnet). Who takes part
-            // is decided by signed recognition, and strangers are already
-            // limited per address when they connect.
-            params.ip_colocation_factor_weight = 0.0;
-            // Nor for "broken promises" (IWANTs unanswered within 3 s) and
-            // early grafts: counted squared at -10 each, they took honest
-            // peers to -16,000 in federation-30 (a restart, a pruned mesh)
-            // and every message from them was dropped. Peers that send
-            // what does not verify are scored below (P4) and struck and
-            // banned by the federation itself.
-            params.behaviour_penalty_weight = 0.0;
+            let mut params = gossipsub::PeerScoreParams {
+                // No penalty for peers sharing an address. gossipsub's default
+                // (-5 × (peers on one IP - 10)²) graylisted every peer of a
+                // federation with more than about a dozen caisses on one host
+                // (a testnet, a host serving several caisses): all their gossip
+                // was dropped and changes travelled only by the 10-second
+                // catalog (tests/propagation.rs in the testnet). Who takes part
+                // is decided by signed recognition, and strangers are already
+                // limited per address when they connect.
+                ip_colocation_factor_weight: 0.0,
+                // Nor for "broken promises" (IWANTs unanswered within 3 s) and
+                // early grafts: counted squared at -10 each, they took honest
+                // peers to -16,000 in federation-30 (a restart, a pruned mesh)
+                // and every message from them was dropped. Peers that send
+                // what does not verify are scored below (P4) and struck and
+                // banned by the federation itself.
+                behaviour_penalty_weight: 0.0,
+                ..Default::default()
+            };
             params.topics.insert(
                 topic_hash.clone(),
                 gossipsub::TopicScoreParams {
