@@ -285,6 +285,8 @@ pub fn start(
         responders: HashMap::new(),
         connected: HashSet::new(),
         syncs_with: HashMap::new(),
+        vouched_cache: std::cell::RefCell::new(None),
+        shared_known: std::cell::RefCell::new(HashSet::new()),
         local_version,
         sales_version,
         published_sales: 0,
@@ -375,6 +377,12 @@ struct FederationTask {
     connected: HashSet<PeerId>,
     /// Sync sessions running with each peer (at most [`SYNCS_PER_PEER`]).
     syncs_with: HashMap<PeerId, usize>,
+    /// The caisses this node vouches for, computed once per change of the
+    /// view or of the recognition policy (it was computed per document, on
+    /// every sync and every new heads).
+    vouched_cache: std::cell::RefCell<Option<HashSet<CaisseId>>>,
+    /// The known peers last given to the network task.
+    shared_known: std::cell::RefCell<HashSet<PeerId>>,
     local_version: Arc<AtomicU64>,
     /// Changes to the sales totals alone: published at most every
     /// [`caisse_core::sales::SALES_PUBLISH_EVERY_MS`].
@@ -615,6 +623,7 @@ impl FederationTask {
             }
         };
         self.recognition = recognition;
+        self.forget_vouched();
         statements.addresses = self.signed_addresses().await;
         if let Ok(view) = self.view.read() {
             caisse_core::settlement::prune_publications(
@@ -696,6 +705,7 @@ impl FederationTask {
             .await
         {
             self.recognition = r;
+            self.forget_vouched();
         }
     }
 
@@ -724,13 +734,17 @@ impl FederationTask {
     /// Tell the network which peers are not strangers: owners of the
     /// documents this node holds, and those it vouches for.
     fn share_known(&self) {
-        let known = self
+        let known: HashSet<PeerId> = self
             .replicas
             .iter()
             .filter(|(c, r)| r.heads.is_some() || self.vouched(c))
             .filter_map(|(c, _)| peer_id_of(c))
             .collect();
-        self.network.set_known(known);
+        let mut shared = self.shared_known.borrow_mut();
+        if *shared != known {
+            shared.clone_from(&known);
+            self.network.set_known(known);
+        }
     }
 
     /// Dial the caisses this node vouches for that are not connected, at
@@ -801,6 +815,7 @@ impl FederationTask {
             }
             v.caisses.insert(owner, p);
         }
+        self.forget_vouched();
     }
 
     fn set_connected(&mut self, peer: PeerId, on: bool) {
@@ -893,25 +908,56 @@ impl FederationTask {
     /// caisse it recognises by name does, or the owner's document carries a
     /// settlement statement with this caisse.
     fn vouched(&self, owner: &CaisseId) -> bool {
+        if let Some(set) = self.vouched_cache.borrow().as_ref() {
+            return set.contains(owner);
+        }
+        let set = self.vouched_now();
+        let answer = set.contains(owner);
+        *self.vouched_cache.borrow_mut() = Some(set);
+        answer
+    }
+
+    /// Every caisse [`Self::vouched`] is true for, from the view: the only
+    /// candidates are the caisses in the view and the ones named in the
+    /// recognised lists of this caisse and of those it recognises.
+    fn vouched_now(&self) -> HashSet<CaisseId> {
         let Ok(v) = self.view.read() else {
-            return false;
+            return HashSet::new();
         };
         let Some(mine) = v.caisses.get(&self.me) else {
-            return false;
+            return HashSet::new();
         };
         let ours = mine.criteria.as_ref().map(|(c, _)| c);
-        v.recognises(owner, &self.recognition, ours)
-            || mine.recognised.contains(owner)
-            || mine.recognised.iter().any(|r| {
-                v.caisses
-                    .get(r)
-                    .is_some_and(|p| p.recognised.contains(owner))
+        let mut candidates: HashSet<CaisseId> = v.caisses.keys().copied().collect();
+        candidates.extend(mine.recognised.iter().copied());
+        for r in &mine.recognised {
+            if let Some(p) = v.caisses.get(r) {
+                candidates.extend(p.recognised.iter().copied());
+            }
+        }
+        candidates
+            .into_iter()
+            .filter(|owner| {
+                v.recognises(owner, &self.recognition, ours)
+                    || mine.recognised.contains(owner)
+                    || mine.recognised.iter().any(|r| {
+                        v.caisses
+                            .get(r)
+                            .is_some_and(|p| p.recognised.contains(owner))
+                    })
+                    || v.caisses.get(owner).is_some_and(|p| {
+                        p.statements
+                            .iter()
+                            .any(|(_, s)| s.debtor == self.me || s.creditor == self.me)
+                    })
             })
-            || v.caisses.get(owner).is_some_and(|p| {
-                p.statements
-                    .iter()
-                    .any(|(_, s)| s.debtor == self.me || s.creditor == self.me)
-            })
+            .collect()
+    }
+
+    /// The view or the recognition policy changed: vouching is recomputed
+    /// on its next use.
+    fn forget_vouched(&self) {
+        *self.vouched_cache.borrow_mut() = None;
     }
 
     /// Make room for one more document: a vouched one may take the place of
@@ -956,6 +1002,7 @@ impl FederationTask {
         if let Ok(mut v) = self.view.write() {
             v.caisses.remove(&owner);
         }
+        self.forget_vouched();
         self.stats.documents_evicted.fetch_add(1, Ordering::Relaxed);
         self.share_known();
         tracing::info!(target: "caisse::events::federation", caisse = %owner.short(), "stopped following a document nobody here vouches for");
