@@ -1466,6 +1466,24 @@ fn metrics_count_sales_and_name_no_one() {
     );
     assert!(line("caisse_commit_seconds_count", &[]).is_some(), "{text}");
     assert!(line("caisse_purchase_seconds_bucket", &["path=\"local\""]).is_some());
+    // The federation's side: its own document's size, request bytes, and
+    // the last month's settlement (nothing owed on a lone node).
+    let own_doc = line("caisse_federation_document_bytes{", &[]).expect("document size");
+    let bytes: f64 = own_doc.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(bytes > 100.0, "{own_doc}");
+    assert!(
+        line(
+            "caisse_federation_rpc_bytes_total{",
+            &["direction=\"sent\""]
+        )
+        .is_some()
+    );
+    let awaiting = line(
+        "caisse_settlement_statements{",
+        &["role=\"creditor\"", "state=\"awaiting\""],
+    )
+    .expect("settlement state");
+    assert!(awaiting.ends_with(" 0"), "{awaiting}");
     for secret in ["mem_", "card_", "Awa", "Cadenet", card.as_str()] {
         assert!(!text.contains(secret), "{secret} in the metrics");
     }

@@ -764,6 +764,7 @@ impl FederationTask {
     }
 
     fn persist(&self, owner: CaisseId, doc: Vec<u8>, heads: &Envelope) {
+        crate::metrics::document_size(&owner, doc.len());
         let ops = [
             Op::Put(doc_key(&owner), doc),
             Op::Put(heads_key(&owner), encode_value(heads)),
@@ -1003,6 +1004,7 @@ impl FederationTask {
             v.caisses.remove(&owner);
         }
         self.forget_vouched();
+        crate::metrics::document_size(&owner, 0);
         self.stats.documents_evicted.fetch_add(1, Ordering::Relaxed);
         self.share_known();
         tracing::info!(target: "caisse::events::federation", caisse = %owner.short(), "stopped following a document nobody here vouches for");

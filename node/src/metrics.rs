@@ -10,8 +10,9 @@
 //! Recorded where things happen: sales (`app::sell`: outcome and latency,
 //! local or cross-caisse), commits (`writer`: group size, apply + fsync
 //! time). Read at scrape time: members, journal entries, writer queue,
-//! jobs, peers connected and blocked, gossip and request counters, the
-//! federation's documents.
+//! jobs, peers connected and blocked, gossip and request counters, request
+//! bytes, the federation's documents and their sizes, the settlement of
+//! the last closed month.
 
 use std::sync::OnceLock;
 
@@ -56,6 +57,13 @@ pub fn commit(commands: usize, seconds: f64) {
     metrics::histogram!("caisse_commit_group_size").record(commands as f64);
 }
 
+/// The saved size of a federation document (labelled by its caisse's short
+/// id: public, not personal).
+pub fn document_size(caisse: &caisse_protocol::CaisseId, bytes: usize) {
+    metrics::gauge!("caisse_federation_document_bytes", "caisse" => caisse.short())
+        .set(bytes as f64);
+}
+
 /// The metrics as Prometheus text, with the gauges read now from `app`.
 pub async fn render(app: &crate::app::App) -> String {
     use std::sync::atomic::Ordering::Relaxed;
@@ -69,6 +77,11 @@ pub async fn render(app: &crate::app::App) -> String {
     metrics::gauge!("caisse_peers_connected").set(info.connected.len() as f64);
     metrics::gauge!("caisse_peers_blocked").set(info.blocked.len() as f64);
     metrics::counter!("caisse_frames_refused_total").absolute(info.frame_failures);
+    // Requests and responses between caisses: mostly document sync.
+    metrics::counter!("caisse_federation_rpc_bytes_total", "direction" => "received")
+        .absolute(info.rpc_bytes_received);
+    metrics::counter!("caisse_federation_rpc_bytes_total", "direction" => "sent")
+        .absolute(info.rpc_bytes_sent);
     let st = &app.federation.stats;
     for (outcome, v) in [
         ("accepted", &st.gossip_accepted),
@@ -92,6 +105,55 @@ pub async fn render(app: &crate::app::App) -> String {
         .map(|v| v.caisses.len())
         .unwrap_or(0);
     metrics::gauge!("caisse_federation_caisses").set(view as f64);
+    // Settlement of the last closed month, as far as this caisse is party
+    // to it: statements by role and state, transfers owed and paid.
+    let me = app.caisse_id;
+    let last = caisse_protocol::Day::from_unix(app.handle.clock().now())
+        .period()
+        .prev();
+    let mut statements = std::collections::BTreeMap::new();
+    let mut transfers = std::collections::BTreeMap::new();
+    if let Some(period) = last {
+        let v = crate::settlement::settlement_view(&app.federation.snapshot(), period);
+        for (_, st, acked, dispute) in &v.statements {
+            let role = if st.creditor == me {
+                "creditor"
+            } else if st.debtor == me {
+                "debtor"
+            } else {
+                continue;
+            };
+            let state = match (acked, dispute) {
+                (true, _) => "acknowledged",
+                (false, Some(_)) => "disputed",
+                (false, None) => "awaiting",
+            };
+            *statements.entry((role, state)).or_insert(0u64) += 1;
+        }
+        for t in v.transfers.iter().filter(|t| t.from == me || t.to == me) {
+            let direction = if t.from == me { "to_pay" } else { "to_receive" };
+            let paid = v
+                .paid
+                .iter()
+                .any(|(p, _)| p.from == t.from && p.to == t.to && p.amount == t.amount);
+            let state = if paid { "paid" } else { "open" };
+            *transfers.entry((direction, state)).or_insert(0u64) += 1;
+        }
+    }
+    for role in ["creditor", "debtor"] {
+        for state in ["acknowledged", "awaiting", "disputed"] {
+            let n = statements.get(&(role, state)).copied().unwrap_or(0);
+            metrics::gauge!("caisse_settlement_statements", "period" => "previous", "role" => role, "state" => state)
+                .set(n as f64);
+        }
+    }
+    for direction in ["to_pay", "to_receive"] {
+        for state in ["open", "paid"] {
+            let n = transfers.get(&(direction, state)).copied().unwrap_or(0);
+            metrics::gauge!("caisse_settlement_transfers", "period" => "previous", "direction" => direction, "state" => state)
+                .set(n as f64);
+        }
+    }
     handle().map_or_else(
         || "# metrics unavailable: another recorder is installed in this process\n".to_owned(),
         PrometheusHandle::render,

@@ -241,6 +241,10 @@ pub struct NetInfo {
     pub blocked: Vec<PeerId>,
     /// Request or response frames refused as malformed or oversized.
     pub frame_failures: u64,
+    /// Bytes of requests and responses received (mostly document sync).
+    pub rpc_bytes_received: u64,
+    /// Bytes of requests and responses sent.
+    pub rpc_bytes_sent: u64,
 }
 
 /// A cloneable handle to the swarm task.
@@ -491,6 +495,8 @@ pub async fn start(
             .iter()
             .filter_map(|r| r.peer.map(|p| (p, vec![r.addr.clone()])))
             .collect(),
+        rpc_bytes_received: 0,
+        rpc_bytes_sent: 0,
         strangers: HashMap::new(),
         strangers_refused: 0,
         redial,
@@ -526,6 +532,9 @@ struct SwarmTask {
     /// one: past about 40 caisses it silently forgot some, and purchases
     /// for their cards failed with "Failed to dial the requested peer".
     book: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Request and response bytes received and sent (for the metrics).
+    rpc_bytes_received: u64,
+    rpc_bytes_sent: u64,
 }
 
 /// Peers the address book holds at most (above the followed documents' cap).
@@ -718,11 +727,13 @@ impl SwarmTask {
                 // Dialled here with the book's addresses; the request waits
                 // for the connection.
                 self.dial_known(peer);
+                self.rpc_bytes_sent += data.len() as u64;
                 let id = self.swarm.behaviour_mut().rpc.send_request(&peer, data);
                 self.pending.insert(id, reply);
             }
             Command::Respond(channel, data) => {
-                let _ = b.rpc.send_response(channel, data);
+                self.rpc_bytes_sent += data.len() as u64;
+                let _ = self.swarm.behaviour_mut().rpc.send_response(channel, data);
             }
             Command::Validate(id, source, acceptance) => {
                 b.gossip
@@ -772,6 +783,8 @@ impl SwarmTask {
                     connected: self.swarm.connected_peers().copied().collect(),
                     blocked: self.blocked.clone(),
                     frame_failures: self.failures.load(Ordering::Relaxed),
+                    rpc_bytes_received: self.rpc_bytes_received,
+                    rpc_bytes_sent: self.rpc_bytes_sent,
                 });
             }
         }
@@ -834,15 +847,19 @@ impl SwarmTask {
             })) => match message {
                 request_response::Message::Request {
                     request, channel, ..
-                } => self.emit(NetEvent::Request {
-                    peer,
-                    data: request,
-                    channel,
-                }),
+                } => {
+                    self.rpc_bytes_received += request.len() as u64;
+                    self.emit(NetEvent::Request {
+                        peer,
+                        data: request,
+                        channel,
+                    })
+                }
                 request_response::Message::Response {
                     request_id,
                     response,
                 } => {
+                    self.rpc_bytes_received += response.len() as u64;
                     if let Some(reply) = self.pending.remove(&request_id) {
                         let _ = reply.send(Ok(response));
                     }
