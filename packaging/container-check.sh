@@ -22,6 +22,9 @@ cd "$(dirname "$0")/.."
 say() { printf '[container-check] %s\n' "$*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
 
+# The data volume is handed to the image's user (uid 10001) with chown.
+[ "$(id -u)" = 0 ] || die "run as root: the check gives its data volume to the image's user (uid 10001) with chown"
+
 ENGINE=${ENGINE:-}
 if [ -z "$ENGINE" ]; then
   if command -v docker >/dev/null && docker info >/dev/null 2>&1; then

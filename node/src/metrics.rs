@@ -114,7 +114,11 @@ pub async fn render(app: &crate::app::App) -> String {
     let mut statements = std::collections::BTreeMap::new();
     let mut transfers = std::collections::BTreeMap::new();
     if let Some(period) = last {
-        let v = crate::settlement::settlement_view(&app.federation.snapshot(), period);
+        // Read in place: a scrape must not copy every followed document.
+        let v = match app.federation.view.read() {
+            Ok(view) => crate::settlement::settlement_view(&view, period),
+            Err(_) => Default::default(),
+        };
         for (_, st, acked, dispute) in &v.statements {
             let role = if st.creditor == me {
                 "creditor"
