@@ -290,7 +290,7 @@ pub fn start(
         local_version,
         sales_version,
         published_sales: 0,
-        last_publish: Instant::now(),
+        sales_dirty_since: None,
         published_version: u64::MAX,
         internal: itx,
         started: Instant::now(),
@@ -384,11 +384,12 @@ struct FederationTask {
     /// The known peers last given to the network task.
     shared_known: std::cell::RefCell<HashSet<PeerId>>,
     local_version: Arc<AtomicU64>,
-    /// Changes to the sales totals alone: published at most every
-    /// [`caisse_core::sales::SALES_PUBLISH_EVERY_MS`].
+    /// Changes to the sales totals alone: published
+    /// [`caisse_core::sales::SALES_PUBLISH_EVERY_MS`] (and a spread) after
+    /// the first unpublished one.
     sales_version: Arc<AtomicU64>,
     published_sales: u64,
-    last_publish: Instant,
+    sales_dirty_since: Option<Instant>,
     published_version: u64,
     internal: mpsc::Sender<Internal>,
     started: Instant,
@@ -589,9 +590,17 @@ impl FederationTask {
     async fn publish_if_changed(&mut self) {
         let version = self.local_version.load(Ordering::Acquire);
         let sales = self.sales_version.load(Ordering::Acquire);
-        let sales_due = sales != self.published_sales
-            && self.last_publish.elapsed()
-                >= Duration::from_millis(caisse_core::sales::SALES_PUBLISH_EVERY_MS);
+        let sales_due = sales != self.published_sales && {
+            let since = *self.sales_dirty_since.get_or_insert_with(Instant::now);
+            // Spread by caisse, so that caisses whose sales began together
+            // do not all publish (and make everyone sync) at once.
+            let every = caisse_core::sales::SALES_PUBLISH_EVERY_MS;
+            let spread = u64::from(u16::from_le_bytes([
+                self.me.as_bytes()[0],
+                self.me.as_bytes()[1],
+            ])) % every;
+            since.elapsed() >= Duration::from_millis(every + spread)
+        };
         if version == self.published_version && !sales_due {
             return;
         }
@@ -636,7 +645,7 @@ impl FederationTask {
         }
         self.published_version = version;
         self.published_sales = sales;
-        self.last_publish = Instant::now();
+        self.sales_dirty_since = None;
         let me = self.me;
         let Some(replica) = self.replicas.get_mut(&me) else {
             return;

@@ -1,4 +1,5 @@
-//! Real node processes on 127.0.0.1: create, start, kill, restart.
+//! Real node processes on 127.0.0.1, or each in its own network namespace
+//! (`--wan`, see [`crate::wan`]): create, start, kill, restart.
 //!
 //! Each node is a separate OS process running the caisse daemon
 //! (`caisse_node::daemon`, the code behind `caisse node`), started by
@@ -16,6 +17,8 @@ use caisse_node::policy::Policy;
 use caisse_node::store::Engine;
 use caisse_protocol::{CaisseId, FederationId};
 
+use crate::wan::Place;
+
 /// The federation id of test networks.
 pub const FEDERATION: &str = "testnet";
 
@@ -31,6 +34,8 @@ pub struct Node {
     pub addr: String,
     /// Where its log goes.
     pub log: PathBuf,
+    /// The network namespace it runs in (`--wan`), or none for loopback.
+    netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -52,13 +57,15 @@ impl Node {
             None,
             dir.join("node.log"),
             Engine::Redb,
+            None,
         )
         .await
     }
 
     /// [`Node::create`] with storage faults injected, the log written to
     /// `log` (outside a data directory that a power cut may take away) and
-    /// a chosen storage engine.
+    /// a chosen storage engine, in the network namespace of `place` (its
+    /// API and federation addresses there) or on loopback.
     #[allow(clippy::too_many_arguments)]
     pub async fn create_with(
         index: usize,
@@ -69,15 +76,24 @@ impl Node {
         faults: Option<caisse_node::config::StoreFaults>,
         log: PathBuf,
         engine: Engine,
+        place: Option<&Place>,
     ) -> Result<Node> {
+        let (api, listen) = match place {
+            Some(p) => (
+                std::net::SocketAddr::from((p.api_ip, 0)),
+                format!("/ip4/{}/tcp/0", p.wan_ip),
+            ),
+            None => ("127.0.0.1:0".parse()?, "/ip4/127.0.0.1/tcp/0".to_owned()),
+        };
+        let netns = place.map(|p| p.netns.clone());
         daemon::init(
             dir,
             InitOptions {
                 name: name.to_owned(),
                 territory: format!("Territoire {index}"),
                 federation: FederationId::new(FEDERATION)?,
-                api: "127.0.0.1:0".parse()?,
-                listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+                api,
+                listen: vec![listen],
                 bootstrap,
                 announce: Vec::new(),
                 policy,
@@ -90,13 +106,14 @@ impl Node {
             },
         )
         .with_context(|| format!("creating caisse {index}"))?;
-        let (child, info) = spawn(dir, &log).await?;
+        let (child, info) = spawn(dir, &log, netns.as_deref()).await?;
         Ok(Node {
             dir: dir.to_owned(),
             id: info.caisse_id,
             client: Client::from_data_dir(dir, TokenFile::Admin)?,
             addr: info.listen.first().cloned().unwrap_or_default(),
             log,
+            netns,
             child: Some(child),
         })
     }
@@ -112,7 +129,7 @@ impl Node {
     /// Start the process again on the same data directory.
     pub async fn restart(&mut self) -> Result<()> {
         self.kill();
-        let (child, info) = spawn(&self.dir, &self.log).await?;
+        let (child, info) = spawn(&self.dir, &self.log, self.netns.as_deref()).await?;
         self.child = Some(child);
         self.client = Client::from_data_dir(&self.dir, TokenFile::Admin)?;
         self.addr = info.listen.first().cloned().unwrap_or_default();
@@ -158,14 +175,23 @@ impl Drop for Node {
     }
 }
 
-async fn spawn(dir: &Path, log_path: &Path) -> Result<(Child, NodeInfo)> {
+async fn spawn(dir: &Path, log_path: &Path, netns: Option<&str>) -> Result<(Child, NodeInfo)> {
     let _ = std::fs::remove_file(dir.join("node.json"));
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log_path)?;
     let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
+    // In a namespace, `ip netns exec` enters it and execs the node (same pid).
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let mut child = cmd
         .arg("node")
         .arg("--data-dir")
         .arg(dir)

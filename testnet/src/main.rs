@@ -7,6 +7,7 @@ mod lazyfs;
 mod powercut;
 mod run;
 mod scenario;
+mod wan;
 
 use caisse_testnet::research;
 use caisse_testnet::svg;
@@ -42,6 +43,13 @@ enum Cmd {
         /// Keep the nodes' data directories (under OUT/nodes).
         #[arg(long)]
         keep: bool,
+        /// The network: none (loopback), lan, national (round trips
+        /// 10–150 ms, jitter, 0.1% loss) or rural (40–200 ms, 2% loss).
+        /// Anything but none puts each node in its own network namespace
+        /// behind an emulated link (needs root). Default: the scenario's
+        /// `wan`, else none.
+        #[arg(long)]
+        wan: Option<String>,
     },
     /// Measure accreditation propagation: time from a decision at one node
     /// to its visibility at every other node.
@@ -267,13 +275,19 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             out,
             seed,
             keep,
+            wan,
         } => {
             let scenario = scenario::Scenario::load(&scenario)?;
+            let wan = wan
+                .or_else(|| scenario.wan.clone())
+                .unwrap_or_else(|| "none".into());
+            let wan = wan::Profile::by_name(&wan)?;
             let (report, ok) = run::run(run::RunOptions {
                 scenario,
                 seed,
                 out: out.clone(),
                 keep,
+                wan,
             })
             .await?;
             println!(

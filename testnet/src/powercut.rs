@@ -302,6 +302,7 @@ fn scenario() -> Scenario {
             coverage_pct: 100,
         }],
         faults: Vec::new(),
+        wan: None,
     }
 }
 
@@ -355,6 +356,7 @@ async fn harness(
         faults,
         out.join("caisse-00.log"),
         opts.engine,
+        None,
     )
     .await?;
     let mut node1 = Node::create_with(
@@ -366,6 +368,7 @@ async fn harness(
         None,
         out.join("caisse-01.log"),
         Engine::Redb,
+        None,
     )
     .await?;
     let clients: Arc<Vec<Shared>> = Arc::new(vec![

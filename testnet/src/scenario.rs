@@ -81,6 +81,10 @@ pub struct Scenario {
     /// Faults to inject.
     #[serde(default)]
     pub faults: Vec<Fault>,
+    /// The network the nodes run on unless `--wan` says otherwise: `none`
+    /// (loopback), `lan`, `national` or `rural` (see `testnet/src/wan.rs`).
+    #[serde(default)]
+    pub wan: Option<String>,
 }
 
 fn default_organic() -> u32 {
@@ -126,6 +130,9 @@ impl Scenario {
         }
         if let Some(t) = &self.territory {
             caisse_testnet::research::territory::Territory::load(t, None)?;
+        }
+        if let Some(w) = &self.wan {
+            crate::wan::Profile::by_name(w)?;
         }
         for f in &self.faults {
             if f.caisse >= self.caisses || f.month == 0 || f.month > self.months {

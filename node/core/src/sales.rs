@@ -33,30 +33,28 @@ fn sales_key(period: Period, producer: &ProducerId) -> Vec<u8> {
     keys::key(SALES, &[&period.index().to_be_bytes(), producer.as_bytes()])
 }
 
-/// Changes to the sales totals alone are published at most this often.
-pub const SALES_PUBLISH_EVERY_MS: u64 = 2_000;
+/// Changes to the sales totals alone wait this long (plus a spread of up
+/// to as much again, by caisse) before they are published: every publish
+/// makes each other caisse sync the document, and caisses that all
+/// published at a month's first sale kept a 30-caisse federation's CPU
+/// busy for a second and more, while tills waited.
+pub const SALES_PUBLISH_EVERY_MS: u64 = 5_000;
 
 impl Caisse {
-    /// Add the lines of a sale at one of our outlets to the month's totals.
-    /// The first sale of a month republishes the caisse's statements at
-    /// once, so the month before is published with its final totals; other
-    /// sales are published within [`SALES_PUBLISH_EVERY_MS`].
+    /// Add the lines of a sale at one of our outlets to the month's totals,
+    /// published after [`SALES_PUBLISH_EVERY_MS`] and its spread (the month
+    /// before with its final totals at the next publish).
     pub(crate) fn record_sales(
         &mut self,
         period: Period,
         lines: &[PurchaseLine],
     ) -> Result<(), CaisseError> {
-        let mut first_of_month = false;
         for l in lines {
             let Some(p) = l.producer else { continue };
             let key = sales_key(period, &p);
             let mut t: SalesTotal = match self.get(&key)? {
                 Some(b) => decode_value(&key, &b)?,
-                None => {
-                    first_of_month =
-                        first_of_month || self.scan(&period_prefix(period))?.is_empty();
-                    SalesTotal::default()
-                }
+                None => SalesTotal::default(),
             };
             t.amount = t
                 .amount
@@ -65,9 +63,7 @@ impl Caisse {
             t.lines = t.lines.saturating_add(1);
             self.pending.put(key, encode_value(&t));
         }
-        if first_of_month {
-            self.mark_published_changed();
-        } else if lines.iter().any(|l| l.producer.is_some()) {
+        if lines.iter().any(|l| l.producer.is_some()) {
             // The month's totals are published: every sale of a producer's
             // goods changes them, published within seconds with the next.
             self.mark_sales_changed();
