@@ -1060,14 +1060,15 @@ impl FederationTask {
                 } else {
                     AutoCommit::new()
                 };
-                starts.push((*owner, peer, base));
+                starts.push((*owner, peer, base, r.wanted.as_ref().map(|w| w.2.clone())));
             }
         }
-        for (owner, peer, fork) in starts {
+        for (owner, peer, fork, want) in starts {
+            let want = want.unwrap_or_default();
             let net = self.network.clone();
             let tx = self.internal.clone();
             tokio::spawn(async move {
-                let result = sync_session(&net, peer, owner, fork).await;
+                let result = sync_session(&net, peer, owner, fork, &want).await;
                 let _ = tx
                     .send(Internal::SyncDone {
                         caisse: owner,
@@ -1471,13 +1472,16 @@ impl Responder {
 }
 
 /// Pull `owner`'s document from `peer` into `fork` with automerge's sync
-/// protocol, in a session of its own. The caller decides whether to accept
+/// protocol, in a session of its own, until automerge has nothing more to
+/// exchange or the document's heads are exactly `want` (the signed heads
+/// sought; empty: no such shortcut). The caller decides whether to accept
 /// the result.
 pub async fn sync_session(
     net: &Network,
     peer: PeerId,
     owner: CaisseId,
     mut fork: AutoCommit,
+    want: &[[u8; 32]],
 ) -> Result<(AutoCommit, Option<Envelope>), String> {
     let session = u64::from_le_bytes(
         crate::daemon::random32()[..8]
@@ -1516,6 +1520,11 @@ pub async fn sync_session(
                         fork.sync()
                             .receive_sync_message(&mut state, m)
                             .map_err(|e| e.to_string())?;
+                        // Exactly the signed heads we want: done, without the
+                        // round that would only confirm it (one round trip).
+                        if !want.is_empty() && sorted_heads(&mut fork) == want {
+                            break;
+                        }
                     }
                     None if sent_nothing => break,
                     None => {}

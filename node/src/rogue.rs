@@ -393,7 +393,7 @@ async fn lost_sync(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let (old, first) = loop {
         let (doc, offered) =
-            crate::federation::sync_session(net, peer, target, automerge::AutoCommit::new())
+            crate::federation::sync_session(net, peer, target, automerge::AutoCommit::new(), &[])
                 .await
                 .unwrap_or_else(|_| (automerge::AutoCommit::new(), None));
         if offered.is_some() {
@@ -440,7 +440,7 @@ async fn lost_sync(
     )
     .await?;
     drop(dropped);
-    let (mut fork, offered) = crate::federation::sync_session(net, peer, target, old).await?;
+    let (mut fork, offered) = crate::federation::sync_session(net, peer, target, old, &[]).await?;
     let signed = signed_heads(offered)?;
     let have = crate::documents::sorted_heads(&mut fork);
     let want = crate::documents::sorted(signed.heads);

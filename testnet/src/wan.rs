@@ -589,3 +589,38 @@ impl Emulator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_by_name_and_their_round_trips() {
+        assert_eq!(Profile::by_name("none").unwrap(), None);
+        assert_eq!(
+            Profile::by_name("national").unwrap(),
+            Some(Profile::NATIONAL)
+        );
+        assert_eq!(Profile::NATIONAL.max_rtt_ms(), 150.0);
+        assert_eq!(Profile::NATIONAL.distance_us.0 * 4, 10_000);
+        assert_eq!(Profile::RURAL.max_rtt_ms(), 200.0);
+        let err = Profile::by_name("moon").unwrap_err().to_string();
+        assert!(err.contains("none, lan, national or rural"), "{err}");
+    }
+
+    #[test]
+    fn pending_packets_leave_in_time_order() {
+        let now = Instant::now();
+        let mut heap = BinaryHeap::new();
+        for (i, ms) in [30u64, 10, 20, 10].iter().enumerate() {
+            heap.push(std::cmp::Reverse(Pending {
+                at: now + Duration::from_millis(*ms),
+                seq: i as u64,
+                to: 0,
+                packet: Vec::new(),
+            }));
+        }
+        let order: Vec<u64> = std::iter::from_fn(|| heap.pop().map(|p| p.0.seq)).collect();
+        assert_eq!(order, vec![1, 3, 2, 0]);
+    }
+}
