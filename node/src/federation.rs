@@ -1198,6 +1198,9 @@ impl FederationTask {
             // writer answers against the statements it has just been given.
             let _ = self.to_writer.send(ToWriter::Answer(periods));
         }
+        // Heads that arrived while this session ran: pull them now, not at
+        // the next tick.
+        self.start_pending_syncs();
     }
 
     fn ask_catalog(&self, peer: PeerId) {
