@@ -1109,9 +1109,41 @@ async fn wait_converged(clients: &[Shared], nodes: &[Node], within: Duration) ->
             );
         }
         if Instant::now() > deadline {
+            // Which documents, and how many nodes hold each version (not
+            // every node's number: at 100 caisses that was 200 KB of report).
+            let differing: Vec<String> = seqs
+                .iter()
+                .filter(|(_, v)| v.len() != nodes.len() - 1 || v.windows(2).any(|w| w[0] != w[1]))
+                .map(|(caisse, v)| {
+                    let mut versions: BTreeMap<u64, usize> = BTreeMap::new();
+                    for q in v {
+                        *versions.entry(*q).or_default() += 1;
+                    }
+                    let held: Vec<String> = versions
+                        .iter()
+                        .map(|(q, n)| format!("{n} at {q}"))
+                        .collect();
+                    format!("{} ({})", &caisse[..caisse.len().min(8)], held.join(", "))
+                })
+                .collect();
+            let shown: Vec<&String> = differing.iter().take(5).collect();
             return (
                 false,
-                format!("documents differ after {within:?}: {seqs:?}"),
+                format!(
+                    "{} of {} documents not yet identical everywhere after {within:?}: {}{}",
+                    differing.len(),
+                    seqs.len(),
+                    shown
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    if differing.len() > shown.len() {
+                        "; …"
+                    } else {
+                        ""
+                    }
+                ),
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
