@@ -40,29 +40,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// Create the caisse in `dir` (manual clock on) and start it.
-    pub async fn create(
-        index: usize,
-        dir: &Path,
-        name: &str,
-        bootstrap: Vec<String>,
-        policy: Policy,
-    ) -> Result<Node> {
-        Node::create_with(
-            index,
-            dir,
-            name,
-            bootstrap,
-            policy,
-            None,
-            dir.join("node.log"),
-            Engine::Redb,
-            None,
-        )
-        .await
-    }
-
-    /// [`Node::create`] with storage faults injected, the log written to
+    /// Create the caisse in `dir` (manual clock on) and start it, with
+    /// storage faults injected, the log written to
     /// `log` (outside a data directory that a power cut may take away) and
     /// a chosen storage engine, in the network namespace of `place` (its
     /// API and federation addresses there) or on loopback.

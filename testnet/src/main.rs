@@ -60,6 +60,13 @@ enum Cmd {
         /// Accreditations to time (at rotating nodes).
         #[arg(long, default_value_t = 20)]
         rounds: usize,
+        /// The network, as for `run`: none (loopback), lan, national or
+        /// rural (each node in its own namespace; needs root).
+        #[arg(long, default_value = "none")]
+        wan: String,
+        /// Seed of the emulated links' distances.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
     },
     /// Simulate whole federations in one thread, seed after seed: the real
     /// core of every caisse, a simulated clock, network, crashes and
@@ -306,11 +313,17 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(3)
             })
         }
-        Cmd::Propagation { nodes, rounds } => {
+        Cmd::Propagation {
+            nodes,
+            rounds,
+            wan,
+            seed,
+        } => {
             if nodes < 2 {
                 anyhow::bail!("--nodes must be at least 2");
             }
-            let mut ms = run::propagation(nodes, rounds).await?;
+            let wan = wan::Profile::by_name(&wan)?;
+            let mut ms = run::propagation(nodes, rounds, wan, seed).await?;
             ms.sort_by(f64::total_cmp);
             let p = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
             println!(

@@ -1405,22 +1405,37 @@ fn write_outputs(
 
 /// The `propagation` benchmark: N nodes, R accreditations at rotating nodes,
 /// time until each is listed at every other node.
-pub async fn propagation(nodes_n: usize, rounds: usize) -> Result<Vec<f64>> {
+pub async fn propagation(
+    nodes_n: usize,
+    rounds: usize,
+    profile: Option<Profile>,
+    seed: u64,
+) -> Result<Vec<f64>> {
     let tmp = std::env::temp_dir().join(format!("caisse-propagation-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
+    // Before the nodes, so that it is dropped after them.
+    let wan = match profile {
+        Some(p) => Some(Wan::create(nodes_n, p, seed)?),
+        None => None,
+    };
     let mut nodes: Vec<Node> = Vec::new();
     for i in 0..nodes_n {
         let bootstrap = nodes
             .first()
             .map(|n| vec![n.addr.clone()])
             .unwrap_or_default();
+        let dir = tmp.join(format!("n{i:02}"));
         nodes.push(
-            Node::create(
+            Node::create_with(
                 i,
-                &tmp.join(format!("n{i:02}")),
+                &dir,
                 &format!("Caisse {i}"),
                 bootstrap,
                 Policy::default(),
+                None,
+                dir.join("node.log"),
+                caisse_node::store::Engine::Redb,
+                wan.as_ref().map(|w| &w.places[i]),
             )
             .await?,
         );
