@@ -328,8 +328,8 @@ pub async fn start(
                 // What travels is self-authenticating (signed heads and
                 // statements, checked by the federation): a libp2p signature
                 // per message as well cost one ed25519 verification per copy
-                // received, about six per message per node, the largest CPU
-                // item of a 30-caisse federation's set-up.
+                // received (curve25519 arithmetic fell from about 15 % to
+                // 2.5 % of a 30-caisse set-up's CPU samples without it).
                 .validation_mode(gossipsub::ValidationMode::Anonymous)
                 .max_transmit_size(max_gossip)
                 .heartbeat_interval(Duration::from_millis(500))

@@ -859,13 +859,6 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
     // Figures.
     let mut lat = t.latencies_ms.clone();
     lat.sort_by(f64::total_cmp);
-    let pct = |v: &[f64], p: f64| {
-        if v.is_empty() {
-            0.0
-        } else {
-            v[((v.len() - 1) as f64 * p).round() as usize]
-        }
-    };
     let mut xlat = t.cross_latencies_ms.clone();
     xlat.sort_by(f64::total_cmp);
     let mut prop = propagation.clone();
@@ -945,6 +938,15 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
     Ok((report, ok))
 }
 
+/// The `p` quantile of sorted samples (0 when there are none).
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        0.0
+    } else {
+        sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    }
+}
+
 /// The network the run used and, on an emulated wide-area network, the
 /// targets a federation must meet there: accreditation propagation p99
 /// under 2 s, cross-caisse purchases p99 under 3 × the profile's longest
@@ -961,13 +963,6 @@ fn network_report(
 ) -> Value {
     let Some(w) = wan else {
         return json!({ "profile": "loopback" });
-    };
-    let pct = |v: &[f64], p: f64| {
-        if v.is_empty() {
-            0.0
-        } else {
-            v[((v.len() - 1) as f64 * p).round() as usize]
-        }
     };
     let bound = 3.0 * w.profile.max_rtt_ms() + 20.0;
     // The target is for purchases that met no fault: one that was retried,
@@ -1060,9 +1055,9 @@ async fn measure_propagation(
             issued.lock().map_err(|_| anyhow!("lock"))?.clone();
         let mut all = pending.len() >= expected;
         // All observers at once, each timed when its answer arrives (asked
-        // one after the other, busy nodes' answers added up to what was
-        // measured), every 100 ms (polled harder, the observers' load
-        // slowed the set-up it measures).
+        // one after the other, each observer's time would include the
+        // answers of those before it), every 100 ms (the observers' own
+        // load is part of what the set-up meets).
         for (o, names, seen_at) in list_accreditations(&clients, &observers).await? {
             for (from, name, t0) in &pending {
                 if *from == o || done.contains_key(&(o, name.clone())) {
