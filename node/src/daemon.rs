@@ -414,18 +414,9 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
         view,
         published,
         sales,
-    );
-    // Decisions see other caisses only through the writer's copy: give it
-    // the documents loaded from disk before any till is served.
-    let known: Vec<_> = federation.snapshot().caisses.into_values().collect();
-    if let Err(e) = handle
-        .execute(caisse_core::command::Command::PeerDocuments { peers: known })
-        .await
-    {
-        return Err(NodeError::Invalid(format!(
-            "cannot hand the federation's documents to the writer: {e}"
-        )));
-    }
+    )
+    .await
+    .map_err(NodeError::Invalid)?;
     let listen_addrs: Vec<String> = network
         .info()
         .await

@@ -204,9 +204,13 @@ enum Internal {
     },
 }
 
-/// Start the federation task over a running network and writer.
+/// Start the federation task over a running network and writer. Returns
+/// once the writer holds every document stored here (decisions see other
+/// caisses only through the writer's copy), before any network event is
+/// handled: a purchase forwarded by a host the moment a restarted node is
+/// reachable is decided with the host's accreditations in view.
 #[allow(clippy::too_many_arguments)]
-pub fn start(
+pub async fn start(
     store: Arc<dyn Store>,
     secret: SecretKey,
     federation: FederationId,
@@ -216,7 +220,7 @@ pub fn start(
     view: Arc<RwLock<FederationView>>,
     local_version: Arc<AtomicU64>,
     sales_version: Arc<AtomicU64>,
-) -> (Federation, tokio::task::JoinHandle<()>) {
+) -> Result<(Federation, tokio::task::JoinHandle<()>), String> {
     let (tx, rx) = mpsc::channel(64);
     let (to_writer, from_task) = mpsc::unbounded_channel();
     let writer = handle.clone();
@@ -304,13 +308,20 @@ pub fn start(
     for c in task.replicas.keys().copied().collect::<Vec<_>>() {
         task.refresh_view(c, false);
     }
+    // Before the task reads its first network event (events wait in their
+    // channel meanwhile).
+    let known: Vec<_> = fed.snapshot().caisses.into_values().collect();
+    task.handle
+        .execute(Command::PeerDocuments { peers: known })
+        .await
+        .map_err(|e| format!("cannot hand the federation's documents to the writer: {e}"))?;
     let join = tokio::spawn(async move {
         tokio::join!(
             task.run(events, rx, irx),
             forward_to_writer(writer, from_task)
         );
     });
-    (fed, join)
+    Ok((fed, join))
 }
 
 /// What the federation task hands the writer.
@@ -1538,4 +1549,87 @@ pub async fn sync_session(
         }
     }
     Ok((fork, offered))
+}
+
+#[cfg(test)]
+mod start_tests {
+    use super::*;
+    use caisse_core::caisse::{Caisse, write_initial_state};
+    use caisse_core::federation_view::Statements;
+    use caisse_core::policy::Policy;
+    use caisse_core::store::MemStore;
+
+    /// A node restarted under traffic must decide a purchase forwarded to
+    /// it with every stored document of other caisses already in the
+    /// writer: a request from a host arrives as soon as the network is up,
+    /// and a home deciding with no view of the host declines it as "not
+    /// conventioned" (the small scenario's seed 7 once declined two sales
+    /// this way after its kill-restart). Once `start` returns, the writer
+    /// knows every stored document, before any network event is handled.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_writer_holds_the_stored_documents_when_start_returns() {
+        let fed = FederationId::new("test").unwrap();
+        let mine = SecretKey::from_bytes([1; 32]);
+        let peer = SecretKey::from_bytes([2; 32]);
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let today = caisse_protocol::Day::from_unix(1_800_000_000);
+        write_initial_state(&*store, &mine, "A", "Aville", &Policy::default(), today).unwrap();
+        // The other caisse's document, stored with its signed heads, as a
+        // sync before the restart left it.
+        let owner = peer.caisse_id();
+        let mut doc = new_document(&owner);
+        publish_own(&mut doc, &owner, &Statements::default(), true).unwrap();
+        let heads = DocumentHeads {
+            caisse: owner,
+            heads: sorted_heads(&mut doc),
+            sequence: 1,
+            epoch: 0,
+        };
+        let env = Envelope::seal(&peer, &fed, &heads).unwrap();
+        store
+            .apply(&[
+                Op::Put(doc_key(&owner), doc.save()),
+                Op::Put(heads_key(&owner), encode_value(&env)),
+            ])
+            .unwrap();
+        let caisse = Caisse::load(
+            store.clone(),
+            SecretKey::from_bytes([1; 32]),
+            fed.clone(),
+            Box::new(|| [7; 32]),
+        )
+        .unwrap();
+        let published = caisse.published_version();
+        let sales = caisse.sales_version();
+        let (handle, _writer) = crate::writer::spawn(caisse, crate::writer::Clock::system());
+        let (network, events, _net) = crate::network::start(crate::network::NetworkConfig {
+            secret: mine.to_bytes(),
+            federation: "test".into(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            bootstrap: vec![],
+            limits: None,
+            announce: vec![],
+        })
+        .await
+        .unwrap();
+        let (_fed, _task) = start(
+            store,
+            mine,
+            fed,
+            network,
+            events,
+            handle.clone(),
+            Arc::default(),
+            published,
+            sales,
+        )
+        .await
+        .unwrap();
+        // The next command in the writer's queue sees the other caisse.
+        let known = handle
+            .execute(Command::PeerDocuments { peers: vec![] })
+            .await
+            .unwrap();
+        assert!(matches!(known, Reply::Count(1)), "{known:?}");
+    }
 }

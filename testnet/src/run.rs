@@ -272,6 +272,9 @@ struct Traffic {
     cross_retried: Vec<bool>,
     cross_span: Vec<(Instant, Instant)>,
     declined: BTreeMap<String, u64>,
+    /// The first declines in words (who bought where, and the node's
+    /// message), so that an unexpected one can be understood from the report.
+    decline_examples: Vec<String>,
     latencies_ms: Vec<f64>,
     retried: u64,
 }
@@ -354,12 +357,14 @@ async fn purchases(
                         Some(code)
                             if !["unavailable", "storage", "home_unreachable"].contains(&code) =>
                         {
-                            *traffic
-                                .lock()
-                                .map_err(|_| anyhow!("lock"))?
-                                .declined
-                                .entry(code.to_owned())
-                                .or_default() += 1;
+                            let mut t = traffic.lock().map_err(|_| anyhow!("lock"))?;
+                            *t.declined.entry(code.to_owned()).or_default() += 1;
+                            if t.decline_examples.len() < 20 {
+                                t.decline_examples.push(format!(
+                                    "a member of caisse {idx} at caisse {host}, purchase {id}{}: {e}",
+                                    if retried { " (retried after a fault)" } else { "" }
+                                ));
+                            }
                             break;
                         }
                         _ => {
@@ -895,7 +900,7 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
         "producers": sc.caisses * sc.producers_per_caisse,
         "outlets": sc.caisses * sc.outlets_per_caisse,
         "months": sc.months,
-        "purchases": { "local": t.acked.len(), "cross_caisse": t.cross.len(), "declined": t.declined, "declined_total": declined_total, "retried_after_faults": t.retried },
+        "purchases": { "local": t.acked.len(), "cross_caisse": t.cross.len(), "declined": t.declined, "declined_total": declined_total, "declined_examples": t.decline_examples, "retried_after_faults": t.retried },
         "allocations_issued_cents": issued_total,
         "contributions_cents": contributions_total,
         "subsidies_cents": subsidies_total,

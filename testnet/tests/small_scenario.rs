@@ -152,5 +152,9 @@ fn small_scenario_end_to_end() {
         );
     }
     assert_eq!(a["purchases"]["local"], b["purchases"]["local"]);
-    assert_eq!(a["purchases"]["declined"], b["purchases"]["declined"]);
+    assert_eq!(
+        a["purchases"]["declined"], b["purchases"]["declined"],
+        "first run: {:#}\nsecond run: {:#}",
+        a["purchases"], b["purchases"]
+    );
 }

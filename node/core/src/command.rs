@@ -301,6 +301,7 @@ pub enum Command {
     },
     /// Other caisses' documents, as the federation task read them after a
     /// sync: what purchase and settlement decisions see of the federation.
+    /// Replies with the number of other caisses known once they are taken in.
     PeerDocuments {
         /// Each caisse's verified statements.
         peers: Vec<crate::federation_view::PeerCaisse>,
@@ -666,7 +667,10 @@ impl Caisse {
                 amount,
                 reference,
             } => Reply::Transfer(self.record_transfer(period, to, amount, reference, now)?),
-            Command::PeerDocuments { peers } => Reply::Count(self.set_peers(peers) as u64),
+            Command::PeerDocuments { peers } => {
+                self.set_peers(peers);
+                Reply::Count(self.peers.caisses.len() as u64)
+            }
             Command::AnswerStatements { periods } => {
                 let mut n = 0u64;
                 for p in periods {
