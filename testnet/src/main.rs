@@ -412,6 +412,8 @@ fn sim_command(
             .extend(r.convergence_ms.iter().copied());
         total.settlement_ms.extend(r.settlement_ms.iter().copied());
         total.forged_refused += r.forged_refused;
+        total.pin_refusals += r.pin_refusals;
+        total.pin_resets += r.pin_resets;
         if !r.violations.is_empty() {
             eprintln!("seed {seed} FAILED:");
             for v in &r.violations {
@@ -434,7 +436,7 @@ fn sim_command(
         started.elapsed()
     );
     println!(
-        "exercised: {} events, {} messages ({} dropped, {} duplicated), {} crashes, {} partitions, purchases acknowledged {} local / {} cross-caisse / {} offline, {} declined, {} sales resolved, {} retries, {} settlement statements",
+        "exercised: {} events, {} messages ({} dropped, {} duplicated), {} crashes, {} partitions, purchases acknowledged {} local / {} cross-caisse / {} offline, {} declined, {} sales resolved, {} retries, {} settlement statements, {} sales refused for a wrong PIN or a locked card, {} PINs reset",
         total.events,
         total.messages,
         total.dropped,
@@ -447,7 +449,9 @@ fn sim_command(
         total.declined,
         total.sagas_resolved,
         total.retries,
-        total.statements
+        total.statements,
+        total.pin_refusals,
+        total.pin_resets
     );
     let mut conv = total.convergence_ms.clone();
     conv.sort_unstable();

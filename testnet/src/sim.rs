@@ -6,15 +6,15 @@
 //! delays, loses, duplicates and reorders messages and cuts links, crashes
 //! that lose whatever was decided but not yet durable, and a workload drawn
 //! from the seed (enrolments, allocations, contributions, local and
-//! cross-caisse purchases, retries with the same id, one card at two hosts
-//! at once, settlement runs). Invariants are checked every simulated day
+//! cross-caisse purchases, mistyped PINs and PIN resets, retries with the
+//! same id, one card at two hosts at once, settlement runs). Invariants are checked every simulated day
 //! and at quiescence; the same seed gives the same run, proved by a hash of
 //! the whole trace.
 //!
 //! What the simulator does not model yet: the automerge documents and their
 //! sync (a caisse's statements travel as [`Published`] bytes and are read
-//! with the same verification as a replica), Byzantine caisses, and the
-//! parliament.
+//! with the same verification as a replica), Byzantine caisses beyond
+//! forged receipts, and the parliament.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -44,6 +44,17 @@ const DAY: Ms = 86_400_000;
 const EPOCH_SECS: u64 = 1_798_761_600;
 /// How long a host waits for the home caisse before the offline floor.
 const HOME_DEADLINE: Ms = 10_000;
+/// Percent of purchases with a PIN where the member mistypes it.
+const WRONG_PIN_PCT: u64 = 8;
+
+/// `right` with its first digit changed.
+fn wrong(right: &str) -> String {
+    let mut b = right.as_bytes().to_vec();
+    if let Some(d) = b.first_mut() {
+        *d = b'0' + (*d - b'0' + 1) % 10;
+    }
+    String::from_utf8(b).unwrap_or_default()
+}
 
 /// Link behaviour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +167,10 @@ pub struct SimReport {
     pub statements: u64,
     /// Forged receipts refused by their hosts.
     pub forged_refused: u64,
+    /// Sales refused for a wrong PIN or a locked card, and PIN resets.
+    pub pin_refusals: u64,
+    /// PINs reset by the caisse (each unlocks a card).
+    pub pin_resets: u64,
     /// Bytes sent (signed envelopes and published documents).
     pub bytes: u64,
     /// The largest published document, in bytes.
@@ -252,6 +267,11 @@ struct Node {
     floor: Amount,
     /// What it published last (for catch-up).
     latest: Option<Arc<Published>>,
+    /// The right PIN of each of its cards that has one.
+    pins: BTreeMap<CardId, String>,
+    /// The simulator's own count of each card's wrong PINs, from every
+    /// answer this caisse gave: (window start, wrong PINs in the window).
+    pin_model: BTreeMap<CardId, (u64, u8)>,
 }
 
 /// The whole simulation.
@@ -349,6 +369,8 @@ impl Sim {
                 sequence: 0,
                 floor: policy.offline_floor,
                 latest: None,
+                pins: BTreeMap::new(),
+                pin_model: BTreeMap::new(),
             });
         }
         let mut sim = Sim {
@@ -471,9 +493,32 @@ impl Sim {
             ),
             _ => cmd.name().to_string(),
         };
+        // The card this command would charge at this caisse, and whether
+        // it was locked before; the member whose PIN it resets.
+        let charged = match &cmd {
+            Command::Purchase(p) => Some((p.card, p.id)),
+            Command::HomePurchase { request } => request
+                .open::<caisse_protocol::messages::PurchaseRequest>(&self.federation)
+                .ok()
+                .map(|v| (v.message.card, v.message.id)),
+            _ => None,
+        };
+        let reset = match &cmd {
+            Command::SetPin { member, .. } => Some(*member),
+            _ => None,
+        };
+        let is_home_purchase = matches!(cmd, Command::HomePurchase { .. });
         let Some(c) = self.nodes[i].caisse.as_mut() else {
             return Err(CaisseError::Unavailable);
         };
+        // Locked, and the sale not already recorded (a retry is answered
+        // with what was decided before the lock).
+        let card_locked = charged.is_some_and(|(card, _)| c.card(&card).is_some_and(|r| r.locked));
+        let locked_before = card_locked
+            && charged.is_some_and(|(_, id)| {
+                c.read(&keys::key(keys::PURCHASE, &[id.as_bytes()]))
+                    .is_ok_and(|r| r.is_none())
+            });
         let r = c.execute(cmd, now);
         let ops = c.take_batch().unwrap_or_default();
         if !ops.is_empty() {
@@ -487,8 +532,75 @@ impl Sim {
             Err(e) => e.code().to_string(),
         };
         self.trace(format!("{i} {name} -> {outcome}"));
+        let charged_ok = match &r {
+            Ok(Reply::Answer(a)) if is_home_purchase => a
+                .open::<caisse_protocol::messages::PurchaseReceipt>(&self.federation)
+                .is_ok(),
+            Ok(_) => !is_home_purchase,
+            Err(_) => false,
+        };
+        let pin_refused = match &r {
+            Err(e) => matches!(e.code(), "wrong_pin" | "card_locked"),
+            Ok(Reply::Answer(a)) if is_home_purchase => a
+                .open::<caisse_protocol::messages::PurchaseDecline>(&self.federation)
+                .is_ok_and(|d| {
+                    matches!(
+                        d.message.reason,
+                        caisse_protocol::messages::DeclineReason::WrongPin
+                            | caisse_protocol::messages::DeclineReason::CardLocked
+                    )
+                }),
+            Ok(_) => false,
+        };
+        if pin_refused {
+            self.report.pin_refusals += 1;
+            // A card already locked is refused without counting.
+            if !card_locked && let Some((card, _)) = charged {
+                let m = self.nodes[i].pin_model.entry(card).or_insert((now, 0));
+                if m.1 == 0 || now >= m.0.saturating_add(caisse_core::members::PIN_WINDOW_SECS) {
+                    *m = (now, 0);
+                }
+                m.1 = m.1.saturating_add(1);
+            }
+        }
+        if charged_ok && locked_before {
+            self.violation(format!(
+                "caisse {i} charged card {} although it was locked after wrong PINs ({name})",
+                charged.map(|(c, _)| c.to_string()).unwrap_or_default()
+            ));
+        }
+        self.check_pin_counters(i, reset);
         self.gossip_if_changed(i);
         r
+    }
+
+    /// Every card of caisse `i` has exactly the wrong PINs its answers
+    /// showed in the current window (no right PIN and no other caisse's
+    /// success lowers the count; only the window's end or a PIN reset
+    /// does), and is locked exactly when they reach the policy's limit.
+    fn check_pin_counters(&mut self, i: usize, reset: Option<MemberId>) {
+        let node = &mut self.nodes[i];
+        let Some(c) = node.caisse.as_ref() else {
+            return;
+        };
+        let limit = c.policy().pin_attempts;
+        let mut wrong = Vec::new();
+        for (member, card) in &node.members {
+            if reset == Some(*member) {
+                node.pin_model.remove(card);
+            }
+            let Some(r) = c.card(card) else { continue };
+            let (start, count) = node.pin_model.get(card).copied().unwrap_or((0, 0));
+            if r.failed_attempts != count || r.locked != (count >= limit) {
+                wrong.push(format!(
+                    "caisse {i}: card {card} counts {} wrong PINs (locked: {}), its answers showed {count} since {start}",
+                    r.failed_attempts, r.locked
+                ));
+            }
+        }
+        for w in wrong {
+            self.violation(w);
+        }
     }
 
     fn up(&self, i: usize) -> bool {
@@ -634,12 +746,33 @@ impl Sim {
                 amount: Amount::from_cents(30 + self.rng.below(400) as i64),
             });
         }
+        // The card's PIN when it has one, mistyped now and then.
+        let pin = self
+            .home_index(&card)
+            .and_then(|h| self.nodes[h].pins.get(&card).cloned())
+            .map(|right| {
+                if self.rng.below(100) < WRONG_PIN_PCT {
+                    wrong(&right)
+                } else {
+                    right
+                }
+            });
         PurchaseInput {
             id: PurchaseId::from_bytes(id),
             card,
             outlet,
             lines,
-            pin: None,
+            pin,
+        }
+    }
+
+    /// A 4-digit PIN the caisse accepts (not one of the easy ones).
+    fn new_pin(&mut self) -> String {
+        loop {
+            let p = format!("{:04}", self.rng.below(10_000));
+            if caisse_core::members::weak_pin(&p).is_none() {
+                return p;
+            }
         }
     }
 
@@ -652,6 +785,7 @@ impl Sim {
             return;
         }
         if self.nodes[i].members.len() < self.opts.members && roll < 25 {
+            let pin = (self.rng.below(2) == 0).then(|| self.new_pin());
             let birth = 1950 + self.rng.below(50) as u16;
             let income = Amount::from_cents(500_00 + self.rng.below(300_000) as i64);
             let r = self.exec(
@@ -664,11 +798,14 @@ impl Sim {
                     household: None,
                     new_household: false,
                     joined: None,
-                    pin: None,
+                    pin: pin.clone(),
                 }),
             );
             if let Ok(Reply::Enrolled(e)) = r {
                 self.nodes[i].members.push((e.member, e.card));
+                if let Some(p) = pin {
+                    self.nodes[i].pins.insert(e.card, p);
+                }
                 // A member enrolled mid-month gets this month's allocation pro rata.
                 self.allocate(i, self.today().period());
             }
@@ -1123,6 +1260,7 @@ impl Sim {
                     self.report.statements += s.statements_published;
                 }
             }
+            self.reset_locked_pins(i);
             // Faults of the day.
             if !self.quiescent {
                 if self.rng.below(1000) < self.opts.faults.crash_pm {
@@ -1139,6 +1277,39 @@ impl Sim {
             }
         }
         self.check_daily();
+    }
+
+    /// Members whose card is locked ask the caisse for a new PIN, about
+    /// half of them the next day.
+    fn reset_locked_pins(&mut self, i: usize) {
+        let Some(c) = self.nodes[i].caisse.as_ref() else {
+            return;
+        };
+        let locked: Vec<(MemberId, CardId)> = self.nodes[i]
+            .members
+            .iter()
+            .filter(|(_, card)| c.card(card).is_some_and(|r| r.locked))
+            .copied()
+            .collect();
+        for (member, card) in locked {
+            if self.rng.below(2) == 0 {
+                continue;
+            }
+            let pin = self.new_pin();
+            if self
+                .exec(
+                    i,
+                    Command::SetPin {
+                        member,
+                        pin: pin.clone(),
+                    },
+                )
+                .is_ok()
+            {
+                self.report.pin_resets += 1;
+                self.nodes[i].pins.insert(card, pin);
+            }
+        }
     }
 
     fn violation(&mut self, v: String) {

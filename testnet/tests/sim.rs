@@ -24,6 +24,8 @@ fn two_hundred_seeded_federations_hold_every_invariant() {
     let mut offline = 0;
     let mut retries = 0;
     let mut statements = 0;
+    let mut pin_refusals = 0;
+    let mut pin_resets = 0;
     for seed in 0..200 {
         let r = run(seed, "chaos");
         assert!(
@@ -40,6 +42,8 @@ fn two_hundred_seeded_federations_hold_every_invariant() {
         offline += r.acknowledged.2;
         retries += r.retries;
         statements += r.statements;
+        pin_refusals += r.pin_refusals;
+        pin_resets += r.pin_resets;
     }
     // The runs must exercise what they claim to.
     assert!(crashes > 100, "crashes: {crashes}");
@@ -54,6 +58,10 @@ fn two_hundred_seeded_federations_hold_every_invariant() {
     );
     assert!(retries > 100, "retries: {retries}");
     assert!(statements > 100, "statements: {statements}");
+    assert!(
+        pin_refusals > 1000 && pin_resets > 20,
+        "{pin_refusals} sales refused for a PIN, {pin_resets} PINs reset"
+    );
 }
 
 #[test]
