@@ -46,6 +46,8 @@ muts=[
             c.failed_attempts = 0;
             self.save_card(c);
             return Ok(member);"""),
+ ("statement_drops_a_receipt","settlement.rs","            let ids: Vec<PurchaseId> = receipts.iter().map(|r| r.purchase).collect();\n            let amount = Amount::checked_sum(","            let ids: Vec<PurchaseId> = receipts.iter().skip(1).map(|r| r.purchase).collect();\n            let amount = Amount::checked_sum("),
+ ("debtor_acknowledges_without_comparing","settlement.rs","            let env = if receipts_hash(&our_ids) == st.receipts","            let env = if true || receipts_hash(&our_ids) == st.receipts"),
  ("rollback_disabled","caisse.rs","""        let Some(mark) = self.savepoints.marks.pop() else {
             return;
         };""","""        let Some(mark) = self.savepoints.marks.pop() else {

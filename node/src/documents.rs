@@ -195,10 +195,11 @@ pub fn apply_statements(
     Ok(changed)
 }
 
-/// The receipt ids a creditor claims, per period: one key per purchase id
-/// under `claims/<period>/`, so a new receipt adds one small entry to the
-/// document's history instead of rewriting the period's whole list; a
-/// settled period's map goes.
+/// The receipt ids a creditor claims, per period and debtor: one key per
+/// purchase id under `claims/<period>/<debtor>` (see
+/// `caisse_core::settlement::claims_key`), so a new receipt adds one small
+/// entry to the document's history instead of rewriting a whole list; a
+/// settled period's lists go.
 fn apply_claims(
     doc: &mut AutoCommit,
     claims: &BTreeMap<String, Vec<u8>>,

@@ -289,6 +289,8 @@ struct Sim {
     acks: Vec<Ack>,
     /// Hashes of the answers the Byzantine caisse forged.
     forged: BTreeSet<[u8; 32]>,
+    /// Settlement entries (statements, answers) already checked, by hash.
+    settlement_checked: BTreeSet<[u8; 32]>,
     /// Each caisse's published changes not yet everywhere: (sequence, when).
     changes: BTreeMap<usize, VecDeque<(u64, Ms)>>,
     /// Months being settled: (period, when the settlement runs started,
@@ -386,6 +388,7 @@ impl Sim {
             retry: VecDeque::new(),
             acks: Vec::new(),
             forged: BTreeSet::new(),
+            settlement_checked: BTreeSet::new(),
             changes: BTreeMap::new(),
             settling: Vec::new(),
             offline_use: BTreeMap::new(),
@@ -664,6 +667,7 @@ impl Sim {
             &self.federation,
         );
         self.note_settlement(&st);
+        self.check_settlement_entries(i, &st);
         let doc = Arc::new(st.published());
         self.nodes[i].sequence += 1;
         let sequence = self.nodes[i].sequence;
@@ -717,6 +721,139 @@ impl Sim {
             !complete
         });
         self.report.settlement_ms.extend(done);
+    }
+
+    /// Each settlement entry caisse `i` publishes, checked as it appears
+    /// (right after the command that made it): a statement states exactly
+    /// the receipts it holds from that debtor for that month; an
+    /// acknowledgement answers a statement that matches the receipts it
+    /// signed; a dispute names as unknown only receipts the creditor holds
+    /// from it that it never signed, and as missing only receipts it signed.
+    fn check_settlement_entries(
+        &mut self,
+        i: usize,
+        st: &caisse_core::federation_view::Statements,
+    ) {
+        use caisse_core::settlement::{HELD, ISSUED};
+        use caisse_protocol::messages::{
+            Acknowledgement, Dispute, SettlementStatement, receipts_hash,
+        };
+        let fed = self.federation.clone();
+        let fresh: Vec<Envelope> = st
+            .settlement
+            .values()
+            .filter(|e| !self.settlement_checked.contains(&envelope_hash(e)))
+            .cloned()
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        // Every statement the other caisses published, by content id (as
+        // they last published it, whether they are up or not).
+        let mut statements: BTreeMap<caisse_protocol::ContentId, SettlementStatement> =
+            BTreeMap::new();
+        for n in self.nodes.iter().filter(|n| n.id != self.nodes[i].id) {
+            if let Some(doc) = n.latest.as_ref() {
+                statements.extend(doc.read(&n.id, &fed).statements);
+            }
+        }
+        let receipts = |node: &Node, prefix: &[u8], period: Period, other: &CaisseId| {
+            node.caisse
+                .as_ref()
+                .and_then(|c| c.receipts(prefix, period).ok())
+                .and_then(|mut m| m.remove(other))
+                .unwrap_or_default()
+        };
+        let me = self.nodes[i].id;
+        let mut wrong = Vec::new();
+        for env in fresh {
+            self.settlement_checked.insert(envelope_hash(&env));
+            if let Ok(v) = env.open::<SettlementStatement>(&fed) {
+                let s = v.message;
+                let held = receipts(&self.nodes[i], HELD, s.period, &s.debtor);
+                let ids: Vec<PurchaseId> = held.iter().map(|r| r.purchase).collect();
+                let amount = Amount::checked_sum(held.iter().map(|r| r.allocation_part))
+                    .unwrap_or(Amount::ZERO);
+                if s.receipts != receipts_hash(&ids)
+                    || s.count != ids.len() as u64
+                    || s.amount != amount
+                {
+                    wrong.push(format!(
+                        "caisse {i}'s statement of {} states {} receipts for {}, it holds {} for {}{}",
+                        s.period,
+                        s.count,
+                        s.amount,
+                        ids.len(),
+                        amount,
+                        if s.receipts == receipts_hash(&ids) {
+                            ""
+                        } else {
+                            " (and the receipt ids differ)"
+                        }
+                    ));
+                }
+            } else if let Ok(v) = env.open::<Acknowledgement>(&fed) {
+                let Some(s) = statements.get(&v.message.statement) else {
+                    continue; // a transfer confirmed
+                };
+                let issued = receipts(&self.nodes[i], ISSUED, s.period, &s.creditor);
+                let ids: Vec<PurchaseId> = issued.iter().map(|r| r.purchase).collect();
+                if s.receipts != receipts_hash(&ids) {
+                    wrong.push(format!(
+                        "caisse {i} acknowledged a statement of {} naming receipts other than the {} it signed",
+                        s.period,
+                        ids.len()
+                    ));
+                }
+            } else if let Ok(v) = env.open::<Dispute>(&fed) {
+                let d = v.message;
+                let Some(s) = statements.get(&d.statement) else {
+                    wrong.push(format!("caisse {i} disputed a statement nobody published"));
+                    continue;
+                };
+                let issued: BTreeSet<PurchaseId> =
+                    receipts(&self.nodes[i], ISSUED, s.period, &s.creditor)
+                        .iter()
+                        .map(|r| r.purchase)
+                        .collect();
+                // What the creditor holds from this debtor (unknown while
+                // the creditor is down: then only what the debtor signed
+                // is checked).
+                let held: Option<BTreeSet<PurchaseId>> = self
+                    .index_of(&s.creditor)
+                    .filter(|c| self.nodes[*c].caisse.is_some())
+                    .map(|c| {
+                        receipts(&self.nodes[c], HELD, s.period, &me)
+                            .iter()
+                            .map(|r| r.purchase)
+                            .collect()
+                    });
+                let not_ours: Vec<&PurchaseId> = d
+                    .unknown_to_debtor
+                    .iter()
+                    .filter(|id| {
+                        issued.contains(id) || held.as_ref().is_some_and(|h| !h.contains(id))
+                    })
+                    .collect();
+                let not_signed: Vec<&PurchaseId> = d
+                    .missing_from_statement
+                    .iter()
+                    .filter(|id| !issued.contains(id))
+                    .collect();
+                if !not_ours.is_empty() || !not_signed.is_empty() {
+                    wrong.push(format!(
+                        "caisse {i}'s dispute of a statement of {} names {} receipts as unknown that are not the creditor's claims on it (e.g. {:?}) and {} as missing that it never signed",
+                        s.period,
+                        not_ours.len(),
+                        not_ours.first(),
+                        not_signed.len()
+                    ));
+                }
+            }
+        }
+        for w in wrong {
+            self.violation(w);
+        }
     }
 
     fn pick_member(&mut self, i: usize) -> Option<(MemberId, CardId)> {
