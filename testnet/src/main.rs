@@ -375,13 +375,13 @@ fn sim_command(
     let mut total = sim::SimReport::default();
     let mut failed = Vec::new();
     for seed in range.clone() {
-        let r = sim::run(sim::SimOptions {
+        let r = sim::run(sim::SimOptions::new(
             caisses,
             members,
             days,
             seed,
-            faults: profile.clone(),
-        });
+            profile.clone(),
+        ));
         if verbose {
             println!(
                 "seed {seed}: trace {} events {} acks {:?} crashes {} dropped {}",
@@ -426,6 +426,20 @@ fn sim_command(
             eprintln!(
                 "  replay: caisse-testnet sim --caisses {caisses} --members {members} --days {days} --faults {faults} --seeds {seed} --verbose"
             );
+            if failed.is_empty() {
+                // The first failure only: shrinking costs up to 40 runs.
+                let (small, r) = sim::shrink(
+                    &sim::SimOptions::new(caisses, members, days, seed, profile.clone()),
+                    40,
+                );
+                eprintln!(
+                    "  shrunk: caisse-testnet sim --caisses {} --members {} --days {} --faults {faults} --seeds {seed} --verbose ({})",
+                    small.caisses,
+                    small.members,
+                    small.days,
+                    r.violations.first().map_or("", String::as_str)
+                );
+            }
             failed.push(seed);
         }
     }

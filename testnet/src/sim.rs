@@ -134,6 +134,24 @@ pub struct SimOptions {
     pub seed: u64,
     /// Faults.
     pub faults: Faults,
+    /// For testing the shrinker only: a violation at this day's midnight
+    /// when the federation has at least three caisses.
+    #[doc(hidden)]
+    pub canary_day: Option<u32>,
+}
+
+impl SimOptions {
+    /// `caisses` caisses of `members` members for `days` days under `seed`.
+    pub fn new(caisses: usize, members: usize, days: u32, seed: u64, faults: Faults) -> SimOptions {
+        SimOptions {
+            caisses,
+            members,
+            days,
+            seed,
+            faults,
+            canary_day: None,
+        }
+    }
 }
 
 /// What a run exercised and found.
@@ -186,6 +204,11 @@ pub struct SimReport {
     pub violations: Vec<String>,
     /// The last lines of the trace, for a failing run.
     pub tail: Vec<String>,
+    /// When the first violation was seen (simulated ms), if any.
+    pub first_violation_ms: Option<u64>,
+    /// The trace's hash so far at each midnight (first 8 bytes, hex): a
+    /// shorter run with the same seed shares the longer one's prefix.
+    pub midnight_hashes: Vec<String>,
 }
 
 /// A message between caisses.
@@ -1374,6 +1397,9 @@ impl Sim {
     }
 
     fn midnight(&mut self) {
+        self.report
+            .midnight_hashes
+            .push(hex::encode(&self.hasher.clone().finalize()[..8]));
         let today = self.today();
         self.trace(format!("midnight {today}"));
         if today.ymd().2 == 1
@@ -1414,6 +1440,14 @@ impl Sim {
             }
         }
         self.check_daily();
+        if self
+            .opts
+            .canary_day
+            .is_some_and(|d| today.days() == Day::from_unix(EPOCH_SECS).days() + d)
+            && self.nodes.len() >= 3
+        {
+            self.violation("canary".into());
+        }
     }
 
     /// Members whose card is locked ask the caisse for a new PIN, about
@@ -1449,7 +1483,16 @@ impl Sim {
         }
     }
 
+    /// Schedule the workload's next action, if before the end of the days.
+    fn next_tick(&mut self) {
+        let t = self.now + 60_000 + self.rng.below(3_600_000);
+        if t < u64::from(self.opts.days) * DAY {
+            self.schedule(t, Event::Tick);
+        }
+    }
+
     fn violation(&mut self, v: String) {
+        self.report.first_violation_ms.get_or_insert(self.now);
         if self.report.violations.len() < 20 {
             self.report.violations.push(v);
         }
@@ -1635,12 +1678,10 @@ impl Sim {
     fn run(mut self) -> SimReport {
         let days = u64::from(self.opts.days);
         let end = days * DAY;
-        // The workload: an action every half hour of simulated time on average.
-        let mut t = 0;
-        while t < end {
-            t += 60_000 + self.rng.below(3_600_000);
-            self.schedule(t, Event::Tick);
-        }
+        // The workload: an action every half hour of simulated time on
+        // average, each tick drawing the next one, so that a shorter run
+        // (fewer days) is a prefix of a longer one with the same seed.
+        self.next_tick();
         for d in 1..=days + 3 {
             self.schedule(d * DAY, Event::Midnight);
         }
@@ -1680,7 +1721,10 @@ impl Sim {
                 }
             }
             match e {
-                Event::Tick => self.tick(),
+                Event::Tick => {
+                    self.tick();
+                    self.next_tick();
+                }
                 Event::Deliver { from, to, msg } => self.deliver(from, to, msg),
                 Event::Deadline { host, purchase } => self.deadline(host, purchase),
                 Event::Restart { node } => {
@@ -1746,4 +1790,78 @@ fn previous(p: Period) -> Option<Period> {
 /// Run one federation under `opts.seed`.
 pub fn run(opts: SimOptions) -> SimReport {
     Sim::new(opts).run()
+}
+
+/// A smaller federation that still fails, from a failing one: fewer days
+/// (a shorter run with the same seed is a prefix of the longer one, so the
+/// days up to the first violation are tried first), then fewer caisses,
+/// then fewer members, each the smallest that still shows a violation.
+/// At most `budget` runs; returns the smallest failing options found and
+/// their report.
+pub fn shrink(failing: &SimOptions, budget: usize) -> (SimOptions, SimReport) {
+    let mut best = failing.clone();
+    let mut report = run(best.clone());
+    if report.violations.is_empty() {
+        return (best, report);
+    }
+    let mut runs = 1;
+    let attempt = |o: &SimOptions, runs: &mut usize| -> Option<SimReport> {
+        if *runs >= budget {
+            return None;
+        }
+        *runs += 1;
+        let r = run(o.clone());
+        (!r.violations.is_empty()).then_some(r)
+    };
+    // Days: the day of the first violation, else the smallest that fails.
+    if let Some(at) = report.first_violation_ms {
+        let day = u32::try_from(at / DAY + 1)
+            .unwrap_or(u32::MAX)
+            .min(best.days);
+        if day < best.days {
+            let o = SimOptions {
+                days: day,
+                ..best.clone()
+            };
+            if let Some(r) = attempt(&o, &mut runs) {
+                best = o;
+                report = r;
+            }
+        }
+    }
+    let (mut lo, mut hi) = (1u32, best.days);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let o = SimOptions {
+            days: mid,
+            ..best.clone()
+        };
+        match attempt(&o, &mut runs) {
+            Some(r) => {
+                hi = mid;
+                best = o;
+                report = r;
+            }
+            None if runs >= budget => break,
+            None => lo = mid + 1,
+        }
+    }
+    // Caisses, then members: the smallest that still fails.
+    type Dim = (usize, fn(&SimOptions) -> usize, fn(&mut SimOptions, usize));
+    let dims: [Dim; 2] = [
+        (2, |o| o.caisses, |o, v| o.caisses = v),
+        (1, |o| o.members, |o, v| o.members = v),
+    ];
+    for (least, get, set) in dims {
+        for v in least..get(&best) {
+            let mut o = best.clone();
+            set(&mut o, v);
+            if let Some(r) = attempt(&o, &mut runs) {
+                best = o;
+                report = r;
+                break;
+            }
+        }
+    }
+    (best, report)
 }

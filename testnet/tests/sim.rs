@@ -5,13 +5,13 @@
 use caisse_testnet::sim::{self, Faults, SimOptions, SimReport};
 
 fn run(seed: u64, faults: &str) -> SimReport {
-    sim::run(SimOptions {
-        caisses: 4,
-        members: 10,
-        days: 40,
+    sim::run(SimOptions::new(
+        4,
+        10,
+        40,
         seed,
-        faults: Faults::profile(faults).expect("profile"),
-    })
+        Faults::profile(faults).expect("profile"),
+    ))
 }
 
 #[test]
@@ -87,13 +87,55 @@ fn the_same_seed_gives_the_same_run() {
 #[test]
 fn seeds_that_once_failed() {
     for seed in [321u64, 0, 4] {
-        let r = sim::run(SimOptions {
-            caisses: 4,
-            members: 12,
-            days: 45,
+        let r = sim::run(SimOptions::new(
+            4,
+            12,
+            45,
             seed,
-            faults: Faults::profile("chaos").expect("profile"),
-        });
+            Faults::profile("chaos").expect("profile"),
+        ));
         assert!(r.violations.is_empty(), "seed {seed}: {:#?}", r.violations);
     }
+}
+
+/// A failing federation shrinks to the smallest that still fails: here a
+/// planted violation at day 9's midnight in federations of three caisses
+/// or more shrinks from 5 caisses, 12 members and 45 days to 3, 1 and 6
+/// (a run goes on 3 days past its last one to reach quiescence).
+#[test]
+fn a_failing_seed_shrinks() {
+    let mut o = SimOptions::new(5, 12, 45, 11, Faults::profile("chaos").expect("profile"));
+    o.canary_day = Some(9);
+    let (small, r) = sim::shrink(&o, 40);
+    assert_eq!(
+        (small.caisses, small.members, small.days),
+        (3, 1, 6),
+        "{:?}",
+        r.violations
+    );
+    assert!(r.violations.iter().any(|v| v == "canary"));
+}
+
+/// A shorter run with the same seed is a prefix of a longer one.
+#[test]
+fn fewer_days_replay_a_prefix() {
+    let long = sim::run(SimOptions::new(
+        4,
+        10,
+        20,
+        5,
+        Faults::profile("chaos").expect("profile"),
+    ));
+    let short = sim::run(SimOptions::new(
+        4,
+        10,
+        10,
+        5,
+        Faults::profile("chaos").expect("profile"),
+    ));
+    assert!(long.events > short.events);
+    assert!(long.violations.is_empty() && short.violations.is_empty());
+    // Identical up to the short run's last day, whose end starts its quiescence.
+    assert_eq!(long.midnight_hashes[..9], short.midnight_hashes[..9]);
+    assert_ne!(long.midnight_hashes[9], short.midnight_hashes[9]);
 }
