@@ -412,6 +412,7 @@ fn sim_command(
             .extend(r.convergence_ms.iter().copied());
         total.settlement_ms.extend(r.settlement_ms.iter().copied());
         total.forged_refused += r.forged_refused;
+        total.inflated_statements += r.inflated_statements;
         total.pin_refusals += r.pin_refusals;
         total.pin_resets += r.pin_resets;
         if !r.violations.is_empty() {
@@ -479,7 +480,7 @@ fn sim_command(
     let pct = |q: f64| at(&conv, q);
     let caisse_days = (n as f64) * (caisses as f64) * f64::from(days.max(1));
     println!(
-        "per caisse and day: {:.0} messages, {:.1} KiB sent; largest document {:.1} KiB; a change reached every caisse in p50 {} ms, p99 {} ms, max {} ms (simulated, {} changes); {} forged receipts refused",
+        "per caisse and day: {:.0} messages, {:.1} KiB sent; largest document {:.1} KiB; a change reached every caisse in p50 {} ms, p99 {} ms, max {} ms (simulated, {} changes); {} forged receipts refused; {} statements claiming too much published, none acknowledged",
         total.messages as f64 / caisse_days,
         total.bytes as f64 / caisse_days / 1024.0,
         total.largest_document as f64 / 1024.0,
@@ -487,7 +488,8 @@ fn sim_command(
         pct(0.99),
         pct(1.0),
         conv.len(),
-        total.forged_refused
+        total.forged_refused,
+        total.inflated_statements
     );
     println!(
         "settlement: every statement of a month answered {} ms after the month's end at p50, {} ms at p99, {} ms at most (simulated, {} months)",

@@ -82,6 +82,9 @@ pub struct Faults {
     /// receipt for a request that was never made (another request id, a
     /// larger amount) instead of its real answer.
     pub forged_receipts_pm: u64,
+    /// Caisse 0 also publishes this share (per thousand) of its settlement
+    /// statements claiming one euro more than it holds, validly signed.
+    pub inflated_statements_pm: u64,
 }
 
 impl Faults {
@@ -95,6 +98,7 @@ impl Faults {
             crash_pm: 0,
             partition_pm: 0,
             forged_receipts_pm: 0,
+            inflated_statements_pm: 0,
         };
         Some(match name {
             "none" | "lan" => none,
@@ -115,6 +119,7 @@ impl Faults {
                 crash_pm: 60,
                 partition_pm: 60,
                 forged_receipts_pm: 100,
+                inflated_statements_pm: 300,
             },
             _ => return None,
         })
@@ -185,6 +190,8 @@ pub struct SimReport {
     pub statements: u64,
     /// Forged receipts refused by their hosts.
     pub forged_refused: u64,
+    /// Statements the Byzantine caisse published claiming too much.
+    pub inflated_statements: u64,
     /// Sales refused for a wrong PIN or a locked card, and PIN resets.
     pub pin_refusals: u64,
     /// PINs reset by the caisse (each unlocks a card).
@@ -314,6 +321,8 @@ struct Sim {
     forged: BTreeSet<[u8; 32]>,
     /// Settlement entries (statements, answers) already checked, by hash.
     settlement_checked: BTreeSet<[u8; 32]>,
+    /// Statements the Byzantine caisse inflated, by hash.
+    inflated: BTreeSet<[u8; 32]>,
     /// Each caisse's published changes not yet everywhere: (sequence, when).
     changes: BTreeMap<usize, VecDeque<(u64, Ms)>>,
     /// Months being settled: (period, when the settlement runs started,
@@ -412,6 +421,7 @@ impl Sim {
             acks: Vec::new(),
             forged: BTreeSet::new(),
             settlement_checked: BTreeSet::new(),
+            inflated: BTreeSet::new(),
             changes: BTreeMap::new(),
             settling: Vec::new(),
             offline_use: BTreeMap::new(),
@@ -683,14 +693,17 @@ impl Sim {
         }
         node.published_seen = v;
         let secret = SecretKey::from_bytes(node.key);
-        let st = caisse_core::conventionnement::federation_statements(
+        let mut st = caisse_core::conventionnement::federation_statements(
             c,
             node.id,
             &secret,
             &self.federation,
         );
-        self.note_settlement(&st);
         self.check_settlement_entries(i, &st);
+        if i == 0 && self.opts.faults.inflated_statements_pm > 0 {
+            self.inflate(&mut st);
+        }
+        self.note_settlement(&st);
         let doc = Arc::new(st.published());
         self.nodes[i].sequence += 1;
         let sequence = self.nodes[i].sequence;
@@ -744,6 +757,42 @@ impl Sim {
             !complete
         });
         self.report.settlement_ms.extend(done);
+    }
+
+    /// Caisse 0, Byzantine, replaces some of its statements by ones
+    /// claiming one euro more (the same receipts, validly signed by it): the
+    /// same statements every time it publishes, chosen by their hash.
+    fn inflate(&mut self, st: &mut caisse_core::federation_view::Statements) {
+        use caisse_protocol::messages::SettlementStatement;
+        let key = SecretKey::from_bytes(self.nodes[0].key);
+        let me = self.nodes[0].id;
+        for env in st.settlement.values_mut() {
+            let Ok(v) = env.open::<SettlementStatement>(&self.federation) else {
+                continue;
+            };
+            let h = envelope_hash(env);
+            if v.message.creditor != me
+                || u64::from(u16::from_le_bytes([h[0], h[1]])) % 1000
+                    >= self.opts.faults.inflated_statements_pm
+            {
+                continue;
+            }
+            let mut claim = v.message;
+            claim.amount = claim
+                .amount
+                .checked_add(Amount::from_cents(1_00))
+                .unwrap_or(claim.amount);
+            if let Ok(forged) = Envelope::seal(&key, &self.federation, &claim) {
+                if self.inflated.insert(envelope_hash(&forged)) {
+                    self.report.inflated_statements += 1;
+                    self.trace(format!(
+                        "0 claims one euro more from {}",
+                        claim.debtor.short()
+                    ));
+                }
+                *env = forged;
+            }
+        }
     }
 
     /// Each settlement entry caisse `i` publishes, checked as it appears
@@ -821,11 +870,19 @@ impl Sim {
                 };
                 let issued = receipts(&self.nodes[i], ISSUED, s.period, &s.creditor);
                 let ids: Vec<PurchaseId> = issued.iter().map(|r| r.purchase).collect();
-                if s.receipts != receipts_hash(&ids) {
+                let amount = Amount::checked_sum(issued.iter().map(|r| r.allocation_part))
+                    .unwrap_or(Amount::ZERO);
+                if s.receipts != receipts_hash(&ids)
+                    || s.amount != amount
+                    || s.count != ids.len() as u64
+                {
                     wrong.push(format!(
-                        "caisse {i} acknowledged a statement of {} naming receipts other than the {} it signed",
+                        "caisse {i} acknowledged a statement of {} claiming {} for {} receipts; it signed {} for {}",
                         s.period,
-                        ids.len()
+                        s.amount,
+                        s.count,
+                        ids.len(),
+                        amount
                     ));
                 }
             } else if let Ok(v) = env.open::<Dispute>(&fed) {
@@ -1711,6 +1768,7 @@ impl Sim {
                 self.opts.faults.dup_pm = 0;
                 self.opts.faults.crash_pm = 0;
                 self.opts.faults.forged_receipts_pm = 0;
+                self.opts.faults.inflated_statements_pm = 0;
                 // Tills retry what they never got an answer to.
                 while let Some((host, input)) = self.retry.pop_front() {
                     if input.card.is_issued_by(&self.nodes[host].id) {

@@ -26,6 +26,7 @@ fn two_hundred_seeded_federations_hold_every_invariant() {
     let mut statements = 0;
     let mut pin_refusals = 0;
     let mut pin_resets = 0;
+    let mut inflated = 0;
     for seed in 0..200 {
         let r = run(seed, "chaos");
         assert!(
@@ -44,6 +45,7 @@ fn two_hundred_seeded_federations_hold_every_invariant() {
         statements += r.statements;
         pin_refusals += r.pin_refusals;
         pin_resets += r.pin_resets;
+        inflated += r.inflated_statements;
     }
     // The runs must exercise what they claim to.
     assert!(crashes > 100, "crashes: {crashes}");
@@ -62,6 +64,7 @@ fn two_hundred_seeded_federations_hold_every_invariant() {
         pin_refusals > 1000 && pin_resets > 20,
         "{pin_refusals} sales refused for a PIN, {pin_resets} PINs reset"
     );
+    assert!(inflated > 50, "statements claiming too much: {inflated}");
 }
 
 #[test]
