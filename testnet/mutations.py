@@ -48,6 +48,7 @@ muts=[
             return Ok(member);"""),
  ("statement_drops_a_receipt","settlement.rs","            let ids: Vec<PurchaseId> = receipts.iter().map(|r| r.purchase).collect();\n            let amount = Amount::checked_sum(","            let ids: Vec<PurchaseId> = receipts.iter().skip(1).map(|r| r.purchase).collect();\n            let amount = Amount::checked_sum("),
  ("debtor_acknowledges_without_comparing","settlement.rs","            let env = if receipts_hash(&our_ids) == st.receipts","            let env = if true || receipts_hash(&our_ids) == st.receipts"),
+ ("transfers_never_confirmed","settlement.rs",".filter(|(_, t)| t.to == self.id && t.period == period)",".filter(|(_, t)| t.to == self.id && t.period == period && false)"),
  ("rollback_disabled","caisse.rs","""        let Some(mark) = self.savepoints.marks.pop() else {
             return;
         };""","""        let Some(mark) = self.savepoints.marks.pop() else {

@@ -413,6 +413,8 @@ fn sim_command(
         total.settlement_ms.extend(r.settlement_ms.iter().copied());
         total.forged_refused += r.forged_refused;
         total.inflated_statements += r.inflated_statements;
+        total.payouts += r.payouts;
+        total.transfers_declared += r.transfers_declared;
         total.pin_refusals += r.pin_refusals;
         total.pin_resets += r.pin_resets;
         if !r.violations.is_empty() {
@@ -451,7 +453,7 @@ fn sim_command(
         started.elapsed()
     );
     println!(
-        "exercised: {} events, {} messages ({} dropped, {} duplicated), {} crashes, {} partitions, purchases acknowledged {} local / {} cross-caisse / {} offline, {} declined, {} sales resolved, {} retries, {} settlement statements, {} sales refused for a wrong PIN or a locked card, {} PINs reset",
+        "exercised: {} events, {} messages ({} dropped, {} duplicated), {} crashes, {} partitions, purchases acknowledged {} local / {} cross-caisse / {} offline, {} declined, {} sales resolved, {} retries, {} settlement statements, {} sales refused for a wrong PIN or a locked card, {} PINs reset, {} outlet payouts, {} transfers declared paid",
         total.events,
         total.messages,
         total.dropped,
@@ -466,7 +468,9 @@ fn sim_command(
         total.retries,
         total.statements,
         total.pin_refusals,
-        total.pin_resets
+        total.pin_resets,
+        total.payouts,
+        total.transfers_declared
     );
     let mut conv = total.convergence_ms.clone();
     conv.sort_unstable();

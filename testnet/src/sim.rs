@@ -192,6 +192,10 @@ pub struct SimReport {
     pub forged_refused: u64,
     /// Statements the Byzantine caisse published claiming too much.
     pub inflated_statements: u64,
+    /// Outlet payouts, and transfers declared paid after a netting.
+    pub payouts: u64,
+    /// Transfers declared paid by debtors after a month's netting.
+    pub transfers_declared: u64,
     /// Sales refused for a wrong PIN or a locked card, and PIN resets.
     pub pin_refusals: u64,
     /// PINs reset by the caisse (each unlocks a card).
@@ -1483,6 +1487,27 @@ impl Sim {
                 }
             }
             self.reset_locked_pins(i);
+            if let Some(prev) = previous(today.period()) {
+                match today.ymd().2 {
+                    // Last month's sales paid to the outlet.
+                    2 => {
+                        let outlet = self.nodes[i].outlet;
+                        if let Ok(Reply::Payout(p)) = self.exec(
+                            i,
+                            Command::Payout {
+                                outlet,
+                                period: prev,
+                            },
+                        ) && !p.already_paid
+                        {
+                            self.report.payouts += 1;
+                        }
+                    }
+                    // The transfers last month's netting asks of this caisse.
+                    5 => self.declare_transfers(i, prev),
+                    _ => {}
+                }
+            }
             // Faults of the day.
             if !self.quiescent {
                 if self.rng.below(1000) < self.opts.faults.crash_pm {
@@ -1506,6 +1531,39 @@ impl Sim {
             && self.nodes.len() >= 3
         {
             self.violation("canary".into());
+        }
+    }
+
+    /// Caisse `i` declares paid the transfers the netting of `period` asks
+    /// of it, as computed from the documents it holds and its own.
+    fn declare_transfers(&mut self, i: usize, period: Period) {
+        let mut view = caisse_core::federation_view::FederationView::default();
+        for (j, (_, doc)) in &self.nodes[i].documents {
+            view.caisses.insert(
+                self.nodes[*j].id,
+                doc.read(&self.nodes[*j].id, &self.federation),
+            );
+        }
+        let me = self.nodes[i].id;
+        if let Some(doc) = &self.nodes[i].latest {
+            view.caisses.insert(me, doc.read(&me, &self.federation));
+        }
+        let v = caisse_core::settlement::settlement_view(&view, period);
+        for t in v.transfers.iter().filter(|t| t.from == me) {
+            if self
+                .exec(
+                    i,
+                    Command::RecordTransfer {
+                        period,
+                        to: t.to,
+                        amount: t.amount,
+                        reference: format!("virement {period} {}", t.to.short()),
+                    },
+                )
+                .is_ok()
+            {
+                self.report.transfers_declared += 1;
+            }
         }
     }
 
@@ -1747,6 +1805,16 @@ impl Sim {
                 self.violation(format!(
                     "netting of {period}: transfers realise {realised:?}, the acknowledged statements give {expected:?}"
                 ));
+            }
+            for (t, confirmed) in &v.paid {
+                if !confirmed {
+                    self.violation(format!(
+                        "transfer of {} from {} to {} for {period} declared paid, never confirmed by its receiver",
+                        t.amount,
+                        t.from.short(),
+                        t.to.short()
+                    ));
+                }
             }
             if v.transfers.len() > self.nodes.len().saturating_sub(1) {
                 self.violation(format!(

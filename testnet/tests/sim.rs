@@ -27,6 +27,7 @@ fn two_hundred_seeded_federations_hold_every_invariant() {
     let mut pin_refusals = 0;
     let mut pin_resets = 0;
     let mut inflated = 0;
+    let mut transfers = 0;
     for seed in 0..200 {
         let r = run(seed, "chaos");
         assert!(
@@ -46,6 +47,7 @@ fn two_hundred_seeded_federations_hold_every_invariant() {
         pin_refusals += r.pin_refusals;
         pin_resets += r.pin_resets;
         inflated += r.inflated_statements;
+        transfers += r.transfers_declared;
     }
     // The runs must exercise what they claim to.
     assert!(crashes > 100, "crashes: {crashes}");
@@ -65,6 +67,7 @@ fn two_hundred_seeded_federations_hold_every_invariant() {
         "{pin_refusals} sales refused for a PIN, {pin_resets} PINs reset"
     );
     assert!(inflated > 50, "statements claiming too much: {inflated}");
+    assert!(transfers > 100, "transfers declared paid: {transfers}");
 }
 
 #[test]
