@@ -49,6 +49,9 @@ pub struct FederationStats {
     pub peers_banned: AtomicU64,
     /// Documents accepted after a sync.
     pub sync_accepted: AtomicU64,
+    /// Documents updated from the changes gossiped with their heads, with
+    /// no sync.
+    pub changes_applied: AtomicU64,
     /// Documents nobody here vouches for, dropped to make room.
     pub documents_evicted: AtomicU64,
     /// Sync sessions that failed or ended short of the signed heads.
@@ -662,6 +665,7 @@ impl FederationTask {
             return;
         };
         let force = replica.heads.is_none();
+        let before = replica.doc.get_heads();
         let (bytes, compacted) = match publish_own(&mut replica.doc, &me, &statements, force) {
             Ok(Some(x)) => x,
             Ok(None) => return,
@@ -675,6 +679,9 @@ impl FederationTask {
             tracing::info!(target: "caisse::events::federation", epoch = replica.epoch, bytes = bytes.len(), "document compacted into a new epoch");
         }
         let heads = sorted_heads(&mut replica.doc);
+        // The changes of this version, to gossip with its heads (not across
+        // a new epoch, which shares no history with the old one).
+        let changes = (!compacted).then(|| replica.doc.save_after(&before));
         // Increasing, and ahead of anything signed before a wipe: the
         // node's clock in milliseconds (a test network's manual clock too).
         let sequence = replica
@@ -707,7 +714,19 @@ impl FederationTask {
         }
         self.refresh_view(me, true);
         tracing::info!(target: "caisse::events::federation", sequence, "published document heads");
-        if let Ok(data) = env.to_bytes()
+        // With the changes when they fit in one gossip message: a replica
+        // one version behind then needs no sync.
+        let carried = changes.and_then(|changes| {
+            let mut base: Vec<[u8; 32]> = before.iter().map(|h| h.0).collect();
+            base.sort();
+            caisse_protocol::rpc::HeadsGossip {
+                heads: env.clone(),
+                base,
+                changes,
+            }
+            .to_gossip(crate::network::MAX_GOSSIP)
+        });
+        if let Some(data) = carried.or_else(|| env.to_bytes().ok())
             && let Err(e) = self.network.publish(data).await
         {
             tracing::info!(target: "caisse::events::federation", error = %e, sequence, "heads not gossiped (no peers yet?)");
@@ -1162,6 +1181,52 @@ impl FederationTask {
                 return;
             }
         }
+        self.stats.sync_accepted.fetch_add(1, Ordering::Relaxed);
+        self.adopt(caisse, fork, seq, env, epoch);
+        // Heads that arrived while this session ran: pull them now, not at
+        // the next tick.
+        self.start_pending_syncs();
+    }
+
+    /// Gossiped heads came with the changes since `base`: when the replica
+    /// holds exactly `base` and the changes give exactly the signed heads
+    /// just recorded as wanted, take the new version without a sync.
+    /// Anything else (another base, a sync under way, changes that do not
+    /// give the signed heads) leaves the pull to do it.
+    fn apply_carried(&mut self, env: &Envelope, base: &[[u8; 32]], changes: &[u8]) {
+        let Ok(v) = env.open::<DocumentHeads>(&self.federation) else {
+            return;
+        };
+        let owner = v.message.caisse;
+        let Some(r) = self.replicas.get_mut(&owner) else {
+            return;
+        };
+        let Some((seq, wenv, want, epoch)) = r.wanted.clone() else {
+            return;
+        };
+        if seq != v.message.sequence || epoch != r.epoch || r.syncing {
+            return;
+        }
+        if sorted_heads(&mut r.doc) != sorted(base.to_vec()) {
+            return;
+        }
+        let mut fork = r.doc.fork();
+        if fork.load_incremental(changes).is_err()
+            || judge_fork(&mut fork, &want) != SyncVerdict::Accept
+        {
+            tracing::debug!(target: "caisse::events::federation", caisse = %owner.short(), sequence = seq, "gossiped changes do not give the signed heads; pulling instead");
+            return;
+        }
+        self.stats.changes_applied.fetch_add(1, Ordering::Relaxed);
+        self.adopt(owner, fork, seq, wenv, epoch);
+    }
+
+    /// Take `fork` as `caisse`'s document at the signed heads `env`: persist
+    /// it, refresh the view, hand it to the writer.
+    fn adopt(&mut self, caisse: CaisseId, fork: AutoCommit, seq: u64, env: Envelope, epoch: u32) {
+        let Some(r) = self.replicas.get_mut(&caisse) else {
+            return;
+        };
         r.doc = fork;
         r.sequence = seq;
         r.epoch = epoch;
@@ -1179,7 +1244,6 @@ impl FederationTask {
         {
             self.network.dial_peer(p);
         }
-        self.stats.sync_accepted.fetch_add(1, Ordering::Relaxed);
         tracing::info!(target: "caisse::events::federation", caisse = %caisse.short(), sequence = seq, "document updated");
         let me = self.me;
         let periods: Vec<caisse_protocol::Period> = self
@@ -1209,9 +1273,6 @@ impl FederationTask {
             // writer answers against the statements it has just been given.
             let _ = self.to_writer.send(ToWriter::Answer(periods));
         }
-        // Heads that arrived while this session ran: pull them now, not at
-        // the next tick.
-        self.start_pending_syncs();
     }
 
     fn ask_catalog(&self, peer: PeerId) {
@@ -1253,8 +1314,16 @@ impl FederationTask {
                         .await;
                     return;
                 }
-                let acceptance = match Envelope::from_bytes(&data) {
-                    Ok(env) => {
+                let decoded = match caisse_protocol::rpc::HeadsGossip::from_gossip(
+                    &data,
+                    crate::network::MAX_GOSSIP,
+                ) {
+                    Ok(Some(g)) => Ok((g.heads, Some((g.base, g.changes)))),
+                    Ok(None) => Envelope::from_bytes(&data).map(|e| (e, None)),
+                    Err(e) => Err(e),
+                };
+                let acceptance = match decoded {
+                    Ok((env, carried)) => {
                         let a = self.consider_heads(&env, Some(source));
                         if a == MessageAcceptance::Reject {
                             self.misbehaved(
@@ -1263,6 +1332,8 @@ impl FederationTask {
                                 "bad signature or not heads",
                             )
                             .await;
+                        } else if let Some((base, changes)) = carried {
+                            self.apply_carried(&env, &base, &changes);
                         }
                         a
                     }

@@ -94,6 +94,7 @@ pub async fn render(app: &crate::app::App) -> String {
     for (outcome, v) in [
         ("accepted", &st.sync_accepted),
         ("rejected", &st.sync_rejected),
+        ("from_gossip", &st.changes_applied),
     ] {
         metrics::counter!("caisse_syncs_total", "outcome" => outcome).absolute(v.load(Relaxed));
     }

@@ -63,3 +63,87 @@ pub enum RpcResponse {
     /// The request was refused.
     Refused(String),
 }
+
+/// The first bytes of a [`HeadsGossip`] on the gossip topic. A plain
+/// [`Envelope`] of document heads can never start with them (its first byte
+/// is a message kind, below 0x80), so both forms travel on one topic.
+pub const HEADS_GOSSIP_TAG: [u8; 2] = [0xFF, 0x01];
+
+/// Gossip of a document's new signed heads with the changes since its
+/// previous version, when they are small: a replica that holds exactly
+/// `base` applies `changes` and checks the result against the signed heads,
+/// with no sync round trip. The signed heads alone decide what is accepted
+/// (the changes are a shortcut, never trusted for themselves).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeadsGossip {
+    /// The owner's signed `DocumentHeads`.
+    pub heads: Envelope,
+    /// The document's heads before these changes, sorted.
+    pub base: Vec<[u8; 32]>,
+    /// The changes after `base` (automerge's incremental save format).
+    pub changes: Vec<u8>,
+}
+
+impl HeadsGossip {
+    /// The bytes to gossip, tag first; `None` when they would pass `max`.
+    pub fn to_gossip(&self, max: usize) -> Option<Vec<u8>> {
+        let body =
+            crate::encoding::encode(self, max.saturating_sub(HEADS_GOSSIP_TAG.len())).ok()?;
+        let mut out = HEADS_GOSSIP_TAG.to_vec();
+        out.extend_from_slice(&body);
+        Some(out)
+    }
+
+    /// Read gossip bytes: `Ok(Some(_))` for this form, `Ok(None)` for a plain
+    /// envelope of heads (the caller decodes it), an error when malformed.
+    pub fn from_gossip(
+        bytes: &[u8],
+        max: usize,
+    ) -> Result<Option<HeadsGossip>, crate::encoding::DecodeError> {
+        match bytes.strip_prefix(&HEADS_GOSSIP_TAG) {
+            Some(rest) => crate::encoding::decode(rest, max).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod gossip_tests {
+    use super::*;
+    use crate::FederationId;
+    use crate::SecretKey;
+    use crate::messages::DocumentHeads;
+
+    #[test]
+    fn heads_with_changes_round_trip_and_plain_heads_are_told_apart() {
+        let key = SecretKey::from_bytes([9; 32]);
+        let fed = FederationId::new("test").unwrap();
+        let heads = DocumentHeads {
+            caisse: key.caisse_id(),
+            heads: vec![[1; 32]],
+            sequence: 7,
+            epoch: 0,
+        };
+        let env = Envelope::seal(&key, &fed, &heads).unwrap();
+        let plain = env.to_bytes().unwrap();
+        assert_ne!(plain[0], HEADS_GOSSIP_TAG[0]);
+        assert!(HeadsGossip::from_gossip(&plain, 8192).unwrap().is_none());
+        let g = HeadsGossip {
+            heads: env,
+            base: vec![[2; 32]],
+            changes: vec![5; 100],
+        };
+        let bytes = g.to_gossip(8192).unwrap();
+        let back = HeadsGossip::from_gossip(&bytes, 8192).unwrap().unwrap();
+        assert_eq!(back.base, g.base);
+        assert_eq!(back.changes, g.changes);
+        // Too large for the limit: not sent in this form.
+        let big = HeadsGossip {
+            changes: vec![0; 9000],
+            ..g
+        };
+        assert!(big.to_gossip(8192).is_none());
+        // Tagged but truncated: an error, not a plain envelope.
+        assert!(HeadsGossip::from_gossip(&bytes[..bytes.len() - 3], 8192).is_err());
+    }
+}

@@ -323,7 +323,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 anyhow::bail!("--nodes must be at least 2");
             }
             let wan = wan::Profile::by_name(&wan)?;
-            let mut ms = run::propagation(nodes, rounds, wan, seed).await?;
+            let (mut ms, counters) = run::propagation(nodes, rounds, wan, seed).await?;
             ms.sort_by(f64::total_cmp);
             let p = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
             println!(
@@ -332,6 +332,11 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
                 p(0.5),
                 p(0.99),
                 p(1.0)
+            );
+            println!(
+                "documents updated: {} from the changes gossiped with their heads, {} by sync",
+                counters.get("changes_applied").copied().unwrap_or(0),
+                counters.get("sync_accepted").copied().unwrap_or(0)
             );
             Ok(ExitCode::SUCCESS)
         }

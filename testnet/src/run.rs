@@ -532,15 +532,7 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
 
     // How connected the federation is when purchases start: a purchase at
     // another caisse is faster when its home is already connected.
-    let mut connected = Vec::new();
-    let mut fed_stats: BTreeMap<String, u64> = BTreeMap::new();
-    for c in &clients {
-        let n = get(c, "/api/v1/network").await?;
-        connected.push(n["connected"].as_array().map_or(0, Vec::len));
-        for (k, v) in n["federation"].as_object().into_iter().flatten() {
-            *fed_stats.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
-        }
-    }
+    let (connected, fed_stats) = network_counters(&clients).await?;
     let connected_after_setup = json!({
         "min": connected.iter().min(),
         "mean": connected.iter().sum::<usize>() as f64 / connected.len().max(1) as f64,
@@ -944,6 +936,22 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
 }
 
 /// The `p` quantile of sorted samples (0 when there are none).
+/// Each node's number of connected peers, and the federation counters of
+/// every node summed (gossip accepted, documents updated by sync or from
+/// gossiped changes, ...).
+async fn network_counters(clients: &[Shared]) -> Result<(Vec<usize>, BTreeMap<String, u64>)> {
+    let mut connected = Vec::new();
+    let mut fed_stats: BTreeMap<String, u64> = BTreeMap::new();
+    for c in clients {
+        let n = get(c, "/api/v1/network").await?;
+        connected.push(n["connected"].as_array().map_or(0, Vec::len));
+        for (k, v) in n["federation"].as_object().into_iter().flatten() {
+            *fed_stats.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
+        }
+    }
+    Ok((connected, fed_stats))
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         0.0
@@ -1410,7 +1418,7 @@ pub async fn propagation(
     rounds: usize,
     profile: Option<Profile>,
     seed: u64,
-) -> Result<Vec<f64>> {
+) -> Result<(Vec<f64>, BTreeMap<String, u64>)> {
     let tmp = std::env::temp_dir().join(format!("caisse-propagation-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     // Before the nodes, so that it is dropped after them.
@@ -1459,11 +1467,12 @@ pub async fn propagation(
         }
     }
     let out = time_accreditations(&clients, rounds, "Accréditation").await?;
+    let (_, counters) = network_counters(&clients).await?;
     for n in nodes.iter_mut() {
         n.stop();
     }
     let _ = std::fs::remove_dir_all(&tmp);
-    Ok(out)
+    Ok((out, counters))
 }
 
 /// The names of the federation's accreditations as each of `which` lists

@@ -21,15 +21,25 @@ fn an_accreditation_reaches_sixteen_colocated_nodes_within_two_seconds() {
         String::from_utf8_lossy(&out.stderr)
     );
     // "... 60 observations, p50 12.3 ms, p99 45.6 ms, max 50.1 ms"
-    let max: f64 = text
-        .split("max ")
-        .nth(1)
-        .and_then(|t| t.split(" ms").next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no max in {text:?}"));
+    let max: f64 = number_after(&text, "max ", " ms");
     assert!(text.contains("60 observations"), "{text}");
     assert!(
         max < 2000.0,
         "an accreditation took {max} ms to reach a node: {text}"
     );
+    // "documents updated: 55 from the changes gossiped with their heads, 9 by sync"
+    let from_gossip: u64 = number_after(&text, "documents updated: ", " ");
+    assert!(
+        from_gossip > 0,
+        "no replica took a new version from gossiped changes: {text}"
+    );
+}
+
+/// The number printed in `text` between `before` and the next `after`.
+fn number_after<T: std::str::FromStr>(text: &str, before: &str, after: &str) -> T {
+    text.split(before)
+        .nth(1)
+        .and_then(|t| t.split(after).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {before:?} in {text:?}"))
 }
