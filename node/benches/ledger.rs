@@ -51,13 +51,7 @@ fn main() {
         }
         Some("node") => {
             // The node's log (RUST_LOG, set from CAISSE_BENCH_NODE_LOG) on stderr.
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .with_ansi(false)
-                .init();
+            daemon::init_logging("warn");
             let dir = std::path::PathBuf::from(&args[1]);
             if let Some(reason) = rt.block_on(daemon::run_until_stopped(&dir)).expect("node") {
                 panic!("node failed: {reason}");

@@ -299,6 +299,20 @@ impl NodeInfo {
     }
 }
 
+/// Log to stderr with the filter in `RUST_LOG`, else `default_filter`
+/// (`info`, `warn`, ...); colours only on a terminal. For the binaries that
+/// run a node or talk to one (the CLI, the testnet's node processes, the
+/// benchmarks' node).
+pub fn init_logging(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 /// A running node, for tests and the testnet to hold and stop.
 pub struct RunningNode {
     /// What the node published.

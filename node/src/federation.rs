@@ -225,7 +225,7 @@ pub async fn start(
     sales_version: Arc<AtomicU64>,
 ) -> Result<(Federation, tokio::task::JoinHandle<()>), String> {
     let (tx, rx) = mpsc::channel(64);
-    let (to_writer, from_task) = mpsc::unbounded_channel();
+    let (to_writer, mut from_task) = mpsc::unbounded_channel();
     let writer = handle.clone();
     let handle_clock = handle.clock().clone();
     let (itx, irx) = mpsc::channel(64);
@@ -318,6 +318,8 @@ pub async fn start(
         .execute(Command::PeerDocuments { peers: known })
         .await
         .map_err(|e| format!("cannot hand the federation's documents to the writer: {e}"))?;
+    // The same documents, queued one by one by `refresh_view` above: handed.
+    while from_task.try_recv().is_ok() {}
     let join = tokio::spawn(async move {
         tokio::join!(
             task.run(events, rx, irx),
@@ -1634,9 +1636,8 @@ mod start_tests {
     /// it with every stored document of other caisses already in the
     /// writer: a request from a host arrives as soon as the network is up,
     /// and a home deciding with no view of the host declines it as "not
-    /// conventioned" (the small scenario's seed 7 once declined two sales
-    /// this way after its kill-restart). Once `start` returns, the writer
-    /// knows every stored document, before any network event is handled.
+    /// conventioned". Once `start` returns, the writer knows every stored
+    /// document, before any network event is handled.
     #[tokio::test(flavor = "current_thread")]
     async fn the_writer_holds_the_stored_documents_when_start_returns() {
         let fed = FederationId::new("test").unwrap();

@@ -206,13 +206,7 @@ async fn spawn(dir: &Path, log_path: &Path, netns: Option<&str>) -> Result<(Chil
 
 /// The hidden `node` subcommand: run one caisse daemon until SIGTERM.
 pub async fn run_node(dir: &Path) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    daemon::init_logging("info");
     if let Some(reason) = daemon::run_until_stopped(dir).await? {
         anyhow::bail!("the caisse's storage failed and the node stopped: {reason}");
     }

@@ -540,13 +540,13 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (setup_converged, setup_detail) =
         wait_converged(&clients, &nodes, Duration::from_secs(60)).await;
+    let waited = waited.elapsed().as_secs_f64();
     progress(format!(
-        "federation documents identical everywhere after set-up: {setup_converged} ({:.1} s)",
-        waited.elapsed().as_secs_f64()
+        "federation documents identical everywhere after set-up: {setup_converged} ({waited:.1} s)"
     ));
     let setup_convergence = json!({
         "ok": setup_converged,
-        "seconds": waited.elapsed().as_secs_f64(),
+        "seconds": waited,
         "detail": setup_detail,
     });
     // How connected the federation is when purchases start: a purchase at
@@ -955,7 +955,6 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
     Ok((report, ok))
 }
 
-/// The `p` quantile of sorted samples (0 when there are none).
 /// Each node's number of connected peers, and the federation counters of
 /// every node summed (gossip accepted, documents updated by sync or from
 /// gossiped changes, ...).
@@ -972,6 +971,7 @@ async fn network_counters(clients: &[Shared]) -> Result<(Vec<usize>, BTreeMap<St
     Ok((connected, fed_stats))
 }
 
+/// The `p` quantile of sorted samples (0 when there are none).
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         0.0

@@ -7,7 +7,8 @@
 //! that lose whatever was decided but not yet durable, and a workload drawn
 //! from the seed (enrolments, allocations, contributions, local and
 //! cross-caisse purchases, mistyped PINs and PIN resets, retries with the
-//! same id, one card at two hosts at once, settlement runs). Invariants are checked every simulated day
+//! same id, one card at two hosts at once, settlement runs, payouts and
+//! transfers). Invariants are checked every simulated day
 //! and at quiescence; the same seed gives the same run, proved by a hash of
 //! the whole trace.
 //!
@@ -192,11 +193,11 @@ pub struct SimReport {
     pub forged_refused: u64,
     /// Statements the Byzantine caisse published claiming too much.
     pub inflated_statements: u64,
-    /// Outlet payouts, and transfers declared paid after a netting.
+    /// Outlet payouts made.
     pub payouts: u64,
     /// Transfers declared paid by debtors after a month's netting.
     pub transfers_declared: u64,
-    /// Sales refused for a wrong PIN or a locked card, and PIN resets.
+    /// Sales refused for a wrong PIN or a locked card.
     pub pin_refusals: u64,
     /// PINs reset by the caisse (each unlocks a card).
     pub pin_resets: u64,
@@ -842,16 +843,20 @@ impl Sim {
                 .and_then(|mut m| m.remove(other))
                 .unwrap_or_default()
         };
+        // Ids and total of receipts, as a statement states them.
+        let summary = |rs: &[caisse_protocol::messages::PurchaseReceipt]| {
+            let ids: Vec<PurchaseId> = rs.iter().map(|r| r.purchase).collect();
+            let amount =
+                Amount::checked_sum(rs.iter().map(|r| r.allocation_part)).unwrap_or(Amount::ZERO);
+            (ids, amount)
+        };
         let me = self.nodes[i].id;
         let mut wrong = Vec::new();
         for env in fresh {
             self.settlement_checked.insert(envelope_hash(&env));
             if let Ok(v) = env.open::<SettlementStatement>(&fed) {
                 let s = v.message;
-                let held = receipts(&self.nodes[i], HELD, s.period, &s.debtor);
-                let ids: Vec<PurchaseId> = held.iter().map(|r| r.purchase).collect();
-                let amount = Amount::checked_sum(held.iter().map(|r| r.allocation_part))
-                    .unwrap_or(Amount::ZERO);
+                let (ids, amount) = summary(&receipts(&self.nodes[i], HELD, s.period, &s.debtor));
                 if s.receipts != receipts_hash(&ids)
                     || s.count != ids.len() as u64
                     || s.amount != amount
@@ -874,10 +879,8 @@ impl Sim {
                 let Some(s) = statements.get(&v.message.statement) else {
                     continue; // a transfer confirmed
                 };
-                let issued = receipts(&self.nodes[i], ISSUED, s.period, &s.creditor);
-                let ids: Vec<PurchaseId> = issued.iter().map(|r| r.purchase).collect();
-                let amount = Amount::checked_sum(issued.iter().map(|r| r.allocation_part))
-                    .unwrap_or(Amount::ZERO);
+                let (ids, amount) =
+                    summary(&receipts(&self.nodes[i], ISSUED, s.period, &s.creditor));
                 if s.receipts != receipts_hash(&ids)
                     || s.amount != amount
                     || s.count != ids.len() as u64
@@ -1064,11 +1067,7 @@ impl Sim {
                 // A till retries a sale whose answer it never got.
                 if let Some((host, input)) = self.retry.pop_front() {
                     self.report.retries += 1;
-                    if input.card.is_issued_by(&self.nodes[host].id) {
-                        self.local_sale(host, input);
-                    } else {
-                        self.cross_sale(host, input);
-                    }
+                    self.resend(host, input);
                 }
             }
             88..94 => {
@@ -1616,11 +1615,16 @@ impl Sim {
     /// Every till sends again what it never got an answer to.
     fn retry_now(&mut self) {
         for (host, input) in std::mem::take(&mut self.retry) {
-            if input.card.is_issued_by(&self.nodes[host].id) {
-                self.local_sale(host, input);
-            } else {
-                self.cross_sale(host, input);
-            }
+            self.resend(host, input);
+        }
+    }
+
+    /// A till at `host` sends a sale again, with the same id.
+    fn resend(&mut self, host: usize, input: PurchaseInput) {
+        if input.card.is_issued_by(&self.nodes[host].id) {
+            self.local_sale(host, input);
+        } else {
+            self.cross_sale(host, input);
         }
     }
 
