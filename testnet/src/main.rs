@@ -84,7 +84,8 @@ enum Cmd {
         /// Simulated days.
         #[arg(long, default_value_t = 45)]
         days: u32,
-        /// Fault profile: none, lan, wan, lossy or chaos.
+        /// Fault profile: none, lan, wan, lossy, chaos or disk (chaos with a
+        /// slow, stalling disk, crashes after the sync, replayed entries).
         #[arg(long, default_value = "chaos")]
         faults: String,
         /// Print every run's trace hash and counts.
@@ -422,6 +423,9 @@ fn sim_command(
         total.transfers_declared += r.transfers_declared;
         total.pin_refusals += r.pin_refusals;
         total.pin_resets += r.pin_resets;
+        total.crashes_after_sync += r.crashes_after_sync;
+        total.disk_stalls += r.disk_stalls;
+        total.replayed_entries += r.replayed_entries;
         if !r.violations.is_empty() {
             eprintln!("seed {seed} FAILED:");
             for v in &r.violations {
@@ -500,6 +504,12 @@ fn sim_command(
         total.forged_refused,
         total.inflated_statements
     );
+    if total.crashes_after_sync + total.disk_stalls + total.replayed_entries > 0 {
+        println!(
+            "disk: {} crashes after a sync and before the answer, {} disk stalls past the home deadline; {} other caisses' entries passed off by the Byzantine caisse as its own, none read as its",
+            total.crashes_after_sync, total.disk_stalls, total.replayed_entries
+        );
+    }
     println!(
         "settlement: every statement of a month answered {} ms after the month's end at p50, {} ms at p99, {} ms at most (simulated, {} months)",
         at(&settled, 0.5),

@@ -86,11 +86,29 @@ pub struct Faults {
     /// Caisse 0 also publishes this share (per thousand) of its settlement
     /// statements claiming one euro more than it holds, validly signed.
     pub inflated_statements_pm: u64,
+    /// Chance per decision (a local sale, a home's answer to a forwarded
+    /// sale), per thousand, that the node dies right after the decision
+    /// was made durable and before its answer left.
+    pub crash_after_sync_pm: u64,
+    /// A slow disk: every commit whose answer goes over the network takes
+    /// this long (simulated ms, least and most), queued behind the node's
+    /// earlier commits; `(0, 0)`: instant.
+    pub disk_ms: (u64, u64),
+    /// Chance per commit, per thousand, that the disk stalls for longer
+    /// than a host waits for a home's answer.
+    pub disk_stall_pm: u64,
+    /// Caisse 0 also puts, this often (per thousand publications), other
+    /// caisses' signed settlement entries into its own document, as if
+    /// they were its own.
+    pub replayed_entries_pm: u64,
 }
 
 impl Faults {
-    /// `none`, `lan`, `wan`, `lossy` (WAN, 5% loss, 2% duplicates) or
-    /// `chaos` (lossy, plus crashes and partitions).
+    /// `none`, `lan`, `wan`, `lossy` (WAN, 5% loss, 2% duplicates),
+    /// `chaos` (lossy, plus crashes and partitions) or `disk` (chaos, plus
+    /// a slow disk that sometimes stalls past the home deadline, crashes
+    /// after the sync and before the answer, and the Byzantine caisse
+    /// passing other caisses' signed entries off as its own).
     pub fn profile(name: &str) -> Option<Faults> {
         let none = Faults {
             link: LinkProfile::Lan,
@@ -100,6 +118,20 @@ impl Faults {
             partition_pm: 0,
             forged_receipts_pm: 0,
             inflated_statements_pm: 0,
+            crash_after_sync_pm: 0,
+            disk_ms: (0, 0),
+            disk_stall_pm: 0,
+            replayed_entries_pm: 0,
+        };
+        let chaos = Faults {
+            link: LinkProfile::Wan,
+            loss_pm: 50,
+            dup_pm: 20,
+            crash_pm: 60,
+            partition_pm: 60,
+            forged_receipts_pm: 100,
+            inflated_statements_pm: 300,
+            ..none
         };
         Some(match name {
             "none" | "lan" => none,
@@ -113,14 +145,13 @@ impl Faults {
                 dup_pm: 20,
                 ..none
             },
-            "chaos" => Faults {
-                link: LinkProfile::Wan,
-                loss_pm: 50,
-                dup_pm: 20,
-                crash_pm: 60,
-                partition_pm: 60,
-                forged_receipts_pm: 100,
-                inflated_statements_pm: 300,
+            "chaos" => chaos,
+            "disk" => Faults {
+                crash_after_sync_pm: 3,
+                disk_ms: (5, 400),
+                disk_stall_pm: 10,
+                replayed_entries_pm: 200,
+                ..chaos
             },
             _ => return None,
         })
@@ -177,6 +208,13 @@ pub struct SimReport {
     pub duplicated: u64,
     /// Crashes.
     pub crashes: u64,
+    /// Of which right after a sync, before the answer left.
+    pub crashes_after_sync: u64,
+    /// Disk stalls longer than a host waits for a home.
+    pub disk_stalls: u64,
+    /// Other caisses' signed entries the Byzantine caisse put in its own
+    /// document (each must be refused by every reader).
+    pub replayed_entries: u64,
     /// Partitions.
     pub partitions: u64,
     /// Purchases acknowledged (local, cross-caisse, offline).
@@ -247,6 +285,14 @@ enum Event {
     Tick,
     /// A message arrives.
     Deliver { from: usize, to: usize, msg: Msg },
+    /// A message leaves once its commit is durable, unless its sender
+    /// crashed meanwhile (then it never leaves).
+    Leave {
+        from: usize,
+        incarnation: u64,
+        to: usize,
+        msg: Msg,
+    },
     /// A host gives up waiting for the home caisse.
     Deadline { host: usize, purchase: PurchaseId },
     /// A caisse restarts after a crash.
@@ -309,6 +355,8 @@ struct Node {
     /// The simulator's own count of each card's wrong PINs, from every
     /// answer this caisse gave: (window start, wrong PINs in the window).
     pin_model: BTreeMap<CardId, (u64, u8)>,
+    /// When this caisse's disk finishes the commits queued so far.
+    disk_free_at: Ms,
 }
 
 /// The whole simulation.
@@ -412,6 +460,7 @@ impl Sim {
                 latest: None,
                 pins: BTreeMap::new(),
                 pin_model: BTreeMap::new(),
+                disk_free_at: 0,
             });
         }
         let mut sim = Sim {
@@ -485,6 +534,7 @@ impl Sim {
     fn boot(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         n.incarnation += 1;
+        n.disk_free_at = 0;
         let mut r = SplitMix64(self.opts.seed ^ ((i as u64) << 32) ^ (n.incarnation << 48));
         let random = Box::new(move || {
             let mut b = [0u8; 32];
@@ -657,6 +707,47 @@ impl Sim {
         }
     }
 
+    /// How long the commit just made at caisse `i` takes to be durable,
+    /// queued behind its earlier commits (0 without a slow disk).
+    fn commit_delay(&mut self, i: usize) -> Ms {
+        let (lo, hi) = self.opts.faults.disk_ms;
+        if hi == 0 {
+            return 0;
+        }
+        let mut took = lo + self.rng.below(hi.saturating_sub(lo) + 1);
+        if self.opts.faults.disk_stall_pm > 0
+            && self.rng.below(1000) < self.opts.faults.disk_stall_pm
+        {
+            took += HOME_DEADLINE + 2_000;
+            self.report.disk_stalls += 1;
+            self.trace(format!("{i} disk stalls for {took} ms"));
+        }
+        let done = self.nodes[i].disk_free_at.max(self.now) + took;
+        self.nodes[i].disk_free_at = done;
+        done - self.now
+    }
+
+    /// Send `msg` once the commit that made it is durable (see
+    /// [`Sim::commit_delay`]); returns that delay.
+    fn send_after_commit(&mut self, from: usize, to: usize, msg: Msg) -> Ms {
+        let delay = self.commit_delay(from);
+        if delay == 0 {
+            self.send(from, to, msg);
+        } else {
+            let incarnation = self.nodes[from].incarnation;
+            self.schedule(
+                self.now + delay,
+                Event::Leave {
+                    from,
+                    incarnation,
+                    to,
+                    msg,
+                },
+            );
+        }
+        delay
+    }
+
     fn send(&mut self, from: usize, to: usize, msg: Msg) {
         self.report.messages += 1;
         self.report.bytes += match &msg {
@@ -709,6 +800,12 @@ impl Sim {
         self.check_settlement_entries(i, &st);
         if i == 0 && self.opts.faults.inflated_statements_pm > 0 {
             self.inflate(&mut st);
+        }
+        if i == 0
+            && self.opts.faults.replayed_entries_pm > 0
+            && self.rng.below(1000) < self.opts.faults.replayed_entries_pm
+        {
+            self.replay_entries(&mut st);
         }
         self.note_settlement(&st);
         let doc = Arc::new(st.published());
@@ -764,6 +861,29 @@ impl Sim {
             !complete
         });
         self.report.settlement_ms.extend(done);
+    }
+
+    /// Caisse 0, Byzantine, copies up to three settlement entries signed
+    /// by other caisses (statements, answers, transfers from the documents
+    /// it holds) into its own document, as if they were its own.
+    fn replay_entries(&mut self, st: &mut caisse_core::federation_view::Statements) {
+        let theirs: Vec<(String, Envelope)> = self.nodes[0]
+            .documents
+            .values()
+            .flat_map(|(_, d)| d.settlement.iter())
+            .filter(|(k, _)| !st.settlement.contains_key(*k))
+            .filter_map(|(k, b)| Envelope::from_bytes(b).ok().map(|e| (k.clone(), e)))
+            .collect();
+        if theirs.is_empty() {
+            return;
+        }
+        for _ in 0..3 {
+            let (k, e) = theirs[self.rng.below(theirs.len() as u64) as usize].clone();
+            if st.settlement.insert(k.clone(), e).is_none() {
+                self.report.replayed_entries += 1;
+                self.trace(format!("0 passes off {k} as its own"));
+            }
+        }
     }
 
     /// Caisse 0, Byzantine, replaces some of its statements by ones
@@ -1109,6 +1229,7 @@ impl Sim {
             return;
         }
         match self.exec(i, Command::Purchase(input.clone())) {
+            Ok(_) if self.crash_after_sync(i) => self.retry_later(i, input),
             Ok(_) => {
                 self.acks.push(Ack {
                     host: i,
@@ -1158,7 +1279,9 @@ impl Sim {
                             allocation_part,
                         },
                     );
-                    self.send(
+                    // The request leaves once the prepared sale is durable;
+                    // the host waits for the home from then on.
+                    let delay = self.send_after_commit(
                         host,
                         h,
                         Msg::Request {
@@ -1167,7 +1290,7 @@ impl Sim {
                         },
                     );
                     self.schedule(
-                        self.now + HOME_DEADLINE,
+                        self.now + delay + HOME_DEADLINE,
                         Event::Deadline { host, purchase: id },
                     );
                 }
@@ -1199,10 +1322,13 @@ impl Sim {
                 }
                 if let Ok(Reply::Answer(answer)) = self.exec(to, Command::HomePurchase { request })
                 {
+                    if self.crash_after_sync(to) {
+                        return;
+                    }
                     let forge =
                         to == 0 && self.rng.below(1000) < self.opts.faults.forged_receipts_pm;
                     let answer = if forge { self.forge(*answer) } else { *answer };
-                    self.send(to, from, Msg::Answer { purchase, answer });
+                    self.send_after_commit(to, from, Msg::Answer { purchase, answer });
                 }
             }
             Msg::Answer { purchase, answer } => {
@@ -1260,6 +1386,15 @@ impl Sim {
                     return; // stale or replayed heads
                 }
                 let peer = doc.read(&self.nodes[from].id, &self.federation);
+                let owner = self.nodes[from].id;
+                if peer.statements.iter().any(|(_, st)| st.creditor != owner)
+                    || peer.transfers.iter().any(|(_, t)| t.from != owner)
+                    || peer.disputes.iter().any(|d| d.by != owner)
+                {
+                    self.violation(format!(
+                        "caisse {to} read, in caisse {from}'s document, a settlement entry another caisse signed"
+                    ));
+                }
                 self.nodes[to].documents.insert(from, (sequence, doc));
                 self.converged(from);
                 let me = self.nodes[to].id;
@@ -1325,6 +1460,19 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Whether caisse `i` dies now, its last decision durable but its
+    /// answer not yet sent (the writer syncs, then answers).
+    fn crash_after_sync(&mut self, i: usize) -> bool {
+        let pm = self.opts.faults.crash_after_sync_pm;
+        if pm == 0 || self.rng.below(1000) >= pm {
+            return false;
+        }
+        self.report.crashes_after_sync += 1;
+        self.trace(format!("{i} crash after sync, before the answer"));
+        self.crash(i);
+        true
     }
 
     /// A crash after deciding `cmd` but before its writes were synced.
@@ -1867,6 +2015,9 @@ impl Sim {
                 self.opts.faults.crash_pm = 0;
                 self.opts.faults.forged_receipts_pm = 0;
                 self.opts.faults.inflated_statements_pm = 0;
+                self.opts.faults.crash_after_sync_pm = 0;
+                self.opts.faults.disk_stall_pm = 0;
+                self.opts.faults.replayed_entries_pm = 0;
                 // Tills retry what they never got an answer to.
                 self.retry_now();
             }
@@ -1876,6 +2027,20 @@ impl Sim {
                     self.next_tick();
                 }
                 Event::Deliver { from, to, msg } => self.deliver(from, to, msg),
+                Event::Leave {
+                    from,
+                    incarnation,
+                    to,
+                    msg,
+                } => {
+                    if self.up(from) && self.nodes[from].incarnation == incarnation {
+                        self.send(from, to, msg);
+                    } else {
+                        self.trace(format!(
+                            "{from} crashed before its commit completed: nothing sent to {to}"
+                        ));
+                    }
+                }
                 Event::Deadline { host, purchase } => self.deadline(host, purchase),
                 Event::Restart { node } => {
                     if !self.up(node) {
