@@ -119,6 +119,15 @@ impl Replica {
     }
 }
 
+/// How long a restarted node waits before publishing its new version
+/// (see [`FederationTask::publish_if_changed`]).
+pub const PUBLISH_AFTER_RESTART: Duration = Duration::from_secs(3);
+
+/// See [`FederationTask::busy`].
+const BUSY_WINDOW: Duration = Duration::from_secs(10);
+/// See [`FederationTask::busy`].
+const BUSY_NEWS: u32 = 10;
+
 /// Sync sessions this node runs at once with one peer. A connection carries
 /// at most 16 request streams ([`crate::network::MAX_STREAMS`]) for both
 /// directions, purchases and catalogs included; past it, requests failed
@@ -301,6 +310,7 @@ pub async fn start(
         published_version: u64::MAX,
         internal: itx,
         started: Instant::now(),
+        news: (Instant::now(), 0),
         to_writer,
         clock: handle_clock,
         conduct: Conduct::default(),
@@ -409,6 +419,9 @@ struct FederationTask {
     published_version: u64,
     internal: mpsc::Sender<Internal>,
     started: Instant,
+    /// Newer heads of documents this caisse vouches for: since when, how
+    /// many (a window of [`BUSY_WINDOW`]).
+    news: (Instant, u32),
     /// Documents read after a sync and what to do about them, on their way
     /// to the writer, in order.
     to_writer: mpsc::UnboundedSender<ToWriter>,
@@ -569,6 +582,13 @@ impl FederationTask {
                     self.start_pending_syncs();
                 }
                 _ = offline_tick.tick() => {
+                    // While documents are changing, a node that missed a
+                    // gossip message (dropped under load) learns of the new
+                    // version from a catalog in seconds, not at the next
+                    // 10 s one: one more catalog every 2 s, from a peer in turn.
+                    if self.busy() {
+                        self.ask_a_catalog();
+                    }
                     // Forward sales accepted under the offline floor once their home is reachable.
                     if !forwarding.swap(true, Ordering::AcqRel) {
                         let (handle, net, flag) = (self.handle.clone(), self.network.clone(), forwarding.clone());
@@ -580,11 +600,7 @@ impl FederationTask {
                 }
                 _ = catalog_tick.tick() => {
                     // Heal partitions by sync, not by luck: ask a connected peer what it holds.
-                    let peers: Vec<PeerId> = self.connected.iter().copied().collect();
-                    if !peers.is_empty() {
-                        let i = (self.started.elapsed().as_millis() as usize) % peers.len();
-                        self.ask_catalog(peers[i]);
-                    }
+                    self.ask_a_catalog();
                     self.refresh_recognition().await;
                     self.share_known();
                     self.dial_vouched();
@@ -618,6 +634,19 @@ impl FederationTask {
             since.elapsed() >= Duration::from_millis(every + spread)
         };
         if version == self.published_version && !sales_due {
+            return;
+        }
+        // Back from a restart (a version published before), the node waits
+        // for its connections and their subscriptions before publishing
+        // again: published at the first tick, a restarted caisse's new
+        // version reached the few peers connected by then, the others had
+        // already asked its catalog on connecting, and learned of it 20 s
+        // later (`federation-100`, the kill-restart).
+        let published_before = self
+            .replicas
+            .get(&self.me)
+            .is_some_and(|r| r.heads.is_some());
+        if published_before && self.started.elapsed() < PUBLISH_AFTER_RESTART {
             return;
         }
         let (me, secret, federation) = (
@@ -848,6 +877,19 @@ impl FederationTask {
                 self.network.add_addresses(pid, addrs);
             }
         }
+        let me = self.me;
+        // What vouching reads of a document: its criteria, whom it
+        // recognises, whether it has settlement with this caisse.
+        let vouching = |x: &PeerCaisse| {
+            (
+                x.criteria.as_ref().map(|(_, id)| *id),
+                x.recognised.clone(),
+                x.statements
+                    .iter()
+                    .any(|(_, s)| s.debtor == me || s.creditor == me),
+            )
+        };
+        let mut same_vouching = false;
         if let Ok(mut v) = self.view.write() {
             let last = v.caisses.get(&owner).map_or(0, |x| x.last_changed);
             p.last_changed = if changed { self.clock.now() } else { last };
@@ -855,9 +897,18 @@ impl FederationTask {
             if owner != self.me {
                 let _ = self.to_writer.send(ToWriter::Peer(Box::new(p.clone())));
             }
+            same_vouching = v
+                .caisses
+                .get(&owner)
+                .is_some_and(|old| vouching(old) == vouching(&p));
             v.caisses.insert(owner, p);
         }
-        self.forget_vouched();
+        // Recomputed over every caisse on its next use: only when this
+        // document changed what vouching reads (a storm of sales totals
+        // recomputed it once per document received).
+        if !same_vouching {
+            self.forget_vouched();
+        }
     }
 
     fn set_connected(&mut self, peer: PeerId, on: bool) {
@@ -930,6 +981,12 @@ impl FederationTask {
             sorted(v.message.heads),
             v.message.epoch,
         ));
+        if vouched {
+            if self.news.0.elapsed() > BUSY_WINDOW {
+                self.news = (Instant::now(), 0);
+            }
+            self.news.1 = self.news.1.saturating_add(1);
+        }
         if source.is_some() {
             replica.source = source;
         }
@@ -1274,6 +1331,23 @@ impl FederationTask {
             // After the document itself, in the same ordered queue: the
             // writer answers against the statements it has just been given.
             let _ = self.to_writer.send(ToWriter::Answer(periods));
+        }
+    }
+
+    /// Whether many documents changed lately (a storm of publications, as
+    /// at a month's end): at least [`BUSY_NEWS`] new versions within the
+    /// current or the last [`BUSY_WINDOW`].
+    fn busy(&self) -> bool {
+        self.news.1 >= BUSY_NEWS && self.news.0.elapsed() < 2 * BUSY_WINDOW
+    }
+
+    /// Ask one connected peer, chosen in turn, what it holds.
+    fn ask_a_catalog(&self) {
+        let mut peers: Vec<PeerId> = self.connected.iter().copied().collect();
+        peers.sort();
+        if !peers.is_empty() {
+            let i = (self.started.elapsed().as_millis() as usize / 1000) % peers.len();
+            self.ask_catalog(peers[i]);
         }
     }
 
