@@ -123,6 +123,10 @@ impl Replica {
 /// (see [`FederationTask::publish_if_changed`]).
 pub const PUBLISH_AFTER_RESTART: Duration = Duration::from_secs(3);
 
+/// The longest a forwarded purchase waits for the writer to take the
+/// documents read before it arrived.
+const DOCS_BEFORE_SALE: Duration = Duration::from_secs(2);
+
 /// See [`FederationTask::busy`].
 const BUSY_WINDOW: Duration = Duration::from_secs(10);
 /// See [`FederationTask::busy`].
@@ -235,6 +239,7 @@ pub async fn start(
 ) -> Result<(Federation, tokio::task::JoinHandle<()>), String> {
     let (tx, rx) = mpsc::channel(64);
     let (to_writer, mut from_task) = mpsc::unbounded_channel();
+    let (applied, docs_applied) = tokio::sync::watch::channel(0);
     let writer = handle.clone();
     let handle_clock = handle.clock().clone();
     let (itx, irx) = mpsc::channel(64);
@@ -312,6 +317,8 @@ pub async fn start(
         started: Instant::now(),
         news: (Instant::now(), 0),
         to_writer,
+        docs_queued: 0,
+        docs_applied,
         clock: handle_clock,
         conduct: Conduct::default(),
         addresses: None,
@@ -330,10 +337,11 @@ pub async fn start(
         .map_err(|e| format!("cannot hand the federation's documents to the writer: {e}"))?;
     // The same documents, queued one by one by `refresh_view` above: handed.
     while from_task.try_recv().is_ok() {}
+    applied.send_replace(task.docs_queued);
     let join = tokio::spawn(async move {
         tokio::join!(
             task.run(events, rx, irx),
-            forward_to_writer(writer, from_task)
+            forward_to_writer(writer, from_task, applied)
         );
     });
     Ok((fed, join))
@@ -341,8 +349,9 @@ pub async fn start(
 
 /// What the federation task hands the writer.
 enum ToWriter {
-    /// A caisse's document as read after a sync.
-    Peer(Box<PeerCaisse>),
+    /// A caisse's document as read after a sync, and its number in the
+    /// order documents were queued (see [`FederationTask::docs_queued`]).
+    Peer(Box<PeerCaisse>, u64),
     /// Answer the statements of these periods (after the documents sent
     /// before this).
     Answer(Vec<caisse_protocol::Period>),
@@ -351,19 +360,25 @@ enum ToWriter {
 /// Hand the writer what the federation task read, in order, coalescing the
 /// documents that piled up meanwhile: decisions see the federation only
 /// through these commands, never through a shared lock.
-async fn forward_to_writer(handle: CaisseHandle, mut rx: mpsc::UnboundedReceiver<ToWriter>) {
+async fn forward_to_writer(
+    handle: CaisseHandle,
+    mut rx: mpsc::UnboundedReceiver<ToWriter>,
+    applied: tokio::sync::watch::Sender<u64>,
+) {
     let mut next = rx.recv().await;
     while let Some(first) = next.take() {
         let mut latest: BTreeMap<CaisseId, PeerCaisse> = BTreeMap::new();
         let mut answer: Option<Vec<caisse_protocol::Period>> = None;
+        let mut upto = None;
         let mut item = Some(first);
         // Documents up to the first request to answer (or what is queued).
         while let Some(i) = item.take() {
             match i {
-                ToWriter::Peer(p) => {
+                ToWriter::Peer(p, n) => {
                     if let Some(c) = p.caisse {
                         latest.insert(c, *p);
                     }
+                    upto = Some(n);
                     item = rx.try_recv().ok();
                 }
                 ToWriter::Answer(periods) => answer = Some(periods),
@@ -374,6 +389,10 @@ async fn forward_to_writer(handle: CaisseHandle, mut rx: mpsc::UnboundedReceiver
             if let Err(e) = handle.execute(Command::PeerDocuments { peers }).await {
                 tracing::warn!(error = %e, "the writer did not take the federation's documents");
             }
+        }
+        // Taken (or refused: a purchase waiting for them must not wait for ever).
+        if let Some(n) = upto {
+            applied.send_replace(n);
         }
         if let Some(periods) = answer
             && let Err(e) = handle.execute(Command::AnswerStatements { periods }).await
@@ -425,6 +444,13 @@ struct FederationTask {
     /// Documents read after a sync and what to do about them, on their way
     /// to the writer, in order.
     to_writer: mpsc::UnboundedSender<ToWriter>,
+    /// Documents queued for the writer so far.
+    docs_queued: u64,
+    /// The number of the last document the writer has taken: a purchase
+    /// forwarded to this caisse is decided only once the writer holds
+    /// every document this task had read when the request arrived (a sale
+    /// at an outlet whose revocation was just read is declined).
+    docs_applied: tokio::sync::watch::Receiver<u64>,
     /// The node's clock (a test network's manual clock included).
     clock: Arc<crate::writer::Clock>,
     /// Misbehaviour per peer, and the peers banned for it.
@@ -895,7 +921,10 @@ impl FederationTask {
             p.last_changed = if changed { self.clock.now() } else { last };
             p.connected = connected || owner == self.me;
             if owner != self.me {
-                let _ = self.to_writer.send(ToWriter::Peer(Box::new(p.clone())));
+                self.docs_queued += 1;
+                let _ = self
+                    .to_writer
+                    .send(ToWriter::Peer(Box::new(p.clone()), self.docs_queued));
             }
             same_vouching = v
                 .caisses
@@ -1447,7 +1476,15 @@ impl FederationTask {
                         // Decided by the writer, off this task: answer when it is durable.
                         let handle = self.handle.clone();
                         let net = self.network.clone();
+                        let (need, mut applied) = (self.docs_queued, self.docs_applied.clone());
                         tokio::spawn(async move {
+                            // After every document read so far (bounded: a
+                            // writer that stalls does not hold the sale for ever).
+                            let _ = tokio::time::timeout(
+                                DOCS_BEFORE_SALE,
+                                applied.wait_for(|n| *n >= need),
+                            )
+                            .await;
                             let decided =
                                 handle.execute(Command::HomePurchase { request: env }).await;
                             let answer = match reply!(decided, Reply::Answer) {

@@ -436,6 +436,8 @@ fn sim_command(
         total.crashes_after_sync += r.crashes_after_sync;
         total.disk_stalls += r.disk_stalls;
         total.replayed_entries += r.replayed_entries;
+        total.revocations.0 += r.revocations.0;
+        total.revocations.1 += r.revocations.1;
         if !r.violations.is_empty() {
             eprintln!("seed {seed} FAILED:");
             for v in &r.violations {
@@ -516,8 +518,12 @@ fn sim_command(
     );
     if total.crashes_after_sync + total.disk_stalls + total.replayed_entries > 0 {
         println!(
-            "disk: {} crashes after a sync and before the answer, {} disk stalls past the home deadline; {} other caisses' entries passed off by the Byzantine caisse as its own, none read as its",
-            total.crashes_after_sync, total.disk_stalls, total.replayed_entries
+            "disk: {} crashes after a sync and before the answer, {} disk stalls past the home deadline; {} other caisses' entries passed off by the Byzantine caisse as its own, none read as its; {} outlet accreditations revoked by vote, {} outlets accredited again",
+            total.crashes_after_sync,
+            total.disk_stalls,
+            total.replayed_entries,
+            total.revocations.0,
+            total.revocations.1
         );
     }
     println!(

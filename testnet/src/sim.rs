@@ -25,12 +25,12 @@ use caisse_core::caisse::{Caisse, CaisseError, EnrollInput, PurchaseInput};
 use caisse_core::command::{Command, Reply};
 use caisse_core::federation_view::Published;
 use caisse_core::ledger::{Account, SubsidySource};
-use caisse_core::parliament::SplitMix64;
+use caisse_core::parliament::{Choice, ProposalKind, SeatKind, SplitMix64};
 use caisse_core::policy::{Policy, Recognition, RecognitionPolicy};
 use caisse_core::settlement::CrossStep;
 use caisse_core::store::{MemStore, Store, keys};
 use caisse_core::view::Reads;
-use caisse_protocol::messages::PurchaseLine;
+use caisse_protocol::messages::{PurchaseLine, ScopeItem, Subject};
 use caisse_protocol::{
     Amount, CaisseId, CardId, Category, Day, Envelope, FederationId, MemberId, OutletId, Period,
     PurchaseId, SecretKey,
@@ -101,6 +101,10 @@ pub struct Faults {
     /// caisses' signed settlement entries into its own document, as if
     /// they were its own.
     pub replayed_entries_pm: u64,
+    /// Chance per workload step, per thousand, that a caisse's parliament
+    /// votes to revoke its outlet's accreditation (or, once revoked, to
+    /// accredit it again).
+    pub revocations_pm: u64,
 }
 
 impl Faults {
@@ -122,6 +126,7 @@ impl Faults {
             disk_ms: (0, 0),
             disk_stall_pm: 0,
             replayed_entries_pm: 0,
+            revocations_pm: 0,
         };
         let chaos = Faults {
             link: LinkProfile::Wan,
@@ -151,6 +156,7 @@ impl Faults {
                 disk_ms: (5, 400),
                 disk_stall_pm: 10,
                 replayed_entries_pm: 200,
+                revocations_pm: 4,
                 ..chaos
             },
             _ => return None,
@@ -215,6 +221,9 @@ pub struct SimReport {
     /// Other caisses' signed entries the Byzantine caisse put in its own
     /// document (each must be refused by every reader).
     pub replayed_entries: u64,
+    /// Outlet accreditations revoked by a parliament's vote, and outlets
+    /// accredited again after one.
+    pub revocations: (u64, u64),
     /// Partitions.
     pub partitions: u64,
     /// Purchases acknowledged (local, cross-caisse, offline).
@@ -357,6 +366,10 @@ struct Node {
     pin_model: BTreeMap<CardId, (u64, u8)>,
     /// When this caisse's disk finishes the commits queued so far.
     disk_free_at: Ms,
+    /// Its parliament's one citizen seat, once a member holds it.
+    seat: Option<u32>,
+    /// Whether its parliament revoked its outlet's accreditation last.
+    outlet_revoked: bool,
 }
 
 /// The whole simulation.
@@ -461,6 +474,8 @@ impl Sim {
                 pins: BTreeMap::new(),
                 pin_model: BTreeMap::new(),
                 disk_free_at: 0,
+                seat: None,
+                outlet_revoked: false,
             });
         }
         let mut sim = Sim {
@@ -1157,6 +1172,13 @@ impl Sim {
             }
             return;
         }
+        // A revoked outlet is accredited again about five times sooner
+        // than an accredited one is revoked.
+        let pm = self.opts.faults.revocations_pm * if self.nodes[i].outlet_revoked { 5 } else { 1 };
+        if pm > 0 && self.rng.below(1000) < pm {
+            self.parliament_step(i);
+            return;
+        }
         match roll {
             0..45 => {
                 // A local purchase.
@@ -1217,6 +1239,152 @@ impl Sim {
                     },
                 );
             }
+        }
+    }
+
+    /// Caisse `i`'s parliament (one citizen seat, held by its first
+    /// member) votes to revoke its outlet's accreditation, or, once it is
+    /// revoked, to accredit the outlet again: the revocation travels in its
+    /// document and every home must decline the outlet's sales once it
+    /// holds it.
+    fn parliament_step(&mut self, i: usize) {
+        let Some((member, _)) = self.nodes[i].members.first().copied() else {
+            return;
+        };
+        if self.nodes[i].seat.is_none() {
+            match self.exec(
+                i,
+                Command::AddSeat {
+                    kind: SeatKind::Citizen,
+                    member: Some(member),
+                    holder: None,
+                },
+            ) {
+                Ok(Reply::Seat(seat)) => self.nodes[i].seat = Some(seat.id),
+                _ => return,
+            }
+        }
+        let Some(seat) = self.nodes[i].seat else {
+            return;
+        };
+        let outlet = self.nodes[i].outlet;
+        let today = self.today();
+        let revoking = self.outlet_accreditation(i);
+        let kind = match revoking {
+            Some(accreditation) => ProposalKind::Revoke {
+                accreditation,
+                reason: "contrôle sur place".into(),
+            },
+            None => ProposalKind::Accredit {
+                subject: Subject::Outlet(outlet),
+                scope: vec![
+                    ScopeItem {
+                        category: bread(),
+                        coverage_pct: 100,
+                    },
+                    ScopeItem {
+                        category: fresh(),
+                        coverage_pct: 80,
+                    },
+                ],
+                valid_from: today,
+                valid_until: today.plus(365),
+            },
+        };
+        if revoking.is_none() && !self.vote(i, seat, kind.clone()) {
+            // An accreditation is judged against criteria: adopt a first
+            // version, then accredit.
+            let criteria = ProposalKind::Criteria(caisse_protocol::criteria::Criteria {
+                name: "Critères de la caisse".into(),
+                version: 1,
+                local_distance_km: None,
+                rule: caisse_protocol::criteria::Rule::MaxDistanceKm(500),
+            });
+            if !self.vote(i, seat, criteria) {
+                return;
+            }
+            self.vote(i, seat, kind);
+        } else if revoking.is_some() {
+            self.vote(i, seat, kind);
+        }
+        let now = self.outlet_accreditation(i);
+        self.nodes[i].outlet_revoked = now.is_none();
+        match (revoking, now) {
+            (Some(_), None) => self.report.revocations.0 += 1,
+            (None, Some(_)) => self.report.revocations.1 += 1,
+            _ => {}
+        }
+    }
+
+    /// Put `kind` to caisse `i`'s parliament, vote yes on its one seat and
+    /// close the vote; whether the proposal could be made.
+    fn vote(&mut self, i: usize, seat: u32, kind: ProposalKind) -> bool {
+        let Ok(Reply::Proposal(p)) = self.exec(
+            i,
+            Command::Propose {
+                title: "l'épicerie".into(),
+                kind,
+                window_minutes: None,
+            },
+        ) else {
+            return false;
+        };
+        let _ = self.exec(
+            i,
+            Command::Vote {
+                proposal: p.id,
+                seat,
+                choice: Choice::Yes,
+            },
+        );
+        let _ = self.exec(i, Command::CloseProposal { proposal: p.id });
+        true
+    }
+
+    /// The accreditation of caisse `i`'s outlet that is not revoked, if any.
+    fn outlet_accreditation(&self, i: usize) -> Option<caisse_protocol::ContentId> {
+        let node = &self.nodes[i];
+        let c = node.caisse.as_ref()?;
+        let st = caisse_core::conventionnement::federation_statements(
+            c,
+            node.id,
+            &SecretKey::from_bytes(node.key),
+            &self.federation,
+        );
+        st.accreditations
+            .iter()
+            .filter(|(id, _)| !st.revocations.contains_key(*id))
+            .find(|(_, env)| {
+                env.open::<caisse_protocol::messages::Accreditation>(&self.federation)
+                    .is_ok_and(|v| v.message.subject == Subject::Outlet(node.outlet))
+            })
+            .map(|(id, _)| *id)
+    }
+
+    /// A home just accepted a sale it had not decided before: the host's
+    /// document it holds must not show the outlet's accreditations all
+    /// revoked.
+    fn check_conventioned(&mut self, home: usize, host: usize, request: &Envelope) {
+        let Ok(v) = request.open::<caisse_protocol::messages::PurchaseRequest>(&self.federation)
+        else {
+            return;
+        };
+        let Some((seq, doc)) = self.nodes[home].documents.get(&host) else {
+            return;
+        };
+        let seq = *seq;
+        let peer = doc.read(&self.nodes[host].id, &self.federation);
+        let outlet = Subject::Outlet(v.message.outlet);
+        let of_outlet: Vec<_> = peer
+            .accreditations
+            .iter()
+            .filter(|a| a.accreditation.subject == outlet)
+            .collect();
+        if !of_outlet.is_empty() && of_outlet.iter().all(|a| a.revocation.is_some()) {
+            self.violation(format!(
+                "caisse {home} accepted sale {} at caisse {host}'s outlet although caisse {host}'s document it holds (version {seq}) revokes that outlet's accreditation",
+                v.message.id
+            ));
         }
     }
 
@@ -1320,8 +1488,25 @@ impl Sim {
                     self.crash_mid_decision(to, Command::HomePurchase { request });
                     return;
                 }
+                // A sale this home has not decided before (not a retry).
+                let fresh = request
+                    .open::<caisse_protocol::messages::PurchaseRequest>(&self.federation)
+                    .ok()
+                    .zip(self.nodes[to].caisse.as_ref())
+                    .is_some_and(|(v, c)| {
+                        c.read(&keys::key(keys::PURCHASE, &[v.message.id.as_bytes()]))
+                            .is_ok_and(|r| r.is_none())
+                    });
+                let checked = request.clone();
                 if let Ok(Reply::Answer(answer)) = self.exec(to, Command::HomePurchase { request })
                 {
+                    if fresh
+                        && answer
+                            .open::<caisse_protocol::messages::PurchaseReceipt>(&self.federation)
+                            .is_ok()
+                    {
+                        self.check_conventioned(to, from, &checked);
+                    }
                     if self.crash_after_sync(to) {
                         return;
                     }
@@ -2018,6 +2203,7 @@ impl Sim {
                 self.opts.faults.crash_after_sync_pm = 0;
                 self.opts.faults.disk_stall_pm = 0;
                 self.opts.faults.replayed_entries_pm = 0;
+                self.opts.faults.revocations_pm = 0;
                 // Tills retry what they never got an answer to.
                 self.retry_now();
             }

@@ -442,10 +442,14 @@ impl Command {
 
     /// Whether a till (or another caisse's till, through its host) waits
     /// for this command: these go before admin work and background jobs.
+    /// Other caisses' documents go with them: a forwarded sale waits for
+    /// the documents read before it arrived (their accreditations and
+    /// revocations), so they must not wait behind admin work.
     pub fn is_till(&self) -> bool {
         matches!(
             self,
-            Command::Purchase(_)
+            Command::PeerDocuments { .. }
+                | Command::Purchase(_)
                 | Command::PrepareCrossPurchase(_)
                 | Command::AcceptOffline { .. }
                 | Command::RecordCrossAnswer { .. }

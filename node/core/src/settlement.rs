@@ -139,6 +139,16 @@ impl Caisse {
             .copied()
     }
 
+    /// The caisse a card belongs to, or a decline saying none is known.
+    fn card_home(&self, card: &caisse_protocol::CardId) -> Result<CaisseId, CaisseError> {
+        self.home_of(card).ok_or_else(|| {
+            declined(
+                DeclineReason::UnknownCard,
+                format!("card {card} belongs to no caisse known to this federation node"),
+            )
+        })
+    }
+
     /// Host side, step 1: check the sale against our conventionnement and
     /// sign the request for the card's home caisse.
     pub fn prepare_cross_purchase(
@@ -146,7 +156,6 @@ impl Caisse {
         input: &PurchaseInput,
         now: u64,
     ) -> Result<CrossStep, CaisseError> {
-        self.check_outlet_open(&input.outlet)?;
         let request_hash = purchase_hash(input);
         if let Some(bytes) = self.get(&held_key(&input.id))? {
             let rec: ReceiptRecord = decode_value(&held_key(&input.id), &bytes)?;
@@ -161,40 +170,46 @@ impl Caisse {
             }
             return Ok(CrossStep::Done(receipt_of(&rec, true)));
         }
-        let home = self.home_of(&input.card).ok_or_else(|| {
-            declined(
-                DeclineReason::UnknownCard,
-                format!(
-                    "card {} belongs to no caisse known to this federation node",
-                    input.card
-                ),
+        // A retry must send the very same signed request, so the home caisse
+        // recognises it: keep what was signed the first time. It is not
+        // judged again: the home may have decided it already (its answer
+        // lost), and a sale refused here now (the outlet's accreditation
+        // revoked or the outlet suspended since) would leave the member
+        // charged at home with no sale at this caisse.
+        let fkey = keys::key(FORWARDED, &[input.id.as_bytes()]);
+        if let Some(bytes) = self.get(&fkey)? {
+            let (hash, env): (ContentId, Envelope) = decode_value(&fkey, &bytes)?;
+            if hash != request_hash {
+                return Err(declined(
+                    DeclineReason::ConflictingRetry,
+                    format!(
+                        "purchase id {} was already used for a different purchase; use a new id",
+                        input.id
+                    ),
+                ));
+            }
+            let signed = env
+                .open::<PurchaseRequest>(&self.federation)
+                .map_err(|e| CaisseError::Invalid(format!("stored purchase request: {e}")))?;
+            let (allocation_part, _) = caisse_protocol::messages::split_lines(
+                &signed.message.lines,
+                &signed.message.coverage_pct,
             )
-        })?;
+            .map_err(|e| CaisseError::Invalid(e.to_string()))?;
+            let home = self.card_home(&input.card)?;
+            return Ok(CrossStep::Forward {
+                home,
+                request: env,
+                allocation_part,
+            });
+        }
+        self.check_outlet_open(&input.outlet)?;
+        let home = self.card_home(&input.card)?;
         let coverage = self.sale_coverage(input, Day::from_unix(now))?;
         let (allocation_part, _) = caisse_protocol::messages::split_lines(&input.lines, &coverage)
             .map_err(|e| CaisseError::Invalid(e.to_string()))?;
         let total = Amount::checked_sum(input.lines.iter().map(|l| l.amount))
             .map_err(|e| CaisseError::Invalid(e.to_string()))?;
-        // A retry must send the very same signed request, so the home caisse
-        // recognises it: keep what was signed the first time.
-        let fkey = keys::key(FORWARDED, &[input.id.as_bytes()]);
-        if let Some(bytes) = self.get(&fkey)? {
-            let (hash, env): (ContentId, Envelope) = decode_value(&fkey, &bytes)?;
-            if hash == request_hash {
-                return Ok(CrossStep::Forward {
-                    home,
-                    request: env,
-                    allocation_part,
-                });
-            }
-            return Err(declined(
-                DeclineReason::ConflictingRetry,
-                format!(
-                    "purchase id {} was already used for a different purchase; use a new id",
-                    input.id
-                ),
-            ));
-        }
         let request = PurchaseRequest {
             id: input.id,
             host: self.id,
@@ -1474,21 +1489,26 @@ mod tests {
 
     use caisse_protocol::SecretKey;
 
-    #[test]
-    fn forged_receipts_are_rejected_and_change_nothing() {
+    /// A host caisse with an outlet accredited for bread, a home caisse
+    /// with one member, and a sale of 5 EUR of bread by that member at the
+    /// host's outlet.
+    fn a_sale_at_another_caisse() -> (
+        Caisse,
+        Caisse,
+        crate::caisse::OutletRegistered,
+        PurchaseInput,
+    ) {
         let mut host = caisse(1);
         let mut home = caisse(2);
-        let home_id = home.id;
-        host.peers.caisses.insert(home_id, PeerCaisse::default());
+        host.peers.caisses.insert(home.id, PeerCaisse::default());
         home.peers.caisses.insert(host.id, PeerCaisse::default());
-        let outlet = host
+        let registered = host
             .register_outlet(
                 "Shop",
                 vec![(Category::new("bread").unwrap(), 100)],
                 Day::from_days(0),
             )
-            .unwrap()
-            .outlet;
+            .unwrap();
         let member = home
             .enroll(
                 crate::caisse::EnrollInput {
@@ -1507,7 +1527,7 @@ mod tests {
         let input = PurchaseInput {
             id: PurchaseId::from_bytes([9; 16]),
             card: member.card,
-            outlet,
+            outlet: registered.outlet,
             lines: vec![PurchaseLine {
                 category: Category::new("bread").unwrap(),
                 producer: None,
@@ -1515,6 +1535,54 @@ mod tests {
             }],
             pin: None,
         };
+        (host, home, registered, input)
+    }
+
+    /// A sale already forwarded is not judged again when the till retries:
+    /// the home may have charged the member (its answer lost), so the host
+    /// sends the same signed request even if its outlet's accreditation was
+    /// revoked meanwhile (found by the simulator's `disk` profile: the
+    /// retry was refused as not conventioned and the home's receipt was
+    /// never collected; 38 of 60 seeds).
+    #[test]
+    fn a_retry_after_a_revocation_sends_the_request_signed_first() {
+        let (mut host, _home, registered, input) = a_sale_at_another_caisse();
+        let CrossStep::Forward { request: first, .. } =
+            host.prepare_cross_purchase(&input, 10).unwrap()
+        else {
+            panic!("expected a request to forward");
+        };
+        host.revoke(
+            registered.accreditation.expect("accredited"),
+            "contrôle".into(),
+            None,
+            Day::from_days(0),
+        )
+        .unwrap();
+        // A new sale at the outlet is refused now …
+        let other = PurchaseInput {
+            id: PurchaseId::from_bytes([8; 16]),
+            ..input.clone()
+        };
+        assert!(host.prepare_cross_purchase(&other, 20).is_err());
+        // … the retry of the one forwarded before is sent again, unchanged.
+        match host.prepare_cross_purchase(&input, 30) {
+            Ok(CrossStep::Forward {
+                request,
+                allocation_part,
+                ..
+            }) => {
+                assert_eq!(request, first);
+                assert_eq!(allocation_part, Amount::from_cents(500));
+            }
+            other => panic!("the retry was not forwarded again: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn forged_receipts_are_rejected_and_change_nothing() {
+        let (mut host, home, registered, input) = a_sale_at_another_caisse();
+        let (home_id, outlet) = (home.id, registered.outlet);
         let CrossStep::Forward { request, .. } = host.prepare_cross_purchase(&input, 10).unwrap()
         else {
             panic!("expected a request to forward");
@@ -1525,7 +1593,7 @@ mod tests {
             request: request_id,
             home: home_id,
             host: host.id,
-            card: member.card,
+            card: input.card,
             outlet,
             allocation_part: Amount::from_cents(500),
             member_part: Amount::ZERO,
