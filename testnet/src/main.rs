@@ -88,6 +88,10 @@ enum Cmd {
         /// slow, stalling disk, crashes after the sync, replayed entries).
         #[arg(long, default_value = "chaos")]
         faults: String,
+        /// How busy the caisses are: light (an action every two hours or
+        /// so), normal (every half hour) or busy (every seven minutes).
+        #[arg(long, default_value = "normal")]
+        workload: String,
         /// Print every run's trace hash and counts.
         #[arg(long)]
         verbose: bool,
@@ -246,8 +250,9 @@ async fn main_async(cli: Cli) -> Result<ExitCode> {
             seeds,
             days,
             faults,
+            workload,
             verbose,
-        } => sim_command(caisses, members, &seeds, days, &faults, verbose),
+        } => sim_command(caisses, members, &seeds, days, &faults, &workload, verbose),
         Cmd::Powercut {
             cuts,
             seed,
@@ -376,6 +381,7 @@ fn sim_command(
     seeds: &str,
     days: u32,
     faults: &str,
+    workload_name: &str,
     verbose: bool,
 ) -> Result<ExitCode> {
     use caisse_testnet::sim;
@@ -385,19 +391,20 @@ fn sim_command(
     let range = parse_seeds(seeds)
         .map_err(|e| anyhow::anyhow!("--seeds {seeds}: {e} (write A..B or one number)"))?;
     let Some(profile) = sim::Faults::profile(faults) else {
-        anyhow::bail!("--faults {faults}: unknown profile (none, lan, wan, lossy or chaos)");
+        anyhow::bail!("--faults {faults}: unknown profile (none, lan, wan, lossy, chaos or disk)");
+    };
+    let Some(workload) = sim::Workload::by_name(workload_name) else {
+        anyhow::bail!("--workload {workload_name}: unknown (light, normal or busy)");
+    };
+    let options = |seed: u64| sim::SimOptions {
+        workload,
+        ..sim::SimOptions::new(caisses, members, days, seed, profile.clone())
     };
     let started = std::time::Instant::now();
     let mut total = sim::SimReport::default();
     let mut failed = Vec::new();
     for seed in range.clone() {
-        let r = sim::run(sim::SimOptions::new(
-            caisses,
-            members,
-            days,
-            seed,
-            profile.clone(),
-        ));
+        let r = sim::run(options(seed));
         if verbose {
             println!(
                 "seed {seed}: trace {} events {} acks {:?} crashes {} dropped {}",
@@ -448,16 +455,13 @@ fn sim_command(
                 eprintln!("    {l}");
             }
             eprintln!(
-                "  replay: caisse-testnet sim --caisses {caisses} --members {members} --days {days} --faults {faults} --seeds {seed} --verbose"
+                "  replay: caisse-testnet sim --caisses {caisses} --members {members} --days {days} --faults {faults} --workload {workload_name} --seeds {seed} --verbose"
             );
             if failed.is_empty() {
                 // The first failure only: shrinking costs up to 40 runs.
-                let (small, r) = sim::shrink(
-                    &sim::SimOptions::new(caisses, members, days, seed, profile.clone()),
-                    40,
-                );
+                let (small, r) = sim::shrink(&options(seed), 40);
                 eprintln!(
-                    "  shrunk: caisse-testnet sim --caisses {} --members {} --days {} --faults {faults} --seeds {seed} --verbose ({})",
+                    "  shrunk: caisse-testnet sim --caisses {} --members {} --days {} --faults {faults} --workload {workload_name} --seeds {seed} --verbose ({})",
                     small.caisses,
                     small.members,
                     small.days,

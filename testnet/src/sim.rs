@@ -164,6 +164,39 @@ impl Faults {
     }
 }
 
+/// How busy the caisses are: the time between two workload actions (an
+/// enrolment, a sale, a contribution, a vote…) anywhere in the federation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// An action every 1 to 241 minutes (about 2 hours on average).
+    Light,
+    /// Every 1 to 61 minutes (about half an hour).
+    Normal,
+    /// Every 1 to 13 minutes (about 7 minutes).
+    Busy,
+}
+
+impl Workload {
+    /// `light`, `normal` or `busy`.
+    pub fn by_name(name: &str) -> Option<Workload> {
+        Some(match name {
+            "light" => Workload::Light,
+            "normal" => Workload::Normal,
+            "busy" => Workload::Busy,
+            _ => return None,
+        })
+    }
+
+    /// The spread of the wait after the first minute, in ms.
+    fn spread_ms(self) -> u64 {
+        match self {
+            Workload::Light => 14_400_000,
+            Workload::Normal => 3_600_000,
+            Workload::Busy => 720_000,
+        }
+    }
+}
+
 /// One simulated federation.
 #[derive(Clone, Debug)]
 pub struct SimOptions {
@@ -177,6 +210,8 @@ pub struct SimOptions {
     pub seed: u64,
     /// Faults.
     pub faults: Faults,
+    /// How busy the caisses are.
+    pub workload: Workload,
     /// For testing the shrinker only: a violation at this day's midnight
     /// when the federation has at least three caisses.
     #[doc(hidden)]
@@ -193,6 +228,7 @@ impl SimOptions {
             seed,
             faults,
             canary_day: None,
+            workload: Workload::Normal,
         }
     }
 }
@@ -1963,7 +1999,7 @@ impl Sim {
 
     /// Schedule the workload's next action, if before the end of the days.
     fn next_tick(&mut self) {
-        let t = self.now + 60_000 + self.rng.below(3_600_000);
+        let t = self.now + 60_000 + self.rng.below(self.opts.workload.spread_ms());
         if t < u64::from(self.opts.days) * DAY {
             self.schedule(t, Event::Tick);
         }

@@ -2,7 +2,7 @@
 //! federations under faults, every invariant holding, and the same seed
 //! giving the same trace.
 
-use caisse_testnet::sim::{self, Faults, SimOptions, SimReport};
+use caisse_testnet::sim::{self, Faults, SimOptions, SimReport, Workload};
 
 fn run(seed: u64, faults: &str) -> SimReport {
     sim::run(SimOptions::new(
@@ -182,4 +182,25 @@ fn fewer_days_replay_a_prefix() {
     // Identical up to the short run's last day, whose end starts its quiescence.
     assert_eq!(long.midnight_hashes[..9], short.midnight_hashes[..9]);
     assert_ne!(long.midnight_hashes[9], short.midnight_hashes[9]);
+}
+
+/// `--workload`: a busy federation does several times the work of a
+/// light one over the same days, and both hold every invariant.
+#[test]
+fn the_workload_option_sets_how_busy_the_caisses_are() {
+    let at = |workload| {
+        sim::run(SimOptions {
+            workload,
+            ..SimOptions::new(4, 10, 20, 3, Faults::profile("chaos").expect("profile"))
+        })
+    };
+    let (light, busy) = (at(Workload::Light), at(Workload::Busy));
+    assert!(light.violations.is_empty(), "{:?}", light.violations);
+    assert!(busy.violations.is_empty(), "{:?}", busy.violations);
+    assert!(
+        busy.messages > 3 * light.messages,
+        "busy: {} messages, light: {}",
+        busy.messages,
+        light.messages
+    );
 }
