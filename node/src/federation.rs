@@ -316,6 +316,7 @@ pub async fn start(
         internal: itx,
         started: Instant::now(),
         news: (Instant::now(), 0),
+        catalog_turn: 0,
         to_writer,
         docs_queued: 0,
         docs_applied,
@@ -441,6 +442,9 @@ struct FederationTask {
     /// Newer heads of documents this caisse vouches for: since when, how
     /// many (a window of [`BUSY_WINDOW`]).
     news: (Instant, u32),
+    /// Catalogs asked so far (whose turn is next, see
+    /// [`FederationTask::ask_a_catalog`]).
+    catalog_turn: usize,
     /// Documents read after a sync and what to do about them, on their way
     /// to the writer, in order.
     to_writer: mpsc::UnboundedSender<ToWriter>,
@@ -1371,12 +1375,14 @@ impl FederationTask {
     }
 
     /// Ask one connected peer, chosen in turn, what it holds.
-    fn ask_a_catalog(&self) {
+    fn ask_a_catalog(&mut self) {
         let mut peers: Vec<PeerId> = self.connected.iter().copied().collect();
         peers.sort();
         if !peers.is_empty() {
-            let i = (self.started.elapsed().as_millis() as usize / 1000) % peers.len();
-            self.ask_catalog(peers[i]);
+            // A turn counter, not the clock: asked every 2 s (busy) or
+            // 10 s, a clock in seconds skipped every other peer.
+            self.catalog_turn = self.catalog_turn.wrapping_add(1);
+            self.ask_catalog(peers[self.catalog_turn % peers.len()]);
         }
     }
 

@@ -85,7 +85,8 @@ enum Cmd {
         #[arg(long, default_value_t = 45)]
         days: u32,
         /// Fault profile: none, lan, wan, lossy, chaos or disk (chaos with a
-        /// slow, stalling disk, crashes after the sync, replayed entries).
+        /// slow, stalling disk, crashes after the sync, replayed entries,
+        /// and parliaments revoking and re-accrediting outlets).
         #[arg(long, default_value = "chaos")]
         faults: String,
         /// How busy the caisses are: light (an action every two hours or
