@@ -64,6 +64,9 @@ muts=[
 disk_muts=[
  ("home_ignores_revocations","settlement.rs","                                a.revocation.is_none()\n                                    && a.accreditation.caisse == req.host","                                (a.revocation.is_none() || true)\n                                    && a.accreditation.caisse == req.host"),
  ("reader_takes_entries_signed_by_others","federation_view.rs","    (v.signer.caisse_id() == *owner).then_some((v.id, v.message))","    (v.signer.caisse_id() == *owner || true).then_some((v.id, v.message))"),
+ ("home_ignores_recognition","settlement.rs","        if !recognised {\n            return decline(","        if !recognised && false {\n            return decline("),
+ ("equivocation_keeps_the_first","replication.rs","            take: offered.digest < known.digest,","            take: false && offered.digest < known.digest,"),
+ ("equivocation_keeps_the_latest","replication.rs","            take: offered.digest < known.digest,","            take: true || offered.digest < known.digest,"),
 ]
 only=sys.argv[1:] 
 for name,f,old,new,profile in [m+("chaos",) for m in muts]+[m+("disk",) for m in disk_muts]:

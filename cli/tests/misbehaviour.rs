@@ -30,6 +30,17 @@ fn rogue_cmd(dir: &std::path::Path, fed: &str, args: &[&str]) -> std::process::C
     c
 }
 
+/// Run `caisse rogue` (see [`rogue_cmd`]) to the end; it must succeed.
+fn rogue_ok(dir: &std::path::Path, fed: &str, args: &[&str]) -> std::process::Output {
+    let out = rogue_cmd(dir, fed, args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// One node of its own federation `fed`, listening on loopback: its
 /// temporary folder (kept alive by the caller), data directory and process.
 fn lone_node(fed: &str, name: &str) -> (tempfile::TempDir, std::path::PathBuf, TestNode) {
@@ -355,14 +366,7 @@ fn a_peer_claiming_a_third_partys_address_causes_no_dial() {
     let victim = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     victim.set_nonblocking(true).unwrap();
     let claim = format!("/ip4/127.0.0.1/tcp/{}", victim.local_addr().unwrap().port());
-    let out = rogue_cmd(&dir, FED4, &["--attack", "replay", "--claim-addr", &claim])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rogue_ok(&dir, FED4, &["--attack", "replay", "--claim-addr", &claim]);
     // Past the node's periodic peer discovery (every 30 s).
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     while std::time::Instant::now() < deadline {
@@ -539,14 +543,7 @@ fn provider_records_and_large_requests_leave_memory_bounded() {
 fn a_peer_flooding_requests_is_rate_limited() {
     const FED7: &str = "fed-flood";
     let (_tmp, dir, _node) = lone_node(FED7, "Caisse assaillie");
-    let out = rogue_cmd(&dir, FED7, &["--attack", "flood"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = rogue_ok(&dir, FED7, &["--attack", "flood"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let detail = s(&v[0]["detail"]);
     let limited: u64 = detail
@@ -555,5 +552,34 @@ fn a_peer_flooding_requests_is_rate_limited() {
         .unwrap_or_else(|| panic!("{detail}"));
     assert!(limited > 0, "{detail}");
     assert!(federation_stat(&dir, "rate_limited") >= limited, "{detail}");
+    ok(&dir, &["status"]);
+}
+
+/// A Byzantine owner signing two versions of its document under one
+/// sequence (issue 13): the node counts each equivocation, logs it under
+/// the security target with the choice every honest caisse makes (the
+/// smaller digest, `caisse_core::replication`), does not ban an owner for
+/// its own document, and keeps serving.
+#[test]
+fn an_owner_signing_two_versions_under_one_sequence_is_caught() {
+    const FED8: &str = "fed-equivocate";
+    let (_tmp, dir, _node) = lone_node(FED8, "Caisse témoin");
+    let out = rogue_ok(&dir, FED8, &["--attack", "equivocate", "--repeat", "3"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while federation_stat(&dir, "equivocations") < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        federation_stat(&dir, "equivocations"),
+        3,
+        "three sequences signed twice each: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let log = std::fs::read_to_string(dir.join("node.log")).unwrap();
+    let caught = log
+        .lines()
+        .filter(|l| l.contains("caisse::security") && l.contains("equivocation"))
+        .count();
+    assert_eq!(caught, 3, "one security line per equivocation");
     ok(&dir, &["status"]);
 }

@@ -29,6 +29,7 @@ pub use crate::documents::*;
 use crate::network::{NetEvent, Network, peer_id_of};
 use crate::store::{Op, Store, decode_value, encode_value};
 use caisse_core::command::{Command, Reply};
+use caisse_core::replication::{HeadsVerdict, Mark, heads_digest, judge_heads};
 
 use crate::writer::{CaisseHandle, reply};
 
@@ -45,6 +46,9 @@ pub struct FederationStats {
     pub rpc_malformed: AtomicU64,
     /// Sync results refused because they held changes the owner did not sign.
     pub sync_rejected: AtomicU64,
+    /// Two versions of one document signed by its owner under one sequence
+    /// (a Byzantine owner showing different caisses different statements).
+    pub equivocations: AtomicU64,
     /// Peers banned for misbehaviour (in all, since start).
     pub peers_banned: AtomicU64,
     /// Documents accepted after a sync.
@@ -66,6 +70,13 @@ struct Replica {
     sequence: u64,
     /// The document's epoch (see [`DocumentHeads::epoch`]).
     epoch: u32,
+    /// The version held, as [`judge_heads`] compares it (none before the
+    /// first signed heads).
+    held: Option<Mark>,
+    /// The next sync starts from an empty document, not from the one held:
+    /// the one held has changes the wanted version does not (the losing
+    /// side of an equivocation, or a sync judged forged).
+    scratch: bool,
     /// Newest signed heads seen (may be ahead of the document): sequence,
     /// envelope, sorted heads, epoch.
     wanted: Option<(u64, Envelope, Vec<[u8; 32]>, u32)>,
@@ -81,12 +92,18 @@ struct Replica {
 }
 
 impl Replica {
-    fn new(doc: AutoCommit, heads: Option<Envelope>, sequence: u64, epoch: u32) -> Self {
+    fn new(mut doc: AutoCommit, heads: Option<Envelope>, sequence: u64, epoch: u32) -> Self {
+        let held = heads.as_ref().map(|_| Mark {
+            sequence,
+            digest: heads_digest(&sorted_heads(&mut doc), epoch),
+        });
         Replica {
             doc,
             heads,
             sequence,
             epoch,
+            held,
+            scratch: false,
             wanted: None,
             source: None,
             syncing: false,
@@ -763,6 +780,10 @@ impl FederationTask {
             }
         };
         replica.sequence = sequence;
+        replica.held = Some(Mark {
+            sequence,
+            digest: heads_digest(&message.heads, message.epoch),
+        });
         replica.heads = Some(env.clone());
         self.persist(me, bytes, &env);
         // Durable before anyone sees it: a version gossiped then lost in a
@@ -995,12 +1016,26 @@ impl FederationTask {
             .replicas
             .entry(owner)
             .or_insert_with(|| Replica::new(AutoCommit::new(), None, 0, 0));
-        let known = replica
-            .wanted
-            .as_ref()
-            .map_or(replica.sequence, |w| w.0.max(replica.sequence));
-        if v.message.sequence <= known {
-            if v.message.sequence < replica.sequence {
+        // The newest version known: the one being fetched, else the one held.
+        let known = match &replica.wanted {
+            Some((seq, _, heads, epoch)) if *seq >= replica.sequence => Some(Mark {
+                sequence: *seq,
+                digest: heads_digest(heads, *epoch),
+            }),
+            _ => replica.held,
+        };
+        let heads = sorted(v.message.heads.clone());
+        let offered = Mark {
+            sequence: v.message.sequence,
+            digest: heads_digest(&heads, v.message.epoch),
+        };
+        let verdict = judge_heads(known, offered);
+        if let HeadsVerdict::Equivocation { take } = verdict {
+            self.stats.equivocations.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target: "caisse::security", caisse = %owner.short(), sequence = offered.sequence, peer = ?source, keep = if take { "the one just offered" } else { "the one known" }, "the owner signed two versions of its document under one sequence (equivocation): keeping the one with the smaller digest, as every honest caisse does");
+        }
+        if !verdict.take() {
+            if verdict == HeadsVerdict::Stale && v.message.sequence < replica.sequence {
                 tracing::debug!(target: "caisse::events::federation", caisse = %owner.short(), sequence = v.message.sequence, "stale or replayed heads ignored");
             }
             if source.is_some() && replica.source.is_none() {
@@ -1008,12 +1043,12 @@ impl FederationTask {
             }
             return MessageAcceptance::Ignore;
         }
-        replica.wanted = Some((
-            v.message.sequence,
-            env.clone(),
-            sorted(v.message.heads),
-            v.message.epoch,
-        ));
+        // The losing side of an equivocation is held: the winner is
+        // fetched whole, not merged into it.
+        if offered.sequence == replica.sequence {
+            replica.scratch = true;
+        }
+        replica.wanted = Some((v.message.sequence, env.clone(), heads, v.message.epoch));
         if vouched {
             if self.news.0.elapsed() > BUSY_WINDOW {
                 self.news = (Instant::now(), 0);
@@ -1153,7 +1188,9 @@ impl FederationTask {
             let Some((seq, _, _, epoch)) = &r.wanted else {
                 continue;
             };
-            if *seq <= r.sequence {
+            // (Under the sequence held only to replace the losing side of
+            // an equivocation.)
+            if *seq < r.sequence || (*seq == r.sequence && !r.scratch) {
                 r.wanted = None;
                 continue;
             }
@@ -1177,7 +1214,7 @@ impl FederationTask {
                 *running += 1;
                 r.syncing = true;
                 // A new epoch shares no history with the old one.
-                let base = if *epoch == r.epoch {
+                let base = if *epoch == r.epoch && !r.scratch {
                     r.doc.fork()
                 } else {
                     AutoCommit::new()
@@ -1265,6 +1302,10 @@ impl FederationTask {
             }
             SyncVerdict::Forged => {
                 r.failed(vouched, &self.stats);
+                // The held document may be what adds the unsigned changes
+                // (the losing side of an equivocation the owner built on
+                // the other side of): the next session starts empty.
+                r.scratch = true;
                 self.stats.sync_rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(target: "caisse::events::federation", caisse = %caisse.short(), %peer, "rejected a sync holding changes the owner did not sign");
                 if r.source == Some(peer) {
@@ -1322,6 +1363,11 @@ impl FederationTask {
         r.doc = fork;
         r.sequence = seq;
         r.epoch = epoch;
+        r.held = Some(Mark {
+            sequence: seq,
+            digest: heads_digest(&sorted_heads(&mut r.doc), epoch),
+        });
+        r.scratch = false;
         r.heads = Some(env.clone());
         r.wanted = None;
         r.failures = 0;

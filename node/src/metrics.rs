@@ -99,6 +99,8 @@ pub async fn render(app: &crate::app::App) -> String {
         metrics::counter!("caisse_syncs_total", "outcome" => outcome).absolute(v.load(Relaxed));
     }
     metrics::counter!("caisse_peers_banned_total").absolute(st.peers_banned.load(Relaxed));
+    // Owners caught signing two versions under one sequence.
+    metrics::counter!("caisse_equivocations_total").absolute(st.equivocations.load(Relaxed));
     let view = app
         .federation
         .view

@@ -54,6 +54,10 @@ pub enum Attack {
     Large,
     /// 3,000 catalog requests, 16 at a time, as fast as they are answered.
     Flood,
+    /// Two different versions of the rogue's own document signed under one
+    /// sequence (each round a new sequence): a Byzantine owner showing
+    /// different caisses different statements.
+    Equivocate,
 }
 
 /// How long a crowd holds its connections.
@@ -87,9 +91,10 @@ impl std::str::FromStr for Attack {
             "providers" => Attack::Providers,
             "large" => Attack::Large,
             "flood" => Attack::Flood,
+            "equivocate" => Attack::Equivocate,
             _ => {
                 return Err(format!(
-                    "unknown attack {s:?}: forged-heads, bad-signature, replay, oversized, malformed, forged-change, lost-sync, throwaway, crowd, providers, large, flood"
+                    "unknown attack {s:?}: forged-heads, bad-signature, replay, oversized, malformed, forged-change, lost-sync, throwaway, crowd, providers, large, flood, equivocate"
                 ));
             }
         })
@@ -330,6 +335,27 @@ pub async fn run(
                 key.extend_from_slice(&minted.to_le_bytes());
                 net.provide(key).await;
                 format!("announced provider record {minted}")
+            }
+            Attack::Equivocate => {
+                minted += 1;
+                let mut sent = Vec::new();
+                for side in [1u8, 2] {
+                    let mut head = [side; 32];
+                    head[..8].copy_from_slice(&minted.to_le_bytes());
+                    let m = DocumentHeads {
+                        caisse: key.caisse_id(),
+                        heads: vec![head],
+                        sequence: minted,
+                        epoch: 0,
+                    };
+                    let env = Envelope::seal(&key, &federation, &m).map_err(|e| e.to_string())?;
+                    sent.push(
+                        net.publish(env.to_bytes().map_err(|e| e.to_string())?)
+                            .await,
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                format!("two versions of its own document signed under sequence {minted}: {sent:?}")
             }
             Attack::Throwaway => {
                 minted += 1;

@@ -86,7 +86,8 @@ enum Cmd {
         days: u32,
         /// Fault profile: none, lan, wan, lossy, chaos or disk (chaos with a
         /// slow, stalling disk, crashes after the sync, replayed entries,
-        /// and parliaments revoking and re-accrediting outlets).
+        /// equivocations, parliaments revoking and re-accrediting outlets
+        /// and changing their recognition, and member sign-ins).
         #[arg(long, default_value = "chaos")]
         faults: String,
         /// How busy the caisses are: light (an action every two hours or
@@ -446,6 +447,12 @@ fn sim_command(
         total.replayed_entries += r.replayed_entries;
         total.revocations.0 += r.revocations.0;
         total.revocations.1 += r.revocations.1;
+        total.equivocations.0 += r.equivocations.0;
+        total.equivocations.1 += r.equivocations.1;
+        total.recognition_changes.0 += r.recognition_changes.0;
+        total.recognition_changes.1 += r.recognition_changes.1;
+        total.signins.0 += r.signins.0;
+        total.signins.1 += r.signins.1;
         if !r.violations.is_empty() {
             eprintln!("seed {seed} FAILED:");
             for v in &r.violations {
@@ -529,6 +536,17 @@ fn sim_command(
             total.replayed_entries,
             total.revocations.0,
             total.revocations.1
+        );
+    }
+    if total.equivocations.0 + total.recognition_changes.0 + total.signins.0 + total.signins.1 > 0 {
+        println!(
+            "byzantine and parliaments: {} sequences under which the Byzantine caisse signed two versions of its document, {} times an honest caisse was offered the other side (each kept the smaller digest); {} parliaments stopped recognising the other caisses, {} recognised them again; member sign-ins {} accepted, {} refused",
+            total.equivocations.0,
+            total.equivocations.1,
+            total.recognition_changes.0,
+            total.recognition_changes.1,
+            total.signins.0,
+            total.signins.1
         );
     }
     println!(

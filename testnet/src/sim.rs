@@ -13,9 +13,9 @@
 //! the whole trace.
 //!
 //! What the simulator does not model yet: the automerge documents and their
-//! sync (a caisse's statements travel as [`Published`] bytes and are read
-//! with the same verification as a replica), Byzantine caisses beyond
-//! forged receipts, and the parliament.
+//! sync (a caisse's statements travel as [`Published`] bytes with a
+//! sequence and a digest, judged by the node's rule and read with the same
+//! verification as a replica). See docs/SIMULATOR.md for what it does.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -27,6 +27,7 @@ use caisse_core::federation_view::Published;
 use caisse_core::ledger::{Account, SubsidySource};
 use caisse_core::parliament::{Choice, ProposalKind, SeatKind, SplitMix64};
 use caisse_core::policy::{Policy, Recognition, RecognitionPolicy};
+use caisse_core::replication::{HeadsVerdict, Mark, judge_heads};
 use caisse_core::settlement::CrossStep;
 use caisse_core::store::{MemStore, Store, keys};
 use caisse_core::view::Reads;
@@ -105,14 +106,29 @@ pub struct Faults {
     /// votes to revoke its outlet's accreditation (or, once revoked, to
     /// accredit it again).
     pub revocations_pm: u64,
+    /// Caisse 0 signs, this often (per thousand publications), two
+    /// versions of its document under one sequence: the one it keeps to
+    /// half of the other caisses, one whose statements claim two euros
+    /// more (or that recognises one caisse fewer) to the others. Honest
+    /// caisses then pass on the versions they take (as gossip forwards
+    /// and catalogs do), so that one sees both.
+    pub equivocation_pm: u64,
+    /// Chance per workload step, per thousand, that a caisse's parliament
+    /// votes to stop recognising the other caisses' accreditations (policy
+    /// `none`), or, once it has, to recognise the caisses it lists again.
+    pub recognition_pm: u64,
+    /// Chance per workload step, per thousand, that a member signs in at
+    /// the member page (the PIN mistyped a third of the time).
+    pub signin_pm: u64,
 }
 
 impl Faults {
     /// `none`, `lan`, `wan`, `lossy` (WAN, 5% loss, 2% duplicates),
     /// `chaos` (lossy, plus crashes and partitions) or `disk` (chaos, plus
     /// a slow disk that sometimes stalls past the home deadline, crashes
-    /// after the sync and before the answer, and the Byzantine caisse
-    /// passing other caisses' signed entries off as its own).
+    /// after the sync and before the answer, the Byzantine caisse passing
+    /// other caisses' signed entries off as its own and equivocating,
+    /// recognition changes and member sign-ins).
     pub fn profile(name: &str) -> Option<Faults> {
         let none = Faults {
             link: LinkProfile::Lan,
@@ -127,6 +143,9 @@ impl Faults {
             disk_stall_pm: 0,
             replayed_entries_pm: 0,
             revocations_pm: 0,
+            equivocation_pm: 0,
+            recognition_pm: 0,
+            signin_pm: 0,
         };
         let chaos = Faults {
             link: LinkProfile::Wan,
@@ -157,6 +176,9 @@ impl Faults {
                 disk_stall_pm: 10,
                 replayed_entries_pm: 200,
                 revocations_pm: 4,
+                equivocation_pm: 200,
+                recognition_pm: 3,
+                signin_pm: 40,
                 ..chaos
             },
             _ => return None,
@@ -260,6 +282,14 @@ pub struct SimReport {
     /// Outlet accreditations revoked by a parliament's vote, and outlets
     /// accredited again after one.
     pub revocations: (u64, u64),
+    /// Sequences under which the Byzantine caisse signed two versions, and
+    /// times an honest caisse was offered the second version of one.
+    pub equivocations: (u64, u64),
+    /// Parliaments that stopped recognising the other caisses, and that
+    /// recognised them again.
+    pub recognition_changes: (u64, u64),
+    /// Member sign-ins: accepted, refused (wrong PIN or locked card).
+    pub signins: (u64, u64),
     /// Partitions.
     pub partitions: u64,
     /// Purchases acknowledged (local, cross-caisse, offline).
@@ -320,8 +350,14 @@ enum Msg {
         answer: Envelope,
     },
     /// A caisse's published statements (its federation document), with
-    /// the sequence of its signed heads: older ones are ignored.
-    Document(u64, Arc<Published>),
+    /// the sequence of its signed heads and a digest of the version: older
+    /// ones are ignored, two under one sequence are an equivocation. From
+    /// its owner, or passed on by a caisse that holds it.
+    Document {
+        owner: usize,
+        mark: Mark,
+        doc: Arc<Published>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -388,13 +424,16 @@ struct Node {
     cut_until: Ms,
     /// Other caisses' documents as this caisse stored them (the node keeps
     /// them under `f/` and reloads them at start).
-    documents: BTreeMap<usize, (u64, Arc<Published>)>,
+    documents: BTreeMap<usize, (Mark, Arc<Published>)>,
     /// Sequence of the documents this caisse published (its signed heads').
     sequence: u64,
     /// This caisse's offline floor (per card and day).
     floor: Amount,
     /// What it published last (for catch-up).
-    latest: Option<Arc<Published>>,
+    latest: Option<(Mark, Arc<Published>)>,
+    /// The Byzantine caisse: the other side of its last publication, when
+    /// it equivocated, which it keeps showing the odd-numbered caisses.
+    other_side: Option<(Mark, Arc<Published>)>,
     /// The right PIN of each of its cards that has one.
     pins: BTreeMap<CardId, String>,
     /// The simulator's own count of each card's wrong PINs, from every
@@ -427,6 +466,14 @@ struct Sim {
     settlement_checked: BTreeSet<[u8; 32]>,
     /// Statements the Byzantine caisse inflated, by hash.
     inflated: BTreeSet<[u8; 32]>,
+    /// Statements only in the other side of the Byzantine caisse's
+    /// equivocations, by content id.
+    equivocated:
+        BTreeMap<caisse_protocol::ContentId, caisse_protocol::messages::SettlementStatement>,
+    /// Caisses pass on the documents they take (on when the Byzantine
+    /// caisse equivocates: otherwise each caisse would only ever see the
+    /// side sent to it).
+    relay: bool,
     /// Each caisse's published changes not yet everywhere: (sequence, when).
     changes: BTreeMap<usize, VecDeque<(u64, Ms)>>,
     /// Months being settled: (period, when the settlement runs started,
@@ -507,6 +554,7 @@ impl Sim {
                 sequence: 0,
                 floor: policy.offline_floor,
                 latest: None,
+                other_side: None,
                 pins: BTreeMap::new(),
                 pin_model: BTreeMap::new(),
                 disk_free_at: 0,
@@ -514,6 +562,7 @@ impl Sim {
                 outlet_revoked: false,
             });
         }
+        let relay = opts.faults.equivocation_pm > 0;
         let mut sim = Sim {
             opts,
             federation,
@@ -529,6 +578,8 @@ impl Sim {
             forged: BTreeSet::new(),
             settlement_checked: BTreeSet::new(),
             inflated: BTreeSet::new(),
+            equivocated: BTreeMap::new(),
+            relay,
             changes: BTreeMap::new(),
             settling: Vec::new(),
             offline_use: BTreeMap::new(),
@@ -647,6 +698,12 @@ impl Sim {
                 .map(|v| (v.message.card, v.message.id)),
             _ => None,
         };
+        // The card whose PIN this command checks.
+        let pin_card = match &cmd {
+            Command::MemberLogin { card, .. } => Some(*card),
+            _ => charged.map(|(c, _)| c),
+        };
+        let login = matches!(cmd, Command::MemberLogin { .. });
         let reset = match &cmd {
             Command::SetPin { member, .. } => Some(*member),
             _ => None,
@@ -657,7 +714,7 @@ impl Sim {
         };
         // Locked, and the sale not already recorded (a retry is answered
         // with what was decided before the lock).
-        let card_locked = charged.is_some_and(|(card, _)| c.card(&card).is_some_and(|r| r.locked));
+        let card_locked = pin_card.is_some_and(|card| c.card(&card).is_some_and(|r| r.locked));
         let locked_before = card_locked
             && charged.is_some_and(|(_, id)| {
                 c.read(&keys::key(keys::PURCHASE, &[id.as_bytes()]))
@@ -699,13 +756,19 @@ impl Sim {
         if pin_refused {
             self.report.pin_refusals += 1;
             // A card already locked is refused without counting.
-            if !card_locked && let Some((card, _)) = charged {
+            if !card_locked && let Some(card) = pin_card {
                 let m = self.nodes[i].pin_model.entry(card).or_insert((now, 0));
                 if m.1 == 0 || now >= m.0.saturating_add(caisse_core::members::PIN_WINDOW_SECS) {
                     *m = (now, 0);
                 }
                 m.1 = m.1.saturating_add(1);
             }
+        }
+        if login && card_locked && r.is_ok() {
+            self.violation(format!(
+                "caisse {i} let a member sign in with card {} although it was locked after wrong PINs",
+                pin_card.map(|c| c.to_string()).unwrap_or_default()
+            ));
         }
         if charged_ok && locked_before {
             self.violation(format!(
@@ -804,7 +867,7 @@ impl Sim {
         self.report.bytes += match &msg {
             Msg::Request { request, .. } => request.to_bytes().map_or(0, |b| b.len() as u64),
             Msg::Answer { answer, .. } => answer.to_bytes().map_or(0, |b| b.len() as u64),
-            Msg::Document(_, doc) => published_size(doc),
+            Msg::Document { doc, .. } => published_size(doc),
         };
         let cut = self.nodes[from].cut_until > self.now || self.nodes[to].cut_until > self.now;
         if cut || self.rng.below(1000) < self.opts.faults.loss_pm {
@@ -859,20 +922,108 @@ impl Sim {
             self.replay_entries(&mut st);
         }
         self.note_settlement(&st);
+        let other_side = (i == 0
+            && self.opts.faults.equivocation_pm > 0
+            && self.rng.below(1000) < self.opts.faults.equivocation_pm)
+            .then(|| self.other_side(&st))
+            .flatten();
         let doc = Arc::new(st.published());
         self.nodes[i].sequence += 1;
         let sequence = self.nodes[i].sequence;
+        let mark = Mark {
+            sequence,
+            digest: doc.digest(),
+        };
         self.report.largest_document = self.report.largest_document.max(published_size(&doc));
         self.changes
             .entry(i)
             .or_default()
             .push_back((sequence, self.now));
-        self.nodes[i].latest = Some(doc.clone());
+        self.nodes[i].latest = Some((mark, doc.clone()));
+        let other_side = other_side.map(|d| {
+            self.report.equivocations.0 += 1;
+            self.trace(format!("{i} signs two versions under sequence {sequence}"));
+            (
+                Mark {
+                    sequence,
+                    digest: d.digest(),
+                },
+                Arc::new(d),
+            )
+        });
+        self.nodes[i].other_side = other_side.clone();
         for j in 0..self.nodes.len() {
-            if j != i {
-                self.send(i, j, Msg::Document(sequence, doc.clone()));
+            if j == i {
+                continue;
+            }
+            let (mark, doc) = match &other_side {
+                Some((m, d)) if j % 2 == 1 => (*m, d.clone()),
+                _ => (mark, doc.clone()),
+            };
+            self.send(
+                i,
+                j,
+                Msg::Document {
+                    owner: i,
+                    mark,
+                    doc,
+                },
+            );
+        }
+    }
+
+    /// `statement` claiming `cents` more, signed with `key`.
+    fn claim_more(
+        &self,
+        key: &SecretKey,
+        statement: caisse_protocol::messages::SettlementStatement,
+        cents: i64,
+    ) -> Option<(Envelope, caisse_protocol::messages::SettlementStatement)> {
+        let mut claim = statement;
+        claim.amount = claim
+            .amount
+            .checked_add(Amount::from_cents(cents))
+            .unwrap_or(claim.amount);
+        let env = Envelope::seal(key, &self.federation, &claim).ok()?;
+        Some((env, claim))
+    }
+
+    /// The content id of a statement signed by the simulator.
+    fn statement_id(&self, env: &Envelope) -> Option<caisse_protocol::ContentId> {
+        env.open::<caisse_protocol::messages::SettlementStatement>(&self.federation)
+            .ok()
+            .map(|v| v.id)
+    }
+
+    /// Caisse 0, Byzantine, signs another version of the statements it is
+    /// about to publish: its statements as creditor claim two euros more,
+    /// or, with none, it recognises one caisse fewer. None when there is
+    /// nothing to change.
+    fn other_side(&mut self, st: &caisse_core::federation_view::Statements) -> Option<Published> {
+        use caisse_protocol::messages::SettlementStatement;
+        let key = SecretKey::from_bytes(self.nodes[0].key);
+        let me = self.nodes[0].id;
+        let mut other = st.clone();
+        let mut changed = false;
+        for env in other.settlement.values_mut() {
+            let Ok(v) = env.open::<SettlementStatement>(&self.federation) else {
+                continue;
+            };
+            if v.message.creditor != me {
+                continue;
+            }
+            if let Some((forged, claim)) = self.claim_more(&key, v.message, 2_00)
+                && let Some(id) = self.statement_id(&forged)
+            {
+                self.equivocated.insert(id, claim);
+                *env = forged;
+                changed = true;
             }
         }
+        if !changed {
+            changed = other.recognised.pop().is_some();
+        }
+        changed.then(|| other.published())
     }
 
     /// Follow the months being settled through what caisses publish: the
@@ -955,12 +1106,7 @@ impl Sim {
             {
                 continue;
             }
-            let mut claim = v.message;
-            claim.amount = claim
-                .amount
-                .checked_add(Amount::from_cents(1_00))
-                .unwrap_or(claim.amount);
-            if let Ok(forged) = Envelope::seal(&key, &self.federation, &claim) {
+            if let Some((forged, claim)) = self.claim_more(&key, v.message, 1_00) {
                 if self.inflated.insert(envelope_hash(&forged)) {
                     self.report.inflated_statements += 1;
                     self.trace(format!(
@@ -1003,9 +1149,12 @@ impl Sim {
         let mut statements: BTreeMap<caisse_protocol::ContentId, SettlementStatement> =
             BTreeMap::new();
         for n in self.nodes.iter().filter(|n| n.id != self.nodes[i].id) {
-            if let Some(doc) = n.latest.as_ref() {
+            if let Some((_, doc)) = n.latest.as_ref() {
                 statements.extend(doc.read(&n.id, &fed).statements);
             }
+        }
+        if self.nodes[i].id != self.nodes[0].id {
+            statements.extend(self.equivocated.iter().map(|(k, v)| (*k, v.clone())));
         }
         let receipts = |node: &Node, prefix: &[u8], period: Period, other: &CaisseId| {
             node.caisse
@@ -1215,6 +1364,18 @@ impl Sim {
             self.parliament_step(i);
             return;
         }
+        // A parliament that stopped recognising the others recognises them
+        // again about five times sooner.
+        let pm = self.opts.faults.recognition_pm * if self.recognises(i) { 1 } else { 5 };
+        if pm > 0 && self.rng.below(1000) < pm {
+            self.recognition_step(i);
+            return;
+        }
+        let pm = self.opts.faults.signin_pm;
+        if pm > 0 && self.rng.below(1000) < pm {
+            self.sign_in(i);
+            return;
+        }
         match roll {
             0..45 => {
                 // A local purchase.
@@ -1284,23 +1445,7 @@ impl Sim {
     /// document and every home must decline the outlet's sales once it
     /// holds it.
     fn parliament_step(&mut self, i: usize) {
-        let Some((member, _)) = self.nodes[i].members.first().copied() else {
-            return;
-        };
-        if self.nodes[i].seat.is_none() {
-            match self.exec(
-                i,
-                Command::AddSeat {
-                    kind: SeatKind::Citizen,
-                    member: Some(member),
-                    holder: None,
-                },
-            ) {
-                Ok(Reply::Seat(seat)) => self.nodes[i].seat = Some(seat.id),
-                _ => return,
-            }
-        }
-        let Some(seat) = self.nodes[i].seat else {
+        let Some(seat) = self.seat(i) else {
             return;
         };
         let outlet = self.nodes[i].outlet;
@@ -1349,6 +1494,76 @@ impl Sim {
             (Some(_), None) => self.report.revocations.0 += 1,
             (None, Some(_)) => self.report.revocations.1 += 1,
             _ => {}
+        }
+    }
+
+    /// Caisse `i`'s one citizen seat, held by its first member (taken at
+    /// the first vote).
+    fn seat(&mut self, i: usize) -> Option<u32> {
+        let (member, _) = self.nodes[i].members.first().copied()?;
+        if self.nodes[i].seat.is_none()
+            && let Ok(Reply::Seat(seat)) = self.exec(
+                i,
+                Command::AddSeat {
+                    kind: SeatKind::Citizen,
+                    member: Some(member),
+                    holder: None,
+                },
+            )
+        {
+            self.nodes[i].seat = Some(seat.id);
+        }
+        self.nodes[i].seat
+    }
+
+    /// Whether caisse `i` recognises the other caisses' accreditations now.
+    fn recognises(&self, i: usize) -> bool {
+        self.nodes[i]
+            .caisse
+            .as_ref()
+            .is_some_and(|c| c.policy().recognition.policy != RecognitionPolicy::None)
+    }
+
+    /// Caisse `i`'s parliament votes to stop recognising the other
+    /// caisses' accreditations, or, once it has, to recognise the caisses
+    /// it lists again: every home must decline sales at other caisses'
+    /// outlets while it recognises none.
+    fn recognition_step(&mut self, i: usize) {
+        let Some(seat) = self.seat(i) else {
+            return;
+        };
+        let before = self.recognises(i);
+        let policy = if before {
+            RecognitionPolicy::None
+        } else {
+            RecognitionPolicy::Listed
+        };
+        self.vote(i, seat, ProposalKind::RecognitionPolicy(policy));
+        match (before, self.recognises(i)) {
+            (true, false) => self.report.recognition_changes.0 += 1,
+            (false, true) => self.report.recognition_changes.1 += 1,
+            _ => {}
+        }
+    }
+
+    /// A member of caisse `i` signs in at the member page with card and
+    /// PIN, mistyped a third of the time: a wrong PIN counts toward the
+    /// card's lock like one at a till.
+    fn sign_in(&mut self, i: usize) {
+        let Some((_, card)) = self.pick_member(i) else {
+            return;
+        };
+        let Some(right) = self.nodes[i].pins.get(&card).cloned() else {
+            return;
+        };
+        let pin = if self.rng.below(3) == 0 {
+            wrong(&right)
+        } else {
+            right
+        };
+        match self.exec(i, Command::MemberLogin { card, pin }) {
+            Ok(_) => self.report.signins.0 += 1,
+            Err(_) => self.report.signins.1 += 1,
         }
     }
 
@@ -1405,10 +1620,16 @@ impl Sim {
         else {
             return;
         };
-        let Some((seq, doc)) = self.nodes[home].documents.get(&host) else {
+        if !self.recognises(home) {
+            self.violation(format!(
+                "caisse {home} accepted sale {} at caisse {host}'s outlet although its parliament recognises no other caisse's accreditations",
+                v.message.id
+            ));
+        }
+        let Some((mark, doc)) = self.nodes[home].documents.get(&host) else {
             return;
         };
-        let seq = *seq;
+        let seq = mark.sequence;
         let peer = doc.read(&self.nodes[host].id, &self.federation);
         let outlet = Subject::Outlet(v.message.outlet);
         let of_outlet: Vec<_> = peer
@@ -1598,26 +1819,56 @@ impl Sim {
                     Err(_) => self.retry_later(to, saga.input),
                 }
             }
-            Msg::Document(sequence, doc) => {
-                if self.nodes[to]
-                    .documents
-                    .get(&from)
-                    .is_some_and(|(seen, _)| *seen >= sequence)
-                {
-                    return; // stale or replayed heads
+            Msg::Document {
+                owner: o,
+                mark,
+                doc,
+            } => {
+                if o == to {
+                    return; // its own, passed back
                 }
-                let peer = doc.read(&self.nodes[from].id, &self.federation);
-                let owner = self.nodes[from].id;
+                let known = self.nodes[to].documents.get(&o).map(|(m, _)| *m);
+                let verdict = judge_heads(known, mark);
+                if let HeadsVerdict::Equivocation { take } = verdict {
+                    self.report.equivocations.1 += 1;
+                    self.trace(format!(
+                        "{to} holds two versions of {o}'s document under sequence {}; keeps {}",
+                        mark.sequence,
+                        if take { "the one offered" } else { "its own" }
+                    ));
+                }
+                if !verdict.take() {
+                    return; // stale, replayed, or the losing side
+                }
+                let peer = doc.read(&self.nodes[o].id, &self.federation);
+                let owner = self.nodes[o].id;
                 if peer.statements.iter().any(|(_, st)| st.creditor != owner)
                     || peer.transfers.iter().any(|(_, t)| t.from != owner)
                     || peer.disputes.iter().any(|d| d.by != owner)
                 {
                     self.violation(format!(
-                        "caisse {to} read, in caisse {from}'s document, a settlement entry another caisse signed"
+                        "caisse {to} read, in caisse {o}'s document, a settlement entry another caisse signed"
                     ));
                 }
-                self.nodes[to].documents.insert(from, (sequence, doc));
-                self.converged(from);
+                self.nodes[to].documents.insert(o, (mark, doc.clone()));
+                self.converged(o);
+                if self.relay {
+                    // Passed on, as gossip forwards and catalogs offer it.
+                    for _ in 0..2 {
+                        let k = self.rng.below(self.nodes.len() as u64) as usize;
+                        if k != to && k != o {
+                            self.send(
+                                to,
+                                k,
+                                Msg::Document {
+                                    owner: o,
+                                    mark,
+                                    doc: doc.clone(),
+                                },
+                            );
+                        }
+                    }
+                }
                 let me = self.nodes[to].id;
                 let periods: BTreeSet<Period> = peer
                     .statements
@@ -1670,7 +1921,12 @@ impl Sim {
     fn converged(&mut self, i: usize) {
         let everywhere = (0..self.nodes.len())
             .filter(|j| *j != i)
-            .map(|j| self.nodes[j].documents.get(&i).map_or(0, |(s, _)| *s))
+            .map(|j| {
+                self.nodes[j]
+                    .documents
+                    .get(&i)
+                    .map_or(0, |(m, _)| m.sequence)
+            })
             .min()
             .unwrap_or(0);
         let now = self.now;
@@ -1773,15 +2029,53 @@ impl Sim {
             if !self.up(i) {
                 continue;
             }
-            let Some(doc) = self.nodes[i].latest.clone() else {
+            let Some(latest) = self.nodes[i].latest.clone() else {
                 continue;
             };
-            let seq = self.nodes[i].sequence;
             for j in 0..n {
-                let behind = self.nodes[j].documents.get(&i).map_or(0, |(s, _)| *s) < seq;
-                if j != i && behind && self.up(j) {
-                    self.send(i, j, Msg::Document(seq, doc.clone()));
+                // Each side to its half, even after the faults stop.
+                let (mark, doc) = match &self.nodes[i].other_side {
+                    Some(side) if j % 2 == 1 => side.clone(),
+                    _ => latest.clone(),
+                };
+                let known = self.nodes[j].documents.get(&i).map(|(m, _)| *m);
+                if j != i && judge_heads(known, mark).take() && self.up(j) {
+                    self.send(
+                        i,
+                        j,
+                        Msg::Document {
+                            owner: i,
+                            mark,
+                            doc: doc.clone(),
+                        },
+                    );
                 }
+            }
+        }
+        if !self.relay {
+            return;
+        }
+        // Each caisse offers one other what it holds that the other would
+        // take (a catalog exchange).
+        for j in 0..n {
+            if !self.up(j) {
+                continue;
+            }
+            let k = self.rng.below(n as u64) as usize;
+            if k == j || !self.up(k) {
+                continue;
+            }
+            let offers: Vec<(usize, Mark, Arc<Published>)> = self.nodes[j]
+                .documents
+                .iter()
+                .filter(|(o, (m, _))| {
+                    **o != k
+                        && judge_heads(self.nodes[k].documents.get(o).map(|(m, _)| *m), *m).take()
+                })
+                .map(|(o, (m, d))| (*o, *m, d.clone()))
+                .collect();
+            for (owner, mark, doc) in offers {
+                self.send(j, k, Msg::Document { owner, mark, doc });
             }
         }
     }
@@ -1913,7 +2207,7 @@ impl Sim {
             );
         }
         let me = self.nodes[i].id;
-        if let Some(doc) = &self.nodes[i].latest {
+        if let Some((_, doc)) = &self.nodes[i].latest {
             view.caisses.insert(me, doc.read(&me, &self.federation));
         }
         let v = caisse_core::settlement::settlement_view(&view, period);
@@ -2138,7 +2432,45 @@ impl Sim {
                 }
             }
         }
+        self.check_documents();
         self.check_netting();
+    }
+
+    /// Every caisse holds the same version of every other caisse's
+    /// document (same sequence, same digest): an honest owner's latest,
+    /// and one of the Byzantine caisse's sides, the same everywhere.
+    fn check_documents(&mut self) {
+        let n = self.nodes.len();
+        for o in 0..n {
+            let Some((latest, _)) = self.nodes[o].latest.clone() else {
+                continue;
+            };
+            let held: Vec<(usize, Option<Mark>)> = (0..n)
+                .filter(|j| *j != o)
+                .map(|j| (j, self.nodes[j].documents.get(&o).map(|(m, _)| *m)))
+                .collect();
+            let first = held.first().and_then(|(_, m)| *m);
+            for (j, m) in &held {
+                let wrong = if o == 0 && self.equivocated_any() {
+                    *m != first || m.is_none_or(|m| m.sequence != latest.sequence)
+                } else {
+                    *m != Some(latest)
+                };
+                if wrong {
+                    self.violation(format!(
+                        "at quiescence caisse {j} holds version {:?} of caisse {o}'s document, whose owner published {} and caisse {} holds {:?}",
+                        m.map(|m| (m.sequence, hex::encode(&m.digest[..4]))),
+                        latest.sequence,
+                        held[0].0,
+                        first.map(|m| (m.sequence, hex::encode(&m.digest[..4])))
+                    ));
+                }
+            }
+        }
+    }
+
+    fn equivocated_any(&self) -> bool {
+        self.report.equivocations.0 > 0
     }
 
     /// For every period settled: the netting every caisse computes (the
@@ -2148,8 +2480,19 @@ impl Sim {
     /// out equal its position, and there are at most n - 1 transfers.
     fn check_netting(&mut self) {
         let mut view = caisse_core::federation_view::FederationView::default();
-        for n in &self.nodes {
-            if let Some(doc) = &n.latest {
+        // Each caisse's document as the others hold it (all the same
+        // version once converged; the Byzantine caisse's own latest may be
+        // the losing side of its last equivocation).
+        for (i, n) in self.nodes.iter().enumerate() {
+            let held = self
+                .nodes
+                .iter()
+                .enumerate()
+                .find(|(j, _)| *j != i)
+                .and_then(|(_, other)| other.documents.get(&i))
+                .map(|(_, d)| d)
+                .or(n.latest.as_ref().map(|(_, d)| d));
+            if let Some(doc) = held {
                 view.caisses.insert(n.id, doc.read(&n.id, &self.federation));
             }
         }
@@ -2240,6 +2583,8 @@ impl Sim {
                 self.opts.faults.disk_stall_pm = 0;
                 self.opts.faults.replayed_entries_pm = 0;
                 self.opts.faults.revocations_pm = 0;
+                self.opts.faults.equivocation_pm = 0;
+                self.opts.faults.recognition_pm = 0;
                 // Tills retry what they never got an answer to.
                 self.retry_now();
             }

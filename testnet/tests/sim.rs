@@ -17,8 +17,11 @@ fn run(seed: u64, faults: &str) -> SimReport {
 /// The `disk` profile: chaos, plus a slow disk that sometimes stalls past
 /// the time a host waits for a home, nodes that die right after a sync and
 /// before their answer leaves, the Byzantine caisse passing other
-/// caisses' signed settlement entries off as its own, and parliaments
-/// revoking their outlet's accreditation and accrediting it again (38 of
+/// caisses' signed settlement entries off as its own and signing two
+/// versions of its document under one sequence (each honest caisse must
+/// end on the same one), parliaments revoking their outlet's accreditation
+/// and accrediting it again and ceasing to recognise the other caisses and
+/// recognising them again, and members signing in (38 of
 /// these 60 seeds failed before a retry of a forwarded sale stopped being
 /// judged again: see `a_retry_after_a_revocation_sends_the_request_signed_first`
 /// in the core).
@@ -26,6 +29,8 @@ fn run(seed: u64, faults: &str) -> SimReport {
 fn federations_on_slow_disks_hold_every_invariant() {
     let (mut after_sync, mut stalls, mut replayed, mut offline) = (0, 0, 0, 0);
     let (mut revoked, mut accredited_again) = (0, 0);
+    let (mut equivocations, mut offered_other_side) = (0, 0);
+    let (mut unrecognised, mut recognised_again, mut signins) = (0, 0, 0);
     for seed in 0..60 {
         let r = sound(seed, "disk");
         after_sync += r.crashes_after_sync;
@@ -34,7 +39,21 @@ fn federations_on_slow_disks_hold_every_invariant() {
         offline += r.acknowledged.2;
         revoked += r.revocations.0;
         accredited_again += r.revocations.1;
+        equivocations += r.equivocations.0;
+        offered_other_side += r.equivocations.1;
+        unrecognised += r.recognition_changes.0;
+        recognised_again += r.recognition_changes.1;
+        signins += r.signins.0 + r.signins.1;
     }
+    assert!(
+        equivocations > 50 && offered_other_side > 50,
+        "{equivocations} sequences signed twice, {offered_other_side} times the other side offered"
+    );
+    assert!(
+        unrecognised > 50 && recognised_again > 50,
+        "{unrecognised} parliaments stopped recognising, {recognised_again} recognised again"
+    );
+    assert!(signins > 500, "member sign-ins: {signins}");
     assert!(
         revoked > 100 && accredited_again > 100,
         "{revoked} outlet accreditations revoked, {accredited_again} outlets accredited again"

@@ -310,6 +310,48 @@ fn open_bytes<T: caisse_protocol::signed::Message>(
 }
 
 impl Published {
+    /// A digest of everything this version holds, in a fixed order: two
+    /// versions under one sequence with different digests are an
+    /// equivocation (see [`crate::replication`]).
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut put = |tag: &str, b: &[u8]| {
+            h.update((tag.len() as u64).to_be_bytes());
+            h.update(tag.as_bytes());
+            h.update((b.len() as u64).to_be_bytes());
+            h.update(b);
+        };
+        for (tag, one) in [
+            ("profile", &self.profile),
+            ("location", &self.location),
+            ("bank", &self.bank),
+            ("addresses", &self.addresses),
+        ] {
+            if let Some(b) = one {
+                put(tag, b);
+            }
+        }
+        for (tag, map) in [
+            ("criteria", &self.criteria),
+            ("accreditations", &self.accreditations),
+            ("revocations", &self.revocations),
+            ("settlement", &self.settlement),
+            ("claims", &self.claims),
+            ("dossiers", &self.dossiers),
+            ("sales", &self.sales),
+        ] {
+            for (k, v) in map {
+                put(tag, k.as_bytes());
+                put(tag, v);
+            }
+        }
+        for r in &self.recognised {
+            put("recognised", r.as_bytes());
+        }
+        h.finalize().into()
+    }
+
     /// What `owner` says, keeping only statements it signed (each verified
     /// against its key); the others are counted as invalid.
     pub fn read(&self, owner: &CaisseId, federation: &FederationId) -> PeerCaisse {

@@ -21,6 +21,8 @@
 //! - [`settlement`]: cross-caisse purchases, receipts, statements, netting.
 //! - [`view`]: reads (`Reads`) over the caisse or over a `View` off the
 //!   writer (committed store + published `Snapshot`).
+//! - [`replication`]: which signed version of another caisse's document a
+//!   replica keeps (newest; on equivocation, the smaller digest).
 //! - [`report`]: the evaluation report and the anonymised export.
 //! - [`accounting`]: the accountant's file of a period (FEC layout).
 //! - [`anonymise`]: the export's privacy model (k-anonymity, brackets).
@@ -38,6 +40,7 @@ pub mod ledger;
 pub mod members;
 pub mod parliament;
 pub mod policy;
+pub mod replication;
 pub mod report;
 pub mod sales;
 pub mod sepa;
