@@ -529,6 +529,9 @@ struct Phase {
     name: &'static str,
     latencies: Vec<Duration>,
     errors: u64,
+    /// Purchases over 50 ms: when they were scheduled (ms since the Unix
+    /// epoch, to compare with the node's log), which till, how long.
+    slow: Vec<(u128, usize, Duration)>,
 }
 
 /// Till latency at a steady 200 purchases/s while long jobs run.
@@ -557,6 +560,13 @@ async fn tills(n: usize) {
         "tills {n}: prepared (enrolment + one allocation run) in {:.1?}",
         t.elapsed()
     );
+    // The store just written (1.3 GB at a million) out of the kernel's
+    // dirty pages first: otherwise the node's first fsyncs wait behind
+    // their writeback (commits of 400 ms in the idle phase), which says
+    // nothing about the node.
+    let t = Instant::now();
+    let _ = std::process::Command::new("sync").status();
+    println!("tills {n}: sync after preparing {:.1?}", t.elapsed());
 
     // The node, in its own process.
     let _ = std::fs::remove_file(dir.join("node.json"));
@@ -632,6 +642,13 @@ async fn tills(n: usize) {
                     Ok(_) => p.latencies.push(lat),
                     Err(_) => p.errors += 1,
                 }
+                if lat > Duration::from_millis(50) {
+                    let at = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .saturating_sub(lat);
+                    p.slow.push((at.as_millis(), till, lat));
+                }
                 i += 1;
             }
         }));
@@ -695,7 +712,15 @@ async fn tills(n: usize) {
     );
     println!("| members | phase | purchases | failed | p50 | p99 | max |");
     println!("|---:|---|---:|---:|---:|---:|---:|");
-    for mut p in done.lock().unwrap().drain(..) {
+    let phases: Vec<Phase> = done.lock().unwrap().drain(..).collect();
+    if std::env::var_os("CAISSE_BENCH_SLOW").is_some() {
+        for p in &phases {
+            for (at, till, lat) in p.slow.iter().take(40) {
+                println!("slow: {} at {at} ms (till {till}): {lat:.1?}", p.name);
+            }
+        }
+    }
+    for mut p in phases {
         p.latencies.sort();
         println!(
             "| {n} | {} | {} | {} | {:.1?} | {:.1?} | {:.1?} |",

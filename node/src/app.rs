@@ -271,9 +271,16 @@ async fn heavy_read<T: Send + 'static>(
         .await
         .map_err(|_| CaisseError::Unavailable)?;
     let store = app.store.clone();
-    tokio::task::spawn_blocking(move || read(&*store))
-        .await
-        .map_err(|_| CaisseError::Unavailable)?
+    // A thread of its own, at a lower priority (see `writer::lower_priority`).
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("heavy-read".into())
+        .spawn(move || {
+            crate::writer::lower_priority();
+            let _ = tx.send(read(&*store));
+        })
+        .map_err(|_| CaisseError::Unavailable)?;
+    rx.await.map_err(|_| CaisseError::Unavailable)?
 }
 
 /// The evaluation report of a period.

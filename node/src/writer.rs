@@ -43,7 +43,7 @@ pub const ADMIN_PER_GROUP: usize = 64;
 /// Requests that may wait for the writer before callers are slowed down.
 pub const QUEUE: usize = 8192;
 /// How long one step of a background job should take.
-pub const JOB_STEP_TARGET: Duration = Duration::from_millis(8);
+pub const JOB_STEP_TARGET: Duration = Duration::from_millis(5);
 
 /// The node's notion of time: the system clock, or a manual clock that a
 /// testnet sets to simulate months (only when the config enables it).
@@ -226,6 +226,22 @@ pub fn spawn(caisse: Caisse, clock: Arc<Clock>) -> (CaisseHandle, std::thread::J
     )
 }
 
+/// Lower the calling thread's scheduling priority (nice 10), for good: a
+/// long read off the writer (an audit, a report, an export) runs on a
+/// thread of its own, so that on a machine of two cores the writer and the
+/// HTTP runtime come first. The tills' answers wait on them, not on the
+/// report: at a million members a report and export beside the tills gave
+/// p99 55 ms at equal priority.
+pub fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid, getpriority and setpriority on the calling thread only.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        libc::setpriority(libc::PRIO_PROCESS, tid, now.saturating_add(10).min(19));
+    }
+}
+
 /// A job in the writer's background lane.
 enum Job {
     Allocation {
@@ -351,6 +367,7 @@ impl Writer {
                 let spawned = std::thread::Builder::new()
                     .name("ledger-check".into())
                     .spawn(move || {
+                        lower_priority();
                         let result = crate::ledger::check_within(&*store, Some(upto));
                         if let Some(tx) = back.upgrade() {
                             let _ = tx.blocking_send(Request::CheckRead { id, result, reply });
@@ -520,7 +537,8 @@ impl Writer {
         let step_started = Instant::now();
         let mut stepped = false;
         if let Some(job) = self.jobs.pop_front() {
-            stepped = matches!(job, Job::Allocation { .. });
+            // (The scan of households is not what a step's size is set by.)
+            stepped = matches!(&job, Job::Allocation { job, .. } if !job.scanning());
             if let Some(job) = self.job_step(job, now, &mut answers)? {
                 self.jobs.push_front(job);
             }
@@ -528,7 +546,8 @@ impl Writer {
         self.backup_step();
         let commit_started = Instant::now();
         let failure = self.commit().err();
-        crate::metrics::commit(tills + admin, commit_started.elapsed().as_secs_f64());
+        let commit_took = commit_started.elapsed();
+        crate::metrics::commit(tills + admin, commit_took.as_secs_f64());
         if stepped {
             // The step's cost is its decisions and the commit of its writes:
             // what the tills of the next group wait for.
@@ -549,6 +568,10 @@ impl Writer {
             Some(f) => Err(f),
             None => {
                 self.publish();
+                let all = started.elapsed();
+                if all > Duration::from_millis(30) {
+                    tracing::debug!(target: "caisse::writer", commands = tills + admin, stepped, took_ms = all.as_millis() as u64, commit_ms = commit_took.as_millis() as u64, "long group");
+                }
                 Ok(())
             }
         }
@@ -634,7 +657,9 @@ impl Writer {
             } => {
                 // Settle what moved during the audit: commit what is pending
                 // first, so the store is exactly the caisse's state.
+                let t = Instant::now();
                 self.commit()?;
+                let committed = t.elapsed();
                 let result = crate::ledger::recheck(&**self.caisse.store(), &suspects)
                     .map(|(findings, tail)| {
                         report.findings.extend(findings);
@@ -642,6 +667,7 @@ impl Writer {
                         report
                     })
                     .map_err(CaisseError::from);
+                tracing::debug!(target: "caisse::writer", balances = suspects.balances.len(), peers = suspects.peers.as_ref().map_or(0, Vec::len), commit_ms = committed.as_millis() as u64, recheck_ms = (t.elapsed() - committed).as_millis() as u64, "audit settled");
                 self.set_job(id, |s| {
                     s.finished = true;
                     s.error = result.as_ref().err().map(ToString::to_string);
