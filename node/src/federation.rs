@@ -70,9 +70,9 @@ struct Replica {
     sequence: u64,
     /// The document's epoch (see [`DocumentHeads::epoch`]).
     epoch: u32,
-    /// The version held, as [`judge_heads`] compares it (none before the
-    /// first signed heads).
-    held: Option<Mark>,
+    /// The digest of the version held (its sorted heads and epoch), as
+    /// [`judge_heads`] compares it; none before the first signed heads.
+    digest: Option<[u8; 32]>,
     /// The next sync starts from an empty document, not from the one held:
     /// the one held has changes the wanted version does not (the losing
     /// side of an equivocation, or a sync judged forged).
@@ -92,17 +92,24 @@ struct Replica {
 }
 
 impl Replica {
+    /// The version held, as [`judge_heads`] compares it.
+    fn held(&self) -> Option<Mark> {
+        self.digest.map(|digest| Mark {
+            sequence: self.sequence,
+            digest,
+        })
+    }
+
     fn new(mut doc: AutoCommit, heads: Option<Envelope>, sequence: u64, epoch: u32) -> Self {
-        let held = heads.as_ref().map(|_| Mark {
-            sequence,
-            digest: heads_digest(&sorted_heads(&mut doc), epoch),
-        });
+        let digest = heads
+            .as_ref()
+            .map(|_| heads_digest(&sorted_heads(&mut doc), epoch));
         Replica {
             doc,
             heads,
             sequence,
             epoch,
-            held,
+            digest,
             scratch: false,
             wanted: None,
             source: None,
@@ -780,10 +787,7 @@ impl FederationTask {
             }
         };
         replica.sequence = sequence;
-        replica.held = Some(Mark {
-            sequence,
-            digest: heads_digest(&message.heads, message.epoch),
-        });
+        replica.digest = Some(heads_digest(&message.heads, message.epoch));
         replica.heads = Some(env.clone());
         self.persist(me, bytes, &env);
         // Durable before anyone sees it: a version gossiped then lost in a
@@ -1022,7 +1026,7 @@ impl FederationTask {
                 sequence: *seq,
                 digest: heads_digest(heads, *epoch),
             }),
-            _ => replica.held,
+            _ => replica.held(),
         };
         let heads = sorted(v.message.heads.clone());
         let offered = Mark {
@@ -1363,10 +1367,7 @@ impl FederationTask {
         r.doc = fork;
         r.sequence = seq;
         r.epoch = epoch;
-        r.held = Some(Mark {
-            sequence: seq,
-            digest: heads_digest(&sorted_heads(&mut r.doc), epoch),
-        });
+        r.digest = Some(heads_digest(&sorted_heads(&mut r.doc), epoch));
         r.scratch = false;
         r.heads = Some(env.clone());
         r.wanted = None;
