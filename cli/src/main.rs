@@ -11,15 +11,36 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
+use caisse_node::backup::BackupDone;
+use caisse_node::caisse::{
+    AllocationRun, ContributionRecorded, EnrollInput, Enrolled, OutletRegistered, PayoutDone,
+    PurchaseInput, Receipt, SubsidyRecorded,
+};
 use caisse_node::client::{Client, ClientError, TokenFile};
+use caisse_node::conventionnement::ProducerRecord;
 use caisse_node::daemon::{self, InitOptions};
+use caisse_node::dto;
+use caisse_node::ledger::CheckReport;
 use caisse_node::ledger::SubsidySource;
+use caisse_node::members::MemberRecord;
+use caisse_node::parliament::{
+    Choice, Drawn, Proposal, ProposalKind, Seat, SeatKind, VoteRecorded,
+};
 use caisse_node::policy::Policy;
-use caisse_protocol::messages::PurchaseLine;
+use caisse_node::policy::{AllocationPolicy, RecognitionPolicy, Rollover};
+use caisse_node::producers::{ProducerPage, RegistryRow};
+use caisse_node::report::Export;
+use caisse_node::sepa::BankAccount;
+use caisse_node::settlement::SettlementRun;
+use caisse_node::writer::JobStatus;
+use caisse_protocol::ids::HouseholdId;
+use caisse_protocol::messages::{PurchaseLine, ScopeItem, Subject};
 use caisse_protocol::{
-    Amount, CardId, Category, Day, FederationId, MemberId, OutletId, Period, ProducerId, PurchaseId,
+    Amount, CaisseId, CardId, Category, Day, FederationId, MemberId, OutletId, Period, ProducerId,
+    PurchaseId,
 };
 use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 /// Run and drive the node of a food caisse (sécurité sociale de l'alimentation).
@@ -247,7 +268,7 @@ enum MemberCmd {
         income: Option<Amount>,
         /// Join this household.
         #[arg(long, conflicts_with = "new_household")]
-        household: Option<String>,
+        household: Option<HouseholdId>,
         /// Start a new household.
         #[arg(long)]
         new_household: bool,
@@ -477,7 +498,7 @@ enum ParliamentCmd {
         seat: String,
         /// yes, no or abstain.
         #[arg(long)]
-        choice: String,
+        choice: Choice,
     },
     /// Close a proposal and tally; a passed proposal takes effect at once.
     Close {
@@ -495,7 +516,7 @@ enum SeatCmd {
     Add {
         /// citizen, producer or worker.
         #[arg(long)]
-        kind: String,
+        kind: SeatKind,
         /// The member holding it (required for citizen seats).
         #[arg(long)]
         member: Option<MemberId>,
@@ -726,7 +747,7 @@ enum SettlementCmd {
         period: Period,
         /// The debtor caisse's id.
         #[arg(long)]
-        debtor: String,
+        debtor: CaisseId,
     },
     /// Record a transfer we made outside the system (by its number in `settlement show`).
     Paid {
@@ -750,13 +771,13 @@ enum NetworkCmd {
     Block {
         /// The caisse id.
         #[arg(long)]
-        caisse: String,
+        caisse: CaisseId,
     },
     /// Talk to a blocked caisse again.
     Unblock {
         /// The caisse id.
         #[arg(long)]
-        caisse: String,
+        caisse: CaisseId,
     },
 }
 
@@ -1298,13 +1319,36 @@ struct Output {
 }
 
 impl Output {
-    fn value(&self, v: &Value, human: impl FnOnce(&Value)) {
+    /// Print an answer: as JSON with `--json`, else as `human` writes it.
+    fn show<T: Serialize>(&self, v: &T, human: impl FnOnce(&T)) {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+            println!("{}", pretty(v));
         } else {
             human(v);
         }
     }
+
+    /// [`Self::show`] for the answers still read as JSON (parliament,
+    /// producers, reports, the pseudonymised journal).
+    fn value(&self, v: &Value, human: impl FnOnce(&Value)) {
+        self.show(v, human)
+    }
+}
+
+/// Any answer as indented JSON.
+fn pretty<T: Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// A typed field as the terminal shows it: as its JSON form would print
+/// ([`s`]), so `--json` and the table agree on every value.
+fn j<T: Serialize>(v: &T) -> String {
+    s(&serde_json::to_value(v).unwrap_or_default())
+}
+
+/// One `name  value` line of a record.
+fn field(name: &str, value: String) {
+    println!("{name:<18} {value}");
 }
 
 /// A JSON value as text for the terminal: strings without quotes, and
@@ -1346,12 +1390,6 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-fn fields(v: &Value, keys: &[&str]) {
-    for k in keys {
-        println!("{k:<18} {}", s(&v[*k]));
-    }
-}
-
 fn parse_line(text: &str) -> Result<PurchaseLine> {
     let mut parts = text.split(':');
     let (Some(cat), Some(amount)) = (parts.next(), parts.next()) else {
@@ -1382,43 +1420,34 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
         | Command::Store(_)
         | Command::Rogue { .. } => unreachable_command(),
         Command::Status => {
-            let v: Value = c.get("/api/v1/status").await?;
-            out.value(&v, |v| {
-                fields(
-                    v,
-                    &[
-                        "caisse_id",
-                        "name",
-                        "territory",
-                        "federation",
-                        "members",
-                        "journal_entries",
-                        "jobs_running",
-                        "writer_queue",
-                        "today",
-                    ],
-                )
+            let v: dto::Status = c.get("/api/v1/status").await?;
+            out.show(&v, |v| {
+                field("caisse_id", j(&v.caisse_id));
+                field("name", j(&v.name));
+                field("territory", j(&v.territory));
+                field("federation", j(&v.federation));
+                field("members", j(&v.members));
+                field("journal_entries", j(&v.journal_entries));
+                field("jobs_running", j(&v.jobs_running));
+                field("writer_queue", j(&v.writer_queue));
+                field("today", j(&v.today));
             });
         }
         Command::Job(JobCmd::List) => {
-            let v: Value = c.get("/api/v1/jobs").await?;
-            out.value(&v, |v| {
+            let v: Vec<JobStatus> = c.get("/api/v1/jobs").await?;
+            out.show(&v, |v| {
                 let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|j| {
-                        let state = if !j["error"].is_null() {
-                            format!("failed: {}", s(&j["error"]))
-                        } else if j["finished"] == true {
-                            "done".into()
-                        } else {
-                            "running".into()
+                    .iter()
+                    .map(|job| {
+                        let state = match (&job.error, job.finished) {
+                            (Some(e), _) => format!("failed: {}", j(e)),
+                            (None, true) => "done".into(),
+                            (None, false) => "running".into(),
                         };
                         vec![
-                            s(&j["id"]),
-                            s(&j["what"]),
-                            format!("{}/{}", s(&j["done"]), s(&j["total"])),
+                            j(&job.id),
+                            j(&job.what),
+                            format!("{}/{}", job.done, job.total),
                             state,
                         ]
                     })
@@ -1431,31 +1460,30 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             });
         }
         Command::Policy => {
-            let v: Value = c.get("/api/v1/policy").await?;
+            let p: Policy = c.get("/api/v1/policy").await?;
             if cli.json {
-                out.value(&v, |_| {});
+                out.show(&p, |_| {});
             } else {
-                let p: Policy = serde_json::from_value(v)?;
                 print!("{}", toml::to_string_pretty(&p)?);
             }
         }
         Command::Member(m) => return member(c, out, m).await,
         Command::Allocation(AllocationCmd::Issue { period }) => {
-            let v: Value = c
-                .post("/api/v1/allocations", &json!({ "period": period }))
+            let v: AllocationRun = c
+                .post("/api/v1/allocations", &dto::PeriodBody { period: *period })
                 .await?;
-            out.value(&v, |v| {
+            out.show(&v, |v| {
                 println!(
                     "Allocation {}: issued {} (total {} EUR), already issued {}, suspended {}, not members then {}, expired by rollover {} EUR",
-                    s(&v["period"]),
-                    s(&v["issued"]),
-                    s(&v["total"]),
-                    s(&v["already_issued"]),
-                    s(&v["skipped_suspended"]),
-                    s(&v["skipped_not_member"]),
-                    s(&v["expired"])
+                    j(&v.period),
+                    v.issued,
+                    v.total,
+                    v.already_issued,
+                    v.skipped_suspended,
+                    v.skipped_not_member,
+                    v.expired
                 );
-                if v["issued"] == json!(0) && v["already_issued"] != json!(0) {
+                if v.issued == 0 && v.already_issued != 0 {
                     println!("Nothing new: this period's allocation had already been issued to every eligible member.");
                 }
             });
@@ -1465,25 +1493,26 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             period,
             amount,
         }) => {
-            let v: Value = c
+            let v: ContributionRecorded = c
                 .post(
                     "/api/v1/contributions",
-                    &json!({ "member": member, "period": period, "amount": amount }),
+                    &dto::ContributionBody {
+                        member: *member,
+                        period: *period,
+                        amount: *amount,
+                    },
                 )
                 .await?;
-            out.value(&v, |v| {
-                if v["already_recorded"] == json!(true) {
+            out.show(&v, |v| {
+                if v.already_recorded {
                     println!(
                         "Already recorded: {} EUR for {} (nothing changed)",
-                        s(&v["amount"]),
-                        s(&v["period"])
+                        v.amount, v.period
                     );
                 } else {
                     println!(
                         "Recorded contribution of {} EUR for {} (scale bracket {})",
-                        s(&v["amount"]),
-                        s(&v["period"]),
-                        s(&v["bracket"])
+                        v.amount, v.period, v.bracket
                     );
                 }
             });
@@ -1497,24 +1526,29 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             let key = key
                 .clone()
                 .unwrap_or_else(|| format!("subsidy-{}", PurchaseId::from_bytes(random_id())));
-            let v: Value = c
+            let v: SubsidyRecorded = c
                 .post(
                     "/api/v1/subsidies",
-                    &json!({ "source": source, "amount": amount, "period": period, "key": key }),
+                    &dto::SubsidyBody {
+                        source: *source,
+                        amount: *amount,
+                        period: *period,
+                        key,
+                    },
                 )
                 .await?;
-            out.value(&v, |v| {
-                let what = if v["already_recorded"] == json!(true) {
+            out.show(&v, |v| {
+                let what = if v.already_recorded {
                     "Already recorded"
                 } else {
                     "Recorded"
                 };
                 println!(
                     "{what}: subsidy of {} EUR from {} for {} (key {}; reuse it with --key to retry safely)",
-                    s(&v["amount"]),
-                    s(&v["source"]),
-                    s(&v["period"]),
-                    s(&v["key"])
+                    v.amount,
+                    j(&v.source),
+                    v.period,
+                    j(&v.key)
                 );
             });
         }
@@ -1537,56 +1571,63 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
                 );
             }
             let id = p.id.unwrap_or_else(|| PurchaseId::from_bytes(random_id()));
-            let v: Value = c
+            let v: Receipt = c
                 .post(
                     "/api/v1/purchases",
-                    &json!({ "id": id, "card": p.card, "outlet": p.outlet, "lines": lines, "pin": p.pin }),
+                    &PurchaseInput {
+                        id,
+                        card: p.card,
+                        outlet: p.outlet,
+                        lines,
+                        pin: p.pin.clone(),
+                    },
                 )
                 .await?;
-            out.value(&v, |v| {
-                let again = if v["replayed"] == json!(true) {
+            out.show(&v, |v| {
+                let again = if v.replayed {
                     " (already accepted earlier: nothing charged again)"
                 } else {
                     ""
                 };
-                println!("Purchase {} accepted{again}", s(&v["purchase"]));
-                println!("  total             {} EUR", s(&v["total"]));
-                println!("  paid by allocation {} EUR", s(&v["allocation_part"]));
-                println!("  left to pay       {} EUR", s(&v["member_part"]));
-                println!("  balance now       {} EUR", s(&v["balance_after"]));
+                println!("Purchase {} accepted{again}", v.purchase);
+                println!("  total             {} EUR", v.total);
+                println!("  paid by allocation {} EUR", v.allocation_part);
+                println!("  left to pay       {} EUR", v.member_part);
+                println!("  balance now       {} EUR", v.balance_after);
             });
         }
         Command::Ledger(l) => return ledger(c, out, l).await,
         Command::Parliament(p) => return parliament(c, out, p).await,
         Command::Producer(p) => return producer(c, out, p).await,
         Command::Accreditation(AccreditationCmd::Lapsing { days }) => {
-            let v: Value = c
+            let v: Vec<dto::Lapsing> = c
                 .get(&format!("/api/v1/accreditations/lapsing?days={days}"))
                 .await?;
-            out.value(&v, |v| {
+            out.show(&v, |v| {
                 let rows = v
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|r| {
-                                vec![
-                                    s(&r["name"]),
-                                    s(&r["valid_until"]),
-                                    s(&r["days_left"]),
-                                    r["lapses_with"].as_str().unwrap_or("").to_owned(),
-                                ]
-                            })
-                            .collect()
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            j(&r.name),
+                            j(&r.valid_until),
+                            j(&r.days_left),
+                            r.lapses_with.clone().unwrap_or_default(),
+                        ]
                     })
-                    .unwrap_or_default();
+                    .collect();
                 table(&["name", "valid until", "days left", "ends with"], rows);
             });
         }
         Command::TerritoryCentre { centre } => {
-            let v: Value = c
-                .post("/api/v1/territory-centre", &json!({ "centre": centre }))
+            let v: dto::TerritoryCentre = c
+                .post(
+                    "/api/v1/territory-centre",
+                    &dto::CentreBody {
+                        centre: centre.clone(),
+                    },
+                )
                 .await?;
-            out.value(&v, |v| match v["territory_centre"].as_object() {
+            out.show(&v, |v| match v.territory_centre {
                 Some(_) => {
                     println!("Territory centre set: producers' distances are computed from it.")
                 }
@@ -1594,14 +1635,11 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             });
         }
         Command::Accreditation(AccreditationCmd::List { federation }) => {
-            let v: Value = c
+            let v: Vec<dto::AccreditationView> = c
                 .get(&format!("/api/v1/accreditations?federation={federation}"))
                 .await?;
-            out.value(&v, |v| {
-                let rows = v
-                    .as_array()
-                    .map(|a| a.iter().map(accreditation_row).collect())
-                    .unwrap_or_default();
+            out.show(&v, |v| {
+                let rows = v.iter().map(accreditation_row).collect();
                 table(
                     &["id", "by caisse", "subject", "scope", "valid", "status"],
                     rows,
@@ -1609,33 +1647,22 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             });
         }
         Command::Peers => {
-            let v: Value = c.get("/api/v1/peers").await?;
-            out.value(&v, |v| {
+            let v: Vec<dto::PeerRow> = c.get("/api/v1/peers").await?;
+            out.show(&v, |v| {
+                let yes = |b: bool| if b { "yes" } else { "no" }.to_owned();
                 let rows = v
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|p| {
-                                vec![
-                                    s(&p["caisse"]).chars().take(16).collect(),
-                                    s(&p["name"]),
-                                    if p["recognised"] == true {
-                                        "yes".into()
-                                    } else {
-                                        "no".into()
-                                    },
-                                    if p["connected"] == true {
-                                        "yes".into()
-                                    } else {
-                                        "no".into()
-                                    },
-                                    s(&p["last_changed"]),
-                                    s(&p["accreditations"]),
-                                ]
-                            })
-                            .collect()
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            j(&p.caisse).chars().take(16).collect(),
+                            j(&p.name),
+                            yes(p.recognised),
+                            yes(p.connected),
+                            j(&p.last_changed),
+                            j(&p.accreditations),
+                        ]
                     })
-                    .unwrap_or_default();
+                    .collect();
                 table(
                     &[
                         "caisse",
@@ -1650,52 +1677,101 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             });
         }
         Command::Settlement(SettlementCmd::Run { period }) => {
-            let v: Value = c
-                .post("/api/v1/settlement/run", &json!({ "period": period }))
+            let v: SettlementRun = c
+                .post(
+                    "/api/v1/settlement/run",
+                    &dto::PeriodBody { period: *period },
+                )
                 .await?;
-            out.value(&v, |v| {
+            out.show(&v, |v| {
                 println!(
                     "Published {} statements as creditor; answered {} as debtor.",
-                    s(&v["statements_published"]),
-                    s(&v["answered"])
+                    v.statements_published, v.answered
                 )
             });
         }
         Command::Settlement(SettlementCmd::Show { period }) => {
-            let v: Value = c
+            let v: dto::SettlementShow = c
                 .get(&format!("/api/v1/settlement?period={period}"))
                 .await?;
-            out.value(&v, |v| {
-                let short = |x: &Value| s(x).chars().take(8).collect::<String>();
-                let rows = v["statements"].as_array().map(|a| a.iter().map(|st| vec![
-                    short(&st["creditor"]), short(&st["debtor"]), s(&st["amount"]), s(&st["count"]),
-                    if st["acknowledged"] == true { "countersigned".into() } else if st["dispute"].is_null() { "waiting".into() } else { "DISPUTED".into() },
-                ]).collect()).unwrap_or_default();
+            out.show(&v, |v| {
+                let short = |x: &CaisseId| j(x).chars().take(8).collect::<String>();
+                let rows = v
+                    .statements
+                    .iter()
+                    .map(|st| {
+                        let status = if st.acknowledged {
+                            "countersigned"
+                        } else if st.dispute.is_none() {
+                            "waiting"
+                        } else {
+                            "DISPUTED"
+                        };
+                        vec![
+                            short(&st.creditor),
+                            short(&st.debtor),
+                            j(&st.amount),
+                            j(&st.count),
+                            status.into(),
+                        ]
+                    })
+                    .collect();
                 table(&["creditor", "debtor", "amount", "receipts", "status"], rows);
-                for st in v["statements"].as_array().into_iter().flatten() {
-                    if !st["dispute"].is_null() {
-                        println!("dispute by {}: unknown to the debtor {}, missing from the statement {}", short(&st["debtor"]), st["dispute"]["unknown_to_debtor"], st["dispute"]["missing_from_statement"]);
+                for st in &v.statements {
+                    if let Some(d) = &st.dispute {
+                        println!(
+                            "dispute by {}: unknown to the debtor {}, missing from the statement {}",
+                            short(&st.debtor),
+                            serde_json::to_string(&d.unknown_to_debtor).unwrap_or_default(),
+                            serde_json::to_string(&d.missing_from_statement).unwrap_or_default()
+                        );
                     }
                 }
                 println!();
-                let rows = v["positions"].as_array().map(|a| a.iter().map(|p| vec![short(&p["caisse"]), s(&p["net"])]).collect()).unwrap_or_default();
+                let rows = v
+                    .positions
+                    .iter()
+                    .map(|p| vec![short(&p.caisse), j(&p.net)])
+                    .collect();
                 table(&["caisse", "net position"], rows);
-                println!("(net positions sum to {})\n", s(&v["net_sum"]));
-                let rows = v["transfers"].as_array().map(|a| a.iter().map(|t| vec![s(&t["transfer"]), short(&t["from"]), short(&t["to"]), s(&t["amount"]), if t["confirmed_by_receiver"] == true { "paid, confirmed".into() } else if t["paid"] == true { "paid, awaiting confirmation".into() } else { "to pay".into() }]).collect()).unwrap_or_default();
+                println!("(net positions sum to {})\n", v.net_sum);
+                let rows = v
+                    .transfers
+                    .iter()
+                    .map(|t| {
+                        let status = if t.confirmed_by_receiver {
+                            "paid, confirmed"
+                        } else if t.paid {
+                            "paid, awaiting confirmation"
+                        } else {
+                            "to pay"
+                        };
+                        vec![
+                            j(&t.transfer),
+                            short(&t.from),
+                            short(&t.to),
+                            j(&t.amount),
+                            status.into(),
+                        ]
+                    })
+                    .collect();
                 table(&["transfer", "from", "to", "amount", "status"], rows);
             });
         }
         Command::Settlement(SettlementCmd::Withdraw { period, debtor }) => {
-            let v: Value = c
+            let v: dto::Withdrawn = c
                 .post(
                     "/api/v1/settlement/withdraw",
-                    &json!({ "period": period, "debtor": debtor }),
+                    &dto::WithdrawBody {
+                        period: *period,
+                        debtor: *debtor,
+                    },
                 )
                 .await?;
-            out.value(&v, |v| {
+            out.show(&v, |v| {
                 println!(
                     "Withdrew {} disputed claims of {period}: a revised statement is published; the netting follows once the debtor acknowledges it.",
-                    s(&v["withdrawn"])
+                    v.withdrawn
                 );
             });
         }
@@ -1704,50 +1780,55 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             transfer,
             reference,
         }) => {
-            let v: Value = c
+            let v: dto::TransferRecorded = c
                 .post(
                     "/api/v1/settlement/paid",
-                    &json!({ "period": period, "transfer": transfer, "reference": reference }),
+                    &dto::PaidBody {
+                        period: *period,
+                        transfer: *transfer,
+                        reference: reference.clone(),
+                    },
                 )
                 .await?;
-            out.value(&v, |v| {
+            out.show(&v, |v| {
                 println!(
                     "Recorded transfer {} of {} EUR, signed and published for the receiver.",
-                    s(&v["transfer"]),
-                    s(&v["amount"])
+                    v.transfer, v.amount
                 )
             });
         }
-        Command::Network(n) => {
-            let v: Value = match n {
-                NetworkCmd::Show => c.get("/api/v1/network").await?,
-                NetworkCmd::Block { caisse } => {
-                    c.post(
+        Command::Network(n) => match n {
+            NetworkCmd::Show => {
+                let v: dto::NetworkInfo = c.get("/api/v1/network").await?;
+                out.show(&v, |v| println!("{}", pretty(v)));
+            }
+            NetworkCmd::Block { caisse } | NetworkCmd::Unblock { caisse } => {
+                let block = matches!(n, NetworkCmd::Block { .. });
+                let v: dto::Blocked = c
+                    .post(
                         "/api/v1/network/block",
-                        &json!({ "caisse": caisse, "block": true }),
+                        &dto::BlockBody {
+                            caisse: *caisse,
+                            block,
+                        },
                     )
-                    .await?
-                }
-                NetworkCmd::Unblock { caisse } => {
-                    c.post(
-                        "/api/v1/network/block",
-                        &json!({ "caisse": caisse, "block": false }),
-                    )
-                    .await?
-                }
-            };
-            out.value(&v, |v| {
-                println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
-            });
-        }
+                    .await?;
+                out.show(&v, |v| println!("{}", pretty(v)));
+            }
+        },
         Command::Criteria => {
-            let v: Value = c.get("/api/v1/criteria").await?;
-            out.value(&v, |v| {
-                if v.is_null() {
-                    println!("No criteria adopted yet: the parliament adopts them by vote (parliament propose --criteria FILE).");
-                } else {
-                    println!("{} version {} (hash {}), adopted {}", s(&v["criteria"]["name"]), s(&v["criteria"]["version"]), s(&v["hash"]), s(&v["adopted_on"]));
-                    println!("{}", serde_json::to_string_pretty(&v["criteria"]["rule"]).unwrap_or_default());
+            let v: Option<dto::CriteriaInForce> = c.get("/api/v1/criteria").await?;
+            out.show(&v, |v| match v {
+                None => println!("No criteria adopted yet: the parliament adopts them by vote (parliament propose --criteria FILE)."),
+                Some(v) => {
+                    println!(
+                        "{} version {} (hash {}), adopted {}",
+                        j(&v.criteria.name),
+                        j(&v.criteria.version),
+                        j(&v.hash),
+                        j(&v.adopted_on)
+                    );
+                    println!("{}", serde_json::to_string_pretty(&v.criteria.rule).unwrap_or_default());
                 }
             });
         }
@@ -1757,45 +1838,46 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             seat,
             producer,
         }) => {
-            let v: Value = c
+            let v: dto::TokenCreated = c
                 .post(
                     "/api/v1/tokens",
-                    &json!({ "role": role, "seat": seat, "producer": producer }),
+                    &dto::TokenBody {
+                        role: role.clone(),
+                        seat: seat.clone(),
+                        producer: producer.clone(),
+                    },
                 )
                 .await?;
-            out.value(&v, |v| {
-                println!("{} token (shown once): {}", s(&v["role"]), s(&v["token"]));
+            out.show(&v, |v| {
+                println!("{} token (shown once): {}", j(&v.role), j(&v.token));
             });
         }
         Command::Token(TokenCmd::List) => {
-            let v: Value = c.get("/api/v1/tokens").await?;
-            out.value(&v, |v| {
+            let v: Vec<dto::TokenRow> = c.get("/api/v1/tokens").await?;
+            out.show(&v, |v| {
                 let rows = v
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|t| {
-                                let role = match &t["role"] {
-                                    Value::Object(o) => o
-                                        .iter()
-                                        .map(|(k, v)| format!("{k} {}", s(v)))
-                                        .collect::<Vec<_>>()
-                                        .join(" "),
-                                    other => s(other),
-                                };
-                                vec![s(&t["id"]), role]
-                            })
-                            .collect()
+                    .iter()
+                    .map(|t| {
+                        // A role with a field reads `seat 3`, `outlet out_…`.
+                        let role = match serde_json::to_value(&t.role).unwrap_or_default() {
+                            serde_json::Value::Object(o) => o
+                                .iter()
+                                .map(|(k, v)| format!("{k} {}", s(v)))
+                                .collect::<Vec<_>>()
+                                .join(" "),
+                            other => s(&other),
+                        };
+                        vec![j(&t.id), role]
                     })
-                    .unwrap_or_default();
+                    .collect();
                 table(&["id", "role"], rows);
             });
         }
         Command::Token(TokenCmd::Revoke { id }) => {
-            let v: Value = c
+            let v: dto::TokenRevoked = c
                 .post(&format!("/api/v1/tokens/{id}/revoke"), &json!({}))
                 .await?;
-            out.value(&v, |_| {
+            out.show(&v, |_| {
                 println!("Token {id} revoked: it opens nothing from now on.");
             });
         }
@@ -1806,14 +1888,20 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             bic,
             creditor_id,
         }) => {
-            let v: Value = c
+            let v: BankAccount = c
                 .post(
                     "/api/v1/bank",
-                    &json!({ "outlet": outlet, "holder": holder, "iban": iban, "bic": bic, "creditor_id": creditor_id }),
+                    &dto::BankBody {
+                        outlet: *outlet,
+                        holder: holder.clone(),
+                        iban: iban.clone(),
+                        bic: bic.clone(),
+                        creditor_id: creditor_id.clone(),
+                    },
                 )
                 .await?;
-            out.value(&v, |v| {
-                println!("Bank account set: {} {}", s(&v["holder"]), s(&v["iban"]));
+            out.show(&v, |v| {
+                println!("Bank account set: {} {}", j(&v.holder), j(&v.iban));
             });
         }
         Command::Bank(BankCmd::Mandate {
@@ -1824,19 +1912,25 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             iban,
             bic,
         }) => {
-            let v: Value = c
+            let v: dto::MandateRecorded = c
                 .post(
                     "/api/v1/mandates",
-                    &json!({ "member": member, "reference": reference, "signed_on": signed_on,
-                             "holder": holder, "iban": iban, "bic": bic }),
+                    &dto::MandateBody {
+                        member: *member,
+                        reference: reference.clone(),
+                        signed_on: *signed_on,
+                        holder: holder.clone(),
+                        iban: iban.clone(),
+                        bic: bic.clone(),
+                    },
                 )
                 .await?;
-            out.value(&v, |v| {
+            out.show(&v, |v| {
                 println!(
                     "Mandate {} (signed {}) recorded for {}",
-                    s(&v["reference"]),
-                    s(&v["signed_on"]),
-                    s(&v["member"])
+                    j(&v.reference),
+                    v.signed_on,
+                    v.member
                 );
             });
         }
@@ -1845,21 +1939,22 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             on,
             out: file,
         }) => {
-            let v = bank_file(c, "contributions", *period, *on, file).await?;
-            let summary = json!({ "file": file, "collection": v["collection"], "count": v["count"],
-                                  "total": v["total"], "without_mandate": v["without_mandate"] });
-            out.value(&summary, |_| {
+            let v: dto::ContributionsFile = bank_file(c, "contributions", *period, *on).await?;
+            write_private(file, v.xml.as_bytes())?;
+            let summary = json!({ "file": file, "collection": v.collection, "count": v.count,
+                                  "total": v.total, "without_mandate": v.without_mandate });
+            out.show(&summary, |_| {
                 println!(
                     "Wrote {} direct debits of {period}'s contributions ({} EUR, collection {}) to {}.",
-                    s(&v["count"]),
-                    s(&v["total"]),
-                    s(&v["collection"]),
+                    v.count,
+                    v.total,
+                    v.collection,
                     file.display()
                 );
-                if v["without_mandate"].as_u64().unwrap_or(0) > 0 {
+                if v.without_mandate > 0 {
                     println!(
                         "  {} members have no mandate: collect theirs another way.",
-                        s(&v["without_mandate"])
+                        v.without_mandate
                     );
                 }
             });
@@ -1869,12 +1964,13 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             on,
             out: file,
         }) => {
-            let v = bank_file(c, "payouts", *period, *on, file).await?;
-            out.value(&json!({ "file": file, "execution": v["execution"] }), |_| {
+            let v: dto::PayoutsFile = bank_file(c, "payouts", *period, *on).await?;
+            write_private(file, v.xml.as_bytes())?;
+            out.show(&json!({ "file": file, "execution": v.execution }), |_| {
                 println!(
                     "Wrote the transfers of {period}'s payouts to {} (execution {}): import it in the caisse's online banking.",
                     file.display(),
-                    s(&v["execution"])
+                    v.execution
                 );
             });
         }
@@ -1891,23 +1987,37 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             };
             let path = std::path::absolute(file)
                 .with_context(|| format!("bad path {}", file.display()))?;
-            let mut v: Value = c.post("/api/v1/backup", &json!({ "out": path })).await?;
-            if let Some(pass) = &pass {
-                let bundle = keybackup::bundle_path(&path);
-                keybackup::seal(&cli.data_dir, &bundle, pass)?;
-                v["key_bundle"] = json!(bundle);
+            let done: BackupDone = c
+                .post("/api/v1/backup", &dto::BackupBody { out: path.clone() })
+                .await?;
+            let key_bundle = match &pass {
+                Some(pass) => {
+                    let bundle = keybackup::bundle_path(&path);
+                    keybackup::seal(&cli.data_dir, &bundle, pass)?;
+                    Some(bundle)
+                }
+                None => None,
+            };
+            /// What `backup` answers: the node's report and the key bundle
+            /// written here, if any.
+            #[derive(serde::Serialize)]
+            struct Written {
+                #[serde(flatten)]
+                done: BackupDone,
+                key_bundle: Option<PathBuf>,
             }
-            out.value(&v, |v| {
+            out.show(&Written { done, key_bundle }, |v| {
                 println!(
                     "Backup written to {}: {} records, {} journal entries, {} bytes.",
-                    s(&v["path"]),
-                    s(&v["records"]),
-                    s(&v["entries"]),
-                    s(&v["bytes"])
+                    j(&v.done.path),
+                    v.done.records,
+                    v.done.entries,
+                    v.done.bytes
                 );
-                match v["key_bundle"].as_str() {
+                match &v.key_bundle {
                     Some(b) => println!(
-                        "caisse.key and config.toml sealed under your passphrase in {b}: without the passphrase it is useless, so keep the passphrase apart."
+                        "caisse.key and config.toml sealed under your passphrase in {}: without the passphrase it is useless, so keep the passphrase apart.",
+                        b.display()
                     ),
                     None => println!("Keep caisse.key apart (or use --with-key)."),
                 }
@@ -1919,24 +2029,30 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             contact,
             out: file,
         }) => {
-            let v: Value = c
+            let v: dto::CardsPrinted = c
                 .post(
                     "/api/v1/cards/print",
-                    &json!({ "members": members, "all": all, "contact": contact }),
+                    &dto::PrintBody {
+                        members: members.clone(),
+                        all: *all,
+                        contact: contact.clone(),
+                    },
                 )
                 .await?;
-            write_private(file, v["html"].as_str().unwrap_or_default().as_bytes())?;
-            out.value(&json!({ "cards": v["cards"], "file": file }), |_| {
+            write_private(file, v.html.as_bytes())?;
+            out.show(&json!({ "cards": v.cards, "file": file }), |_| {
                 println!(
                     "Wrote {} cards to {}: open it in a browser and print (A4, actual size).",
-                    s(&v["cards"]),
+                    v.cards,
                     file.display()
                 );
             });
         }
         Command::Clock(ClockCmd::Set { today }) => {
-            let v: Value = c.post("/api/v1/clock", &json!({ "today": today })).await?;
-            out.value(&v, |v| println!("Node date set to {}", s(&v["today"])));
+            let v: dto::ClockBody = c
+                .post("/api/v1/clock", &dto::ClockBody { today: *today })
+                .await?;
+            out.show(&v, |v| println!("Node date set to {}", v.today));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -1948,21 +2064,17 @@ fn unreachable_command() -> ! {
 }
 
 async fn member(c: &Client, out: &Output, m: &MemberCmd) -> Result<ExitCode> {
-    let show = |v: &Value| {
-        fields(
-            v,
-            &[
-                "id",
-                "name",
-                "residence",
-                "status",
-                "card",
-                "household",
-                "joined",
-                "left",
-                "balance",
-            ],
-        )
+    let show = |v: &dto::MemberView| {
+        let r = &v.record;
+        field("id", j(&r.id));
+        field("name", j(&r.name));
+        field("residence", j(&r.residence));
+        field("status", j(&r.status));
+        field("card", j(&r.card));
+        field("household", j(&r.household));
+        field("joined", j(&r.joined));
+        field("left", j(&r.left));
+        field("balance", j(&v.balance));
     };
     match m {
         MemberCmd::Enroll {
@@ -1975,23 +2087,28 @@ async fn member(c: &Client, out: &Output, m: &MemberCmd) -> Result<ExitCode> {
             joined,
             pin,
         } => {
-            let v: Value = c
+            let v: Enrolled = c
                 .post(
                     "/api/v1/members",
-                    &json!({
-                        "name": name, "residence": residence, "birth_year": birth_year,
-                        "income": income, "household": household, "new_household": new_household,
-                        "joined": joined, "pin": pin,
-                    }),
+                    &EnrollInput {
+                        name: name.clone(),
+                        residence: residence.clone(),
+                        birth_year: *birth_year,
+                        income: *income,
+                        household: *household,
+                        new_household: *new_household,
+                        joined: *joined,
+                        pin: pin.clone(),
+                    },
                 )
                 .await?;
-            out.value(&v, |v| {
-                println!("Enrolled member {}", s(&v["member"]));
-                println!("  card      {}", s(&v["card"]));
-                if !v["household"].is_null() {
-                    println!("  household {}", s(&v["household"]));
+            out.show(&v, |v| {
+                println!("Enrolled member {}", v.member);
+                println!("  card      {}", v.card);
+                if let Some(h) = &v.household {
+                    println!("  household {h}");
                 }
-                println!("  joined    {}", s(&v["joined"]));
+                println!("  joined    {}", v.joined);
             });
         }
         MemberCmd::List { from, limit } => {
@@ -1999,27 +2116,26 @@ async fn member(c: &Client, out: &Output, m: &MemberCmd) -> Result<ExitCode> {
             if let Some(f) = from {
                 path.push_str(&format!("&from={f}"));
             }
-            let v: Value = c.get(&path).await?;
-            out.value(&v, |v| {
+            let v: Vec<dto::MemberView> = c.get(&path).await?;
+            out.show(&v, |v| {
                 let rows = v
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|m| {
-                                ["id", "name", "status", "card", "balance"]
-                                    .iter()
-                                    .map(|k| s(&m[*k]))
-                                    .collect()
-                            })
-                            .collect()
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            j(&m.record.id),
+                            j(&m.record.name),
+                            j(&m.record.status),
+                            j(&m.record.card),
+                            j(&m.balance),
+                        ]
                     })
-                    .unwrap_or_default();
+                    .collect();
                 table(&["id", "name", "status", "card", "balance"], rows);
             });
         }
         MemberCmd::Show { id } => {
-            let v: Value = c.get(&format!("/api/v1/members/{id}")).await?;
-            out.value(&v, show);
+            let v: dto::MemberView = c.get(&format!("/api/v1/members/{id}")).await?;
+            out.show(&v, show);
         }
         MemberCmd::Suspend { id } | MemberCmd::Reinstate { id } => {
             let action = if matches!(m, MemberCmd::Suspend { .. }) {
@@ -2027,27 +2143,35 @@ async fn member(c: &Client, out: &Output, m: &MemberCmd) -> Result<ExitCode> {
             } else {
                 "reinstate"
             };
-            let v: Value = c
-                .post(&format!("/api/v1/members/{id}/{action}"), &json!({}))
+            let v: MemberRecord = c
+                .post(
+                    &format!("/api/v1/members/{id}/{action}"),
+                    &dto::MemberActionBody::default(),
+                )
                 .await?;
-            out.value(&v, |v| {
-                println!("Member {} is now {}", s(&v["id"]), s(&v["status"]))
-            });
+            out.show(&v, |v| println!("Member {} is now {}", v.id, j(&v.status)));
         }
         MemberCmd::Leave { id, on } => {
-            let v: Value = c
-                .post(&format!("/api/v1/members/{id}/leave"), &json!({ "on": on }))
+            let v: MemberRecord = c
+                .post(
+                    &format!("/api/v1/members/{id}/leave"),
+                    &dto::MemberActionBody { on: *on, pin: None },
+                )
                 .await?;
-            out.value(&v, |v| {
-                println!("Member {} left on {}", s(&v["id"]), s(&v["left"]))
-            });
+            out.show(&v, |v| println!("Member {} left on {}", v.id, j(&v.left)));
         }
         MemberCmd::Pin { id, pin } => {
-            let v: Value = c
-                .post(&format!("/api/v1/members/{id}/pin"), &json!({ "pin": pin }))
+            let v: dto::PinSet = c
+                .post(
+                    &format!("/api/v1/members/{id}/pin"),
+                    &dto::MemberActionBody {
+                        on: None,
+                        pin: Some(pin.clone()),
+                    },
+                )
                 .await?;
-            out.value(&v, |v| {
-                println!("PIN set for card {} (card unlocked)", s(&v["card"]))
+            out.show(&v, |v| {
+                println!("PIN set for card {} (card unlocked)", v.card)
             });
         }
     }
@@ -2057,84 +2181,84 @@ async fn member(c: &Client, out: &Output, m: &MemberCmd) -> Result<ExitCode> {
 async fn outlet(c: &Client, out: &Output, o: &OutletCmd) -> Result<ExitCode> {
     match o {
         OutletCmd::Register { name, categories } => {
-            let v: Value = c
+            let v: OutletRegistered = c
                 .post(
                     "/api/v1/outlets",
-                    &json!({ "name": name, "categories": categories }),
+                    &dto::OutletBody {
+                        name: name.clone(),
+                        categories: categories.clone(),
+                    },
                 )
                 .await?;
-            out.value(&v, |v| {
-                println!("Registered outlet {}", s(&v["outlet"]));
+            out.show(&v, |v| {
+                println!("Registered outlet {}", v.outlet);
                 println!(
                     "  till token (shown once, give it to the outlet): {}",
-                    s(&v["token"])
+                    j(&v.token)
                 );
             });
         }
         OutletCmd::List => {
-            let v: Value = c.get("/api/v1/outlets").await?;
-            out.value(&v, |v| {
+            let v: Vec<dto::OutletView> = c.get("/api/v1/outlets").await?;
+            out.show(&v, |v| {
                 let rows = v
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|o| {
-                                let cats: Vec<String> = o["categories"]
-                                    .as_array()
-                                    .map(|c| c.iter().map(|x| s(&x[0])).collect())
-                                    .unwrap_or_default();
-                                let tills = if o["suspended"].is_null() {
-                                    "open".to_owned()
-                                } else {
-                                    format!("SUSPENDED: {}", s(&o["suspended"]["reason"]))
-                                };
-                                vec![
-                                    s(&o["id"]),
-                                    s(&o["name"]),
-                                    cats.join(","),
-                                    s(&o["owed"]),
-                                    tills,
-                                ]
-                            })
-                            .collect()
+                    .iter()
+                    .map(|o| {
+                        let cats: Vec<String> =
+                            o.record.categories.iter().map(|(c, _)| j(c)).collect();
+                        let tills = match &o.suspended {
+                            None => "open".to_owned(),
+                            Some(b) => format!("SUSPENDED: {}", j(&b.reason)),
+                        };
+                        vec![
+                            j(&o.record.id),
+                            j(&o.record.name),
+                            cats.join(","),
+                            j(&o.owed),
+                            tills,
+                        ]
                     })
-                    .unwrap_or_default();
+                    .collect();
                 table(&["id", "name", "categories", "owed", "tills"], rows);
             });
         }
         OutletCmd::Suspend { outlet, reason } => {
-            let v: Value = c
+            let v: dto::OutletSuspension = c
                 .post(
                     &format!("/api/v1/outlets/{outlet}/suspend"),
-                    &json!({ "reason": reason }),
+                    &dto::ReasonBody {
+                        reason: reason.clone(),
+                    },
                 )
                 .await?;
-            out.value(&v, |_| {
+            out.show(&v, |_| {
                 println!("The tills of {outlet} are suspended: their sales are refused until `caisse outlet reinstate {outlet}`.");
             });
         }
         OutletCmd::Reinstate { outlet } => {
-            let v: Value = c
-                .post(&format!("/api/v1/outlets/{outlet}/reinstate"), &json!({}))
-                .await?;
-            out.value(&v, |_| println!("The tills of {outlet} are open again."));
-        }
-        OutletCmd::Payout { outlet, period } => {
-            let v: Value = c
+            let v: dto::OutletSuspension = c
                 .post(
-                    &format!("/api/v1/outlets/{outlet}/payouts"),
-                    &json!({ "period": period }),
+                    &format!("/api/v1/outlets/{outlet}/reinstate"),
+                    &dto::ReasonBody::default(),
                 )
                 .await?;
-            out.value(&v, |v| {
-                if v["already_paid"] == json!(true) {
+            out.show(&v, |_| println!("The tills of {outlet} are open again."));
+        }
+        OutletCmd::Payout { outlet, period } => {
+            let v: PayoutDone = c
+                .post(
+                    &format!("/api/v1/outlets/{outlet}/payouts"),
+                    &dto::PeriodBody { period: *period },
+                )
+                .await?;
+            out.show(&v, |v| {
+                if v.already_paid {
                     println!(
                         "Already paid for {}: {} EUR (nothing changed)",
-                        s(&v["period"]),
-                        s(&v["amount"])
+                        v.period, v.amount
                     );
                 } else {
-                    println!("Paid out {} EUR for {}", s(&v["amount"]), s(&v["period"]));
+                    println!("Paid out {} EUR for {}", v.amount, v.period);
                 }
             });
         }
@@ -2145,39 +2269,37 @@ async fn outlet(c: &Client, out: &Output, o: &OutletCmd) -> Result<ExitCode> {
 async fn ledger(c: &Client, out: &Output, l: &LedgerCmd) -> Result<ExitCode> {
     match l {
         LedgerCmd::Accounting { period, out: file } => {
-            let v: Value = c
+            let v: dto::AccountingFile = c
                 .get(&format!("/api/v1/ledger/accounting?period={period}"))
                 .await?;
-            write_private(file, v["fec"].as_str().unwrap_or_default().as_bytes())?;
-            out.value(
-                &json!({ "file": file, "lines": v["lines"], "debit": v["debit"], "credit": v["credit"] }),
+            write_private(file, v.fec.as_bytes())?;
+            out.show(
+                &json!({ "file": file, "lines": v.lines, "debit": v.debit, "credit": v.credit }),
                 |_| {
                     println!(
                         "Wrote {} lines for {period} to {} (debits {} = credits {} EUR)",
-                        s(&v["lines"]),
+                        v.lines,
                         file.display(),
-                        s(&v["debit"]),
-                        s(&v["credit"])
+                        v.debit,
+                        v.credit
                     );
                 },
             );
             return Ok(ExitCode::SUCCESS);
         }
         LedgerCmd::Balances => {
-            let v: Value = c.get("/api/v1/ledger/balances").await?;
-            out.value(&v, |v| {
+            let v: Vec<dto::BalanceView> = c.get("/api/v1/ledger/balances").await?;
+            out.show(&v, |v| {
                 let rows = v
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|b| vec![s(&b["account"]), s(&b["balance"])])
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                    .iter()
+                    .map(|b| vec![j(&b.account), j(&b.balance)])
+                    .collect();
                 table(&["account", "balance"], rows);
             });
         }
         LedgerCmd::Journal { from, limit } => {
+            // Read as JSON, not as journal entries: for an auditor the member
+            // ids are pseudonyms, which no typed id accepts.
             let v: Value = c
                 .get(&format!("/api/v1/ledger/journal?from={from}&limit={limit}"))
                 .await?;
@@ -2203,19 +2325,18 @@ async fn ledger(c: &Client, out: &Output, l: &LedgerCmd) -> Result<ExitCode> {
             });
         }
         LedgerCmd::Check => {
-            let v: Value = c.get("/api/v1/ledger/check").await?;
-            let ok = v["findings"].as_array().is_some_and(|f| f.is_empty());
-            out.value(&v, |v| {
+            let v: CheckReport = c.get("/api/v1/ledger/check").await?;
+            let ok = v.ok();
+            out.show(&v, |v| {
                 println!(
                     "Checked {} journal entries and {} accounts.",
-                    s(&v["entries"]),
-                    s(&v["accounts"])
+                    v.entries, v.accounts
                 );
                 if ok {
                     println!("Ledger OK: postings balance, chain intact, balances match the journal, no allocation twice, every purchase recorded once.");
                 } else {
-                    for f in v["findings"].as_array().into_iter().flatten() {
-                        println!("PROBLEM {}: {}", s(&f["item"]), s(&f["problem"]));
+                    for f in &v.findings {
+                        println!("PROBLEM {}: {}", j(&f.item), j(&f.problem));
                     }
                 }
             });
@@ -2227,24 +2348,19 @@ async fn ledger(c: &Client, out: &Output, l: &LedgerCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn accreditation_row(a: &Value) -> Vec<String> {
-    let scope: Vec<String> = a["scope"]
-        .as_array()
-        .map(|x| {
-            x.iter()
-                .map(|i| format!("{}:{}%", s(&i["category"]), s(&i["coverage_pct"])))
-                .collect()
-        })
-        .unwrap_or_default();
-    let id = s(&a["id"]);
-    let caisse = s(&a["caisse"]);
+fn accreditation_row(a: &dto::AccreditationView) -> Vec<String> {
+    let scope: Vec<String> = a
+        .scope
+        .iter()
+        .map(|i| format!("{}:{}%", j(&i.category), i.coverage_pct))
+        .collect();
     vec![
-        id.chars().take(12).collect(),
-        caisse.chars().take(8).collect(),
-        s(&a["subject_name"]),
+        j(&a.id).chars().take(12).collect(),
+        j(&a.caisse).chars().take(8).collect(),
+        j(&a.subject_name),
         scope.join(","),
-        format!("{}..{}", s(&a["valid_from"]), s(&a["valid_until"])),
-        s(&a["status"]),
+        format!("{}..{}", a.valid_from, a.valid_until),
+        j(&a.status),
     ]
 }
 
@@ -2258,22 +2374,22 @@ fn read_structured<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     }
 }
 
-fn parse_scope(text: &str) -> Result<Value> {
-    let items = caisse_protocol::messages::ScopeItem::parse_list(text)
-        .map_err(|e| anyhow!("--scope {e}"))?;
-    Ok(serde_json::to_value(items)?)
+fn parse_scope(text: &str) -> Result<Vec<ScopeItem>> {
+    ScopeItem::parse_list(text).map_err(|e| anyhow!("--scope {e}"))
 }
 
-async fn proposal_kind(c: &Client, a: &ProposeArgs) -> Result<Value> {
+async fn proposal_kind(c: &Client, a: &ProposeArgs) -> Result<ProposalKind> {
     if let Some(f) = &a.criteria {
         let criteria: caisse_protocol::criteria::Criteria = read_structured(f)?;
         criteria
             .validate()
             .map_err(|e| anyhow!("{}: {e}", f.display()))?;
-        return Ok(json!({ "criteria": criteria }));
+        return Ok(ProposalKind::Criteria(criteria));
     }
     if let Some(amount) = a.allocation {
-        return Ok(json!({ "allocation": { "kind": "per-person", "amount": amount } }));
+        return Ok(ProposalKind::Allocation(AllocationPolicy::PerPerson {
+            amount,
+        }));
     }
     if let Some(h) = &a.household_allocation {
         let (b, e) = h
@@ -2285,178 +2401,165 @@ async fn proposal_kind(c: &Client, a: &ProposeArgs) -> Result<Value> {
         let extra: Amount = e
             .parse()
             .map_err(|e| anyhow!("--household-allocation: {e}"))?;
-        return Ok(
-            json!({ "allocation": { "kind": "per-household", "base": base, "per_extra_member": extra } }),
-        );
+        return Ok(ProposalKind::Allocation(AllocationPolicy::PerHousehold {
+            base,
+            per_extra_member: extra,
+        }));
     }
     if let Some(f) = &a.contribution_scale {
         let scale: caisse_node::policy::ContributionScale = read_structured(f)?;
-        return Ok(json!({ "contribution-scale": scale }));
+        return Ok(ProposalKind::ContributionScale(scale));
     }
     if let Some(r) = &a.rollover {
-        let v = match r.as_str() {
-            "carry-over" => json!({ "kind": "carry-over" }),
-            "expire" => json!({ "kind": "expire" }),
+        let rollover = match r.as_str() {
+            "carry-over" => Rollover::CarryOver,
+            "expire" => Rollover::Expire,
             other => match other.strip_prefix("cap:") {
-                Some(max) => {
-                    let max: Amount = max
+                Some(max) => Rollover::Cap {
+                    max: max
                         .parse()
-                        .map_err(|e| anyhow!("--rollover cap:EUR: {e}"))?;
-                    json!({ "kind": "cap", "max": max })
-                }
+                        .map_err(|e| anyhow!("--rollover cap:EUR: {e}"))?,
+                },
                 None => bail!("--rollover: use carry-over, expire or cap:EUR"),
             },
         };
-        return Ok(json!({ "rollover": v }));
+        return Ok(ProposalKind::Rollover(rollover));
     }
     let subject = match (&a.accredit_producer, &a.accredit_outlet) {
-        (Some(p), _) => Some(
-            json!({ "producer": p.parse::<ProducerId>().map_err(|e| anyhow!("--accredit-producer: {e}"))? }),
-        ),
-        (_, Some(o)) => Some(json!({ "outlet": o })),
+        (Some(p), _) => Some(Subject::Producer(
+            p.parse::<ProducerId>()
+                .map_err(|e| anyhow!("--accredit-producer: {e}"))?,
+        )),
+        (_, Some(o)) => Some(Subject::Outlet(*o)),
         _ => None,
     };
     if let Some(subject) = subject {
         let scope = parse_scope(a.scope.as_deref().unwrap_or_default())?;
         let today: Day = match a.valid_from {
             Some(d) => d,
-            None => {
-                let st: Value = c.get("/api/v1/status").await?;
-                s(&st["today"])
-                    .parse()
-                    .map_err(|e| anyhow!("node date: {e}"))?
-            }
+            None => c.get::<dto::Status>("/api/v1/status").await?.today,
         };
         let until = a.valid_until.unwrap_or(today.plus(365));
-        return Ok(
-            json!({ "accredit": { "subject": subject, "scope": scope, "valid_from": today, "valid_until": until } }),
-        );
+        return Ok(ProposalKind::Accredit {
+            subject,
+            scope,
+            valid_from: today,
+            valid_until: until,
+        });
     }
     if let Some(acc) = &a.revoke {
         let id: caisse_protocol::ContentId = acc.parse().map_err(|e| anyhow!("--revoke: {e}"))?;
-        return Ok(
-            json!({ "revoke": { "accreditation": id, "reason": a.reason.clone().unwrap_or_default() } }),
-        );
+        return Ok(ProposalKind::Revoke {
+            accreditation: id,
+            reason: a.reason.clone().unwrap_or_default(),
+        });
     }
     if let Some(peer) = &a.recognise {
-        let id: caisse_protocol::CaisseId =
-            peer.parse().map_err(|e| anyhow!("--recognise: {e}"))?;
-        return Ok(json!({ "recognise-peer": { "caisse": id } }));
+        let id: CaisseId = peer.parse().map_err(|e| anyhow!("--recognise: {e}"))?;
+        return Ok(ProposalKind::RecognisePeer { caisse: id });
     }
     if let Some(r) = &a.recognition {
-        if !["none", "listed", "compatible-criteria"].contains(&r.as_str()) {
-            bail!("--recognition: use none, listed or compatible-criteria");
-        }
-        return Ok(json!({ "recognition-policy": r }));
+        let policy = match r.as_str() {
+            "none" => RecognitionPolicy::None,
+            "listed" => RecognitionPolicy::Listed,
+            "compatible-criteria" => RecognitionPolicy::CompatibleCriteria,
+            _ => bail!("--recognition: use none, listed or compatible-criteria"),
+        };
+        return Ok(ProposalKind::RecognitionPolicy(policy));
     }
     bail!(
         "say what the proposal changes: --criteria, --allocation, --household-allocation, --contribution-scale, --rollover, --accredit-producer, --accredit-outlet, --revoke, --recognise or --recognition"
     )
 }
 
-fn print_proposal(p: &Value) {
-    println!("Proposal {}: {}", s(&p["id"]), s(&p["title"]));
-    let votes = p["votes"].as_object().map_or(0, |v| v.len());
+fn print_proposal(p: &Proposal) {
+    println!("Proposal {}: {}", p.id, j(&p.title));
     println!(
         "  voting closes {} (unix time), {} votes so far",
-        s(&p["closes"]),
-        votes
+        p.closes,
+        p.votes.len()
     );
-    if let Some(o) = p["outcome"].as_object() {
+    if let Some(o) = &p.outcome {
         println!(
             "  {} — yes {}, no {}, abstain {}, of {} seats",
-            s(&o["reason"].clone()),
-            s(&o["yes"]),
-            s(&o["no"]),
-            s(&o["abstain"]),
-            s(&o["seats"])
+            j(&o.reason),
+            o.yes,
+            o.no,
+            o.abstain,
+            o.seats
         );
-        println!("  decision {} signed by the caisse", s(&o["decision"]));
+        println!("  decision {} signed by the caisse", o.decision);
     }
-    let elsewhere = p["elsewhere"].as_array().map_or(&[][..], |a| a.as_slice());
-    if !elsewhere.is_empty() {
+    if !p.elsewhere.is_empty() {
         println!("  Other caisses' decisions about this producer:");
-        for e in elsewhere {
-            let scope: Vec<String> = e["scope"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|x| format!("{} {}%", s(&x["category"]), s(&x["coverage_pct"])))
+        for e in &p.elsewhere {
+            let scope: Vec<String> = e
+                .scope
+                .iter()
+                .map(|x| format!("{} {}%", j(&x.category), x.coverage_pct))
                 .collect();
+            let theirs = e.their_criteria.as_ref();
             println!(
                 "    {}: {} from {} to {}{} — their criteria {} version {}: {}",
-                s(&e["caisse_name"]),
+                j(&e.caisse_name),
                 scope.join(", "),
-                s(&e["valid_from"]),
-                s(&e["valid_until"]),
-                if e["revoked"] == true {
-                    " (revoked)"
-                } else {
-                    ""
-                },
-                s(&e["their_criteria"]["name"]),
-                s(&e["their_criteria"]["version"]),
-                e["their_criteria"]["rule"]
+                e.valid_from,
+                e.valid_until,
+                if e.revoked { " (revoked)" } else { "" },
+                j(&theirs.map(|c| &c.name)),
+                j(&theirs.map(|c| c.version)),
+                serde_json::to_string(&theirs.map(|c| &c.rule)).unwrap_or_default()
             );
         }
     }
 }
 
 /// A producer's page, as `producer page` prints it.
-fn print_producer_page(v: &Value) {
-    println!("{} ({})", s(&v["name"]), s(&v["producer"]));
-    for w in v["warnings"].as_array().into_iter().flatten() {
-        println!("  WARNING: {}", s(w));
+fn print_producer_page(v: &ProducerPage) {
+    println!("{} ({})", j(&v.name), v.producer);
+    for w in &v.warnings {
+        println!("  WARNING: {}", j(w));
     }
-    if let Some(d) = v["dossier"].as_object() {
+    if let Some(d) = &v.dossier {
         println!(
             "Dossier version {}, {} ({})",
-            s(&d["version"]),
-            s(&d["commune"]),
-            s(&d["postcode"])
+            d.version,
+            j(&d.commune),
+            j(&d.postcode)
         );
     }
     println!("Accreditations:");
-    for a in v["accreditations"].as_array().into_iter().flatten() {
+    for a in &v.accreditations {
         println!(
             "  {}: {} from {} to {}{}",
-            s(&a["caisse_name"]),
-            s(&a["status"]),
-            s(&a["valid_from"]),
-            s(&a["valid_until"]),
-            a["lapses_with"]
-                .as_str()
-                .map(|w| format!(" ({w})"))
+            j(&a.caisse_name),
+            j(&a.status),
+            a.valid_from,
+            a.valid_until,
+            a.lapses_with
+                .as_deref()
+                .map(|w| format!(" ({})", caisse_protocol::text::printable(w)))
                 .unwrap_or_default()
         );
     }
     println!("What each caisse's criteria require:");
-    for r in v["requirements"].as_array().into_iter().flatten() {
-        let verdict = if r["passed"] == true {
+    for r in &v.requirements {
+        let verdict = if r.passed {
             "met".to_owned()
         } else {
-            let m: Vec<String> = r["missing"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(s)
-                .collect();
+            let m: Vec<String> = r.missing.iter().map(j).collect();
             format!("missing: {}", m.join("; "))
         };
-        println!(
-            "  {} — {}: {verdict}",
-            s(&r["caisse_name"]),
-            s(&r["criteria"])
-        );
+        println!("  {} — {}: {verdict}", j(&r.caisse_name), j(&r.criteria));
     }
     println!("Sales through the allocation:");
-    for x in v["sales"].as_array().into_iter().flatten() {
+    for x in &v.sales {
         println!(
             "  {} {}: {} EUR in {} lines",
-            s(&x["period"]),
-            s(&x["caisse_name"]),
-            s(&x["amount"]),
-            s(&x["lines"])
+            x.period,
+            j(&x.caisse_name),
+            x.amount,
+            x.lines
         );
     }
 }
@@ -2468,27 +2571,31 @@ async fn parliament(c: &Client, out: &Output, p: &ParliamentCmd) -> Result<ExitC
             member,
             holder,
         }) => {
-            let v: Value = c
+            let v: Seat = c
                 .post(
                     "/api/v1/parliament/seats",
-                    &json!({ "kind": kind, "member": member, "holder": holder }),
+                    &dto::SeatBody {
+                        kind: *kind,
+                        member: *member,
+                        holder: holder.clone(),
+                    },
                 )
                 .await?;
-            out.value(&v, |v| {
+            out.show(&v, |v| {
                 println!(
                     "Added seat-{} ({}) held by {}",
-                    s(&v["id"]),
-                    s(&v["kind"]),
-                    s(&v["holder"])
+                    v.id,
+                    j(&v.kind),
+                    j(&v.holder)
                 )
             });
         }
         ParliamentCmd::Seat(SeatCmd::Remove { seat }) => {
             let id = seat.trim_start_matches("seat-");
-            let v: Value = c
+            let v: Seat = c
                 .post(&format!("/api/v1/parliament/seats/{id}/remove"), &json!({}))
                 .await?;
-            out.value(&v, |v| println!("Removed seat-{}", s(&v["id"])));
+            out.show(&v, |v| println!("Removed seat-{}", v.id));
         }
         ParliamentCmd::Draw { seats, from, seed } => {
             let text = std::fs::read_to_string(from)
@@ -2504,95 +2611,103 @@ async fn parliament(c: &Client, out: &Output, p: &ParliamentCmd) -> Result<ExitC
                     .map_err(|e| anyhow!("{} line {}: {e}", from.display(), n + 1))?;
                 volunteers.push(id);
             }
-            let v: Value = c
+            let v: Drawn = c
                 .post(
                     "/api/v1/parliament/draw",
-                    &json!({ "seats": seats, "seed": seed, "volunteers": volunteers }),
+                    &dto::DrawBody {
+                        seats: *seats,
+                        seed: *seed,
+                        volunteers,
+                    },
                 )
                 .await?;
-            out.value(&v, |v| {
-                let drawn = v["drawn"].as_array().map_or(0, |a| a.len());
+            out.show(&v, |v| {
                 println!(
-                    "Drew {drawn} citizen seats with seed {} among {} volunteers:",
-                    s(&v["seed"]),
-                    v["volunteers"].as_array().map_or(0, |a| a.len())
+                    "Drew {} citizen seats with seed {} among {} volunteers:",
+                    v.drawn.len(),
+                    v.seed,
+                    v.volunteers.len()
                 );
-                for seat in v["seats"].as_array().into_iter().flatten() {
-                    println!("  seat-{}  {}", s(&seat["id"]), s(&seat["member"]));
+                for seat in &v.seats {
+                    println!("  seat-{}  {}", seat.id, j(&seat.member));
                 }
                 println!("Anyone can check the draw: same volunteers, same seed, same seats.");
             });
         }
         ParliamentCmd::Propose(a) => {
             let kind = proposal_kind(c, a).await?;
-            let v: Value = c
+            let v: Proposal = c
                 .post(
                     "/api/v1/parliament/proposals",
-                    &json!({ "title": a.title, "kind": kind, "window_minutes": a.window_minutes }),
+                    &dto::ProposeBody {
+                        title: a.title.clone(),
+                        kind,
+                        window_minutes: a.window_minutes,
+                    },
                 )
                 .await?;
-            out.value(&v, print_proposal);
+            out.show(&v, print_proposal);
         }
         ParliamentCmd::Vote {
             proposal,
             seat,
             choice,
         } => {
-            let v: Value = c
+            let v: VoteRecorded = c
                 .post(
                     &format!("/api/v1/parliament/proposals/{proposal}/votes"),
-                    &json!({ "seat": seat, "choice": choice }),
+                    &dto::VoteBody {
+                        seat: seat.clone(),
+                        choice: *choice,
+                    },
                 )
                 .await?;
-            out.value(&v, |v| match v["replaced"].as_str() {
+            out.show(&v, |v| match &v.replaced {
                 Some(old) => println!(
-                    "seat-{} now votes {} (replacing its earlier vote: {old})",
-                    s(&v["seat"]),
-                    s(&v["choice"])
+                    "seat-{} now votes {} (replacing its earlier vote: {})",
+                    v.seat,
+                    j(&v.choice),
+                    j(old)
                 ),
-                None => println!("seat-{} votes {}", s(&v["seat"]), s(&v["choice"])),
+                None => println!("seat-{} votes {}", v.seat, j(&v.choice)),
             });
         }
         ParliamentCmd::Close { proposal } => {
-            let v: Value = c
+            let v: Proposal = c
                 .post(
                     &format!("/api/v1/parliament/proposals/{proposal}/close"),
                     &json!({}),
                 )
                 .await?;
-            out.value(&v, print_proposal);
+            out.show(&v, print_proposal);
         }
         ParliamentCmd::Show => {
-            let v: Value = c.get("/api/v1/parliament").await?;
-            out.value(&v, |v| {
-                let rows = v["seats"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|x| {
-                                vec![
-                                    format!("seat-{}", s(&x["id"])),
-                                    s(&x["kind"]),
-                                    s(&x["holder"]),
-                                    if x["removed"].is_null() {
-                                        "active".into()
-                                    } else {
-                                        format!("removed {}", s(&x["removed"]))
-                                    },
-                                ]
-                            })
-                            .collect()
+            let v: dto::ParliamentShow = c.get("/api/v1/parliament").await?;
+            out.show(&v, |v| {
+                let rows = v
+                    .seats
+                    .iter()
+                    .map(|x| {
+                        vec![
+                            format!("seat-{}", x.id),
+                            j(&x.kind),
+                            j(&x.holder),
+                            match x.removed {
+                                None => "active".into(),
+                                Some(d) => format!("removed {d}"),
+                            },
+                        ]
                     })
-                    .unwrap_or_default();
+                    .collect();
                 table(&["seat", "kind", "holder", "status"], rows);
-                match v["composition_problem"].as_str() {
+                match &v.composition_problem {
                     Some(p) => println!("\n{p}"),
                     None => println!(
                         "\nThe parliament can vote (at least half of its seats are citizens)."
                     ),
                 }
                 println!();
-                for p in v["proposals"].as_array().into_iter().flatten() {
+                for p in &v.proposals {
                     print_proposal(p);
                 }
             });
@@ -2605,45 +2720,49 @@ async fn producer(c: &Client, out: &Output, p: &ProducerCmd) -> Result<ExitCode>
     match p {
         ProducerCmd::Register { name, attributes } => {
             let attrs: caisse_protocol::criteria::Attributes = read_structured(attributes)?;
-            let v: Value = c
+            let v: ProducerRecord = c
                 .post(
                     "/api/v1/producers",
-                    &json!({ "name": name, "attributes": attrs }),
+                    &dto::ProducerBody {
+                        name: name.clone(),
+                        attributes: attrs,
+                    },
                 )
                 .await?;
-            out.value(&v, |v| {
-                println!("Registered producer {} ({})", s(&v["id"]), s(&v["name"]))
+            out.show(&v, |v| {
+                println!("Registered producer {} ({})", v.id, j(&v.name))
             });
         }
         ProducerCmd::List => {
-            let v: Value = c.get("/api/v1/producers").await?;
-            out.value(&v, |v| {
+            let v: Vec<dto::ProducerView> = c.get("/api/v1/producers").await?;
+            out.show(&v, |v| {
                 let rows = v
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|p| {
-                                let active = p["accreditations"].as_array().map_or(0, |x| {
-                                    x.iter().filter(|a| a["status"] == "active").count()
-                                });
-                                vec![s(&p["id"]), s(&p["name"]), active.to_string()]
-                            })
-                            .collect()
+                    .iter()
+                    .map(|p| {
+                        let active = p
+                            .accreditations
+                            .iter()
+                            .filter(|a| a.status == "active")
+                            .count();
+                        vec![j(&p.id), j(&p.name), active.to_string()]
                     })
-                    .unwrap_or_default();
+                    .collect();
                 table(&["id", "name", "active accreditations"], rows);
             });
         }
         ProducerCmd::Show { id } => {
-            let v: Value = c.get(&format!("/api/v1/producers/{id}")).await?;
-            out.value(&v, |v| {
-                println!("{} ({})", s(&v["name"]), s(&v["id"]));
-                println!("attributes: {}", v["attributes"]);
-                for a in v["accreditations"].as_array().into_iter().flatten() {
+            let v: dto::ProducerView = c.get(&format!("/api/v1/producers/{id}")).await?;
+            out.show(&v, |v| {
+                println!("{} ({})", j(&v.name), v.id);
+                println!(
+                    "attributes: {}",
+                    serde_json::to_string(&v.attributes).unwrap_or_default()
+                );
+                for a in &v.accreditations {
                     println!(
                         "  accredited by caisse {} under criteria {}: {}",
-                        s(&a["caisse"]),
-                        s(&a["criteria"]).chars().take(12).collect::<String>(),
+                        a.caisse,
+                        j(&a.criteria).chars().take(12).collect::<String>(),
                         accreditation_row(a).join("  ")
                     );
                 }
@@ -2670,21 +2789,21 @@ async fn producer(c: &Client, out: &Output, p: &ProducerCmd) -> Result<ExitCode>
                 }
                 _ => bail!("give --signed FILE, or --key and --dossier to sign now"),
             };
-            let v: Value = c
+            let v: dto::DossierPublished = c
                 .post(
                     "/api/v1/producers/dossiers",
-                    &json!({ "dossier": hex_text }),
+                    &dto::DossierBody { dossier: hex_text },
                 )
                 .await?;
-            out.value(&v, |v| {
+            out.show(&v, |v| {
                 println!(
                     "Dossier version {} of {} ({}) published: every caisse of the federation will see it.",
-                    s(&v["version"]),
-                    s(&v["name"]),
-                    s(&v["producer"])
+                    j(&v.version),
+                    j(&v.name),
+                    v.producer
                 );
-                if let Some(r) = v["review"].as_str() {
-                    println!("  {r}");
+                if let Some(r) = &v.review {
+                    println!("  {}", caisse_protocol::text::printable(r));
                 }
             });
         }
@@ -2695,49 +2814,49 @@ async fn producer(c: &Client, out: &Output, p: &ProducerCmd) -> Result<ExitCode>
             postcode,
             location,
         } => {
-            let v: Value = c
+            let v: dto::Adopted = c
                 .post(
                     &format!("/api/v1/producers/{id}/adopt"),
-                    &json!({ "siret": siret, "commune": commune, "postcode": postcode, "location": location }),
+                    &dto::AdoptBody {
+                        siret: siret.clone(),
+                        commune: commune.clone(),
+                        postcode: postcode.clone(),
+                        location: location.clone(),
+                    },
                 )
                 .await?;
-            out.value(&v, |v| {
+            out.show(&v, |v| {
                 println!(
                     "{} now has its own identity {} (key held by this caisse until `producer handover`); its accreditations were issued again for it.",
-                    s(&v["name"]),
-                    s(&v["producer"])
+                    j(&v.name),
+                    v.producer
                 );
             });
         }
         ProducerCmd::Handover { id, out: file } => {
-            let v: Value = c
+            let v: dto::KeyHandedOver = c
                 .post(&format!("/api/v1/producers/{id}/handover"), &json!({}))
                 .await?;
-            dossier::write_key(file, &s(&v["key"]))?;
-            out.value(&json!({ "producer": v["producer"], "key_file": file }), |_| {
+            dossier::write_key(file, &v.key)?;
+            out.show(&json!({ "producer": v.producer, "key_file": file }), |_| {
                 println!(
                     "Key of {} written to {}: give it to the producer; this caisse no longer holds it.",
-                    s(&v["producer"]),
+                    v.producer,
                     file.display()
                 );
             });
         }
         ProducerCmd::Dossier { id } => {
-            let v: Value = c.get(&format!("/api/v1/producers/{id}/dossier")).await?;
-            out.value(&v, |v| {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&v["dossier"]).unwrap_or_default()
-                );
-            });
+            let v: dto::DossierShown = c.get(&format!("/api/v1/producers/{id}/dossier")).await?;
+            out.show(&v, |v| println!("{}", pretty(&v.dossier)));
         }
         ProducerCmd::Page { id } => {
             let path = match id {
                 Some(id) => format!("/api/v1/producers/{id}/page"),
                 None => "/api/v1/producer".to_owned(),
             };
-            let v: Value = c.get(&path).await?;
-            out.value(&v, print_producer_page);
+            let v: ProducerPage = c.get(&path).await?;
+            out.show(&v, print_producer_page);
         }
         ProducerCmd::Registry {
             category,
@@ -2754,41 +2873,28 @@ async fn producer(c: &Client, out: &Output, p: &ProducerCmd) -> Result<ExitCode>
             if let Some(m) = max_km {
                 q.push(format!("max_km={m}"));
             }
-            let v: Value = c
+            let v: Vec<RegistryRow> = c
                 .get(&format!("/api/v1/registry/producers?{}", q.join("&")))
                 .await?;
-            out.value(&v, |v| {
+            out.show(&v, |v| {
                 let rows = v
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|p| {
-                                let by: Vec<String> = p["accredited_by"]
-                                    .as_array()
-                                    .into_iter()
-                                    .flatten()
-                                    .filter(|a| a["status"] == "active")
-                                    .map(|a| {
-                                        format!(
-                                            "{} until {}",
-                                            s(&a["caisse_name"]),
-                                            s(&a["valid_until"])
-                                        )
-                                    })
-                                    .collect();
-                                vec![
-                                    s(&p["producer"]),
-                                    s(&p["name"]),
-                                    s(&p["commune"]),
-                                    p["distance_km"]
-                                        .as_u64()
-                                        .map_or("—".into(), |d| format!("{d} km")),
-                                    by.join("; "),
-                                ]
-                            })
-                            .collect()
+                    .iter()
+                    .map(|p| {
+                        let by: Vec<String> = p
+                            .accredited_by
+                            .iter()
+                            .filter(|a| a.status == "active")
+                            .map(|a| format!("{} until {}", j(&a.caisse_name), a.valid_until))
+                            .collect();
+                        vec![
+                            j(&p.producer),
+                            j(&p.name),
+                            j(&p.commune),
+                            p.distance_km.map_or("—".into(), |d| format!("{d} km")),
+                            by.join("; "),
+                        ]
                     })
-                    .unwrap_or_default();
+                    .collect();
                 table(
                     &["producer", "name", "commune", "distance", "accredited by"],
                     rows,
@@ -2800,44 +2906,42 @@ async fn producer(c: &Client, out: &Output, p: &ProducerCmd) -> Result<ExitCode>
                 .as_ref()
                 .map(|c| format!("?caisse={c}"))
                 .unwrap_or_default();
-            let v: Value = c
+            let v: dto::EvaluationView = c
                 .get(&format!("/api/v1/producers/{id}/evaluation{q}"))
                 .await?;
-            out.value(&v, |v| {
-                if let Some(src) = v["source"].as_str() {
-                    println!(
-                        "Producer {} ({src}{}):",
-                        s(&v["producer"]),
-                        v["distance_km"]
-                            .as_u64()
-                            .map(|d| format!(", {d} km from our territory"))
-                            .unwrap_or_default()
-                    );
-                }
-                let e = &v["evaluation"];
+            out.show(&v, |v| {
+                println!(
+                    "Producer {} ({}{}):",
+                    v.producer,
+                    j(&v.source),
+                    v.distance_km
+                        .map(|d| format!(", {d} km from our territory"))
+                        .unwrap_or_default()
+                );
+                let e = &v.evaluation;
                 println!(
                     "Against criteria {} version {}:",
-                    s(&v["criteria"]["name"]),
-                    s(&v["criteria"]["version"])
+                    j(&v.criteria.as_ref().map(|c| &c.name)),
+                    j(&v.criteria.as_ref().map(|c| c.version))
                 );
-                for o in e["outcomes"].as_array().into_iter().flatten() {
-                    let mark = if o["passed"] == true { "PASS" } else { "FAIL" };
-                    println!("  {mark}  {}: {}", s(&o["rule"]), s(&o["explanation"]));
+                for o in &e.outcomes {
+                    let mark = if o.passed { "PASS" } else { "FAIL" };
+                    println!("  {mark}  {}: {}", j(&o.rule), j(&o.explanation));
                 }
-                if e["passed"] == true {
+                if e.passed {
                     println!("Meets the criteria.");
-                    if let Some(l) = v["would_lapse_with"].as_object() {
+                    if let Some(l) = &v.would_lapse_with {
                         println!(
                             "  An accreditation would end on {}, with certificate {} ({}).",
-                            s(&l["day"]),
-                            s(&l["certificate"]),
-                            s(&l["label"])
+                            l.day,
+                            j(&l.certificate),
+                            j(&l.label)
                         );
                     }
                 } else {
                     println!("Does not meet the criteria:");
-                    for f in e["failures"].as_array().into_iter().flatten() {
-                        println!("  - {}", s(f));
+                    for f in &e.failures {
+                        println!("  - {}", j(f));
                     }
                 }
             });
@@ -2848,25 +2952,22 @@ async fn producer(c: &Client, out: &Output, p: &ProducerCmd) -> Result<ExitCode>
 
 /// Fetch a SEPA file (`payouts` or `contributions`) of `period` and write
 /// its XML to `file`, readable by its owner only; returns the node's answer.
-async fn bank_file(
+async fn bank_file<T: serde::de::DeserializeOwned>(
     c: &Client,
     kind: &str,
     period: Period,
     on: Option<Day>,
-    file: &Path,
-) -> Result<Value> {
+) -> Result<T> {
     let mut path = format!("/api/v1/{kind}/sepa?period={period}");
     if let Some(d) = on {
         path.push_str(&format!("&on={d}"));
     }
-    let v: Value = c.get(&path).await?;
-    write_private(file, v["xml"].as_str().unwrap_or_default().as_bytes())?;
-    Ok(v)
+    Ok(c.get(&path).await?)
 }
 
 /// Write an export file readable by its owner only (it is for a
 /// researcher, not for every account on the machine).
-fn write_csv(path: &Path, header: &[&str], rows: &[Value]) -> Result<usize> {
+fn write_csv<T: Serialize>(path: &Path, header: &[&str], rows: &[T]) -> Result<usize> {
     let text = caisse_node::report::to_csv(header, rows);
     write_private(path, text.as_bytes())?;
     Ok(rows.len())
@@ -2892,7 +2993,7 @@ async fn report(c: &Client, out: &Output, r: &ReportArgs) -> Result<ExitCode> {
         Some(ReportCmd::Export {
             period, out: dir, ..
         }) => {
-            let v: Value = c
+            let v: Export = c
                 .get(&format!("/api/v1/report/export?period={period}"))
                 .await?;
             use std::os::unix::fs::DirBuilderExt;
@@ -2904,21 +3005,17 @@ async fn report(c: &Client, out: &Output, r: &ReportArgs) -> Result<ExitCode> {
             let p = write_csv(
                 &dir.join("purchases.csv"),
                 &caisse_node::report::PURCHASE_COLUMNS,
-                v["purchases"].as_array().map_or(&[][..], |a| a.as_slice()),
+                &v.purchases,
             )?;
             let m = write_csv(
                 &dir.join("members.csv"),
                 &caisse_node::report::MEMBER_COLUMNS,
-                v["members"].as_array().map_or(&[][..], |a| a.as_slice()),
+                &v.members,
             )?;
-            let withheld = (
-                v["withheld_purchases"].as_u64().unwrap_or(0),
-                v["withheld_members"].as_u64().unwrap_or(0),
-            );
-            out.value(
+            out.show(
                 &json!({ "purchases": p, "members": m, "dir": dir,
-                         "withheld_purchases": withheld.0, "withheld_members": withheld.1,
-                         "model": v["model"] }),
+                         "withheld_purchases": v.withheld_purchases, "withheld_members": v.withheld_members,
+                         "model": v.model }),
                 |_| {
                     println!(
                         "Wrote {p} purchase lines and {m} members (pseudonyms only) to {}",
@@ -2926,18 +3023,18 @@ async fn report(c: &Client, out: &Output, r: &ReportArgs) -> Result<ExitCode> {
                     );
                     println!(
                         "Withheld to keep every row among at least {} alike: {} purchase lines, {} members.",
-                        v["k"], withheld.0, withheld.1
+                        v.k, v.withheld_purchases, v.withheld_members
                     );
                 },
             );
         }
         None => {
             let period = r.period.ok_or_else(|| anyhow!("give --period YYYY-MM"))?;
-            let v: Value = c.get(&format!("/api/v1/report?period={period}")).await?;
+            let v: dto::ReportAnswer = c.get(&format!("/api/v1/report?period={period}")).await?;
             if cli_json(out, &r.format) {
-                println!("{}", serde_json::to_string_pretty(&v["report"])?);
+                println!("{}", pretty(&v.report));
             } else {
-                print!("{}", s(&v["markdown"]));
+                print!("{}", caisse_protocol::text::printable(&v.markdown));
             }
         }
     }
@@ -2946,4 +3043,25 @@ async fn report(c: &Client, out: &Output, r: &ReportArgs) -> Result<ExitCode> {
 
 fn cli_json(out: &Output, format: &str) -> bool {
     out.json || format == "json"
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every answer of the node is read as its type (`caisse_node::dto` or
+    /// the core's), so a field renamed in the API fails to compile here; the
+    /// journal is the one exception (an auditor's copy carries pseudonyms,
+    /// which no typed id accepts).
+    #[test]
+    fn answers_are_read_as_types_not_json_values() {
+        let source = include_str!("main.rs");
+        let untyped: Vec<&str> = source
+            .lines()
+            .filter(|l| l.contains(concat!(": ", "Value = c")))
+            .collect();
+        assert_eq!(
+            untyped.len(),
+            1,
+            "only the journal may be read as a JSON value: {untyped:#?}"
+        );
+    }
 }

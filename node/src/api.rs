@@ -14,14 +14,31 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use caisse_protocol::messages::DeclineReason;
-use caisse_protocol::{Amount, CaisseId, Category, Day, MemberId, OutletId, Period};
+use caisse_protocol::{Amount, CaisseId, Day, MemberId, OutletId, Period};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::app::{App, SaleError};
 use crate::caisse::{CaisseError, EnrollInput, PurchaseInput, StatusChange, decode_policy};
-use crate::ledger::{Account, JournalEntry, SubsidySource};
+use crate::dto::{
+    AccountingFile, BackupBody, BalanceView, BankBody, BlockBody, Blocked, CardsPrinted,
+    CentreBody, ClockBody, ContributionBody, ContributionsFile, CriteriaInForce, Lapsing,
+    MandateBody, MandateRecorded, MemberActionBody, MemberView, OutletBody, OutletSuspension,
+    OutletView, PaidBody, PayoutsFile, PeerRow, PeriodBody, PinSet, PrintBody, ReasonBody,
+    SettlementShow, Status, SubsidyBody, TerritoryCentre, TokenBody, TokenCreated, TokenRevoked,
+    TokenRow, TransferRecorded, WithdrawBody, Withdrawn,
+};
+use crate::dto::{
+    AccreditationView, AdoptBody, Adopted, CriteriaRef, DossierBody, DossierPublished,
+    DossierShown, EvaluationView, KeyHandedOver, ProducerBody, ProducerView,
+    PublishedAccreditation, ReportAnswer, RevokedView, WouldLapse,
+};
+use crate::dto::{
+    DrawBody, ParliamentShow, Position, ProposeBody, SeatBody, SeatView, StatementRow, TransferRow,
+    VoteBody,
+};
+use crate::ledger::{Account, JournalEntry};
 use crate::members::{MemberRecord, OutletRecord, Role, token_key};
 use crate::store::{decode_value, keys};
 use crate::writer::reply;
@@ -352,23 +369,23 @@ pub fn not_found() -> Response {
     .into_response()
 }
 
-async fn status(State(s): State<App>, _auth: Auth) -> Result<Json<serde_json::Value>, ApiError> {
+async fn status(State(s): State<App>, _auth: Auth) -> Result<Json<Status>, ApiError> {
     // Counters the writer keeps: nothing here reads the store.
     let (members, entries) = s.handle.counts();
     let (document_sequence, document_heads) = s.federation.sequence_of(&s.caisse_id);
-    Ok(Json(json!({
-        "caisse_id": s.caisse_id,
-        "name": s.config.name,
-        "territory": s.config.territory,
-        "federation": s.config.federation,
-        "members": members,
-        "journal_entries": entries,
-        "jobs_running": s.handle.jobs().iter().filter(|j| !j.finished).count(),
-        "writer_queue": s.handle.queued(),
-        "today": s.handle.clock().today(),
-        "document_sequence": document_sequence,
-        "document_heads": document_heads,
-    })))
+    Ok(Json(Status {
+        caisse_id: s.caisse_id,
+        name: s.config.name.clone(),
+        territory: s.config.territory.clone(),
+        federation: s.config.federation.clone(),
+        members,
+        journal_entries: entries,
+        jobs_running: s.handle.jobs().iter().filter(|j| !j.finished).count(),
+        writer_queue: s.handle.queued(),
+        today: s.handle.clock().today(),
+        document_sequence,
+        document_heads,
+    }))
 }
 
 /// Prometheus metrics (any reading token: they name no one).
@@ -398,14 +415,6 @@ async fn enroll(
 ) -> Result<Json<crate::caisse::Enrolled>, ApiError> {
     auth.admin()?;
     Ok(Json(s.handle.enroll(input).await?))
-}
-
-/// A member in a listing, with their balance.
-#[derive(Serialize)]
-struct MemberView {
-    #[serde(flatten)]
-    record: MemberRecord,
-    balance: Amount,
 }
 
 fn member_view(s: &App, record: MemberRecord) -> Result<MemberView, ApiError> {
@@ -482,25 +491,12 @@ async fn show_member(
     Ok(Json(member_view(&s, record)?))
 }
 
-#[derive(Deserialize)]
-struct PrintBody {
-    /// The members whose cards to print (at most 1,000), or none with `all`.
-    #[serde(default)]
-    members: Vec<MemberId>,
-    /// Every member (the first 1,000).
-    #[serde(default)]
-    all: bool,
-    /// How to reach the caisse, printed on each card.
-    #[serde(default)]
-    contact: Option<String>,
-}
-
 /// A printable page of member cards (admin: it holds names).
 async fn print_cards(
     State(s): State<App>,
     auth: Auth,
     Body(b): Body<PrintBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<CardsPrinted>, ApiError> {
     auth.admin()?;
     const MAX: usize = 1000;
     if b.members.len() > MAX {
@@ -543,10 +539,10 @@ async fn print_cards(
             "the contact is at most 200 characters",
         ));
     }
-    Ok(Json(json!({
-        "cards": cards.len(),
-        "html": crate::cards::sheet(&s.config.name, &contact, &cards),
-    })))
+    Ok(Json(CardsPrinted {
+        cards: cards.len(),
+        html: crate::cards::sheet(&s.config.name, &contact, &cards),
+    }))
 }
 
 /// A JSON body that may be left out (empty or blank: the defaults).
@@ -557,20 +553,12 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Resul
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
 }
 
-#[derive(Deserialize, Default)]
-struct MemberActionBody {
-    #[serde(default)]
-    on: Option<Day>,
-    #[serde(default)]
-    pin: Option<String>,
-}
-
 async fn member_action(
     State(s): State<App>,
     auth: Auth,
     Path((id, action)): Path<(String, String)>,
     body: axum::body::Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     auth.admin()?;
     let id: MemberId = parse("member id", &id)?;
     let body: MemberActionBody = optional_body(&body)?;
@@ -583,7 +571,12 @@ async fn member_action(
                 .pin
                 .ok_or_else(|| ApiError::bad_request("give the new PIN as {\"pin\": \"1234\"}"))?;
             let card = s.handle.set_pin(id, pin).await?;
-            return Ok(Json(json!({ "member": id, "card": card, "pin_set": true })));
+            return Ok(Json(PinSet {
+                member: id,
+                card,
+                pin_set: true,
+            })
+            .into_response());
         }
         other => {
             return Err(ApiError::new(
@@ -593,15 +586,8 @@ async fn member_action(
             ));
         }
     };
-    let record = s.handle.change_status(id, change).await?;
-    Ok(Json(
-        serde_json::to_value(member_view(&s, record)?.record).unwrap_or_default(),
-    ))
-}
-
-#[derive(Deserialize)]
-struct PeriodBody {
-    period: Period,
+    let record: MemberRecord = s.handle.change_status(id, change).await?;
+    Ok(Json(record).into_response())
 }
 
 async fn issue_allocations(
@@ -611,14 +597,6 @@ async fn issue_allocations(
 ) -> Result<Json<crate::caisse::AllocationRun>, ApiError> {
     auth.admin()?;
     Ok(Json(s.handle.issue_allocations(b.period).await?))
-}
-
-#[derive(Deserialize)]
-struct ContributionBody {
-    member: MemberId,
-    period: Period,
-    #[serde(default)]
-    amount: Option<Amount>,
 }
 
 async fn record_contribution(
@@ -634,14 +612,6 @@ async fn record_contribution(
     ))
 }
 
-#[derive(Deserialize)]
-struct SubsidyBody {
-    source: SubsidySource,
-    amount: Amount,
-    period: Period,
-    key: String,
-}
-
 async fn record_subsidy(
     State(s): State<App>,
     auth: Auth,
@@ -655,12 +625,6 @@ async fn record_subsidy(
     ))
 }
 
-#[derive(Deserialize)]
-struct OutletBody {
-    name: String,
-    categories: Vec<Category>,
-}
-
 async fn register_outlet(
     State(s): State<App>,
     auth: Auth,
@@ -669,16 +633,6 @@ async fn register_outlet(
     auth.admin()?;
     let cats = b.categories.into_iter().map(|c| (c, 100)).collect();
     Ok(Json(s.handle.register_outlet(b.name, cats).await?))
-}
-
-/// An outlet in a listing, with what the caisse owes it.
-#[derive(Serialize)]
-struct OutletView {
-    #[serde(flatten)]
-    record: OutletRecord,
-    owed: Amount,
-    /// Why its tills are suspended, if they are.
-    suspended: Option<crate::members::OutletBlock>,
 }
 
 async fn list_outlets(State(s): State<App>, auth: Auth) -> Result<Json<Vec<OutletView>>, ApiError> {
@@ -747,16 +701,9 @@ async fn purchase(
         .map_err(ApiError::from)
 }
 
-/// One account's balance.
-#[derive(Serialize)]
-struct BalanceView {
-    account: String,
-    balance: Amount,
-}
-
 /// Every account's balance. The observer gets member accounts as one
 /// total (`members`), the auditor under pseudonyms.
-async fn balances(State(s): State<App>, auth: Auth) -> Result<Json<serde_json::Value>, ApiError> {
+async fn balances(State(s): State<App>, auth: Auth) -> Result<Json<Vec<BalanceView>>, ApiError> {
     auth.reader()?;
     let per_member = !matches!(auth.0, Role::Observer);
     let out = s
@@ -784,11 +731,13 @@ async fn balances(State(s): State<App>, auth: Auth) -> Result<Json<serde_json::V
             Ok(out)
         })
         .await?;
-    let mut v = serde_json::to_value(out).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut out = out;
     if matches!(auth.0, Role::Auditor | Role::Observer) {
-        s.pseudonyms.apply(&mut v);
+        for b in &mut out {
+            b.account = s.pseudonyms.text(&b.account);
+        }
     }
-    Ok(Json(v))
+    Ok(Json(out))
 }
 
 async fn journal(
@@ -836,32 +785,20 @@ async fn accounting(
     State(s): State<App>,
     auth: Auth,
     Query(q): Query<ReportQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<AccountingFile>, ApiError> {
     auth.ledger_reader()?;
     let period: Period = parse("period", &q.period)?;
     let lines = crate::app::accounting(&s, period).await?;
     let total = |f: fn(&crate::accounting::Line) -> Amount| {
         Amount::checked_sum(lines.iter().map(f)).unwrap_or(Amount::MAX)
     };
-    Ok(Json(json!({
-        "period": period,
-        "lines": lines.len(),
-        "debit": total(|l| l.debit),
-        "credit": total(|l| l.credit),
-        "fec": crate::accounting::to_fec(&lines),
-    })))
-}
-
-#[derive(Deserialize)]
-struct BankBody {
-    #[serde(default)]
-    outlet: Option<OutletId>,
-    holder: String,
-    iban: String,
-    #[serde(default)]
-    bic: Option<String>,
-    #[serde(default)]
-    creditor_id: Option<String>,
+    Ok(Json(AccountingFile {
+        period,
+        lines: lines.len(),
+        debit: total(|l| l.debit),
+        credit: total(|l| l.credit),
+        fec: crate::accounting::to_fec(&lines),
+    }))
 }
 
 /// Set the bank account of an outlet, or of the caisse (admin).
@@ -911,7 +848,7 @@ async fn payouts_sepa(
     State(s): State<App>,
     auth: Auth,
     Query(q): Query<SepaQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PayoutsFile>, ApiError> {
     auth.admin()?;
     let (period, now, on) = sepa_dates(&s, &q, 1)?;
     let name = s.config.name.clone();
@@ -954,9 +891,11 @@ async fn payouts_sepa(
     })
     .await
     .map_err(|_| CaisseError::Unavailable)??;
-    Ok(Json(
-        json!({ "period": period, "execution": on, "xml": xml }),
-    ))
+    Ok(Json(PayoutsFile {
+        period,
+        execution: on,
+        xml,
+    }))
 }
 
 /// The SEPA direct debit file (pain.008.001.02) collecting a period's
@@ -966,7 +905,7 @@ async fn contributions_sepa(
     State(s): State<App>,
     auth: Auth,
     Query(q): Query<SepaQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ContributionsFile>, ApiError> {
     auth.admin()?;
     // Core direct debits are collected at the earliest a day after the file.
     let (period, now, on) = sepa_dates(&s, &q, 2)?;
@@ -977,21 +916,14 @@ async fn contributions_sepa(
     })
     .await
     .map_err(|_| CaisseError::Unavailable)??;
-    Ok(Json(json!({
-        "period": period, "collection": on, "xml": dd.xml, "count": dd.count,
-        "total": dd.total, "without_mandate": dd.without_mandate,
-    })))
-}
-
-#[derive(Deserialize)]
-struct MandateBody {
-    member: MemberId,
-    reference: String,
-    signed_on: Day,
-    holder: String,
-    iban: String,
-    #[serde(default)]
-    bic: Option<String>,
+    Ok(Json(ContributionsFile {
+        period,
+        collection: on,
+        xml: dd.xml,
+        count: dd.count,
+        total: dd.total,
+        without_mandate: dd.without_mandate,
+    }))
 }
 
 /// Record a member's SEPA direct debit mandate (admin).
@@ -999,7 +931,7 @@ async fn set_mandate(
     State(s): State<App>,
     auth: Auth,
     Body(b): Body<MandateBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<MandateRecorded>, ApiError> {
     auth.admin()?;
     reply!(
         s.handle
@@ -1014,15 +946,11 @@ async fn set_mandate(
             .await,
         Reply::Count
     )?;
-    Ok(Json(
-        json!({ "member": b.member, "reference": b.reference.trim(), "signed_on": b.signed_on }),
-    ))
-}
-
-#[derive(Deserialize)]
-struct BackupBody {
-    /// Where the node writes the file (absolute; must not exist).
-    out: std::path::PathBuf,
+    Ok(Json(MandateRecorded {
+        member: b.member,
+        reference: b.reference.trim().to_owned(),
+        signed_on: b.signed_on,
+    }))
 }
 
 /// An online, consistent backup of the store (admin): answered when the
@@ -1050,20 +978,11 @@ async fn jobs(
     Ok(Json(s.handle.jobs()))
 }
 
-#[derive(Deserialize)]
-struct TokenBody {
-    role: String,
-    #[serde(default)]
-    seat: Option<String>,
-    #[serde(default)]
-    producer: Option<String>,
-}
-
 async fn new_token(
     State(s): State<App>,
     auth: Auth,
     Body(b): Body<TokenBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<TokenCreated>, ApiError> {
     auth.admin()?;
     let role = match b.role.as_str() {
         "observer" => Role::Observer,
@@ -1104,33 +1023,33 @@ async fn new_token(
         }
     };
     let token = s.handle.new_token(role.clone()).await?;
-    Ok(Json(
-        json!({ "role": b.role, "token": token, "seat": match role {
-        Role::Seat { seat } => Some(format!("seat-{seat}")),
-        _ => None,
-    }, "producer": match role {
-        Role::Producer { producer } => Some(producer.to_string()),
-        _ => None,
-    } }),
-    ))
+    Ok(Json(TokenCreated {
+        role: b.role,
+        token,
+        seat: match role {
+            Role::Seat { seat } => Some(format!("seat-{seat}")),
+            _ => None,
+        },
+        producer: match role {
+            Role::Producer { producer } => Some(producer.to_string()),
+            _ => None,
+        },
+    }))
 }
 
 /// Every token by id (the start of its hash) and role.
-async fn list_tokens(
-    State(s): State<App>,
-    auth: Auth,
-) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list_tokens(State(s): State<App>, auth: Auth) -> Result<Json<Vec<TokenRow>>, ApiError> {
     auth.admin()?;
     let tokens = s
         .handle
         .read(|v, _| crate::caisse::tokens(&*v.store))
         .await?;
-    Ok(Json(json!(
+    Ok(Json(
         tokens
             .into_iter()
-            .map(|(id, role)| json!({ "id": id, "role": role }))
-            .collect::<Vec<_>>()
-    )))
+            .map(|(id, role)| TokenRow { id, role })
+            .collect(),
+    ))
 }
 
 /// Revoke a token: the next request carrying it gets 401, and console
@@ -1139,7 +1058,7 @@ async fn revoke_token(
     State(s): State<App>,
     auth: Auth,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<TokenRevoked>, ApiError> {
     auth.admin()?;
     let role = reply!(
         s.handle
@@ -1147,13 +1066,7 @@ async fn revoke_token(
             .await,
         Reply::Revoked
     )?;
-    Ok(Json(json!({ "revoked": id, "role": role })))
-}
-
-#[derive(Deserialize, Default)]
-struct ReasonBody {
-    #[serde(default)]
-    reason: Option<String>,
+    Ok(Json(TokenRevoked { revoked: id, role }))
 }
 
 /// `suspend` or `reinstate` an outlet's tills.
@@ -1162,7 +1075,7 @@ async fn outlet_action(
     auth: Auth,
     Path((id, action)): Path<(String, String)>,
     body: axum::body::Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<OutletSuspension>, ApiError> {
     auth.admin()?;
     let outlet: OutletId = parse("outlet id", &id)?;
     let suspended = match action.as_str() {
@@ -1187,20 +1100,14 @@ async fn outlet_action(
             .await,
         Reply::Suspended
     )?;
-    Ok(Json(json!({ "outlet": outlet, "suspended": suspended })))
-}
-
-#[derive(Deserialize)]
-struct ClockBody {
-    /// The date to move to (noon UTC of that day).
-    today: Day,
+    Ok(Json(OutletSuspension { outlet, suspended }))
 }
 
 async fn set_clock(
     State(s): State<App>,
     auth: Auth,
     Body(b): Body<ClockBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ClockBody>, ApiError> {
     auth.admin()?;
     if !s.config.testing.manual_clock {
         return Err(ApiError::forbidden(
@@ -1211,7 +1118,7 @@ async fn set_clock(
         .saturating_mul(86_400)
         .saturating_add(43_200);
     s.handle.clock().set(secs);
-    Ok(Json(json!({ "today": b.today })))
+    Ok(Json(b))
 }
 
 fn parse_seat(text: &str) -> Result<u32, ApiError> {
@@ -1221,7 +1128,7 @@ fn parse_seat(text: &str) -> Result<u32, ApiError> {
 async fn parliament_show(
     State(s): State<App>,
     auth: Auth,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ParliamentShow>, ApiError> {
     auth.reader()?;
     let admin = matches!(auth.0, Role::Admin);
     let out = s
@@ -1229,39 +1136,18 @@ async fn parliament_show(
         .read(move |c, _| {
             let seats = c.seats()?;
             let problem = crate::parliament::composition_problem(&seats);
-            // Who holds a seat is the admin's to know: the others see the
-            // seats, their kinds and their votes.
-            let seats: Vec<serde_json::Value> = seats
-                .iter()
-                .map(|seat| {
-                    let mut v = json!(seat);
-                    if !admin && let Some(o) = v.as_object_mut() {
-                        o.remove("member");
-                        o.remove("holder");
-                    }
-                    v
-                })
-                .collect();
-            let proposals = c.proposals()?;
-            Ok(json!({
-                "seats": seats,
-                "can_vote": problem.is_none(),
-                "composition_problem": problem,
-                "rules": c.policy().parliament,
-                "proposals": proposals,
-            }))
+            Ok(ParliamentShow {
+                // Who holds a seat is the admin's to know: the others see
+                // the seats, their kinds and their votes.
+                seats: seats.iter().map(|seat| SeatView::of(seat, admin)).collect(),
+                can_vote: problem.is_none(),
+                composition_problem: problem,
+                rules: c.policy().parliament.clone(),
+                proposals: c.proposals()?,
+            })
         })
         .await?;
     Ok(Json(out))
-}
-
-#[derive(Deserialize)]
-struct SeatBody {
-    kind: crate::parliament::SeatKind,
-    #[serde(default)]
-    member: Option<MemberId>,
-    #[serde(default)]
-    holder: Option<String>,
 }
 
 async fn seat_add(
@@ -1296,13 +1182,6 @@ async fn seat_remove(
     )?))
 }
 
-#[derive(Deserialize)]
-struct DrawBody {
-    seats: usize,
-    seed: u64,
-    volunteers: Vec<MemberId>,
-}
-
 async fn parliament_draw(
     State(s): State<App>,
     auth: Auth,
@@ -1327,14 +1206,6 @@ async fn parliament_draw(
     Ok(Json(*drawn))
 }
 
-#[derive(Deserialize)]
-struct ProposeBody {
-    title: String,
-    kind: crate::parliament::ProposalKind,
-    #[serde(default)]
-    window_minutes: Option<u32>,
-}
-
 async fn propose(
     State(s): State<App>,
     auth: Auth,
@@ -1351,12 +1222,6 @@ async fn propose(
             .await,
         Reply::Proposal
     )?))
-}
-
-#[derive(Deserialize)]
-struct VoteBody {
-    seat: String,
-    choice: crate::parliament::Choice,
 }
 
 async fn vote(
@@ -1393,12 +1258,6 @@ async fn close_proposal(
     )?))
 }
 
-#[derive(Deserialize)]
-struct ProducerBody {
-    name: String,
-    attributes: caisse_protocol::criteria::Attributes,
-}
-
 async fn register_producer(
     State(s): State<App>,
     auth: Auth,
@@ -1421,58 +1280,42 @@ fn producer_view(
     c: &impl Reads,
     id: &caisse_protocol::ProducerId,
     today: Day,
-) -> Option<serde_json::Value> {
+) -> Option<ProducerView> {
     let p = c.conventions().producer(id)?;
     let subject = caisse_protocol::messages::Subject::Producer(*id);
-    let accreditations: Vec<_> = c
+    let accreditations = c
         .conventions()
         .all()
         .into_iter()
         .filter(|r| r.accreditation.subject == subject)
         .map(|r| accreditation_view(r, today))
         .collect();
-    Some(json!({
-        "id": p.id,
-        "name": p.name,
-        "attributes": p.attributes,
-        "registered": p.registered,
-        "accreditations": accreditations,
-    }))
+    Some(ProducerView {
+        id: p.id,
+        name: p.name.clone(),
+        registered_here: true,
+        attributes: Some(p.attributes.clone()),
+        registered: Some(p.registered),
+        accreditations,
+        federation: Vec::new(),
+    })
 }
 
 fn accreditation_view(
     r: &crate::conventionnement::AccreditationRecord,
     today: Day,
-) -> serde_json::Value {
-    let a = &r.accreditation;
-    let status = if r.revoked.is_some() {
-        "revoked"
-    } else if a.valid_until < today {
-        "expired"
-    } else if a.valid_from > today {
-        "not yet valid"
-    } else {
-        "active"
-    };
-    json!({
-        "id": r.id,
-        "caisse": a.caisse,
-        "subject": a.subject,
-        "subject_name": a.subject_name,
-        "scope": a.scope,
-        "criteria": a.criteria,
-        "valid_from": a.valid_from,
-        "valid_until": a.valid_until,
-        "decided_by": a.decided_by,
-        "status": status,
-        "revoked": r.revoked.as_ref().map(|x| json!({ "day": x.day, "reason": x.reason })),
-    })
+) -> AccreditationView {
+    let revoked = r.revoked.as_ref().map(|x| RevokedView {
+        day: x.day,
+        reason: x.reason.clone(),
+    });
+    AccreditationView::of(r.id, &r.accreditation, revoked, today)
 }
 
 async fn list_producers(
     State(s): State<App>,
     auth: Auth,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Vec<ProducerView>>, ApiError> {
     auth.reader()?;
     let out = s
         .handle
@@ -1480,11 +1323,10 @@ async fn list_producers(
             let today = Day::from_unix(now);
             let mut ids: Vec<_> = c.conventions().producers().keys().copied().collect();
             ids.sort();
-            Ok(serde_json::Value::Array(
-                ids.iter()
-                    .filter_map(|id| producer_view(c, id, today))
-                    .collect(),
-            ))
+            Ok(ids
+                .iter()
+                .filter_map(|id| producer_view(c, id, today))
+                .collect())
         })
         .await?;
     Ok(Json(out))
@@ -1494,28 +1336,46 @@ async fn show_producer(
     State(s): State<App>,
     auth: Auth,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ProducerView>, ApiError> {
     auth.reader()?;
     let id: caisse_protocol::ProducerId = parse("producer id", &id)?;
     let view = s.federation.snapshot();
     let subject = caisse_protocol::messages::Subject::Producer(id);
-    let elsewhere: Vec<serde_json::Value> = view
+    let elsewhere: Vec<PublishedAccreditation> = view
         .caisses
         .iter()
         .filter(|(c, _)| **c != s.caisse_id)
         .flat_map(|(c, p)| {
-            let name = p.profile.as_ref().map(|x| x.name.clone()).unwrap_or_default();
-            let crit = p.criteria.as_ref().map(|(cr, h)| json!({ "name": cr.name, "version": cr.version, "hash": h }));
+            let name = p
+                .profile
+                .as_ref()
+                .map(|x| x.name.clone())
+                .unwrap_or_default();
+            let crit = p.criteria.as_ref().map(|(cr, h)| CriteriaRef {
+                name: cr.name.clone(),
+                version: cr.version,
+                hash: *h,
+            });
             p.accreditations
                 .iter()
                 .filter(|a| a.accreditation.subject == subject)
-                .map(move |a| json!({
-                    "id": a.id, "caisse": c, "caisse_name": name, "scope": a.accreditation.scope,
-                    "criteria": a.accreditation.criteria, "criteria_version": crit,
-                    "subject_name": a.accreditation.subject_name,
-                    "valid_from": a.accreditation.valid_from, "valid_until": a.accreditation.valid_until,
-                    "status": if a.revocation.is_some() { "revoked" } else { "published" },
-                }))
+                .map(move |a| PublishedAccreditation {
+                    id: a.id,
+                    caisse: *c,
+                    caisse_name: name.clone(),
+                    scope: a.accreditation.scope.clone(),
+                    criteria: a.accreditation.criteria,
+                    criteria_version: crit.clone(),
+                    subject_name: a.accreditation.subject_name.clone(),
+                    valid_from: a.accreditation.valid_from,
+                    valid_until: a.accreditation.valid_until,
+                    status: if a.revocation.is_some() {
+                        "revoked"
+                    } else {
+                        "published"
+                    }
+                    .into(),
+                })
         })
         .collect();
     let local = s
@@ -1524,16 +1384,18 @@ async fn show_producer(
         .await?;
     match local {
         Some(mut v) => {
-            v["federation"] = serde_json::Value::Array(elsewhere);
+            v.federation = elsewhere;
             Ok(Json(v))
         }
-        None if !elsewhere.is_empty() => Ok(Json(json!({
-            "id": id,
-            "name": elsewhere[0]["subject_name"],
-            "registered_here": false,
-            "accreditations": [],
-            "federation": elsewhere,
-        }))),
+        None if !elsewhere.is_empty() => Ok(Json(ProducerView {
+            id,
+            name: elsewhere[0].subject_name.clone(),
+            registered_here: false,
+            attributes: None,
+            registered: None,
+            accreditations: Vec::new(),
+            federation: elsewhere,
+        })),
         None => Err(CaisseError::NotFound {
             what: "producer",
             id: id.to_string(),
@@ -1554,7 +1416,7 @@ async fn evaluate_producer(
     auth: Auth,
     Path(id): Path<String>,
     Query(q): Query<EvaluationQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<EvaluationView>, ApiError> {
     auth.reader()?;
     let id: caisse_protocol::ProducerId = parse("producer id", &id)?;
     let view = s.federation.snapshot();
@@ -1568,8 +1430,10 @@ async fn evaluate_producer(
         .read(move |c, now| {
             let today = Day::from_unix(now);
             let centre = c.policy().territory_centre;
-            let crit = c.conventions().criteria().map(|r| {
-                json!({ "name": r.version.criteria.name, "version": r.version.criteria.version, "hash": r.hash })
+            let crit = c.conventions().criteria().map(|r| CriteriaRef {
+                name: r.version.criteria.name.clone(),
+                version: r.version.criteria.version,
+                hash: r.hash,
             });
             let (e, source, dossier) = match (c.conventions().producer(&id), carried) {
                 (Some(p), _) => (
@@ -1602,15 +1466,26 @@ async fn evaluate_producer(
             let lapse = match (&dossier, c.conventions().criteria()) {
                 (Some(d), Some(cr)) => d
                     .relies_until(&cr.version.criteria, today, centre.as_ref())
-                    .map(|(day, cert)| json!({ "day": day, "certificate": cert.number, "label": cert.label })),
+                    .map(|(day, cert)| WouldLapse {
+                        day,
+                        certificate: cert.number.clone(),
+                        label: cert.label.clone(),
+                    }),
                 _ => None,
             };
-            Ok(json!({
-                "producer": id, "criteria": crit, "evaluation": e, "source": source,
-                "dossier_version": dossier.as_ref().map(|d| d.version),
-                "distance_km": dossier.as_ref().and_then(|d| centre.map(|c| d.location.distance_km(&c))),
-                "would_lapse_with": lapse,
-            }))
+            Ok(EvaluationView {
+                producer: id,
+                caisse: None,
+                caisse_name: None,
+                criteria: crit,
+                evaluation: e,
+                source: source.into(),
+                dossier_version: dossier.as_ref().map(|d| d.version),
+                distance_km: dossier
+                    .as_ref()
+                    .and_then(|d| centre.map(|c| d.location.distance_km(&c))),
+                would_lapse_with: lapse,
+            })
         })
         .await?;
     Ok(Json(out))
@@ -1623,7 +1498,7 @@ async fn evaluate_against(
     view: &crate::documents::FederationView,
     id: caisse_protocol::ProducerId,
     other: &str,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<EvaluationView, ApiError> {
     let caisse: CaisseId = parse("caisse id", other)?;
     let peer = view.caisses.get(&caisse).ok_or_else(|| {
         ApiError::new(
@@ -1660,20 +1535,21 @@ async fn evaluate_against(
         })?;
     let today = Day::from_unix(now);
     let e = criteria.evaluate(&dossier.attributes_on(today, peer.location.as_ref()));
-    Ok(json!({
-        "producer": id, "caisse": caisse,
-        "caisse_name": peer.profile.as_ref().map(|p| p.name.clone()),
-        "criteria": { "name": criteria.name, "version": criteria.version, "hash": hash },
-        "evaluation": e, "source": "dossier, against that caisse's criteria",
-        "dossier_version": dossier.version,
-        "distance_km": peer.location.map(|l| dossier.location.distance_km(&l)),
-    }))
-}
-
-#[derive(Deserialize)]
-struct DossierBody {
-    /// The producer's signed dossier: its envelope's bytes, hex.
-    dossier: String,
+    Ok(EvaluationView {
+        producer: id,
+        caisse: Some(caisse),
+        caisse_name: peer.profile.as_ref().map(|p| p.name.clone()),
+        criteria: Some(CriteriaRef {
+            name: criteria.name.clone(),
+            version: criteria.version,
+            hash,
+        }),
+        evaluation: e,
+        source: "dossier, against that caisse's criteria".into(),
+        dossier_version: Some(dossier.version),
+        distance_km: peer.location.map(|l| dossier.location.distance_km(&l)),
+        would_lapse_with: None,
+    })
 }
 
 /// A producer's signed dossier, from the producer (its token) or the desk
@@ -1683,7 +1559,7 @@ async fn submit_dossier(
     State(s): State<App>,
     auth: Auth,
     Body(b): Body<DossierBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<DossierPublished>, ApiError> {
     let bytes = hex::decode(b.dossier.trim()).map_err(|_| {
         ApiError::bad_request("\"dossier\" is the signed dossier's bytes in hex (as `caisse producer sign` writes them)")
     })?;
@@ -1717,11 +1593,12 @@ async fn submit_dossier(
         s.handle.execute(Command::RecordDossier { envelope }).await,
         Reply::Producer
     )?;
-    Ok(Json(json!({
-        "producer": rec.id, "name": rec.name,
-        "version": rec.dossier.as_ref().map(|h| h.dossier.version),
-        "review": rec.dossier.as_ref().and_then(|h| h.review.clone()),
-    })))
+    Ok(Json(DossierPublished {
+        producer: rec.id,
+        version: rec.dossier.as_ref().map(|h| h.dossier.version),
+        review: rec.dossier.as_ref().and_then(|h| h.review.clone()),
+        name: rec.name,
+    }))
 }
 
 /// The newest dossier of a producer known here (held, or carried by another caisse).
@@ -1729,7 +1606,7 @@ async fn show_dossier(
     State(s): State<App>,
     auth: Auth,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<DossierShown>, ApiError> {
     let id: caisse_protocol::ProducerId = parse("producer id", &id)?;
     match &auth.0 {
         Role::Producer { producer } if *producer == id => {}
@@ -1744,7 +1621,10 @@ async fn show_dossier(
         })
         .await?;
     match crate::producers::newest_dossier(&s.federation.snapshot(), id, held.map(|h| h.dossier)) {
-        Some(d) => Ok(Json(json!({ "producer": id, "dossier": d }))),
+        Some(dossier) => Ok(Json(DossierShown {
+            producer: id,
+            dossier,
+        })),
         None => Err(CaisseError::NotFound {
             what: "producer dossier",
             id: id.to_string(),
@@ -1843,7 +1723,7 @@ async fn lapsing_accreditations(
     State(s): State<App>,
     auth: Auth,
     Query(q): Query<LapsingQuery>,
-) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+) -> Result<Json<Vec<Lapsing>>, ApiError> {
     auth.reader()?;
     let days = q.days.min(3660);
     let out = s
@@ -1859,15 +1739,6 @@ async fn lapsing_accreditations(
     Ok(Json(out))
 }
 
-#[derive(Deserialize)]
-struct AdoptBody {
-    siret: String,
-    commune: String,
-    postcode: String,
-    /// `LAT,LON` of the commune's centre.
-    location: String,
-}
-
 /// Give a producer registered before producers had keys an identity held
 /// by the caisse until the producer claims it.
 async fn adopt_producer(
@@ -1875,7 +1746,7 @@ async fn adopt_producer(
     auth: Auth,
     Path(id): Path<String>,
     Body(b): Body<AdoptBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Adopted>, ApiError> {
     auth.admin()?;
     let producer: caisse_protocol::ProducerId = parse("producer id", &id)?;
     let adoption = crate::conventionnement::Adoption {
@@ -1891,9 +1762,11 @@ async fn adopt_producer(
             .await,
         Reply::Producer
     )?;
-    Ok(Json(
-        json!({ "producer": rec.id, "legacy_id": rec.legacy_id, "name": rec.name }),
-    ))
+    Ok(Json(Adopted {
+        producer: rec.id,
+        legacy_id: rec.legacy_id,
+        name: rec.name,
+    }))
 }
 
 /// Hand the held key over to its producer, once.
@@ -1901,7 +1774,7 @@ async fn hand_over_producer_key(
     State(s): State<App>,
     auth: Auth,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<KeyHandedOver>, ApiError> {
     auth.admin()?;
     let producer: caisse_protocol::ProducerId = parse("producer id", &id)?;
     let key = reply!(
@@ -1911,13 +1784,7 @@ async fn hand_over_producer_key(
         Reply::Token
     )?;
     tracing::info!(target: "caisse::security", caisse = %s.caisse_id.short(), producer = %producer, "producer key handed over");
-    Ok(Json(json!({ "producer": producer, "key": key })))
-}
-
-#[derive(Deserialize)]
-struct CentreBody {
-    /// `LAT,LON` in degrees, or empty to clear.
-    centre: String,
+    Ok(Json(KeyHandedOver { producer, key }))
 }
 
 /// Set the point producers' distances are computed from.
@@ -1925,7 +1792,7 @@ async fn set_territory_centre(
     State(s): State<App>,
     auth: Auth,
     Body(b): Body<CentreBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<TerritoryCentre>, ApiError> {
     auth.admin()?;
     let centre = if b.centre.trim().is_empty() {
         None
@@ -1938,7 +1805,9 @@ async fn set_territory_centre(
             .await,
         Reply::Count
     )?;
-    Ok(Json(json!({ "territory_centre": centre })))
+    Ok(Json(TerritoryCentre {
+        territory_centre: centre,
+    }))
 }
 
 #[derive(Deserialize, Default)]
@@ -1951,49 +1820,43 @@ async fn list_accreditations(
     State(s): State<App>,
     auth: Auth,
     Query(q): Query<AccreditationQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Vec<AccreditationView>>, ApiError> {
     auth.reader()?;
     if q.federation {
         let view = s.federation.snapshot();
         let today = s.handle.clock().today();
-        let rows: Vec<serde_json::Value> = view
+        let rows = view
             .caisses
-            .iter()
-            .flat_map(|(c, p)| {
-                let name = p.profile.as_ref().map(|x| x.name.clone()).unwrap_or_default();
+            .values()
+            .flat_map(|p| {
+                let name = p
+                    .profile
+                    .as_ref()
+                    .map(|x| x.name.clone())
+                    .unwrap_or_default();
                 p.accreditations.iter().map(move |a| {
-                    let acc = &a.accreditation;
-                    let status = if a.revocation.is_some() {
-                        "revoked"
-                    } else if acc.valid_until < today {
-                        "expired"
-                    } else if acc.valid_from > today {
-                        "not yet valid"
-                    } else {
-                        "active"
-                    };
-                    json!({
-                        "id": a.id, "caisse": c, "caisse_name": name, "subject": acc.subject,
-                        "subject_name": acc.subject_name, "scope": acc.scope, "criteria": acc.criteria,
-                        "valid_from": acc.valid_from, "valid_until": acc.valid_until, "status": status,
-                        "revoked": a.revocation.as_ref().map(|r| json!({ "day": r.effective, "reason": r.reason })),
-                    })
+                    let revoked = a.revocation.as_ref().map(|r| RevokedView {
+                        day: r.effective,
+                        reason: r.reason.clone(),
+                    });
+                    AccreditationView {
+                        caisse_name: Some(name.clone()),
+                        ..AccreditationView::of(a.id, &a.accreditation, revoked, today)
+                    }
                 })
             })
             .collect();
-        return Ok(Json(serde_json::Value::Array(rows)));
+        return Ok(Json(rows));
     }
     let out = s
         .handle
         .read(|c, now| {
             let today = Day::from_unix(now);
-            Ok(serde_json::Value::Array(
-                c.conventions()
-                    .all()
-                    .into_iter()
-                    .map(|r| accreditation_view(r, today))
-                    .collect(),
-            ))
+            Ok(c.conventions()
+                .all()
+                .into_iter()
+                .map(|r| accreditation_view(r, today))
+                .collect())
         })
         .await?;
     Ok(Json(out))
@@ -2002,13 +1865,16 @@ async fn list_accreditations(
 async fn show_criteria(
     State(s): State<App>,
     auth: Auth,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Option<CriteriaInForce>>, ApiError> {
     auth.reader()?;
     let out = s
         .handle
         .read(|c, _| {
-            Ok(c.conventions().criteria().map_or(serde_json::Value::Null, |r| {
-                json!({ "hash": r.hash, "adopted_on": r.version.adopted_on, "decided_by": r.version.decided_by, "criteria": r.version.criteria })
+            Ok(c.conventions().criteria().map(|r| CriteriaInForce {
+                hash: r.hash,
+                adopted_on: r.version.adopted_on,
+                decided_by: r.version.decided_by,
+                criteria: r.version.criteria.clone(),
             }))
         })
         .await?;
@@ -2024,13 +1890,12 @@ async fn report(
     State(s): State<App>,
     auth: Auth,
     Query(q): Query<ReportQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ReportAnswer>, ApiError> {
     auth.reader()?;
     let period: Period = parse("period", &q.period)?;
-    let r = crate::app::report(&s, period).await?;
-    Ok(Json(
-        json!({ "report": r, "markdown": crate::report::to_markdown(&r) }),
-    ))
+    let report = crate::app::report(&s, period).await?;
+    let markdown = crate::report::to_markdown(&report);
+    Ok(Json(ReportAnswer { report, markdown }))
 }
 
 async fn report_export(
@@ -2044,7 +1909,7 @@ async fn report_export(
     Ok(Json(export))
 }
 
-async fn peers(State(s): State<App>, auth: Auth) -> Result<Json<serde_json::Value>, ApiError> {
+async fn peers(State(s): State<App>, auth: Auth) -> Result<Json<Vec<PeerRow>>, ApiError> {
     auth.reader()?;
     let view = s.federation.snapshot();
     let (recognition, criteria) = s
@@ -2058,62 +1923,68 @@ async fn peers(State(s): State<App>, auth: Auth) -> Result<Json<serde_json::Valu
             ))
         })
         .await?;
-    let rows: Vec<serde_json::Value> = view
+    let rows = view
         .caisses
         .iter()
         .filter(|(c, _)| **c != s.caisse_id)
-        .map(|(c, p)| {
-            json!({
-                "caisse": c,
-                "name": p.profile.as_ref().map(|x| x.name.clone()),
-                "territory": p.profile.as_ref().map(|x| x.territory.clone()),
-                "recognised": view.recognises(c, &recognition, criteria.as_ref()),
-                "connected": p.connected,
-                "last_changed": p.last_changed,
-                "sequence": p.sequence,
-                "heads": p.heads,
-                "accreditations": p.accreditations.len(),
-                "criteria_version": p.criteria.as_ref().map(|(cr, _)| cr.version),
-                "invalid_statements": p.invalid_statements,
-                "addresses": p.addresses,
-            })
+        .map(|(c, p)| PeerRow {
+            caisse: *c,
+            name: p.profile.as_ref().map(|x| x.name.clone()),
+            territory: p.profile.as_ref().map(|x| x.territory.clone()),
+            recognised: view.recognises(c, &recognition, criteria.as_ref()),
+            connected: p.connected,
+            last_changed: p.last_changed,
+            sequence: p.sequence,
+            heads: p.heads.clone(),
+            accreditations: p.accreditations.len(),
+            criteria_version: p.criteria.as_ref().map(|(cr, _)| cr.version),
+            invalid_statements: p.invalid_statements,
+            addresses: p.addresses.clone(),
         })
         .collect();
-    Ok(Json(serde_json::Value::Array(rows)))
+    Ok(Json(rows))
 }
 
-async fn network_info(
-    State(s): State<App>,
-    auth: Auth,
-) -> Result<Json<serde_json::Value>, ApiError> {
+async fn network_info(State(s): State<App>, auth: Auth) -> Result<Response, ApiError> {
     auth.reader()?;
     let info = s.federation.network.info().await;
-    Ok(Json(json!({
-        "peer_id": info.peer_id.map(|p| p.to_string()),
-        "listen": info.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "connected": info.connected.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "blocked": info.blocked.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "frames_refused": info.frame_failures,
-        "federation": &*s.federation.stats,
-    })))
-}
-
-#[derive(Deserialize)]
-struct BlockBody {
-    caisse: CaisseId,
-    block: bool,
+    fn strings<T: ToString>(v: &[T]) -> Vec<String> {
+        v.iter().map(ToString::to_string).collect()
+    }
+    // The counters are the federation's own (atomics): serialised in place.
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        peer_id: Option<String>,
+        listen: Vec<String>,
+        connected: Vec<String>,
+        blocked: Vec<String>,
+        frames_refused: u64,
+        federation: &'a crate::federation::FederationStats,
+    }
+    Ok(Json(Answer {
+        peer_id: info.peer_id.map(|p| p.to_string()),
+        listen: strings(&info.listen),
+        connected: strings(&info.connected),
+        blocked: strings(&info.blocked),
+        frames_refused: info.frame_failures,
+        federation: &s.federation.stats,
+    })
+    .into_response())
 }
 
 async fn network_block(
     State(s): State<App>,
     auth: Auth,
     Body(b): Body<BlockBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Blocked>, ApiError> {
     auth.admin()?;
     let peer = crate::network::peer_id_of(&b.caisse)
         .ok_or_else(|| ApiError::bad_request("that caisse id is not a valid key"))?;
     s.federation.network.block(peer, b.block).await;
-    Ok(Json(json!({ "caisse": b.caisse, "blocked": b.block })))
+    Ok(Json(Blocked {
+        caisse: b.caisse,
+        blocked: b.block,
+    }))
 }
 
 async fn federation_document(
@@ -2191,39 +2062,56 @@ async fn settlement_show(
     State(s): State<App>,
     auth: Auth,
     Query(q): Query<ReportQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SettlementShow>, ApiError> {
     auth.reader()?;
     let period: Period = parse("period", &q.period)?;
     let view = s.federation.snapshot();
     let v = crate::settlement::settlement_view(&view, period);
     let sum = Amount::checked_sum(v.positions.values().copied()).unwrap_or(Amount::MAX);
-    Ok(Json(json!({
-        "period": period,
-        "statements": v.statements.iter().map(|(id, st, acked, dispute)| json!({
-            "id": id, "creditor": st.creditor, "debtor": st.debtor, "amount": st.amount, "count": st.count,
-            "acknowledged": acked, "dispute": dispute,
-        })).collect::<Vec<_>>(),
-        "positions": v.positions.iter().map(|(c, a)| json!({ "caisse": c, "net": a })).collect::<Vec<_>>(),
-        "net_sum": sum,
-        "transfers": v.transfers.iter().enumerate().map(|(i, t)| {
-            let paid = v.paid.iter().find(|(p, _)| p.from == t.from && p.to == t.to && p.amount == t.amount);
-            json!({ "transfer": i + 1, "from": t.from, "to": t.to, "amount": t.amount,
-                    "paid": paid.is_some(), "confirmed_by_receiver": paid.is_some_and(|(_, c)| *c) })
-        }).collect::<Vec<_>>(),
-    })))
-}
-
-#[derive(Deserialize)]
-struct PaidBody {
-    period: Period,
-    transfer: usize,
-    reference: String,
-}
-
-#[derive(Deserialize)]
-struct WithdrawBody {
-    period: Period,
-    debtor: CaisseId,
+    Ok(Json(SettlementShow {
+        period,
+        statements: v
+            .statements
+            .iter()
+            .map(|(id, st, acked, dispute)| StatementRow {
+                id: *id,
+                creditor: st.creditor,
+                debtor: st.debtor,
+                amount: st.amount,
+                count: st.count,
+                acknowledged: *acked,
+                dispute: dispute.clone(),
+            })
+            .collect(),
+        positions: v
+            .positions
+            .iter()
+            .map(|(c, a)| Position {
+                caisse: *c,
+                net: *a,
+            })
+            .collect(),
+        net_sum: sum,
+        transfers: v
+            .transfers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let paid = v
+                    .paid
+                    .iter()
+                    .find(|(p, _)| p.from == t.from && p.to == t.to && p.amount == t.amount);
+                TransferRow {
+                    transfer: i + 1,
+                    from: t.from,
+                    to: t.to,
+                    amount: t.amount,
+                    paid: paid.is_some(),
+                    confirmed_by_receiver: paid.is_some_and(|(_, c)| *c),
+                }
+            })
+            .collect(),
+    }))
 }
 
 /// Creditor side: withdraw the claims a debtor disputed as unknown to it
@@ -2232,7 +2120,7 @@ async fn settlement_withdraw(
     State(s): State<App>,
     auth: Auth,
     Body(b): Body<WithdrawBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Withdrawn>, ApiError> {
     auth.admin()?;
     let n = reply!(
         s.handle
@@ -2244,16 +2132,18 @@ async fn settlement_withdraw(
         Reply::Count
     )?;
     tracing::info!(target: "caisse::events::settlement", debtor = %b.debtor.short(), period = %b.period, withdrawn = n, "disputed claims withdrawn");
-    Ok(Json(
-        json!({ "period": b.period, "debtor": b.debtor, "withdrawn": n }),
-    ))
+    Ok(Json(Withdrawn {
+        period: b.period,
+        debtor: b.debtor,
+        withdrawn: n,
+    }))
 }
 
 async fn settlement_paid(
     State(s): State<App>,
     auth: Auth,
     Body(b): Body<PaidBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<TransferRecorded>, ApiError> {
     auth.admin()?;
     let view = s.federation.snapshot();
     let v = crate::settlement::settlement_view(&view, b.period);
@@ -2285,7 +2175,10 @@ async fn settlement_paid(
             .await,
         Reply::Transfer
     )?;
-    Ok(Json(
-        json!({ "transfer": b.transfer, "to": to, "amount": amount, "statement": id }),
-    ))
+    Ok(Json(TransferRecorded {
+        transfer: b.transfer,
+        to,
+        amount,
+        statement: id,
+    }))
 }

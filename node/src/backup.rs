@@ -36,7 +36,7 @@ const END: u8 = 0xFF;
 pub const STEP_KEYS: usize = 2_000;
 
 /// What a finished backup holds.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct BackupDone {
     /// The file written.
     pub path: PathBuf,

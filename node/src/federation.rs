@@ -34,7 +34,7 @@ use caisse_core::replication::{HeadsVerdict, Mark, heads_digest, judge_heads};
 use crate::writer::{CaisseHandle, reply};
 
 /// Counters of what the federation accepted and refused.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
 pub struct FederationStats {
     /// Gossip messages accepted.
     pub gossip_accepted: AtomicU64,

@@ -55,6 +55,7 @@ pub mod console;
 pub mod daemon;
 pub mod doctor;
 pub mod documents;
+pub mod dto;
 pub mod durable;
 pub mod federation;
 pub mod http;

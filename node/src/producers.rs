@@ -20,7 +20,7 @@ use serde::Serialize;
 pub const WARN_DAYS: u32 = 30;
 
 /// One accreditation of the producer, at some caisse.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct AccreditationRow {
     /// The caisse.
     pub caisse: CaisseId,
@@ -35,13 +35,13 @@ pub struct AccreditationRow {
     /// Last day.
     pub valid_until: Day,
     /// `active`, `not yet valid`, `lapsed` or `revoked`.
-    pub status: &'static str,
+    pub status: String,
     /// Why it ends when it does (a certificate), when known here.
     pub lapses_with: Option<String>,
 }
 
 /// What one caisse's criteria make of the producer's dossier today.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Requirement {
     /// The caisse.
     pub caisse: CaisseId,
@@ -60,7 +60,7 @@ pub struct Requirement {
 }
 
 /// The producer's sales through the allocation at one caisse's outlets in one month.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct SalesRow {
     /// The caisse whose outlets sold.
     pub caisse: CaisseId,
@@ -75,7 +75,7 @@ pub struct SalesRow {
 }
 
 /// A producer's page.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct ProducerPage {
     /// The producer.
     pub producer: ProducerId,
@@ -181,7 +181,8 @@ pub fn page(
                 r.accreditation.valid_until,
                 r.revoked.is_some(),
                 today,
-            ),
+            )
+            .into(),
             lapses_with: r.lapses_with.clone(),
         })
         .collect();
@@ -203,7 +204,8 @@ pub fn page(
                     a.accreditation.valid_until,
                     a.revocation.is_some(),
                     today,
-                ),
+                )
+                .into(),
                 lapses_with: None,
             });
         }
@@ -317,7 +319,7 @@ pub fn page(
 }
 
 /// One producer in the registry.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct RegistryRow {
     /// The producer.
     pub producer: ProducerId,
@@ -467,17 +469,17 @@ pub fn lapsing(
     accreditations: &[&AccreditationRecord],
     today: Day,
     days: u32,
-) -> Vec<serde_json::Value> {
+) -> Vec<crate::dto::Lapsing> {
     accreditations
         .iter()
         .filter(|r| r.active_on(today) && days_between(today, r.accreditation.valid_until) <= days)
-        .map(|r| {
-            serde_json::json!({
-                "id": r.id, "subject": r.accreditation.subject, "name": r.accreditation.subject_name,
-                "valid_until": r.accreditation.valid_until,
-                "days_left": days_between(today, r.accreditation.valid_until),
-                "lapses_with": r.lapses_with,
-            })
+        .map(|r| crate::dto::Lapsing {
+            id: r.id,
+            subject: r.accreditation.subject,
+            name: r.accreditation.subject_name.clone(),
+            valid_until: r.accreditation.valid_until,
+            days_left: days_between(today, r.accreditation.valid_until),
+            lapses_with: r.lapses_with.clone(),
         })
         .collect()
 }

@@ -45,7 +45,7 @@ impl Pseudonyms {
     pub fn apply(&self, v: &mut Value) {
         match v {
             Value::String(s) if s.contains(MemberId::PREFIX) || s.contains(CardId::PREFIX) => {
-                *s = self.rewrite(s);
+                *s = self.text(s);
             }
             Value::Array(a) => a.iter_mut().for_each(|x| self.apply(x)),
             Value::Object(o) => o.values_mut().for_each(|x| self.apply(x)),
@@ -53,7 +53,9 @@ impl Pseudonyms {
         }
     }
 
-    fn rewrite(&self, s: &str) -> String {
+    /// One piece of text with its member and card ids pseudonymised, as
+    /// [`Self::apply`] does to every string of a JSON value.
+    pub fn text(&self, s: &str) -> String {
         let mut out = String::with_capacity(s.len());
         let mut rest = s;
         loop {

@@ -127,7 +127,7 @@ struct RunningBackup {
 }
 
 /// A background job's visible state.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct JobStatus {
     /// Job number (since the node started).
     pub id: u64,

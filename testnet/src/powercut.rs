@@ -33,15 +33,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use caisse_core::parliament::SplitMix64;
+use caisse_node::caisse::{AllocationRun, PurchaseInput, Receipt};
 use caisse_node::config::StoreFaults;
+use caisse_node::conventionnement::ProducerRecord;
+use caisse_node::dto;
+use caisse_node::ledger::CheckReport;
+use caisse_node::parliament::ProposalKind;
 use caisse_node::policy::{AllocationPolicy, Policy};
 use caisse_node::store::Engine;
-use caisse_protocol::{Amount, Day, Period, PurchaseId};
+use caisse_protocol::criteria::Attributes;
+use caisse_protocol::messages::{PurchaseLine, ScopeItem, Subject};
+use caisse_protocol::{Amount, CaisseId, Category, Day, Period, PurchaseId};
 use serde_json::{Value, json};
 
 use crate::cluster::Node;
 use crate::lazyfs::{self, CutMode};
-use crate::run::{self, Setup, Shared, get, post, progress, s, set_day};
+use crate::run::{self, Setup, Shared, get, post, progress, set_day};
 use crate::scenario::{CategoryMix, Scenario};
 
 /// How to run the harness.
@@ -68,7 +75,7 @@ struct Attempt {
     id: PurchaseId,
     home: usize,
     host: usize,
-    body: Value,
+    body: PurchaseInput,
 }
 
 #[derive(Default)]
@@ -88,10 +95,10 @@ enum Answer {
     Declined(String),
 }
 
-async fn send(c: &Shared, body: &Value, within: Duration) -> Answer {
+async fn send(c: &Shared, body: &PurchaseInput, within: Duration) -> Answer {
     match tokio::time::timeout(
         within,
-        run::client(c).post::<_, Value>("/api/v1/purchases", body),
+        run::client(c).post::<_, Receipt>("/api/v1/purchases", body),
     )
     .await
     {
@@ -143,8 +150,17 @@ async fn till(
         n += 1;
         let id = PurchaseId::from_bytes(idb);
         let amount = Amount::from_cents(10 + rng.below(40) as i64);
-        let body = json!({ "id": id, "card": card, "outlet": outlet,
-            "lines": [ { "category": "groceries", "producer": producer, "amount": amount } ] });
+        let body = PurchaseInput {
+            id,
+            card: *card,
+            outlet: *outlet,
+            lines: vec![PurchaseLine {
+                category: groceries(),
+                producer: Some(*producer),
+                amount,
+            }],
+            pin: None,
+        };
         let a = Attempt {
             id,
             home,
@@ -223,22 +239,17 @@ async fn tally(clients: &[Shared], o: &Outcomes) -> Result<Tally> {
 
 /// The `/api/v1/peers` row of caisse `id` at the node behind `c` (null if
 /// it does not know it).
-async fn peer_row(c: &Shared, id: &str) -> Result<Value> {
-    let peers = get(c, "/api/v1/peers").await?;
-    Ok(peers
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| s(&p["caisse"]) == id)
-        .cloned()
-        .unwrap_or(Value::Null))
+async fn peer_row(c: &Shared, id: CaisseId) -> Result<Option<dto::PeerRow>> {
+    let peers: Vec<dto::PeerRow> = get(c, "/api/v1/peers").await?;
+    Ok(peers.into_iter().find(|p| p.caisse == id))
 }
 
 /// The version of caisse `id`'s document that the node behind `c` holds:
 /// sequence and heads fingerprint.
-async fn documents_seen(c: &Shared, id: &str) -> Result<(u64, String)> {
-    let row = peer_row(c, id).await?;
-    Ok((row["sequence"].as_u64().unwrap_or(0), s(&row["heads"])))
+async fn documents_seen(c: &Shared, id: CaisseId) -> Result<(u64, String)> {
+    Ok(peer_row(c, id)
+        .await?
+        .map_or((0, String::new()), |row| (row.sequence, row.heads)))
 }
 
 /// caisse 0's own document version, and caisse 1's view of it.
@@ -250,33 +261,55 @@ struct Docs {
     invalid: u64,
 }
 
-async fn documents(clients: &[Shared], id0: &str) -> Result<Docs> {
-    let status = get(&clients[0], "/api/v1/status").await?;
+async fn documents(clients: &[Shared], id0: CaisseId) -> Result<Docs> {
+    let status: dto::Status = get(&clients[0], "/api/v1/status").await?;
     let row = peer_row(&clients[1], id0).await?;
     Ok(Docs {
-        own: status["document_sequence"].as_u64().unwrap_or(0),
-        own_heads: s(&status["document_heads"]),
-        seen: row["sequence"].as_u64().unwrap_or(0),
-        seen_heads: s(&row["heads"]),
-        invalid: row["invalid_statements"].as_u64().unwrap_or(0),
+        own: status.document_sequence,
+        own_heads: status.document_heads,
+        seen: row.as_ref().map_or(0, |r| r.sequence),
+        seen_heads: row.as_ref().map(|r| r.heads.clone()).unwrap_or_default(),
+        invalid: row.as_ref().map_or(0, |r| r.invalid_statements),
     })
 }
 
 /// Accredit one more producer at caisse 0 by a vote: a new version of its
 /// signed document, gossiped to caisse 1.
 async fn accredit_one(c: Shared, n: u32, today: Day) -> Result<()> {
-    let r = post(
+    let organic: Category = "organic"
+        .parse()
+        .map_err(|e| anyhow!("the organic label: {e}"))?;
+    let r: ProducerRecord = post(
         &c,
         "/api/v1/producers",
-        json!({ "name": format!("Ferme coupure {n}"), "attributes": { "labels": ["organic"], "distance_km": 20 } }),
+        &dto::ProducerBody {
+            name: format!("Ferme coupure {n}"),
+            attributes: Attributes {
+                labels: [organic].into(),
+                distance_km: Some(20),
+                ..Attributes::default()
+            },
+        },
     )
     .await?;
-    let id = s(&r["id"]);
-    let kind = json!({ "accredit": { "subject": { "producer": id },
-        "scope": [ { "category": "groceries", "coverage_pct": 100 } ],
-        "valid_from": today, "valid_until": today.plus(365) } });
+    let kind = ProposalKind::Accredit {
+        subject: Subject::Producer(r.id),
+        scope: vec![ScopeItem {
+            category: groceries(),
+            coverage_pct: 100,
+        }],
+        valid_from: today,
+        valid_until: today.plus(365),
+    };
     run::pass(&c, &format!("producteur {n}"), kind).await?;
     Ok(())
+}
+
+/// The one category the power-cut tills sell.
+fn groceries() -> Category {
+    "groceries"
+        .parse()
+        .unwrap_or_else(|_| unreachable!("a valid category name"))
 }
 
 fn scenario() -> Scenario {
@@ -375,14 +408,12 @@ async fn harness(
         Arc::new(RwLock::new(node0.client.clone())),
         Arc::new(RwLock::new(node1.client.clone())),
     ]);
-    let id0 = node0.id.to_string();
+    let id0 = node0.id;
     let deadline = Instant::now() + Duration::from_secs(30);
     for c in clients.iter() {
-        while get(c, "/api/v1/peers")
+        while get::<Vec<dto::PeerRow>>(c, "/api/v1/peers")
             .await?
-            .as_array()
-            .map_or(0, Vec::len)
-            < 1
+            .is_empty()
         {
             if Instant::now() > deadline {
                 bail!("the two caisses did not find each other within 30 s");
@@ -417,13 +448,15 @@ async fn harness(
         for c in clients.iter() {
             set_day(c, today).await?;
         }
-        post(
+        post::<_, AllocationRun>(
             &clients[1],
             "/api/v1/allocations",
-            json!({ "period": today.period() }),
+            &dto::PeriodBody {
+                period: today.period(),
+            },
         )
         .await?;
-        let own_before = documents(&clients, &id0).await?.own;
+        let own_before = documents(&clients, id0).await?.own;
         // One cut in four lands on a quiet node just after it published a
         // new version of its document and caisse 1 received it: the
         // moment a publication not yet durable would be lost after being
@@ -448,7 +481,8 @@ async fn harness(
             let c = clients[0].clone();
             let period = today.period();
             tokio::spawn(async move {
-                post(&c, "/api/v1/allocations", json!({ "period": period })).await
+                post::<_, AllocationRun>(&c, "/api/v1/allocations", &dto::PeriodBody { period })
+                    .await
             })
         };
         let vote = tokio::spawn(accredit_one(clients[0].clone(), round, today));
@@ -460,12 +494,12 @@ async fn harness(
             }
             // The vote's new version is published, and caisse 1 holds it.
             let deadline = Instant::now() + Duration::from_secs(10);
-            let mut own = documents(&clients, &id0).await?.own;
+            let mut own = documents(&clients, id0).await?.own;
             while own <= own_before && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                own = documents(&clients, &id0).await?.own;
+                own = documents(&clients, id0).await?.own;
             }
-            while documents(&clients, &id0).await?.seen < own && Instant::now() < deadline {
+            while documents(&clients, id0).await?.seen < own && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             began.elapsed()
@@ -484,7 +518,7 @@ async fn harness(
         // nothing the node does can come between.
         node0.kill();
         let report = fs.cut(mode, &mut rng);
-        let seen_at_cut = documents_seen(&clients[1], &id0).await?;
+        let seen_at_cut = documents_seen(&clients[1], id0).await?;
         stop.store(true, Ordering::SeqCst);
         for t in tasks {
             let _ = t.await;
@@ -574,9 +608,9 @@ async fn harness(
             tokio::time::sleep(Duration::from_millis(250)).await;
         };
         // Every member enrolled during set-up is still there.
-        let members = get(&clients[0], "/api/v1/status").await?["members"]
-            .as_u64()
-            .unwrap_or(0);
+        let members = get::<dto::Status>(&clients[0], "/api/v1/status")
+            .await?
+            .members;
         let enrolled = setups[0].members.len() as u64 + 2;
         if members < enrolled {
             failures.push(format!(
@@ -585,17 +619,17 @@ async fn harness(
         }
         let mut clean = true;
         for c in clients.iter() {
-            let check = get(c, "/api/v1/ledger/check").await?;
-            if !check["findings"].as_array().is_some_and(Vec::is_empty) {
+            let check: CheckReport = get(c, "/api/v1/ledger/check").await?;
+            if !check.ok() {
                 clean = false;
-                failures.push(format!("cut {round}: ledger check: {}", check["findings"]));
+                failures.push(format!("cut {round}: ledger check: {:?}", check.findings));
             }
         }
         // Documents: never behind what the peer already holds; converged.
         let deadline = Instant::now() + settle;
         let (at_cut, heads_at_cut) = seen_at_cut;
         let d = loop {
-            let d = documents(&clients, &id0).await?;
+            let d = documents(&clients, id0).await?;
             let converged = d.own == d.seen && d.own_heads == d.seen_heads && d.own >= at_cut;
             if converged || Instant::now() > deadline {
                 break d;

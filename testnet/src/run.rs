@@ -7,10 +7,26 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
+use caisse_node::caisse::{
+    AllocationRun, ContributionRecorded, EnrollInput, Enrolled, OutletRegistered, PayoutDone,
+    PurchaseInput, Receipt, SubsidyRecorded,
+};
 use caisse_node::client::Client;
+use caisse_node::conventionnement::ProducerRecord;
+use caisse_node::dto;
+use caisse_node::ledger::{CheckReport, SubsidySource};
 use caisse_node::parliament::SplitMix64;
+use caisse_node::parliament::{Choice, Proposal, ProposalKind, Seat, SeatKind, VoteRecorded};
+use caisse_node::policy::RecognitionPolicy;
 use caisse_node::policy::{AllocationPolicy, Policy};
-use caisse_protocol::{Amount, Day, Period, PurchaseId};
+use caisse_node::settlement::SettlementRun;
+use caisse_protocol::criteria::{Attributes, Criteria, Rule};
+use caisse_protocol::messages::{PurchaseLine, ScopeItem, Subject};
+use caisse_protocol::{
+    Amount, CardId, Category, Day, MemberId, OutletId, Period, ProducerId, PurchaseId,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::cluster::{FEDERATION, Node};
@@ -53,14 +69,20 @@ pub(crate) fn progress(msg: impl AsRef<str>) {
     eprintln!("[testnet] {}", msg.as_ref());
 }
 
-pub(crate) async fn post(c: &Shared, path: &str, body: Value) -> Result<Value> {
+/// `POST path` with a typed body (`caisse_node::dto`), read as `T`.
+pub(crate) async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+    c: &Shared,
+    path: &str,
+    body: &B,
+) -> Result<T> {
     client(c)
-        .post(path, &body)
+        .post(path, body)
         .await
         .map_err(|e| anyhow!("POST {path}: {e}"))
 }
 
-pub(crate) async fn get(c: &Shared, path: &str) -> Result<Value> {
+/// `GET path`, read as `T`.
+pub(crate) async fn get<T: DeserializeOwned>(c: &Shared, path: &str) -> Result<T> {
     client(c)
         .get(path)
         .await
@@ -68,35 +90,46 @@ pub(crate) async fn get(c: &Shared, path: &str) -> Result<Value> {
 }
 
 pub(crate) async fn set_day(c: &Shared, day: Day) -> Result<()> {
-    post(c, "/api/v1/clock", json!({ "today": day }))
+    post::<_, dto::ClockBody>(c, "/api/v1/clock", &dto::ClockBody { today: day })
         .await
         .map(|_| ())
 }
 
-pub(crate) async fn pass(c: &Shared, title: &str, kind: Value) -> Result<Value> {
-    let p = post(
+/// Propose `kind`, vote yes from both seats, close: it must pass.
+pub(crate) async fn pass(c: &Shared, title: &str, kind: ProposalKind) -> Result<Proposal> {
+    let p: Proposal = post(
         c,
         "/api/v1/parliament/proposals",
-        json!({ "title": title, "kind": kind }),
+        &dto::ProposeBody {
+            title: title.into(),
+            kind,
+            window_minutes: None,
+        },
     )
     .await?;
-    let id = s(&p["id"]);
+    let id = p.id;
     for seat in ["seat-1", "seat-2"] {
-        post(
+        post::<_, VoteRecorded>(
             c,
             &format!("/api/v1/parliament/proposals/{id}/votes"),
-            json!({ "seat": seat, "choice": "yes" }),
+            &dto::VoteBody {
+                seat: seat.into(),
+                choice: Choice::Yes,
+            },
         )
         .await?;
     }
-    let closed = post(
+    let closed: Proposal = post(
         c,
         &format!("/api/v1/parliament/proposals/{id}/close"),
-        json!({}),
+        &json!({}),
     )
     .await?;
-    if closed["outcome"]["passed"] != true {
-        return Err(anyhow!("proposal {title} did not pass: {closed}"));
+    if !closed.outcome.as_ref().is_some_and(|o| o.passed) {
+        return Err(anyhow!(
+            "proposal {title} did not pass: {:?}",
+            closed.outcome
+        ));
     }
     Ok(closed)
 }
@@ -118,7 +151,8 @@ pub(crate) async fn journal_purchases(c: &Shared) -> Result<PurchaseCounts> {
     let mut counts = PurchaseCounts::default();
     let mut from = 0u64;
     loop {
-        let page = get(c, &format!("/api/v1/ledger/journal?from={from}&limit=1000")).await?;
+        // As JSON: the journal is the one answer whose ids may be pseudonyms.
+        let page: Value = get(c, &format!("/api/v1/ledger/journal?from={from}&limit=1000")).await?;
         let Some(entries) = page.as_array().filter(|a| !a.is_empty()) else {
             break;
         };
@@ -143,11 +177,27 @@ pub(crate) async fn journal_purchases(c: &Shared) -> Result<PurchaseCounts> {
     Ok(counts)
 }
 
+/// The sum of the member accounts' balances of the node behind `c`, in cents.
+async fn member_balances(c: &Shared) -> Result<i64> {
+    let balances: Vec<dto::BalanceView> = get(c, "/api/v1/ledger/balances").await?;
+    Ok(balances
+        .iter()
+        .filter(|b| b.account.starts_with("member:"))
+        .map(|b| b.balance.cents())
+        .sum())
+}
+
+/// A category (or label) named in the scenario.
+fn tag(name: &str) -> Result<Category> {
+    name.parse()
+        .map_err(|e| anyhow!("category {name:?} in the scenario: {e}"))
+}
+
 /// What one caisse was set up with.
 pub(crate) struct Setup {
-    pub(crate) members: Vec<(String, String)>,
-    pub(crate) producers: Vec<String>,
-    pub(crate) outlets: Vec<String>,
+    pub(crate) members: Vec<(MemberId, CardId)>,
+    pub(crate) producers: Vec<ProducerId>,
+    pub(crate) outlets: Vec<OutletId>,
 }
 
 pub(crate) async fn setup_caisse(
@@ -180,59 +230,99 @@ pub(crate) async fn setup_caisse(
             }
         };
         let birth = 1940 + rng.below(66) as u16;
-        let e = post(
+        let e: Enrolled = post(
             &c,
             "/api/v1/members",
-            json!({
-                "name": format!("Membre {idx}-{m}"), "residence": format!("Territoire {idx}"),
-                "birth_year": birth, "income": income, "joined": start,
-            }),
+            &EnrollInput {
+                name: format!("Membre {idx}-{m}"),
+                residence: format!("Territoire {idx}"),
+                birth_year: Some(birth),
+                income: Some(income),
+                household: None,
+                new_household: false,
+                joined: Some(start),
+                pin: None,
+            },
         )
         .await?;
-        members.push((s(&e["member"]), s(&e["card"])));
+        members.push((e.member, e.card));
     }
     for (m, _) in members.iter().take(2) {
-        post(
+        post::<_, Seat>(
             &c,
             "/api/v1/parliament/seats",
-            json!({ "kind": "citizen", "member": m }),
+            &dto::SeatBody {
+                kind: SeatKind::Citizen,
+                member: Some(*m),
+                holder: None,
+            },
         )
         .await?;
     }
-    let criteria = json!({ "criteria": {
-        "name": format!("Critères caisse {idx}"), "version": 1, "local_distance_km": 150,
-        "rule": { "all": [ { "any": [ { "label": "organic" }, { "practice": "agroecology" } ] }, { "max_distance_km": 300 } ] }
-    }});
-    pass(&c, "criteria", criteria).await?;
+    let criteria = Criteria {
+        name: format!("Critères caisse {idx}"),
+        version: 1,
+        local_distance_km: Some(150),
+        rule: Rule::All(vec![
+            Rule::Any(vec![
+                Rule::Label(tag("organic")?),
+                Rule::Practice(tag("agroecology")?),
+            ]),
+            Rule::MaxDistanceKm(300),
+        ]),
+    };
+    pass(&c, "criteria", ProposalKind::Criteria(criteria)).await?;
     // Every caisse adopts the same criteria, so each recognises the others' accreditations.
     pass(
         &c,
         "recognition",
-        json!({ "recognition-policy": "compatible-criteria" }),
+        ProposalKind::RecognitionPolicy(RecognitionPolicy::CompatibleCriteria),
     )
     .await?;
-    let scope: Vec<Value> = sc
+    let scope = sc
         .categories
         .iter()
-        .map(|k| json!({ "category": k.name, "coverage_pct": k.coverage_pct }))
-        .collect();
+        .map(|k| {
+            Ok(ScopeItem {
+                category: tag(&k.name)?,
+                coverage_pct: k.coverage_pct,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let until = start.plus(400);
     let mut producers = Vec::new();
     for p in 0..sc.producers_per_caisse {
         let organic = rng.below(100) < u64::from(sc.organic_share_pct);
-        let attrs = if organic {
-            json!({ "labels": ["organic"], "distance_km": 5 + rng.below(250) })
+        let distance = Some(5 + rng.below(250) as u32);
+        let attributes = if organic {
+            Attributes {
+                labels: [tag("organic")?].into(),
+                distance_km: distance,
+                ..Attributes::default()
+            }
         } else {
-            json!({ "practices": ["agroecology"], "distance_km": 5 + rng.below(250) })
+            Attributes {
+                practices: [tag("agroecology")?].into(),
+                distance_km: distance,
+                ..Attributes::default()
+            }
         };
-        let r = post(
+        let r: ProducerRecord = post(
             &c,
             "/api/v1/producers",
-            json!({ "name": format!("Ferme {idx}-{p}"), "attributes": attrs }),
+            &dto::ProducerBody {
+                name: format!("Ferme {idx}-{p}"),
+                attributes,
+            },
         )
         .await?;
-        let id = s(&r["id"]);
-        let kind = json!({ "accredit": { "subject": { "producer": id }, "scope": scope, "valid_from": start, "valid_until": until } });
+        let id = r.id;
+        let kind = ProposalKind::Accredit {
+            subject: Subject::Producer(id),
+            scope: scope.clone(),
+            valid_from: start,
+            valid_until: until,
+        };
         pass(&c, "producer", kind).await?;
         accreditations.lock().map_err(|_| anyhow!("lock"))?.push((
             idx,
@@ -243,14 +333,22 @@ pub(crate) async fn setup_caisse(
     }
     let mut outlets = Vec::new();
     for o in 0..sc.outlets_per_caisse {
-        let r = post(
+        let r: OutletRegistered = post(
             &c,
             "/api/v1/outlets",
-            json!({ "name": format!("Épicerie {idx}-{o}"), "categories": [] }),
+            &dto::OutletBody {
+                name: format!("Épicerie {idx}-{o}"),
+                categories: Vec::new(),
+            },
         )
         .await?;
-        let id = s(&r["outlet"]);
-        let kind = json!({ "accredit": { "subject": { "outlet": id }, "scope": scope, "valid_from": start, "valid_until": until } });
+        let id = r.outlet;
+        let kind = ProposalKind::Accredit {
+            subject: Subject::Outlet(id),
+            scope: scope.clone(),
+            valid_from: start,
+            valid_until: until,
+        };
         pass(&c, "outlet", kind).await?;
         outlets.push(id);
     }
@@ -327,16 +425,26 @@ async fn purchases(
                 let producer =
                     &host_setup.producers[rng.below(host_setup.producers.len() as u64) as usize];
                 let amount = Amount::from_cents(100 + rng.below(1900) as i64);
-                lines.push(json!({ "category": cat.name, "producer": producer, "amount": amount }));
+                lines.push(PurchaseLine {
+                    category: tag(&cat.name)?,
+                    producer: Some(*producer),
+                    amount,
+                });
             }
-            let outlet = &host_setup.outlets[rng.below(host_setup.outlets.len() as u64) as usize];
-            let body = json!({ "id": id, "card": card, "outlet": outlet, "lines": lines });
+            let outlet = host_setup.outlets[rng.below(host_setup.outlets.len() as u64) as usize];
+            let body = PurchaseInput {
+                id,
+                card: *card,
+                outlet,
+                lines,
+                pin: None,
+            };
             let started = Instant::now();
             let deadline = started + Duration::from_secs(60);
             let mut retried = false;
             loop {
                 match client(&all[host].0)
-                    .post::<_, Value>("/api/v1/purchases", &body)
+                    .post::<_, Receipt>("/api/v1/purchases", &body)
                     .await
                 {
                     Ok(_) => {
@@ -391,16 +499,22 @@ async fn purchases(
 async fn cut_off(clients: &[Shared], nodes: &[Node], i: usize, block: bool) -> Result<()> {
     for (j, n) in nodes.iter().enumerate() {
         if j != i {
-            post(
+            post::<_, dto::Blocked>(
                 &clients[i],
                 "/api/v1/network/block",
-                json!({ "caisse": n.id, "block": block }),
+                &dto::BlockBody {
+                    caisse: n.id,
+                    block,
+                },
             )
             .await?;
-            post(
+            post::<_, dto::Blocked>(
                 &clients[j],
                 "/api/v1/network/block",
-                json!({ "caisse": nodes[i].id, "block": block }),
+                &dto::BlockBody {
+                    caisse: nodes[i].id,
+                    block,
+                },
             )
             .await?;
         }
@@ -478,14 +592,14 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
     let deadline = Instant::now() + Duration::from_secs(30 + sc.caisses as u64 * 2);
     for c in &clients {
         loop {
-            let peers = get(c, "/api/v1/peers").await?;
-            if peers.as_array().map_or(0, Vec::len) >= want {
+            let peers: Vec<dto::PeerRow> = get(c, "/api/v1/peers").await?;
+            if peers.len() >= want {
                 break;
             }
             if Instant::now() > deadline {
                 return Err(anyhow!(
                     "the federation did not form: a node knows only {} of {want} peers",
-                    peers.as_array().map_or(0, Vec::len)
+                    peers.len()
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -570,20 +684,37 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
         progress(format!("month {month}/{} ({period})", sc.months));
         for (i, c) in clients.iter().enumerate() {
             set_day(c, month_day(period, 1)).await?;
-            post(c, "/api/v1/allocations", json!({ "period": period })).await?;
+            post::<_, AllocationRun>(c, "/api/v1/allocations", &dto::PeriodBody { period }).await?;
             for (m, _) in &setups[i].members {
-                let r = post(
+                let r: ContributionRecorded = post(
                     c,
                     "/api/v1/contributions",
-                    json!({ "member": m, "period": period }),
+                    &dto::ContributionBody {
+                        member: *m,
+                        period,
+                        amount: None,
+                    },
                 )
                 .await?;
-                contributions_total += cents(&r["amount"]);
+                contributions_total += r.amount.cents();
             }
             let total = sc.subsidy_per_member.cents() * sc.members_per_caisse as i64;
             let state = total * 60 / 100;
-            for (source, amount) in [("state", state), ("local-authority", total - state)] {
-                post(c, "/api/v1/subsidies", json!({ "source": source, "amount": Amount::from_cents(amount), "period": period, "key": format!("{source}-{period}") })).await?;
+            for (source, amount) in [
+                (SubsidySource::State, state),
+                (SubsidySource::LocalAuthority, total - state),
+            ] {
+                post::<_, SubsidyRecorded>(
+                    c,
+                    "/api/v1/subsidies",
+                    &dto::SubsidyBody {
+                        source,
+                        amount: Amount::from_cents(amount),
+                        period,
+                        key: format!("{source}-{period}"),
+                    },
+                )
+                .await?;
                 subsidies_total += amount;
             }
             set_day(c, month_day(period, 15)).await?;
@@ -629,7 +760,15 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
                         None => cut_off(&clients, &nodes, i, true).await?,
                     }
                     // A change made while cut off must reach the others after the partition heals.
-                    post(&clients[i], "/api/v1/outlets", json!({ "name": format!("Pendant la coupure {i}"), "categories": ["bread"] })).await?;
+                    post::<_, OutletRegistered>(
+                        &clients[i],
+                        "/api/v1/outlets",
+                        &dto::OutletBody {
+                            name: format!("Pendant la coupure {i}"),
+                            categories: vec![tag("bread")?],
+                        },
+                    )
+                    .await?;
                     tokio::time::sleep(Duration::from_secs(f.seconds)).await;
                     match &wan {
                         Some(w) => {
@@ -684,8 +823,8 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
         if !this_month.is_empty() {
             let mut clean = 0;
             for c in &clients {
-                let check = get(c, "/api/v1/ledger/check").await?;
-                if check["findings"].as_array().is_some_and(Vec::is_empty) {
+                let check: CheckReport = get(c, "/api/v1/ledger/check").await?;
+                if check.ok() {
                     clean += 1;
                 }
             }
@@ -702,10 +841,10 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
         for (i, c) in clients.iter().enumerate() {
             set_day(c, month_day(period, 28)).await?;
             for o in &setups[i].outlets {
-                post(
+                post::<_, PayoutDone>(
                     c,
                     &format!("/api/v1/outlets/{o}/payouts"),
-                    json!({ "period": period }),
+                    &dto::PeriodBody { period },
                 )
                 .await?;
             }
@@ -713,16 +852,9 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
         // Per-month figures for the plots.
         let mut per_caisse = Vec::new();
         for c in &clients {
-            let r = get(c, &format!("/api/v1/report?period={period}")).await?;
-            let balances = get(c, "/api/v1/ledger/balances").await?;
-            let members: i64 = balances
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|b| s(&b["account"]).starts_with("member:"))
-                .map(|b| cents(&b["balance"]))
-                .sum();
-            per_caisse.push(json!({ "report": r["report"], "member_balances_cents": members }));
+            let r: dto::ReportAnswer = get(c, &format!("/api/v1/report?period={period}")).await?;
+            let members = member_balances(c).await?;
+            per_caisse.push(json!({ "report": r.report, "member_balances_cents": members }));
         }
         monthly.push(json!({ "period": period, "caisses": per_caisse }));
         period = period.next().ok_or_else(|| anyhow!("period overflow"))?;
@@ -746,16 +878,14 @@ pub async fn run(opts: RunOptions) -> Result<(Value, bool)> {
     let mut all_ledgers_ok = true;
     let mut negative = 0;
     for c in &clients {
-        let check = get(c, "/api/v1/ledger/check").await?;
-        if check["findings"].as_array().is_none_or(|f| !f.is_empty()) {
+        let check: CheckReport = get(c, "/api/v1/ledger/check").await?;
+        if !check.ok() {
             all_ledgers_ok = false;
         }
-        let balances = get(c, "/api/v1/ledger/balances").await?;
+        let balances: Vec<dto::BalanceView> = get(c, "/api/v1/ledger/balances").await?;
         negative += balances
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|b| s(&b["account"]).starts_with("member:") && cents(&b["balance"]) < 0)
+            .iter()
+            .filter(|b| b.account.starts_with("member:") && b.balance < Amount::ZERO)
             .count();
     }
     inv(
@@ -962,10 +1092,13 @@ async fn network_counters(clients: &[Shared]) -> Result<(Vec<usize>, BTreeMap<St
     let mut connected = Vec::new();
     let mut fed_stats: BTreeMap<String, u64> = BTreeMap::new();
     for c in clients {
-        let n = get(c, "/api/v1/network").await?;
-        connected.push(n["connected"].as_array().map_or(0, Vec::len));
-        for (k, v) in n["federation"].as_object().into_iter().flatten() {
-            *fed_stats.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
+        let n: dto::NetworkInfo = get(c, "/api/v1/network").await?;
+        connected.push(n.connected.len());
+        // Every counter by its name, whichever the node has.
+        let counters: BTreeMap<String, u64> =
+            serde_json::from_value(serde_json::to_value(&n.federation)?)?;
+        for (k, v) in counters {
+            *fed_stats.entry(k).or_default() += v;
         }
     }
     Ok((connected, fed_stats))
@@ -1116,11 +1249,11 @@ async fn wait_converged(clients: &[Shared], nodes: &[Node], within: Duration) ->
     loop {
         let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         for c in clients {
-            if let Ok(peers) = get(c, "/api/v1/peers").await {
-                for p in peers.as_array().into_iter().flatten() {
-                    seqs.entry(s(&p["caisse"]))
+            if let Ok(peers) = get::<Vec<dto::PeerRow>>(c, "/api/v1/peers").await {
+                for p in peers {
+                    seqs.entry(p.caisse.to_string())
                         .or_default()
-                        .push(p["sequence"].as_u64().unwrap_or(0));
+                        .push(p.sequence);
                 }
             }
         }
@@ -1474,12 +1607,7 @@ pub async fn propagation(
         .collect();
     for c in &clients {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while get(c, "/api/v1/peers")
-            .await?
-            .as_array()
-            .map_or(0, Vec::len)
-            < nodes_n - 1
-        {
+        while get::<Vec<dto::PeerRow>>(c, "/api/v1/peers").await?.len() < nodes_n - 1 {
             if Instant::now() > deadline {
                 return Err(anyhow!("federation did not form"));
             }
@@ -1505,15 +1633,11 @@ async fn list_accreditations(
     for &j in which {
         let c = clients[j].clone();
         set.spawn(async move {
-            let listed = get(&c, "/api/v1/accreditations?federation=true").await;
+            let listed: Result<Vec<dto::AccreditationView>> =
+                get(&c, "/api/v1/accreditations?federation=true").await;
             let at = Instant::now();
             listed.map(|l| {
-                let names = l
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|a| s(&a["subject_name"]))
-                    .collect::<Vec<_>>();
+                let names = l.into_iter().map(|a| a.subject_name).collect::<Vec<_>>();
                 (j, names, at)
             })
         });
@@ -1535,10 +1659,13 @@ async fn time_accreditations(clients: &[Shared], rounds: usize, prefix: &str) ->
         let i = r % nodes_n;
         let name = format!("{prefix} {r}");
         let t0 = Instant::now();
-        post(
+        post::<_, OutletRegistered>(
             &clients[i],
             "/api/v1/outlets",
-            json!({ "name": name, "categories": ["bread"] }),
+            &dto::OutletBody {
+                name: name.clone(),
+                categories: vec![tag("bread")?],
+            },
         )
         .await?;
         let mut pending: Vec<usize> = (0..nodes_n).filter(|j| *j != i).collect();
@@ -1598,17 +1725,22 @@ async fn check_settlement(
     loop {
         for c in clients {
             for p in &periods {
-                post(c, "/api/v1/settlement/run", json!({ "period": p })).await?;
+                post::<_, SettlementRun>(
+                    c,
+                    "/api/v1/settlement/run",
+                    &dto::PeriodBody { period: *p },
+                )
+                .await?;
             }
         }
         let mut all_acked = true;
         for c in clients {
             let mut seen = 0;
             for p in &periods {
-                let v = get(c, &format!("/api/v1/settlement?period={p}")).await?;
-                let st = v["statements"].as_array().cloned().unwrap_or_default();
-                seen += st.len();
-                if st.iter().any(|s| s["acknowledged"] != true) {
+                let v: dto::SettlementShow =
+                    get(c, &format!("/api/v1/settlement?period={p}")).await?;
+                seen += v.statements.len();
+                if v.statements.iter().any(|s| !s.acknowledged) {
                     all_acked = false;
                 }
             }
@@ -1643,7 +1775,7 @@ async fn check_settlement(
     let mut flows: BTreeMap<String, i64> = BTreeMap::new();
     let mut waiting = 0;
     for p in &periods {
-        let views: Vec<Value> = {
+        let views: Vec<dto::SettlementShow> = {
             let mut v = Vec::new();
             for c in clients {
                 v.push(get(c, &format!("/api/v1/settlement?period={p}")).await?);
@@ -1651,34 +1783,34 @@ async fn check_settlement(
             v
         };
         let first = &views[0];
-        for st in first["statements"].as_array().into_iter().flatten() {
+        for st in &first.statements {
             check.statements += 1;
-            if !st["dispute"].is_null() {
+            if st.dispute.is_some() {
                 check.disputes += 1;
             }
-            if st["acknowledged"] != true {
+            if !st.acknowledged {
                 waiting += 1;
             }
         }
-        let sum = cents(&first["net_sum"]);
+        let sum = first.net_sum.cents();
         check.net_sum_cents += sum;
         if sum != 0 {
             check.net_zero = false;
         }
-        let n = first["transfers"].as_array().map_or(0, Vec::len);
+        let n = first.transfers.len();
         check.transfers += n as u64;
         if n > clients.len().saturating_sub(1) {
             check.identical = false;
         }
         for v in &views[1..] {
-            if v["positions"] != first["positions"] || v["transfers"] != first["transfers"] {
+            if v.positions != first.positions || v.transfers != first.transfers {
                 check.identical = false;
             }
         }
-        for pos in first["positions"].as_array().into_iter().flatten() {
+        for pos in &first.positions {
             *flows
-                .entry(s(&pos["caisse"]).chars().take(8).collect())
-                .or_default() += cents(&pos["net"]);
+                .entry(pos.caisse.to_string().chars().take(8).collect())
+                .or_default() += pos.net.cents();
         }
     }
     check.countersigned = waiting == 0 && check.statements as usize >= expected;

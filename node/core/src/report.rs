@@ -720,7 +720,7 @@ pub fn to_markdown(r: &Report) -> String {
 /// no rows: what researchers open in a spreadsheet or R. A cell that a
 /// spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@`, a
 /// tab or a carriage return, and not a plain number) is prefixed with `'`.
-pub fn to_csv(header: &[&str], rows: &[serde_json::Value]) -> String {
+pub fn to_csv<T: Serialize>(header: &[&str], rows: &[T]) -> String {
     fn field(v: &serde_json::Value) -> String {
         let mut t = match v {
             serde_json::Value::String(s) => s.clone(),
@@ -740,6 +740,7 @@ pub fn to_csv(header: &[&str], rows: &[serde_json::Value]) -> String {
     let mut text = header.join(",");
     text.push('\n');
     for r in rows {
+        let r = serde_json::to_value(r).unwrap_or_default();
         let line: Vec<String> = header.iter().map(|c| field(&r[*c])).collect();
         text.push_str(&line.join(","));
         text.push('\n');
@@ -762,6 +763,6 @@ mod csv_tests {
             t,
             "a,b\n\"'=HYPERLINK(\"\"http://x\"\")\",-12.50\n'@SUM(A1),+33\n"
         );
-        assert_eq!(to_csv(&["a"], &[]), "a\n");
+        assert_eq!(to_csv::<serde_json::Value>(&["a"], &[]), "a\n");
     }
 }

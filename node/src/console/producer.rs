@@ -112,7 +112,7 @@ fn render(v: &Visitor, p: &ProducerPage) -> String {
                 esc(scope.join(", ")),
                 a.valid_from,
                 a.valid_until,
-                esc(match a.status {
+                esc(match a.status.as_str() {
                     "active" => v.t("active", "en cours"),
                     "lapsed" => v.t("lapsed", "échu"),
                     "revoked" => v.t("revoked", "révoqué"),
