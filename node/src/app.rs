@@ -5,24 +5,23 @@
 //! - [`App`]: the state every handler reaches (the writer's handle, the
 //!   store for reads, the config, the federation).
 //! - [`cross_sale`]: the host side of a cross-caisse purchase, driving the
-//!   core's steps (`Command::PrepareCrossPurchase` → the network → a
-//!   `Command::RecordCrossAnswer`, or `Command::AcceptOffline` when the
-//!   home cannot be reached by the deadline).
+//!   core's state machine (`caisse_core::host_sale::HostSale`: prepared →
+//!   forwarded with a deadline → answered, or offline → resolved) with the
+//!   writer, the network and the clock.
 //! - [`report`]: the evaluation report, computed off the writer.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use caisse_core::command::{Command, Reply};
+use caisse_core::host_sale::{HostAction, HostEvent, HostSale, HostSaleError};
 use caisse_protocol::rpc::{MAX_RPC_SIZE, RpcRequest, RpcResponse};
-use caisse_protocol::{CaisseId, Period};
+use caisse_protocol::{CaisseId, Envelope, Period};
 
 use crate::caisse::{CaisseError, PurchaseInput, Receipt};
 // (`app` names axum only for the request parts a client address is read from.)
 use crate::config::Config;
-use crate::settlement::CrossStep;
 use crate::store::Store;
-use crate::writer::{CaisseHandle, reply};
+use crate::writer::CaisseHandle;
 
 /// What every handler, of the API or of the console, can reach.
 #[derive(Clone)]
@@ -181,81 +180,70 @@ pub fn client_address(parts: &axum::http::request::Parts, trusted: &[std::net::I
 }
 
 /// How long the host waits for the home caisse's answer.
-pub const HOME_DEADLINE: Duration = Duration::from_secs(10);
+pub const HOME_DEADLINE: Duration = Duration::from_millis(caisse_core::host_sale::HOME_DEADLINE_MS);
 
 /// A purchase at one of our outlets with another caisse's card: the host
-/// side of the cross-caisse saga. The core prepares and signs the request
-/// (or answers a retry from what it recorded); this sends it to the home
-/// caisse and hands the signed answer back to the core, or, when the home
-/// cannot be reached by [`HOME_DEADLINE`], asks the core whether the
-/// offline floor allows the sale.
+/// side of the cross-caisse saga, [`HostSale`] in the core, driven here
+/// with the writer, the network and the clock: each of its actions is run
+/// (a command in the writer; the signed request sent to the home caisse,
+/// with its deadline) and what came of it fed back, until it finishes.
 pub async fn cross_sale(app: &App, input: PurchaseInput) -> Result<Receipt, SaleError> {
-    let step = reply!(
-        app.handle
-            .execute(Command::PrepareCrossPurchase(input.clone()))
-            .await,
-        Reply::Cross
-    )?;
-    let (home, request, allocation_part) = match *step {
-        CrossStep::Done(r) => return Ok(r),
-        CrossStep::Forward {
-            home,
-            request,
-            allocation_part,
-        } => (home, request, allocation_part),
-    };
-    let unreachable = |why: String| {
-        tracing::warn!(target: "caisse::events::purchase", purchase = %input.id, home = %home.short(), %why, "home caisse unreachable");
-        SaleError::HomeUnreachable(why)
-    };
-    let peer =
-        crate::network::peer_id_of(&home).ok_or_else(|| unreachable("bad caisse key".into()))?;
-    let bytes =
-        caisse_protocol::encoding::encode(&RpcRequest::Purchase(request.clone()), MAX_RPC_SIZE)
-            .map_err(|e| CaisseError::Invalid(e.to_string()))?;
-    let answer = match tokio::time::timeout(
-        HOME_DEADLINE,
-        app.federation.network.request(peer, bytes),
-    )
-    .await
-    {
-        Ok(Ok(a)) => a,
-        failed => {
-            let why = match failed {
-                Ok(Err(e)) => e,
-                _ => format!("no answer within {} s", HOME_DEADLINE.as_secs()),
-            };
-            // Our offline floor, if any: accept at our own risk, forward later.
-            let offline = Command::AcceptOffline {
-                input: input.clone(),
+    let (id, card) = (input.id, input.card);
+    let (mut sale, mut action) = HostSale::start(input);
+    loop {
+        let event = match action {
+            HostAction::Execute(command) => HostEvent::Replied(app.handle.execute(*command).await),
+            HostAction::Send {
                 home,
-                request: request.clone(),
-                allocation_part,
-            };
-            return match reply!(app.handle.execute(offline).await, Reply::Receipt) {
-                Ok(receipt) => {
-                    tracing::info!(target: "caisse::events::purchase", purchase = %input.id, home = %home.short(), "accepted under the offline floor");
-                    Ok(*receipt)
-                }
-                Err(CaisseError::Conflict(floor)) => Err(unreachable(format!("{why}; {floor}"))),
-                Err(e) => Err(e.into()),
-            };
+                request,
+                within_ms,
+            } => send_to_home(app, home, *request, Duration::from_millis(within_ms)).await,
+            HostAction::Finish(result) => {
+                return result.map_err(|e| match e {
+                    HostSaleError::Caisse(e) => SaleError::Caisse(e),
+                    HostSaleError::RefusedByHome(why) => SaleError::RefusedByHome(why),
+                    HostSaleError::HomeUnreachable(why) => {
+                        tracing::warn!(target: "caisse::events::purchase", purchase = %id, card = %card, %why, "home caisse unreachable");
+                        SaleError::HomeUnreachable(why)
+                    }
+                });
+            }
+            // Each event here answers the action just run: nothing is
+            // ignored in this loop, but stop rather than spin if it were.
+            HostAction::Ignore => {
+                return Err(SaleError::Caisse(CaisseError::Invalid(
+                    "the cross-caisse sale stalled".into(),
+                )));
+            }
+        };
+        if matches!(event, HostEvent::Deadline | HostEvent::Unreachable(_)) {
+            tracing::info!(target: "caisse::events::purchase", purchase = %id, "no answer from the home caisse: asking the offline floor");
         }
+        action = sale.step(event);
+    }
+}
+
+/// Send a signed purchase request to its home caisse and wait for the
+/// answer at most `within`.
+async fn send_to_home(app: &App, home: CaisseId, request: Envelope, within: Duration) -> HostEvent {
+    let Some(peer) = crate::network::peer_id_of(&home) else {
+        return HostEvent::Unreachable("bad caisse key".into());
     };
-    match caisse_protocol::encoding::decode::<RpcResponse>(&answer, MAX_RPC_SIZE) {
-        Ok(RpcResponse::Purchase(answer)) => Ok(*reply!(
-            app.handle
-                .execute(Command::RecordCrossAnswer {
-                    input,
-                    home,
-                    request,
-                    answer,
-                })
-                .await,
-            Reply::Receipt
-        )?),
-        Ok(RpcResponse::Refused(why)) => Err(SaleError::RefusedByHome(why)),
-        Ok(_) | Err(_) => Err(unreachable("malformed answer".into())),
+    let bytes =
+        match caisse_protocol::encoding::encode(&RpcRequest::Purchase(request), MAX_RPC_SIZE) {
+            Ok(b) => b,
+            Err(e) => return HostEvent::Unreachable(e.to_string()),
+        };
+    match tokio::time::timeout(within, app.federation.network.request(peer, bytes)).await {
+        Err(_) => HostEvent::Deadline,
+        Ok(Err(e)) => HostEvent::Unreachable(e),
+        Ok(Ok(answer)) => {
+            match caisse_protocol::encoding::decode::<RpcResponse>(&answer, MAX_RPC_SIZE) {
+                Ok(RpcResponse::Purchase(answer)) => HostEvent::Answer(Box::new(answer)),
+                Ok(RpcResponse::Refused(why)) => HostEvent::Refused(why),
+                Ok(_) | Err(_) => HostEvent::Unreachable("malformed answer".into()),
+            }
+        }
     }
 }
 

@@ -24,11 +24,11 @@ use std::sync::Arc;
 use caisse_core::caisse::{Caisse, CaisseError, EnrollInput, PurchaseInput};
 use caisse_core::command::{Command, Reply};
 use caisse_core::federation_view::Published;
+use caisse_core::host_sale::{HostAction, HostEvent, HostSale, HostSaleError};
 use caisse_core::ledger::{Account, SubsidySource};
 use caisse_core::parliament::{Choice, ProposalKind, SeatKind, SplitMix64};
 use caisse_core::policy::{Policy, Recognition, RecognitionPolicy};
 use caisse_core::replication::{HeadsVerdict, Mark, judge_heads};
-use caisse_core::settlement::CrossStep;
 use caisse_core::store::{MemStore, Store, keys};
 use caisse_core::view::Reads;
 use caisse_protocol::messages::{PurchaseLine, ScopeItem, Subject};
@@ -45,7 +45,7 @@ const DAY: Ms = 86_400_000;
 /// The simulated federation starts on 2027-01-01.
 const EPOCH_SECS: u64 = 1_798_761_600;
 /// How long a host waits for the home caisse before the offline floor.
-const HOME_DEADLINE: Ms = 10_000;
+const HOME_DEADLINE: Ms = caisse_core::host_sale::HOME_DEADLINE_MS;
 /// Percent of purchases with a PIN where the member mistypes it.
 const WRONG_PIN_PCT: u64 = 8;
 
@@ -394,10 +394,10 @@ enum Event {
 /// A cross-caisse sale waiting for its home caisse.
 #[derive(Clone, Debug)]
 struct Saga {
-    input: PurchaseInput,
+    /// The node's own state machine of the sale.
+    sale: HostSale,
+    /// The card's home caisse.
     home: CaisseId,
-    request: Envelope,
-    allocation_part: Amount,
 }
 
 /// What the tills were told, to check against the ledgers.
@@ -1679,49 +1679,50 @@ impl Sim {
             return;
         }
         let id = input.id;
-        match self.exec(host, Command::PrepareCrossPurchase(input.clone())) {
-            Ok(Reply::Cross(step)) => match *step {
-                CrossStep::Done(_) => self.acks.push(Ack {
+        let (mut sale, first) = HostSale::start(input);
+        match self.drive(host, &mut sale, first) {
+            HostAction::Finish(Ok(_)) => self.acks.push(Ack {
+                host,
+                home: self.home_index(&sale.input().card).unwrap_or(host),
+                purchase: id,
+                offline: false,
+            }),
+            HostAction::Send {
+                home,
+                request,
+                within_ms,
+            } => {
+                let Some(h) = self.index_of(&home) else {
+                    return;
+                };
+                self.sagas.insert((host, id), Saga { sale, home });
+                // The request leaves once the prepared sale is durable;
+                // the host waits for the home from then on.
+                let delay = self.send_after_commit(
                     host,
-                    home: self.home_index(&input.card).unwrap_or(host),
-                    purchase: id,
-                    offline: false,
-                }),
-                CrossStep::Forward {
-                    home,
-                    request,
-                    allocation_part,
-                } => {
-                    let Some(h) = self.index_of(&home) else {
-                        return;
-                    };
-                    self.sagas.insert(
-                        (host, id),
-                        Saga {
-                            input,
-                            home,
-                            request: request.clone(),
-                            allocation_part,
-                        },
-                    );
-                    // The request leaves once the prepared sale is durable;
-                    // the host waits for the home from then on.
-                    let delay = self.send_after_commit(
-                        host,
-                        h,
-                        Msg::Request {
-                            purchase: id,
-                            request,
-                        },
-                    );
-                    self.schedule(
-                        self.now + delay + HOME_DEADLINE,
-                        Event::Deadline { host, purchase: id },
-                    );
-                }
-            },
+                    h,
+                    Msg::Request {
+                        purchase: id,
+                        request: *request,
+                    },
+                );
+                self.schedule(
+                    self.now + delay + within_ms,
+                    Event::Deadline { host, purchase: id },
+                );
+            }
             _ => self.report.declined += 1,
         }
+    }
+
+    /// Run a host sale's commands at caisse `i` until it asks for
+    /// something else (to send its request, or to finish).
+    fn drive(&mut self, i: usize, sale: &mut HostSale, mut action: HostAction) -> HostAction {
+        while let HostAction::Execute(cmd) = action {
+            let result = self.exec(i, *cmd);
+            action = sale.step(HostEvent::Replied(result));
+        }
+        action
     }
 
     fn index_of(&self, c: &CaisseId) -> Option<usize> {
@@ -1787,36 +1788,34 @@ impl Sim {
                     }
                     return;
                 }
-                let Some(saga) = self.sagas.remove(&(to, purchase)) else {
+                let Some(mut saga) = self.sagas.remove(&(to, purchase)) else {
                     return; // a duplicate, or an answer after the deadline
                 };
                 let forged = self.forged.contains(&envelope_hash(&answer));
-                let cmd = Command::RecordCrossAnswer {
-                    input: saga.input.clone(),
-                    home: saga.home,
-                    request: saga.request.clone(),
-                    answer,
-                };
+                let input = saga.sale.input().clone();
                 self.report.sagas_resolved += 1;
-                match self.exec(to, cmd) {
-                    Ok(_) if forged => {
+                let next = saga.sale.step(HostEvent::Answer(Box::new(answer)));
+                match self.drive(to, &mut saga.sale, next) {
+                    HostAction::Finish(Ok(_)) if forged => {
                         self.violation(format!(
                             "caisse {to} accepted a receipt for {purchase} that caisse {from} forged"
                         ));
                     }
-                    Err(_) if forged => {
+                    HostAction::Finish(Err(_)) if forged => {
                         // Refused, as it must be: the till tries again later.
                         self.report.forged_refused += 1;
-                        self.retry_later(to, saga.input);
+                        self.retry_later(to, input);
                     }
-                    Ok(_) => self.acks.push(Ack {
+                    HostAction::Finish(Ok(_)) => self.acks.push(Ack {
                         host: to,
                         home: from,
                         purchase,
                         offline: false,
                     }),
-                    Err(CaisseError::Declined { .. }) => self.report.declined += 1,
-                    Err(_) => self.retry_later(to, saga.input),
+                    HostAction::Finish(Err(HostSaleError::Caisse(CaisseError::Declined {
+                        ..
+                    }))) => self.report.declined += 1,
+                    _ => self.retry_later(to, input),
                 }
             }
             Msg::Document {
@@ -1974,26 +1973,20 @@ impl Sim {
     }
 
     fn deadline(&mut self, host: usize, purchase: PurchaseId) {
-        let Some(saga) = self.sagas.remove(&(host, purchase)) else {
+        let Some(mut saga) = self.sagas.remove(&(host, purchase)) else {
             return;
         };
         self.report.sagas_resolved += 1;
+        let input = saga.sale.input().clone();
         if !self.up(host) {
-            self.retry_later(host, saga.input);
+            self.retry_later(host, input);
             return;
         }
         let home = self.index_of(&saga.home).unwrap_or(host);
-        let card = saga.input.card;
-        match self.exec(
-            host,
-            Command::AcceptOffline {
-                input: saga.input.clone(),
-                home: saga.home,
-                request: saga.request,
-                allocation_part: saga.allocation_part,
-            },
-        ) {
-            Ok(Reply::Receipt(r)) if !r.replayed => {
+        let card = input.card;
+        let next = saga.sale.step(HostEvent::Deadline);
+        match self.drive(host, &mut saga.sale, next) {
+            HostAction::Finish(Ok(r)) if !r.replayed => {
                 let used = self
                     .offline_use
                     .entry((host, card, self.today()))
@@ -2012,14 +2005,14 @@ impl Sim {
                     offline: true,
                 });
             }
-            Ok(_) => self.acks.push(Ack {
+            HostAction::Finish(Ok(_)) => self.acks.push(Ack {
                 host,
                 home,
                 purchase,
                 offline: true,
             }),
             // Unreachable and no floor: the till was told nothing was charged.
-            Err(_) => self.retry_later(host, saga.input),
+            _ => self.retry_later(host, input),
         }
     }
 

@@ -36,6 +36,7 @@ pub mod caisse;
 pub mod command;
 pub mod conventionnement;
 pub mod federation_view;
+pub mod host_sale;
 pub mod ledger;
 pub mod members;
 pub mod parliament;
