@@ -2012,50 +2012,7 @@ async fn settlement_run(
     Body(b): Body<PeriodBody>,
 ) -> Result<Json<crate::settlement::SettlementRun>, ApiError> {
     auth.admin()?;
-    let mut run = reply!(
-        s.handle
-            .execute(Command::RunSettlement { period: b.period })
-            .await,
-        Reply::Settlement
-    )?;
-    // Resolve disputes over receipts we lack: ask the debtors to re-send them.
-    use caisse_protocol::rpc::{MAX_RESENT, MAX_RPC_SIZE, RpcRequest, RpcResponse};
-    let (me, view) = (s.caisse_id, s.federation.snapshot());
-    let missing = s
-        .handle
-        .read(move |c, _| crate::settlement::missing_receipts(c, me, &view))
-        .await?;
-    for (debtor, period, ids) in missing {
-        let Some(peer) = crate::network::peer_id_of(&debtor) else {
-            continue;
-        };
-        let ids: Vec<_> = ids.into_iter().take(MAX_RESENT).collect();
-        let Ok(bytes) = caisse_protocol::encoding::encode(&RpcRequest::Receipts(ids), MAX_RPC_SIZE)
-        else {
-            continue;
-        };
-        let answer = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            s.federation.network.request(peer, bytes),
-        )
-        .await;
-        if let Ok(Ok(answer)) = answer
-            && let Ok(RpcResponse::Receipts(envs)) =
-                caisse_protocol::encoding::decode::<RpcResponse>(&answer, MAX_RPC_SIZE)
-        {
-            run.receipts_recovered += reply!(
-                s.handle
-                    .execute(Command::RecordResent {
-                        debtor,
-                        period,
-                        receipts: envs,
-                    })
-                    .await,
-                Reply::Count
-            )?;
-        }
-    }
-    Ok(Json(run))
+    Ok(Json(crate::app::run_settlement(&s, b.period).await?))
 }
 
 async fn settlement_show(

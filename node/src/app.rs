@@ -13,15 +13,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use caisse_core::command::{Command, Reply};
 use caisse_core::host_sale::{HostAction, HostEvent, HostSale, HostSaleError};
-use caisse_protocol::rpc::{MAX_RPC_SIZE, RpcRequest, RpcResponse};
+use caisse_protocol::rpc::{MAX_RESENT, MAX_RPC_SIZE, RpcRequest, RpcResponse};
 use caisse_protocol::{CaisseId, Envelope, Period};
 
 use crate::caisse::{CaisseError, PurchaseInput, Receipt};
 // (`app` names axum only for the request parts a client address is read from.)
 use crate::config::Config;
 use crate::store::Store;
-use crate::writer::CaisseHandle;
+use crate::writer::{CaisseHandle, reply};
 
 /// What every handler, of the API or of the console, can reach.
 #[derive(Clone)]
@@ -245,6 +246,57 @@ async fn send_to_home(app: &App, home: CaisseId, request: Envelope, within: Dura
             }
         }
     }
+}
+
+/// How long a debtor has to re-send the receipts a dispute names.
+pub const RESEND_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The settlement run of `period` (creditor: publish statements; debtor:
+/// acknowledge or dispute), then, for each dispute over receipts this
+/// caisse lacks, the debtor asked to re-send them and what it sends
+/// recorded (each receipt checked against its signature by the core).
+pub async fn run_settlement(
+    app: &App,
+    period: Period,
+) -> Result<crate::settlement::SettlementRun, CaisseError> {
+    let mut run = reply!(
+        app.handle.execute(Command::RunSettlement { period }).await,
+        Reply::Settlement
+    )?;
+    let (me, view) = (app.caisse_id, app.federation.snapshot());
+    let missing = app
+        .handle
+        .read(move |c, _| crate::settlement::missing_receipts(c, me, &view))
+        .await?;
+    for (debtor, period, ids) in missing {
+        let Some(peer) = crate::network::peer_id_of(&debtor) else {
+            continue;
+        };
+        let ids: Vec<_> = ids.into_iter().take(MAX_RESENT).collect();
+        let Ok(bytes) = caisse_protocol::encoding::encode(&RpcRequest::Receipts(ids), MAX_RPC_SIZE)
+        else {
+            continue;
+        };
+        let answer =
+            tokio::time::timeout(RESEND_DEADLINE, app.federation.network.request(peer, bytes))
+                .await;
+        if let Ok(Ok(answer)) = answer
+            && let Ok(RpcResponse::Receipts(receipts)) =
+                caisse_protocol::encoding::decode::<RpcResponse>(&answer, MAX_RPC_SIZE)
+        {
+            run.receipts_recovered += reply!(
+                app.handle
+                    .execute(Command::RecordResent {
+                        debtor,
+                        period,
+                        receipts,
+                    })
+                    .await,
+                Reply::Count
+            )?;
+        }
+    }
+    Ok(run)
 }
 
 /// Run `read` over the store on a blocking thread, never in the writer,
