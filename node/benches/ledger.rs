@@ -13,6 +13,10 @@
 //! - `scale N`: N members enrolled through the library, then the time of a
 //!   monthly allocation run, of `ledger check`, of a restart (state load, in
 //!   a fresh process) and that process's resident memory.
+//! - `drift N MINUTES`: N members; a real node in a child process under
+//!   purchases as fast as 16 tills get answers, an allocation run, a
+//!   `ledger check` and a report every two minutes; its resident memory
+//!   every 30 s, then again after a restart on the same store.
 //! - `tills N`: N members; a real node in a child process; this process is
 //!   the load: four tills at a steady 200 purchases/s in all over HTTP,
 //!   latency measured from each purchase's scheduled time, before and
@@ -48,6 +52,11 @@ fn main() {
         Some("tills") => {
             let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
             rt.block_on(tills(n));
+        }
+        Some("drift") => {
+            let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
+            let minutes = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
+            rt.block_on(drift(n, minutes));
         }
         Some("node") => {
             // The node's log (RUST_LOG, set from CAISSE_BENCH_NODE_LOG) on stderr.
@@ -534,9 +543,17 @@ struct Phase {
     slow: Vec<(u128, usize, Duration)>,
 }
 
-/// Till latency at a steady 200 purchases/s while long jobs run.
-async fn tills(n: usize) {
-    use std::sync::Mutex;
+/// A data directory with `n` members enrolled, an outlet and this month's
+/// allocation issued, written through the library and synced.
+struct Prepared {
+    _tmp: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    cards: Arc<Vec<CardId>>,
+    outlet: caisse_protocol::OutletId,
+    period: Period,
+}
+
+fn prepare(n: usize, what: &str) -> Prepared {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("caisse");
     init_dir(&dir);
@@ -552,12 +569,12 @@ async fn tills(n: usize) {
         .register_outlet("Shop", vec![(Category::new("bread").unwrap(), 100)], today)
         .expect("outlet")
         .outlet;
-    let this = today.period();
-    allocate(&mut caisse, this, now);
+    let period = today.period();
+    allocate(&mut caisse, period, now);
     drop(caisse);
     drop(store);
     println!(
-        "tills {n}: prepared (enrolment + one allocation run) in {:.1?}",
+        "{what} {n}: prepared (enrolment + one allocation run) in {:.1?}",
         t.elapsed()
     );
     // The store just written (1.3 GB at a million) out of the kernel's
@@ -566,13 +583,24 @@ async fn tills(n: usize) {
     // nothing about the node.
     let t = Instant::now();
     let _ = std::process::Command::new("sync").status();
-    println!("tills {n}: sync after preparing {:.1?}", t.elapsed());
+    println!("{what} {n}: sync after preparing {:.1?}", t.elapsed());
+    Prepared {
+        _tmp: tmp,
+        dir,
+        cards,
+        outlet,
+        period,
+    }
+}
 
-    // The node, in its own process.
-    let _ = std::fs::remove_file(dir.join("node.json"));
-    let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+/// Start a real node on `p` in a child process and wait for the first
+/// purchase it acknowledges (durable): the issue's "restart to first
+/// purchase", from starting the process, the state of every member loaded.
+async fn start_node(p: &Prepared) -> (std::process::Child, Client, Duration) {
+    let _ = std::fs::remove_file(p.dir.join("node.json"));
+    let child = std::process::Command::new(std::env::current_exe().expect("exe"))
         .arg("node")
-        .arg(&dir)
+        .arg(&p.dir)
         .env(
             "RUST_LOG",
             std::env::var("CAISSE_BENCH_NODE_LOG").unwrap_or_else(|_| "warn".into()),
@@ -580,18 +608,15 @@ async fn tills(n: usize) {
         .spawn()
         .expect("node process");
     let t = Instant::now();
-    while !dir.join("node.json").exists() {
+    while !p.dir.join("node.json").exists() {
         assert!(t.elapsed() < Duration::from_secs(120), "node did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("tills {n}: node started in {:.1?}", t.elapsed());
-    let client = Client::from_data_dir(&dir, TokenFile::Admin).expect("client");
-    // The issue's "restart to first purchase": from starting the process to
-    // a purchase acknowledged (durable) by it, the state of n members loaded.
+    let client = Client::from_data_dir(&p.dir, TokenFile::Admin).expect("client");
     let first = json!({
         "id": PurchaseId::from_bytes(random16()),
-        "card": cards[0],
-        "outlet": outlet,
+        "card": p.cards[0],
+        "outlet": p.outlet,
         "lines": line(1),
     });
     loop {
@@ -606,10 +631,16 @@ async fn tills(n: usize) {
             }
         }
     }
-    println!(
-        "tills {n}: start to first purchase acknowledged {:.1?}",
-        t.elapsed()
-    );
+    (child, client, t.elapsed())
+}
+
+/// Till latency at a steady 200 purchases/s while long jobs run.
+async fn tills(n: usize) {
+    use std::sync::Mutex;
+    let prepared = prepare(n, "tills");
+    let (cards, outlet, this) = (prepared.cards.clone(), prepared.outlet, prepared.period);
+    let (mut child, client, first) = start_node(&prepared).await;
+    println!("tills {n}: start to first purchase acknowledged {first:.1?}");
 
     // Four tills, 50 purchases/s each, each purchase's latency measured from
     // its scheduled time (a slow answer delays the next one and counts).
@@ -732,6 +763,96 @@ async fn tills(n: usize) {
             p.latencies.last().copied().unwrap_or_default()
         );
     }
+}
+
+/// Resident memory of process `pid` (KiB).
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A long-running node's resident memory under steady traffic and the
+/// monthly jobs, against the same node restarted: does it drift?
+async fn drift(n: usize, minutes: u64) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let prepared = prepare(n, "drift");
+    let (mut child, client, first) = start_node(&prepared).await;
+    println!("drift {n}: start to first purchase {first:.1?}");
+    let purchases = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tills = Vec::new();
+    for till in 0..16usize {
+        let (c, cards, outlet) = (client.clone(), prepared.cards.clone(), prepared.outlet);
+        let (purchases, stop) = (purchases.clone(), stop.clone());
+        tills.push(tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let body = json!({
+                    "id": PurchaseId::from_bytes(random16()),
+                    "card": cards[(random16()[0] as usize * 65_537 + i * 16 + till) % cards.len()],
+                    "outlet": outlet,
+                    "lines": line(1),
+                });
+                if c.post::<_, Value>("/api/v1/purchases", &body).await.is_ok() {
+                    purchases.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        }));
+    }
+    println!("| minute | purchases so far | journal entries | resident (MiB) |");
+    println!("|---:|---:|---:|---:|");
+    let started = Instant::now();
+    let mut period = prepared.period;
+    let mut samples = Vec::new();
+    let mut next_jobs = Duration::from_secs(120);
+    while started.elapsed() < Duration::from_secs(minutes * 60) {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        if started.elapsed() >= next_jobs {
+            next_jobs += Duration::from_secs(120);
+            period = period.next().expect("next period");
+            let _: Value = client
+                .post("/api/v1/allocations", &json!({ "period": period }))
+                .await
+                .expect("allocation run");
+            let _: Value = client.get("/api/v1/ledger/check").await.expect("check");
+            let _: Value = client
+                .get(&format!("/api/v1/report?period={period}"))
+                .await
+                .expect("report");
+        }
+        let status: Value = client.get("/api/v1/status").await.expect("status");
+        let rss = rss_of(child.id()) / 1024;
+        samples.push(rss);
+        println!(
+            "| {:.1} | {} | {} | {rss} |",
+            started.elapsed().as_secs_f64() / 60.0,
+            purchases.load(Ordering::Relaxed),
+            status["journal_entries"]
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tills {
+        let _ = t.await;
+    }
+    unsafe_kill(&mut child);
+    let (mut child, _client, first) = start_node(&prepared).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let restarted = rss_of(child.id()) / 1024;
+    unsafe_kill(&mut child);
+    let tail = &samples[samples.len().saturating_sub(4)..];
+    println!(
+        "drift {n}: {minutes} min, {} purchases; resident first {} MiB, last {} MiB (last four samples {:?}); restarted on the same store: {restarted} MiB ({first:.1?} to its first purchase)",
+        purchases.load(Ordering::Relaxed),
+        samples.first().copied().unwrap_or(0),
+        samples.last().copied().unwrap_or(0),
+        tail
+    );
 }
 
 /// Stop the node process (SIGTERM through `kill`, then wait).

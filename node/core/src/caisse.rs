@@ -2414,6 +2414,60 @@ pub(crate) mod tests {
         assert_eq!(c.balance(&Account::Outlet(o.outlet)), Amount::ZERO);
     }
 
+    /// The audit's first pass compares the journal with its indexes by
+    /// digest; it must agree with the exact pass on a clean ledger, and hand
+    /// over to it (which names the difference) when an index is damaged.
+    #[test]
+    fn the_digest_pass_agrees_with_the_exact_one() {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let mut c = new_caisse(store.clone());
+        let a = enroll(&mut c, "2026-01-01");
+        let o = c
+            .register_outlet(
+                "Épicerie",
+                vec![(Category::new("fresh-produce").unwrap(), 100)],
+                Day::from_days(0),
+            )
+            .unwrap();
+        let march: Period = "2026-03".parse().unwrap();
+        c.issue_allocations(march, 1).unwrap();
+        for i in 0..5u8 {
+            let p = PurchaseInput {
+                id: PurchaseId::from_bytes([i + 1; 16]),
+                card: a.card,
+                outlet: o.outlet,
+                lines: vec![line("fresh-produce", 1_00)],
+                pin: None,
+            };
+            c.purchase(p, 3 + u64::from(i)).unwrap();
+        }
+        assert!(c.check().unwrap().ok());
+        let (fast, _, agreed) = crate::ledger::check_pass(&*store, None, false).unwrap();
+        let (exact, _, _) = crate::ledger::check_pass(&*store, None, true).unwrap();
+        assert!(agreed && fast.ok() && exact.ok(), "{:?}", fast.findings);
+        assert_eq!(fast, exact);
+        // Each index in turn loses a key: the digests differ, and the
+        // audit names what is missing.
+        for (prefix, problem) in [
+            (keys::PURCHASE, "has no idempotency record"),
+            (keys::ALLOCATION, "the index does not record it"),
+            (keys::STATEMENT, "missing from the member's statement"),
+        ] {
+            let (key, value) = store.scan_prefix(prefix).unwrap().remove(0);
+            store.apply(&[Op::Delete(key.clone())]).unwrap();
+            let (_, _, agreed) = crate::ledger::check_pass(&*store, None, false).unwrap();
+            assert!(!agreed, "a key missing under {prefix:?} went unseen");
+            let report = crate::ledger::check(&*store).unwrap();
+            assert!(
+                report.findings.iter().any(|f| f.problem.contains(problem)),
+                "{:#?}",
+                report.findings
+            );
+            store.apply(&[Op::Put(key, value)]).unwrap();
+            assert!(crate::ledger::check(&*store).unwrap().ok());
+        }
+    }
+
     #[test]
     fn pin_locks_after_attempts() {
         let store: Arc<dyn Store> = Arc::new(MemStore::new());

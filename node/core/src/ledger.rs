@@ -417,14 +417,67 @@ impl Suspects {
     }
 }
 
+/// A multiset of records as a count and a sum of their hashes: equal
+/// multisets give equal digests. The audit compares the journal with each
+/// index (members' statements, allocations, purchase records) this way in
+/// constant memory, and holds the keys themselves, to name what differs,
+/// only when the digests differ.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Multiset {
+    count: u64,
+    sum: u128,
+}
+
+impl Multiset {
+    fn add(&mut self, parts: &[&[u8]]) {
+        let mut h = Sha256::new();
+        for part in parts {
+            h.update((part.len() as u32).to_le_bytes());
+            h.update(part);
+        }
+        let digest = h.finalize();
+        let mut low = [0u8; 16];
+        low.copy_from_slice(&digest[..16]);
+        self.count = self.count.wrapping_add(1);
+        self.sum = self.sum.wrapping_add(u128::from_le_bytes(low));
+    }
+}
+
 /// Audit entries below `upto` (all of them with `None`) while a writer may
 /// go on appending: records of later entries are left alone, and balances
 /// that differ are returned as [`Suspects`] instead of findings. With
 /// `None` it is the full audit and the suspects are empty.
+///
+/// A first pass compares the journal with its indexes by [`Multiset`]
+/// digests, its memory bounded by the number of accounts, not of entries;
+/// only if an index differs does a second, exact pass hold their keys to
+/// name each difference.
 pub fn check_within(
     store: &dyn Store,
     upto: Option<u64>,
 ) -> Result<(CheckReport, Suspects), StoreError> {
+    let (report, suspects, agreed) = check_pass(store, upto, false)?;
+    if agreed {
+        return Ok((report, suspects));
+    }
+    let (report, suspects, _) = check_pass(store, upto, true)?;
+    Ok((report, suspects))
+}
+
+/// One pass of [`check_within`]: `exact` holds every index key to name
+/// what differs; otherwise the indexes are compared by digest, and the
+/// answer says whether they agreed (if not, the findings about them are
+/// left to an exact pass).
+pub(crate) fn check_pass(
+    store: &dyn Store,
+    upto: Option<u64>,
+    exact: bool,
+) -> Result<(CheckReport, Suspects, bool), StoreError> {
+    let mut agreed = true;
+    let (mut journal_statements, mut index_statements) = (Multiset::default(), Multiset::default());
+    let (mut journal_allocations, mut index_allocations) =
+        (Multiset::default(), Multiset::default());
+    let (mut journal_purchases, mut index_purchases) = (Multiset::default(), Multiset::default());
     let bound = upto.unwrap_or(u64::MAX);
     let later = |seq: u64| seq >= bound;
     let mut suspects = Suspects {
@@ -519,10 +572,12 @@ pub fn check_within(
                 ));
             }
             if let Account::Member(m) = &p.account {
-                statement.insert(keys::key(
-                    keys::STATEMENT,
-                    &[m.as_bytes(), &key_seq.to_be_bytes()],
-                ));
+                let key = keys::key(keys::STATEMENT, &[m.as_bytes(), &key_seq.to_be_bytes()]);
+                if exact {
+                    statement.insert(key);
+                } else {
+                    journal_statements.add(&[&key]);
+                }
             }
             let bal = replayed.entry(p.account).or_insert(Amount::ZERO);
             match bal.checked_add(p.amount) {
@@ -534,6 +589,13 @@ pub fn check_within(
             }
         }
         match &entry.kind {
+            EntryKind::Allocation { member, period, .. } if !exact => {
+                journal_allocations.add(&[
+                    &period.index().to_be_bytes(),
+                    member.as_bytes(),
+                    &key_seq.to_be_bytes(),
+                ]);
+            }
             EntryKind::Allocation { member, period, .. } => {
                 if let Some(first) = allocations.insert((*period, *member), key_seq) {
                     findings.push(finding(
@@ -550,10 +612,14 @@ pub fn check_within(
                     .iter()
                     .filter(|p| matches!(p.account, Account::Member(_)))
                     .try_fold(Amount::ZERO, |acc, p| acc.checked_sub(p.amount));
-                if purchases
-                    .insert(*id, (key_seq, member_debit.unwrap_or(Amount::MAX)))
-                    .is_some()
-                {
+                let debit = member_debit.unwrap_or(Amount::MAX);
+                if !exact {
+                    journal_purchases.add(&[
+                        id.as_bytes(),
+                        &key_seq.to_be_bytes(),
+                        &debit.cents().to_be_bytes(),
+                    ]);
+                } else if purchases.insert(*id, (key_seq, debit)).is_some() {
                     findings.push(finding(
                         &item,
                         format!("purchase {id} recorded twice (debited twice)"),
@@ -579,7 +645,9 @@ pub fn check_within(
         if seq.is_some_and(later) {
             return true;
         }
-        if !statement.remove(key) {
+        if !exact {
+            index_statements.add(&[key]);
+        } else if !statement.remove(key) {
             report.findings.push(finding(
                 keys::printable(key),
                 "a member's statement lists a journal entry that does not touch their account",
@@ -685,8 +753,47 @@ pub fn check_within(
         }
     }
 
+    if !exact {
+        // The indexes by digest, streamed: nothing held per entry.
+        store.for_each_prefix(keys::ALLOCATION, &mut |k, v| {
+            let seq = decode_value::<u64>(k, v);
+            let parsed = k.get(keys::ALLOCATION.len()..).filter(|r| r.len() == 20);
+            match (parsed, seq) {
+                (Some(_), Ok(seq)) if later(seq) => {}
+                (Some(r), Ok(seq)) => {
+                    index_allocations.add(&[&r[..4], &r[4..], &seq.to_be_bytes()])
+                }
+                _ => agreed = false,
+            }
+            true
+        })?;
+        store.for_each_prefix(keys::PURCHASE, &mut |k, v| {
+            let id = k.get(keys::PURCHASE.len()..).filter(|r| r.len() == 16);
+            match (id, decode_value::<PurchaseRecord>(k, v)) {
+                (Some(_), Ok(rec)) if later(rec.seq) => {}
+                (Some(id), Ok(rec)) => index_purchases.add(&[
+                    id,
+                    &rec.seq.to_be_bytes(),
+                    &rec.allocation_part.cents().to_be_bytes(),
+                ]),
+                _ => agreed = false,
+            }
+            true
+        })?;
+        agreed = agreed
+            && journal_statements == index_statements
+            && journal_allocations == index_allocations
+            && journal_purchases == index_purchases;
+    }
     // The allocation index against the journal.
-    for (k, v) in store.scan_prefix(keys::ALLOCATION)? {
+    // (Read whole only by an exact pass: at a million members a year of
+    // allocations is twelve million keys.)
+    let allocation_index = if exact {
+        store.scan_prefix(keys::ALLOCATION)?
+    } else {
+        Vec::new()
+    };
+    for (k, v) in allocation_index {
         let seq = decode_value::<u64>(&k, &v);
         let parsed = k
             .get(keys::ALLOCATION.len()..)
@@ -725,7 +832,12 @@ pub fn check_within(
     }
 
     // Purchase idempotency records against the journal.
-    for (k, v) in store.scan_prefix(keys::PURCHASE)? {
+    let purchase_index = if exact {
+        store.scan_prefix(keys::PURCHASE)?
+    } else {
+        Vec::new()
+    };
+    for (k, v) in purchase_index {
         let id = k
             .get(keys::PURCHASE.len()..)
             .and_then(|r| <[u8; 16]>::try_from(r).ok())
@@ -810,7 +922,7 @@ pub fn check_within(
             format!("journal entry {seq} has no idempotency record (a retry would debit twice)"),
         ));
     }
-    Ok((report, suspects))
+    Ok((report, suspects, agreed))
 }
 
 /// What each peer caisse owes (positive) or is owed, from the receipts this
