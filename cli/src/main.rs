@@ -1328,8 +1328,8 @@ impl Output {
         }
     }
 
-    /// [`Self::show`] for the answers still read as JSON (parliament,
-    /// producers, reports, the pseudonymised journal).
+    /// [`Self::show`] for the one answer still read as JSON: the journal,
+    /// whose ids are pseudonyms for an auditor.
     fn value(&self, v: &Value, human: impl FnOnce(&Value)) {
         self.show(v, human)
     }

@@ -1952,22 +1952,13 @@ async fn network_info(State(s): State<App>, auth: Auth) -> Result<Response, ApiE
         v.iter().map(ToString::to_string).collect()
     }
     // The counters are the federation's own (atomics): serialised in place.
-    #[derive(serde::Serialize)]
-    struct Answer<'a> {
-        peer_id: Option<String>,
-        listen: Vec<String>,
-        connected: Vec<String>,
-        blocked: Vec<String>,
-        frames_refused: u64,
-        federation: &'a crate::federation::FederationStats,
-    }
-    Ok(Json(Answer {
+    Ok(Json(crate::dto::NetworkInfo {
         peer_id: info.peer_id.map(|p| p.to_string()),
         listen: strings(&info.listen),
         connected: strings(&info.connected),
         blocked: strings(&info.blocked),
         frames_refused: info.frame_failures,
-        federation: &s.federation.stats,
+        federation: &*s.federation.stats,
     })
     .into_response())
 }

@@ -189,7 +189,7 @@ pub const HOME_DEADLINE: Duration = Duration::from_millis(caisse_core::host_sale
 /// (a command in the writer; the signed request sent to the home caisse,
 /// with its deadline) and what came of it fed back, until it finishes.
 pub async fn cross_sale(app: &App, input: PurchaseInput) -> Result<Receipt, SaleError> {
-    let (id, card) = (input.id, input.card);
+    let id = input.id;
     let (mut sale, mut action) = HostSale::start(input);
     loop {
         let event = match action {
@@ -204,7 +204,7 @@ pub async fn cross_sale(app: &App, input: PurchaseInput) -> Result<Receipt, Sale
                     HostSaleError::Caisse(e) => SaleError::Caisse(e),
                     HostSaleError::RefusedByHome(why) => SaleError::RefusedByHome(why),
                     HostSaleError::HomeUnreachable(why) => {
-                        tracing::warn!(target: "caisse::events::purchase", purchase = %id, card = %card, %why, "home caisse unreachable");
+                        tracing::warn!(target: "caisse::events::purchase", purchase = %id, %why, "home caisse unreachable");
                         SaleError::HomeUnreachable(why)
                     }
                 });

@@ -528,9 +528,11 @@ pub struct TransferRow {
 }
 
 /// `GET /api/v1/network`: this node's libp2p addresses and peers, and what
-/// the federation accepted and refused.
+/// the federation accepted and refused. The API answers with the live
+/// counters borrowed (`NetworkInfo<&FederationStats>`); a client reads them
+/// owned.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct NetworkInfo {
+pub struct NetworkInfo<S = crate::federation::FederationStats> {
     /// This node's peer id.
     pub peer_id: Option<String>,
     /// Where it listens.
@@ -542,7 +544,7 @@ pub struct NetworkInfo {
     /// Frames refused as malformed or too large.
     pub frames_refused: u64,
     /// The federation's counters.
-    pub federation: crate::federation::FederationStats,
+    pub federation: S,
 }
 
 /// `POST /api/v1/parliament/seats`.

@@ -187,6 +187,16 @@ async fn member_balances(c: &Shared) -> Result<i64> {
         .sum())
 }
 
+/// The proposal to accredit `subject` for `scope` from `from` to `until`.
+fn accredit(subject: Subject, scope: &[ScopeItem], from: Day, until: Day) -> ProposalKind {
+    ProposalKind::Accredit {
+        subject,
+        scope: scope.to_vec(),
+        valid_from: from,
+        valid_until: until,
+    }
+}
+
 /// A category (or label) named in the scenario.
 fn tag(name: &str) -> Result<Category> {
     name.parse()
@@ -317,13 +327,12 @@ pub(crate) async fn setup_caisse(
         )
         .await?;
         let id = r.id;
-        let kind = ProposalKind::Accredit {
-            subject: Subject::Producer(id),
-            scope: scope.clone(),
-            valid_from: start,
-            valid_until: until,
-        };
-        pass(&c, "producer", kind).await?;
+        pass(
+            &c,
+            "producer",
+            accredit(Subject::Producer(id), &scope, start, until),
+        )
+        .await?;
         accreditations.lock().map_err(|_| anyhow!("lock"))?.push((
             idx,
             format!("Ferme {idx}-{p}"),
@@ -343,13 +352,12 @@ pub(crate) async fn setup_caisse(
         )
         .await?;
         let id = r.outlet;
-        let kind = ProposalKind::Accredit {
-            subject: Subject::Outlet(id),
-            scope: scope.clone(),
-            valid_from: start,
-            valid_until: until,
-        };
-        pass(&c, "outlet", kind).await?;
+        pass(
+            &c,
+            "outlet",
+            accredit(Subject::Outlet(id), &scope, start, until),
+        )
+        .await?;
         outlets.push(id);
     }
     Ok(Setup {

@@ -2431,6 +2431,10 @@ pub(crate) mod tests {
             .unwrap();
         let march: Period = "2026-03".parse().unwrap();
         c.issue_allocations(march, 1).unwrap();
+        // Under "expire", April's allocation also posts the rest of March
+        // back: two postings to the member in one entry, one statement line.
+        c.policy.rollover = crate::policy::Rollover::Expire;
+        c.issue_allocations(march.next().unwrap(), 2).unwrap();
         for i in 0..5u8 {
             let p = PurchaseInput {
                 id: PurchaseId::from_bytes([i + 1; 16]),

@@ -559,7 +559,7 @@ pub(crate) fn check_pass(
             )),
             Err(_) => findings.push(finding(&item, "postings overflow")),
         }
-        for p in &entry.postings {
+        for (i, p) in entry.postings.iter().enumerate() {
             let known = match &p.account {
                 Account::Member(m) => members.contains(m.as_bytes().as_slice()),
                 Account::Outlet(o) => outlets.contains(o.as_bytes().as_slice()),
@@ -575,7 +575,13 @@ pub(crate) fn check_pass(
                 let key = keys::key(keys::STATEMENT, &[m.as_bytes(), &key_seq.to_be_bytes()]);
                 if exact {
                     statement.insert(key);
-                } else {
+                } else if !entry.postings[..i]
+                    .iter()
+                    .any(|earlier| earlier.account == p.account)
+                {
+                    // One statement line per member and entry, however
+                    // many postings (an allocation that also expires the
+                    // rest posts twice to the member).
                     journal_statements.add(&[&key]);
                 }
             }
