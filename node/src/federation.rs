@@ -29,7 +29,9 @@ pub use crate::documents::*;
 use crate::network::{NetEvent, Network, peer_id_of};
 use crate::store::{Op, Store, decode_value, encode_value};
 use caisse_core::command::{Command, Reply};
-use caisse_core::replication::{HeadsVerdict, Mark, heads_digest, judge_heads};
+use caisse_core::replication::{
+    Acceptance, Conduct, Context, Input, Output, PeerKey, Replication, SyncEnd, heads_digest,
+};
 
 use crate::writer::{CaisseHandle, reply};
 
@@ -64,83 +66,34 @@ pub struct FederationStats {
     pub rate_limited: AtomicU64,
 }
 
+/// A document this node holds: the automerge document and the signed heads
+/// it is at. What the replication remembers of it (the version held and
+/// wanted, the sync in progress, its backoff) is the core's
+/// [`Replication`].
 struct Replica {
     doc: AutoCommit,
     heads: Option<Envelope>,
-    sequence: u64,
-    /// The document's epoch (see [`DocumentHeads::epoch`]).
-    epoch: u32,
-    /// The digest of the version held (its sorted heads and epoch), as
-    /// [`judge_heads`] compares it; none before the first signed heads.
-    digest: Option<[u8; 32]>,
-    /// The next sync starts from an empty document, not from the one held:
-    /// the one held has changes the wanted version does not (the losing
-    /// side of an equivocation, or a sync judged forged).
-    scratch: bool,
-    /// Newest signed heads seen (may be ahead of the document): sequence,
-    /// envelope, sorted heads, epoch.
-    wanted: Option<(u64, Envelope, Vec<[u8; 32]>, u32)>,
-    /// A peer known to have the wanted heads.
-    source: Option<PeerId>,
-    syncing: bool,
-    /// Sync attempts that failed since the last success.
-    failures: u32,
-    /// No sync before this (exponential backoff after failures).
-    next_try: Option<Instant>,
-    /// When this node started following the document (eviction order).
-    added: Instant,
 }
 
 impl Replica {
-    /// The version held, as [`judge_heads`] compares it.
-    fn held(&self) -> Option<Mark> {
-        self.digest.map(|digest| Mark {
-            sequence: self.sequence,
-            digest,
-        })
+    fn new(doc: AutoCommit, heads: Option<Envelope>) -> Self {
+        Replica { doc, heads }
     }
+}
 
-    fn new(mut doc: AutoCommit, heads: Option<Envelope>, sequence: u64, epoch: u32) -> Self {
-        let digest = heads
-            .as_ref()
-            .map(|_| heads_digest(&sorted_heads(&mut doc), epoch));
-        Replica {
-            doc,
-            heads,
-            sequence,
-            epoch,
-            digest,
-            scratch: false,
-            wanted: None,
-            source: None,
-            syncing: false,
-            failures: 0,
-            next_try: None,
-            added: Instant::now(),
-        }
-    }
+/// The core's name for a peer: its id's bytes.
+fn key(p: &PeerId) -> PeerKey {
+    PeerKey(p.to_bytes())
+}
 
-    /// A failed or incomplete sync: wait longer before the next, and give
-    /// up on a document nobody here vouches for after a few.
-    fn failed(&mut self, vouched: bool, stats: &FederationStats) {
-        stats.sync_failed.fetch_add(1, Ordering::Relaxed);
-        self.failures = self.failures.saturating_add(1);
-        // A vouched document is tried again soon (another peer may have
-        // it); a stranger's waits longer and longer.
-        let max = if vouched {
-            SYNC_BACKOFF_VOUCHED_MAX
-        } else {
-            SYNC_BACKOFF_MAX
-        };
-        let wait = SYNC_BACKOFF_FIRST
-            .saturating_mul(1u32 << self.failures.min(16))
-            .min(max);
-        self.next_try = Some(Instant::now() + wait);
-        if !vouched && self.failures >= UNVOUCHED_ATTEMPTS {
-            // Wait for newer signed heads before trying again.
-            self.wanted = None;
-        }
-    }
+/// The peer a caisse's node runs as, in the core's terms.
+fn peer_key_of(c: &CaisseId) -> Option<PeerKey> {
+    peer_id_of(c).map(|p| key(&p))
+}
+
+/// The peer the core names.
+fn peer_of_key(k: &PeerKey) -> Option<PeerId> {
+    PeerId::from_bytes(&k.0).ok()
 }
 
 /// How long a restarted node waits before publishing its new version
@@ -151,32 +104,10 @@ pub const PUBLISH_AFTER_RESTART: Duration = Duration::from_secs(3);
 /// documents read before it arrived.
 const DOCS_BEFORE_SALE: Duration = Duration::from_secs(2);
 
-/// See [`FederationTask::busy`].
-const BUSY_WINDOW: Duration = Duration::from_secs(10);
-/// See [`FederationTask::busy`].
-const BUSY_NEWS: u32 = 10;
-
-/// Sync sessions this node runs at once with one peer. A connection carries
-/// at most 16 request streams ([`crate::network::MAX_STREAMS`]) for both
-/// directions, purchases and catalogs included; past it, requests failed
-/// with "max sub-streams reached" and the documents waited for a retry (a
-/// node catching up on 29 documents from one peer started 29 at once).
-pub const SYNCS_PER_PEER: usize = 6;
-
-/// The first wait after a failed sync; it doubles with each failure.
-pub const SYNC_BACKOFF_FIRST: Duration = Duration::from_millis(250);
-/// The longest wait between sync attempts for one document.
-pub const SYNC_BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// The longest wait for a document this caisse vouches for.
-pub const SYNC_BACKOFF_VOUCHED_MAX: Duration = Duration::from_secs(2);
-/// Failed syncs after which a document nobody here vouches for is given up
-/// until its owner signs a newer version.
-pub const UNVOUCHED_ATTEMPTS: u32 = 4;
-/// Documents followed at most whose owner this caisse does not vouch for
-/// (neither recognises, nor sees recognised by a caisse it recognises, nor
-/// settles with): a stranger minting keys can fill only these, and a new
-/// one evicts the oldest.
-pub const MAX_UNVOUCHED: usize = 128;
+pub use caisse_core::replication::{
+    MAX_UNVOUCHED, SYNC_BACKOFF_FIRST_MS, SYNC_BACKOFF_MAX_MS, SYNC_BACKOFF_VOUCHED_MAX_MS,
+    SYNCS_PER_PEER, UNVOUCHED_ATTEMPTS,
+};
 
 /// Commands to the federation task.
 enum FedCommand {
@@ -270,6 +201,7 @@ pub async fn start(
     let stats = Arc::new(FederationStats::default());
     let me = secret.caisse_id();
     let mut replicas = HashMap::new();
+    let mut replication = Replication::new(me, 0);
     // Load every replicated document, trusting only what its signed heads cover.
     if let Ok(docs) = store.scan_prefix(DOC) {
         for (k, v) in docs {
@@ -305,12 +237,29 @@ pub async fn start(
             if owner == me {
                 doc.set_actor(ActorId::from(&me.as_bytes()[..]));
             }
-            replicas.insert(owner, Replica::new(doc, heads, seq, epoch));
+            let digest = heads
+                .as_ref()
+                .map(|_| heads_digest(&sorted_heads(&mut doc), epoch));
+            let cx = Context {
+                now_ms: 0,
+                vouched: &HashSet::new(),
+                peer_of: &peer_key_of,
+            };
+            replication.handle(
+                Input::Holding {
+                    owner,
+                    sequence: seq,
+                    epoch,
+                    digest,
+                },
+                &cx,
+            );
+            replicas.insert(owner, Replica::new(doc, heads));
         }
     }
     replicas
         .entry(me)
-        .or_insert_with(|| Replica::new(new_document(&me), None, 0, 0));
+        .or_insert_with(|| Replica::new(new_document(&me), None));
     let fed = Federation {
         tx,
         view: view.clone(),
@@ -328,8 +277,7 @@ pub async fn start(
         stats,
         replicas,
         responders: HashMap::new(),
-        connected: HashSet::new(),
-        syncs_with: HashMap::new(),
+        replication,
         vouched_cache: std::cell::RefCell::new(None),
         shared_known: std::cell::RefCell::new(HashSet::new()),
         local_version,
@@ -339,7 +287,6 @@ pub async fn start(
         published_version: u64::MAX,
         internal: itx,
         started: Instant::now(),
-        news: (Instant::now(), 0),
         catalog_turn: 0,
         to_writer,
         docs_queued: 0,
@@ -444,13 +391,14 @@ struct FederationTask {
     /// The answering side of sync sessions: one state per peer and
     /// document, for the requester's current session only.
     responders: HashMap<(PeerId, CaisseId), Responder>,
-    connected: HashSet<PeerId>,
-    /// Sync sessions running with each peer (at most [`SYNCS_PER_PEER`]).
-    syncs_with: HashMap<PeerId, usize>,
+    /// Which documents are followed, which version is wanted of each,
+    /// which syncs run with whom, which peers are connected: the core's
+    /// state machine, fed with what happens here.
+    replication: Replication,
     /// The caisses this node vouches for, computed once per change of the
     /// view or of the recognition policy (it was computed per document, on
     /// every sync and every new heads).
-    vouched_cache: std::cell::RefCell<Option<HashSet<CaisseId>>>,
+    vouched_cache: std::cell::RefCell<Option<Arc<HashSet<CaisseId>>>>,
     /// The known peers last given to the network task.
     shared_known: std::cell::RefCell<HashSet<PeerId>>,
     local_version: Arc<AtomicU64>,
@@ -462,10 +410,9 @@ struct FederationTask {
     sales_dirty_since: Option<Instant>,
     published_version: u64,
     internal: mpsc::Sender<Internal>,
+    /// The task's start: its monotonic clock (milliseconds since, as the
+    /// core's replication reads time).
     started: Instant,
-    /// Newer heads of documents this caisse vouches for: since when, how
-    /// many (a window of [`BUSY_WINDOW`]).
-    news: (Instant, u32),
     /// Catalogs asked so far (whose turn is next, see
     /// [`FederationTask::ask_a_catalog`]).
     catalog_turn: usize,
@@ -481,7 +428,7 @@ struct FederationTask {
     docs_applied: tokio::sync::watch::Receiver<u64>,
     /// The node's clock (a test network's manual clock included).
     clock: Arc<crate::writer::Clock>,
-    /// Misbehaviour per peer, and the peers banned for it.
+    /// Misbehaviour per peer, and the peers banned for it (the core's).
     conduct: Conduct,
     /// This node's signed addresses, published in its document.
     addresses: Option<Envelope>,
@@ -491,17 +438,8 @@ struct FederationTask {
     buckets: PeerBuckets,
 }
 
-/// Strikes within [`STRIKE_WINDOW`] that ban a peer.
-pub const STRIKES_TO_BAN: u32 = 20;
-/// The window strikes are counted over.
-pub const STRIKE_WINDOW: Duration = Duration::from_secs(60);
-/// How long a ban lasts (the peer id is refused on every reconnection).
-pub const BAN: Duration = Duration::from_secs(10 * 60);
-/// Strikes per window written to the log one by one; the rest are counted
-/// and summed up when the peer is banned.
-pub const LOGGED_STRIKES: u32 = 5;
-/// Peers whose conduct is remembered at most.
-const MAX_CONDUCT: usize = 10_000;
+pub use caisse_core::replication::{BAN_MS, LOGGED_STRIKES, STRIKES_TO_BAN};
+
 /// Requests one peer may make per second, after a burst of [`RPC_BURST`]
 /// (a caisse catching up on a hundred documents makes a few hundred).
 pub const RPC_PER_SECOND: u32 = 200;
@@ -532,72 +470,18 @@ impl Default for PeerBuckets {
     }
 }
 
-/// What the federation task remembers of each peer's misbehaviour: a
-/// malformed request or gossip message, heads with a bad signature. (A sync
-/// refused for changes the owner did not sign is not counted: a lost
-/// response can make an honest peer look like that.)
-#[derive(Default)]
-struct Conduct {
-    strikes: HashMap<PeerId, (Instant, u32)>,
-    banned: HashMap<PeerId, Instant>,
-}
-
-impl Conduct {
-    /// Count a strike; returns (log this one, ban now).
-    fn strike(&mut self, peer: PeerId) -> (bool, bool) {
-        if self.banned.contains_key(&peer) {
-            return (false, false);
-        }
-        let now = Instant::now();
-        if self.strikes.len() >= MAX_CONDUCT && !self.strikes.contains_key(&peer) {
-            self.strikes
-                .retain(|_, (t, _)| now.duration_since(*t) < STRIKE_WINDOW);
-            if self.strikes.len() >= MAX_CONDUCT {
-                self.strikes.clear();
-            }
-        }
-        let e = self.strikes.entry(peer).or_insert((now, 0));
-        if now.duration_since(e.0) >= STRIKE_WINDOW {
-            *e = (now, 0);
-        }
-        e.1 = e.1.saturating_add(1);
-        let n = e.1;
-        if n >= STRIKES_TO_BAN {
-            self.strikes.remove(&peer);
-            self.banned.insert(peer, now + BAN);
-            return (false, true);
-        }
-        (n <= LOGGED_STRIKES, false)
-    }
-
-    /// Bans that have run out.
-    fn expired(&mut self) -> Vec<PeerId> {
-        let now = Instant::now();
-        let out: Vec<PeerId> = self
-            .banned
-            .iter()
-            .filter(|(_, until)| **until <= now)
-            .map(|(p, _)| *p)
-            .collect();
-        for p in &out {
-            self.banned.remove(p);
-        }
-        out
-    }
-}
-
 impl FederationTask {
     /// Count a peer's misbehaviour (`what`, `error`): logged while it is
     /// rare, then only counted; at [`STRIKES_TO_BAN`] within the window the
     /// peer is banned for [`BAN`], on every reconnection too.
     async fn misbehaved(&mut self, peer: PeerId, what: &'static str, error: &str) {
-        let (log, ban) = self.conduct.strike(peer);
-        if log {
+        let strike = self.conduct.strike(&key(&peer), self.now_ms());
+        if strike.log {
             tracing::warn!(target: "caisse::events::federation", %peer, error, "{what}");
         }
-        if ban {
+        if strike.ban {
             self.stats.peers_banned.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(target: "caisse::security", %peer, strikes = STRIKES_TO_BAN, last = what, minutes = BAN.as_secs() / 60, "peer banned for misbehaviour");
+            tracing::warn!(target: "caisse::security", %peer, strikes = STRIKES_TO_BAN, last = what, minutes = BAN_MS / 60_000, "peer banned for misbehaviour");
             self.network.block(peer, true).await;
         }
     }
@@ -662,7 +546,7 @@ impl FederationTask {
                     self.responders.retain(|_, r| r.seen > cutoff);
                     self.buckets.rpc.retain_recent();
                     self.buckets.gossip.retain_recent();
-                    for peer in self.conduct.expired() {
+                    for peer in self.conduct.expired(self.now_ms()).iter().filter_map(peer_of_key) {
                         tracing::info!(target: "caisse::security", %peer, "ban over");
                         self.network.block(peer, false).await;
                     }
@@ -746,6 +630,10 @@ impl FederationTask {
         self.published_sales = sales;
         self.sales_dirty_since = None;
         let me = self.me;
+        let (held_sequence, mut epoch) = self
+            .replication
+            .follow(&me)
+            .map_or((0, 0), |f| (f.sequence, f.epoch));
         let Some(replica) = self.replicas.get_mut(&me) else {
             return;
         };
@@ -760,8 +648,8 @@ impl FederationTask {
             }
         };
         if compacted {
-            replica.epoch = replica.epoch.saturating_add(1);
-            tracing::info!(target: "caisse::events::federation", epoch = replica.epoch, bytes = bytes.len(), "document compacted into a new epoch");
+            epoch = epoch.saturating_add(1);
+            tracing::info!(target: "caisse::events::federation", epoch, bytes = bytes.len(), "document compacted into a new epoch");
         }
         let heads = sorted_heads(&mut replica.doc);
         // The changes of this version, to gossip with its heads (not across
@@ -769,15 +657,14 @@ impl FederationTask {
         let changes = (!compacted).then(|| replica.doc.save_after(&before));
         // Increasing, and ahead of anything signed before a wipe: the
         // node's clock in milliseconds (a test network's manual clock too).
-        let sequence = replica
-            .sequence
+        let sequence = held_sequence
             .saturating_add(1)
             .max(self.clock.now().saturating_mul(1000));
         let message = DocumentHeads {
             caisse: me,
             heads,
             sequence,
-            epoch: replica.epoch,
+            epoch,
         };
         let env = match Envelope::seal(&self.secret, &self.federation, &message) {
             Ok(e) => e,
@@ -786,9 +673,13 @@ impl FederationTask {
                 return;
             }
         };
-        replica.sequence = sequence;
-        replica.digest = Some(heads_digest(&message.heads, message.epoch));
         replica.heads = Some(env.clone());
+        self.replicate(Input::Holding {
+            owner: me,
+            sequence,
+            epoch,
+            digest: Some(heads_digest(&message.heads, message.epoch)),
+        });
         self.persist(me, bytes, &env);
         // Durable before anyone sees it: a version gossiped then lost in a
         // power cut would be signed again, differently, under the same
@@ -880,7 +771,7 @@ impl FederationTask {
                 continue;
             }
             if let Some(p) = peer_id_of(c)
-                && !self.connected.contains(&p)
+                && !self.replication.is_connected(&key(&p))
                 && self.vouched(c)
             {
                 self.network.dial_peer(p);
@@ -904,7 +795,7 @@ impl FederationTask {
             return;
         };
         let mut p = read_document(&r.doc, &owner, &self.federation);
-        p.sequence = r.sequence;
+        p.sequence = self.replication.follow(&owner).map_or(0, |f| f.sequence);
         p.heads = r
             .heads
             .as_ref()
@@ -914,7 +805,7 @@ impl FederationTask {
                 hex::encode(&sha2::Sha256::digest(b)[..8])
             })
             .unwrap_or_default();
-        let connected = peer_id_of(&owner).is_some_and(|pid| self.connected.contains(&pid));
+        let connected = peer_key_of(&owner).is_some_and(|k| self.replication.is_connected(&k));
         if owner != self.me
             && let Some(pid) = peer_id_of(&owner)
         {
@@ -970,17 +861,11 @@ impl FederationTask {
     }
 
     fn set_connected(&mut self, peer: PeerId, on: bool) {
-        if on {
-            self.connected.insert(peer);
-            // An owner back online: its document is worth a try at once.
-            for (c, r) in self.replicas.iter_mut() {
-                if peer_id_of(c) == Some(peer) {
-                    r.next_try = None;
-                }
-            }
+        self.replicate(if on {
+            Input::Connected(key(&peer))
         } else {
-            self.connected.remove(&peer);
-        }
+            Input::Disconnected(key(&peer))
+        });
         if let Ok(mut v) = self.view.write() {
             for (c, p) in v.caisses.iter_mut() {
                 if peer_id_of(c) == Some(peer) {
@@ -990,7 +875,61 @@ impl FederationTask {
         }
     }
 
-    /// Check signed heads; record them as wanted if newer. Returns the acceptance.
+    /// Milliseconds since the task started: the time the core's
+    /// replication and conduct read.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Feed the core's replication one input and carry out what it asks:
+    /// follow or drop documents, start sync sessions, log what it found.
+    /// Returns what to do with gossiped heads, if the input was heads.
+    fn replicate(&mut self, input: Input) -> Option<Acceptance> {
+        let vouched = self.vouched_set();
+        let cx = Context {
+            now_ms: self.now_ms(),
+            vouched: &vouched,
+            peer_of: &peer_key_of,
+        };
+        let outputs = self.replication.handle(input, &cx);
+        let mut acceptance = None;
+        for o in outputs {
+            match o {
+                Output::Gossip(a) => acceptance = Some(a),
+                Output::Follow(owner) => {
+                    self.replicas
+                        .entry(owner)
+                        .or_insert_with(|| Replica::new(AutoCommit::new(), None));
+                }
+                Output::NoRoom(owner) => {
+                    tracing::warn!(target: "caisse::events::federation", caisse = %owner.short(), "ignored a new document: this node already follows the most it will");
+                }
+                Output::Evict(owner) => self.evict(owner),
+                Output::Equivocation {
+                    owner,
+                    sequence,
+                    take,
+                    source,
+                } => {
+                    self.stats.equivocations.fetch_add(1, Ordering::Relaxed);
+                    let peer = source.as_ref().and_then(peer_of_key);
+                    tracing::warn!(target: "caisse::security", caisse = %owner.short(), sequence, peer = ?peer, keep = if take { "the one just offered" } else { "the one known" }, "the owner signed two versions of its document under one sequence (equivocation): keeping the one with the smaller digest, as every honest caisse does");
+                }
+                Output::Stale { owner, sequence } => {
+                    tracing::debug!(target: "caisse::events::federation", caisse = %owner.short(), sequence, "stale or replayed heads ignored");
+                }
+                Output::StartSync {
+                    owner,
+                    peer,
+                    from_scratch,
+                    want,
+                } => self.start_sync(owner, peer, from_scratch, want),
+            }
+        }
+        acceptance
+    }
+
+    /// Check signed heads and hand them to the replication. Returns the acceptance.
     fn consider_heads(&mut self, env: &Envelope, source: Option<PeerId>) -> MessageAcceptance {
         let v = match env.open::<DocumentHeads>(&self.federation) {
             Ok(v) => v,
@@ -1000,129 +939,41 @@ impl FederationTask {
                 return MessageAcceptance::Reject;
             }
         };
-        let owner = v.message.caisse;
-        if owner == self.me {
-            return MessageAcceptance::Ignore;
+        let m = v.message;
+        let acceptance = self.replicate(Input::Heads {
+            owner: m.caisse,
+            sequence: m.sequence,
+            heads: m.heads,
+            epoch: m.epoch,
+            envelope: env.clone(),
+            source: source.as_ref().map(key),
+        });
+        match acceptance {
+            Some(Acceptance::Accept) => MessageAcceptance::Accept,
+            _ => MessageAcceptance::Ignore,
         }
-        let vouched = self.vouched(&owner);
-        if !self.replicas.contains_key(&owner) && !self.make_room(vouched) {
-            tracing::warn!(target: "caisse::events::federation", caisse = %owner.short(), "ignored a new document: this node already follows the most it will");
-            return MessageAcceptance::Ignore;
-        }
-        // Heads of a document nobody here vouches for are kept (so a new
-        // caisse can be seen and recognised) but not forwarded.
-        let acceptance = if vouched {
-            MessageAcceptance::Accept
-        } else {
-            MessageAcceptance::Ignore
-        };
-        let replica = self
-            .replicas
-            .entry(owner)
-            .or_insert_with(|| Replica::new(AutoCommit::new(), None, 0, 0));
-        // The newest version known: the one being fetched, else the one held.
-        let known = match &replica.wanted {
-            Some((seq, _, heads, epoch)) if *seq >= replica.sequence => Some(Mark {
-                sequence: *seq,
-                digest: heads_digest(heads, *epoch),
-            }),
-            _ => replica.held(),
-        };
-        let heads = sorted(v.message.heads.clone());
-        let offered = Mark {
-            sequence: v.message.sequence,
-            digest: heads_digest(&heads, v.message.epoch),
-        };
-        let verdict = judge_heads(known, offered);
-        if let HeadsVerdict::Equivocation { take } = verdict {
-            self.stats.equivocations.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(target: "caisse::security", caisse = %owner.short(), sequence = offered.sequence, peer = ?source, keep = if take { "the one just offered" } else { "the one known" }, "the owner signed two versions of its document under one sequence (equivocation): keeping the one with the smaller digest, as every honest caisse does");
-        }
-        if !verdict.take() {
-            if verdict == HeadsVerdict::Stale && v.message.sequence < replica.sequence {
-                tracing::debug!(target: "caisse::events::federation", caisse = %owner.short(), sequence = v.message.sequence, "stale or replayed heads ignored");
-            }
-            if source.is_some() && replica.source.is_none() {
-                replica.source = source;
-            }
-            return MessageAcceptance::Ignore;
-        }
-        // The losing side of an equivocation is held: the winner is
-        // fetched whole, not merged into it.
-        if offered.sequence == replica.sequence {
-            replica.scratch = true;
-        }
-        replica.wanted = Some((v.message.sequence, env.clone(), heads, v.message.epoch));
-        if vouched {
-            if self.news.0.elapsed() > BUSY_WINDOW {
-                self.news = (Instant::now(), 0);
-            }
-            self.news.1 = self.news.1.saturating_add(1);
-        }
-        if source.is_some() {
-            replica.source = source;
-        }
-        let from_owner = source.is_some() && source == peer_id_of(&owner);
-        if vouched || from_owner {
-            // A newer version of a document this caisse vouches for, or one
-            // its owner announces itself over its own connection: worth a
-            // try at once (a caisse back from a restart is found again in
-            // seconds, not after the backoff a stranger's document earns).
-            replica.next_try = None;
-            replica.failures = 0;
-        }
-        acceptance
     }
 
-    /// Whether this caisse vouches for `owner`'s document: it recognises
-    /// the owner (by name, or by its policy: compatible criteria), or a
-    /// caisse it recognises by name does, or the owner's document carries a
-    /// settlement statement with this caisse.
+    /// Whether this caisse vouches for `owner`'s document (see
+    /// [`FederationView::vouched_by`]).
     fn vouched(&self, owner: &CaisseId) -> bool {
-        if let Some(set) = self.vouched_cache.borrow().as_ref() {
-            return set.contains(owner);
-        }
-        let set = self.vouched_now();
-        let answer = set.contains(owner);
-        *self.vouched_cache.borrow_mut() = Some(set);
-        answer
+        self.vouched_set().contains(owner)
     }
 
-    /// Every caisse [`Self::vouched`] is true for, from the view: the only
-    /// candidates are the caisses in the view and the ones named in the
-    /// recognised lists of this caisse and of those it recognises.
-    fn vouched_now(&self) -> HashSet<CaisseId> {
-        let Ok(v) = self.view.read() else {
-            return HashSet::new();
-        };
-        let Some(mine) = v.caisses.get(&self.me) else {
-            return HashSet::new();
-        };
-        let ours = mine.criteria.as_ref().map(|(c, _)| c);
-        let mut candidates: HashSet<CaisseId> = v.caisses.keys().copied().collect();
-        candidates.extend(mine.recognised.iter().copied());
-        for r in &mine.recognised {
-            if let Some(p) = v.caisses.get(r) {
-                candidates.extend(p.recognised.iter().copied());
-            }
+    /// Every caisse [`Self::vouched`] is true for, computed once per change
+    /// of the view or of the recognition policy.
+    fn vouched_set(&self) -> Arc<HashSet<CaisseId>> {
+        if let Some(set) = self.vouched_cache.borrow().as_ref() {
+            return set.clone();
         }
-        candidates
-            .into_iter()
-            .filter(|owner| {
-                v.recognises(owner, &self.recognition, ours)
-                    || mine.recognised.contains(owner)
-                    || mine.recognised.iter().any(|r| {
-                        v.caisses
-                            .get(r)
-                            .is_some_and(|p| p.recognised.contains(owner))
-                    })
-                    || v.caisses.get(owner).is_some_and(|p| {
-                        p.statements
-                            .iter()
-                            .any(|(_, s)| s.debtor == self.me || s.creditor == self.me)
-                    })
-            })
-            .collect()
+        let set = Arc::new(
+            self.view
+                .read()
+                .map(|v| v.vouched_by(&self.me, &self.recognition))
+                .unwrap_or_default(),
+        );
+        *self.vouched_cache.borrow_mut() = Some(set.clone());
+        set
     }
 
     /// The view or the recognition policy changed: vouching is recomputed
@@ -1131,36 +982,8 @@ impl FederationTask {
         *self.vouched_cache.borrow_mut() = None;
     }
 
-    /// Make room for one more document: a vouched one may take the place of
-    /// an unvouched one when the catalog is full; an unvouched one takes the
-    /// place of the oldest unvouched (never-synced first) when their quota
-    /// is full. False when there is no room.
-    fn make_room(&mut self, vouched: bool) -> bool {
-        let unvouched: Vec<(CaisseId, bool, Instant)> = self
-            .replicas
-            .iter()
-            .filter(|(c, _)| **c != self.me)
-            .map(|(c, r)| (*c, r.heads.is_some(), r.added))
-            .filter(|(c, _, _)| !self.vouched(c))
-            .collect();
-        let full = self.replicas.len() >= MAX_CATALOG;
-        if vouched && !full {
-            return true;
-        }
-        if !vouched && !full && unvouched.len() < MAX_UNVOUCHED {
-            return true;
-        }
-        let Some((victim, _, _)) = unvouched
-            .into_iter()
-            .min_by_key(|(_, synced, added)| (*synced, *added))
-        else {
-            return false;
-        };
-        self.evict(victim);
-        true
-    }
-
-    /// Stop following `owner`'s document: dropped from memory, disk and view.
+    /// Stop following `owner`'s document (the replication dropped it):
+    /// dropped from memory, disk and view.
     fn evict(&mut self, owner: CaisseId) {
         self.replicas.remove(&owner);
         self.responders.retain(|(_, c), _| *c != owner);
@@ -1180,67 +1003,42 @@ impl FederationTask {
         tracing::info!(target: "caisse::events::federation", caisse = %owner.short(), "stopped following a document nobody here vouches for");
     }
 
+    /// Start the syncs the replication finds due.
     fn start_pending_syncs(&mut self) {
-        let me = self.me;
-        let connected = self.connected.clone();
-        let mut starts = Vec::new();
-        let now = Instant::now();
-        for (owner, r) in self.replicas.iter_mut() {
-            if *owner == me || r.syncing || r.next_try.is_some_and(|t| t > now) {
-                continue;
-            }
-            let Some((seq, _, _, epoch)) = &r.wanted else {
-                continue;
-            };
-            // (Under the sequence held only to replace the losing side of
-            // an equivocation.)
-            if *seq < r.sequence || (*seq == r.sequence && !r.scratch) {
-                r.wanted = None;
-                continue;
-            }
-            // Prefer the owner itself, then whoever announced the heads,
-            // then each connected peer in turn (one that lacked the version
-            // last time is not asked again first). A peer already running
-            // its share of sessions with this node is waited for.
-            let peer = peer_id_of(owner)
-                .filter(|p| connected.contains(p))
-                .or(r.source.filter(|p| connected.contains(p)))
-                .or_else(|| {
-                    let mut all: Vec<&PeerId> = connected.iter().collect();
-                    all.sort();
-                    all.get(r.failures as usize % all.len().max(1)).map(|p| **p)
-                });
-            if let Some(peer) = peer {
-                let running = self.syncs_with.entry(peer).or_default();
-                if *running >= SYNCS_PER_PEER {
-                    continue;
-                }
-                *running += 1;
-                r.syncing = true;
-                // A new epoch shares no history with the old one.
-                let base = if *epoch == r.epoch && !r.scratch {
-                    r.doc.fork()
-                } else {
-                    AutoCommit::new()
-                };
-                starts.push((*owner, peer, base, r.wanted.as_ref().map(|w| w.2.clone())));
-            }
-        }
-        for (owner, peer, fork, want) in starts {
-            let want = want.unwrap_or_default();
-            let net = self.network.clone();
-            let tx = self.internal.clone();
-            tokio::spawn(async move {
-                let result = sync_session(&net, peer, owner, fork, &want).await;
-                let _ = tx
-                    .send(Internal::SyncDone {
-                        caisse: owner,
-                        peer,
-                        result,
-                    })
-                    .await;
-            });
-        }
+        self.replicate(Input::Tick);
+    }
+
+    /// Run one sync session with `peer` towards `want`, from a fork of the
+    /// document held or from an empty one; its end comes back as
+    /// [`Internal::SyncDone`].
+    fn start_sync(
+        &mut self,
+        owner: CaisseId,
+        peer: PeerKey,
+        from_scratch: bool,
+        want: Vec<[u8; 32]>,
+    ) {
+        let Some(pid) = peer_of_key(&peer) else {
+            // Not a peer id: the replication only names connected peers.
+            self.replicate(Input::SyncReturned { owner, peer });
+            return;
+        };
+        let fork = match self.replicas.get_mut(&owner) {
+            Some(r) if !from_scratch => r.doc.fork(),
+            _ => AutoCommit::new(),
+        };
+        let net = self.network.clone();
+        let tx = self.internal.clone();
+        tokio::spawn(async move {
+            let result = sync_session(&net, pid, owner, fork, &want).await;
+            let _ = tx
+                .send(Internal::SyncDone {
+                    caisse: owner,
+                    peer: pid,
+                    result,
+                })
+                .await;
+        });
     }
 
     async fn internal(&mut self, i: Internal) {
@@ -1260,26 +1058,24 @@ impl FederationTask {
                 result,
             } => (caisse, peer, result),
         };
-        // A connected owner is a caisse, not a key minted for an attack:
-        // its document is retried like a vouched one.
-        let vouched = self.vouched(&caisse)
-            || peer_id_of(&caisse).is_some_and(|p| self.connected.contains(&p));
-        if let Some(n) = self.syncs_with.get_mut(&peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.syncs_with.remove(&peer);
-            }
-        }
-        let Some(r) = self.replicas.get_mut(&caisse) else {
+        self.replicate(Input::SyncReturned {
+            owner: caisse,
+            peer: key(&peer),
+        });
+        if !self.replicas.contains_key(&caisse) {
             return;
+        }
+        let not_taken = |end| Input::SyncNotTaken {
+            owner: caisse,
+            peer: key(&peer),
+            end,
         };
-        r.syncing = false;
         let (mut fork, offered) = match result {
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!(caisse = %caisse.short(), %peer, error = %e, "sync failed; will retry");
-                r.source = None;
-                r.failed(vouched, &self.stats);
+                self.stats.sync_failed.fetch_add(1, Ordering::Relaxed);
+                self.replicate(not_taken(SyncEnd::Failed));
                 return;
             }
         };
@@ -1287,39 +1083,30 @@ impl FederationTask {
         if let Some(env) = offered {
             let _ = self.consider_heads(&env, Some(peer));
         }
-        let Some(r) = self.replicas.get_mut(&caisse) else {
+        let Some(wanted) = self
+            .replication
+            .follow(&caisse)
+            .and_then(|f| f.wanted.clone())
+        else {
             return;
         };
-        let Some((seq, env, want, epoch)) = r.wanted.clone() else {
-            return;
-        };
-        match judge_fork(&mut fork, &want) {
+        match judge_fork(&mut fork, &wanted.heads) {
             SyncVerdict::Accept => {}
-            // Retried after a backoff, in a new session, from another peer
-            // unless this one is the owner.
             SyncVerdict::Incomplete => {
-                if r.source == Some(peer) {
-                    r.source = None;
-                }
-                r.failed(vouched, &self.stats);
+                self.stats.sync_failed.fetch_add(1, Ordering::Relaxed);
+                self.replicate(not_taken(SyncEnd::Incomplete));
                 return;
             }
             SyncVerdict::Forged => {
-                r.failed(vouched, &self.stats);
-                // The held document may be what adds the unsigned changes
-                // (the losing side of an equivocation the owner built on
-                // the other side of): the next session starts empty.
-                r.scratch = true;
+                self.stats.sync_failed.fetch_add(1, Ordering::Relaxed);
                 self.stats.sync_rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(target: "caisse::events::federation", caisse = %caisse.short(), %peer, "rejected a sync holding changes the owner did not sign");
-                if r.source == Some(peer) {
-                    r.source = None;
-                }
+                self.replicate(not_taken(SyncEnd::Forged));
                 return;
             }
         }
         self.stats.sync_accepted.fetch_add(1, Ordering::Relaxed);
-        self.adopt(caisse, fork, seq, env, epoch);
+        self.adopt(caisse, fork, wanted.sequence, wanted.envelope);
         // Heads that arrived while this session ran: pull them now, not at
         // the next tick.
         self.start_pending_syncs();
@@ -1335,50 +1122,48 @@ impl FederationTask {
             return;
         };
         let owner = v.message.caisse;
+        let Some(f) = self.replication.follow(&owner) else {
+            return;
+        };
+        let Some(wanted) = f.wanted.clone() else {
+            return;
+        };
+        if wanted.sequence != v.message.sequence || wanted.epoch != f.epoch || f.syncing {
+            return;
+        }
         let Some(r) = self.replicas.get_mut(&owner) else {
             return;
         };
-        let Some((seq, wenv, want, epoch)) = r.wanted.clone() else {
-            return;
-        };
-        if seq != v.message.sequence || epoch != r.epoch || r.syncing {
-            return;
-        }
         if sorted_heads(&mut r.doc) != sorted(base.to_vec()) {
             return;
         }
         let mut fork = r.doc.fork();
         if fork.load_incremental(changes).is_err()
-            || judge_fork(&mut fork, &want) != SyncVerdict::Accept
+            || judge_fork(&mut fork, &wanted.heads) != SyncVerdict::Accept
         {
-            tracing::debug!(target: "caisse::events::federation", caisse = %owner.short(), sequence = seq, "gossiped changes do not give the signed heads; pulling instead");
+            tracing::debug!(target: "caisse::events::federation", caisse = %owner.short(), sequence = wanted.sequence, "gossiped changes do not give the signed heads; pulling instead");
             return;
         }
         self.stats.changes_applied.fetch_add(1, Ordering::Relaxed);
-        self.adopt(owner, fork, seq, wenv, epoch);
+        self.adopt(owner, fork, wanted.sequence, wanted.envelope);
     }
 
-    /// Take `fork` as `caisse`'s document at the signed heads `env`: persist
-    /// it, refresh the view, hand it to the writer.
-    fn adopt(&mut self, caisse: CaisseId, fork: AutoCommit, seq: u64, env: Envelope, epoch: u32) {
+    /// Take `fork` as `caisse`'s document at the signed heads `env` (the
+    /// version the replication wants): persist it, refresh the view, hand
+    /// it to the writer.
+    fn adopt(&mut self, caisse: CaisseId, fork: AutoCommit, seq: u64, env: Envelope) {
         let Some(r) = self.replicas.get_mut(&caisse) else {
             return;
         };
         r.doc = fork;
-        r.sequence = seq;
-        r.epoch = epoch;
-        r.digest = Some(heads_digest(&sorted_heads(&mut r.doc), epoch));
-        r.scratch = false;
         r.heads = Some(env.clone());
-        r.wanted = None;
-        r.failures = 0;
-        r.next_try = None;
         let bytes = r.doc.save();
+        self.replicate(Input::Adopted { owner: caisse });
         self.persist(caisse, bytes, &env);
         self.refresh_view(caisse, true);
         self.share_known();
         if let Some(p) = peer_id_of(&caisse)
-            && !self.connected.contains(&p)
+            && !self.replication.is_connected(&key(&p))
             && self.vouched(&caisse)
         {
             self.network.dial_peer(p);
@@ -1414,17 +1199,18 @@ impl FederationTask {
         }
     }
 
-    /// Whether many documents changed lately (a storm of publications, as
-    /// at a month's end): at least [`BUSY_NEWS`] new versions within the
-    /// current or the last [`BUSY_WINDOW`].
+    /// Whether many documents changed lately (see [`Replication::busy`]).
     fn busy(&self) -> bool {
-        self.news.1 >= BUSY_NEWS && self.news.0.elapsed() < 2 * BUSY_WINDOW
+        self.replication.busy(self.now_ms())
     }
 
     /// Ask one connected peer, chosen in turn, what it holds.
     fn ask_a_catalog(&mut self) {
-        let mut peers: Vec<PeerId> = self.connected.iter().copied().collect();
-        peers.sort();
+        let peers: Vec<PeerId> = self
+            .replication
+            .connected()
+            .filter_map(peer_of_key)
+            .collect();
         if !peers.is_empty() {
             // A turn counter, not the clock: asked every 2 s (busy) or
             // 10 s, a clock in seconds skipped every other peer.

@@ -3,7 +3,7 @@
 //! replicated document. Plain data: the automerge documents themselves are
 //! the node's (`caisse_node::documents`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use caisse_protocol::criteria::{Criteria, Rule};
 use caisse_protocol::encoding;
@@ -144,6 +144,43 @@ pub fn criteria_include(theirs: &Rule, ours: &Rule) -> bool {
 }
 
 impl FederationView {
+    /// Every caisse `me` vouches for, as its replication reads it: `me`
+    /// recognises it (by name, or by its policy: compatible criteria), or a
+    /// caisse `me` recognises by name does, or its document carries a
+    /// settlement statement with `me`. The only candidates are the caisses
+    /// in the view and those named in the recognised lists of `me` and of
+    /// the caisses it recognises.
+    pub fn vouched_by(&self, me: &CaisseId, recognition: &Recognition) -> HashSet<CaisseId> {
+        let Some(mine) = self.caisses.get(me) else {
+            return HashSet::new();
+        };
+        let ours = mine.criteria.as_ref().map(|(c, _)| c);
+        let mut candidates: HashSet<CaisseId> = self.caisses.keys().copied().collect();
+        candidates.extend(mine.recognised.iter().copied());
+        for r in &mine.recognised {
+            if let Some(p) = self.caisses.get(r) {
+                candidates.extend(p.recognised.iter().copied());
+            }
+        }
+        candidates
+            .into_iter()
+            .filter(|owner| {
+                self.recognises(owner, recognition, ours)
+                    || mine.recognised.contains(owner)
+                    || mine.recognised.iter().any(|r| {
+                        self.caisses
+                            .get(r)
+                            .is_some_and(|p| p.recognised.contains(owner))
+                    })
+                    || self.caisses.get(owner).is_some_and(|p| {
+                        p.statements
+                            .iter()
+                            .any(|(_, s)| s.debtor == *me || s.creditor == *me)
+                    })
+            })
+            .collect()
+    }
+
     /// Whether this caisse's recognition policy accepts `issuer`'s accreditations.
     pub fn recognises(
         &self,
