@@ -169,6 +169,35 @@ fn line(cents: i64) -> Vec<PurchaseLine> {
     }]
 }
 
+/// Where the store's bytes go after `purchases` purchases: per key prefix,
+/// and redb's pages.
+fn print_layout(path: &std::path::Path, purchases: usize) {
+    let store = caisse_node::store::RedbStore::open(path).expect("store");
+    let l = store.layout().expect("layout");
+    let per = |b: u64| b as f64 / purchases.max(1) as f64;
+    println!(
+        "store layout: file {} MiB = {:.0} B per purchase; leaves {} + branches {} of {} pages allocated ({} B each); stored {:.0} B, fragmented {:.0} B per purchase",
+        l.file_bytes / 1_048_576,
+        per(l.file_bytes),
+        l.leaf_pages,
+        l.branch_pages,
+        l.allocated_pages,
+        l.page_size,
+        per(l.stored_bytes),
+        per(l.fragmented_bytes),
+    );
+    for (prefix, (n, kb, vb)) in &l.prefixes {
+        if *n > 1_000 {
+            println!(
+                "  {prefix:<6} {n:>10} keys, {:>7.1} B key + {:>7.1} B value each, {:>6.1} B per purchase",
+                *kb as f64 / *n as f64,
+                *vb as f64 / *n as f64,
+                per(kb + vb)
+            );
+        }
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -330,6 +359,9 @@ async fn throughput() {
         past,
         bytes / 1_048_576
     );
+    if bench_engine() == Engine::Redb {
+        print_layout(&dir.join("store.redb"), past + 2_000 + 2 * 100_000);
+    }
 
     // Through the real HTTP API over loopback, the node in this process.
     let node = daemon::start(&dir).await.expect("start node");

@@ -14,6 +14,7 @@
 //!
 //! [`open`] picks the engine a data directory holds.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -181,6 +182,27 @@ pub fn convert(dir: &Path, to: Engine) -> Result<u64, StoreError> {
 
 const TABLE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("caisse");
 
+/// Where a redb store's bytes go (see [`RedbStore::layout`]).
+#[derive(Debug)]
+pub struct Layout {
+    /// Bytes of the file.
+    pub file_bytes: u64,
+    /// Per key prefix: keys, key bytes, value bytes.
+    pub prefixes: BTreeMap<String, (u64, u64, u64)>,
+    /// redb's page size.
+    pub page_size: u64,
+    /// Leaf pages of the B-trees.
+    pub leaf_pages: u64,
+    /// Branch pages of the B-trees.
+    pub branch_pages: u64,
+    /// Pages allocated in the file.
+    pub allocated_pages: u64,
+    /// Bytes of keys and values stored in leaves, as redb counts them.
+    pub stored_bytes: u64,
+    /// Bytes of allocated pages holding nothing.
+    pub fragmented_bytes: u64,
+}
+
 /// The redb engine: one file, ACID, read snapshots.
 ///
 /// Each [`Store::apply`] is one write transaction committed without a
@@ -229,6 +251,39 @@ impl RedbStore {
     /// Bytes of the store file.
     pub fn size_on_disk(&self) -> u64 {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    /// Where the file's bytes go: keys and values per key prefix (what
+    /// precedes the first `/`), and redb's own count of pages (for the
+    /// benchmarks: what a purchase costs on disk, and why).
+    pub fn layout(&self) -> Result<Layout, StoreError> {
+        use redb::ReadableTable;
+        let mut prefixes: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+        let table = self.read()?;
+        for r in table.iter().map_err(redb_err)? {
+            let (k, v) = r.map_err(redb_err)?;
+            let (k, v) = (k.value(), v.value());
+            let end = k.iter().position(|b| *b == b'/').map_or(k.len(), |i| i + 1);
+            let e = prefixes
+                .entry(String::from_utf8_lossy(&k[..end]).into_owned())
+                .or_default();
+            e.0 += 1;
+            e.1 += k.len() as u64;
+            e.2 += v.len() as u64;
+        }
+        let txn = self.db.begin_write().map_err(redb_err)?;
+        let stats = txn.stats().map_err(redb_err)?;
+        txn.abort().map_err(redb_err)?;
+        Ok(Layout {
+            file_bytes: self.size_on_disk(),
+            prefixes,
+            page_size: stats.page_size() as u64,
+            leaf_pages: stats.leaf_pages(),
+            branch_pages: stats.branch_pages(),
+            allocated_pages: stats.allocated_pages(),
+            stored_bytes: stats.stored_bytes(),
+            fragmented_bytes: stats.fragmented_bytes(),
+        })
     }
 
     /// One write transaction holding every operation, committed with
