@@ -546,6 +546,7 @@ pub async fn start(
             .collect(),
         rpc_bytes_received: 0,
         rpc_bytes_sent: 0,
+        links: LinkBacklog::default(),
         strangers: HashMap::new(),
         strangers_refused: 0,
         redial,
@@ -584,6 +585,51 @@ struct SwarmTask {
     /// Request and response bytes received and sent (for the metrics).
     rpc_bytes_received: u64,
     rpc_bytes_sent: u64,
+    /// Connection changes waiting for room in the federation's queue.
+    links: LinkBacklog,
+}
+
+/// Connection changes the federation task has not taken yet because its
+/// queue was full: the latest state of each peer, in the order peers
+/// changed. Gossip and requests are dropped when the queue is full (their
+/// senders retry); a dropped `Disconnected` left a peer counted as
+/// connected for good, a dropped `Connected` one never asked to sync.
+#[derive(Default)]
+struct LinkBacklog {
+    order: std::collections::VecDeque<PeerId>,
+    state: HashMap<PeerId, bool>,
+}
+
+/// Peers whose connection change may wait at most; past it the oldest is
+/// forgotten (logged).
+const MAX_LINK_BACKLOG: usize = 10_000;
+
+impl LinkBacklog {
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Note that `peer` is now connected (`on`) or not.
+    fn note(&mut self, peer: PeerId, on: bool) {
+        if self.state.insert(peer, on).is_none() {
+            self.order.push_back(peer);
+        }
+        if self.order.len() > MAX_LINK_BACKLOG
+            && let Some(old) = self.order.pop_front()
+        {
+            self.state.remove(&old);
+            tracing::warn!(target: "caisse::events::network", peer = %old, "a connection change was dropped: the node is overloaded");
+        }
+    }
+
+    /// The oldest change, as the event to hand over.
+    fn pop(&mut self) -> Option<NetEvent> {
+        let peer = self.order.pop_front()?;
+        Some(match self.state.remove(&peer) {
+            Some(true) => NetEvent::Connected(peer),
+            _ => NetEvent::Disconnected(peer),
+        })
+    }
 }
 
 /// Peers the address book holds at most (above the followed documents' cap).
@@ -738,8 +784,15 @@ impl SwarmTask {
         let mut reap_timer = tokio::time::interval(Duration::from_secs(2));
         let mut redial_timer = tokio::time::interval(REDIAL_FIRST);
         redial_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let events = self.events.clone();
         loop {
             tokio::select! {
+                // Waiting connection changes, as soon as there is room.
+                Ok(permit) = events.reserve(), if !self.links.is_empty() => {
+                    if let Some(ev) = self.links.pop() {
+                        permit.send(ev);
+                    }
+                }
                 cmd = self.commands.recv() => match cmd {
                     Some(c) => self.command(c),
                     None => break,
@@ -755,9 +808,30 @@ impl SwarmTask {
         tracing::info!("network stopped");
     }
 
-    fn emit(&self, ev: NetEvent) {
-        if let Err(e) = self.events.try_send(ev) {
-            tracing::warn!(target: "caisse::events::network", error = %e, "network event dropped: the node is overloaded");
+    fn emit(&mut self, ev: NetEvent) {
+        let link = match &ev {
+            NetEvent::Connected(p) => Some((*p, true)),
+            NetEvent::Disconnected(p) => Some((*p, false)),
+            _ => None,
+        };
+        // Connection changes keep their order behind those waiting.
+        if let Some((peer, on)) = link
+            && !self.links.is_empty()
+        {
+            self.links.note(peer, on);
+            return;
+        }
+        match self.events.try_send(ev) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(NetEvent::Connected(p))) => {
+                self.links.note(p, true)
+            }
+            Err(mpsc::error::TrySendError::Full(NetEvent::Disconnected(p))) => {
+                self.links.note(p, false)
+            }
+            Err(e) => {
+                tracing::warn!(target: "caisse::events::network", error = %e, "network event dropped: the node is overloaded");
+            }
         }
     }
 
@@ -1017,5 +1091,45 @@ impl Network {
             return NetInfo::default();
         }
         rx.await.unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod link_tests {
+    use super::*;
+
+    fn link(ev: Option<NetEvent>) -> Option<(PeerId, bool)> {
+        match ev? {
+            NetEvent::Connected(p) => Some((p, true)),
+            NetEvent::Disconnected(p) => Some((p, false)),
+            _ => None,
+        }
+    }
+
+    /// A full queue to the federation task once dropped connection changes:
+    /// now each peer's latest state waits, in the order peers changed.
+    #[test]
+    fn connection_changes_wait_for_room_and_keep_each_peers_latest_state() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let mut links = LinkBacklog::default();
+        links.note(a, true);
+        links.note(b, true);
+        links.note(a, false);
+        assert_eq!(link(links.pop()), Some((a, false)));
+        assert_eq!(link(links.pop()), Some((b, true)));
+        assert!(links.pop().is_none() && links.is_empty());
+    }
+
+    #[test]
+    fn the_backlog_is_bounded() {
+        let mut links = LinkBacklog::default();
+        let first = PeerId::random();
+        links.note(first, true);
+        for _ in 0..MAX_LINK_BACKLOG {
+            links.note(PeerId::random(), true);
+        }
+        assert_eq!(links.order.len(), MAX_LINK_BACKLOG);
+        assert_eq!(links.state.len(), MAX_LINK_BACKLOG);
+        assert!(!links.state.contains_key(&first), "the oldest is forgotten");
     }
 }
