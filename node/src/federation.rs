@@ -104,11 +104,6 @@ pub const PUBLISH_AFTER_RESTART: Duration = Duration::from_secs(3);
 /// documents read before it arrived.
 const DOCS_BEFORE_SALE: Duration = Duration::from_secs(2);
 
-pub use caisse_core::replication::{
-    MAX_UNVOUCHED, SYNC_BACKOFF_FIRST_MS, SYNC_BACKOFF_MAX_MS, SYNC_BACKOFF_VOUCHED_MAX_MS,
-    SYNCS_PER_PEER, UNVOUCHED_ATTEMPTS,
-};
-
 /// Commands to the federation task.
 enum FedCommand {
     View(tokio::sync::oneshot::Sender<FederationView>),
@@ -438,7 +433,7 @@ struct FederationTask {
     buckets: PeerBuckets,
 }
 
-pub use caisse_core::replication::{BAN_MS, LOGGED_STRIKES, STRIKES_TO_BAN};
+use caisse_core::replication::{BAN_MS, STRIKES_TO_BAN};
 
 /// Requests one peer may make per second, after a burst of [`RPC_BURST`]
 /// (a caisse catching up on a hundred documents makes a few hundred).

@@ -2309,6 +2309,16 @@ pub(crate) mod tests {
         .unwrap()
     }
 
+    /// A grocery covering fresh produce in full.
+    fn grocery(c: &mut Caisse) -> OutletRegistered {
+        c.register_outlet(
+            "Épicerie",
+            vec![(Category::new("fresh-produce").unwrap(), 100)],
+            Day::from_days(0),
+        )
+        .unwrap()
+    }
+
     fn enroll(c: &mut Caisse, joined: &str) -> Enrolled {
         c.enroll(
             EnrollInput {
@@ -2340,13 +2350,7 @@ pub(crate) mod tests {
         let mut c = new_caisse(store.clone());
         let a = enroll(&mut c, "2026-01-01");
         let b = enroll(&mut c, "2026-03-17");
-        let o = c
-            .register_outlet(
-                "Épicerie",
-                vec![(Category::new("fresh-produce").unwrap(), 100)],
-                Day::from_days(0),
-            )
-            .unwrap();
+        let o = grocery(&mut c);
         let march: Period = "2026-03".parse().unwrap();
         let run = c.issue_allocations(march, 1).unwrap();
         assert_eq!(run.issued, 2);
@@ -2422,13 +2426,7 @@ pub(crate) mod tests {
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
         let mut c = new_caisse(store.clone());
         let a = enroll(&mut c, "2026-01-01");
-        let o = c
-            .register_outlet(
-                "Épicerie",
-                vec![(Category::new("fresh-produce").unwrap(), 100)],
-                Day::from_days(0),
-            )
-            .unwrap();
+        let o = grocery(&mut c);
         let march: Period = "2026-03".parse().unwrap();
         c.issue_allocations(march, 1).unwrap();
         // Under "expire", April's allocation also posts the rest of March
