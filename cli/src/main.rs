@@ -240,7 +240,8 @@ struct InitArgs {
 #[derive(Subcommand)]
 enum StoreCmd {
     /// Copy the store into another engine, check every key, and keep the
-    /// old store aside (store.old); the node must be stopped.
+    /// old store aside (store.old); the node must be stopped. `--to redb`
+    /// on a redb store from an earlier version packs its journal.
     Convert {
         /// The engine to convert to: redb or sled.
         #[arg(long, value_parser = ["redb", "sled"])]

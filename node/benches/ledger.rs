@@ -169,6 +169,18 @@ fn line(cents: i64) -> Vec<PurchaseLine> {
     }]
 }
 
+/// This process's bytes passed to write calls and bytes sent to the disk
+/// so far (`wchar` and `write_bytes` of `/proc/self/io`), where Linux
+/// gives them.
+fn process_io() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/self/io").ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+    };
+    Some((field("wchar:")?, field("write_bytes:")?))
+}
+
 /// Where the store's bytes go after `purchases` purchases: per key prefix,
 /// and redb's pages.
 fn print_layout(path: &std::path::Path, purchases: usize) {
@@ -186,6 +198,13 @@ fn print_layout(path: &std::path::Path, purchases: usize) {
         per(l.stored_bytes),
         per(l.fragmented_bytes),
     );
+    if l.journal_buckets > 0 {
+        println!(
+            "  journal packed: {} records, {:.1} entries each",
+            l.journal_buckets,
+            l.prefixes.get("j/").map_or(0, |p| p.0) as f64 / l.journal_buckets as f64
+        );
+    }
     for (prefix, (n, kb, vb)) in &l.prefixes {
         if *n > 1_000 {
             println!(
@@ -302,6 +321,7 @@ async fn throughput() {
 
     for &inflight in &[1usize, 64, 512] {
         let total = if inflight == 1 { 2_000 } else { 100_000 };
+        let io_before = process_io();
         let started = Instant::now();
         let per_task = total / inflight;
         let mut tasks = Vec::new();
@@ -341,6 +361,14 @@ async fn throughput() {
             percentile(&lat, 0.5),
             percentile(&lat, 0.99)
         );
+        if let (Some(a), Some(b)) = (io_before, process_io()) {
+            let n = lat.len().max(1) as f64;
+            println!(
+                "  written per purchase: {:.0} B through write calls, {:.0} B to the disk",
+                (b.0 - a.0) as f64 / n,
+                (b.1 - a.1) as f64 / n
+            );
+        }
     }
     drop(handle);
     let _ = tokio::task::spawn_blocking(move || join.join()).await;

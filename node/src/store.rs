@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+mod packed;
+
 pub use caisse_core::store::*;
 
 /// A storage engine.
@@ -86,12 +88,14 @@ pub fn open_existing(dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
 
 /// Copy every key of the store in `dir` into a new store of engine `to`,
 /// check the copy key by key, then move the old store aside (renamed with
-/// `.old`). The node must be stopped. Returns the keys copied.
+/// `.old`). The node must be stopped. Returns the keys copied. From redb
+/// to redb it packs the journal of a store written by an earlier version.
 pub fn convert(dir: &Path, to: Engine) -> Result<u64, StoreError> {
     let from = Engine::of(dir).ok_or_else(|| {
         StoreError::Engine(format!("{} holds no store to convert", dir.display()))
     })?;
-    if from == to {
+    // redb to redb packs the journal of a store from an earlier version.
+    if from == to && (to != Engine::Redb || RedbStore::open(&to.path(dir))?.packs_journal()) {
         return Err(StoreError::Engine(format!(
             "the store in {} already uses {}: nothing to convert",
             dir.display(),
@@ -189,6 +193,8 @@ pub struct Layout {
     pub file_bytes: u64,
     /// Per key prefix: keys, key bytes, value bytes.
     pub prefixes: BTreeMap<String, (u64, u64, u64)>,
+    /// Records of the packed journal (0 when it is not packed).
+    pub journal_buckets: u64,
     /// redb's page size.
     pub page_size: u64,
     /// Leaf pages of the B-trees.
@@ -211,18 +217,60 @@ pub struct Layout {
 /// durable with the file's checksummed commit (redb syncs the file before
 /// it answers). The writer's commit, [`Store::apply_durably`], is one
 /// transaction committed with `Durability::Immediate`.
+///
+/// A store it creates keeps the journal packed (see [`packed`]): several
+/// entries to a record in their own table, the rest of the keys in one
+/// table. A store written by an earlier version keeps every key in that
+/// one table and is read and written as it is; `caisse store convert --to
+/// redb` packs it.
 pub struct RedbStore {
     db: redb::Database,
     path: PathBuf,
+    packed: bool,
 }
 
 fn redb_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Engine(e.to_string())
 }
 
+/// The store's layout marks: `journal` = 1 when the journal is packed.
+const LAYOUT_TABLE: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("layout");
+
+/// One read snapshot: the main table and, when the journal is packed, its
+/// table, both of the same commit.
+struct Snapshot {
+    main: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    journal: Option<redb::ReadOnlyTable<u64, &'static [u8]>>,
+}
+
+/// Visit the main table's keys under `prefix` from `lo` (below `hi` if
+/// given); returns false when the visit stopped (asked to, or past the
+/// prefix).
+fn visit_main(
+    main: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    prefix: &[u8],
+    lo: &[u8],
+    hi: Option<&[u8]>,
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<bool, StoreError> {
+    let range = match hi {
+        Some(hi) => main.range::<&[u8]>(lo..hi),
+        None => main.range::<&[u8]>(lo..),
+    }
+    .map_err(redb_err)?;
+    for r in range {
+        let (k, v) = r.map_err(redb_err)?;
+        if !k.value().starts_with(prefix) || !visit(k.value(), v.value()) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 impl RedbStore {
     /// Open (or create) the store file `path`.
     pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
+        use redb::{ReadableTable, ReadableTableMetadata};
         // redb's page cache: 64 MiB holds the B-trees' inner pages. A
         // node under steady traffic filled 256 MiB and stayed there (480 MiB
         // resident at 100,000 members against 116 MiB restarted; 64 MiB:
@@ -238,14 +286,46 @@ impl RedbStore {
                 )),
                 e => StoreError::Engine(format!("{}: {e}", path.display())),
             })?;
-        // The table exists from the start, so reads never find it missing.
+        // The tables exist from the start, so reads never find them
+        // missing. A store without a layout mark is new if it holds no key
+        // (it packs its journal from the start), else from an earlier
+        // version (it goes on as it is).
         let txn = db.begin_write().map_err(redb_err)?;
-        txn.open_table(TABLE).map_err(redb_err)?;
+        let packed = {
+            let main = txn.open_table(TABLE).map_err(redb_err)?;
+            let mut layout = txn.open_table(LAYOUT_TABLE).map_err(redb_err)?;
+            let mark = layout.get("journal").map_err(redb_err)?.map(|v| v.value());
+            match mark {
+                Some(v) => v == 1,
+                None if main.is_empty().map_err(redb_err)? => {
+                    layout.insert("journal", 1).map_err(redb_err)?;
+                    true
+                }
+                None => false,
+            }
+        };
+        if packed {
+            txn.open_table(packed::JOURNAL_TABLE).map_err(redb_err)?;
+        }
         txn.commit().map_err(redb_err)?;
+        if !packed {
+            tracing::warn!(
+                store = %path.display(),
+                "the store keeps its journal unpacked (written by an earlier version): \
+                 with the node stopped, `caisse store convert --to redb` packs it (about a third smaller)"
+            );
+        }
         Ok(RedbStore {
             db,
             path: path.to_owned(),
+            packed,
         })
+    }
+
+    /// Whether the journal is packed (a store this version created, or
+    /// converted).
+    pub fn packs_journal(&self) -> bool {
+        self.packed
     }
 
     /// Bytes of the store file.
@@ -257,12 +337,8 @@ impl RedbStore {
     /// precedes the first `/`), and redb's own count of pages (for the
     /// benchmarks: what a purchase costs on disk, and why).
     pub fn layout(&self) -> Result<Layout, StoreError> {
-        use redb::ReadableTable;
         let mut prefixes: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
-        let table = self.read()?;
-        for r in table.iter().map_err(redb_err)? {
-            let (k, v) = r.map_err(redb_err)?;
-            let (k, v) = (k.value(), v.value());
+        self.visit(b"", b"", &mut |k, v| {
             let end = k.iter().position(|b| *b == b'/').map_or(k.len(), |i| i + 1);
             let e = prefixes
                 .entry(String::from_utf8_lossy(&k[..end]).into_owned())
@@ -270,13 +346,19 @@ impl RedbStore {
             e.0 += 1;
             e.1 += k.len() as u64;
             e.2 += v.len() as u64;
-        }
+            true
+        })?;
+        let journal_buckets = match self.snapshot()?.journal {
+            Some(j) => packed::buckets(&j)?,
+            None => 0,
+        };
         let txn = self.db.begin_write().map_err(redb_err)?;
         let stats = txn.stats().map_err(redb_err)?;
         txn.abort().map_err(redb_err)?;
         Ok(Layout {
             file_bytes: self.size_on_disk(),
             prefixes,
+            journal_buckets,
             page_size: stats.page_size() as u64,
             leaf_pages: stats.leaf_pages(),
             branch_pages: stats.branch_pages(),
@@ -294,7 +376,29 @@ impl RedbStore {
         txn.set_durability(durability).map_err(redb_err)?;
         {
             let mut table = txn.open_table(TABLE).map_err(redb_err)?;
+            let mut journal = match self.packed {
+                true => Some(packed::Writer::new(
+                    txn.open_table(packed::JOURNAL_TABLE).map_err(redb_err)?,
+                )),
+                false => None,
+            };
             for op in ops {
+                let key = match op {
+                    Op::Put(k, _) | Op::Delete(k) => k.as_slice(),
+                };
+                if let Some(journal) = journal.as_mut().filter(|_| key.starts_with(keys::JOURNAL)) {
+                    let seq = packed::seq_of(key).ok_or_else(|| {
+                        StoreError::Engine(format!(
+                            "journal key {} is not j/ and an 8-byte sequence number (nothing was written)",
+                            keys::printable(key)
+                        ))
+                    })?;
+                    match op {
+                        Op::Put(_, v) => journal.put(seq, v)?,
+                        Op::Delete(_) => journal.delete(seq)?,
+                    }
+                    continue;
+                }
                 match op {
                     Op::Put(k, v) => {
                         table.insert(k.as_slice(), v.as_slice()).map_err(redb_err)?;
@@ -304,41 +408,68 @@ impl RedbStore {
                     }
                 }
             }
+            if let Some(journal) = journal {
+                journal.finish()?;
+            }
         }
         txn.commit().map_err(redb_err)
     }
 
-    /// The table in a read snapshot of the last commit.
-    fn read(&self) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError> {
+    /// The tables in a read snapshot of the last commit.
+    fn snapshot(&self) -> Result<Snapshot, StoreError> {
         use redb::ReadableDatabase;
         let txn = self.db.begin_read().map_err(redb_err)?;
-        txn.open_table(TABLE).map_err(redb_err)
+        Ok(Snapshot {
+            main: txn.open_table(TABLE).map_err(redb_err)?,
+            journal: match self.packed {
+                true => Some(txn.open_table(packed::JOURNAL_TABLE).map_err(redb_err)?),
+                false => None,
+            },
+        })
     }
 
+    /// Visit the keys under `prefix` from `start` in key order, in one
+    /// snapshot: the main table's keys below the journal's, the journal,
+    /// the main table's keys above it.
     fn visit(
         &self,
         prefix: &[u8],
         start: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        let table = self.read()?;
-        for r in table
-            .range::<&[u8]>(start.max(prefix)..)
-            .map_err(redb_err)?
-        {
-            let (k, v) = r.map_err(redb_err)?;
-            if !k.value().starts_with(prefix) || !visit(k.value(), v.value()) {
-                break;
+        let snap = self.snapshot()?;
+        let lo = start.max(prefix);
+        let Some(journal) = &snap.journal else {
+            visit_main(&snap.main, prefix, lo, None, visit)?;
+            return Ok(());
+        };
+        if lo < keys::JOURNAL && !visit_main(&snap.main, prefix, lo, Some(keys::JOURNAL), visit)? {
+            return Ok(());
+        }
+        if let Some(from) = packed::first_seq_at_or_after(lo) {
+            let mut go_on = true;
+            packed::visit_from(journal, from, &mut |seq, v| {
+                let k = packed::key_of(seq);
+                go_on = k.starts_with(prefix) && visit(&k, v);
+                go_on
+            })?;
+            if !go_on {
+                return Ok(());
             }
         }
+        visit_main(&snap.main, prefix, lo.max(packed::JOURNAL_END), None, visit)?;
         Ok(())
     }
 }
 
 impl Store for RedbStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .read()?
+        let snap = self.snapshot()?;
+        if let (Some(journal), Some(seq)) = (&snap.journal, packed::seq_of(key)) {
+            return packed::get(journal, seq);
+        }
+        Ok(snap
+            .main
             .get(key)
             .map_err(redb_err)?
             .map(|v| v.value().to_vec()))
@@ -371,17 +502,39 @@ impl Store for RedbStore {
     }
 
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Pair>, StoreError> {
-        let table = self.read()?;
+        let snap = self.snapshot()?;
         // The keys under `prefix` end before the prefix's successor.
         let last = match prefix_end(prefix) {
-            Some(end) => table.range::<&[u8]>(prefix..end.as_slice()),
-            None => table.range::<&[u8]>(prefix..),
+            Some(end) => snap.main.range::<&[u8]>(prefix..end.as_slice()),
+            None => snap.main.range::<&[u8]>(prefix..),
         }
         .map_err(redb_err)?
         .next_back()
         .transpose()
         .map_err(redb_err)?;
-        Ok(last.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+        let main_last = last.map(|(k, v)| (k.value().to_vec(), v.value().to_vec()));
+        let Some(journal) = &snap.journal else {
+            return Ok(main_last);
+        };
+        // The journal's last entry under `prefix`: the very last when the
+        // prefix covers the whole journal, else (a prefix within it, which
+        // the node never asks for) by a walk over its range.
+        let journal_last = if keys::JOURNAL.starts_with(prefix) {
+            packed::last(journal)?.map(|(seq, v)| (packed::key_of(seq), v))
+        } else if prefix.starts_with(keys::JOURNAL) {
+            let mut found = None;
+            self.visit(prefix, prefix, &mut |k, v| {
+                found = Some((k.to_vec(), v.to_vec()));
+                true
+            })?;
+            found
+        } else {
+            None
+        };
+        Ok(match (main_last, journal_last) {
+            (Some(m), Some(j)) => Some(if m.0 > j.0 { m } else { j }),
+            (m, j) => m.or(j),
+        })
     }
 
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
@@ -656,6 +809,180 @@ mod tests {
         let s = RedbStore::open(&path).unwrap();
         assert_eq!(s.get(b"d/1").unwrap().as_deref(), Some(&b"un"[..]));
         assert_eq!(s.get(b"x/2").unwrap(), None);
+    }
+
+    /// Every way of reading the store, compared between two stores.
+    fn assert_same(a: &dyn Store, b: &dyn Store, probes: &[Vec<u8>]) {
+        let prefixes: [&[u8]; 8] = [b"", b"j", b"j/", b"a/", b"k/", b"j/\0\0", b"m", b"z"];
+        for p in prefixes {
+            assert_eq!(
+                a.scan_prefix(p).unwrap(),
+                b.scan_prefix(p).unwrap(),
+                "scan {p:?}"
+            );
+            assert_eq!(
+                a.last_with_prefix(p).unwrap(),
+                b.last_with_prefix(p).unwrap(),
+                "last {p:?}"
+            );
+            for start in probes {
+                let mut got = Vec::new();
+                let mut want = Vec::new();
+                a.for_each_from(p, start, &mut |k, _| {
+                    got.push(k.to_vec());
+                    got.len() < 7
+                })
+                .unwrap();
+                b.for_each_from(p, start, &mut |k, _| {
+                    want.push(k.to_vec());
+                    want.len() < 7
+                })
+                .unwrap();
+                assert_eq!(got, want, "from {start:?} under {p:?}");
+            }
+        }
+        for k in probes {
+            assert_eq!(a.get(k).unwrap(), b.get(k).unwrap(), "get {k:?}");
+        }
+    }
+
+    fn journal_key(seq: u64) -> Vec<u8> {
+        keys::key(keys::JOURNAL, &[&seq.to_be_bytes()])
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// The packed journal reads like one key per entry: the redb
+        /// store and the in-memory one agree after any batches of puts and
+        /// deletes, journal keys among others, and after a reopen.
+        #[test]
+        fn the_packed_journal_reads_like_one_key_per_entry(
+            batches in proptest::collection::vec(
+                proptest::collection::vec(
+                    (0u8..10, 0u64..400, 0usize..900, proptest::bool::ANY),
+                    1..60,
+                ),
+                1..6,
+            )
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("store.redb");
+            let mem = MemStore::new();
+            let key = |kind: u8, n: u64| -> Vec<u8> {
+                match kind {
+                    0..=5 => journal_key(n),
+                    6 => journal_key(u64::MAX - n),
+                    7 => format!("a/{n:04}").into_bytes(),
+                    8 => format!("k/{n:04}").into_bytes(),
+                    _ => format!("m/{n:04}").into_bytes(),
+                }
+            };
+            let mut probes: Vec<Vec<u8>> = vec![b"".to_vec(), b"j/".to_vec(), b"j0".to_vec(), b"b".to_vec()];
+            {
+                let s = RedbStore::open(&path).unwrap();
+                proptest::prop_assert!(s.packs_journal());
+                for batch in &batches {
+                    let ops: Vec<Op> = batch
+                        .iter()
+                        .map(|(kind, n, len, del)| {
+                            let k = key(*kind, *n);
+                            if *del {
+                                Op::Delete(k)
+                            } else {
+                                Op::Put(k, vec![(*n % 251) as u8; *len])
+                            }
+                        })
+                        .collect();
+                    for (kind, n, _, _) in batch.iter().take(3) {
+                        let mut k = key(*kind, *n);
+                        probes.push(k.clone());
+                        k.push(0);
+                        probes.push(k);
+                    }
+                    s.apply(&ops).unwrap();
+                    mem.apply(&ops).unwrap();
+                    assert_same(&s, &mem, &probes);
+                }
+                s.sync().unwrap();
+            }
+            let s = RedbStore::open(&path).unwrap();
+            assert_same(&s, &mem, &probes);
+        }
+    }
+
+    #[test]
+    fn a_journal_packs_a_page_to_a_bucket_and_a_bad_journal_key_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("store.redb")).unwrap();
+        // 10,000 entries of 150 bytes, appended in groups as the writer does.
+        for group in 0..100u64 {
+            let ops: Vec<Op> = (0..100)
+                .map(|i| Op::Put(journal_key(group * 100 + i), vec![7u8; 150]))
+                .collect();
+            s.apply_durably(&ops).unwrap();
+        }
+        let l = s.layout().unwrap();
+        assert_eq!(l.prefixes["j/"].0, 10_000);
+        // 153 bytes an entry (value, distance, length): 26 to a bucket.
+        assert_eq!(l.journal_buckets, 10_000_u64.div_ceil(26));
+        assert_eq!(s.get(&journal_key(4_321)).unwrap(), Some(vec![7u8; 150]));
+        assert_eq!(
+            s.last_with_prefix(b"j/").unwrap().unwrap().0,
+            journal_key(9_999)
+        );
+        let before = s.scan_prefix(b"").unwrap();
+        let bad = s.apply(&[
+            Op::Put(b"x/1".to_vec(), b"one".to_vec()),
+            Op::Put(journal_key(10_000), vec![1]),
+            Op::Put(b"j/short".to_vec(), vec![1]),
+        ]);
+        assert!(
+            bad.unwrap_err()
+                .to_string()
+                .contains("8-byte sequence number")
+        );
+        assert_eq!(s.scan_prefix(b"").unwrap(), before, "nothing was written");
+    }
+
+    #[test]
+    fn a_store_from_an_earlier_version_is_read_as_it_is_and_packed_by_convert() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        // Written as earlier versions did: every key in the one table.
+        {
+            let db = redb::Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(TABLE).unwrap();
+                for seq in 0..3_000u64 {
+                    t.insert(journal_key(seq).as_slice(), [3u8; 120].as_slice())
+                        .unwrap();
+                }
+                t.insert(b"meta/head".as_slice(), b"h".as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let want = {
+            let s = RedbStore::open(&path).unwrap();
+            assert!(!s.packs_journal());
+            s.apply(&[Op::Put(journal_key(3_000), vec![4u8; 120])])
+                .unwrap();
+            s.sync().unwrap();
+            assert_eq!(s.get(&journal_key(3_000)).unwrap(), Some(vec![4u8; 120]));
+            s.scan_prefix(b"").unwrap()
+        };
+        assert_eq!(want.len(), 3_002);
+        assert_eq!(convert(dir.path(), Engine::Redb).unwrap(), 3_002);
+        let s = RedbStore::open(&path).unwrap();
+        assert!(s.packs_journal());
+        assert_eq!(s.scan_prefix(b"").unwrap(), want);
+        assert!(s.layout().unwrap().journal_buckets > 0);
+        drop(s);
+        std::fs::remove_file(dir.path().join("store.old")).unwrap();
+        assert!(
+            convert(dir.path(), Engine::Redb).is_err(),
+            "a packed store has nothing to convert"
+        );
     }
 
     #[test]
