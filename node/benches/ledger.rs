@@ -913,6 +913,10 @@ async fn drift(n: usize, minutes: u64) {
         samples.last().copied().unwrap_or(0),
         tail
     );
+    if bench_engine() == Engine::Redb {
+        let total = purchases.load(Ordering::Relaxed) as usize;
+        print_layout(&prepared.dir.join("store.redb"), total);
+    }
 }
 
 /// Stop the node process (SIGTERM through `kill`, then wait).

@@ -464,12 +464,19 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let snap = self.snapshot()?;
-        if let (Some(journal), Some(seq)) = (&snap.journal, packed::seq_of(key)) {
-            return packed::get(journal, seq);
+        use redb::ReadableDatabase;
+        // Only the table the key lives in is opened (a get is on the
+        // purchase path).
+        let txn = self.db.begin_read().map_err(redb_err)?;
+        if self.packed
+            && let Some(seq) = packed::seq_of(key)
+        {
+            let journal = txn.open_table(packed::JOURNAL_TABLE).map_err(redb_err)?;
+            return packed::get(&journal, seq);
         }
-        Ok(snap
-            .main
+        Ok(txn
+            .open_table(TABLE)
+            .map_err(redb_err)?
             .get(key)
             .map_err(redb_err)?
             .map(|v| v.value().to_vec()))

@@ -121,7 +121,11 @@ fn decode(base: u64, bytes: &[u8]) -> Result<Vec<(u64, &[u8])>, StoreError> {
     };
     let mut at = 0;
     let count = take_varint(bytes, &mut at).ok_or_else(|| corrupt("no entry count"))?;
-    // Each entry takes at least two bytes: a count above that is a lie.
+    // An empty bucket is never written (it is removed instead), and each
+    // entry takes at least two bytes: a count outside that is a lie.
+    if count == 0 {
+        return Err(corrupt("a bucket with no entry"));
+    }
     if count > bytes.len() as u64 / 2 {
         return Err(corrupt("entry count larger than the bucket"));
     }
@@ -366,8 +370,9 @@ mod tests {
         assert!(decode(5, &[0xff, 0xff, 0x7f]).is_err());
         // A repeated sequence number.
         assert!(decode(0, &[2, 1, 0, 0, 0]).is_err());
-        // A varint longer than 64 bits.
+        // A varint longer than 64 bits; an empty bucket.
         assert!(decode(0, &[0xff; 11]).is_err());
+        assert!(decode(0, &[0]).is_err());
     }
 
     #[test]
