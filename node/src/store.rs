@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 mod packed;
 
+use caisse_core::ledger::JournalEntry;
 pub use caisse_core::store::*;
 
 /// A storage engine.
@@ -376,17 +377,20 @@ impl RedbStore {
         txn.set_durability(durability).map_err(redb_err)?;
         {
             let mut table = txn.open_table(TABLE).map_err(redb_err)?;
-            let mut journal = match self.packed {
-                true => Some(packed::Writer::new(
-                    txn.open_table(packed::JOURNAL_TABLE).map_err(redb_err)?,
-                )),
-                false => None,
-            };
+            // The journal's table is opened at the batch's first journal
+            // key (most batches that are not purchases have none).
+            let mut journal: Option<packed::Writer> = None;
             for op in ops {
                 let key = match op {
                     Op::Put(k, _) | Op::Delete(k) => k.as_slice(),
                 };
-                if let Some(journal) = journal.as_mut().filter(|_| key.starts_with(keys::JOURNAL)) {
+                if self.packed && key.starts_with(keys::JOURNAL) {
+                    let journal = match &mut journal {
+                        Some(j) => j,
+                        None => journal.insert(packed::Writer::new(
+                            txn.open_table(packed::JOURNAL_TABLE).map_err(redb_err)?,
+                        )),
+                    };
                     let seq = packed::seq_of(key).ok_or_else(|| {
                         StoreError::Engine(format!(
                             "journal key {} is not j/ and an 8-byte sequence number (nothing was written)",
@@ -449,7 +453,7 @@ impl RedbStore {
         if let Some(from) = packed::first_seq_at_or_after(lo) {
             let mut go_on = true;
             packed::visit_from(journal, from, &mut |seq, v| {
-                let k = packed::key_of(seq);
+                let k = JournalEntry::key(seq);
                 go_on = k.starts_with(prefix) && visit(&k, v);
                 go_on
             })?;
@@ -527,7 +531,7 @@ impl Store for RedbStore {
         // prefix covers the whole journal, else (a prefix within it, which
         // the node never asks for) by a walk over its range.
         let journal_last = if keys::JOURNAL.starts_with(prefix) {
-            packed::last(journal)?.map(|(seq, v)| (packed::key_of(seq), v))
+            packed::last(journal)?.map(|(seq, v)| (JournalEntry::key(seq), v))
         } else if prefix.starts_with(keys::JOURNAL) {
             let mut found = None;
             self.visit(prefix, prefix, &mut |k, v| {
@@ -853,10 +857,6 @@ mod tests {
         }
     }
 
-    fn journal_key(seq: u64) -> Vec<u8> {
-        keys::key(keys::JOURNAL, &[&seq.to_be_bytes()])
-    }
-
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
         /// The packed journal reads like one key per entry: the redb
@@ -877,8 +877,8 @@ mod tests {
             let mem = MemStore::new();
             let key = |kind: u8, n: u64| -> Vec<u8> {
                 match kind {
-                    0..=5 => journal_key(n),
-                    6 => journal_key(u64::MAX - n),
+                    0..=5 => JournalEntry::key(n),
+                    6 => JournalEntry::key(u64::MAX - n),
                     7 => format!("a/{n:04}").into_bytes(),
                     8 => format!("k/{n:04}").into_bytes(),
                     _ => format!("m/{n:04}").into_bytes(),
@@ -924,7 +924,7 @@ mod tests {
         // 10,000 entries of 150 bytes, appended in groups as the writer does.
         for group in 0..100u64 {
             let ops: Vec<Op> = (0..100)
-                .map(|i| Op::Put(journal_key(group * 100 + i), vec![7u8; 150]))
+                .map(|i| Op::Put(JournalEntry::key(group * 100 + i), vec![7u8; 150]))
                 .collect();
             s.apply_durably(&ops).unwrap();
         }
@@ -932,15 +932,18 @@ mod tests {
         assert_eq!(l.prefixes["j/"].0, 10_000);
         // 153 bytes an entry (value, distance, length): 26 to a bucket.
         assert_eq!(l.journal_buckets, 10_000_u64.div_ceil(26));
-        assert_eq!(s.get(&journal_key(4_321)).unwrap(), Some(vec![7u8; 150]));
+        assert_eq!(
+            s.get(&JournalEntry::key(4_321)).unwrap(),
+            Some(vec![7u8; 150])
+        );
         assert_eq!(
             s.last_with_prefix(b"j/").unwrap().unwrap().0,
-            journal_key(9_999)
+            JournalEntry::key(9_999)
         );
         let before = s.scan_prefix(b"").unwrap();
         let bad = s.apply(&[
             Op::Put(b"x/1".to_vec(), b"one".to_vec()),
-            Op::Put(journal_key(10_000), vec![1]),
+            Op::Put(JournalEntry::key(10_000), vec![1]),
             Op::Put(b"j/short".to_vec(), vec![1]),
         ]);
         assert!(
@@ -962,7 +965,7 @@ mod tests {
             {
                 let mut t = txn.open_table(TABLE).unwrap();
                 for seq in 0..3_000u64 {
-                    t.insert(journal_key(seq).as_slice(), [3u8; 120].as_slice())
+                    t.insert(JournalEntry::key(seq).as_slice(), [3u8; 120].as_slice())
                         .unwrap();
                 }
                 t.insert(b"meta/head".as_slice(), b"h".as_slice()).unwrap();
@@ -972,10 +975,13 @@ mod tests {
         let want = {
             let s = RedbStore::open(&path).unwrap();
             assert!(!s.packs_journal());
-            s.apply(&[Op::Put(journal_key(3_000), vec![4u8; 120])])
+            s.apply(&[Op::Put(JournalEntry::key(3_000), vec![4u8; 120])])
                 .unwrap();
             s.sync().unwrap();
-            assert_eq!(s.get(&journal_key(3_000)).unwrap(), Some(vec![4u8; 120]));
+            assert_eq!(
+                s.get(&JournalEntry::key(3_000)).unwrap(),
+                Some(vec![4u8; 120])
+            );
             s.scan_prefix(b"").unwrap()
         };
         assert_eq!(want.len(), 3_002);

@@ -40,11 +40,6 @@ pub(super) fn seq_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(rest.try_into().ok()?))
 }
 
-/// The journal key of sequence number `seq`.
-pub(super) fn key_of(seq: u64) -> Vec<u8> {
-    keys::key(keys::JOURNAL, &[&seq.to_be_bytes()])
-}
-
 /// The first sequence number whose key is at or above `lo`, if any.
 pub(super) fn first_seq_at_or_after(lo: &[u8]) -> Option<u64> {
     if lo <= keys::JOURNAL {
@@ -354,6 +349,7 @@ impl<'t> Writer<'t> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use caisse_core::ledger::JournalEntry;
 
     #[test]
     fn a_bucket_round_trips_and_rejects_what_does_not_decode() {
@@ -392,15 +388,15 @@ mod tests {
         assert_eq!(first_seq_at_or_after(b"j/"), Some(0));
         assert_eq!(first_seq_at_or_after(b"j0"), None);
         assert_eq!(first_seq_at_or_after(b"m/"), None);
-        assert_eq!(first_seq_at_or_after(&key_of(42)), Some(42));
+        assert_eq!(first_seq_at_or_after(&JournalEntry::key(42)), Some(42));
         assert_eq!(
             first_seq_at_or_after(b"j/\x00\x00\x00\x00\x00\x00\x01"),
             Some(256)
         );
-        let mut past = key_of(42);
+        let mut past = JournalEntry::key(42);
         past.push(0);
         assert_eq!(first_seq_at_or_after(&past), Some(43));
-        let mut last = key_of(u64::MAX);
+        let mut last = JournalEntry::key(u64::MAX);
         last.push(0);
         assert_eq!(first_seq_at_or_after(&last), None);
     }
