@@ -865,32 +865,44 @@ async fn drift(n: usize, minutes: u64) {
             }
         }));
     }
-    println!("| minute | purchases so far | journal entries | resident (MiB) |");
-    println!("|---:|---:|---:|---:|");
+    println!("| minute | purchases so far | journal entries | resident (MiB) | store file (MiB) |");
+    println!("|---:|---:|---:|---:|---:|");
+    let store_file = bench_engine().path(&prepared.dir);
     let started = Instant::now();
     let mut period = prepared.period;
     let mut samples = Vec::new();
     let mut next_jobs = Duration::from_secs(120);
+    let mut jobs = Vec::new();
     while started.elapsed() < Duration::from_secs(minutes * 60) {
         tokio::time::sleep(Duration::from_secs(30)).await;
         if started.elapsed() >= next_jobs {
             next_jobs += Duration::from_secs(120);
             period = period.next().expect("next period");
+            let t = Instant::now();
             let _: Value = client
                 .post("/api/v1/allocations", &json!({ "period": period }))
                 .await
                 .expect("allocation run");
+            let allocation = t.elapsed();
             let _: Value = client.get("/api/v1/ledger/check").await.expect("check");
+            let check = t.elapsed() - allocation;
             let _: Value = client
                 .get(&format!("/api/v1/report?period={period}"))
                 .await
                 .expect("report");
+            jobs.push((
+                started.elapsed().as_secs() / 60,
+                allocation,
+                check,
+                t.elapsed() - allocation - check,
+            ));
         }
         let status: Value = client.get("/api/v1/status").await.expect("status");
         let rss = rss_of(child.id()) / 1024;
         samples.push(rss);
+        let file = std::fs::metadata(&store_file).map_or(0, |m| m.len()) >> 20;
         println!(
-            "| {:.1} | {} | {} | {rss} |",
+            "| {:.1} | {} | {} | {rss} | {file} |",
             started.elapsed().as_secs_f64() / 60.0,
             purchases.load(Ordering::Relaxed),
             status["journal_entries"]
@@ -913,6 +925,11 @@ async fn drift(n: usize, minutes: u64) {
         samples.last().copied().unwrap_or(0),
         tail
     );
+    for (minute, allocation, check, report) in jobs {
+        println!(
+            "jobs at minute {minute}: allocation run {allocation:.1?}, ledger check {check:.1?}, report {report:.1?}"
+        );
+    }
     if bench_engine() == Engine::Redb {
         let total = purchases.load(Ordering::Relaxed) as usize;
         print_layout(&prepared.dir.join("store.redb"), total);

@@ -1027,6 +1027,151 @@ mod tests {
         assert_eq!(Engine::of(dir.path()), Some(Engine::Sled));
     }
 
+    /// A store whose long reads let the tills go on: every `every` keys a
+    /// scan visits, one durable batch rewrites the hot keys (as purchases
+    /// rewrite balances while an audit or a report reads the journal).
+    struct Tills {
+        inner: Arc<RedbStore>,
+        every: u64,
+        seen: std::sync::atomic::AtomicU64,
+    }
+
+    impl Tills {
+        fn commit(&self) {
+            let n = self.seen.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_multiple_of(self.every) {
+                let ops: Vec<Op> = (0..16u8)
+                    .map(|i| Op::Put(vec![b'b', b'/', i], n.to_be_bytes().repeat(40)))
+                    .collect();
+                self.inner.apply_durably(&ops).unwrap();
+            }
+        }
+    }
+
+    impl Store for Tills {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Pair>, StoreError> {
+            self.inner.scan_prefix(prefix)
+        }
+        fn for_each_prefix(
+            &self,
+            prefix: &[u8],
+            visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        ) -> Result<(), StoreError> {
+            self.inner.for_each_prefix(prefix, &mut |k, v| {
+                self.commit();
+                visit(k, v)
+            })
+        }
+        fn for_each_from(
+            &self,
+            prefix: &[u8],
+            start: &[u8],
+            visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        ) -> Result<(), StoreError> {
+            self.inner.for_each_from(prefix, start, &mut |k, v| {
+                self.commit();
+                visit(k, v)
+            })
+        }
+        fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Pair>, StoreError> {
+            self.inner.last_with_prefix(prefix)
+        }
+        fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+            self.inner.apply(ops)
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            self.inner.sync()
+        }
+    }
+
+    /// Found in the forty-minute drift run: the store file grew to three
+    /// times what the purchases needed because the audit and the report
+    /// read the whole journal in one read snapshot, and redb cannot reuse a
+    /// page freed while a snapshot that may see it is open. Each long read
+    /// here lets 1,000 durable batches commit; the file may grow by what
+    /// a part of them pins, not by all of them.
+    #[test]
+    fn long_journal_reads_do_not_keep_the_pages_the_tills_free() {
+        use caisse_core::ledger::{EntryKind, entry_hash};
+        let dir = tempfile::tempdir().unwrap();
+        let inner = Arc::new(RedbStore::open(&dir.path().join("store.redb")).unwrap());
+        const ENTRIES: u64 = 100_000;
+        let at = 1_797_292_800; // 2026-12-15
+        let period = caisse_protocol::Day::from_unix(at).period();
+        let mut prev = [0u8; 32];
+        for group in 0..ENTRIES / 1_000 {
+            let ops: Vec<Op> = (group * 1_000..(group + 1) * 1_000)
+                .map(|seq| {
+                    let e = JournalEntry {
+                        seq,
+                        prev,
+                        at,
+                        kind: EntryKind::Contribution {
+                            member: caisse_protocol::MemberId::from_bytes([(seq % 251) as u8; 16]),
+                            period,
+                        },
+                        postings: Vec::new(),
+                    };
+                    let bytes = encode_value(&e);
+                    prev = entry_hash(&bytes);
+                    Op::Put(JournalEntry::key(seq), bytes)
+                })
+                .collect();
+            inner.apply_durably(&ops).unwrap();
+        }
+        caisse_core::caisse::write_initial_state(
+            inner.as_ref(),
+            &caisse_protocol::SecretKey::from_bytes([5; 32]),
+            "Caisse de la Drôme",
+            "Drôme",
+            &caisse_core::policy::Policy::default(),
+            caisse_protocol::Day::from_unix(at),
+        )
+        .unwrap();
+        let tills = Tills {
+            inner: inner.clone(),
+            every: ENTRIES / 1_000,
+            seen: Default::default(),
+        };
+        // What 1,000 batches of the tills cost with nothing reading.
+        for _ in 0..ENTRIES {
+            tills.commit();
+        }
+        let quiet = inner.size_on_disk();
+        for _ in 0..ENTRIES {
+            tills.commit();
+        }
+        let unread = inner.size_on_disk() - quiet;
+        type Read = fn(&dyn Store, caisse_protocol::Period);
+        let reads: [(&str, Read); 3] = [
+            ("the audit", |s, _| {
+                caisse_core::ledger::check_within(s, Some(ENTRIES)).unwrap();
+            }),
+            ("the report", |s, p| {
+                caisse_core::report::report_of(s, p).unwrap();
+            }),
+            ("the accounting export", |s, p| {
+                caisse_core::accounting::accounting_of(s, p).unwrap();
+            }),
+        ];
+        for (what, read) in reads {
+            let before = inner.size_on_disk();
+            let seen = tills.seen.load(Ordering::Relaxed);
+            read(&tills, period);
+            let read_keys = tills.seen.load(Ordering::Relaxed) - seen;
+            assert!(read_keys >= ENTRIES, "{what} read {read_keys} keys");
+            let grown = inner.size_on_disk() - before;
+            eprintln!("{what}: the file grew {grown} B (unread: {unread} B)");
+            assert!(
+                grown <= unread + (4 << 20),
+                "{what}: the file grew {grown} B while 1,000 batches committed (with nothing reading: {unread} B)"
+            );
+        }
+    }
+
     #[test]
     fn sled_store_passes_the_suite_and_persists() {
         let dir = tempfile::tempdir().unwrap();

@@ -269,7 +269,7 @@ pub fn accounting_of(store: &dyn Store, period: Period) -> Result<Vec<Line>, Cai
     let names = Names { outlets: &outlets };
     let mut out = Vec::new();
     let mut err = None;
-    store.for_each_prefix(keys::JOURNAL, &mut |k, v| {
+    crate::store::for_each_chunked(store, keys::JOURNAL, &mut |k, v| {
         match decode_value::<JournalEntry>(k, v) {
             Ok(e) if Day::from_unix(e.at).period() == period => out.extend(lines_of(&e, &names)),
             Ok(_) => {}

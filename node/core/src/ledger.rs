@@ -506,7 +506,7 @@ pub(crate) fn check_pass(
         .collect();
 
     let mut findings = Vec::new();
-    store.for_each_prefix(keys::JOURNAL, &mut |key, bytes| {
+    crate::store::for_each_chunked(store, keys::JOURNAL, &mut |key, bytes| {
         let key_seq = key
             .get(keys::JOURNAL.len()..)
             .and_then(|s| <[u8; 8]>::try_from(s).ok())
@@ -642,7 +642,7 @@ pub(crate) fn check_pass(
     report.findings.append(&mut findings);
 
     // Members' statements (what their console page lists) against the journal.
-    store.for_each_prefix(keys::STATEMENT, &mut |key, _| {
+    crate::store::for_each_chunked(store, keys::STATEMENT, &mut |key, _| {
         let seq = key
             .len()
             .checked_sub(8)
@@ -761,7 +761,7 @@ pub(crate) fn check_pass(
 
     if !exact {
         // The indexes by digest, streamed: nothing held per entry.
-        store.for_each_prefix(keys::ALLOCATION, &mut |k, v| {
+        crate::store::for_each_chunked(store, keys::ALLOCATION, &mut |k, v| {
             let seq = decode_value::<u64>(k, v);
             let parsed = k.get(keys::ALLOCATION.len()..).filter(|r| r.len() == 20);
             match (parsed, seq) {
@@ -773,7 +773,7 @@ pub(crate) fn check_pass(
             }
             true
         })?;
-        store.for_each_prefix(keys::PURCHASE, &mut |k, v| {
+        crate::store::for_each_chunked(store, keys::PURCHASE, &mut |k, v| {
             let id = k.get(keys::PURCHASE.len()..).filter(|r| r.len() == 16);
             match (id, decode_value::<PurchaseRecord>(k, v)) {
                 (Some(_), Ok(rec)) if later(rec.seq) => {}

@@ -234,7 +234,7 @@ pub fn report_of(store: &dyn Store, period: Period) -> Result<Report, CaisseErro
     let mut turnover: HashMap<OutletId, (Amount, Amount)> = HashMap::new();
     let add = |a: &mut Amount, b: Amount| *a = a.checked_add(b).unwrap_or(*a);
     let mut err = None;
-    store.for_each_prefix(keys::JOURNAL, &mut |k, v| {
+    crate::store::for_each_chunked(store, keys::JOURNAL, &mut |k, v| {
         let entry: JournalEntry = match decode_value(k, v) {
             Ok(e) => e,
             Err(e) => {
@@ -481,7 +481,7 @@ pub fn export_of(
     let mut purchases = Vec::new();
     let mut allocated: HashMap<MemberId, Amount> = HashMap::new();
     let mut err = None;
-    store.for_each_prefix(keys::JOURNAL, &mut |k, v| {
+    crate::store::for_each_chunked(store, keys::JOURNAL, &mut |k, v| {
         let entry: JournalEntry = match decode_value(k, v) {
             Ok(e) => e,
             Err(e) => {
