@@ -8,7 +8,8 @@
 //!
 //! - `throughput`: durable purchases per second through the single writer
 //!   (library, the store on disk: redb, or sled with
-//!   `CAISSE_BENCH_ENGINE=sled`; group commit with one durable commit), and through
+//!   `CAISSE_BENCH_ENGINE=sled`; group commit, one sync per group: for redb
+//!   one write-ahead log record and one `fdatasync`), and through
 //!   the real HTTP API over loopback TCP; plus the cost of one sync.
 //! - `scale N`: N members enrolled through the library, then the time of a
 //!   monthly allocation run, of `ledger check`, of a restart (state load, in
@@ -246,7 +247,7 @@ async fn throughput() {
         }
         times.sort();
         println!(
-            "sync ({}: one durable commit): p50 {:?}, p99 {:?}",
+            "sync ({}: Store::sync after one small batch; redb: the log's fdatasync): p50 {:?}, p99 {:?}",
             bench_engine().name(),
             percentile(&times, 0.5),
             percentile(&times, 0.99)

@@ -5,8 +5,9 @@
 //! engine. Two are here:
 //!
 //! - [`RedbStore`], the default: one file, `store.redb`, in the data
-//!   directory; ACID transactions with read snapshots and a stable file
-//!   format. It passes the power-cut harness (`caisse-testnet powercut`).
+//!   directory, and its write-ahead log `store.redb.wal` while it is open;
+//!   ACID transactions with read snapshots and a stable file format. It
+//!   passes the power-cut harness (`caisse-testnet powercut`).
 //! - [`SledStore`], the engine of earlier versions: a directory, `store/`.
 //!   It is still opened where it is found, but the power-cut harness showed
 //!   it losing acknowledged purchases and corrupting its files (see
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 mod packed;
+mod wal;
 
 use caisse_core::ledger::JournalEntry;
 pub use caisse_core::store::*;
@@ -210,14 +212,17 @@ pub struct Layout {
     pub fragmented_bytes: u64,
 }
 
-/// The redb engine: one file, ACID, read snapshots.
+/// The redb engine: one file, ACID, read snapshots, and a write-ahead log
+/// beside it (`store.redb.wal`, see [`wal`]).
 ///
 /// Each [`Store::apply`] is one write transaction committed without a
-/// flush (`Durability::None`); [`Store::sync`] commits an empty transaction
-/// with `Durability::Immediate`, which makes it and every earlier commit
-/// durable with the file's checksummed commit (redb syncs the file before
-/// it answers). The writer's commit, [`Store::apply_durably`], is one
-/// transaction committed with `Durability::Immediate`.
+/// flush (`Durability::None`: readers see it at once) and one record
+/// appended to the log; [`Store::sync`] syncs the log (one `fdatasync`),
+/// which makes every earlier batch durable. The writer's commit,
+/// [`Store::apply_durably`], is both. A checkpoint (a durable redb commit,
+/// then the log emptied) runs every [`wal::CHECKPOINT_BYTES`] of log or
+/// [`wal::CHECKPOINT_EVERY`], and when the store is closed; at open, the
+/// log's records since the last checkpoint are applied again.
 ///
 /// A store it creates keeps the journal packed (see [`packed`]): several
 /// entries to a record in their own table, the rest of the keys in one
@@ -228,14 +233,22 @@ pub struct RedbStore {
     db: redb::Database,
     path: PathBuf,
     packed: bool,
+    /// The write-ahead log; its lock also keeps the order of commits and
+    /// records the same (the writer and the federation task both write).
+    wal: std::sync::Mutex<wal::Wal>,
 }
 
 fn redb_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Engine(e.to_string())
 }
 
-/// The store's layout marks: `journal` = 1 when the journal is packed.
+/// The store's layout marks: `journal` = 1 when the journal is packed;
+/// [`WAL_NEXT`].
 const LAYOUT_TABLE: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("layout");
+
+/// The layout mark of the number of the write-ahead log's next record at
+/// the last checkpoint.
+const WAL_NEXT: &str = "wal";
 
 /// One read snapshot: the main table and, when the journal is packed, its
 /// table, both of the same commit.
@@ -316,11 +329,94 @@ impl RedbStore {
                  with the node stopped, `caisse store convert --to redb` packs it (about a third smaller)"
             );
         }
-        Ok(RedbStore {
+        let next = {
+            use redb::ReadableDatabase;
+            let txn = db.begin_read().map_err(redb_err)?;
+            let layout = txn.open_table(LAYOUT_TABLE).map_err(redb_err)?;
+            layout
+                .get(WAL_NEXT)
+                .map_err(redb_err)?
+                .map_or(0, |v| v.value())
+        };
+        let wal_path = wal::path_of(path);
+        let (mut log, records) = wal::Wal::open(&wal_path)?;
+        let replay = wal::to_replay(records, next, &wal_path)?;
+        log.start_at(next + replay.len() as u64);
+        let store = RedbStore {
             db,
             path: path.to_owned(),
             packed,
-        })
+            wal: std::sync::Mutex::new(log),
+        };
+        if !replay.is_empty() {
+            tracing::warn!(
+                store = %path.display(),
+                records = replay.len(),
+                "the store was not closed cleanly: applying the write-ahead log's records since its last checkpoint"
+            );
+        }
+        for (_, ops) in &replay {
+            store.write(ops)?;
+        }
+        {
+            let mut log = store.log();
+            store.checkpoint(&mut log)?;
+        }
+        Ok(store)
+    }
+
+    /// The log, locked (a panic while it was held leaves it usable: its
+    /// state is only changed after each step succeeds).
+    fn log(&self) -> std::sync::MutexGuard<'_, wal::Wal> {
+        self.wal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Make redb hold every record of the log, durably, and empty the log:
+    /// the log synced first, then one durable commit recording the number
+    /// of the next record (so a replay skips those it holds), then the log
+    /// emptied.
+    fn checkpoint(&self, log: &mut wal::Wal) -> Result<(), StoreError> {
+        log.sync()?;
+        let mut txn = self.db.begin_write().map_err(redb_err)?;
+        txn.set_durability(redb::Durability::Immediate)
+            .map_err(redb_err)?;
+        txn.open_table(LAYOUT_TABLE)
+            .map_err(redb_err)?
+            .insert(WAL_NEXT, log.next())
+            .map_err(redb_err)?;
+        txn.commit().map_err(redb_err)?;
+        log.emptied()
+    }
+
+    /// Make a checkpoint now (the benchmarks and tests: what every commit
+    /// cost before the log).
+    pub fn checkpoint_now(&self) -> Result<(), StoreError> {
+        let mut log = self.log();
+        self.checkpoint(&mut log)
+    }
+
+    /// Commit `ops` to redb without a flush, log them, sync the log if
+    /// `durable`, and make a checkpoint if one is due. A batch that fails
+    /// before it is logged changes nothing; a log that cannot be written
+    /// refuses every batch after (see [`wal::Wal::failed`]).
+    fn commit(&self, ops: &[Op], durable: bool) -> Result<(), StoreError> {
+        let mut log = self.log();
+        log.check()?;
+        self.write(ops)?;
+        log.append(ops)?;
+        if durable {
+            log.sync()?;
+        }
+        if log.checkpoint_due()
+            && let Err(e) = self.checkpoint(&mut log)
+        {
+            // The batch is in the log: what failed is the commit of
+            // earlier ones to the file. Nothing more is written (the log
+            // refuses), and the node stops at its next commit.
+            tracing::error!(target: "caisse::store", store = %self.path.display(), error = %e, "checkpoint failed: the store refuses further writes");
+            log.failed.get_or_insert_with(|| e.to_string());
+        }
+        Ok(())
     }
 
     /// Whether the journal is packed (a store this version created, or
@@ -369,12 +465,13 @@ impl RedbStore {
         })
     }
 
-    /// One write transaction holding every operation, committed with
-    /// `durability`: all or nothing (an uncommitted transaction is aborted
-    /// when dropped).
-    fn write(&self, ops: &[Op], durability: redb::Durability) -> Result<(), StoreError> {
+    /// One write transaction holding every operation, committed without a
+    /// flush: all or nothing (an uncommitted transaction is aborted when
+    /// dropped).
+    fn write(&self, ops: &[Op]) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(redb_err)?;
-        txn.set_durability(durability).map_err(redb_err)?;
+        txn.set_durability(redb::Durability::None)
+            .map_err(redb_err)?;
         {
             let mut table = txn.open_table(TABLE).map_err(redb_err)?;
             // The journal's table is opened at the batch's first journal
@@ -549,18 +646,39 @@ impl Store for RedbStore {
     }
 
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
-        self.write(ops, redb::Durability::None)
+        self.commit(ops, false)
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(redb_err)?;
-        txn.set_durability(redb::Durability::Immediate)
-            .map_err(redb_err)?;
-        txn.commit().map_err(redb_err)
+        self.log().sync()
     }
 
     fn apply_durably(&self, ops: &[Op]) -> Result<(), StoreError> {
-        self.write(ops, redb::Durability::Immediate)
+        self.commit(ops, true)
+    }
+}
+
+impl Drop for RedbStore {
+    /// A clean close: a checkpoint, then the log removed (a store closed
+    /// cleanly is the one file). Not after a failed log write: the next
+    /// open starts from the last checkpoint and the log.
+    fn drop(&mut self) {
+        let mut log = self.log();
+        if log.failed.is_some() {
+            return;
+        }
+        let done = match log.holds_records() {
+            true => self.checkpoint(&mut log),
+            false => Ok(()),
+        };
+        match done {
+            Ok(()) => {
+                let _ = std::fs::remove_file(log.path());
+            }
+            Err(e) => {
+                tracing::error!(target: "caisse::store", store = %self.path.display(), error = %e, "checkpoint at close failed: the next open applies the log again");
+            }
+        }
     }
 }
 
@@ -822,6 +940,96 @@ mod tests {
         assert_eq!(s.get(b"x/2").unwrap(), None);
     }
 
+    /// The files of a store as a crash leaves them: copied while it is
+    /// open, between two batches, with no checkpoint since `from`'s last.
+    fn crash_copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for name in ["store.redb", "store.redb.wal"] {
+            std::fs::copy(from.join(name), to.join(name)).unwrap();
+        }
+    }
+
+    /// A store that was not closed: redb holds the last checkpoint, the
+    /// log the durable batches since; the open applies them again, journal
+    /// included, a torn last record is left out, and a log missing the
+    /// record the checkpoint expects is refused.
+    #[test]
+    fn a_store_not_closed_is_rebuilt_from_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live");
+        std::fs::create_dir_all(&live).unwrap();
+        let s = RedbStore::open(&live.join("store.redb")).unwrap();
+        s.apply_durably(&[Op::Put(b"k/gone".to_vec(), b"x".to_vec())])
+            .unwrap();
+        s.checkpoint_now().unwrap();
+        for i in 0..200u64 {
+            s.apply_durably(&[
+                Op::Put(format!("k/{i:04}").into_bytes(), i.to_be_bytes().to_vec()),
+                Op::Put(JournalEntry::key(i), vec![i as u8; 150]),
+                Op::Delete(b"k/gone".to_vec()),
+            ])
+            .unwrap();
+        }
+        let replayed = dir.path().join("replayed");
+        crash_copy(&live, &replayed);
+        // The copy's file alone is the last checkpoint: the batches are
+        // only in the log.
+        let log = std::fs::read(replayed.join("store.redb.wal")).unwrap();
+        assert!(wal::decode_records(&log).len() >= 200);
+        let r = RedbStore::open(&replayed.join("store.redb")).unwrap();
+        for i in 0..200u64 {
+            assert_eq!(
+                r.get(format!("k/{i:04}").as_bytes()).unwrap(),
+                Some(i.to_be_bytes().to_vec())
+            );
+        }
+        assert_eq!(r.get(b"k/gone").unwrap(), None);
+        assert_eq!(r.scan_prefix(keys::JOURNAL).unwrap().len(), 200);
+        drop(r);
+        assert!(
+            !replayed.join("store.redb.wal").exists(),
+            "a clean close removes the log"
+        );
+
+        // A power cut in the middle of the last record's write.
+        s.apply_durably(&[Op::Put(b"k/last".to_vec(), b"y".to_vec())])
+            .unwrap();
+        let torn = dir.path().join("torn");
+        crash_copy(&live, &torn);
+        let wal_file = torn.join("store.redb.wal");
+        let len = std::fs::metadata(&wal_file).unwrap().len();
+        File::options()
+            .write(true)
+            .open(&wal_file)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let t = RedbStore::open(&torn.join("store.redb")).unwrap();
+        assert_eq!(t.get(b"k/last").unwrap(), None);
+        assert_eq!(
+            t.get(b"k/0199").unwrap(),
+            Some(199u64.to_be_bytes().to_vec())
+        );
+        drop(t);
+
+        // A log whose first records are lost: refused, nothing changed.
+        let gap = dir.path().join("gap");
+        crash_copy(&live, &gap);
+        let bytes = std::fs::read(gap.join("store.redb.wal")).unwrap();
+        let first = 16 + u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize;
+        std::fs::write(gap.join("store.redb.wal"), &bytes[first..]).unwrap();
+        let e = RedbStore::open(&gap.join("store.redb"))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("records are missing"), "{e}");
+        assert_eq!(
+            std::fs::read(gap.join("store.redb.wal")).unwrap(),
+            &bytes[first..],
+            "the log is left as it was"
+        );
+    }
+
     /// Every way of reading the store, compared between two stores.
     fn assert_same(a: &dyn Store, b: &dyn Store, probes: &[Vec<u8>]) {
         let prefixes: [&[u8]; 8] = [b"", b"j", b"j/", b"a/", b"k/", b"j/\0\0", b"m", b"z"];
@@ -1044,6 +1252,9 @@ mod tests {
                     .map(|i| Op::Put(vec![b'b', b'/', i], n.to_be_bytes().repeat(40)))
                     .collect();
                 self.inner.apply_durably(&ops).unwrap();
+                // A checkpoint per batch: the durable commits a real
+                // node makes (once a second) during an audit of a minute.
+                self.inner.checkpoint_now().unwrap();
             }
         }
     }
