@@ -1253,7 +1253,7 @@ mod tests {
                     .collect();
                 self.inner.apply_durably(&ops).unwrap();
                 // A checkpoint per batch: the durable commits a real
-                // node makes (once a second) during an audit of a minute.
+                // node makes (every 250 ms) during an audit of a minute.
                 self.inner.checkpoint_now().unwrap();
             }
         }
