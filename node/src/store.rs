@@ -360,7 +360,9 @@ impl RedbStore {
         }
         {
             let mut log = store.log();
-            store.checkpoint(&mut log)?;
+            if log.holds_records() {
+                store.checkpoint(&mut log)?;
+            }
         }
         Ok(store)
     }
@@ -962,6 +964,8 @@ mod tests {
         s.apply_durably(&[Op::Put(b"k/gone".to_vec(), b"x".to_vec())])
             .unwrap();
         s.checkpoint_now().unwrap();
+        // No timed checkpoint may take the batches below out of the log.
+        s.log().held = true;
         for i in 0..200u64 {
             s.apply_durably(&[
                 Op::Put(format!("k/{i:04}").into_bytes(), i.to_be_bytes().to_vec()),
@@ -975,7 +979,7 @@ mod tests {
         // The copy's file alone is the last checkpoint: the batches are
         // only in the log.
         let log = std::fs::read(replayed.join("store.redb.wal")).unwrap();
-        assert!(wal::decode_records(&log).len() >= 200);
+        assert_eq!(wal::decode_records(&log).len(), 200);
         let r = RedbStore::open(&replayed.join("store.redb")).unwrap();
         for i in 0..200u64 {
             assert_eq!(

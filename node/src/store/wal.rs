@@ -168,7 +168,7 @@ pub(super) fn to_replay(
                 return Err(StoreError::Engine(format!(
                     "{}: the write-ahead log's records start at {seq} but the store's last checkpoint \
                      expects {next}: records are missing, so the node will not start on it. \
-                     Restore the data directory from a backup (`caisse backup restore`), \
+                     Restore the data directory from a backup (`caisse --data-dir DIR restore FILE`), \
                      or move the log aside to open the store at its last checkpoint, \
                      losing what the log held",
                     path.display()
@@ -200,6 +200,9 @@ pub(super) struct Wal {
     /// to redb but not logged, so nothing may be written or checkpointed
     /// after it (it would make a failed batch durable).
     pub(super) failed: Option<String>,
+    /// Tests hold checkpoints back to find every batch in the log.
+    #[cfg(test)]
+    pub(super) held: bool,
 }
 
 impl Wal {
@@ -223,15 +226,21 @@ impl Wal {
             file,
             path: path.to_owned(),
             next: 0,
-            bytes: 0,
+            // What the file holds (records to apply again, or stale or
+            // torn ones) is emptied by the open's checkpoint.
+            bytes: bytes.len() as u64,
             unsynced: 0,
             last_checkpoint: Instant::now(),
             failed: None,
+            #[cfg(test)]
+            held: false,
         };
         Ok((wal, decode_records(&bytes)))
     }
 
-    fn refuse_if_failed(&self) -> Result<(), StoreError> {
+    /// Refuse if the log has failed (called before committing a batch and
+    /// before each write or sync of the log).
+    pub(super) fn check(&self) -> Result<(), StoreError> {
         match &self.failed {
             Some(e) => Err(StoreError::Engine(format!(
                 "{}: an earlier write of the write-ahead log failed ({e}); nothing more is written: \
@@ -242,18 +251,13 @@ impl Wal {
         }
     }
 
-    /// Refuse a batch if the log has failed (call before committing it).
-    pub(super) fn check(&self) -> Result<(), StoreError> {
-        self.refuse_if_failed()
-    }
-
     /// Append the record of a batch just committed to redb (not synced).
     pub(super) fn append(&mut self, ops: &[Op]) -> Result<(), StoreError> {
-        self.refuse_if_failed()?;
+        self.check()?;
         let record = encode_record(self.next, ops);
         if let Err(e) = self.file.write_all(&record) {
             self.failed = Some(e.to_string());
-            return self.refuse_if_failed();
+            return self.check();
         }
         self.next += 1;
         self.bytes += record.len() as u64;
@@ -263,13 +267,13 @@ impl Wal {
 
     /// Make every appended record durable: one `fdatasync`.
     pub(super) fn sync(&mut self) -> Result<(), StoreError> {
-        self.refuse_if_failed()?;
+        self.check()?;
         if self.unsynced == 0 {
             return Ok(());
         }
         if let Err(e) = self.file.sync_data() {
             self.failed = Some(e.to_string());
-            return self.refuse_if_failed();
+            return self.check();
         }
         self.unsynced = 0;
         Ok(())
@@ -277,11 +281,16 @@ impl Wal {
 
     /// Whether the next batch should make a checkpoint.
     pub(super) fn checkpoint_due(&self) -> bool {
+        #[cfg(test)]
+        if self.held {
+            return false;
+        }
         self.bytes >= CHECKPOINT_BYTES
             || (self.bytes > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
     }
 
-    /// Whether the log holds records since the last checkpoint.
+    /// Whether the log holds bytes since the last checkpoint (records, or
+    /// what an earlier run left in the file).
     pub(super) fn holds_records(&self) -> bool {
         self.bytes > 0
     }
@@ -301,7 +310,7 @@ impl Wal {
         let r = self.file.set_len(0).and_then(|()| self.file.sync_all());
         if let Err(e) = r {
             self.failed = Some(e.to_string());
-            return self.refuse_if_failed();
+            return self.check();
         }
         self.bytes = 0;
         self.unsynced = 0;
