@@ -352,7 +352,15 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
             "this store uses sled, which loses acknowledged writes at a power cut: stop the node and run `caisse store convert --to redb`"
         );
     }
-    let mut store: Arc<dyn Store> = crate::store::open(dir, engine)?;
+    let mut store: Arc<dyn Store> = match &config.testing.faults {
+        // Skipping the sync means nothing synced: no checkpoint either.
+        Some(f) if f.skip_sync && engine == crate::store::Engine::Redb => {
+            let s = crate::store::RedbStore::open(&engine.path(dir))?;
+            s.hold_checkpoints();
+            Arc::new(s)
+        }
+        _ => crate::store::open(dir, engine)?,
+    };
     if let Some(faults) = config.testing.faults.clone() {
         tracing::warn!(
             ?faults,

@@ -390,6 +390,15 @@ impl RedbStore {
         log.emptied()
     }
 
+    /// Make no more timed checkpoints: only a close or
+    /// [`RedbStore::checkpoint_now`] makes redb durable. For tests: the
+    /// crash test, and the `skip_sync` fault (the power-cut harness's
+    /// negative control), where a checkpoint would sync what the fault
+    /// means to leave unsynced.
+    pub fn hold_checkpoints(&self) {
+        self.log().held = true;
+    }
+
     /// Make a checkpoint now (the benchmarks and tests: what every commit
     /// cost before the log).
     pub fn checkpoint_now(&self) -> Result<(), StoreError> {
@@ -965,7 +974,7 @@ mod tests {
             .unwrap();
         s.checkpoint_now().unwrap();
         // No timed checkpoint may take the batches below out of the log.
-        s.log().held = true;
+        s.hold_checkpoints();
         for i in 0..200u64 {
             s.apply_durably(&[
                 Op::Put(format!("k/{i:04}").into_bytes(), i.to_be_bytes().to_vec()),

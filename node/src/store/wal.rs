@@ -200,8 +200,7 @@ pub(super) struct Wal {
     /// to redb but not logged, so nothing may be written or checkpointed
     /// after it (it would make a failed batch durable).
     pub(super) failed: Option<String>,
-    /// Tests hold checkpoints back to find every batch in the log.
-    #[cfg(test)]
+    /// No timed checkpoint (see [`super::RedbStore::hold_checkpoints`]).
     pub(super) held: bool,
 }
 
@@ -232,7 +231,6 @@ impl Wal {
             unsynced: 0,
             last_checkpoint: Instant::now(),
             failed: None,
-            #[cfg(test)]
             held: false,
         };
         Ok((wal, decode_records(&bytes)))
@@ -281,7 +279,6 @@ impl Wal {
 
     /// Whether the next batch should make a checkpoint.
     pub(super) fn checkpoint_due(&self) -> bool {
-        #[cfg(test)]
         if self.held {
             return false;
         }
