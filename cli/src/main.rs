@@ -1571,7 +1571,7 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
                     "give the purchase as --amount EUR --category C, or one or more --line CATEGORY:EUR"
                 );
             }
-            let id = p.id.unwrap_or_else(|| PurchaseId::from_bytes(random_id()));
+            let id = p.id.unwrap_or_else(daemon::new_purchase_id);
             let v: Receipt = c
                 .post(
                     "/api/v1/purchases",

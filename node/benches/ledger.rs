@@ -18,6 +18,8 @@
 //!   purchases as fast as 16 tills get answers, an allocation run, a
 //!   `ledger check` and a report every two minutes; its resident memory
 //!   every 30 s, then again after a restart on the same store.
+//! - `upgrade N`: a redb store of layout version 1 with N statement lines
+//!   (100,000 members), then the time the node's open takes to upgrade it.
 //! - `tills N`: N members; a real node in a child process; this process is
 //!   the load: four tills at a steady 200 purchases/s in all over HTTP,
 //!   latency measured from each purchase's scheduled time, before and
@@ -31,10 +33,10 @@ use caisse_node::caisse::{Caisse, EnrollInput, PurchaseInput};
 use caisse_node::client::{Client, TokenFile};
 use caisse_node::daemon::{self, InitOptions, random32};
 use caisse_node::policy::Policy;
-use caisse_node::store::{Engine, Op, Store};
+use caisse_node::store::{Engine, Op, SCHEMA_VERSION, Store, encode_value, keys};
 use caisse_node::writer::{self, Clock};
 use caisse_protocol::messages::PurchaseLine;
-use caisse_protocol::{Amount, CardId, Category, Day, FederationId, Period, PurchaseId};
+use caisse_protocol::{Amount, CardId, Category, Day, FederationId, Period};
 use serde_json::{Value, json};
 
 fn main() {
@@ -50,6 +52,13 @@ fn main() {
             scale(n);
         }
         Some("throughput") => rt.block_on(throughput()),
+        Some("upgrade") => {
+            let n = args
+                .get(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1_000_000);
+            upgrade(n);
+        }
         Some("tills") => {
             let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
             rt.block_on(tills(n));
@@ -101,6 +110,45 @@ fn init_dir(dir: &std::path::Path) {
 }
 
 /// The engine measured: `CAISSE_BENCH_ENGINE=sled` for the old one.
+/// A store of layout version 1 with `n` statement lines, upgraded by the
+/// node's open: how long a caisse with a long journal waits, once.
+fn upgrade(n: u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = caisse_node::store::open(dir.path(), Engine::Redb).expect("store");
+        let mut ops = vec![Op::Put(keys::SCHEMA.to_vec(), encode_value(&1u32))];
+        for seq in 0..n {
+            let mut member = [0u8; 16];
+            member[..8].copy_from_slice(&(seq.wrapping_mul(0x9e37_79b9) % 100_000).to_be_bytes());
+            ops.push(Op::Put(
+                keys::key(keys::STATEMENT_V1, &[&member, &seq.to_be_bytes()]),
+                Vec::new(),
+            ));
+            if ops.len() == 100_000 {
+                store.apply(&ops).expect("apply");
+                ops.clear();
+            }
+        }
+        store.apply(&ops).expect("apply");
+        store.sync().expect("sync");
+    }
+    let started = Instant::now();
+    let store = caisse_node::store::open(dir.path(), Engine::Redb).expect("open");
+    let took = started.elapsed();
+    let mut moved = 0u64;
+    store
+        .for_each_prefix(keys::STATEMENT, &mut |_, _| {
+            moved += 1;
+            true
+        })
+        .expect("scan");
+    assert_eq!(moved, n, "every line moved");
+    println!(
+        "upgrade: {n} statement lines moved to layout {SCHEMA_VERSION} in {took:.1?} ({:.0} lines/s)",
+        n as f64 / took.as_secs_f64()
+    );
+}
+
 fn bench_engine() -> Engine {
     std::env::var("CAISSE_BENCH_ENGINE")
         .ok()
@@ -184,12 +232,12 @@ fn process_io() -> Option<(u64, u64)> {
 
 /// Where the store's bytes go after `purchases` purchases: per key prefix,
 /// and redb's pages.
-fn print_layout(path: &std::path::Path, purchases: usize) {
+fn print_layout(path: &std::path::Path, purchases: usize, unit: &str) {
     let store = caisse_node::store::RedbStore::open(path).expect("store");
     let l = store.layout().expect("layout");
     let per = |b: u64| b as f64 / purchases.max(1) as f64;
     println!(
-        "store layout: file {} MiB = {:.0} B per purchase; leaves {} + branches {} of {} pages allocated ({} B each); stored {:.0} B, fragmented {:.0} B per purchase",
+        "store layout: file {} MiB = {:.0} B per {unit}; leaves {} + branches {} of {} pages allocated ({} B each); stored {:.0} B, fragmented {:.0} B per {unit}",
         l.file_bytes / 1_048_576,
         per(l.file_bytes),
         l.leaf_pages,
@@ -209,7 +257,7 @@ fn print_layout(path: &std::path::Path, purchases: usize) {
     for (prefix, (n, kb, vb)) in &l.prefixes {
         if *n > 1_000 {
             println!(
-                "  {prefix:<6} {n:>10} keys, {:>7.1} B key + {:>7.1} B value each, {:>6.1} B per purchase",
+                "  {prefix:<6} {n:>10} keys, {:>7.1} B key + {:>7.1} B value each, {:>6.1} B per {unit}",
                 *kb as f64 / *n as f64,
                 *vb as f64 / *n as f64,
                 per(kb + vb)
@@ -297,7 +345,7 @@ async fn throughput() {
                 tasks.push(tokio::spawn(async move {
                     for i in 0..per_task {
                         h.purchase(PurchaseInput {
-                            id: PurchaseId::from_bytes(random16()),
+                            id: daemon::new_purchase_id(),
                             card: cards[(t * 7 + i) % cards.len()],
                             outlet,
                             lines: line(1),
@@ -321,7 +369,7 @@ async fn throughput() {
     }
 
     for &inflight in &[1usize, 64, 512] {
-        let total = if inflight == 1 { 2_000 } else { 100_000 };
+        let total = if inflight == 1 { 20_000 } else { 100_000 };
         let io_before = process_io();
         let started = Instant::now();
         let per_task = total / inflight;
@@ -334,7 +382,7 @@ async fn throughput() {
                 for i in 0..per_task {
                     let t0 = Instant::now();
                     h.purchase(PurchaseInput {
-                        id: PurchaseId::from_bytes(random16()),
+                        id: daemon::new_purchase_id(),
                         card: cards[(t * 7 + i) % cards.len()],
                         outlet,
                         lines: line(1),
@@ -389,7 +437,11 @@ async fn throughput() {
         bytes / 1_048_576
     );
     if bench_engine() == Engine::Redb {
-        print_layout(&dir.join("store.redb"), past + 2_000 + 2 * 100_000);
+        print_layout(
+            &dir.join("store.redb"),
+            past + 20_000 + 2 * 100_000,
+            "purchase",
+        );
     }
 
     // Through the real HTTP API over loopback, the node in this process.
@@ -486,7 +538,7 @@ async fn http_load(
                 let mut lat = Vec::with_capacity(per_task);
                 for i in 0..per_task {
                     let body = json!({
-                        "id": PurchaseId::from_bytes(random16()),
+                        "id": daemon::new_purchase_id(),
                         "card": cards[(t * 13 + i) % cards.len()],
                         "outlet": outlet,
                         "lines": line(1),
@@ -567,6 +619,9 @@ fn scale(n: usize) {
     print!("{}", String::from_utf8_lossy(&out.stdout));
     let size: u64 = walk_size(&bench_engine().path(&dir));
     println!("scale {n}: store on disk {} MiB", size / (1024 * 1024));
+    if bench_engine() == Engine::Redb {
+        print_layout(&Engine::Redb.path(&dir), n, "member");
+    }
 }
 
 fn walk_size(p: &std::path::Path) -> u64 {
@@ -675,7 +730,7 @@ async fn start_node(p: &Prepared) -> (std::process::Child, Client, Duration) {
     }
     let client = Client::from_data_dir(&p.dir, TokenFile::Admin).expect("client");
     let first = json!({
-        "id": PurchaseId::from_bytes(random16()),
+        "id": daemon::new_purchase_id(),
         "card": p.cards[0],
         "outlet": p.outlet,
         "lines": line(1),
@@ -722,7 +777,7 @@ async fn tills(n: usize) {
                 let scheduled = start + period * i as u32;
                 tokio::time::sleep_until(scheduled.into()).await;
                 let body = json!({
-                    "id": PurchaseId::from_bytes(random16()),
+                    "id": daemon::new_purchase_id(),
                     "card": cards[(random16()[0] as usize * 65_537 + i as usize * 4 + till) % cards.len()],
                     "outlet": outlet,
                     "lines": line(1),
@@ -854,7 +909,7 @@ async fn drift(n: usize, minutes: u64) {
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 let body = json!({
-                    "id": PurchaseId::from_bytes(random16()),
+                    "id": daemon::new_purchase_id(),
                     "card": cards[(random16()[0] as usize * 65_537 + i * 16 + till) % cards.len()],
                     "outlet": outlet,
                     "lines": line(1),
@@ -933,7 +988,7 @@ async fn drift(n: usize, minutes: u64) {
     }
     if bench_engine() == Engine::Redb {
         let total = purchases.load(Ordering::Relaxed) as usize;
-        print_layout(&prepared.dir.join("store.redb"), total);
+        print_layout(&prepared.dir.join("store.redb"), total, "purchase");
     }
 }
 

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use caisse_protocol::{CaisseId, FederationId, SecretKey};
+use caisse_protocol::{CaisseId, FederationId, PurchaseId, SecretKey};
 use serde::{Deserialize, Serialize};
 
 use crate::caisse::Caisse;
@@ -111,6 +111,18 @@ pub fn random32() -> [u8; 32] {
     // The OS random source failing is unrecoverable for a node that signs.
     getrandom::fill(&mut b).unwrap_or_else(|e| panic!("OS random source failed: {e}"));
     b
+}
+
+/// A new purchase id for a till of this node or its CLI: time-ordered
+/// ([`PurchaseId::time_ordered`]: the records of new sales append to their
+/// index), the rest from the operating system's random source.
+pub fn new_purchase_id() -> PurchaseId {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut random = [0u8; 10];
+    random.copy_from_slice(&random32()[..10]);
+    PurchaseId::time_ordered(ms, random)
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> Result<(), NodeError> {

@@ -71,11 +71,25 @@ impl Engine {
 /// Open (or create, with `engine`) the store of the data directory `dir`.
 /// An existing store is opened with the engine that wrote it, whatever
 /// `engine` says.
+/// A store of an older layout is upgraded first ([`caisse_core::schema`]);
+/// one of a newer layout is refused.
 pub fn open(dir: &Path, engine: Engine) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(match Engine::of(dir).unwrap_or(engine) {
+    let store: Arc<dyn Store> = match Engine::of(dir).unwrap_or(engine) {
         Engine::Redb => Arc::new(RedbStore::open(&Engine::Redb.path(dir))?),
         Engine::Sled => Arc::new(SledStore::open(&Engine::Sled.path(dir))?),
-    })
+    };
+    let started = std::time::Instant::now();
+    let up = caisse_core::schema::upgrade(&*store)?;
+    if let Some(from) = up.from.filter(|v| *v < SCHEMA_VERSION) {
+        tracing::info!(
+            from,
+            to = SCHEMA_VERSION,
+            statement_lines = up.statement_lines,
+            took_ms = started.elapsed().as_millis() as u64,
+            "store layout upgraded"
+        );
+    }
+    Ok(store)
 }
 
 /// Open the existing store of the data directory `dir`.
@@ -964,6 +978,35 @@ mod tests {
     /// log the durable batches since; the open applies them again, journal
     /// included, a torn last record is left out, and a log missing the
     /// record the checkpoint expects is refused.
+    /// Both engines' stores of layout version 1 are upgraded when the node
+    /// opens them; the line keeps its journal entry.
+    #[test]
+    fn an_old_layout_is_upgraded_at_open() {
+        for engine in [Engine::Redb, Engine::Sled] {
+            let dir = tempfile::tempdir().unwrap();
+            let old = keys::key(keys::STATEMENT_V1, &[&[7; 16], &9u64.to_be_bytes()]);
+            {
+                let s = open(dir.path(), engine).unwrap();
+                s.apply(&[
+                    Op::Put(keys::SCHEMA.to_vec(), encode_value(&1u32)),
+                    Op::Put(old.clone(), Vec::new()),
+                ])
+                .unwrap();
+                s.sync().unwrap();
+            }
+            let s = open(dir.path(), engine).unwrap();
+            assert_eq!(s.get(&old).unwrap(), None, "{engine:?}");
+            assert_eq!(
+                s.get(&keys::statement(&[7; 16], 9)).unwrap(),
+                Some(Vec::new()),
+                "{engine:?}"
+            );
+            let v: u32 =
+                decode_value(keys::SCHEMA, &s.get(keys::SCHEMA).unwrap().unwrap()).unwrap();
+            assert_eq!(v, SCHEMA_VERSION);
+        }
+    }
+
     #[test]
     fn a_store_not_closed_is_rebuilt_from_its_log() {
         let dir = tempfile::tempdir().unwrap();

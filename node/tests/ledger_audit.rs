@@ -514,12 +514,12 @@ fn replayed_purchase_entry() {
 #[test]
 fn dropped_or_forged_statement_line() {
     let f = fixture();
-    let line = |seq: u64| keys::key(keys::STATEMENT, &[f.member.as_bytes(), &seq.to_be_bytes()]);
+    let line = |seq: u64| keys::statement(f.member.as_bytes(), seq);
     assert!(f.store.get(&line(f.purchase_seq)).unwrap().is_some());
     // The purchase vanishes from the member's page…
     f.store.apply(&[Op::Delete(line(f.purchase_seq))]).unwrap();
     let r = audit(&*f.store);
-    assert_finding(&r, "w/", "missing from the member's statement");
+    assert_finding(&r, "ws/", "missing from the member's statement");
     // …and an entry that is not theirs appears on it.
     let other = (0..head(&*f.store).next_seq)
         .find(|seq| {
@@ -536,7 +536,7 @@ fn dropped_or_forged_statement_line() {
         ])
         .unwrap();
     let r = audit(&*f.store);
-    assert_finding(&r, "w/", "does not touch their account");
+    assert_finding(&r, "ws/", "does not touch their account");
     assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
 }
 
@@ -586,10 +586,7 @@ fn audit_while_the_ledger_moves() {
                 allocation_key(f.period.next().unwrap(), &f.member),
                 encode_value(&seq),
             ),
-            Op::Put(
-                keys::key(keys::STATEMENT, &[f.member.as_bytes(), &seq.to_be_bytes()]),
-                Vec::new(),
-            ),
+            Op::Put(keys::statement(f.member.as_bytes(), seq), Vec::new()),
         ])
         .unwrap();
     let (report, suspects) = ledger::check_within(&*f.store, Some(upto)).unwrap();

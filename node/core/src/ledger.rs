@@ -572,7 +572,7 @@ pub(crate) fn check_pass(
                 ));
             }
             if let Account::Member(m) = &p.account {
-                let key = keys::key(keys::STATEMENT, &[m.as_bytes(), &key_seq.to_be_bytes()]);
+                let key = keys::statement(m.as_bytes(), key_seq);
                 if exact {
                     statement.insert(key);
                 } else if !entry.postings[..i]
@@ -643,11 +643,7 @@ pub(crate) fn check_pass(
 
     // Members' statements (what their console page lists) against the journal.
     crate::store::for_each_chunked(store, keys::STATEMENT, &mut |key, _| {
-        let seq = key
-            .len()
-            .checked_sub(8)
-            .and_then(|i| <[u8; 8]>::try_from(&key[i..]).ok())
-            .map(u64::from_be_bytes);
+        let seq = keys::statement_parts(key).map(|(_, seq)| seq);
         if seq.is_some_and(later) {
             return true;
         }

@@ -44,6 +44,7 @@ pub mod policy;
 pub mod replication;
 pub mod report;
 pub mod sales;
+pub mod schema;
 pub mod sepa;
 pub mod settlement;
 pub mod store;

@@ -42,6 +42,8 @@ pub trait Reads {
     fn balance(&self, account: &Account) -> Amount;
     /// The caisse's id.
     fn caisse_id(&self) -> CaisseId;
+    /// The journal's next sequence number as this reader knows it.
+    fn journal_next_seq(&self) -> u64;
 
     /// Whether `seat` exists and has not been removed.
     fn seat_is_active(&self, seat: u32) -> Result<bool, StoreError> {
@@ -103,20 +105,24 @@ pub trait Reads {
         member: &MemberId,
         limit: usize,
     ) -> Result<Vec<JournalEntry>, CaisseError> {
-        let prefix = keys::key(keys::STATEMENT, &[member.as_bytes()]);
-        let pairs = self.read_prefix(&prefix)?;
         let mut out = Vec::new();
-        for (k, _) in pairs.iter().rev().take(limit) {
-            let Some(seq) = k
-                .get(prefix.len()..)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-            else {
-                continue;
-            };
-            let key = JournalEntry::key(seq);
-            if let Some(bytes) = self.read(&key)? {
-                out.push(decode_value(&key, &bytes)?);
+        // Block by block from the newest; one block past the head, for
+        // lines written after the head this view was given.
+        let newest = (self.journal_next_seq() >> keys::STATEMENT_BLOCK_BITS).saturating_add(1);
+        for block in (0..=newest).rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let prefix = keys::statement_block(block, member.as_bytes());
+            let pairs = self.read_prefix(&prefix)?;
+            for (k, _) in pairs.iter().rev().take(limit - out.len()) {
+                let Some((_, seq)) = keys::statement_parts(k) else {
+                    continue;
+                };
+                let key = JournalEntry::key(seq);
+                if let Some(bytes) = self.read(&key)? {
+                    out.push(decode_value(&key, &bytes)?);
+                }
             }
         }
         Ok(out)
@@ -259,6 +265,9 @@ impl Reads for View {
     fn caisse_id(&self) -> CaisseId {
         self.snapshot.id
     }
+    fn journal_next_seq(&self) -> u64 {
+        self.snapshot.head.next_seq
+    }
 }
 
 impl View {
@@ -290,6 +299,9 @@ impl Reads for Caisse {
     fn caisse_id(&self) -> CaisseId {
         self.id
     }
+    fn journal_next_seq(&self) -> u64 {
+        self.head.next_seq
+    }
 }
 
 impl Caisse {
@@ -303,5 +315,66 @@ impl Caisse {
             members: self.members.len(),
             head: self.head,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::caisse::tests::new_caisse;
+    use crate::ledger::SubsidySource;
+    use crate::store::{MemStore, Op, encode_value};
+
+    /// A statement reads newest first across journal blocks, stops at its
+    /// limit, and sees a line one block past the head it was given.
+    #[test]
+    fn a_statement_reads_newest_first_across_blocks() {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let caisse = new_caisse(store.clone());
+        let member = MemberId::from_bytes([4; 16]);
+        let other = MemberId::from_bytes([5; 16]);
+        let b = 1u64 << keys::STATEMENT_BLOCK_BITS;
+        let seqs = [5u64, b - 1, b, 3 * b + 100, 4 * b + 50];
+        let mut ops = Vec::new();
+        for (i, seq) in seqs.iter().enumerate() {
+            let entry = JournalEntry {
+                seq: *seq,
+                prev: [0; 32],
+                at: i as u64,
+                kind: EntryKind::Subsidy {
+                    source: SubsidySource::Other,
+                    period: "2026-01".parse().unwrap(),
+                    key: format!("k{i}"),
+                },
+                postings: Vec::new(),
+            };
+            ops.push(Op::Put(JournalEntry::key(*seq), encode_value(&entry)));
+            ops.push(Op::Put(
+                keys::statement(member.as_bytes(), *seq),
+                Vec::new(),
+            ));
+        }
+        ops.push(Op::Put(
+            keys::statement(other.as_bytes(), b + 7),
+            Vec::new(),
+        ));
+        store.apply(&ops).unwrap();
+        let mut snapshot = caisse.snapshot();
+        // The head is in block 3: the line at 4 * b + 50 is in the block after.
+        snapshot.head.next_seq = 3 * b + 200;
+        let view = View {
+            store,
+            snapshot: Arc::new(snapshot),
+        };
+        let read = |limit| -> Vec<u64> {
+            view.member_statement(&member, limit)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect()
+        };
+        assert_eq!(read(10), vec![4 * b + 50, 3 * b + 100, b, b - 1, 5]);
+        assert_eq!(read(3), vec![4 * b + 50, 3 * b + 100, b]);
+        assert_eq!(read(0), Vec::<u64>::new());
     }
 }

@@ -81,10 +81,7 @@ async fn offer(s: &ConsoleState, outlet: OutletId) -> Result<Offer, crate::caiss
 }
 
 fn new_sale_id() -> String {
-    let r = crate::daemon::random32();
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&r[..16]);
-    PurchaseId::from_bytes(b).to_string()
+    crate::daemon::new_purchase_id().to_string()
 }
 
 fn outlet_of(v: &Visitor, s: &ConsoleState) -> Result<OutletId, Response> {
