@@ -68,6 +68,23 @@ pub enum TokenFile {
     Observer,
 }
 
+/// A kept-alive connection idle this long is not reused: the node closes
+/// one idle for `[http] header_timeout` (10 s by default), and a request
+/// sent on a connection at the moment the node closes it fails with
+/// "connection reset by peer" (seen once in the 48-caisse testnet's
+/// settlement loop, which comes back to each node about every 10 s).
+pub const POOL_IDLE: Duration = Duration::from_secs(5);
+
+fn http_client(idle: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(900))
+        .connect_timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(idle)
+        .pool_idle_timeout(POOL_IDLE)
+        .build()
+        .unwrap_or_default()
+}
+
 impl Client {
     /// A client of the API at `api` using `token`.
     pub fn new(api: SocketAddr, token: impl Into<String>) -> Client {
@@ -76,12 +93,7 @@ impl Client {
 
     /// A client of the API at a base URL (`http://127.0.0.1:7300`).
     pub fn with_base(base: impl Into<String>, token: impl Into<String>) -> Client {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(900))
-            .connect_timeout(Duration::from_secs(5))
-            .pool_max_idle_per_host(64)
-            .build()
-            .unwrap_or_default();
+        let http = http_client(64);
         Client {
             base: base.into().trim_end_matches('/').to_owned(),
             token: token.into().trim().to_owned(),
@@ -93,12 +105,7 @@ impl Client {
     /// requests (a load generator with that many requests in flight; the
     /// default keeps 64).
     pub fn with_idle_connections(mut self, idle: usize) -> Client {
-        self.http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(900))
-            .connect_timeout(Duration::from_secs(5))
-            .pool_max_idle_per_host(idle)
-            .build()
-            .unwrap_or_default();
+        self.http = http_client(idle);
         self
     }
 
@@ -185,5 +192,15 @@ impl Client {
     ) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
         self.send(self.http.post(&url).json(body), &url).await
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    /// The client gives up an idle connection before a node with the
+    /// default limits closes it.
+    #[test]
+    fn idle_connections_are_dropped_before_the_node_closes_them() {
+        assert!(super::POOL_IDLE < crate::http::HttpLimits::default().header_timeout);
     }
 }
