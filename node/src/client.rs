@@ -71,8 +71,8 @@ pub enum TokenFile {
 /// A kept-alive connection idle this long is not reused: the node closes
 /// one idle for `[http] header_timeout` (10 s by default), and a request
 /// sent on a connection at the moment the node closes it fails with
-/// "connection reset by peer" (seen once in the 48-caisse testnet's
-/// settlement loop, which comes back to each node about every 10 s).
+/// "connection reset by peer" (seen once, in the 48-caisse testnet's
+/// settlement loop, which comes back to each node after a pause).
 pub const POOL_IDLE: Duration = Duration::from_secs(5);
 
 fn http_client(idle: usize) -> reqwest::Client {

@@ -369,6 +369,7 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
         Some(f) if f.skip_sync && engine == crate::store::Engine::Redb => {
             let s = crate::store::RedbStore::open(&engine.path(dir))?;
             s.hold_checkpoints();
+            crate::store::upgrade_layout(&s)?;
             Arc::new(s)
         }
         _ => crate::store::open(dir, engine)?,

@@ -78,8 +78,17 @@ pub fn open(dir: &Path, engine: Engine) -> Result<Arc<dyn Store>, StoreError> {
         Engine::Redb => Arc::new(RedbStore::open(&Engine::Redb.path(dir))?),
         Engine::Sled => Arc::new(SledStore::open(&Engine::Sled.path(dir))?),
     };
+    upgrade_layout(&*store)?;
+    Ok(store)
+}
+
+/// Bring an opened store to this build's layout ([`caisse_core::schema`]),
+/// saying so in the log when it moved anything. Every opener of a data
+/// directory's store goes through it ([`open`], or the node's own open
+/// under the `skip_sync` fault).
+pub fn upgrade_layout(store: &dyn Store) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
-    let up = caisse_core::schema::upgrade(&*store)?;
+    let up = caisse_core::schema::upgrade(store)?;
     if let Some(from) = up.from.filter(|v| *v < SCHEMA_VERSION) {
         tracing::info!(
             from,
@@ -89,7 +98,7 @@ pub fn open(dir: &Path, engine: Engine) -> Result<Arc<dyn Store>, StoreError> {
             "store layout upgraded"
         );
     }
-    Ok(store)
+    Ok(())
 }
 
 /// Open the existing store of the data directory `dir`.

@@ -50,13 +50,15 @@ pub fn upgrade(store: &dyn Store) -> Result<Upgraded, StoreError> {
             let Some(rest) = k.get(keys::STATEMENT_V1.len()..) else {
                 return true;
             };
-            let parsed = <[u8; 16]>::try_from(rest.get(..16).unwrap_or_default())
-                .ok()
-                .zip(
-                    rest.get(16..)
-                        .and_then(|s| <[u8; 8]>::try_from(s).ok())
-                        .map(u64::from_be_bytes),
-                );
+            // Member (16 bytes), then journal entry (8 bytes).
+            let parsed = (rest.len() == 24).then(|| {
+                let (member, seq) = rest.split_at(16);
+                let mut m = [0u8; 16];
+                m.copy_from_slice(member);
+                let mut q = [0u8; 8];
+                q.copy_from_slice(seq);
+                (m, u64::from_be_bytes(q))
+            });
             match parsed {
                 Some((member, seq)) => {
                     ops.push(Op::Delete(k.to_vec()));
@@ -73,7 +75,9 @@ pub fn upgrade(store: &dyn Store) -> Result<Upgraded, StoreError> {
             return Err(StoreError::Corrupt {
                 key,
                 detail: "a statement line of layout version 1 that is not member (16 bytes) \
-                         then journal entry (8 bytes)"
+                         then journal entry (8 bytes); the store cannot be upgraded past it: \
+                         restore the data directory from a backup \
+                         (`caisse --data-dir DIR restore FILE`)"
                     .into(),
             });
         }
