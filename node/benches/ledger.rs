@@ -10,7 +10,14 @@
 //!   (library, the store on disk: redb, or sled with
 //!   `CAISSE_BENCH_ENGINE=sled`; group commit, one sync per group: for redb
 //!   one write-ahead log record and one `fdatasync`), and through
-//!   the real HTTP API over loopback TCP; plus the cost of one sync.
+//!   the real HTTP API over loopback TCP; plus the cost of one sync. The
+//!   node in its own process is driven twice: by reqwest with JSON values
+//!   (what a till's software does) and by a lean load (hyper connections,
+//!   preformatted requests: what pgbench is to PostgreSQL).
+//!   `CAISSE_BENCH_HTTP_N=6000`: 6,000 purchases at one in flight and
+//!   90,000 above (2,000 and 30,000 by default).
+//! - `http`: only the node in its own process under both loads (after a
+//!   `CAISSE_BENCH_PAST` journal if asked).
 //! - `scale N`: N members enrolled through the library, then the time of a
 //!   monthly allocation run, of `ledger check`, of a restart (state load, in
 //!   a fresh process) and that process's resident memory.
@@ -51,7 +58,8 @@ fn main() {
             let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
             scale(n);
         }
-        Some("throughput") => rt.block_on(throughput()),
+        Some("throughput") => rt.block_on(throughput(false)),
+        Some("http") => rt.block_on(throughput(true)),
         Some("upgrade") => {
             let n = args
                 .get(1)
@@ -77,7 +85,7 @@ fn main() {
             }
         }
         _ => {
-            rt.block_on(throughput());
+            rt.block_on(throughput(false));
             scale(100_000);
         }
     }
@@ -274,13 +282,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx]
 }
 
-async fn throughput() {
+/// The throughput levels; with `only_http`, only the node in its own
+/// process under the separate load (the library levels and the
+/// same-process HTTP skipped; a `CAISSE_BENCH_PAST` journal still filled).
+async fn throughput(only_http: bool) {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("caisse");
     init_dir(&dir);
 
     // The cost of one durable sync on this disk.
-    {
+    if !only_http {
         std::fs::create_dir_all(tmp.path().join("sync-probe")).expect("probe directory");
         let store = caisse_node::store::open(&tmp.path().join("sync-probe"), bench_engine())
             .expect("store");
@@ -368,7 +379,8 @@ async fn throughput() {
         }
     }
 
-    for &inflight in &[1usize, 64, 512] {
+    let library_levels: &[usize] = if only_http { &[] } else { &[1, 64, 512] };
+    for &inflight in library_levels {
         let total = if inflight == 1 { 20_000 } else { 100_000 };
         let io_before = process_io();
         let started = Instant::now();
@@ -395,23 +407,10 @@ async fn throughput() {
                 lat
             }));
         }
-        let mut lat = Vec::new();
-        for t in tasks {
-            lat.extend(t.await.expect("task"));
-        }
-        let took = started.elapsed();
-        lat.sort();
-        println!(
-            "ledger (writer, {}, durable): {inflight:>3} in flight: {:>8.0} purchases/s ({} in {:.2?}), latency p50 {:?} p99 {:?}",
-            bench_engine().name(),
-            lat.len() as f64 / took.as_secs_f64(),
-            lat.len(),
-            took,
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99)
-        );
+        let label = format!("ledger (writer, {}, durable)", bench_engine().name());
+        let done = level_done(&label, inflight, started, tasks).await;
         if let (Some(a), Some(b)) = (io_before, process_io()) {
-            let n = lat.len().max(1) as f64;
+            let n = done.max(1) as f64;
             println!(
                 "  written per purchase: {:.0} B through write calls, {:.0} B to the disk",
                 (b.0 - a.0) as f64 / n,
@@ -445,16 +444,18 @@ async fn throughput() {
     }
 
     // Through the real HTTP API over loopback, the node in this process.
-    let node = daemon::start(&dir).await.expect("start node");
-    http_load(
-        &dir,
-        &cards,
-        outlet,
-        &[1, 64],
-        "HTTP API (loopback, same process)",
-    )
-    .await;
-    node.stop().await;
+    if !only_http {
+        let node = daemon::start(&dir).await.expect("start node");
+        http_load(
+            &dir,
+            &cards,
+            outlet,
+            &[1, 64],
+            "HTTP API (loopback, same process)",
+        )
+        .await;
+        node.stop().await;
+    }
 
     // The node in its own process, this one only the load (keep-alive
     // connections, one per in-flight request): what a shop's tills see.
@@ -487,6 +488,14 @@ async fn throughput() {
         outlet,
         &[1, 64, 256],
         "HTTP API (node in its own process, separate load process)",
+    )
+    .await;
+    lean_http_load(
+        &dir,
+        &cards,
+        outlet,
+        &[1, 64, 256],
+        "HTTP API (node in its own process, lean separate load)",
     )
     .await;
     let client = Client::from_data_dir(&dir, TokenFile::Admin).expect("client");
@@ -527,7 +536,7 @@ async fn http_load(
         let client = Client::from_data_dir(dir, TokenFile::Admin)
             .expect("client")
             .with_idle_connections(inflight);
-        let total = if inflight == 1 { 2_000 } else { 30_000 };
+        let total = http_level_size(inflight);
         let per_task = total / inflight;
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -550,22 +559,131 @@ async fn http_load(
                 lat
             }));
         }
-        let mut lat = Vec::new();
-        for t in tasks {
-            lat.extend(t.await.expect("task"));
-        }
-        let took = started.elapsed();
-        lat.sort();
-        println!(
-            "{label}: {inflight:>3} in flight: {:>8.0} purchases/s ({} in {:.2?}), latency p50 {:?} p99 {:?}",
-            lat.len() as f64 / took.as_secs_f64(),
-            lat.len(),
-            took,
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99)
-        );
+        level_done(label, inflight, started, tasks).await;
         // Close this level's connections before the next one opens its own.
         drop(client);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Wait for one level's tasks (each returns its latencies), print its
+/// rate and latencies under `label`; the purchases made.
+async fn level_done(
+    label: &str,
+    inflight: usize,
+    started: Instant,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
+) -> usize {
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.expect("task"));
+    }
+    let took = started.elapsed();
+    lat.sort();
+    println!(
+        "{label}: {inflight:>3} in flight: {:>8.0} purchases/s ({} in {:.2?}), latency p50 {:?} p99 {:?}",
+        lat.len() as f64 / took.as_secs_f64(),
+        lat.len(),
+        took,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+    lat.len()
+}
+
+/// Purchases per HTTP level: 2,000 at one in flight, 30,000 above, or
+/// `CAISSE_BENCH_HTTP_N` times 1 and 15 (longer samples on a noisy machine).
+fn http_level_size(inflight: usize) -> usize {
+    let n: usize = std::env::var("CAISSE_BENCH_HTTP_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    if inflight == 1 { n } else { 15 * n }
+}
+
+/// Purchases through the HTTP API as [`http_load`] does, from a lean load:
+/// one hyper HTTP/1.1 connection per request in flight (no pool), each
+/// request formatted from pre-encoded parts, the answer's status checked
+/// and its body read but not parsed: what pgbench is to PostgreSQL, so that
+/// the load takes less of this 2-core machine from the node it measures.
+async fn lean_http_load(
+    dir: &std::path::Path,
+    cards: &[CardId],
+    outlet: caisse_protocol::OutletId,
+    inflights: &[usize],
+    label: &str,
+) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+
+    let info = daemon::NodeInfo::read(dir).expect("node.json");
+    let token = std::fs::read_to_string(dir.join(info.admin_token_file.file_name().unwrap()))
+        .expect("token");
+    let auth = Arc::new(format!("Bearer {}", token.trim()));
+    let host = Arc::new(info.api.to_string());
+    let cards: Arc<Vec<String>> = Arc::new(
+        cards
+            .iter()
+            .map(|c| serde_json::to_string(c).unwrap())
+            .collect(),
+    );
+    let tail = Arc::new(format!(
+        r#","outlet":{},"lines":{}}}"#,
+        serde_json::to_string(&outlet).unwrap(),
+        serde_json::to_string(&line(1)).unwrap()
+    ));
+    for &inflight in inflights {
+        let total = http_level_size(inflight);
+        let per_task = total / inflight;
+        let mut senders = Vec::new();
+        for _ in 0..inflight {
+            let stream = tokio::net::TcpStream::connect(info.api)
+                .await
+                .expect("connect");
+            stream.set_nodelay(true).expect("nodelay");
+            let (send, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await
+            .expect("handshake");
+            tokio::spawn(conn);
+            senders.push(send);
+        }
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for (t, mut send) in senders.into_iter().enumerate() {
+            let (cards, tail, auth, host) =
+                (cards.clone(), tail.clone(), auth.clone(), host.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_task);
+                for i in 0..per_task {
+                    let body = format!(
+                        r#"{{"id":{},"card":{}{tail}"#,
+                        serde_json::to_string(&daemon::new_purchase_id()).unwrap(),
+                        cards[(t * 13 + i) % cards.len()]
+                    );
+                    let req = hyper::Request::post("/api/v1/purchases")
+                        .header(hyper::header::HOST, host.as_str())
+                        .header(hyper::header::AUTHORIZATION, auth.as_str())
+                        .header(hyper::header::CONTENT_TYPE, "application/json")
+                        .body(Full::new(Bytes::from(body)))
+                        .expect("request");
+                    let t0 = Instant::now();
+                    send.ready().await.expect("connection ready");
+                    let resp = send.send_request(req).await.expect("purchase");
+                    let status = resp.status();
+                    let bytes = resp.into_body().collect().await.expect("answer").to_bytes();
+                    assert!(
+                        status.is_success(),
+                        "purchase refused: {status} {}",
+                        String::from_utf8_lossy(&bytes)
+                    );
+                    lat.push(t0.elapsed());
+                }
+                lat
+            }));
+        }
+        level_done(label, inflight, started, tasks).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }

@@ -211,12 +211,9 @@ impl FromRequestParts<App> for Auth {
         if token.len() > 200 {
             return Err(unauthorized("token too long"));
         }
-        let key = token_key(token);
-        let bytes = state
-            .store
-            .get(&key)?
+        let role = state
+            .role_of(&token_key(token))?
             .ok_or_else(|| unauthorized("unknown token: check the token file"))?;
-        let role: Role = decode_value(&key, &bytes)?;
         Ok(Auth(role))
     }
 }

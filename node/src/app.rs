@@ -21,12 +21,25 @@ use caisse_protocol::{CaisseId, Envelope, Period};
 use crate::caisse::{CaisseError, PurchaseInput, Receipt};
 // (`app` names axum only for the request parts a client address is read from.)
 use crate::config::Config;
-use crate::store::Store;
+use crate::members::Role;
+use crate::store::{Store, StoreError};
 use crate::writer::{CaisseHandle, reply};
 
-/// What every handler, of the API or of the console, can reach.
+/// What every handler, of the API or of the console, can reach: one
+/// shared [`AppState`] (cloned per request and per middleware by axum, so
+/// a clone is one reference count, not one per field).
 #[derive(Clone)]
-pub struct App {
+pub struct App(Arc<AppState>);
+
+impl std::ops::Deref for App {
+    type Target = AppState;
+    fn deref(&self) -> &AppState {
+        &self.0
+    }
+}
+
+/// The state behind [`App`].
+pub struct AppState {
     /// The writer.
     pub(crate) handle: CaisseHandle,
     /// The store, for reads off the writer.
@@ -44,6 +57,9 @@ pub struct App {
     pub(crate) heavy: Arc<tokio::sync::Semaphore>,
     /// Wrong PINs per client address, over every till and every card.
     pub(crate) pin_guesses: crate::limiter::FailureLimiter,
+    /// Roles of tokens seen, with the writer's token generation when read
+    /// (see [`AppState::role_of`]).
+    tokens: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (Role, u64)>>,
 }
 
 /// Wrong PINs one client address may send within [`PIN_GUESS_WINDOW`]
@@ -63,7 +79,7 @@ impl App {
         federation: crate::federation::Federation,
         pseudonym_secret: &[u8; 32],
     ) -> App {
-        App {
+        App(Arc::new(AppState {
             handle,
             store,
             config: Arc::new(config),
@@ -77,7 +93,42 @@ impl App {
                 PIN_GUESS_WINDOW,
                 10_000,
             ),
+            tokens: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }))
+    }
+}
+
+/// Tokens whose roles [`AppState::role_of`] keeps (the caisse's own
+/// tokens: an admin's, an observer's, one per outlet, seat and producer);
+/// past it, the cache starts again empty.
+const CACHED_TOKENS: usize = 4_096;
+
+impl AppState {
+    /// The role of the token stored under `key` (see
+    /// `members::token_key`), `None` for a token the caisse never issued or
+    /// revoked. Read from the store once, then from a cache that any commit
+    /// writing a token (a new one, a revocation) empties: the generation is
+    /// read before the store, so a role read across a revocation is stored
+    /// under the generation before it and never served after it.
+    pub fn role_of(&self, key: &[u8]) -> Result<Option<Role>, StoreError> {
+        let generation = self.handle.tokens_generation();
+        if let Ok(cache) = self.tokens.lock()
+            && let Some((role, at)) = cache.get(key)
+            && *at == generation
+        {
+            return Ok(Some(role.clone()));
         }
+        let Some(bytes) = self.store.get(key)? else {
+            return Ok(None);
+        };
+        let role: Role = caisse_core::store::decode_value(key, &bytes)?;
+        if let Ok(mut cache) = self.tokens.lock() {
+            if cache.len() >= CACHED_TOKENS {
+                cache.clear();
+            }
+            cache.insert(key.to_vec(), (role.clone(), generation));
+        }
+        Ok(Some(role))
     }
 }
 

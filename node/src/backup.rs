@@ -135,10 +135,9 @@ impl BackupWriter {
     /// Log the operations of a commit on keys already copied.
     pub fn log(&mut self, ops: &[Op]) -> std::io::Result<()> {
         for op in ops {
-            let key = match op {
-                Op::Put(k, _) | Op::Delete(k) => k,
-            };
-            let copied = self.copied_all || self.cursor.as_ref().is_some_and(|c| key < c);
+            let key = op.key();
+            let copied =
+                self.copied_all || self.cursor.as_ref().is_some_and(|c| key < c.as_slice());
             if !copied {
                 continue;
             }

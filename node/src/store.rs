@@ -512,9 +512,7 @@ impl RedbStore {
             // key (most batches that are not purchases have none).
             let mut journal: Option<packed::Writer> = None;
             for op in ops {
-                let key = match op {
-                    Op::Put(k, _) | Op::Delete(k) => k.as_slice(),
-                };
+                let key = op.key();
                 if self.packed && key.starts_with(keys::JOURNAL) {
                     let journal = match &mut journal {
                         Some(j) => j,

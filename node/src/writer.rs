@@ -34,7 +34,7 @@ use crate::caisse::{
 };
 use crate::ledger::{CheckReport, SubsidySource};
 use crate::members::{MemberRecord, Role};
-use crate::store::Store;
+use crate::store::{Store, keys};
 
 /// Most till commands decided per commit.
 pub const MAX_GROUP: usize = 2048;
@@ -155,6 +155,9 @@ struct Shared {
     published: Arc<AtomicU64>,
     /// Its sales-totals counter as of the last commit.
     sales: Arc<AtomicU64>,
+    /// Commits that wrote a token key (issued or revoked): a role read
+    /// from the store under an older count may be stale.
+    tokens: AtomicU64,
 }
 
 /// A cloneable handle to the writer.
@@ -184,6 +187,7 @@ pub fn spawn(caisse: Caisse, clock: Arc<Clock>) -> (CaisseHandle, std::thread::J
         sales: Arc::new(AtomicU64::new(
             caisse.sales_version().load(Ordering::Acquire),
         )),
+        tokens: AtomicU64::new(0),
     });
     let store = caisse.store().clone();
     let thread_clock = clock.clone();
@@ -584,6 +588,11 @@ impl Writer {
         if !ops.is_empty() {
             let store = self.caisse.store().clone();
             store.apply_durably(&ops).map_err(|e| e.to_string())?;
+            // Before any answer of this group: a revocation acknowledged
+            // is one every later request sees.
+            if ops.iter().any(|op| op.key().starts_with(keys::TOKEN)) {
+                self.shared.tokens.fetch_add(1, Ordering::Release);
+            }
         }
         self.backup_after_commit(&ops);
         Ok(())
@@ -804,6 +813,12 @@ impl CaisseHandle {
             self.shared.members.load(Ordering::Relaxed),
             self.shared.entries.load(Ordering::Relaxed),
         )
+    }
+
+    /// How many commits so far wrote a token (issued or revoked): a role
+    /// read from the store is current while this count has not moved.
+    pub fn tokens_generation(&self) -> u64 {
+        self.shared.tokens.load(Ordering::Acquire)
     }
 
     /// Requests waiting for the writer.

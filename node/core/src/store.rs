@@ -73,6 +73,15 @@ pub enum Op {
     Delete(Vec<u8>),
 }
 
+impl Op {
+    /// The key this operation sets or removes.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Op::Put(k, _) | Op::Delete(k) => k,
+        }
+    }
+}
+
 /// An ordered key-value store with atomic batches and explicit durability.
 pub trait Store: Send + Sync + 'static {
     /// The value under `key`.
