@@ -106,10 +106,11 @@ const CACHED_TOKENS: usize = 4_096;
 impl AppState {
     /// The role of the token stored under `key` (see
     /// `members::token_key`), `None` for a token the caisse never issued or
-    /// revoked. Read from the store once, then from a cache that any commit
-    /// writing a token (a new one, a revocation) empties: the generation is
-    /// read before the store, so a role read across a revocation is stored
-    /// under the generation before it and never served after it.
+    /// revoked. Read from the store once, then from a cache whose entries
+    /// any commit writing a token (a new one, a revocation) makes stale:
+    /// the generation is read before the store, so a role read across a
+    /// revocation is kept under the generation before it and never served
+    /// after it.
     pub fn role_of(&self, key: &[u8]) -> Result<Option<Role>, StoreError> {
         let generation = self.handle.tokens_generation();
         if let Ok(cache) = self.tokens.lock()
