@@ -617,9 +617,8 @@ async fn lean_http_load(
     use hyper::body::Bytes;
 
     let info = daemon::NodeInfo::read(dir).expect("node.json");
-    let token = std::fs::read_to_string(dir.join(info.admin_token_file.file_name().unwrap()))
-        .expect("token");
-    let auth = Arc::new(format!("Bearer {}", token.trim()));
+    let client = Client::from_data_dir(dir, TokenFile::Admin).expect("client");
+    let auth = Arc::new(format!("Bearer {}", client.token()));
     let host = Arc::new(info.api.to_string());
     let cards: Arc<Vec<String>> = Arc::new(
         cards

@@ -129,6 +129,12 @@ impl Client {
         Ok(Client::new(info.api, token))
     }
 
+    /// The bearer token this client sends (for a load generator that
+    /// speaks HTTP itself).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// The same node with another token.
     pub fn with_token(&self, token: impl Into<String>) -> Client {
         Client {
