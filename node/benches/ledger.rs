@@ -18,6 +18,8 @@
 //!   90,000 above (2,000 and 30,000 by default).
 //! - `http`: only the node in its own process under both loads (after a
 //!   `CAISSE_BENCH_PAST` journal if asked).
+//! - `library`: only the library's levels (after a `CAISSE_BENCH_PAST`
+//!   journal if asked).
 //! - `scale N`: N members enrolled through the library, then the time of a
 //!   monthly allocation run, of `ledger check`, of a restart (state load, in
 //!   a fresh process) and that process's resident memory.
@@ -58,8 +60,9 @@ fn main() {
             let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
             scale(n);
         }
-        Some("throughput") => rt.block_on(throughput(false)),
-        Some("http") => rt.block_on(throughput(true)),
+        Some("throughput") => rt.block_on(throughput(Levels::All)),
+        Some("http") => rt.block_on(throughput(Levels::Http)),
+        Some("library") => rt.block_on(throughput(Levels::Library)),
         Some("upgrade") => {
             let n = args
                 .get(1)
@@ -85,7 +88,7 @@ fn main() {
             }
         }
         _ => {
-            rt.block_on(throughput(false));
+            rt.block_on(throughput(Levels::All));
             scale(100_000);
         }
     }
@@ -282,10 +285,22 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx]
 }
 
-/// The throughput levels; with `only_http`, only the node in its own
-/// process under the separate load (the library levels and the
-/// same-process HTTP skipped; a `CAISSE_BENCH_PAST` journal still filled).
-async fn throughput(only_http: bool) {
+/// Which throughput levels a run measures (a `CAISSE_BENCH_PAST` journal
+/// is filled first in each).
+#[derive(Clone, Copy, PartialEq)]
+enum Levels {
+    /// The library's, then HTTP in the same process, then the node in its
+    /// own process under both loads.
+    All,
+    /// Only the node in its own process under both loads.
+    Http,
+    /// Only the library's.
+    Library,
+}
+
+/// The throughput levels `levels` says.
+async fn throughput(levels: Levels) {
+    let only_http = levels == Levels::Http;
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("caisse");
     init_dir(&dir);
@@ -443,6 +458,9 @@ async fn throughput(only_http: bool) {
         );
     }
 
+    if levels == Levels::Library {
+        return;
+    }
     // Through the real HTTP API over loopback, the node in this process.
     if !only_http {
         let node = daemon::start(&dir).await.expect("start node");

@@ -265,6 +265,14 @@ fn redb_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Engine(e.to_string())
 }
 
+/// A key under the journal's prefix that is not one entry's.
+fn bad_journal_key(key: &[u8]) -> StoreError {
+    StoreError::Engine(format!(
+        "journal key {} is not j/ and an 8-byte sequence number (nothing was written)",
+        keys::printable(key)
+    ))
+}
+
 /// The store's layout marks: `journal` = 1 when the journal is packed;
 /// [`WAL_NEXT`].
 const LAYOUT_TABLE: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("layout");
@@ -429,18 +437,33 @@ impl RedbStore {
         self.checkpoint(&mut log)
     }
 
-    /// Commit `ops` to redb without a flush, log them, sync the log if
-    /// `durable`, and make a checkpoint if one is due. A batch that fails
-    /// before it is logged changes nothing; a log that cannot be written
-    /// refuses every batch after (see [`wal::Wal::failed`]).
+    /// Log `ops`, commit them to redb without a flush while the log is
+    /// synced (if `durable`: the device's flush and redb's commit overlap),
+    /// and make a checkpoint if one is due. A batch refused before it is
+    /// logged (a journal key the packed table cannot hold, a failed log)
+    /// changes nothing. Once it is logged, a failure of the log's write or
+    /// sync, or redb refusing the batch, fails the log: every later batch
+    /// is refused, and the next open applies what the log holds (so a
+    /// batch answered with an error may be there after a restart, as with
+    /// a sync that fails after its write reached the disk: a retry with
+    /// the same purchase id finds it done).
     fn commit(&self, ops: &[Op], durable: bool) -> Result<(), StoreError> {
         let mut log = self.log();
         log.check()?;
-        self.write(ops)?;
+        self.check_keys(ops)?;
         log.append(ops)?;
-        if durable {
-            log.sync()?;
+        let syncing = match durable {
+            true => log.start_sync()?,
+            false => wal::Syncing::Done,
+        };
+        let written = self.write(ops);
+        let synced = log.finish_sync(syncing);
+        if let Err(e) = written {
+            tracing::error!(target: "caisse::store", store = %self.path.display(), error = %e, "redb refused a logged batch: the store refuses further writes");
+            log.failed.get_or_insert_with(|| e.to_string());
+            return Err(e);
         }
+        synced?;
         if log.checkpoint_due()
             && let Err(e) = self.checkpoint(&mut log)
         {
@@ -451,6 +474,22 @@ impl RedbStore {
             log.failed.get_or_insert_with(|| e.to_string());
         }
         Ok(())
+    }
+
+    /// Refuse, before anything is logged, a batch with a journal key the
+    /// packed journal cannot hold.
+    fn check_keys(&self, ops: &[Op]) -> Result<(), StoreError> {
+        if !self.packed {
+            return Ok(());
+        }
+        match ops
+            .iter()
+            .map(Op::key)
+            .find(|k| k.starts_with(keys::JOURNAL) && packed::seq_of(k).is_none())
+        {
+            Some(k) => Err(bad_journal_key(k)),
+            None => Ok(()),
+        }
     }
 
     /// Whether the journal is packed (a store this version created, or
@@ -520,12 +559,7 @@ impl RedbStore {
                             txn.open_table(packed::JOURNAL_TABLE).map_err(redb_err)?,
                         )),
                     };
-                    let seq = packed::seq_of(key).ok_or_else(|| {
-                        StoreError::Engine(format!(
-                            "journal key {} is not j/ and an 8-byte sequence number (nothing was written)",
-                            keys::printable(key)
-                        ))
-                    })?;
+                    let seq = packed::seq_of(key).ok_or_else(|| bad_journal_key(key))?;
                     match op {
                         Op::Put(_, v) => journal.put(seq, v)?,
                         Op::Delete(_) => journal.delete(seq)?,
@@ -1223,6 +1257,17 @@ mod tests {
                 .contains("8-byte sequence number")
         );
         assert_eq!(s.scan_prefix(b"").unwrap(), before, "nothing was written");
+        // Nor logged: a crash now replays nothing of it, and the store goes
+        // on taking batches.
+        s.hold_checkpoints();
+        s.apply_durably(&[Op::Put(b"x/2".to_vec(), b"two".to_vec())])
+            .unwrap();
+        let copy = dir.path().join("copy");
+        crash_copy(dir.path(), &copy);
+        let c = RedbStore::open(&copy.join("store.redb")).unwrap();
+        assert_eq!(c.get(b"x/1").unwrap(), None);
+        assert_eq!(c.get(b"x/2").unwrap(), Some(b"two".to_vec()));
+        assert_eq!(c.scan_prefix(b"j/").unwrap().len(), 10_000);
     }
 
     #[test]

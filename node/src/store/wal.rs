@@ -7,7 +7,10 @@
 //! (`Durability::None`: visible to readers, its pages kept in memory or
 //! written without a sync) and its operations are appended to this log,
 //! one checksummed record per batch; [`Wal::sync`] is one `fdatasync` of
-//! the log. Every so often ([`CHECKPOINT_BYTES`], [`CHECKPOINT_EVERY`]) a
+//! the log. A durable commit appends the record first, then hands the
+//! `fdatasync` to the log's own thread while it commits the batch to redb
+//! ([`Wal::start_sync`]): the device's flush and redb's commit overlap.
+//! Every so often ([`CHECKPOINT_BYTES`], [`CHECKPOINT_EVERY`]) a
 //! *checkpoint* commits redb durably, with the number of the next record
 //! in the same commit, and empties the log: the pages a thousand purchases
 //! share are written once.
@@ -196,12 +199,67 @@ pub(super) struct Wal {
     /// Bytes appended and not yet synced.
     unsynced: u64,
     last_checkpoint: Instant,
-    /// Set when a write or sync of the log failed: the batch was committed
-    /// to redb but not logged, so nothing may be written or checkpointed
-    /// after it (it would make a failed batch durable).
+    /// Set when a write or sync of the log failed, or redb refused a
+    /// batch already logged: the log and redb may disagree about that
+    /// batch, so nothing may be written or checkpointed after it (the next
+    /// open settles it from the log).
     pub(super) failed: Option<String>,
     /// No timed checkpoint (see [`super::RedbStore::hold_checkpoints`]).
     pub(super) held: bool,
+    /// The thread that syncs the log while the batch is committed to redb
+    /// (started at the first [`Wal::start_sync`]).
+    syncer: Option<Syncer>,
+}
+
+/// A thread with its own handle on the log file: asked to `fdatasync` it,
+/// it answers with the outcome. One sync at a time (the log's lock).
+struct Syncer {
+    /// `None` only while the syncer is dropped.
+    ask: Option<std::sync::mpsc::SyncSender<()>>,
+    done: std::sync::mpsc::Receiver<std::io::Result<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn start(file: &File) -> std::io::Result<Syncer> {
+        let file = file.try_clone()?;
+        let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
+        let (answer, done) = std::sync::mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("store-log-sync".into())
+            .spawn(move || {
+                while asked.recv().is_ok() {
+                    if answer.send(file.sync_data()).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Syncer {
+            ask: Some(ask),
+            done,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop.
+        drop(self.ask.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What [`Wal::start_sync`] started.
+#[must_use = "a sync started must be finished (Wal::finish_sync)"]
+pub(super) enum Syncing {
+    /// Nothing to wait for: nothing was unsynced, or the sync was done at
+    /// once (no sync thread could be started).
+    Done,
+    /// The sync thread is syncing this many bytes.
+    Running(u64),
 }
 
 impl Wal {
@@ -232,6 +290,7 @@ impl Wal {
             last_checkpoint: Instant::now(),
             failed: None,
             held: false,
+            syncer: None,
         };
         Ok((wal, decode_records(&bytes)))
     }
@@ -275,6 +334,58 @@ impl Wal {
         }
         self.unsynced = 0;
         Ok(())
+    }
+
+    /// Start making every appended record durable on the sync thread, so
+    /// the caller can commit the batch to redb during the device's flush
+    /// (one purchase in flight waits for the longer of the two, not their
+    /// sum); [`Wal::finish_sync`] waits for it.
+    pub(super) fn start_sync(&mut self) -> Result<Syncing, StoreError> {
+        self.check()?;
+        if self.unsynced == 0 {
+            return Ok(Syncing::Done);
+        }
+        if self.syncer.is_none() {
+            match Syncer::start(&self.file) {
+                Ok(s) => self.syncer = Some(s),
+                Err(e) => {
+                    tracing::warn!(target: "caisse::store", log = %self.path.display(), error = %e, "no thread to sync the log: syncing in line");
+                    self.sync()?;
+                    return Ok(Syncing::Done);
+                }
+            }
+        }
+        let asked = self
+            .syncer
+            .as_ref()
+            .and_then(|s| s.ask.as_ref())
+            .is_some_and(|ask| ask.send(()).is_ok());
+        if !asked {
+            self.syncer = None;
+            self.failed = Some("the log's sync thread has stopped".into());
+            return self.check().map(|()| Syncing::Done);
+        }
+        Ok(Syncing::Running(self.unsynced))
+    }
+
+    /// Wait for the sync [`Wal::start_sync`] started; its failure fails
+    /// the log as a failed [`Wal::sync`] does.
+    pub(super) fn finish_sync(&mut self, syncing: Syncing) -> Result<(), StoreError> {
+        let Syncing::Running(bytes) = syncing else {
+            return self.check();
+        };
+        let outcome = match &self.syncer {
+            Some(s) => s.done.recv().unwrap_or_else(|_| {
+                Err(std::io::Error::other("the log's sync thread has stopped"))
+            }),
+            None => Err(std::io::Error::other("the log's sync thread has stopped")),
+        };
+        if let Err(e) = outcome {
+            self.failed.get_or_insert_with(|| e.to_string());
+            return self.check();
+        }
+        self.unsynced = self.unsynced.saturating_sub(bytes);
+        self.check()
     }
 
     /// Whether the next batch should make a checkpoint.
