@@ -258,8 +258,14 @@ pub(super) enum Syncing {
     /// Nothing to wait for: nothing was unsynced, or the sync was done at
     /// once (no sync thread could be started).
     Done,
-    /// The sync thread is syncing this many bytes.
-    Running(u64),
+    /// The sync thread is syncing every record appended (none can be
+    /// appended meanwhile: the caller holds the log).
+    Running,
+}
+
+/// Why a sync handed to the sync thread has no outcome.
+fn sync_thread_stopped() -> std::io::Error {
+    std::io::Error::other("the log's sync thread has stopped")
 }
 
 impl Wal {
@@ -300,7 +306,7 @@ impl Wal {
     pub(super) fn check(&self) -> Result<(), StoreError> {
         match &self.failed {
             Some(e) => Err(StoreError::Engine(format!(
-                "{}: an earlier write of the write-ahead log failed ({e}); nothing more is written: \
+                "{}: an earlier write of the write-ahead log or of the store failed ({e}); nothing more is written: \
                  restart the node (it reopens the store at its last durable state)",
                 self.path.display()
             ))),
@@ -362,29 +368,27 @@ impl Wal {
             .is_some_and(|ask| ask.send(()).is_ok());
         if !asked {
             self.syncer = None;
-            self.failed = Some("the log's sync thread has stopped".into());
+            self.failed = Some(sync_thread_stopped().to_string());
             return self.check().map(|()| Syncing::Done);
         }
-        Ok(Syncing::Running(self.unsynced))
+        Ok(Syncing::Running)
     }
 
     /// Wait for the sync [`Wal::start_sync`] started; its failure fails
     /// the log as a failed [`Wal::sync`] does.
     pub(super) fn finish_sync(&mut self, syncing: Syncing) -> Result<(), StoreError> {
-        let Syncing::Running(bytes) = syncing else {
+        if let Syncing::Done = syncing {
             return self.check();
-        };
+        }
         let outcome = match &self.syncer {
-            Some(s) => s.done.recv().unwrap_or_else(|_| {
-                Err(std::io::Error::other("the log's sync thread has stopped"))
-            }),
-            None => Err(std::io::Error::other("the log's sync thread has stopped")),
+            Some(s) => s.done.recv().unwrap_or_else(|_| Err(sync_thread_stopped())),
+            None => Err(sync_thread_stopped()),
         };
         if let Err(e) = outcome {
             self.failed.get_or_insert_with(|| e.to_string());
             return self.check();
         }
-        self.unsynced = self.unsynced.saturating_sub(bytes);
+        self.unsynced = 0;
         self.check()
     }
 
