@@ -447,8 +447,15 @@ enum LedgerCmd {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Audit the ledger; exits with status 3 if anything is wrong.
-    Check,
+    /// Audit the ledger; exits with status 3 if anything is wrong. Reads
+    /// the journal from where the last clean audit stopped, and compares
+    /// every balance.
+    Check {
+        /// Read the whole journal again, from its first entry (an edit of
+        /// entries an earlier audit verified is found only so).
+        #[arg(long)]
+        full: bool,
+    },
     /// The accountant's file of a month: every entry as debits and credits
     /// on the associations' chart of accounts, in the FEC layout (`|`
     /// separated, decimal comma); members never itemised.
@@ -2325,14 +2332,31 @@ async fn ledger(c: &Client, out: &Output, l: &LedgerCmd) -> Result<ExitCode> {
                 }
             });
         }
-        LedgerCmd::Check => {
-            let v: CheckReport = c.get("/api/v1/ledger/check").await?;
+        LedgerCmd::Check { full } => {
+            let path = if *full {
+                "/api/v1/ledger/check?full=true"
+            } else {
+                "/api/v1/ledger/check"
+            };
+            let v: CheckReport = c.get(path).await?;
             let ok = v.ok();
             out.show(&v, |v| {
-                println!(
-                    "Checked {} journal entries and {} accounts.",
-                    v.entries, v.accounts
-                );
+                if v.from == 0 {
+                    println!(
+                        "Checked {} journal entries (the whole journal) and {} accounts.",
+                        v.entries, v.accounts
+                    );
+                } else {
+                    println!(
+                        "Checked journal entries {} to {} and {} accounts; the {} entries before were verified by an earlier audit (the whole journal was last read on {}: `caisse ledger check --full` reads it all again).",
+                        v.from,
+                        v.from.saturating_add(v.entries).saturating_sub(1),
+                        v.accounts,
+                        v.from,
+                        v.full_at
+                            .map_or_else(|| "an unknown day".into(), |t| Day::from_unix(t).to_string())
+                    );
+                }
                 if ok {
                     println!("Ledger OK: postings balance, chain intact, balances match the journal, no allocation twice, every purchase recorded once.");
                 } else {

@@ -351,8 +351,10 @@ fn a_caisse_runs_its_month() {
         ],
     );
     assert_eq!((code, s(&v["error"])), (2, "forbidden".into()));
-    let (code, _) = json(&dir, &["ledger", "check"]);
+    let (code, first_audit) = json(&dir, &["ledger", "check"]);
     assert_eq!(code, 0);
+    // No clean audit before it: the whole journal was read.
+    assert_eq!(first_audit["from"], 0, "{first_audit}");
 
     // Contributions on the scale, subsidies by source, payout.
     let c = ok(
@@ -440,18 +442,30 @@ fn a_caisse_runs_its_month() {
     assert_eq!(get("allocations"), "-230.88"); // -248.38 + 17.50 paid out
     assert_eq!(get("paid-out"), "17.50");
     assert_eq!(get(&format!("member:{ana_id}")), "86.50");
+    // The audit starts where the first one stopped; `--full` reads the
+    // whole journal again.
     let check = caisse(&dir, &["ledger", "check"]);
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    let said = String::from_utf8_lossy(&check.stdout).to_string();
+    assert!(check.status.success(), "{said}");
+    assert!(said.contains("verified by an earlier audit"), "{said}");
+    let full = caisse(&dir, &["ledger", "check", "--full"]);
+    let said = String::from_utf8_lossy(&full.stdout).to_string();
+    assert!(full.status.success(), "{said}");
+    assert!(said.contains("(the whole journal)"), "{said}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(dir.join("audit.checkpoint")).expect("the audit's checkpoint");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
 
-    // Balances survive a clean restart.
+    // Balances survive a clean restart, and so does the audit's checkpoint.
     assert_eq!(node.stop(), Some(0));
     let _node = TestNode::start(&dir);
     assert_eq!(balance(&dir, &ana_id), "86.50");
-    assert!(caisse(&dir, &["ledger", "check"]).status.success());
+    let (code, audit) = json(&dir, &["ledger", "check"]);
+    assert_eq!(code, 0, "{audit}");
+    assert!(audit["from"].as_u64().unwrap() > 0, "{audit}");
+    assert!(audit["findings"].as_array().unwrap().is_empty(), "{audit}");
 }
 
 #[test]

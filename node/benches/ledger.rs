@@ -26,7 +26,9 @@
 //! - `drift N MINUTES`: N members; a real node in a child process under
 //!   purchases as fast as 16 tills get answers, an allocation run, a
 //!   `ledger check` and a report every two minutes; its resident memory
-//!   every 30 s, then again after a restart on the same store.
+//!   every 30 s, then again after a restart on the same store. The node's
+//!   audits start from the last clean one's checkpoint
+//!   (`CAISSE_BENCH_FULL_CHECK=1`: each reads the whole journal).
 //! - `upgrade N`: a redb store of layout version 1 with N statement lines
 //!   (100,000 members), then the time the node's open takes to upgrade it.
 //! - `tills N`: N members; a real node in a child process; this process is
@@ -1064,6 +1066,13 @@ async fn drift(n: usize, minutes: u64) {
     let mut samples = Vec::new();
     let mut next_jobs = Duration::from_secs(120);
     let mut jobs = Vec::new();
+    // The node's audits start from the last clean one's checkpoint;
+    // `CAISSE_BENCH_FULL_CHECK=1` has each read the whole journal.
+    let check_path = if std::env::var_os("CAISSE_BENCH_FULL_CHECK").is_some() {
+        "/api/v1/ledger/check?full=true"
+    } else {
+        "/api/v1/ledger/check"
+    };
     while started.elapsed() < Duration::from_secs(minutes * 60) {
         tokio::time::sleep(Duration::from_secs(30)).await;
         if started.elapsed() >= next_jobs {
@@ -1075,7 +1084,7 @@ async fn drift(n: usize, minutes: u64) {
                 .await
                 .expect("allocation run");
             let allocation = t.elapsed();
-            let _: Value = client.get("/api/v1/ledger/check").await.expect("check");
+            let audit: Value = client.get(check_path).await.expect("check");
             let check = t.elapsed() - allocation;
             let _: Value = client
                 .get(&format!("/api/v1/report?period={period}"))
@@ -1086,6 +1095,7 @@ async fn drift(n: usize, minutes: u64) {
                 allocation,
                 check,
                 t.elapsed() - allocation - check,
+                audit,
             ));
         }
         let status: Value = client.get("/api/v1/status").await.expect("status");
@@ -1103,6 +1113,20 @@ async fn drift(n: usize, minutes: u64) {
     for t in tills {
         let _ = t.await;
     }
+    // The tills stopped: the audit from the last checkpoint, then the
+    // whole journal, on the same store.
+    let mut idle = Vec::new();
+    for path in ["/api/v1/ledger/check", "/api/v1/ledger/check?full=true"] {
+        let t = Instant::now();
+        let audit: Value = client.get(path).await.expect("check");
+        idle.push(format!(
+            "{path}: {:.1?} ({} entries read from entry {}, {} findings)",
+            t.elapsed(),
+            audit["entries"],
+            audit["from"],
+            audit["findings"].as_array().map_or(0, Vec::len)
+        ));
+    }
     unsafe_kill(&mut child);
     let (mut child, _client, first) = start_node(&prepared).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -1116,9 +1140,13 @@ async fn drift(n: usize, minutes: u64) {
         samples.last().copied().unwrap_or(0),
         tail
     );
-    for (minute, allocation, check, report) in jobs {
+    println!("drift {n}: idle at the end, {}", idle.join("; "));
+    for (minute, allocation, check, report, audit) in jobs {
         println!(
-            "jobs at minute {minute}: allocation run {allocation:.1?}, ledger check {check:.1?}, report {report:.1?}"
+            "jobs at minute {minute}: allocation run {allocation:.1?}, ledger check {check:.1?} ({} entries read from entry {}, {} findings), report {report:.1?}",
+            audit["entries"],
+            audit["from"],
+            audit["findings"].as_array().map_or(0, Vec::len)
         );
     }
     if bench_engine() == Engine::Redb {

@@ -767,14 +767,23 @@ async fn journal(
     Ok(Json(v))
 }
 
+/// `?full=true`: read the whole journal, not only what the last clean
+/// audit left.
+#[derive(Deserialize)]
+struct CheckQuery {
+    #[serde(default)]
+    full: bool,
+}
+
 async fn check(
     State(s): State<App>,
     auth: Auth,
+    Query(q): Query<CheckQuery>,
 ) -> Result<Json<crate::ledger::CheckReport>, ApiError> {
     // The audit reads every entry: the admin (treasurer) or the auditor
     // starts it, not the committee's observer token.
     auth.ledger_reader()?;
-    Ok(Json(s.handle.check().await?))
+    Ok(Json(s.handle.check(q.full).await?))
 }
 
 /// The accountant's file of a period (FEC layout), with its totals.

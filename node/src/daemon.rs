@@ -402,7 +402,8 @@ pub async fn start(dir: &Path) -> Result<RunningNode, NodeError> {
     } else {
         Clock::system()
     };
-    let (handle, writer_thread) = writer::spawn(caisse, clock);
+    let (handle, writer_thread) =
+        writer::spawn_in(caisse, clock, Some(dir.join(crate::audit::FILE)));
     let published = handle.published_version();
     let sales = handle.sales_version();
     // Listening on port 0 picks a free port; keep the one picked, so that

@@ -13,6 +13,7 @@
 //!   side of a cross-caisse sale, reports off the writer).
 //! - [`api`]: the HTTP JSON API.
 //! - [`redact`]: what each role sees of member and card ids.
+//! - [`audit`]: the last clean ledger audit's checkpoint, for the next audit to start from.
 //! - [`backup`]: online, consistent backups (copied by the writer between commits) and restore.
 //! - [`cards`]: member cards to print (QR code and barcode of the card number).
 //! - [`metrics`]: Prometheus metrics at `GET /metrics` (no personal data).
@@ -47,6 +48,7 @@ pub use caisse_core::{
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod backup;
 pub mod cards;
 pub mod client;

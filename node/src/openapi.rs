@@ -142,7 +142,7 @@ pub const ROUTES: &[(&str, &str, &str, Access)] = &[
     (
         "get",
         "/api/v1/ledger/check",
-        "Audit the ledger",
+        "Audit the ledger from the last clean audit's checkpoint (`?full=true`: the whole journal)",
         Access::Reader,
     ),
     (

@@ -101,13 +101,17 @@ enum Request {
     Execute(Box<Command>, oneshot::Sender<Result<Reply, CaisseError>>),
     /// Run a period's allocation as a background job; answered when done.
     Allocate(Period, oneshot::Sender<Result<AllocationRun, CaisseError>>),
-    /// Audit the ledger: replayed off the writer up to the head, then what
-    /// moved meanwhile settled between two commits.
-    Check(oneshot::Sender<Result<CheckReport, CaisseError>>),
+    /// Audit the ledger: replayed off the writer up to the head (from the
+    /// last clean audit's checkpoint, unless `full`), then what moved
+    /// meanwhile settled between two commits.
+    Check {
+        full: bool,
+        reply: oneshot::Sender<Result<CheckReport, CaisseError>>,
+    },
     /// The off-writer part of an audit is done.
     CheckRead {
         id: u64,
-        result: Result<(CheckReport, crate::ledger::Suspects), crate::store::StoreError>,
+        result: Result<Box<CheckRead>, crate::store::StoreError>,
         reply: oneshot::Sender<Result<CheckReport, CaisseError>>,
     },
     /// Write an online, consistent backup of the store to a new file.
@@ -118,6 +122,14 @@ enum Request {
     /// Decide what is queued, then stop (running jobs are abandoned).
     Stop,
 }
+
+/// What the off-writer part of an audit found, and the checkpoint to keep
+/// if the settled audit is clean.
+type CheckRead = (
+    CheckReport,
+    crate::ledger::Suspects,
+    crate::ledger::AuditCheckpoint,
+);
 
 /// A backup the writer is copying, step by step between commits.
 struct RunningBackup {
@@ -172,7 +184,19 @@ pub struct CaisseHandle {
 
 /// Start the writer thread over `caisse`. The thread ends when every
 /// handle is dropped or storage fails; join the returned handle to wait.
+/// Every audit reads the whole journal (no checkpoint is kept: see
+/// [`spawn_in`]).
 pub fn spawn(caisse: Caisse, clock: Arc<Clock>) -> (CaisseHandle, std::thread::JoinHandle<()>) {
+    spawn_in(caisse, clock, None)
+}
+
+/// [`spawn`], keeping the last clean audit's checkpoint in the file
+/// `audit` (see [`crate::audit`]) for the next audit to start from.
+pub fn spawn_in(
+    caisse: Caisse,
+    clock: Arc<Clock>,
+    audit: Option<std::path::PathBuf>,
+) -> (CaisseHandle, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let (failed_tx, failed) = watch::channel(None);
     let shared = Arc::new(Shared {
@@ -209,6 +233,7 @@ pub fn spawn(caisse: Caisse, clock: Arc<Clock>) -> (CaisseHandle, std::thread::J
                 stopping: false,
                 back,
                 backup: None,
+                audit,
             };
             if let Err(reason) = w.run(rx) {
                 tracing::error!(target: "caisse::events::storage", error = %reason, "the writer stopped: storage failed");
@@ -228,6 +253,54 @@ pub fn spawn(caisse: Caisse, clock: Arc<Clock>) -> (CaisseHandle, std::thread::J
         },
         join,
     )
+}
+
+/// After a clean settled audit: its checkpoint saved off the writer (at a
+/// million members, some 40 MB) for the next audit to start from, then
+/// `report` answered, so that an audit asked after this one's answer
+/// starts there. (An audit with findings leaves the last checkpoint in
+/// place: the next one reads them again.)
+fn keep_checkpoint(
+    reached: crate::ledger::AuditCheckpoint,
+    file: std::path::PathBuf,
+    report: CheckReport,
+    reply: oneshot::Sender<Result<CheckReport, CaisseError>>,
+) {
+    let upto = reached.upto;
+    let answer = Arc::new(Mutex::new(Some((report, reply))));
+    let answer_here = answer.clone();
+    let saved = std::thread::Builder::new()
+        .name("audit-checkpoint".into())
+        .spawn(move || {
+            lower_priority();
+            match crate::audit::save(&file, &reached) {
+                Ok(()) => {
+                    tracing::info!(target: "caisse::events::audit", upto, "audit checkpoint saved: the next audit starts there");
+                }
+                Err(e) => {
+                    tracing::warn!(target: "caisse::events::audit", file = %file.display(), error = %e, "cannot save the audit checkpoint: the next audit starts from the last one");
+                }
+            }
+            answer_with(&answer);
+        });
+    if let Err(e) = saved {
+        tracing::warn!(target: "caisse::events::audit", error = %e, "no thread to save the audit checkpoint");
+        answer_with(&answer_here);
+    }
+}
+
+/// An audit's report and where to send it.
+type AuditAnswer = (
+    CheckReport,
+    oneshot::Sender<Result<CheckReport, CaisseError>>,
+);
+
+/// Send the audit's answer held in `answer`, once.
+fn answer_with(answer: &Mutex<Option<AuditAnswer>>) {
+    let taken = answer.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some((report, reply)) = taken {
+        let _ = reply.send(Ok(report));
+    }
 }
 
 /// Lower the calling thread's scheduling priority (nice 10), for good: a
@@ -257,6 +330,8 @@ enum Job {
         id: u64,
         report: CheckReport,
         suspects: crate::ledger::Suspects,
+        /// The checkpoint to keep if the settled audit is clean.
+        reached: crate::ledger::AuditCheckpoint,
         reply: oneshot::Sender<Result<CheckReport, CaisseError>>,
     },
 }
@@ -296,6 +371,8 @@ struct Writer {
     back: mpsc::WeakSender<Request>,
     /// The backup being copied, if any (one at a time).
     backup: Option<RunningBackup>,
+    /// Where the last clean audit's checkpoint is kept, if anywhere.
+    audit: Option<std::path::PathBuf>,
 }
 
 impl Writer {
@@ -362,17 +439,30 @@ impl Writer {
                 self.set_job(id, |s| s.total = job.progress().1 as u64);
                 self.jobs.push_back(Job::Allocation { id, job, reply });
             }
-            Request::Check(reply) => {
+            Request::Check { full, reply } => {
                 // Everything decided so far is committed: the head is durable.
                 let upto = self.caisse.head().next_seq;
-                let id = self.new_job("ledger check".into(), upto);
+                let what = if full {
+                    "ledger check (full)"
+                } else {
+                    "ledger check"
+                };
+                let id = self.new_job(what.into(), upto);
                 let store = self.caisse.store().clone();
                 let back = self.back.clone();
+                let file = self.audit.clone().filter(|_| !full);
+                let now = self.clock.now();
                 let spawned = std::thread::Builder::new()
                     .name("ledger-check".into())
                     .spawn(move || {
                         lower_priority();
-                        let result = crate::ledger::check_within(&*store, Some(upto));
+                        let from = file.and_then(|f| crate::audit::load(&f, &*store));
+                        let result = crate::ledger::check_from(&*store, Some(upto), from.as_ref())
+                            .map(|(report, suspects, mut reached)| {
+                                reached.made_at = now;
+                                reached.full_at = from.as_ref().map_or(now, |cp| cp.full_at);
+                                Box::new((report, suspects, reached))
+                            });
                         if let Some(tx) = back.upgrade() {
                             let _ = tx.blocking_send(Request::CheckRead { id, result, reply });
                         }
@@ -384,13 +474,14 @@ impl Writer {
                     });
                 }
             }
-            Request::CheckRead { id, result, reply } => match result {
-                Ok((report, suspects)) => {
+            Request::CheckRead { id, result, reply } => match result.map(|read| *read) {
+                Ok((report, suspects, reached)) => {
                     self.set_job(id, |s| s.done = report.entries);
                     self.jobs.push_back(Job::Recheck {
                         id,
                         report,
                         suspects,
+                        reached,
                         reply,
                     });
                 }
@@ -662,6 +753,7 @@ impl Writer {
                 id,
                 mut report,
                 suspects,
+                reached,
                 reply,
             } => {
                 // Settle what moved during the audit: commit what is pending
@@ -681,7 +773,12 @@ impl Writer {
                     s.finished = true;
                     s.error = result.as_ref().err().map(ToString::to_string);
                 });
-                answers.push(deliver(reply, result));
+                match (result, &self.audit) {
+                    (Ok(report), Some(file)) if report.ok() => {
+                        keep_checkpoint(reached, file.clone(), report, reply);
+                    }
+                    (result, _) => answers.push(deliver(reply, result)),
+                }
                 Ok(None)
             }
         }
@@ -954,8 +1051,9 @@ impl CaisseHandle {
             Reply::Payout
         )
     }
-    /// Audit the ledger (between commits, as a background job).
-    pub async fn check(&self) -> Result<CheckReport, CaisseError> {
-        self.ask(Request::Check).await
+    /// Audit the ledger (between commits, as a background job): from the
+    /// last clean audit's checkpoint, or the whole journal if `full`.
+    pub async fn check(&self, full: bool) -> Result<CheckReport, CaisseError> {
+        self.ask(|reply| Request::Check { full, reply }).await
     }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use caisse_node::caisse::write_initial_state;
 use caisse_node::caisse::{Caisse, EnrollInput, PurchaseInput};
 use caisse_node::ledger::{
-    self, Account, CheckReport, EntryKind, Head, JournalEntry, Posting, PurchaseRecord,
-    SubsidySource, allocation_key, entry_hash,
+    self, Account, AuditCheckpoint, CheckReport, EntryKind, Head, JournalEntry, Posting,
+    PurchaseRecord, SubsidySource, allocation_key, entry_hash,
 };
 use caisse_node::policy::Policy;
 use caisse_node::store::{Op, SledStore, Store, decode_value, encode_value, keys};
@@ -23,6 +23,9 @@ struct Fixture {
     purchase: PurchaseId,
     purchase_seq: u64,
     period: Period,
+    /// An audit's checkpoint just before the first purchase (the entries
+    /// the corruptions target come after it).
+    checkpoint: AuditCheckpoint,
 }
 
 fn eur(cents: i64) -> Amount {
@@ -122,6 +125,7 @@ fn fixture() -> Fixture {
         .unwrap();
     c.payout(o.outlet, period, 6).unwrap();
     c.commit().unwrap();
+    let (_, _, checkpoint) = ledger::check_from(&*store, Some(purchase_seq), None).unwrap();
     Fixture {
         _dir: dir,
         store,
@@ -130,6 +134,7 @@ fn fixture() -> Fixture {
         purchase,
         purchase_seq,
         period,
+        checkpoint,
     }
 }
 
@@ -174,8 +179,25 @@ fn append_forged(store: &dyn Store, kind: EntryKind, postings: Vec<Posting>) -> 
 }
 
 /// The full audit; the node's two-phase audit (bounded replay off the
-/// writer, then `recheck`) must agree on whether anything is wrong.
-fn audit(store: &dyn Store) -> CheckReport {
+/// writer, then `recheck`) must agree on whether anything is wrong, and
+/// so must the audit from the fixture's checkpoint (its findings are
+/// returned second).
+fn audit(f: &Fixture) -> CheckReport {
+    let (full, incremental) = audit_both(f);
+    assert_eq!(
+        full.ok(),
+        incremental.ok(),
+        "full audit {:#?}\naudit from the checkpoint {:#?}",
+        full.findings,
+        incremental.findings
+    );
+    full
+}
+
+/// The full audit (checked against the two-phase one) and the audit from
+/// the fixture's checkpoint, which reads only the entries after it.
+fn audit_both(f: &Fixture) -> (CheckReport, CheckReport) {
+    let store = &*f.store;
     let full = ledger::check(store).unwrap();
     let upto = store
         .last_with_prefix(keys::JOURNAL)
@@ -193,7 +215,18 @@ fn audit(store: &dyn Store) -> CheckReport {
         full.findings,
         bounded.findings
     );
-    full
+    let incremental = if f.checkpoint.matches(store).unwrap() {
+        let (mut report, suspects, _) =
+            ledger::check_from(store, Some(upto), Some(&f.checkpoint)).unwrap();
+        let (more, _) = ledger::recheck(store, &suspects).unwrap();
+        report.findings.extend(more);
+        assert_eq!(report.from, f.checkpoint.upto);
+        report
+    } else {
+        // What the node does with a checkpoint of another journal.
+        ledger::check(store).unwrap()
+    };
+    (full, incremental)
 }
 
 fn assert_finding(report: &CheckReport, item: &str, problem: &str) {
@@ -210,7 +243,7 @@ fn assert_finding(report: &CheckReport, item: &str, problem: &str) {
 #[test]
 fn clean_ledger_has_no_findings() {
     let f = fixture();
-    let r = audit(&*f.store);
+    let r = audit(&f);
     assert!(r.ok(), "{:#?}", r.findings);
     assert!(r.entries >= 8);
 }
@@ -221,7 +254,7 @@ fn edited_amount_on_one_leg() {
     let mut e = read_entry(&*f.store, f.purchase_seq);
     e.postings[1].amount = eur(12_00);
     write_entry(&*f.store, &e);
-    let r = audit(&*f.store);
+    let r = audit(&f);
     let item = format!("journal entry {}", f.purchase_seq);
     assert_finding(&r, &item, "do not balance: they sum to 2.00");
     assert_finding(
@@ -238,7 +271,7 @@ fn edited_amount_on_both_legs() {
     e.postings[0].amount = eur(-2_00);
     e.postings[1].amount = eur(2_00);
     write_entry(&*f.store, &e);
-    let r = audit(&*f.store);
+    let r = audit(&f);
     assert_finding(
         &r,
         &format!("journal entry {}", f.purchase_seq + 1),
@@ -262,7 +295,7 @@ fn deleted_journal_entry() {
     f.store
         .apply(&[Op::Delete(JournalEntry::key(f.purchase_seq))])
         .unwrap();
-    let r = audit(&*f.store);
+    let r = audit(&f);
     assert_finding(
         &r,
         &format!("journal entry {}", f.purchase_seq + 1),
@@ -297,7 +330,7 @@ fn duplicated_allocation() {
             },
         ],
     );
-    let r = audit(&*f.store);
+    let r = audit(&f);
     assert_finding(
         &r,
         "journal entry",
@@ -313,7 +346,7 @@ fn edited_cached_balance() {
     f.store
         .apply(&[Op::Put(key, encode_value(&eur(500_00)))])
         .unwrap();
-    let r = audit(&*f.store);
+    let r = audit(&f);
     assert_finding(
         &r,
         &format!("member:{}", f.member),
@@ -336,7 +369,7 @@ fn posting_that_does_not_balance() {
             amount: eur(50_00),
         }],
     );
-    let r = audit(&*f.store);
+    let r = audit(&f);
     assert_finding(
         &r,
         &format!("journal entry {seq}"),
@@ -353,7 +386,7 @@ fn dropped_idempotency_record() {
             &[f.purchase.as_bytes()],
         ))])
         .unwrap();
-    let r = audit(&*f.store);
+    let r = audit(&f);
     assert_finding(
         &r,
         &format!("purchase {}", f.purchase),
@@ -368,7 +401,7 @@ fn idempotency_record_pointing_elsewhere() {
     let mut rec: PurchaseRecord = decode_value(&key, &f.store.get(&key).unwrap().unwrap()).unwrap();
     rec.seq = 0;
     f.store.apply(&[Op::Put(key, encode_value(&rec))]).unwrap();
-    let r = audit(&*f.store);
+    let r = audit(&f);
     assert_finding(
         &r,
         &format!("purchase {}", f.purchase),
@@ -385,12 +418,15 @@ fn dropped_allocation_index() {
     f.store
         .apply(&[Op::Delete(allocation_key(f.period, &f.member))])
         .unwrap();
-    let r = audit(&*f.store);
+    let (r, from_checkpoint) = audit_both(&f);
     assert_finding(
         &r,
         &format!("allocation {} {}", f.period, f.member),
         "the index does not record it",
     );
+    // The allocation is before the checkpoint: what the audit from it
+    // does not read again (ARCHITECTURE.md, "Invariants").
+    assert!(from_checkpoint.ok(), "{:#?}", from_checkpoint.findings);
 }
 
 #[test]
@@ -402,7 +438,7 @@ fn edited_journal_head() {
     f.store
         .apply(&[Op::Put(keys::HEAD.to_vec(), encode_value(&h))])
         .unwrap();
-    let r = audit(&*f.store);
+    let r = audit(&f);
     assert_finding(
         &r,
         "journal head",
@@ -420,7 +456,7 @@ fn last_entry_edited() {
     let mut e = read_entry(&*f.store, h.next_seq - 1);
     e.at += 1;
     write_entry(&*f.store, &e);
-    let r = audit(&*f.store);
+    let r = audit(&f);
     assert_finding(&r, "journal head", "hash does not match the last entry");
 }
 
@@ -433,7 +469,7 @@ fn undecodable_entry() {
             vec![1, 0xff, 0xff],
         )])
         .unwrap();
-    let r = audit(&*f.store);
+    let r = audit(&f);
     assert_finding(
         &r,
         &format!("journal entry {}", f.purchase_seq),
@@ -461,7 +497,7 @@ fn member_balance_below_zero() {
             },
         ],
     );
-    let r = audit(&*f.store);
+    let r = audit(&f);
     assert_finding(
         &r,
         &format!("member:{}", f.member),
@@ -490,7 +526,7 @@ fn posting_to_unknown_account() {
             },
         ],
     );
-    let r = audit(&*f.store);
+    let r = audit(&f);
     assert_finding(
         &r,
         "journal entry",
@@ -503,7 +539,7 @@ fn replayed_purchase_entry() {
     let f = fixture();
     let e = read_entry(&*f.store, f.purchase_seq);
     append_forged(&*f.store, e.kind.clone(), e.postings.clone());
-    let r = audit(&*f.store);
+    let r = audit(&f);
     assert_finding(
         &r,
         "journal entry",
@@ -518,7 +554,7 @@ fn dropped_or_forged_statement_line() {
     assert!(f.store.get(&line(f.purchase_seq)).unwrap().is_some());
     // The purchase vanishes from the member's page…
     f.store.apply(&[Op::Delete(line(f.purchase_seq))]).unwrap();
-    let r = audit(&*f.store);
+    let r = audit(&f);
     assert_finding(&r, "ws/", "missing from the member's statement");
     // …and an entry that is not theirs appears on it.
     let other = (0..head(&*f.store).next_seq)
@@ -535,9 +571,63 @@ fn dropped_or_forged_statement_line() {
             Op::Put(line(other), Vec::new()),
         ])
         .unwrap();
-    let r = audit(&*f.store);
+    let (r, from_checkpoint) = audit_both(&f);
     assert_finding(&r, "ws/", "does not touch their account");
     assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
+    if other >= f.checkpoint.upto {
+        assert_finding(&from_checkpoint, "ws/", "does not touch their account");
+    } else {
+        // A line forged among entries the checkpoint covers: found by the
+        // full audit only.
+        assert!(from_checkpoint.ok(), "{:#?}", from_checkpoint.findings);
+    }
+}
+
+/// The audit from a checkpoint reads only the entries after it and
+/// reaches the state the full audit does; with the corruptions after the
+/// checkpoint, it names them as the full audit does.
+#[test]
+fn an_audit_from_a_checkpoint_reads_only_what_follows() {
+    let f = fixture();
+    let store = &*f.store;
+    let h = head(store);
+    let (full, _, whole) = ledger::check_from(store, None, None).unwrap();
+    let (from, _, reached) = ledger::check_from(store, None, Some(&f.checkpoint)).unwrap();
+    assert!(full.ok() && from.ok(), "{:#?}", from.findings);
+    assert_eq!(full.from, 0);
+    assert_eq!(full.entries, h.next_seq);
+    assert_eq!(from.from, f.purchase_seq);
+    assert_eq!(from.entries, h.next_seq - f.purchase_seq);
+    assert_eq!(reached, whole);
+
+    // A second allocation, a replayed purchase and a dropped statement
+    // line, all after the checkpoint: named as the full audit names them.
+    let e = read_entry(store, f.purchase_seq);
+    append_forged(store, e.kind.clone(), e.postings.clone());
+    let allocation = (0..h.next_seq)
+        .map(|seq| read_entry(store, seq))
+        .find(|e| matches!(e.kind, EntryKind::Allocation { .. }))
+        .unwrap();
+    append_forged(store, allocation.kind.clone(), allocation.postings.clone());
+    store
+        .apply(&[Op::Delete(keys::statement(
+            f.member.as_bytes(),
+            f.purchase_seq,
+        ))])
+        .unwrap();
+    let (full, from) = audit_both(&f);
+    for r in [&full, &from] {
+        assert_finding(r, "journal entry", "recorded twice (debited twice)");
+        assert_finding(r, "journal entry", "second allocation to");
+        assert_finding(r, "ws/", "missing from the member's statement");
+    }
+
+    // An edit of the checkpoint's last entry: the checkpoint is no longer
+    // of this journal.
+    let mut last = read_entry(store, f.purchase_seq - 1);
+    last.at += 1;
+    write_entry(store, &last);
+    assert!(!f.checkpoint.matches(store).unwrap());
 }
 
 /// The node audits while purchases go on: entries appended after the

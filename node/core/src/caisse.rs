@@ -2444,8 +2444,8 @@ pub(crate) mod tests {
             c.purchase(p, 3 + u64::from(i)).unwrap();
         }
         assert!(c.check().unwrap().ok());
-        let (fast, _, agreed) = crate::ledger::check_pass(&*store, None, false).unwrap();
-        let (exact, _, _) = crate::ledger::check_pass(&*store, None, true).unwrap();
+        let (fast, _, agreed, _) = crate::ledger::check_pass(&*store, None, false, None).unwrap();
+        let (exact, _, _, _) = crate::ledger::check_pass(&*store, None, true, None).unwrap();
         assert!(agreed && fast.ok() && exact.ok(), "{:?}", fast.findings);
         assert_eq!(fast, exact);
         // Each index in turn loses a key: the digests differ, and the
@@ -2457,7 +2457,7 @@ pub(crate) mod tests {
         ] {
             let (key, value) = store.scan_prefix(prefix).unwrap().remove(0);
             store.apply(&[Op::Delete(key.clone())]).unwrap();
-            let (_, _, agreed) = crate::ledger::check_pass(&*store, None, false).unwrap();
+            let (_, _, agreed, _) = crate::ledger::check_pass(&*store, None, false, None).unwrap();
             assert!(!agreed, "a key missing under {prefix:?} went unseen");
             let report = crate::ledger::check(&*store).unwrap();
             assert!(
@@ -2468,6 +2468,88 @@ pub(crate) mod tests {
             store.apply(&[Op::Put(key, value)]).unwrap();
             assert!(crate::ledger::check(&*store).unwrap().ok());
         }
+    }
+
+    /// An audit from a checkpoint, in a journal of several statement
+    /// blocks (4,096 entries each): wherever the checkpoint is, it reaches
+    /// the full audit's state, and a statement line dropped or forged after
+    /// it is found.
+    #[test]
+    fn an_audit_from_a_checkpoint_across_statement_blocks() {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let mut c = new_caisse(store.clone());
+        let members: Vec<_> = (0..3).map(|_| enroll(&mut c, "2026-01-01")).collect();
+        let o = grocery(&mut c);
+        c.issue_allocations("2026-03".parse().unwrap(), 1).unwrap();
+        for i in 0..9_000u32 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            let p = PurchaseInput {
+                id: PurchaseId::from_bytes(id),
+                card: members[i as usize % 3].card,
+                outlet: o.outlet,
+                lines: vec![line("fresh-produce", 1)],
+                pin: None,
+            };
+            c.purchase(p, 2).unwrap();
+        }
+        c.commit().unwrap();
+        let head = c.head().next_seq;
+        assert!(head > 2 << keys::STATEMENT_BLOCK_BITS);
+        let (full, _, whole) = crate::ledger::check_from(&*store, None, None).unwrap();
+        assert!(full.ok(), "{:?}", full.findings);
+        let at = |upto: u64| {
+            crate::ledger::check_from(&*store, Some(upto), None)
+                .unwrap()
+                .2
+        };
+        for upto in [1, 4_095, 4_096, 4_097, 8_191, 8_193, head] {
+            let (report, _, reached) =
+                crate::ledger::check_from(&*store, None, Some(&at(upto))).unwrap();
+            assert!(report.ok(), "from {upto}: {:?}", report.findings);
+            assert_eq!(report.entries, head - upto);
+            assert_eq!(reached, whole, "from {upto}");
+        }
+        // A line dropped after the checkpoint, in the second block.
+        let checkpoint = at(5_000);
+        let member = members[0].member;
+        let touching = |seq: u64| {
+            let key = crate::ledger::JournalEntry::key(seq);
+            let e: crate::ledger::JournalEntry =
+                decode_value(&key, &store.get(&key).unwrap().unwrap()).unwrap();
+            e.postings
+                .iter()
+                .any(|p| p.account == Account::Member(member))
+        };
+        let mine = (5_000..head).find(|s| touching(*s)).unwrap();
+        let line_of = |seq| keys::statement(member.as_bytes(), seq);
+        store.apply(&[Op::Delete(line_of(mine))]).unwrap();
+        let (report, _, _) = crate::ledger::check_from(&*store, None, Some(&checkpoint)).unwrap();
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.problem.contains("missing from the member's statement")),
+            "{:?}",
+            report.findings
+        );
+        // …put back, and one forged on an entry not theirs.
+        let other = (5_000..head).find(|s| !touching(*s)).unwrap();
+        store
+            .apply(&[
+                Op::Put(line_of(mine), Vec::new()),
+                Op::Put(line_of(other), Vec::new()),
+            ])
+            .unwrap();
+        let (report, _, _) = crate::ledger::check_from(&*store, None, Some(&checkpoint)).unwrap();
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.problem.contains("does not touch their account")),
+            "{:?}",
+            report.findings
+        );
     }
 
     #[test]

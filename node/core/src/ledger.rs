@@ -361,6 +361,15 @@ pub struct Finding {
 pub struct CheckReport {
     /// Journal entries read.
     pub entries: u64,
+    /// The first entry read: the entries before it were verified by an
+    /// earlier clean audit, whose checkpoint this one started from (0: the
+    /// whole journal was read).
+    #[serde(default)]
+    pub from: u64,
+    /// When the whole journal was last read by a clean audit (Unix
+    /// seconds), for an audit that started from a checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_at: Option<u64>,
     /// Accounts with a cached balance.
     pub accounts: u64,
     /// Every problem found; empty means the ledger is sound.
@@ -392,6 +401,64 @@ fn diff(a: Amount, b: Amount) -> String {
 /// Nothing may write to `store` meanwhile (see [`check_within`]).
 pub fn check(store: &dyn Store) -> Result<CheckReport, StoreError> {
     check_within(store, None).map(|(report, _)| report)
+}
+
+/// What a clean audit verified, for the next audit to start from instead
+/// of the journal's first entry: the state after the first `upto` entries.
+///
+/// An audit from a checkpoint reads the entries from `upto` on (their
+/// chain continuing from `prev_hash`, their postings, the balances they
+/// leave from `balances` on, the statement lines, allocation index and
+/// purchase records of those entries) and compares every cached balance
+/// and peer receipt as the full audit does. What it does not read again is
+/// the entries before `upto` and index records that point at them: an edit
+/// made there after the checkpoint is found by a full audit, which stays
+/// available (`caisse ledger check --full`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCheckpoint {
+    /// Entries below it were verified.
+    pub upto: u64,
+    /// The hash of entry `upto - 1` (zeros when `upto` is 0).
+    pub prev_hash: [u8; 32],
+    /// Every account's balance after those entries, in account order.
+    pub balances: Vec<(Account, Amount)>,
+    /// When the whole journal was last read by a clean audit (Unix
+    /// seconds; set by whoever keeps the checkpoint).
+    pub full_at: u64,
+    /// When this checkpoint was made (Unix seconds; likewise).
+    pub made_at: u64,
+}
+
+impl AuditCheckpoint {
+    /// Whether this checkpoint is of `store`'s journal: entry `upto - 1`
+    /// is there and hashes to `prev_hash` (its hash covers, through the
+    /// chain, every entry before it as the audit verified them).
+    pub fn matches(&self, store: &dyn Store) -> Result<bool, StoreError> {
+        let Some(last) = self.upto.checked_sub(1) else {
+            return Ok(self.prev_hash == [0; 32] && self.balances.is_empty());
+        };
+        Ok(store
+            .get(&JournalEntry::key(last))?
+            .is_some_and(|bytes| entry_hash(&bytes) == self.prev_hash))
+    }
+}
+
+/// [`check_within`], starting from `from` (a checkpoint of an earlier
+/// clean audit of this journal: see [`AuditCheckpoint::matches`]) rather
+/// than from the first entry when there is one, and also returning the
+/// state the audit reached: the checkpoint to keep if the whole audit,
+/// settled, comes out clean (its times left at 0 for the caller to set).
+pub fn check_from(
+    store: &dyn Store,
+    upto: Option<u64>,
+    from: Option<&AuditCheckpoint>,
+) -> Result<(CheckReport, Suspects, AuditCheckpoint), StoreError> {
+    let (report, suspects, agreed, reached) = check_pass(store, upto, false, from)?;
+    if agreed {
+        return Ok((report, suspects, reached));
+    }
+    let (report, suspects, _, reached) = check_pass(store, upto, true, from)?;
+    Ok((report, suspects, reached))
 }
 
 /// What a bounded audit could not settle while the writer went on: the
@@ -456,23 +523,22 @@ pub fn check_within(
     store: &dyn Store,
     upto: Option<u64>,
 ) -> Result<(CheckReport, Suspects), StoreError> {
-    let (report, suspects, agreed) = check_pass(store, upto, false)?;
-    if agreed {
-        return Ok((report, suspects));
-    }
-    let (report, suspects, _) = check_pass(store, upto, true)?;
-    Ok((report, suspects))
+    check_from(store, upto, None).map(|(report, suspects, _)| (report, suspects))
 }
 
 /// One pass of [`check_within`]: `exact` holds every index key to name
 /// what differs; otherwise the indexes are compared by digest, and the
 /// answer says whether they agreed (if not, the findings about them are
-/// left to an exact pass).
+/// left to an exact pass). From a checkpoint, only the entries from it on
+/// are read: their statement lines are compared the same way (the lines
+/// of a block of entries are neighbours in the index), their allocation
+/// and purchase records looked up one by one.
 pub(crate) fn check_pass(
     store: &dyn Store,
     upto: Option<u64>,
     exact: bool,
-) -> Result<(CheckReport, Suspects, bool), StoreError> {
+    from: Option<&AuditCheckpoint>,
+) -> Result<(CheckReport, Suspects, bool, AuditCheckpoint), StoreError> {
     let mut agreed = true;
     let (mut journal_statements, mut index_statements) = (Multiset::default(), Multiset::default());
     let (mut journal_allocations, mut index_allocations) =
@@ -490,6 +556,16 @@ pub(crate) fn check_pass(
     let mut purchases: HashMap<PurchaseId, (u64, Amount)> = HashMap::new();
     let mut expected_seq = 0u64;
     let mut prev_hash = [0u8; 32];
+    if let Some(cp) = from {
+        expected_seq = cp.upto;
+        prev_hash = cp.prev_hash;
+        replayed.extend(cp.balances.iter().copied());
+        report.from = cp.upto;
+        report.full_at = Some(cp.full_at);
+    }
+    let first = expected_seq;
+    // A store read that failed inside a walk (reported after it).
+    let mut failed: Option<StoreError> = None;
     let mut negative: BTreeMap<Account, (u64, Amount)> = BTreeMap::new();
     // Each member's statement index: the keys the journal says must exist.
     let mut statement: HashSet<Vec<u8>> = HashSet::new();
@@ -506,7 +582,8 @@ pub(crate) fn check_pass(
         .collect();
 
     let mut findings = Vec::new();
-    crate::store::for_each_chunked(store, keys::JOURNAL, &mut |key, bytes| {
+    let start = JournalEntry::key(first);
+    crate::store::for_each_collected_from(store, keys::JOURNAL, &start, &mut |key, bytes| {
         let key_seq = key
             .get(keys::JOURNAL.len()..)
             .and_then(|s| <[u8; 8]>::try_from(s).ok())
@@ -595,6 +672,15 @@ pub(crate) fn check_pass(
             }
         }
         match &entry.kind {
+            EntryKind::Allocation { member, period, .. } if from.is_some() => {
+                match allocation_indexed(store, *period, member, key_seq, &item) {
+                    Ok(found) => findings.extend(found),
+                    Err(e) => {
+                        failed = Some(e);
+                        return false;
+                    }
+                }
+            }
             EntryKind::Allocation { member, period, .. } if !exact => {
                 journal_allocations.add(&[
                     &period.index().to_be_bytes(),
@@ -619,7 +705,15 @@ pub(crate) fn check_pass(
                     .filter(|p| matches!(p.account, Account::Member(_)))
                     .try_fold(Amount::ZERO, |acc, p| acc.checked_sub(p.amount));
                 let debit = member_debit.unwrap_or(Amount::MAX);
-                if !exact {
+                if from.is_some() {
+                    match purchase_recorded(store, id, key_seq, debit, &item) {
+                        Ok(found) => findings.extend(found),
+                        Err(e) => {
+                            failed = Some(e);
+                            return false;
+                        }
+                    }
+                } else if !exact {
                     journal_purchases.add(&[
                         id.as_bytes(),
                         &key_seq.to_be_bytes(),
@@ -639,12 +733,20 @@ pub(crate) fn check_pass(
         }
         true
     })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     report.findings.append(&mut findings);
 
-    // Members' statements (what their console page lists) against the journal.
-    crate::store::for_each_chunked(store, keys::STATEMENT, &mut |key, _| {
+    // Members' statements (what their console page lists) against the
+    // journal: from a checkpoint, the lines of the blocks of entries read.
+    let lines_from = match first >> keys::STATEMENT_BLOCK_BITS {
+        0 => keys::STATEMENT.to_vec(),
+        block => keys::key(keys::STATEMENT, &[&block.to_be_bytes()[2..]]),
+    };
+    crate::store::for_each_collected_from(store, keys::STATEMENT, &lines_from, &mut |key, _| {
         let seq = keys::statement_parts(key).map(|(_, seq)| seq);
-        if seq.is_some_and(later) {
+        if seq.is_some_and(|s| later(s) || s < first) {
             return true;
         }
         if !exact {
@@ -755,7 +857,11 @@ pub(crate) fn check_pass(
         }
     }
 
-    if !exact {
+    if !exact && from.is_some() {
+        // From a checkpoint the allocation and purchase records of the
+        // entries read were looked up one by one.
+        agreed = agreed && journal_statements == index_statements;
+    } else if !exact {
         // The indexes by digest, streamed: nothing held per entry.
         crate::store::for_each_chunked(store, keys::ALLOCATION, &mut |k, v| {
             let seq = decode_value::<u64>(k, v);
@@ -790,7 +896,7 @@ pub(crate) fn check_pass(
     // The allocation index against the journal.
     // (Read whole only by an exact pass: at a million members a year of
     // allocations is twelve million keys.)
-    let allocation_index = if exact {
+    let allocation_index = if exact && from.is_none() {
         store.scan_prefix(keys::ALLOCATION)?
     } else {
         Vec::new()
@@ -834,7 +940,7 @@ pub(crate) fn check_pass(
     }
 
     // Purchase idempotency records against the journal.
-    let purchase_index = if exact {
+    let purchase_index = if exact && from.is_none() {
         store.scan_prefix(keys::PURCHASE)?
     } else {
         Vec::new()
@@ -924,7 +1030,132 @@ pub(crate) fn check_pass(
             format!("journal entry {seq} has no idempotency record (a retry would debit twice)"),
         ));
     }
-    Ok((report, suspects, agreed))
+    let mut balances: Vec<(Account, Amount)> = replayed.into_iter().collect();
+    balances.sort();
+    let reached = AuditCheckpoint {
+        upto: expected_seq,
+        prev_hash: suspects.prev_hash,
+        balances,
+        full_at: 0,
+        made_at: 0,
+    };
+    Ok((report, suspects, agreed, reached))
+}
+
+/// From a checkpoint: whether the allocation index records the allocation
+/// of journal entry `seq` (`item`) as the full audit would find it.
+fn allocation_indexed(
+    store: &dyn Store,
+    period: Period,
+    member: &MemberId,
+    seq: u64,
+    item: &str,
+) -> Result<Option<Finding>, StoreError> {
+    let key = allocation_key(period, member);
+    let name = format!("allocation {period} {member}");
+    let Some(value) = store.get(&key)? else {
+        return Ok(Some(finding(
+            name,
+            format!(
+                "journal entry {seq} issues it but the index does not record it (a rerun could pay twice)"
+            ),
+        )));
+    };
+    let indexed = match decode_value::<u64>(&key, &value) {
+        Ok(s) => s,
+        Err(_) => {
+            return Ok(Some(finding(
+                keys::printable(&key),
+                "malformed allocation index entry",
+            )));
+        }
+    };
+    if indexed == seq {
+        return Ok(None);
+    }
+    let earlier_same = indexed < seq
+        && matches!(
+            entry_at(store, indexed)?,
+            Some(JournalEntry { kind: EntryKind::Allocation { member: m, period: p, .. }, .. })
+                if m == *member && p == period
+        );
+    Ok(Some(if earlier_same {
+        finding(
+            item,
+            format!("second allocation to {member} for {period} (first in entry {indexed})"),
+        )
+    } else {
+        finding(
+            name,
+            format!("index points to entry {indexed} but the journal has it in entry {seq}"),
+        )
+    }))
+}
+
+/// From a checkpoint: whether the idempotency record of the purchase `id`
+/// in journal entry `seq` (`item`), debiting `debit`, agrees with it.
+fn purchase_recorded(
+    store: &dyn Store,
+    id: &PurchaseId,
+    seq: u64,
+    debit: Amount,
+    item: &str,
+) -> Result<Vec<Finding>, StoreError> {
+    let key = keys::key(keys::PURCHASE, &[id.as_bytes()]);
+    let name = format!("purchase {id}");
+    let Some(value) = store.get(&key)? else {
+        return Ok(vec![finding(
+            name,
+            format!("journal entry {seq} has no idempotency record (a retry would debit twice)"),
+        )]);
+    };
+    let Ok(rec) = decode_value::<PurchaseRecord>(&key, &value) else {
+        return Ok(vec![finding(
+            keys::printable(&key),
+            "malformed purchase record",
+        )]);
+    };
+    if rec.seq < seq
+        && matches!(
+            entry_at(store, rec.seq)?,
+            Some(JournalEntry { kind: EntryKind::Purchase { id: first, .. } | EntryKind::CrossPurchase { id: first, .. }, .. })
+                if first == *id
+        )
+    {
+        return Ok(vec![finding(
+            item,
+            format!("purchase {id} recorded twice (debited twice)"),
+        )]);
+    }
+    let mut out = Vec::new();
+    if rec.seq != seq {
+        out.push(finding(
+            &name,
+            format!(
+                "idempotency record points to entry {} but the journal has it in entry {seq}",
+                rec.seq
+            ),
+        ));
+    }
+    if debit != rec.allocation_part {
+        out.push(finding(
+            &name,
+            format!(
+                "idempotency record says {} but the journal debited {debit} (difference {})",
+                rec.allocation_part,
+                diff(rec.allocation_part, debit)
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// Journal entry `seq`, if it is there and decodes.
+fn entry_at(store: &dyn Store, seq: u64) -> Result<Option<JournalEntry>, StoreError> {
+    let key = JournalEntry::key(seq);
+    Ok(store
+        .get(&key)?
+        .and_then(|bytes| decode_value(&key, &bytes).ok()))
 }
 
 /// What each peer caisse owes (positive) or is owed, from the receipts this

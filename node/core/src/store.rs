@@ -164,6 +164,39 @@ pub fn for_each_chunked(
     }
 }
 
+/// Like [`for_each_chunked`] from key `start` on, but each chunk is read
+/// whole before its pairs are visited: `visit` may read the store itself
+/// (no read of the store is open while it runs).
+pub fn for_each_collected_from(
+    store: &dyn Store,
+    prefix: &[u8],
+    start: &[u8],
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<(), StoreError> {
+    let mut start = start.to_vec();
+    let mut chunk: Vec<Pair> = Vec::with_capacity(CHUNK_KEYS);
+    loop {
+        chunk.clear();
+        store.for_each_from(prefix, &start, &mut |k, v| {
+            chunk.push((k.to_vec(), v.to_vec()));
+            chunk.len() < CHUNK_KEYS
+        })?;
+        for (k, v) in &chunk {
+            if !visit(k, v) {
+                return Ok(());
+            }
+        }
+        match chunk.last() {
+            Some((last, _)) if chunk.len() == CHUNK_KEYS => {
+                // The next chunk starts just after the last key read.
+                start = last.clone();
+                start.push(0);
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// At most `limit` values under `prefix`, from key `start` on, decoded; the
 /// first value that does not decode is an error.
 pub fn page<T: DeserializeOwned>(
