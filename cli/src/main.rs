@@ -2348,9 +2348,9 @@ async fn ledger(c: &Client, out: &Output, l: &LedgerCmd) -> Result<ExitCode> {
                     );
                 } else {
                     println!(
-                        "Checked journal entries {} to {} and {} accounts; the {} entries before were verified by an earlier audit (the whole journal was last read on {}: `caisse ledger check --full` reads it all again).",
+                        "Checked the {} journal entries since the last clean audit (from entry {}) and {} accounts; the {} entries before were verified by earlier audits, the whole journal last read on {} (`caisse ledger check --full` reads it all again).",
+                        v.entries,
                         v.from,
-                        v.from.saturating_add(v.entries).saturating_sub(1),
                         v.accounts,
                         v.from,
                         v.full_at

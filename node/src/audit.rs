@@ -27,7 +27,8 @@ pub const FILE: &str = "audit.checkpoint";
 /// What the file starts with (format version 1).
 const MAGIC: &[u8; 8] = b"caudit01";
 
-/// The largest checkpoint read (2.6 million accounts take about 110 MB).
+/// The largest checkpoint read (an account takes about 21 bytes: 2.6
+/// million, about 55 MB).
 const MAX_BYTES: u64 = 1 << 30;
 
 /// The file's contents for `checkpoint`.

@@ -256,7 +256,7 @@ pub fn spawn_in(
 }
 
 /// After a clean settled audit: its checkpoint saved off the writer (at a
-/// million members, some 40 MB) for the next audit to start from, then
+/// million members, about 21 MB) for the next audit to start from, then
 /// `report` answered, so that an audit asked after this one's answer
 /// starts there. (An audit with findings leaves the last checkpoint in
 /// place: the next one reads them again.)
@@ -476,7 +476,9 @@ impl Writer {
             }
             Request::CheckRead { id, result, reply } => match result.map(|read| *read) {
                 Ok((report, suspects, reached)) => {
-                    self.set_job(id, |s| s.done = report.entries);
+                    // Entries verified, by this audit or the one whose
+                    // checkpoint it started from.
+                    self.set_job(id, |s| s.done = report.from.saturating_add(report.entries));
                     self.jobs.push_back(Job::Recheck {
                         id,
                         report,
