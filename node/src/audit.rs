@@ -147,6 +147,27 @@ mod tests {
         }
     }
 
+    /// The size the doc comments give: about 21 bytes an account.
+    #[test]
+    fn an_account_takes_about_21_bytes() {
+        let mut cp = checkpoint();
+        cp.balances = (0..1_000u32)
+            .map(|i| {
+                let mut id = [0u8; 16];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                (
+                    Account::Member(MemberId::from_bytes(id)),
+                    Amount::from_cents(150_00 + i64::from(i)),
+                )
+            })
+            .collect();
+        let per_account = encode(&cp).len() / 1_000;
+        assert!(
+            (20..=22).contains(&per_account),
+            "{per_account} bytes an account"
+        );
+    }
+
     #[test]
     fn a_checkpoint_of_another_journal_is_not_used() {
         let dir = tempfile::tempdir().unwrap();
