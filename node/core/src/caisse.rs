@@ -2524,15 +2524,16 @@ pub(crate) mod tests {
         let mine = (5_000..head).find(|s| touching(*s)).unwrap();
         let line_of = |seq| keys::statement(member.as_bytes(), seq);
         store.apply(&[Op::Delete(line_of(mine))]).unwrap();
-        let (report, _, _) = crate::ledger::check_from(&*store, None, Some(&checkpoint)).unwrap();
-        assert!(
-            report
-                .findings
-                .iter()
-                .any(|f| f.problem.contains("missing from the member's statement")),
-            "{:?}",
-            report.findings
-        );
+        let found = |problem: &str| {
+            let (report, _, _) =
+                crate::ledger::check_from(&*store, None, Some(&checkpoint)).unwrap();
+            assert!(
+                report.findings.iter().any(|f| f.problem.contains(problem)),
+                "expected {problem:?}: {:?}",
+                report.findings
+            );
+        };
+        found("missing from the member's statement");
         // …put back, and one forged on an entry not theirs.
         let other = (5_000..head).find(|s| !touching(*s)).unwrap();
         store
@@ -2541,15 +2542,7 @@ pub(crate) mod tests {
                 Op::Put(line_of(other), Vec::new()),
             ])
             .unwrap();
-        let (report, _, _) = crate::ledger::check_from(&*store, None, Some(&checkpoint)).unwrap();
-        assert!(
-            report
-                .findings
-                .iter()
-                .any(|f| f.problem.contains("does not touch their account")),
-            "{:?}",
-            report.findings
-        );
+        found("does not touch their account");
     }
 
     #[test]

@@ -138,35 +138,13 @@ pub fn for_each_chunked(
     prefix: &[u8],
     visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
 ) -> Result<(), StoreError> {
-    let mut start = prefix.to_vec();
-    loop {
-        let mut visited = 0;
-        let mut stopped = false;
-        let mut last = Vec::new();
-        store.for_each_from(prefix, &start, &mut |k, v| {
-            if !visit(k, v) {
-                stopped = true;
-                return false;
-            }
-            visited += 1;
-            if visited == CHUNK_KEYS {
-                last = k.to_vec();
-                return false;
-            }
-            true
-        })?;
-        if stopped || visited < CHUNK_KEYS {
-            return Ok(());
-        }
-        // The next chunk starts just after the last key visited.
-        last.push(0);
-        start = last;
-    }
+    for_each_collected_from(store, prefix, prefix, visit)
 }
 
-/// Like [`for_each_chunked`] from key `start` on, but each chunk is read
-/// whole before its pairs are visited: `visit` may read the store itself
-/// (no read of the store is open while it runs).
+/// [`for_each_chunked`] from key `start` on. Each chunk is read whole
+/// before its pairs are visited, so no read of the store is open while
+/// `visit` runs: it may read the store itself, and a slow visitor holds
+/// no snapshot.
 pub fn for_each_collected_from(
     store: &dyn Store,
     prefix: &[u8],
