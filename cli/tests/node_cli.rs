@@ -919,8 +919,8 @@ fn print_and_scan(page: &std::path::Path, work: &std::path::Path) -> Option<Stri
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `caisse doctor` (issue 17) on a healthy caisse, running and stopped,
-/// then on one with a loosened store, a broken config and a wrong key:
+/// `caisse doctor` (issue 17) on a healthy caisse, running and stopped
+/// (before and after its first `ledger check`), then on one with a loosened store, a broken config and a wrong key:
 /// each problem named with what to do, and a failing exit status.
 #[test]
 fn doctor_says_what_is_wrong() {
@@ -940,6 +940,16 @@ fn doctor_says_what_is_wrong() {
             .unwrap_or_default()
     };
     assert!(status(&v, "store").contains("running node"), "{v}");
+    // No audit yet: doctor names the command; after one, when and how far.
+    assert!(
+        status(&v, "ledger audit").starts_with("warn")
+            && status(&v, "ledger audit").contains("`caisse ledger check`"),
+        "{v}"
+    );
+    ok(&dir, &["ledger", "check"]);
+    let (code, v) = json(&dir, &["doctor"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(status(&v, "ledger audit").starts_with("ok clean on"), "{v}");
     node.stop();
     let (code, v) = json(&dir, &["doctor"]);
     assert_eq!(code, 0, "{v}");

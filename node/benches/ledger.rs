@@ -29,6 +29,9 @@
 //!   every 30 s, then again after a restart on the same store. The node's
 //!   audits start from the last clean one's checkpoint
 //!   (`CAISSE_BENCH_FULL_CHECK=1`: each reads the whole journal).
+//!   `CAISSE_BENCH_RATE=500` paces the tills to 500 purchases a second in
+//!   all and `CAISSE_BENCH_JOBS_EVERY=15` runs the jobs every 15 minutes
+//!   (a long run that leaves the machine room for other work).
 //! - `upgrade N`: a redb store of layout version 1 with N statement lines
 //!   (100,000 members), then the time the node's open takes to upgrade it.
 //! - `tills N`: N members; a real node in a child process; this process is
@@ -1038,13 +1041,37 @@ async fn drift(n: usize, minutes: u64) {
     println!("drift {n}: start to first purchase {first:.1?}");
     let purchases = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    // Purchases a second in all (as fast as answered when unset), and the
+    // minutes between the monthly jobs.
+    let rate: Option<f64> = std::env::var("CAISSE_BENCH_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|r: &f64| *r > 0.0);
+    let jobs_every: u64 = std::env::var("CAISSE_BENCH_JOBS_EVERY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|m| *m > 0)
+        .unwrap_or(2);
+    if let Some(rate) = rate {
+        println!(
+            "drift {n}: tills paced to {rate} purchases a second, jobs every {jobs_every} min"
+        );
+    }
     let mut tills = Vec::new();
     for till in 0..16usize {
         let (c, cards, outlet) = (client.clone(), prepared.cards.clone(), prepared.outlet);
         let (purchases, stop) = (purchases.clone(), stop.clone());
         tills.push(tokio::spawn(async move {
             let mut i = 0usize;
+            let mut pace = rate.map(|r| {
+                let mut t = tokio::time::interval(Duration::from_secs_f64(16.0 / r));
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
             while !stop.load(Ordering::Relaxed) {
+                if let Some(pace) = pace.as_mut() {
+                    pace.tick().await;
+                }
                 let body = json!({
                     "id": daemon::new_purchase_id(),
                     "card": cards[(random16()[0] as usize * 65_537 + i * 16 + till) % cards.len()],
@@ -1064,7 +1091,7 @@ async fn drift(n: usize, minutes: u64) {
     let started = Instant::now();
     let mut period = prepared.period;
     let mut samples = Vec::new();
-    let mut next_jobs = Duration::from_secs(120);
+    let mut next_jobs = Duration::from_secs(60 * jobs_every);
     let mut jobs = Vec::new();
     // The node's audits start from the last clean one's checkpoint;
     // `CAISSE_BENCH_FULL_CHECK=1` has each read the whole journal.
@@ -1076,7 +1103,7 @@ async fn drift(n: usize, minutes: u64) {
     while started.elapsed() < Duration::from_secs(minutes * 60) {
         tokio::time::sleep(Duration::from_secs(30)).await;
         if started.elapsed() >= next_jobs {
-            next_jobs += Duration::from_secs(120);
+            next_jobs += Duration::from_secs(60 * jobs_every);
             period = period.next().expect("next period");
             let t = Instant::now();
             let _: Value = client

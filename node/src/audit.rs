@@ -58,33 +58,57 @@ fn decode(bytes: &[u8]) -> Result<AuditCheckpoint, String> {
     decode_value(b"audit.checkpoint", &body[MAGIC.len()..]).map_err(|e| e.to_string())
 }
 
+/// Why the file at a path holds no usable checkpoint.
+#[derive(Debug)]
+pub enum Unusable {
+    /// There is no file: no audit has come out clean yet.
+    Missing,
+    /// Larger than any checkpoint this node writes.
+    TooLarge,
+    /// It cannot be read.
+    Unreadable(std::io::Error),
+    /// Torn, edited, or of another format.
+    Damaged(String),
+}
+
+/// The checkpoint at `path` if it is whole (whether it is of a given
+/// journal is [`AuditCheckpoint::matches`]).
+pub fn read(path: &Path) -> Result<AuditCheckpoint, Unusable> {
+    let bytes = std::fs::File::open(path)
+        .and_then(|f| {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_BYTES + 1), &mut bytes)?;
+            Ok(bytes)
+        })
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Unusable::Missing,
+            _ => Unusable::Unreadable(e),
+        })?;
+    if bytes.len() as u64 > MAX_BYTES {
+        return Err(Unusable::TooLarge);
+    }
+    decode(&bytes).map_err(Unusable::Damaged)
+}
+
 /// The checkpoint at `path` if it is whole and of `store`'s journal;
 /// otherwise `None` (the audit reads the whole journal), with the reason
 /// logged.
 pub fn load(path: &Path, store: &dyn Store) -> Option<AuditCheckpoint> {
-    let read = std::fs::File::open(path).and_then(|f| {
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_BYTES + 1), &mut bytes)?;
-        Ok(bytes)
-    });
-    let bytes = match read {
-        Ok(b) if b.len() as u64 > MAX_BYTES => {
-            tracing::warn!(target: "caisse::events::audit", file = %path.display(), "audit checkpoint too large: reading the whole journal");
-            return None;
-        }
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let checkpoint = match read(path) {
+        Ok(c) => c,
+        Err(Unusable::Missing) => {
             tracing::info!(target: "caisse::events::audit", "no audit checkpoint yet: reading the whole journal");
             return None;
         }
-        Err(e) => {
+        Err(Unusable::TooLarge) => {
+            tracing::warn!(target: "caisse::events::audit", file = %path.display(), "audit checkpoint too large: reading the whole journal");
+            return None;
+        }
+        Err(Unusable::Unreadable(e)) => {
             tracing::warn!(target: "caisse::events::audit", file = %path.display(), error = %e, "audit checkpoint unreadable: reading the whole journal");
             return None;
         }
-    };
-    let checkpoint = match decode(&bytes) {
-        Ok(c) => c,
-        Err(why) => {
+        Err(Unusable::Damaged(why)) => {
             tracing::warn!(target: "caisse::events::audit", file = %path.display(), %why, "audit checkpoint damaged: reading the whole journal");
             return None;
         }

@@ -3,7 +3,8 @@
 //! Each check says ok, warn or fail, with the fix in words: file modes,
 //! the config, the key, the store (opened when the node is stopped; asked
 //! through the API when it runs, since sled locks its files), the key
-//! matching the store's profile, peers connected, the clock.
+//! matching the store's profile, peers connected, the last clean audit
+//! of the books, the clock.
 
 use std::path::Path;
 
@@ -54,6 +55,76 @@ pub fn running(dir: &Path) -> Option<NodeInfo> {
     let alive = unsafe { libc::kill(pid, 0) } == 0
         || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
     alive.then_some(info)
+}
+
+/// Days after which an audit of the whole journal is overdue: a month
+/// (the audit from the checkpoint does not read again the entries earlier
+/// audits verified; a full one does). Every clean audit keeps the time of
+/// the last full one, so this also warns when no audit ran for a month.
+pub const AUDIT_DUE_DAYS: u64 = 31;
+
+/// When the books were last audited clean, from the audit's checkpoint
+/// at `path` (readable whether the node runs or not), at Unix time `now`.
+fn last_audit(path: &Path, now: u64) -> Check {
+    use crate::audit::Unusable;
+    const WHAT: &str = "ledger audit";
+    let day = |t: u64| caisse_protocol::Day::from_unix(t);
+    let days_ago = |t: u64| now.saturating_sub(t) / 86_400;
+    let c = match crate::audit::read(path) {
+        Ok(c) => c,
+        Err(Unusable::Missing) => {
+            return check(
+                WHAT,
+                Status::Warn,
+                "no clean audit of the books yet: run `caisse ledger check` (the first reads the whole journal, later ones what followed)",
+            );
+        }
+        Err(Unusable::Unreadable(e)) => {
+            return check(
+                WHAT,
+                Status::Warn,
+                format!(
+                    "{} cannot be read ({e}): the next `caisse ledger check` reads the whole journal; check the file's owner",
+                    path.display()
+                ),
+            );
+        }
+        Err(why) => {
+            return check(
+                WHAT,
+                Status::Warn,
+                format!(
+                    "{} is damaged ({why:?}): nothing to repair, the next `caisse ledger check` reads the whole journal and writes it again",
+                    path.display()
+                ),
+            );
+        }
+    };
+    if c.full_at == 0 || days_ago(c.full_at) > AUDIT_DUE_DAYS {
+        let when = if c.full_at == 0 {
+            "never".to_string()
+        } else {
+            format!("on {} ({} days ago)", day(c.full_at), days_ago(c.full_at))
+        };
+        check(
+            WHAT,
+            Status::Warn,
+            format!(
+                "the whole journal was last read by an audit {when}; the audits since read only the entries that followed theirs: run `caisse ledger check --full` (about 4 s a million entries)"
+            ),
+        )
+    } else {
+        check(
+            WHAT,
+            Status::Ok,
+            format!(
+                "clean on {} up to journal entry {}; the whole journal read on {}",
+                day(c.made_at),
+                c.upto,
+                day(c.full_at)
+            ),
+        )
+    }
 }
 
 /// Diagnose the data directory `dir`.
@@ -225,6 +296,7 @@ pub async fn diagnose(dir: &Path) -> Vec<Check> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    out.push(last_audit(&dir.join(crate::audit::FILE), now));
     let year = caisse_protocol::Day::from_unix(now).ymd().0;
     out.push(if (2024..2100).contains(&year) {
         check("clock", Status::Ok, format!("system date {}", caisse_protocol::Day::from_unix(now)))
@@ -236,4 +308,70 @@ pub async fn diagnose(dir: &Path) -> Vec<Check> {
         )
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::AuditCheckpoint;
+
+    const DAY: u64 = 86_400;
+
+    fn saved(dir: &Path, full_at: u64, made_at: u64) -> std::path::PathBuf {
+        let path = dir.join(crate::audit::FILE);
+        crate::audit::save(
+            &path,
+            &AuditCheckpoint {
+                upto: 0,
+                prev_hash: [0; 32],
+                balances: Vec::new(),
+                full_at,
+                made_at,
+            },
+        )
+        .unwrap();
+        path
+    }
+
+    /// The audit check warns with the command to run when no audit came
+    /// out clean, when the file is damaged, and when the whole journal
+    /// was last read over a month ago (or never: an older node's file).
+    #[test]
+    fn an_overdue_audit_is_named_with_its_command() {
+        let tmp = tempfile::tempdir().unwrap();
+        let now = 1_800_000_000;
+        let path = tmp.path().join(crate::audit::FILE);
+        let missing = last_audit(&path, now);
+        assert_eq!(missing.status, Status::Warn);
+        assert!(
+            missing.detail.contains("`caisse ledger check`"),
+            "{missing:?}"
+        );
+
+        let fresh = last_audit(&saved(tmp.path(), now - 2 * DAY, now - DAY), now);
+        assert_eq!(fresh.status, Status::Ok, "{fresh:?}");
+
+        let due = now - (AUDIT_DUE_DAYS + 1) * DAY;
+        let full_old = last_audit(&saved(tmp.path(), due, now - DAY), now);
+        assert_eq!(full_old.status, Status::Warn);
+        assert!(
+            full_old.detail.contains("--full") && full_old.detail.contains("32 days ago"),
+            "{full_old:?}"
+        );
+        let never_full = last_audit(&saved(tmp.path(), 0, now - DAY), now);
+        assert!(
+            never_full.detail.contains("never") && never_full.detail.contains("--full"),
+            "{never_full:?}"
+        );
+
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[10] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let damaged = last_audit(&path, now);
+        assert_eq!(damaged.status, Status::Warn);
+        assert!(
+            damaged.detail.contains("damaged") && damaged.detail.contains("whole journal"),
+            "{damaged:?}"
+        );
+    }
 }
