@@ -2333,12 +2333,7 @@ async fn ledger(c: &Client, out: &Output, l: &LedgerCmd) -> Result<ExitCode> {
             });
         }
         LedgerCmd::Check { full } => {
-            let path = if *full {
-                "/api/v1/ledger/check?full=true"
-            } else {
-                "/api/v1/ledger/check"
-            };
-            let v: CheckReport = c.get(path).await?;
+            let v = audit(c, *full).await?;
             let ok = v.ok();
             out.show(&v, |v| {
                 if v.from == 0 {
@@ -2371,6 +2366,49 @@ async fn ledger(c: &Client, out: &Output, l: &LedgerCmd) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Start a ledger audit on the node and wait for its report, however long
+/// the journal (the node answers the start at once; the report is
+/// collected, not held in one request), showing the time so far on a
+/// terminal.
+async fn audit(c: &Client, full: bool) -> anyhow::Result<CheckReport> {
+    use std::io::{IsTerminal, Write};
+    #[derive(serde::Deserialize)]
+    struct Run {
+        id: u64,
+        finished: bool,
+        seconds: u64,
+        report: Option<CheckReport>,
+        error: Option<String>,
+    }
+    let mut run: Run = c
+        .post(
+            "/api/v1/ledger/checks",
+            &serde_json::json!({ "full": full }),
+        )
+        .await?;
+    let shown = std::io::stderr().is_terminal();
+    let mut wait = std::time::Duration::from_millis(50);
+    while !run.finished {
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(2));
+        run = c.get(&format!("/api/v1/ledger/checks/{}", run.id)).await?;
+        if shown && run.seconds > 0 {
+            eprint!("\rauditing the ledger: {} s", run.seconds);
+            let _ = std::io::stderr().flush();
+        }
+    }
+    if shown && run.seconds > 0 {
+        eprintln!();
+    }
+    match (run.report, run.error) {
+        (Some(report), _) => Ok(report),
+        (None, error) => anyhow::bail!(
+            "the audit stopped: {}; see the node's log, then run it again",
+            error.unwrap_or_else(|| "no report".into())
+        ),
+    }
 }
 
 fn accreditation_row(a: &dto::AccreditationView) -> Vec<String> {

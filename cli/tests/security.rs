@@ -1544,3 +1544,139 @@ fn behind_a_proxy_each_client_has_its_own_limit_and_cookies_are_secure() {
     // address: a bucket of its own, not the attacker's.
     assert_eq!(sign_in("127.0.0.1"), 401);
 }
+
+/// An audit is started and collected later (the audit of years of journal
+/// outlasts a request), by the treasurer or the auditor only; a finding
+/// names a member's account to the treasurer and only by pseudonym to the
+/// auditor, and `caisse ledger check` exits 3 on it.
+#[test]
+fn an_audit_is_collected_later_and_names_members_by_pseudonym_to_the_auditor() {
+    use caisse_node::store::{Op, encode_value, open_existing};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("caisse");
+    TestNode::init(&dir, "Caisse auditée", &[]);
+    let mut node = TestNode::start(&dir);
+    let admin = token_file(&dir, "admin.token");
+    let observer = token_file(&dir, "observer.token");
+    let m = ok(
+        &dir,
+        &[
+            "member",
+            "enroll",
+            "--name",
+            "Anne Nomdefamille",
+            "--residence",
+            "Ici",
+        ],
+    );
+    let member = s(&m["member"]);
+    let period = s(&ok(&dir, &["status"])["today"])[..7].to_owned();
+    ok(&dir, &["allocation", "issue", "--period", &period]);
+    let t = must(
+        &node,
+        &admin,
+        "POST",
+        "/api/v1/tokens",
+        Some(json!({"role": "auditor"})),
+    );
+    let auditor = s(&t["token"]);
+
+    let collect = |node: &TestNode, token: &str, full: bool| -> Value {
+        let (code, v) = api(
+            node,
+            token,
+            "POST",
+            "/api/v1/ledger/checks",
+            Some(json!({"full": full})),
+        );
+        assert_eq!(code, 202, "{v}");
+        let id = v["id"].as_u64().expect("an audit number");
+        for _ in 0..600 {
+            let v = must(
+                node,
+                token,
+                "GET",
+                &format!("/api/v1/ledger/checks/{id}"),
+                None,
+            );
+            if v["finished"] == true {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("audit {id} did not finish in 30 s");
+    };
+    // Clean, collected, the whole journal when asked.
+    let run = collect(&node, &admin, true);
+    assert_eq!(run["report"]["findings"], json!([]), "{run}");
+    assert_eq!(run["report"]["from"], 0, "{run}");
+    assert_eq!(run["full"], true, "{run}");
+    // The committee's token may not start one nor read one.
+    let (code, _) = api(
+        &node,
+        &observer,
+        "POST",
+        "/api/v1/ledger/checks",
+        Some(json!({})),
+    );
+    assert_eq!(code, 403);
+    let (code, _) = api(
+        &node,
+        &observer,
+        "GET",
+        &format!("/api/v1/ledger/checks/{}", run["id"]),
+        None,
+    );
+    assert_eq!(code, 403);
+    let (code, v) = api(&node, &admin, "GET", "/api/v1/ledger/checks/9999", None);
+    assert_eq!(code, 404, "{v}");
+    assert!(s(&v["message"]).contains("start one again"), "{v}");
+
+    // A member's cached balance edited behind the node's back.
+    node.stop();
+    {
+        let store = open_existing(&dir).unwrap();
+        let id: caisse_protocol::MemberId = member.parse().unwrap();
+        let key = caisse_node::ledger::Account::Member(id).balance_key();
+        store
+            .apply(&[Op::Put(
+                key,
+                encode_value(&caisse_protocol::Amount::from_cents(999_999_00)),
+            )])
+            .unwrap();
+        store.sync().unwrap();
+    }
+    let node = TestNode::start(&dir);
+    let treasurer = collect(&node, &admin, true).to_string();
+    assert!(
+        treasurer.contains(&format!("member:{member}")),
+        "{treasurer}"
+    );
+    for text in [
+        collect(&node, &auditor, true).to_string(),
+        collect(&node, &auditor, false).to_string(),
+        must(
+            &node,
+            &auditor,
+            "GET",
+            "/api/v1/ledger/check?full=true",
+            None,
+        )
+        .to_string(),
+    ] {
+        assert!(
+            text.contains("member:acct_") && text.contains("cached balance"),
+            "{text}"
+        );
+        assert!(
+            !text.contains(&member) && !text.contains("mem_"),
+            "the auditor saw a member id: {text}"
+        );
+    }
+    let out = common::caisse(&dir, &["ledger", "check", "--full"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("PROBLEM"),
+        "{out:?}"
+    );
+}

@@ -15,8 +15,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use caisse_protocol::messages::DeclineReason;
 use caisse_protocol::{Amount, CaisseId, Day, MemberId, OutletId, Period};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::app::{App, SaleError};
@@ -297,6 +297,8 @@ pub fn routes() -> Router<App> {
         .route("/api/v1/ledger/balances", get(balances))
         .route("/api/v1/ledger/journal", get(journal))
         .route("/api/v1/ledger/check", get(check))
+        .route("/api/v1/ledger/checks", post(start_check))
+        .route("/api/v1/ledger/checks/{id}", get(check_run))
         .route("/api/v1/ledger/accounting", get(accounting))
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/backup", post(backup))
@@ -767,8 +769,8 @@ async fn journal(
     Ok(Json(v))
 }
 
-/// `?full=true`: read the whole journal, not only what the last clean
-/// audit left.
+/// `?full=true` (or `{"full": true}` to start one): read the whole
+/// journal, not only what the last clean audit left.
 #[derive(Deserialize)]
 struct CheckQuery {
     #[serde(default)]
@@ -782,8 +784,97 @@ async fn check(
 ) -> Result<Json<crate::ledger::CheckReport>, ApiError> {
     // The audit reads every entry: the admin (treasurer) or the auditor
     // starts it, not the committee's observer token.
-    auth.ledger_reader()?;
-    Ok(Json(s.handle.check(q.full).await?))
+    let pseudonymise = auth.ledger_reader()?;
+    Ok(Json(for_reader(
+        &s,
+        s.handle.check(q.full).await?,
+        pseudonymise,
+    )))
+}
+
+/// An audit's report as its reader may see it: the auditor gets member
+/// and card ids in findings under the pseudonyms of the journal it reads.
+fn for_reader(
+    s: &App,
+    mut report: crate::ledger::CheckReport,
+    pseudonymise: bool,
+) -> crate::ledger::CheckReport {
+    if pseudonymise {
+        for f in &mut report.findings {
+            f.item = s.pseudonyms.text(&f.item);
+            f.problem = s.pseudonyms.text(&f.problem);
+        }
+    }
+    report
+}
+
+/// An audit started by `POST /api/v1/ledger/checks`, as its starter
+/// collects it.
+#[derive(Serialize)]
+struct CheckRunView {
+    /// Its number, for `GET /api/v1/ledger/checks/{id}`.
+    id: u64,
+    /// Whether it reads the whole journal.
+    full: bool,
+    /// Whether it is done (then `report` or `error` is set).
+    finished: bool,
+    /// Seconds it has run, or took.
+    seconds: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report: Option<crate::ledger::CheckReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl CheckRunView {
+    fn of(s: &App, run: crate::app::AuditRun, pseudonymise: bool) -> CheckRunView {
+        let (report, error) = match run.outcome {
+            Some(Ok(r)) => (Some(for_reader(s, r, pseudonymise)), None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
+        };
+        CheckRunView {
+            id: run.id,
+            full: run.full,
+            finished: report.is_some() || error.is_some(),
+            seconds: run.took.unwrap_or_else(|| run.started.elapsed()).as_secs(),
+            report,
+            error,
+        }
+    }
+}
+
+/// Start an audit and answer at once (202): the audit of years of journal
+/// outlasts a request's time limit; its starter collects the report with
+/// `GET /api/v1/ledger/checks/{id}`. One at a time (409 while one runs).
+async fn start_check(
+    State(s): State<App>,
+    auth: Auth,
+    Body(q): Body<CheckQuery>,
+) -> Result<(StatusCode, Json<CheckRunView>), ApiError> {
+    let pseudonymise = auth.ledger_reader()?;
+    let run = s.start_audit(q.full)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(CheckRunView::of(&s, run, pseudonymise)),
+    ))
+}
+
+/// An audit started by `POST /api/v1/ledger/checks`: running, or its report.
+async fn check_run(
+    State(s): State<App>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<CheckRunView>, ApiError> {
+    let pseudonymise = auth.ledger_reader()?;
+    let id: u64 = parse("audit number", &id)?;
+    let run = s.audit_run(id).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!(
+            "no audit {id} on this node: the node restarted since it started, or it is older than the last {} finished; start one again (`caisse ledger check`)",
+            crate::app::AUDIT_RUNS_KEPT
+        ))
+    })?;
+    Ok(Json(CheckRunView::of(&s, run, pseudonymise)))
 }
 
 /// The accountant's file of a period (FEC layout), with its totals.

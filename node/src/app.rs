@@ -9,6 +9,8 @@
 //!   forwarded with a deadline → answered, or offline → resolved) with the
 //!   writer, the network and the clock.
 //! - [`report`]: the evaluation report, computed off the writer.
+//! - [`App::start_audit`]: a ledger audit started now and collected later
+//!   (the audit of years of journal outlasts one request).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,7 +62,36 @@ pub struct AppState {
     /// Roles of tokens seen, with the writer's token generation when read
     /// (see [`AppState::role_of`]).
     tokens: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (Role, u64)>>,
+    /// Audits started to be collected later (see [`App::start_audit`]).
+    audits: std::sync::Mutex<AuditRuns>,
 }
+
+/// A ledger audit started by [`App::start_audit`], and its outcome once
+/// known.
+#[derive(Clone, Debug)]
+pub struct AuditRun {
+    /// Its number, since the node started.
+    pub id: u64,
+    /// Whether it reads the whole journal.
+    pub full: bool,
+    /// When it started.
+    pub started: std::time::Instant,
+    /// How long it took, once finished.
+    pub took: Option<Duration>,
+    /// Its report, or why it stopped, once finished.
+    pub outcome: Option<Result<caisse_core::ledger::CheckReport, String>>,
+}
+
+/// The audits [`App::start_audit`] started: the running one (at most one)
+/// and the last [`AUDIT_RUNS_KEPT`] finished.
+#[derive(Default)]
+struct AuditRuns {
+    next: u64,
+    runs: std::collections::VecDeque<AuditRun>,
+}
+
+/// Finished audits kept for their starters to collect.
+pub const AUDIT_RUNS_KEPT: usize = 8;
 
 /// Wrong PINs one client address may send within [`PIN_GUESS_WINDOW`]
 /// before its sales with a PIN wait (a shop's tills behind one address
@@ -94,7 +125,54 @@ impl App {
                 10_000,
             ),
             tokens: std::sync::Mutex::new(std::collections::HashMap::new()),
+            audits: std::sync::Mutex::new(AuditRuns::default()),
         }))
+    }
+
+    /// Start a ledger audit (from the last clean audit's checkpoint, or of
+    /// the whole journal if `full`) and return at once; [`App::audit_run`]
+    /// gives its outcome when it is done, however long the journal. One at
+    /// a time: refused while another started this way runs.
+    pub fn start_audit(&self, full: bool) -> Result<AuditRun, CaisseError> {
+        let mut audits = self.audits.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = audits.runs.iter().find(|r| r.outcome.is_none()) {
+            return Err(CaisseError::Conflict(format!(
+                "audit {} is running (started {} s ago): wait for it (GET /api/v1/ledger/checks/{}), then start another",
+                r.id,
+                r.started.elapsed().as_secs(),
+                r.id
+            )));
+        }
+        while audits.runs.len() >= AUDIT_RUNS_KEPT {
+            audits.runs.pop_front();
+        }
+        audits.next = audits.next.saturating_add(1);
+        let run = AuditRun {
+            id: audits.next,
+            full,
+            started: std::time::Instant::now(),
+            took: None,
+            outcome: None,
+        };
+        audits.runs.push_back(run.clone());
+        drop(audits);
+        let (app, id) = (self.clone(), run.id);
+        tokio::spawn(async move {
+            let outcome = app.handle.check(full).await.map_err(|e| e.to_string());
+            let mut audits = app.audits.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(r) = audits.runs.iter_mut().find(|r| r.id == id) {
+                r.took = Some(r.started.elapsed());
+                r.outcome = Some(outcome);
+            }
+        });
+        Ok(run)
+    }
+
+    /// The audit numbered `id` that [`App::start_audit`] started, running
+    /// or among the last finished.
+    pub fn audit_run(&self, id: u64) -> Option<AuditRun> {
+        let audits = self.audits.lock().unwrap_or_else(|p| p.into_inner());
+        audits.runs.iter().find(|r| r.id == id).cloned()
     }
 }
 

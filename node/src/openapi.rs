@@ -146,6 +146,18 @@ pub const ROUTES: &[(&str, &str, &str, Access)] = &[
         Access::Reader,
     ),
     (
+        "post",
+        "/api/v1/ledger/checks",
+        "Start an audit and answer at once (202, its number; `{\"full\": true}`: the whole journal); 409 while one runs",
+        Access::Reader,
+    ),
+    (
+        "get",
+        "/api/v1/ledger/checks/{id}",
+        "An audit started with POST: running (seconds so far) or finished with its report",
+        Access::Reader,
+    ),
+    (
         "get",
         "/api/v1/ledger/accounting",
         "The accountant's file of a period (FEC layout)",
