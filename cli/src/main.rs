@@ -2358,6 +2358,13 @@ async fn ledger(c: &Client, out: &Output, l: &LedgerCmd) -> Result<ExitCode> {
                     for f in &v.findings {
                         println!("PROBLEM {}: {}", j(&f.item), j(&f.problem));
                     }
+                    if v.more_findings > 0 {
+                        println!(
+                            "... and {} more problems not listed (the first {} are).",
+                            v.more_findings,
+                            v.findings.len()
+                        );
+                    }
                 }
             });
             if !ok {

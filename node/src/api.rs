@@ -785,9 +785,10 @@ async fn check(
     // The audit reads every entry: the admin (treasurer) or the auditor
     // starts it, not the committee's observer token.
     let pseudonymise = auth.ledger_reader()?;
+    let report = s.handle.check(q.full).await?;
     Ok(Json(for_reader(
         &s,
-        s.handle.check(q.full).await?,
+        report.bounded(crate::app::FINDINGS_LISTED),
         pseudonymise,
     )))
 }

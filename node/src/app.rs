@@ -93,6 +93,10 @@ struct AuditRuns {
 /// Finished audits kept for their starters to collect.
 pub const AUDIT_RUNS_KEPT: usize = 8;
 
+/// Findings an audit's answer lists; more are counted (a store damaged
+/// throughout has a finding per account).
+pub const FINDINGS_LISTED: usize = 1_000;
+
 /// Wrong PINs one client address may send within [`PIN_GUESS_WINDOW`]
 /// before its sales with a PIN wait (a shop's tills behind one address
 /// see a few mistyped PINs an hour, not this).
@@ -158,7 +162,12 @@ impl App {
         drop(audits);
         let (app, id) = (self.clone(), run.id);
         tokio::spawn(async move {
-            let outcome = app.handle.check(full).await.map_err(|e| e.to_string());
+            let outcome = app
+                .handle
+                .check(full)
+                .await
+                .map(|r| r.bounded(FINDINGS_LISTED))
+                .map_err(|e| e.to_string());
             let mut audits = app.audits.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(r) = audits.runs.iter_mut().find(|r| r.id == id) {
                 r.took = Some(r.started.elapsed());

@@ -372,14 +372,34 @@ pub struct CheckReport {
     pub full_at: Option<u64>,
     /// Accounts with a cached balance.
     pub accounts: u64,
-    /// Every problem found; empty means the ledger is sound.
+    /// Every problem found (or the first ones: see [`CheckReport::bounded`]);
+    /// empty means the ledger is sound.
     pub findings: Vec<Finding>,
+    /// Findings found but left out of `findings` by [`CheckReport::bounded`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub more_findings: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl CheckReport {
     /// True when nothing was found.
     pub fn ok(&self) -> bool {
-        self.findings.is_empty()
+        self.findings.is_empty() && self.more_findings == 0
+    }
+
+    /// The report with at most `n` findings listed, the rest counted in
+    /// `more_findings` (a store damaged throughout would otherwise give an
+    /// answer of a finding per account).
+    pub fn bounded(mut self, n: usize) -> CheckReport {
+        let left_out = self.findings.len().saturating_sub(n);
+        if left_out > 0 {
+            self.findings.truncate(n);
+            self.more_findings = self.more_findings.saturating_add(left_out as u64);
+        }
+        self
     }
 }
 
@@ -1316,4 +1336,29 @@ pub fn recheck(store: &dyn Store, suspects: &Suspects) -> Result<(Vec<Finding>, 
         }
     }
     Ok((findings, read))
+}
+
+#[cfg(test)]
+mod report_tests {
+    use super::*;
+
+    /// A bounded report lists the first findings, counts the rest, and is
+    /// still not ok when only counted ones remain.
+    #[test]
+    fn a_bounded_report_counts_what_it_leaves_out() {
+        let report = CheckReport {
+            findings: (0..5)
+                .map(|i| finding(format!("journal entry {i}"), "x"))
+                .collect(),
+            ..CheckReport::default()
+        };
+        let b = report.clone().bounded(2);
+        assert_eq!(b.findings, report.findings[..2].to_vec());
+        assert_eq!(b.more_findings, 3);
+        assert!(!b.ok());
+        let none = report.clone().bounded(0);
+        assert!(none.findings.is_empty() && none.more_findings == 5 && !none.ok());
+        assert_eq!(report.clone().bounded(5), report);
+        assert!(CheckReport::default().bounded(0).ok());
+    }
 }
