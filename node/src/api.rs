@@ -847,7 +847,8 @@ impl CheckRunView {
 
 /// Start an audit and answer at once (202): the audit of years of journal
 /// outlasts a request's time limit; its starter collects the report with
-/// `GET /api/v1/ledger/checks/{id}`. One at a time (409 while one runs).
+/// `GET /api/v1/ledger/checks/{id}`. One at a time: while one runs, the
+/// answer is that one, or 409 when it is not full and this asks for full.
 async fn start_check(
     State(s): State<App>,
     auth: Auth,

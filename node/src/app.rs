@@ -90,6 +90,44 @@ struct AuditRuns {
     runs: std::collections::VecDeque<AuditRun>,
 }
 
+impl AuditRuns {
+    /// The audit a request for one (`full` or not) gets, and whether it
+    /// is new (to be started): see [`App::start_audit`].
+    fn begin(&mut self, full: bool) -> Result<(AuditRun, bool), CaisseError> {
+        if let Some(r) = self.runs.iter().find(|r| r.outcome.is_none()) {
+            if r.full || !full {
+                return Ok((r.clone(), false));
+            }
+            return Err(CaisseError::Conflict(format!(
+                "audit {} (from the last clean audit's checkpoint) is running, started {} s ago: once it ends (`caisse job list`), run `caisse ledger check --full` again",
+                r.id,
+                r.started.elapsed().as_secs(),
+            )));
+        }
+        while self.runs.len() >= AUDIT_RUNS_KEPT {
+            self.runs.pop_front();
+        }
+        self.next = self.next.saturating_add(1);
+        let run = AuditRun {
+            id: self.next,
+            full,
+            started: std::time::Instant::now(),
+            took: None,
+            outcome: None,
+        };
+        self.runs.push_back(run.clone());
+        Ok((run, true))
+    }
+
+    /// Audit `id` ended with `outcome`.
+    fn finish(&mut self, id: u64, outcome: Result<caisse_core::ledger::CheckReport, String>) {
+        if let Some(r) = self.runs.iter_mut().find(|r| r.id == id) {
+            r.took = Some(r.started.elapsed());
+            r.outcome = Some(outcome);
+        }
+    }
+}
+
 /// Finished audits kept for their starters to collect.
 pub const AUDIT_RUNS_KEPT: usize = 8;
 
@@ -136,44 +174,30 @@ impl App {
     /// Start a ledger audit (from the last clean audit's checkpoint, or of
     /// the whole journal if `full`) and return at once; [`App::audit_run`]
     /// gives its outcome when it is done, however long the journal. One at
-    /// a time: refused while another started this way runs.
+    /// a time: while one runs, a request it answers as well (it reads the
+    /// whole journal, or this one does not ask for that) gets that one (a
+    /// treasurer who stopped waiting and asks again), any other is refused.
     pub fn start_audit(&self, full: bool) -> Result<AuditRun, CaisseError> {
-        let mut audits = self.audits.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = audits.runs.iter().find(|r| r.outcome.is_none()) {
-            return Err(CaisseError::Conflict(format!(
-                "audit {} is running (started {} s ago): wait for it (GET /api/v1/ledger/checks/{}), then start another",
-                r.id,
-                r.started.elapsed().as_secs(),
-                r.id
-            )));
+        let (run, new) = self
+            .audits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .begin(full)?;
+        if new {
+            let (app, id) = (self.clone(), run.id);
+            tokio::spawn(async move {
+                let outcome = app
+                    .handle
+                    .check(full)
+                    .await
+                    .map(|r| r.bounded(FINDINGS_LISTED))
+                    .map_err(|e| e.to_string());
+                app.audits
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .finish(id, outcome);
+            });
         }
-        while audits.runs.len() >= AUDIT_RUNS_KEPT {
-            audits.runs.pop_front();
-        }
-        audits.next = audits.next.saturating_add(1);
-        let run = AuditRun {
-            id: audits.next,
-            full,
-            started: std::time::Instant::now(),
-            took: None,
-            outcome: None,
-        };
-        audits.runs.push_back(run.clone());
-        drop(audits);
-        let (app, id) = (self.clone(), run.id);
-        tokio::spawn(async move {
-            let outcome = app
-                .handle
-                .check(full)
-                .await
-                .map(|r| r.bounded(FINDINGS_LISTED))
-                .map_err(|e| e.to_string());
-            let mut audits = app.audits.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(r) = audits.runs.iter_mut().find(|r| r.id == id) {
-                r.took = Some(r.started.elapsed());
-                r.outcome = Some(outcome);
-            }
-        });
         Ok(run)
     }
 
@@ -497,4 +521,39 @@ pub fn parse_seat(text: &str) -> Result<u32, String> {
         .unwrap_or(t)
         .parse()
         .map_err(|_| format!("bad seat {t:?}: write seat-3 or 3"))
+}
+
+#[cfg(test)]
+mod audit_run_tests {
+    use super::*;
+
+    /// Asking again while an audit runs gets it when it answers the ask
+    /// (a full one answers both), is refused when a full one is asked of
+    /// one that is not; finished audits are kept up to the bound.
+    #[test]
+    fn one_audit_at_a_time_and_asking_again_gets_it() {
+        let mut runs = AuditRuns::default();
+        let (first, new) = runs.begin(false).unwrap();
+        assert!(new);
+        let (again, new) = runs.begin(false).unwrap();
+        assert!(!new && again.id == first.id);
+        let refused = runs.begin(true).unwrap_err();
+        assert!(
+            matches!(&refused, CaisseError::Conflict(m) if m.contains("--full")),
+            "{refused}"
+        );
+        runs.finish(first.id, Ok(Default::default()));
+        let (full, new) = runs.begin(true).unwrap();
+        assert!(new && full.id != first.id && full.full);
+        let (answered, new) = runs.begin(false).unwrap();
+        assert!(!new && answered.id == full.id, "a full audit answers both");
+        runs.finish(full.id, Err("stopped".into()));
+        for _ in 0..3 * AUDIT_RUNS_KEPT {
+            let (r, new) = runs.begin(false).unwrap();
+            assert!(new);
+            runs.finish(r.id, Ok(Default::default()));
+        }
+        assert_eq!(runs.runs.len(), AUDIT_RUNS_KEPT);
+        assert!(runs.runs.iter().all(|r| r.outcome.is_some()));
+    }
 }

@@ -148,7 +148,7 @@ pub const ROUTES: &[(&str, &str, &str, Access)] = &[
     (
         "post",
         "/api/v1/ledger/checks",
-        "Start an audit and answer at once (202, its number; `{\"full\": true}`: the whole journal); 409 while one runs",
+        "Start an audit and answer at once (202, its number; `{\"full\": true}`: the whole journal); while one runs, that one (409 if it is not full and this asks for full)",
         Access::Reader,
     ),
     (
