@@ -1100,7 +1100,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     cli.data_dir.display()
                 );
                 println!(
-                    "Put caisse.key, config.toml and the token files back in {}, start the node, and run `caisse ledger check`.",
+                    "Put caisse.key, config.toml and the token files back in {}, start the node, and run `caisse ledger check --full` (the whole journal).",
                     cli.data_dir.display()
                 );
             }

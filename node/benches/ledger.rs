@@ -37,8 +37,8 @@
 //! - `tills N`: N members; a real node in a child process; this process is
 //!   the load: four tills at a steady 200 purchases/s in all over HTTP,
 //!   latency measured from each purchase's scheduled time, before and
-//!   during the monthly allocation run, `ledger check`, and the report
-//!   with the anonymised export.
+//!   during the monthly allocation run, `ledger check`, the report
+//!   with the anonymised export, and an online backup.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -981,6 +981,20 @@ async fn tills(n: usize) {
         .await
         .expect("export");
     let report_took = t.elapsed();
+
+    switch("after report");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    switch("backup");
+    let t = Instant::now();
+    let out = prepared.dir.join("tills.backup");
+    let backup: Value = client
+        .post("/api/v1/backup", &json!({ "out": out }))
+        .await
+        .expect("backup");
+    let backup_took = t.elapsed();
+    let _ = std::fs::remove_file(&out);
+    switch("after backup");
+    tokio::time::sleep(Duration::from_secs(3)).await;
     switch("end");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for t in tills {
@@ -996,6 +1010,10 @@ async fn tills(n: usize) {
         check["entries"],
         check["findings"].as_array().map_or(0, Vec::len),
         report_took
+    );
+    println!(
+        "tills {n}: backup {backup_took:.2?} ({} records, {} bytes)",
+        backup["records"], backup["bytes"]
     );
     println!("| members | phase | purchases | failed | p50 | p99 | max |");
     println!("|---:|---|---:|---:|---:|---:|---:|");

@@ -34,6 +34,50 @@ const DELETE: u8 = 2;
 const END: u8 = 0xFF;
 /// Keys copied per writer step.
 pub const STEP_KEYS: usize = 2_000;
+/// Bytes written between two flushes of the file to disk, which a thread
+/// of the backup's own makes while the writer goes on (so that little is
+/// left to flush at the end, and the writer never waits for the disk).
+const FLUSH_EVERY: u64 = 64 << 20;
+
+/// What the backup's flushing thread is asked.
+enum Flush {
+    /// Flush what was written so far.
+    Now,
+    /// Flush the whole file, then call this with the outcome.
+    End(Box<dyn FnOnce(std::io::Result<()>) + Send>),
+}
+
+/// Start the thread that flushes `file` to disk when asked, so that the
+/// writer thread never waits for the device.
+fn flusher(file: &std::fs::File) -> std::io::Result<std::sync::mpsc::Sender<Flush>> {
+    let file = file.try_clone()?;
+    let (tx, rx) = std::sync::mpsc::channel::<Flush>();
+    std::thread::Builder::new()
+        .name("backup-flush".into())
+        .spawn(move || {
+            let mut failed: Option<std::io::Error> = None;
+            // Ends when the backup is abandoned (the sender dropped).
+            while let Ok(asked) = rx.recv() {
+                match asked {
+                    Flush::Now => {
+                        if failed.is_none()
+                            && let Err(e) = file.sync_data()
+                        {
+                            failed = Some(e);
+                        }
+                    }
+                    Flush::End(then) => {
+                        then(match failed.take() {
+                            Some(e) => Err(e),
+                            None => file.sync_all(),
+                        });
+                        return;
+                    }
+                }
+            }
+        })?;
+    Ok(tx)
+}
 
 /// What a finished backup holds.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -59,6 +103,10 @@ pub struct BackupWriter {
     cursor: Option<Vec<u8>>,
     /// Every key has been copied.
     pub copied_all: bool,
+    /// The thread flushing the file (see [`FLUSH_EVERY`]).
+    flush: std::sync::mpsc::Sender<Flush>,
+    /// Bytes written when it was last asked to flush.
+    flushed_at: u64,
 }
 
 impl BackupWriter {
@@ -70,8 +118,11 @@ impl BackupWriter {
             .create_new(true)
             .mode(0o600)
             .open(path)?;
+        let flush = flusher(&file)?;
         let mut w = BackupWriter {
             path: path.to_owned(),
+            flush,
+            flushed_at: 0,
             file: BufWriter::with_capacity(1 << 20, file),
             hash: Sha256::new(),
             bytes: 0,
@@ -124,6 +175,18 @@ impl BackupWriter {
             }
             _ => self.copied_all = true,
         }
+        self.flush_behind()
+    }
+
+    /// Ask the flushing thread to flush, every [`FLUSH_EVERY`] bytes.
+    fn flush_behind(&mut self) -> std::io::Result<()> {
+        if self.bytes.saturating_sub(self.flushed_at) >= FLUSH_EVERY {
+            // What is in the buffer reaches the file first.
+            self.file.flush()?;
+            self.flushed_at = self.bytes;
+            // (Gone only if the thread died: the end says so.)
+            let _ = self.flush.send(Flush::Now);
+        }
         Ok(())
     }
 
@@ -146,30 +209,50 @@ impl BackupWriter {
                 Op::Delete(k) => self.record(DELETE, k, None)?,
             }
         }
-        Ok(())
+        self.flush_behind()
     }
 
-    /// Write the end and make the file durable; `entries` is the journal's
-    /// length at the last commit logged.
-    pub fn finish(mut self, entries: u64) -> std::io::Result<BackupDone> {
+    /// Write the end; then the flushing thread makes the file durable and
+    /// calls `then` with what it holds, so the writer never waits for the
+    /// disk (a backup's last flush took 0.7 s on the writer before). On any
+    /// failure `then` gets why, and the file is removed. `entries` is the
+    /// journal's length at the last commit logged.
+    pub fn finish(
+        mut self,
+        entries: u64,
+        then: impl FnOnce(std::io::Result<BackupDone>) + Send + 'static,
+    ) {
         let records = self.records;
-        self.write(&[END])?;
-        self.write(&records.to_be_bytes())?;
-        self.write(&entries.to_be_bytes())?;
-        let digest: [u8; 32] = self.hash.clone().finalize().into();
-        self.file.write_all(&digest)?;
-        self.bytes += 32;
-        let file = self
-            .file
-            .into_inner()
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        file.sync_all()?;
-        Ok(BackupDone {
-            path: self.path,
+        let written = (|| {
+            self.write(&[END])?;
+            self.write(&records.to_be_bytes())?;
+            self.write(&entries.to_be_bytes())?;
+            let digest: [u8; 32] = self.hash.clone().finalize().into();
+            self.file.write_all(&digest)?;
+            self.bytes += 32;
+            self.file.flush()
+        })();
+        if let Err(e) = written {
+            self.abandon();
+            return then(Err(e));
+        }
+        let done = BackupDone {
+            path: self.path.clone(),
             records,
             entries,
             bytes: self.bytes,
-        })
+        };
+        let path = self.path.clone();
+        let end = Flush::End(Box::new(move |synced: std::io::Result<()>| {
+            if synced.is_err() {
+                let _ = std::fs::remove_file(&path);
+            }
+            then(synced.map(|()| done));
+        }));
+        if let Err(std::sync::mpsc::SendError(Flush::End(then))) = self.flush.send(end) {
+            // The flushing thread is gone: flush here rather than not at all.
+            then(self.file.get_ref().sync_all());
+        }
     }
 
     /// Give up: remove the partial file.
@@ -191,63 +274,98 @@ fn bad(why: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, why.into())
 }
 
-/// The records of a backup file, checked whole (hash and counts) before
-/// anything is returned.
-fn read_backup(file: &Path) -> std::io::Result<(Vec<Op>, u64)> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(file)?.read_to_end(&mut bytes)?;
-    if bytes.len() < MAGIC.len() + 1 + 16 + 32 || !bytes.starts_with(MAGIC) {
+/// A backup file read from its start, each byte hashed as it is read.
+struct Reading {
+    file: std::io::BufReader<std::fs::File>,
+    hash: Sha256,
+    /// Bytes not read yet.
+    left: u64,
+}
+
+impl Reading {
+    fn open(path: &Path) -> std::io::Result<Reading> {
+        let file = std::fs::File::open(path)?;
+        let left = file.metadata()?.len();
+        Ok(Reading {
+            file: std::io::BufReader::with_capacity(1 << 20, file),
+            hash: Sha256::new(),
+            left,
+        })
+    }
+
+    /// The next `n` bytes (refused past the file's end: a damaged length
+    /// allocates nothing).
+    fn take(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        if n as u64 > self.left {
+            return Err(bad("the backup file is cut short"));
+        }
+        let mut out = vec![0; n];
+        self.file.read_exact(&mut out)?;
+        self.left -= n as u64;
+        self.hash.update(&out);
+        Ok(out)
+    }
+
+    fn u32(&mut self) -> std::io::Result<usize> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+
+    fn u64(&mut self) -> std::io::Result<u64> {
+        let b = self.take(8)?;
+        Ok(u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
+    }
+}
+
+/// Read the backup `file` record by record, handing each to `each`, in
+/// bounded memory (a year of a large caisse is tens of gigabytes); the
+/// journal's length it gives back once its end, counts and checksum are
+/// found right. A caller that must not act on a damaged file reads it
+/// once with an `each` that does nothing.
+fn read_backup(
+    file: &Path,
+    each: &mut dyn FnMut(Op) -> std::io::Result<()>,
+) -> std::io::Result<(u64, u64)> {
+    let mut r = Reading::open(file)?;
+    if r.left < (MAGIC.len() + 1 + 16 + 32) as u64 || r.take(MAGIC.len())? != MAGIC {
         return Err(bad("not a caisse backup file"));
     }
-    let (body, digest) = bytes.split_at(bytes.len() - 32);
-    let want: [u8; 32] = Sha256::digest(body).into();
-    if want.as_slice() != digest {
+    let mut records = 0u64;
+    loop {
+        match r.take(1)?[0] {
+            PUT => {
+                let kl = r.u32()?;
+                let k = r.take(kl)?;
+                let vl = r.u32()?;
+                each(Op::Put(k, r.take(vl)?))?;
+            }
+            DELETE => {
+                let kl = r.u32()?;
+                each(Op::Delete(r.take(kl)?))?;
+            }
+            END => break,
+            _ => return Err(bad("the backup file holds an unknown record")),
+        }
+        records += 1;
+    }
+    let (counted, entries) = (r.u64()?, r.u64()?);
+    let want: [u8; 32] = r.hash.clone().finalize().into();
+    let mut digest = [0u8; 32];
+    if r.left != 32 || r.file.read_exact(&mut digest).is_err() || digest != want {
         return Err(bad(
             "the backup file is damaged (its checksum does not match): use another copy",
         ));
     }
-    let mut at = MAGIC.len();
-    let take = |at: &mut usize, n: usize| -> std::io::Result<&[u8]> {
-        let s = body
-            .get(*at..*at + n)
-            .ok_or_else(|| bad("the backup file is cut short"))?;
-        *at += n;
-        Ok(s)
-    };
-    let u32_at = |at: &mut usize| -> std::io::Result<usize> {
-        let b = take(at, 4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    };
-    let mut ops = Vec::new();
-    loop {
-        let tag = take(&mut at, 1)?[0];
-        match tag {
-            PUT => {
-                let kl = u32_at(&mut at)?;
-                let k = take(&mut at, kl)?.to_vec();
-                let vl = u32_at(&mut at)?;
-                let v = take(&mut at, vl)?.to_vec();
-                ops.push(Op::Put(k, v));
-            }
-            DELETE => {
-                let kl = u32_at(&mut at)?;
-                ops.push(Op::Delete(take(&mut at, kl)?.to_vec()));
-            }
-            END => {
-                let records = u64::from_be_bytes(take(&mut at, 8)?.try_into().unwrap_or([0; 8]));
-                let entries = u64::from_be_bytes(take(&mut at, 8)?.try_into().unwrap_or([0; 8]));
-                if records != ops.len() as u64 || at != body.len() {
-                    return Err(bad("the backup file's record count does not match"));
-                }
-                return Ok((ops, entries));
-            }
-            _ => return Err(bad("the backup file holds an unknown record")),
-        }
+    if counted != records {
+        return Err(bad("the backup file's record count does not match"));
     }
+    Ok((records, entries))
 }
 
 /// Restore the backup `file` into a new store (redb) in the data directory
-/// `dir`, which must hold none.
+/// `dir`, which must hold none. The file is read twice, in bounded memory:
+/// once checked whole before anything is written, then applied in
+/// batches; if the second reading fails, the new store is removed.
 pub fn restore(file: &Path, dir: &Path) -> Result<Restored, String> {
     if let Some(engine) = Engine::of(dir) {
         return Err(format!(
@@ -255,25 +373,42 @@ pub fn restore(file: &Path, dir: &Path) -> Result<Restored, String> {
             engine.path(dir).display()
         ));
     }
-    let (ops, entries) =
-        read_backup(file).map_err(|e| format!("cannot use {}: {e}", file.display()))?;
+    let unusable = |e: std::io::Error| format!("cannot use {}: {e}", file.display());
+    read_backup(file, &mut |_| Ok(())).map_err(unusable)?;
     crate::daemon::private_umask();
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let store = crate::store::open(dir, Engine::Redb).map_err(|e| e.to_string())?;
-    for batch in ops.chunks(10_000) {
-        store.apply(batch).map_err(|e| e.to_string())?;
+    let applied = (|| {
+        let store = crate::store::open(dir, Engine::Redb).map_err(|e| e.to_string())?;
+        let mut batch = Vec::with_capacity(RESTORE_BATCH);
+        let (records, entries) = read_backup(file, &mut |op| {
+            batch.push(op);
+            if batch.len() == RESTORE_BATCH {
+                store.apply(&batch).map_err(std::io::Error::other)?;
+                batch.clear();
+            }
+            Ok(())
+        })
+        .map_err(unusable)?;
+        store.apply(&batch).map_err(|e| e.to_string())?;
+        store.sync().map_err(|e| e.to_string())?;
+        Ok(Restored { records, entries })
+    })();
+    if applied.is_err() {
+        for leftover in [Engine::Redb.path(dir), dir.join("store.redb.wal")] {
+            let _ = std::fs::remove_file(leftover);
+        }
     }
-    store.sync().map_err(|e| e.to_string())?;
-    Ok(Restored {
-        records: ops.len() as u64,
-        entries,
-    })
+    applied
 }
+
+/// Records applied to the new store at a time by [`restore`].
+const RESTORE_BATCH: usize = 10_000;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::MemStore;
+    use std::time::Duration;
 
     /// Writes that land while the copy runs, behind and ahead of the
     /// cursor, all end up in the restored state exactly.
@@ -301,25 +436,94 @@ mod tests {
             store.apply(&commit).unwrap();
             b.log(&commit).unwrap();
         }
-        b.finish(7).unwrap();
-        let (ops, entries) = read_backup(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        b.finish(7, move |done| {
+            let flushed_by = std::thread::current().name().map(str::to_owned);
+            tx.send((done.map(|d| (d.records, d.entries)), flushed_by))
+                .unwrap();
+        });
+        // Answered by the backup's own thread once flushed, not the caller.
+        let (done, flushed_by) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        let (records, entries) = done.unwrap();
+        assert_eq!(flushed_by.as_deref(), Some("backup-flush"));
         assert_eq!(entries, 7);
         let restored = MemStore::new();
-        restored.apply(&ops).unwrap();
+        let read = read_backup(&path, &mut |op| {
+            restored.apply(&[op]).map_err(std::io::Error::other)
+        })
+        .unwrap();
+        assert_eq!(read, (records, 7));
         assert_eq!(
             restored.scan_prefix(b"").unwrap(),
             store.scan_prefix(b"").unwrap(),
             "the restored store differs from the store at the backup's end"
         );
-        // A damaged file is refused.
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[40] ^= 1;
-        std::fs::write(&path, bytes).unwrap();
-        assert!(
-            read_backup(&path)
-                .unwrap_err()
-                .to_string()
-                .contains("damaged")
+        // A damaged file is refused: a flipped bit, a cut, bytes added.
+        let bytes = std::fs::read(&path).unwrap();
+        let refused = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).unwrap();
+            read_backup(&path, &mut |_| Ok(())).unwrap_err().to_string()
+        };
+        let mut flipped = bytes.clone();
+        flipped[40] ^= 1;
+        assert!(refused(&flipped).contains("damaged"));
+        for cut in [bytes.len() - 1, bytes.len() - 33, bytes.len() / 2, 20] {
+            let why = refused(&bytes[..cut]);
+            assert!(
+                why.contains("cut short")
+                    || why.contains("damaged")
+                    || why.contains("not a caisse backup"),
+                "{cut}: {why}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(refused(&longer).contains("damaged"));
+        // A length past the file's end allocates nothing and is refused.
+        let mut huge = bytes.clone();
+        huge[MAGIC.len() + 1..MAGIC.len() + 5].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(refused(&huge).contains("cut short"));
+    }
+
+    /// A restore applies a backup larger than its batches into a new
+    /// store that holds exactly what was backed up, refuses a directory
+    /// that holds one, and leaves no store behind when the file is bad.
+    #[test]
+    fn a_restore_reads_in_batches_and_leaves_nothing_when_refused() {
+        let store = MemStore::new();
+        let ops: Vec<Op> = (0..(2 * RESTORE_BATCH + 17))
+            .map(|i| Op::Put(format!("k/{i:08}").into_bytes(), vec![i as u8; 3]))
+            .collect();
+        store.apply(&ops).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("b");
+        let mut b = BackupWriter::create(&path).unwrap();
+        while !b.copied_all {
+            b.step(&store).unwrap();
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        b.finish(3, move |done| tx.send(done.is_ok()).unwrap());
+        assert!(rx.recv_timeout(Duration::from_secs(30)).unwrap());
+        let dir = tmp.path().join("restored");
+        let r = restore(&path, &dir).unwrap();
+        assert_eq!((r.records, r.entries), (ops.len() as u64, 3));
+        let opened = crate::store::open_existing(&dir).unwrap();
+        assert_eq!(
+            opened.scan_prefix(b"k/").unwrap(),
+            store.scan_prefix(b"k/").unwrap()
         );
+        drop(opened);
+        assert!(
+            restore(&path, &dir)
+                .unwrap_err()
+                .contains("already holds a store")
+        );
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let empty = tmp.path().join("never");
+        assert!(restore(&path, &empty).unwrap_err().contains("damaged"));
+        assert!(Engine::of(&empty).is_none(), "a refused file left a store");
     }
 }

@@ -172,6 +172,17 @@ struct Shared {
     tokens: AtomicU64,
 }
 
+impl Shared {
+    /// Change job `id`'s visible state.
+    fn set_job(&self, id: u64, f: impl FnOnce(&mut JobStatus)) {
+        if let Ok(mut jobs) = self.jobs.lock()
+            && let Some(j) = jobs.iter_mut().find(|j| j.id == id)
+        {
+            f(j);
+        }
+    }
+}
+
 /// A cloneable handle to the writer.
 #[derive(Clone)]
 pub struct CaisseHandle {
@@ -547,27 +558,30 @@ impl Writer {
             && let Some(b) = self.backup.take()
         {
             let entries = self.caisse.head().next_seq;
-            let id = b.id;
-            match b.file.finish(entries) {
+            let (id, reply, shared) = (b.id, b.reply, self.shared.clone());
+            // Answered once the file is on disk, by the backup's own
+            // thread: the writer goes on.
+            b.file.finish(entries, move |outcome| match outcome {
                 Ok(done) => {
                     tracing::info!(path = %done.path.display(), records = done.records, entries, "backup written");
-                    self.set_job(id, |s| {
+                    shared.set_job(id, |s| {
                         s.done = done.records;
                         s.total = done.records;
                         s.finished = true;
                     });
-                    let _ = b.reply.send(Ok(done));
+                    let _ = reply.send(Ok(done));
                 }
                 Err(e) => {
-                    self.set_job(id, |s| {
+                    tracing::warn!(error = %e, "backup abandoned");
+                    shared.set_job(id, |s| {
                         s.finished = true;
                         s.error = Some(e.to_string());
                     });
-                    let _ = b.reply.send(Err(CaisseError::Invalid(format!(
-                        "the backup could not be written: {e}"
+                    let _ = reply.send(Err(CaisseError::Invalid(format!(
+                        "the backup could not be written: {e}; nothing else was affected"
                     ))));
                 }
-            }
+            });
         }
     }
 
@@ -611,11 +625,7 @@ impl Writer {
     }
 
     fn set_job(&self, id: u64, f: impl FnOnce(&mut JobStatus)) {
-        if let Ok(mut jobs) = self.shared.jobs.lock()
-            && let Some(j) = jobs.iter_mut().find(|j| j.id == id)
-        {
-            f(j);
-        }
+        self.shared.set_job(id, f);
     }
 
     /// One group: till commands, some admin commands, one job step, one commit.
