@@ -1995,9 +1995,13 @@ async fn call(cli: &Cli, c: &Client, out: &Output) -> Result<ExitCode> {
             };
             let path = std::path::absolute(file)
                 .with_context(|| format!("bad path {}", file.display()))?;
-            let done: BackupDone = c
-                .post("/api/v1/backup", &dto::BackupBody { out: path.clone() })
-                .await?;
+            let done: BackupDone = collect(
+                c,
+                "/api/v1/backups",
+                &serde_json::json!(dto::BackupBody { out: path.clone() }),
+                "copying the store",
+            )
+            .await?;
             let key_bundle = match &pass {
                 Some(pass) => {
                     let bundle = keybackup::bundle_path(&path);
@@ -2376,44 +2380,57 @@ async fn ledger(c: &Client, out: &Output, l: &LedgerCmd) -> Result<ExitCode> {
 }
 
 /// Start a ledger audit on the node and wait for its report, however long
-/// the journal (the node answers the start at once; the report is
-/// collected, not held in one request), showing the time so far on a
-/// terminal.
+/// the journal.
 async fn audit(c: &Client, full: bool) -> anyhow::Result<CheckReport> {
+    collect(
+        c,
+        "/api/v1/ledger/checks",
+        &serde_json::json!({ "full": full }),
+        "auditing the ledger",
+    )
+    .await
+}
+
+/// Start a job on the node with a POST of `body` to `path` and wait for
+/// its result, however long it takes: the node answers the start at once
+/// and the result is asked for at `path/{id}` (not held in one request,
+/// which a proxy or the node's own time limit would cut), showing the
+/// time so far on a terminal as `doing`.
+async fn collect<T: serde::de::DeserializeOwned>(
+    c: &Client,
+    path: &str,
+    body: &serde_json::Value,
+    doing: &str,
+) -> anyhow::Result<T> {
     use std::io::{IsTerminal, Write};
     #[derive(serde::Deserialize)]
-    struct Run {
+    struct Run<T> {
         id: u64,
         finished: bool,
         seconds: u64,
-        report: Option<CheckReport>,
+        result: Option<T>,
         error: Option<String>,
     }
-    let mut run: Run = c
-        .post(
-            "/api/v1/ledger/checks",
-            &serde_json::json!({ "full": full }),
-        )
-        .await?;
+    let mut run: Run<T> = c.post(path, body).await?;
     let shown = std::io::stderr().is_terminal();
     let mut wait = std::time::Duration::from_millis(50);
     while !run.finished {
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(std::time::Duration::from_secs(2));
-        run = c.get(&format!("/api/v1/ledger/checks/{}", run.id)).await?;
+        run = c.get(&format!("{path}/{}", run.id)).await?;
         if shown && run.seconds > 0 {
-            eprint!("\rauditing the ledger: {} s", run.seconds);
+            eprint!("\r{doing}: {} s", run.seconds);
             let _ = std::io::stderr().flush();
         }
     }
     if shown && run.seconds > 0 {
         eprintln!();
     }
-    match (run.report, run.error) {
-        (Some(report), _) => Ok(report),
+    match (run.result, run.error) {
+        (Some(result), _) => Ok(result),
         (None, error) => anyhow::bail!(
-            "the audit stopped: {}; see the node's log, then run it again",
-            error.unwrap_or_else(|| "no report".into())
+            "{}; see the node's log (`caisse job list`), then run it again",
+            error.unwrap_or_else(|| "it stopped without a result".into())
         ),
     }
 }

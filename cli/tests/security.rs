@@ -1608,8 +1608,8 @@ fn an_audit_is_collected_later_and_names_members_by_pseudonym_to_the_auditor() {
     };
     // Clean, collected, the whole journal when asked.
     let run = collect(&node, &admin, true);
-    assert_eq!(run["report"]["findings"], json!([]), "{run}");
-    assert_eq!(run["report"]["from"], 0, "{run}");
+    assert_eq!(run["result"]["findings"], json!([]), "{run}");
+    assert_eq!(run["result"]["from"], 0, "{run}");
     assert_eq!(run["full"], true, "{run}");
     // The committee's token may not start one nor read one.
     let (code, _) = api(
@@ -1627,6 +1627,18 @@ fn an_audit_is_collected_later_and_names_members_by_pseudonym_to_the_auditor() {
         &format!("/api/v1/ledger/checks/{}", run["id"]),
         None,
     );
+    assert_eq!(code, 403);
+    // Nor may the auditor start a backup (the file holds names and
+    // incomes) or read one's outcome.
+    let (code, _) = api(
+        &node,
+        &auditor,
+        "POST",
+        "/api/v1/backups",
+        Some(json!({"out": "/tmp/x.backup"})),
+    );
+    assert_eq!(code, 403);
+    let (code, _) = api(&node, &auditor, "GET", "/api/v1/backups/1", None);
     assert_eq!(code, 403);
     let (code, v) = api(&node, &admin, "GET", "/api/v1/ledger/checks/9999", None);
     assert_eq!(code, 404, "{v}");

@@ -302,6 +302,8 @@ pub fn routes() -> Router<App> {
         .route("/api/v1/ledger/accounting", get(accounting))
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/backup", post(backup))
+        .route("/api/v1/backups", post(start_backup))
+        .route("/api/v1/backups/{id}", get(backup_run))
         .route("/api/v1/bank", post(set_bank))
         .route("/api/v1/payouts/sepa", get(payouts_sepa))
         .route("/api/v1/contributions/sepa", get(contributions_sepa))
@@ -809,40 +811,77 @@ fn for_reader(
     report
 }
 
-/// An audit started by `POST /api/v1/ledger/checks`, as its starter
-/// collects it.
+/// A job a request started (an audit, a backup), as its starter
+/// collects it: what was asked, whether it is done, and then its result
+/// or why it stopped.
 #[derive(Serialize)]
-struct CheckRunView {
-    /// Its number, for `GET /api/v1/ledger/checks/{id}`.
+struct RunView<T> {
+    /// Its number, for the `GET …/{id}` of its kind.
     id: u64,
-    /// Whether it reads the whole journal.
-    full: bool,
-    /// Whether it is done (then `report` or `error` is set).
+    /// What was asked (`full` for an audit, `out` for a backup).
+    #[serde(flatten)]
+    asked: serde_json::Map<String, serde_json::Value>,
+    /// Whether it is done (then `result` or `error` is set).
     finished: bool,
     /// Seconds it has run, or took.
     seconds: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    report: Option<crate::ledger::CheckReport>,
+    result: Option<T>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
 
-impl CheckRunView {
-    fn of(s: &App, run: crate::app::AuditRun, pseudonymise: bool) -> CheckRunView {
-        let (report, error) = match run.outcome {
-            Some(Ok(r)) => (Some(for_reader(s, r, pseudonymise)), None),
+impl<T> RunView<T> {
+    fn of<A>(
+        run: crate::started::Run<A, T>,
+        asked: (&str, serde_json::Value),
+        show: impl FnOnce(T) -> T,
+    ) -> RunView<T> {
+        let seconds = run.seconds();
+        let (result, error) = match run.outcome {
+            Some(Ok(r)) => (Some(show(r)), None),
             Some(Err(e)) => (None, Some(e)),
             None => (None, None),
         };
-        CheckRunView {
+        RunView {
             id: run.id,
-            full: run.full,
-            finished: report.is_some() || error.is_some(),
-            seconds: run.took.unwrap_or_else(|| run.started.elapsed()).as_secs(),
-            report,
+            asked: std::iter::once((asked.0.to_owned(), asked.1)).collect(),
+            finished: result.is_some() || error.is_some(),
+            seconds,
+            result,
             error,
         }
     }
+}
+
+/// An audit as its reader may see it.
+fn check_view(
+    s: &App,
+    run: crate::app::AuditRun,
+    pseudonymise: bool,
+) -> RunView<crate::ledger::CheckReport> {
+    let full = run.ask;
+    RunView::of(run, ("full", json!(full)), |r| {
+        for_reader(s, r, pseudonymise)
+    })
+}
+
+/// A backup's answer.
+fn backup_view(run: crate::app::BackupRun) -> RunView<crate::backup::BackupDone> {
+    let out = json!(run.ask);
+    RunView::of(run, ("out", out), |done| done)
+}
+
+/// No job `id` of a kind (`what`, and the command that starts one).
+fn no_run(what: &str, id: u64, again: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no {what} {id} on this node: the node restarted since it started, or it is older than the last {} finished; start one again ({again})",
+            crate::started::KEPT
+        ),
+    )
 }
 
 /// Start an audit and answer at once (202): the audit of years of journal
@@ -853,12 +892,12 @@ async fn start_check(
     State(s): State<App>,
     auth: Auth,
     Body(q): Body<CheckQuery>,
-) -> Result<(StatusCode, Json<CheckRunView>), ApiError> {
+) -> Result<(StatusCode, Json<RunView<crate::ledger::CheckReport>>), ApiError> {
     let pseudonymise = auth.ledger_reader()?;
     let run = s.start_audit(q.full)?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(CheckRunView::of(&s, run, pseudonymise)),
+        Json(check_view(&s, run, pseudonymise)),
     ))
 }
 
@@ -867,16 +906,13 @@ async fn check_run(
     State(s): State<App>,
     auth: Auth,
     Path(id): Path<String>,
-) -> Result<Json<CheckRunView>, ApiError> {
+) -> Result<Json<RunView<crate::ledger::CheckReport>>, ApiError> {
     let pseudonymise = auth.ledger_reader()?;
     let id: u64 = parse("audit number", &id)?;
-    let run = s.audit_run(id).ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!(
-            "no audit {id} on this node: the node restarted since it started, or it is older than the last {} finished; start one again (`caisse ledger check`)",
-            crate::app::AUDIT_RUNS_KEPT
-        ))
-    })?;
-    Ok(Json(CheckRunView::of(&s, run, pseudonymise)))
+    let run = s
+        .audit_run(id)
+        .ok_or_else(|| no_run("audit", id, "`caisse ledger check`"))?;
+    Ok(Json(check_view(&s, run, pseudonymise)))
 }
 
 /// The accountant's file of a period (FEC layout), with its totals.
@@ -1066,6 +1102,40 @@ async fn backup(
         ));
     }
     Ok(Json(s.handle.backup(b.out).await?))
+}
+
+/// Start an online backup and answer at once (202): the copy of a large
+/// store outlasts a request's time limit; its starter collects the outcome
+/// with `GET /api/v1/backups/{id}`.
+async fn start_backup(
+    State(s): State<App>,
+    auth: Auth,
+    Body(b): Body<BackupBody>,
+) -> Result<(StatusCode, Json<RunView<crate::backup::BackupDone>>), ApiError> {
+    auth.admin()?;
+    if !b.out.is_absolute() {
+        return Err(ApiError::bad_request(
+            "give the backup file as an absolute path (the node writes it)",
+        ));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(backup_view(s.start_backup(b.out)?)),
+    ))
+}
+
+/// A backup started by `POST /api/v1/backups`: running, or what it wrote.
+async fn backup_run(
+    State(s): State<App>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<RunView<crate::backup::BackupDone>>, ApiError> {
+    auth.admin()?;
+    let id: u64 = parse("backup number", &id)?;
+    let run = s
+        .backup_run(id)
+        .ok_or_else(|| no_run("backup", id, "`caisse backup`"))?;
+    Ok(Json(backup_view(run)))
 }
 
 /// Background jobs (allocation runs, audits), running and recent.

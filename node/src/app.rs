@@ -22,10 +22,13 @@ use caisse_protocol::{CaisseId, Envelope, Period};
 
 use crate::caisse::{CaisseError, PurchaseInput, Receipt};
 // (`app` names axum only for the request parts a client address is read from.)
+use crate::backup::BackupDone;
 use crate::config::Config;
 use crate::members::Role;
+use crate::started::{Run, Runs};
 use crate::store::{Store, StoreError};
 use crate::writer::{CaisseHandle, reply};
+use caisse_core::ledger::CheckReport;
 
 /// What every handler, of the API or of the console, can reach: one
 /// shared [`AppState`] (cloned per request and per middleware by axum, so
@@ -63,73 +66,17 @@ pub struct AppState {
     /// (see [`AppState::role_of`]).
     tokens: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (Role, u64)>>,
     /// Audits started to be collected later (see [`App::start_audit`]).
-    audits: std::sync::Mutex<AuditRuns>,
+    audits: std::sync::Mutex<Runs<bool, CheckReport>>,
+    /// Backups likewise (see [`App::start_backup`]).
+    backups: std::sync::Mutex<Runs<std::path::PathBuf, BackupDone>>,
 }
 
-/// A ledger audit started by [`App::start_audit`], and its outcome once
-/// known.
-#[derive(Clone, Debug)]
-pub struct AuditRun {
-    /// Its number, since the node started.
-    pub id: u64,
-    /// Whether it reads the whole journal.
-    pub full: bool,
-    /// When it started.
-    pub started: std::time::Instant,
-    /// How long it took, once finished.
-    pub took: Option<Duration>,
-    /// Its report, or why it stopped, once finished.
-    pub outcome: Option<Result<caisse_core::ledger::CheckReport, String>>,
-}
+/// A ledger audit started by [`App::start_audit`] (asked: whether it
+/// reads the whole journal).
+pub type AuditRun = Run<bool, CheckReport>;
 
-/// The audits [`App::start_audit`] started: the running one (at most one)
-/// and the last [`AUDIT_RUNS_KEPT`] finished.
-#[derive(Default)]
-struct AuditRuns {
-    next: u64,
-    runs: std::collections::VecDeque<AuditRun>,
-}
-
-impl AuditRuns {
-    /// The audit a request for one (`full` or not) gets, and whether it
-    /// is new (to be started): see [`App::start_audit`].
-    fn begin(&mut self, full: bool) -> Result<(AuditRun, bool), CaisseError> {
-        if let Some(r) = self.runs.iter().find(|r| r.outcome.is_none()) {
-            if r.full || !full {
-                return Ok((r.clone(), false));
-            }
-            return Err(CaisseError::Conflict(format!(
-                "audit {} (from the last clean audit's checkpoint) is running, started {} s ago: once it ends (`caisse job list`), run `caisse ledger check --full` again",
-                r.id,
-                r.started.elapsed().as_secs(),
-            )));
-        }
-        while self.runs.len() >= AUDIT_RUNS_KEPT {
-            self.runs.pop_front();
-        }
-        self.next = self.next.saturating_add(1);
-        let run = AuditRun {
-            id: self.next,
-            full,
-            started: std::time::Instant::now(),
-            took: None,
-            outcome: None,
-        };
-        self.runs.push_back(run.clone());
-        Ok((run, true))
-    }
-
-    /// Audit `id` ended with `outcome`.
-    fn finish(&mut self, id: u64, outcome: Result<caisse_core::ledger::CheckReport, String>) {
-        if let Some(r) = self.runs.iter_mut().find(|r| r.id == id) {
-            r.took = Some(r.started.elapsed());
-            r.outcome = Some(outcome);
-        }
-    }
-}
-
-/// Finished audits kept for their starters to collect.
-pub const AUDIT_RUNS_KEPT: usize = 8;
+/// A backup started by [`App::start_backup`] (asked: the file).
+pub type BackupRun = Run<std::path::PathBuf, BackupDone>;
 
 /// Findings an audit's answer lists; more are counted (a store damaged
 /// throughout has a finding per account).
@@ -167,7 +114,8 @@ impl App {
                 10_000,
             ),
             tokens: std::sync::Mutex::new(std::collections::HashMap::new()),
-            audits: std::sync::Mutex::new(AuditRuns::default()),
+            audits: std::sync::Mutex::new(Runs::default()),
+            backups: std::sync::Mutex::new(Runs::default()),
         }))
     }
 
@@ -178,35 +126,96 @@ impl App {
     /// whole journal, or this one does not ask for that) gets that one (a
     /// treasurer who stopped waiting and asks again), any other is refused.
     pub fn start_audit(&self, full: bool) -> Result<AuditRun, CaisseError> {
-        let (run, new) = self
-            .audits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .begin(full)?;
-        if new {
-            let (app, id) = (self.clone(), run.id);
-            tokio::spawn(async move {
-                let outcome = app
-                    .handle
+        let joins = |r: &AuditRun| {
+            if r.ask || !full {
+                return Ok(());
+            }
+            Err(CaisseError::Conflict(format!(
+                "audit {} (from the last clean audit's checkpoint) is running, started {} s ago: once it ends (`caisse job list`), run `caisse ledger check --full` again",
+                r.id,
+                r.seconds(),
+            )))
+        };
+        self.start(
+            |s| &s.audits,
+            full,
+            joins,
+            move |app| async move {
+                app.handle
                     .check(full)
                     .await
                     .map(|r| r.bounded(FINDINGS_LISTED))
-                    .map_err(|e| e.to_string());
-                app.audits
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .finish(id, outcome);
-            });
-        }
-        Ok(run)
+            },
+        )
     }
 
     /// The audit numbered `id` that [`App::start_audit`] started, running
     /// or among the last finished.
     pub fn audit_run(&self, id: u64) -> Option<AuditRun> {
-        let audits = self.audits.lock().unwrap_or_else(|p| p.into_inner());
-        audits.runs.iter().find(|r| r.id == id).cloned()
+        lock(&self.audits).get(id)
     }
+
+    /// Start an online backup to the new file `out` and return at once;
+    /// [`App::backup_run`] gives its outcome once the file is on disk,
+    /// however large the store. One at a time: asking again for the same
+    /// file while it runs gets that one.
+    pub fn start_backup(&self, out: std::path::PathBuf) -> Result<BackupRun, CaisseError> {
+        let asked = out.clone();
+        let joins = move |r: &BackupRun| {
+            if r.ask == asked {
+                return Ok(());
+            }
+            Err(CaisseError::Conflict(format!(
+                "a backup to {} is running, started {} s ago: wait for it (`caisse job list`)",
+                r.ask.display(),
+                r.seconds(),
+            )))
+        };
+        let to = out.clone();
+        self.start(
+            |s| &s.backups,
+            out,
+            joins,
+            move |app| async move { app.handle.backup(to).await },
+        )
+    }
+
+    /// The backup numbered `id` that [`App::start_backup`] started.
+    pub fn backup_run(&self, id: u64) -> Option<BackupRun> {
+        lock(&self.backups).get(id)
+    }
+
+    /// Begin a job of the kind `runs` holds (see [`Runs::begin`]) and, if
+    /// it is new, run `job` on the runtime, its outcome kept in `runs`.
+    fn start<A, T, F>(
+        &self,
+        runs: fn(&AppState) -> &std::sync::Mutex<Runs<A, T>>,
+        ask: A,
+        joins: impl FnOnce(&Run<A, T>) -> Result<(), CaisseError>,
+        job: impl FnOnce(App) -> F,
+    ) -> Result<Run<A, T>, CaisseError>
+    where
+        A: Clone + Send + 'static,
+        T: Clone + Send + 'static,
+        F: std::future::Future<Output = Result<T, CaisseError>> + Send + 'static,
+    {
+        let (run, new) = lock(runs(self)).begin(ask, joins)?;
+        if new {
+            let (app, id) = (self.clone(), run.id);
+            let running = job(self.clone());
+            tokio::spawn(async move {
+                let outcome = running.await.map_err(|e| e.to_string());
+                lock(runs(&app)).finish(id, outcome);
+            });
+        }
+        Ok(run)
+    }
+}
+
+/// The mutex's value, even if a thread panicked holding it (what it
+/// guards is whole after every change).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Tokens whose roles [`AppState::role_of`] keeps (the caisse's own
@@ -521,39 +530,4 @@ pub fn parse_seat(text: &str) -> Result<u32, String> {
         .unwrap_or(t)
         .parse()
         .map_err(|_| format!("bad seat {t:?}: write seat-3 or 3"))
-}
-
-#[cfg(test)]
-mod audit_run_tests {
-    use super::*;
-
-    /// Asking again while an audit runs gets it when it answers the ask
-    /// (a full one answers both), is refused when a full one is asked of
-    /// one that is not; finished audits are kept up to the bound.
-    #[test]
-    fn one_audit_at_a_time_and_asking_again_gets_it() {
-        let mut runs = AuditRuns::default();
-        let (first, new) = runs.begin(false).unwrap();
-        assert!(new);
-        let (again, new) = runs.begin(false).unwrap();
-        assert!(!new && again.id == first.id);
-        let refused = runs.begin(true).unwrap_err();
-        assert!(
-            matches!(&refused, CaisseError::Conflict(m) if m.contains("--full")),
-            "{refused}"
-        );
-        runs.finish(first.id, Ok(Default::default()));
-        let (full, new) = runs.begin(true).unwrap();
-        assert!(new && full.id != first.id && full.full);
-        let (answered, new) = runs.begin(false).unwrap();
-        assert!(!new && answered.id == full.id, "a full audit answers both");
-        runs.finish(full.id, Err("stopped".into()));
-        for _ in 0..3 * AUDIT_RUNS_KEPT {
-            let (r, new) = runs.begin(false).unwrap();
-            assert!(new);
-            runs.finish(r.id, Ok(Default::default()));
-        }
-        assert_eq!(runs.runs.len(), AUDIT_RUNS_KEPT);
-        assert!(runs.runs.iter().all(|r| r.outcome.is_some()));
-    }
 }

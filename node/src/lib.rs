@@ -69,5 +69,6 @@ pub mod producers;
 pub mod redact;
 pub mod rogue;
 pub mod server;
+pub mod started;
 pub mod store;
 pub mod writer;

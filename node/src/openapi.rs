@@ -154,7 +154,7 @@ pub const ROUTES: &[(&str, &str, &str, Access)] = &[
     (
         "get",
         "/api/v1/ledger/checks/{id}",
-        "An audit started with POST: running (seconds so far) or finished with its report",
+        "An audit started with POST: running (seconds so far) or finished with its report (`result`)",
         Access::Reader,
     ),
     (
@@ -172,7 +172,19 @@ pub const ROUTES: &[(&str, &str, &str, Access)] = &[
     (
         "post",
         "/api/v1/backup",
-        "An online, consistent backup",
+        "An online, consistent backup, answered when the file is on disk",
+        Access::Admin,
+    ),
+    (
+        "post",
+        "/api/v1/backups",
+        "Start an online backup and answer at once (202, its number); asking again for the same file while it runs gets it",
+        Access::Admin,
+    ),
+    (
+        "get",
+        "/api/v1/backups/{id}",
+        "A backup started with POST: running (seconds so far) or finished with what it wrote (`result`)",
         Access::Admin,
     ),
     (
