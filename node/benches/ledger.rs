@@ -992,7 +992,6 @@ async fn tills(n: usize) {
         .await
         .expect("backup");
     let backup_took = t.elapsed();
-    let _ = std::fs::remove_file(&out);
     switch("after backup");
     tokio::time::sleep(Duration::from_secs(3)).await;
     switch("end");
@@ -1000,6 +999,9 @@ async fn tills(n: usize) {
     for t in tills {
         let _ = t.await;
     }
+    // Only now: removing a file of hundreds of megabytes holds the
+    // filesystem's journal, which the node's syncs wait for.
+    let _ = std::fs::remove_file(&out);
     unsafe_kill(&mut child);
 
     println!(
