@@ -9,8 +9,9 @@
 //!   forwarded with a deadline → answered, or offline → resolved) with the
 //!   writer, the network and the clock.
 //! - [`report`]: the evaluation report, computed off the writer.
-//! - [`App::start_audit`]: a ledger audit started now and collected later
-//!   (the audit of years of journal outlasts one request).
+//! - [`App::start_audit`], [`App::start_backup`]: a ledger audit or a
+//!   backup started now and collected later (`crate::started`: either can
+//!   outlast one request).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,7 +203,7 @@ impl App {
         let (run, new) = lock(runs(self)).begin(ask, joins)?;
         if new {
             let (app, id) = (self.clone(), run.id);
-            let running = job(self.clone());
+            let running = job(app.clone());
             tokio::spawn(async move {
                 let outcome = running.await.map_err(|e| e.to_string());
                 lock(runs(&app)).finish(id, outcome);

@@ -293,27 +293,44 @@ impl Reading {
         })
     }
 
-    /// The next `n` bytes (refused past the file's end: a damaged length
-    /// allocates nothing).
+    /// Fill `out` with the next bytes (refused past the file's end).
+    fn fill(&mut self, out: &mut [u8]) -> std::io::Result<()> {
+        if out.len() as u64 > self.left {
+            return Err(bad("the backup file is cut short"));
+        }
+        self.file.read_exact(out)?;
+        self.left -= out.len() as u64;
+        self.hash.update(&*out);
+        Ok(())
+    }
+
+    /// The next `n` bytes (checked against the file's end before anything
+    /// is allocated: a damaged length allocates nothing).
     fn take(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
         if n as u64 > self.left {
             return Err(bad("the backup file is cut short"));
         }
         let mut out = vec![0; n];
-        self.file.read_exact(&mut out)?;
-        self.left -= n as u64;
-        self.hash.update(&out);
+        self.fill(&mut out)?;
         Ok(out)
     }
 
+    fn u8(&mut self) -> std::io::Result<u8> {
+        let mut b = [0; 1];
+        self.fill(&mut b)?;
+        Ok(b[0])
+    }
+
     fn u32(&mut self) -> std::io::Result<usize> {
-        let b = self.take(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        let mut b = [0; 4];
+        self.fill(&mut b)?;
+        Ok(u32::from_be_bytes(b) as usize)
     }
 
     fn u64(&mut self) -> std::io::Result<u64> {
-        let b = self.take(8)?;
-        Ok(u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
+        let mut b = [0; 8];
+        self.fill(&mut b)?;
+        Ok(u64::from_be_bytes(b))
     }
 }
 
@@ -332,7 +349,7 @@ fn read_backup(
     }
     let mut records = 0u64;
     loop {
-        match r.take(1)?[0] {
+        match r.u8()? {
             PUT => {
                 let kl = r.u32()?;
                 let k = r.take(kl)?;
